@@ -1,0 +1,1 @@
+"""The GPU worker: holds the quantized model and generates answers."""
