@@ -1,0 +1,128 @@
+"""A gpt-fast style runtime for Llama-family models: static KV cache, ``prefill`` and ``decode_one_token``.
+
+It runs the loaded transformers model's own modules (embeddings, norms, MLPs, int4 projections, rotary
+tables) but does attention against a KV cache allocated once, so the decode step has fixed shapes and
+compiles into one CUDA graph (``torch.compile(mode="reduce-overhead")``). Compiling happens here and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.sampling import sample
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+PREFILL_CHUNK = 512
+
+
+class KVCache(nn.Module):
+    """Keys and values of every layer: [layers, batch, kv_heads, max_len, head_dim], allocated once."""
+
+    def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
+        super().__init__()
+        shape = (layers, batch, kv_heads, max_len, head_dim)
+        self.register_buffer("keys", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("values", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.max_len = max_len
+
+    def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        keys, values = self.keys[layer], self.values[layer]
+        keys.index_copy_(2, input_pos, k)
+        values.index_copy_(2, input_pos, v)
+        return keys, values
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat((-second, first), dim=-1)
+
+
+def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, input_pos) -> torch.Tensor:
+    batch, length, _ = x.shape
+    head_dim = attn.head_dim
+    q = attn.q_proj(x).view(batch, length, -1, head_dim).transpose(1, 2)
+    k = attn.k_proj(x).view(batch, length, -1, head_dim).transpose(1, 2)
+    v = attn.v_proj(x).view(batch, length, -1, head_dim).transpose(1, 2)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    keys, values = cache.update(layer, input_pos, k.to(cache.keys.dtype), v.to(cache.values.dtype))
+    out = F.scaled_dot_product_attention(
+        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
+        enable_gqa=q.shape[1] != keys.shape[1],
+    )
+    return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+def forward(model: nn.Module, cache: KVCache, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool):
+    """tokens [B, T] at positions input_pos [T] -> logits [B, T or 1, V]; writes K/V into the cache."""
+    inner = model.model
+    h = inner.embed_tokens(tokens)
+    cos, sin = inner.rotary_emb(h, input_pos.unsqueeze(0))
+    slots = torch.arange(cache.max_len, device=tokens.device)
+    mask = (slots.unsqueeze(0) <= input_pos.unsqueeze(1)).view(1, 1, len(input_pos), cache.max_len)
+    for index, layer in enumerate(inner.layers):
+        h = h + attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask, cache, index, input_pos)
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    if last_only:
+        h = h[:, -1:]
+    return model.lm_head(inner.norm(h))
+
+
+def prefill(model, cache, tokens, input_pos, temperature, top_k, top_p) -> torch.Tensor:
+    logits = forward(model, cache, tokens, input_pos, last_only=True)
+    return sample(logits[:, -1], temperature, top_k, top_p)
+
+
+def decode_one_token(model, cache, token, input_pos, temperature, top_k, top_p) -> torch.Tensor:
+    logits = forward(model, cache, token, input_pos, last_only=True)
+    return sample(logits[:, -1], temperature, top_k, top_p)
+
+
+class LlamaRuntime:
+    """Holds the model and its cache; yields token ids for one prompt at a time (batch 1)."""
+
+    def __init__(self, model: nn.Module, max_seq_len: int, *, compile: bool = False, cache_dtype=None):
+        config = model.config
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model type {config.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
+        self.model = model
+        device = next(model.parameters()).device
+        dtype = cache_dtype or model.get_input_embeddings().weight.dtype
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.cache = KVCache(
+            config.num_hidden_layers, 1, config.num_key_value_heads, max_seq_len, head_dim, device, dtype
+        )
+        self.device = device
+        self.max_seq_len = max_seq_len
+        self.decode = decode_one_token
+        if compile and device.type == "cuda":
+            self.decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling, stop_ids: set[int]):
+        """Yield new token ids until a stop id (not yielded), ``max_new_tokens`` or the cache is full."""
+        if len(prompt_ids) + max_new_tokens > self.max_seq_len:
+            raise ValueError(f"{len(prompt_ids)} prompt + {max_new_tokens} new tokens exceed {self.max_seq_len}")
+        args = (sampling.temperature, sampling.top_k, sampling.top_p)
+        prompt = torch.tensor([prompt_ids], device=self.device)
+        for start in range(0, len(prompt_ids), PREFILL_CHUNK):
+            chunk = prompt[:, start : start + PREFILL_CHUNK]
+            positions = torch.arange(start, start + chunk.shape[1], device=self.device)
+            token = prefill(self.model, self.cache, chunk, positions, *args)
+        position = len(prompt_ids)
+        for produced in range(1, max_new_tokens + 1):
+            token_id = int(token[0])
+            if token_id in stop_ids:
+                return
+            yield token_id
+            if produced == max_new_tokens or position >= self.max_seq_len:
+                return
+            token = self.decode(
+                self.model, self.cache, token.view(1, 1),
+                torch.tensor([position], device=self.device), *args,
+            ).clone()
+            position += 1

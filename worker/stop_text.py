@@ -1,0 +1,68 @@
+"""Turning a stream of token ids into clean text pieces: incremental detokenizing and stop sequences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+
+class IncrementalDecoder:
+    """Decodes one token at a time, emitting text only once it is complete (no half UTF-8 characters)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        decode = self.tokenizer.decode
+        seen = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=False)
+        full = decode(self.ids[self.prefix_offset :], skip_special_tokens=False)
+        if len(full) <= len(seen) or full.endswith("\ufffd"):
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return full[len(seen) :]
+
+
+class StopCutter:
+    """Passes text through until a stop sequence appears, even when one arrives split across pieces.
+
+    Text that could still become a stop sequence, and trailing whitespace, is held back until the next piece
+    shows what it is; so an answer never ends in a turn marker or in blank lines.
+    """
+
+    def __init__(self, stop_sequences: Sequence[str]):
+        self.stops = tuple(s for s in stop_sequences if s)
+        self.held = ""
+        self.stopped = False
+
+    def push(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        buffer = self.held + text
+        hits = [i for i in (buffer.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            self.held = ""
+            return buffer[: min(hits)].rstrip()
+        keep = max(self._partial_stop_length(buffer), len(buffer) - len(buffer.rstrip()))
+        self.held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def finish(self) -> str:
+        """At the natural end of generation: what was held back, minus trailing whitespace."""
+        text, self.held = self.held.rstrip(), ""
+        return "" if self.stopped else text
+
+    def _partial_stop_length(self, buffer: str) -> int:
+        """Length of the longest end of ``buffer`` that begins some stop sequence."""
+        best = 0
+        for stop in self.stops:
+            for length in range(min(len(stop) - 1, len(buffer)), best, -1):
+                if buffer.endswith(stop[:length]):
+                    best = length
+                    break
+        return best
