@@ -48,9 +48,10 @@ class StopCutter:
             self.stopped = True
             self.held = ""
             return buffer[: min(hits)].rstrip()
-        keep = max(self._partial_stop_length(buffer), len(buffer) - len(buffer.rstrip()))
-        self.held = buffer[len(buffer) - keep :] if keep else ""
-        return buffer[: len(buffer) - keep]
+        ready = buffer[: len(buffer) - self._partial_stop_length(buffer)]
+        ready = ready.rstrip()  # whitespace waits: it may turn out to precede a stop or the end
+        self.held = buffer[len(ready) :]
+        return ready
 
     def finish(self) -> str:
         """At the natural end of generation: what was held back, minus trailing whitespace."""

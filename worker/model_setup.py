@@ -1,0 +1,50 @@
+"""From settings to a ready Generator: which model, which device, which template."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from worker.generate import Generator
+from worker.loader import load_model
+from worker.prompt import make_template
+from worker.settings import XWIN_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+
+def choose_device(settings: Settings) -> torch.device:
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("XWINBOT_DEVICE=cuda but PyTorch sees no CUDA GPU")
+    if settings.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(settings.device)
+
+
+def choose_model_source(settings: Settings, device: torch.device) -> str:
+    """The configured model; unset: Xwin-LM-13B on a GPU, the offline demo model (built on first use) on CPU."""
+    if settings.model:
+        return settings.model
+    if device.type == "cuda":
+        return XWIN_MODEL
+    from worker.demo_model import ensure_demo_model
+
+    return str(ensure_demo_model())
+
+
+def load_generator(settings: Settings) -> Generator:
+    device = choose_device(settings)
+    source = choose_model_source(settings, device)
+    started = time.perf_counter()
+    loaded = load_model(source, revision=settings.model_revision, device=device)
+    log.info("loaded %s on %s in %.1f s", source, device, time.perf_counter() - started)
+    return Generator(
+        loaded,
+        make_template(settings.template, loaded.tokenizer),
+        system_prompt=settings.system_prompt,
+        max_context_tokens=settings.max_context_tokens,
+        defaults=settings.generation_params(),
+        compile=settings.compile,
+    )
