@@ -96,6 +96,7 @@ def build_demo_model(out_dir: Path | None = None, *, force: bool = False) -> Pat
     gguf = find_demo_gguf()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; the finished checkpoint is an ordinary directory
     try:
         write_checkpoint(gguf, work)
         marker = {"version": BUILD_VERSION, "source": gguf.name, "built_at": time.time()}
@@ -134,11 +135,14 @@ def write_checkpoint(gguf: Path, dest: Path) -> None:
     config = model.config
     config.quantization_config = {k: QUANTIZE_CONFIG[k] for k in ("quant_method", "bits", "group_size", "desc_act", "sym", "checkpoint_format")}
     config.dtype = torch.float16
+    config.architectures = [type(model).__name__]
     config.save_pretrained(dest)
     (dest / "quantize_config.json").write_text(json.dumps(QUANTIZE_CONFIG, indent=2) + "\n")
     if model.generation_config is not None:
         model.generation_config.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
+    for f in dest.iterdir():
+        f.chmod(0o644)
     size_mb = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
     log.info("wrote %.0f MB in %.0f s", size_mb, time.monotonic() - start)
 

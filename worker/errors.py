@@ -16,5 +16,6 @@ class PromptTooLong(ValueError):
         self.prompt_tokens = prompt_tokens
         self.limit = limit
         super().__init__(
-            f"Your message is {prompt_tokens} tokens long; the limit is {limit} tokens. Please shorten it."
+            f"Your message is too long: {prompt_tokens} tokens with the prompt template; the limit is {limit} "
+            "tokens. Please shorten it."
         )

@@ -1,0 +1,106 @@
+"""The streaming generation API on a real (tiny, random) GPTQ checkpoint loaded through the loader."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from worker.errors import PromptTooLong
+from worker.generate import Generator
+from worker.llama_runtime import KVCache, forward
+from worker.loader import load_model
+from worker.prompt import Turn, VicunaTemplate
+from worker.sampling import GenerationParams, SamplingTensors
+
+GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    from gptq_writer import write_gptq_checkpoint
+
+    ckpt = write_gptq_checkpoint(tmp_path_factory.mktemp("gen"), group_size=32, desc_act=True, sym=False)
+    return load_model(ckpt.path, device="cpu")
+
+
+def reference_greedy(model, prompt_ids, n):
+    """Greedy decoding by recomputing the whole sequence through the transformers forward each step."""
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(prompt_ids) :].tolist()
+
+
+def test_runtime_logits_match_transformers_forward(loaded):
+    ids = torch.randint(3, loaded.config.vocab_size, (1, 30))
+    cache = KVCache(loaded.config.num_hidden_layers, 1, loaded.config.num_key_value_heads, 64,
+                    loaded.config.hidden_size // loaded.config.num_attention_heads, "cpu", torch.float32)
+    with torch.no_grad():
+        expected = loaded.model(ids).logits
+        pieces = [forward(loaded.model, cache, ids[:, :20], torch.arange(20), last_only=False)]
+        for pos in range(20, 30):  # one token at a time against the cache
+            pieces.append(forward(loaded.model, cache, ids[:, pos : pos + 1], torch.tensor([pos]), last_only=False))
+    got = torch.cat(pieces, dim=1)
+    assert (got - expected).abs().max() / expected.abs().max() < 1e-4
+
+
+def test_greedy_tokens_match_full_recompute(loaded):
+    generator = Generator(loaded, VicunaTemplate())
+    prompt = generator.fit([Turn("user", "What is the capital of France?")], GREEDY).token_ids
+    sampling = SamplingTensors.of([GREEDY], torch.device("cpu"))
+    tokens = list(generator.runtime.generate(prompt, 16, sampling, stop_ids=set()))
+    assert tokens == reference_greedy(loaded.model, prompt, 16)
+
+
+def test_stream_pieces_add_up_to_the_answer(loaded):
+    generator = Generator(loaded, VicunaTemplate())
+    turns = [Turn("user", "Hello there! How are you today?")]
+    pieces = list(generator.stream(turns, GREEDY))
+    assert len(pieces) > 1  # it streams, not one blob at the end
+    assert "".join(pieces) == generator.answer(turns, GREEDY)
+
+
+def test_max_new_tokens_bounds_the_answer(loaded):
+    generator = Generator(loaded, VicunaTemplate())
+    turns = [Turn("user", "Hello there!")]
+    short = generator.answer(turns, GREEDY.replace(max_new_tokens=3))
+    long = generator.answer(turns, GREEDY.replace(max_new_tokens=24))
+    assert len(loaded.tokenizer.encode(short, add_special_tokens=False)) <= 4
+    assert long.startswith(short) and len(long) > len(short)
+
+
+def test_answer_stops_before_a_stop_sequence_seen_in_the_stream(loaded):
+    plain = Generator(loaded, VicunaTemplate())
+    turns = [Turn("user", "The quick brown fox")]
+    full = plain.answer(turns, GREEDY)
+    assert len(full) > 12
+    marker = full[6:10]  # pretend this text is the next turn's marker
+    template = VicunaTemplate()
+    template.stop_sequences = (marker,)
+    cut = Generator(loaded, template).answer(turns, GREEDY)
+    assert cut == full[: full.index(marker)].strip()
+    assert marker not in cut
+
+
+def test_too_long_prompt_gets_a_clear_error_with_the_limit(loaded):
+    generator = Generator(loaded, VicunaTemplate(), max_context_tokens=128)
+    with pytest.raises(PromptTooLong, match=r"limit is \d+ tokens"):
+        list(generator.stream([Turn("user", "word " * 400)], GREEDY))
+
+
+def test_long_history_is_trimmed_and_still_answered(loaded):
+    generator = Generator(loaded, VicunaTemplate(), system_prompt="Be brief.", max_context_tokens=128)
+    turns = []
+    for i in range(30):
+        turns += [Turn("user", f"question {i}"), Turn("assistant", f"answer {i}")]
+    turns.append(Turn("user", "last question"))
+    fitted = generator.fit(turns, GREEDY)
+    assert fitted.dropped_turns > 0 and len(fitted.token_ids) <= 128 - GREEDY.max_new_tokens
+    assert isinstance(generator.answer(turns, GREEDY), str)
+
+
+def test_answer_never_overflows_the_cache(loaded):
+    generator = Generator(loaded, VicunaTemplate(), system_prompt="", max_context_tokens=64)
+    answer = generator.answer([Turn("user", "Hi")], dataclasses.replace(GREEDY, max_new_tokens=500))
+    assert len(loaded.tokenizer.encode(answer, add_special_tokens=False)) <= 64
