@@ -27,6 +27,9 @@ class KVCache(nn.Module):
         self.register_buffer("keys", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("values", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.max_len = max_len
+        if self.keys.is_cuda:  # fixed addresses: CUDA graphs replay in-place updates of these buffers
+            torch._dynamo.mark_static_address(self.keys)
+            torch._dynamo.mark_static_address(self.values)
 
     def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         keys, values = self.keys[layer], self.values[layer]

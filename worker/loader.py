@@ -101,6 +101,8 @@ def read_gptq_tensors(store: TensorStore, prefix: str, linear: nn.Linear, quant:
     group = quant.group_size if quant.group_size > 0 else in_features
     per = values_per_word(quant.bits)
     g_idx = store.get_optional(f"{prefix}.g_idx")
+    if g_idx is None and quant.desc_act:
+        raise CheckpointError(f"tensor {prefix}.g_idx is missing: an act-order (desc_act) layer cannot load without it")
     tensors = GPTQTensors(
         qweight=store.get(f"{prefix}.qweight"),
         qzeros=store.get(f"{prefix}.qzeros"),

@@ -1,0 +1,179 @@
+"""Inference-core benchmark (run by hand on the GPU machine; ``--shape tiny`` runs anywhere).
+
+Writes a synthetic GPTQ checkpoint in the Xwin-LM-13B shape (4-bit, g128, act-order), loads it through the
+loader and reports: load time, GPU memory, time to first token for a 500-token prompt, batch-1 decode
+tokens/s with a 4k-token KV cache, and in the same run the seed-style baseline (plain HF ``generate``, eager).
+First it checks the int4 kernel path on this device against dequantized fp32 references.
+
+    python benchmarks/gpu_inference.py            # 13B shape on the GPU
+    python benchmarks/gpu_inference.py --shape tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from synthetic_checkpoint import TINY, XWIN_13B, write_synthetic_checkpoint  # noqa: E402
+
+from worker.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
+from worker.int4_linear import Int4Linear  # noqa: E402
+from worker.llama_runtime import LlamaRuntime  # noqa: E402
+from worker.loader import load_model  # noqa: E402
+from worker.sampling import GenerationParams, SamplingTensors  # noqa: E402
+
+GIB = 1024**3
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def check_kernels(device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """Int4Linear on this device vs the fp32 dequantized weight, every layout variant."""
+    rows = []
+    for group in (32, 64, 128):
+        for desc_act in (False, True):
+            for sym in (True, False):
+                k, n = 1024, 768
+                w = torch.randn(n, k)
+                g_idx = act_order_g_idx(k, group) if desc_act else None
+                t = quantize_weight(w, 4, group, sym, g_idx)
+                layer = Int4Linear.from_gptq(t, group, 1, device, dtype)
+                for m in (1, 7, 64):
+                    x = torch.randn(m, k)
+                    ref = x @ dequantize(t, 4).T
+                    out = layer(x.to(device, dtype)).float().cpu()
+                    rel = float((out - ref).norm() / ref.norm())
+                    rows.append(dict(group=group, desc_act=desc_act, sym=sym, m=m, rel_err=rel))
+    return rows
+
+
+def timed_generation(runtime: LlamaRuntime, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    """(seconds to the first token, decode tokens/s after it) for one greedy request."""
+    sampling = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
+    sync()
+    start = time.perf_counter()
+    tokens = runtime.generate(prompt, new_tokens, sampling, stop_ids=set())
+    next(tokens)
+    first = time.perf_counter()
+    count = 1 + sum(1 for _ in tokens)
+    sync()
+    end = time.perf_counter()
+    return first - start, (count - 1) / (end - first)
+
+
+def hf_generate(model, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    ids = torch.tensor([prompt], device=model.device)
+    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.inference_mode():
+        sync()
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
+        sync()
+        ttft = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+        sync()
+        total = time.perf_counter() - start
+    return ttft, (new_tokens - 1) / (total - ttft)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", choices=["xwin13b", "tiny"], default="xwin13b")
+    parser.add_argument("--dir", help="where to write the checkpoint (default: /dev/shm or a temp dir)")
+    parser.add_argument("--prompt-tokens", type=int, default=500)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--context", type=int, default=4096, help="KV cache length")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    report: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                    "torch": torch.__version__, "shape": args.shape}
+    import transformers
+    report["transformers"] = transformers.__version__
+
+    checks = check_kernels(device, dtype)
+    report["kernel_check_max_rel_err"] = max(r["rel_err"] for r in checks)
+    print(f"int4 kernel check ({len(checks)} cases): max relative error {report['kernel_check_max_rel_err']:.2e}")
+
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    start = time.perf_counter()
+    path = write_synthetic_checkpoint(base / "ckpt", XWIN_13B if args.shape == "xwin13b" else TINY)
+    report["write_s"] = time.perf_counter() - start
+    print(f"wrote synthetic checkpoint in {report['write_s']:.1f} s")
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    loaded = load_model(path, device=device)
+    sync()
+    report["load_s"] = time.perf_counter() - start
+    if device.type == "cuda":
+        report["weights_gib"] = torch.cuda.memory_allocated() / GIB
+    print(f"loaded in {report['load_s']:.1f} s")
+
+    vocab = loaded.config.vocab_size
+    prompt = torch.randint(3, vocab, (args.prompt_tokens,)).tolist()
+    for name, compile in (("runtime_compiled", True), ("runtime_eager", False)):
+        if compile and device.type != "cuda":
+            continue
+        runtime = LlamaRuntime(loaded.model, args.context, compile=compile)
+        start = time.perf_counter()
+        timed_generation(runtime, prompt, 16)  # warm-up: compiles the decode graph
+        timed_generation(runtime, prompt, 16)
+        warm = time.perf_counter() - start
+        runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
+        report[name] = dict(
+            warmup_s=warm,
+            ttft_ms=statistics.median(r[0] for r in runs) * 1000,
+            decode_tok_s=statistics.median(r[1] for r in runs),
+        )
+        if device.type == "cuda":
+            report[name]["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
+            report[name]["reserved_gib"] = torch.cuda.memory_reserved() / GIB
+        print(name, json.dumps(report[name]))
+        del runtime
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    hf_generate(loaded.model, prompt[:32], 8)  # warm-up
+    runs = [hf_generate(loaded.model, prompt, args.new_tokens) for _ in range(args.repeats)]
+    report["hf_generate_eager"] = dict(
+        ttft_ms=statistics.median(r[0] for r in runs) * 1000, decode_tok_s=statistics.median(r[1] for r in runs)
+    )
+    print("hf_generate_eager", json.dumps(report["hf_generate_eager"]))
+    best = report.get("runtime_compiled", report["runtime_eager"])
+    report["speedup_vs_eager_hf"] = best["decode_tok_s"] / report["hf_generate_eager"]["decode_tok_s"]
+
+    print("\n| metric | value |\n|---|---|")
+    for key in ("device", "torch", "transformers", "load_s", "weights_gib", "speedup_vs_eager_hf"):
+        if key in report:
+            value = report[key]
+            print(f"| {key} | {value:.2f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    for name in ("runtime_compiled", "runtime_eager", "hf_generate_eager"):
+        for key, value in report.get(name, {}).items():
+            print(f"| {name}.{key} | {value:.2f} |")
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_inference.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Write a GPTQ checkpoint with random codes in a real model's shape (AutoGPTQ v1 layout, act-order).
+
+Random codes are enough to measure speed and memory: every byte the kernels read is real. Tensors are made on
+the GPU when there is one (the 13B shape has 280 quantized layers) and saved in one shard per few layers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, models
+from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+XWIN_13B = dict(
+    vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+    num_key_value_heads=40, max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+    pad_token_id=0, tie_word_embeddings=False,
+)
+TINY = dict(XWIN_13B, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=4, vocab_size=1000)
+LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def random_gptq_linear(k: int, n: int, group: int, device) -> dict[str, torch.Tensor]:
+    """4-bit symmetric (z = 8, stored as 7 in v1), act-order g_idx, realistic scale magnitudes."""
+    order = torch.randperm(k, device=device)
+    g_idx = torch.empty(k, dtype=torch.int32, device=device)
+    g_idx[order] = torch.arange(k, dtype=torch.int32, device=device) // group
+    return {
+        "qweight": torch.randint(-(2**31), 2**31 - 1, (k // 8, n), dtype=torch.int32, device=device),
+        "qzeros": torch.full((k // group, n // 8), 0x77777777, dtype=torch.int32, device=device),
+        "scales": (torch.rand(k // group, n, device=device) * 0.004 + 0.002).half(),
+        "g_idx": g_idx,
+    }
+
+
+def write_tokenizer(path: Path, vocab_size: int) -> None:
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>").save_pretrained(path)
+
+
+def write_synthetic_checkpoint(path: Path, shape: dict = XWIN_13B, group: int = 128, layers_per_shard: int = 5) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = LlamaConfig(**shape)
+    h, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    sizes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (h, h), "self_attn.v_proj": (h, h),
+             "self_attn.o_proj": (h, h), "mlp.gate_proj": (h, inter), "mlp.up_proj": (h, inter),
+             "mlp.down_proj": (inter, h)}
+    weight_map: dict[str, str] = {}
+    n_layers = config.num_hidden_layers
+    shard_starts = list(range(0, n_layers, layers_per_shard))
+    total = len(shard_starts) + 1
+    for number, start in enumerate(shard_starts, 1):
+        tensors = {}
+        for layer in range(start, min(start + layers_per_shard, n_layers)):
+            prefix = f"model.layers.{layer}"
+            for name in LINEARS:
+                k, n = sizes[name]
+                for suffix, t in random_gptq_linear(k, n, group, device).items():
+                    tensors[f"{prefix}.{name}.{suffix}"] = t.cpu()
+            tensors[f"{prefix}.input_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
+            tensors[f"{prefix}.post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
+        save_shard(path, tensors, number, total, weight_map)
+    plain = {
+        "model.embed_tokens.weight": (torch.randn(vocab, h) * 0.02).half(),
+        "model.norm.weight": torch.ones(h, dtype=torch.float16),
+        "lm_head.weight": (torch.randn(vocab, h) * 0.02).half(),
+    }
+    save_shard(path, plain, total, total, weight_map)
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config.save_pretrained(path)
+    quant = {"bits": 4, "group_size": group, "desc_act": True, "sym": True, "damp_percent": 0.01,
+             "true_sequential": True, "model_file_base_name": "model"}
+    (path / "quantize_config.json").write_text(json.dumps(quant))
+    write_tokenizer(path, vocab)
+    return path
+
+
+def save_shard(path: Path, tensors: dict, number: int, total: int, weight_map: dict) -> None:
+    name = f"model-{number:05d}-of-{total:05d}.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path / name)
+    weight_map.update({k: name for k in tensors})
