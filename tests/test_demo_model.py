@@ -72,22 +72,6 @@ def test_incomplete_directory_is_replaced_and_force_rebuilds(fake_writer, tmp_pa
 # --- slow tests: the real model --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory) -> Path:
-    try:
-        find_demo_gguf()
-    except RuntimeError as err:
-        pytest.skip(str(err))
-    return build_demo_model(tmp_path_factory.mktemp("demo") / DEMO_MODEL_NAME)
-
-
-@pytest.fixture(scope="session")
-def loaded_demo(demo_dir):
-    from worker.loader import load_model
-
-    return load_model(demo_dir, device="cpu")
-
-
 def decoder_linears(model: nn.Module) -> dict[str, nn.Module]:
     """The q/k/v/o and gate/up/down projections of every decoder layer, by ``layer.name``."""
     return {
@@ -135,9 +119,13 @@ def test_quantized_model_knows_the_capital_of_france(loaded_demo):
 
 
 @pytest.mark.slow
-def test_checkpoint_round_trips_to_the_dequantized_weights(demo_dir, loaded_demo):
+def test_checkpoint_round_trips_to_the_dequantized_weights(demo_dir):
     """A plain fp32 model holding dequantize(stored tensors) gives the same logits as the int4 model."""
     from safetensors.torch import load_file
+
+    from worker.loader import load_model
+
+    loaded_demo = load_model(demo_dir, device="cpu", dtype=torch.float32)
     from transformers import AutoModelForCausalLM
 
     from worker.gptq_layout import GPTQTensors, dequantize

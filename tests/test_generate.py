@@ -20,7 +20,7 @@ def loaded(tmp_path_factory):
     from gptq_writer import write_gptq_checkpoint
 
     ckpt = write_gptq_checkpoint(tmp_path_factory.mktemp("gen"), group_size=32, desc_act=True, sym=False)
-    return load_model(ckpt.path, device="cpu")
+    return load_model(ckpt.path, device="cpu", dtype=torch.float32)
 
 
 def reference_greedy(model, prompt_ids, n):

@@ -73,7 +73,7 @@ CASES = [
 def test_4bit_logits_match_reference(gptq_checkpoint, group_size, desc_act, sym, shards, config_style):
     ckpt = gptq_checkpoint(bits=4, group_size=group_size, desc_act=desc_act, sym=sym, shards=shards,
                            config_style=config_style, seed=group_size + shards)
-    loaded = load_model(str(ckpt.path), device="cpu")
+    loaded = load_model(str(ckpt.path), device="cpu", dtype=torch.float32)
 
     assert (loaded.quant.bits, loaded.quant.group_size, loaded.quant.desc_act, loaded.quant.sym) == (
         4, group_size, desc_act, sym)
@@ -89,7 +89,7 @@ def test_4bit_logits_match_reference(gptq_checkpoint, group_size, desc_act, sym,
 @pytest.mark.parametrize("group_size,desc_act,sym", [(128, True, False), (32, False, True)])
 def test_8bit_loads_through_dequantize_fallback(gptq_checkpoint, group_size, desc_act, sym):
     ckpt = gptq_checkpoint(bits=8, group_size=group_size, desc_act=desc_act, sym=sym, seed=8)
-    loaded = load_model(ckpt.path, device="cpu")
+    loaded = load_model(ckpt.path, device="cpu", dtype=torch.float32)
 
     assert loaded.quant.bits == 8
     modules = dict(loaded.model.named_modules())
@@ -106,7 +106,7 @@ def test_attention_bias_is_loaded(gptq_checkpoint):
     for proj in ("q_proj", "k_proj", "v_proj"):
         assert f"model.layers.0.self_attn.{proj}.bias" in stored  # next to .qweight, as AutoGPTQ writes it
         assert f"model.layers.0.self_attn.{proj}.qweight" in stored
-    loaded = load_model(ckpt.path, device="cpu")
+    loaded = load_model(ckpt.path, device="cpu", dtype=torch.float32)
 
     modules = dict(loaded.model.named_modules())
     reference = dict(ckpt.model.named_modules())
