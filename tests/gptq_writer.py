@@ -57,14 +57,25 @@ class ReferenceCheckpoint:
     weight_map: dict[str, str] = field(default_factory=dict)  # tensor name -> safetensors file name
 
 
+def shared_input_family(module: str) -> str:
+    """Layers that read the same input: q/k/v, and gate/up."""
+    for members, family in ((("q_proj", "k_proj", "v_proj"), "attn_in"), (("gate_proj", "up_proj"), "mlp_in")):
+        if module.rsplit(".", 1)[1] in members:
+            return f"{module.rsplit('.', 2)[0]}.{family}"
+    return module
+
+
 def quantize_rtn(w: torch.Tensor, bits: int, group_size: int, desc_act: bool, sym: bool,
-                 gen: torch.Generator) -> QuantizedLinear:
-    """Round-to-nearest GPTQ-style quantization of a Linear weight w [N, K]."""
+                 gen: torch.Generator, order: torch.Tensor | None = None) -> QuantizedLinear:
+    """Round-to-nearest GPTQ-style quantization of a Linear weight w [N, K].
+
+    With desc_act, ``order`` is the act-order visiting order of the input channels (random if not given).
+    """
     n_out, k_in = w.shape
     maxq = 2**bits - 1
     n_groups = k_in // group_size
     if desc_act:
-        order = torch.randperm(k_in, generator=gen)
+        order = torch.randperm(k_in, generator=gen) if order is None else order
         g_idx = torch.empty(k_in, dtype=torch.int64)
         g_idx[order] = torch.arange(k_in) // group_size
     else:
@@ -118,7 +129,9 @@ def pack_qzeros(z: torch.Tensor, bits: int) -> torch.Tensor:
 def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, sym=True, shards=1,
                           config_style="quantize_config", seed=0, bias=False, hidden_size=128,
                           intermediate_size=256, num_layers=2, num_heads=4,
-                          num_kv_heads=2) -> ReferenceCheckpoint:
+                          num_kv_heads=2, shared_act_order=True) -> ReferenceCheckpoint:
+    """``shared_act_order``: q/k/v share one act-order permutation and gate/up another, as AutoGPTQ writes
+    them (the order comes from their common input); False gives every layer its own."""
     assert config_style in ("quantize_config", "config_json")
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
@@ -146,6 +159,7 @@ def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, s
     ref_params = dict(reference.named_parameters()) if packable else {}
     tensors: dict[str, torch.Tensor] = {}
     codes: dict[str, QuantizedLinear] = {}
+    orders: dict[str, torch.Tensor] = {}
     quantized = {f"model.layers.{i}.{lin}" for i in range(num_layers) for lin in QUANTIZED_LINEARS}
     with torch.no_grad():
         for name, p in model.state_dict().items():
@@ -153,7 +167,10 @@ def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, s
             if module in quantized and name.endswith(".weight"):
                 n_out, k_in = p.shape
                 if packable:
-                    ql = quantize_rtn(p, bits, group_size, desc_act, sym, gen)
+                    family = shared_input_family(module) if shared_act_order else module
+                    if family not in orders:
+                        orders[family] = torch.randperm(k_in, generator=gen)
+                    ql = quantize_rtn(p, bits, group_size, desc_act, sym, gen, orders[family])
                     codes[module] = ql
                     ref_params[name].copy_(ql.dequantize())
                     tensors[f"{module}.qweight"] = pack_qweight(ql.q, bits)

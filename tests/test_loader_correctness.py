@@ -81,7 +81,9 @@ def test_4bit_logits_match_reference(gptq_checkpoint, group_size, desc_act, sym,
     modules = dict(loaded.model.named_modules())
     for name in decoder_linear_names(ckpt.config.num_hidden_layers):
         assert isinstance(modules[name], Int4Linear), f"{name} is {type(modules[name]).__name__}, not Int4Linear"
-    assert sum(isinstance(m, Int4Linear) for m in modules.values()) == 7 * ckpt.config.num_hidden_layers
+    fused = {name for name in modules if name.endswith((".qkv_proj", ".gate_up_proj"))}
+    assert len(fused) == 2 * ckpt.config.num_hidden_layers  # q/k/v and gate/up share their input order
+    assert sum(isinstance(m, Int4Linear) for m in modules.values()) == 9 * ckpt.config.num_hidden_layers
     assert_unquantized_ends(loaded)
     assert_logits_match(ckpt, loaded)
 
@@ -168,3 +170,24 @@ def test_writer_agrees_with_production_dequantize(gptq_checkpoint):
     for name in decoder_linear_names(ckpt.config.num_hidden_layers):
         t = GPTQTensors(*(stored[f"{name}.{part}"] for part in ("qweight", "qzeros", "scales", "g_idx")))
         torch.testing.assert_close(dequantize(t, 4), reference[f"{name}.weight"], rtol=1e-6, atol=1e-7)
+
+
+def test_act_order_layers_with_their_own_orders_stay_separate(gptq_checkpoint):
+    """When q/k/v (or gate/up) were quantized with different act-orders they cannot share one matmul."""
+    ckpt = gptq_checkpoint(bits=4, group_size=32, desc_act=True, sym=False, shared_act_order=False, seed=11)
+    loaded = load_model(ckpt.path, device="cpu", dtype=torch.float32)
+    names = {name for name, _ in loaded.model.named_modules()}
+    assert not any(name.endswith((".qkv_proj", ".gate_up_proj")) for name in names)
+    assert_logits_match(ckpt, loaded)
+
+
+def test_fused_projections_share_memory_with_their_views(gptq_checkpoint):
+    ckpt = gptq_checkpoint(bits=4, group_size=64, desc_act=True, sym=True, seed=5)
+    loaded = load_model(ckpt.path, device="cpu", dtype=torch.float32)
+    attn = loaded.model.model.layers[0].self_attn
+    fused = attn.qkv_proj.packed
+    for view in (attn.q_proj, attn.k_proj, attn.v_proj):
+        start = view.packed.data_ptr() - fused.data_ptr()
+        assert 0 <= start < fused.numel() * fused.element_size()  # no second copy of the weights
+    mlp = loaded.model.model.layers[0].mlp
+    assert mlp.down_proj.perm is None  # its act-order gather moved into gate/up's output order

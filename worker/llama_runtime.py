@@ -46,9 +46,14 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, input_pos) -> torch.Tensor:
     batch, length, _ = x.shape
     head_dim = attn.head_dim
-    q = attn.q_proj(x).view(batch, length, -1, head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(batch, length, -1, head_dim).transpose(1, 2)
-    v = attn.v_proj(x).view(batch, length, -1, head_dim).transpose(1, 2)
+    if hasattr(attn, "qkv_proj"):  # fused at load time (worker.int4_fusion)
+        sizes = (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features)
+        q, k, v = attn.qkv_proj(x).split(sizes, dim=-1)
+    else:
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    q = q.view(batch, length, -1, head_dim).transpose(1, 2)
+    k = k.view(batch, length, -1, head_dim).transpose(1, 2)
+    v = v.view(batch, length, -1, head_dim).transpose(1, 2)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
@@ -60,6 +65,13 @@ def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, in
     return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
 
+def mlp(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if hasattr(block, "gate_up_proj"):  # fused at load time (worker.int4_fusion)
+        gate, up = block.gate_up_proj(x).split(block.gate_proj.out_features, dim=-1)
+        return block.down_proj(block.act_fn(gate) * up)
+    return block(x)
+
+
 def forward(model: nn.Module, cache: KVCache, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool):
     """tokens [B, T] at positions input_pos [T] -> logits [B, T or 1, V]; writes K/V into the cache."""
     inner = model.model
@@ -69,7 +81,7 @@ def forward(model: nn.Module, cache: KVCache, tokens: torch.Tensor, input_pos: t
     mask = (slots.unsqueeze(0) <= input_pos.unsqueeze(1)).view(1, 1, len(input_pos), cache.max_len)
     for index, layer in enumerate(inner.layers):
         h = h + attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask, cache, index, input_pos)
-        h = h + layer.mlp(layer.post_attention_layernorm(h))
+        h = h + mlp(layer.mlp, layer.post_attention_layernorm(h))
     if last_only:
         h = h[:, -1:]
     return model.lm_head(inner.norm(h))

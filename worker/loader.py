@@ -22,7 +22,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 from worker.checkpoint import TensorStore, read_config_json, resolve_checkpoint_dir, safetensors_shards
 from worker.errors import CheckpointError, UnsupportedCheckpoint
 from worker.gptq_layout import GPTQTensors, values_per_word
-from worker.int4_linear import Int4Linear, dequantized_linear, group_order, int4_kernel_fits
+from worker.int4_fusion import build_int4_modules
+from worker.int4_linear import Int4Codes, dequantized_linear, int4_kernel_fits
 from worker.quant_config import QuantConfig, read_quant_config
 
 log = logging.getLogger(__name__)
@@ -128,36 +129,53 @@ def read_gptq_tensors(store: TensorStore, prefix: str, linear: nn.Linear, quant:
     return tensors
 
 
-def build_quantized_linear(
-    tensors: GPTQTensors, linear: nn.Linear, quant: QuantConfig, device: torch.device, dtype: torch.dtype
-) -> nn.Module:
+def int4_codes_or_none(
+    tensors: GPTQTensors, linear: nn.Linear, quant: QuantConfig, device: torch.device
+) -> Int4Codes | None:
+    """The layer's codes for the int4 kernels, or None when only the dequantized path can serve it."""
     group = quant.group_size if quant.group_size > 0 else linear.in_features
-    if quant.int4_kernel_ok and int4_kernel_fits(linear.in_features, linear.out_features, device):
-        try:
-            group_order(tensors.g_idx, group)
-        except ValueError:
-            pass  # unequal act-order groups: only the dequantized path can express them
-        else:
-            return Int4Linear.from_gptq(tensors, group, quant.zero_offset, device, dtype)
-    return dequantized_linear(tensors, quant.bits, quant.zero_offset, device, dtype)
+    if not (quant.int4_kernel_ok and int4_kernel_fits(linear.in_features, linear.out_features, device)):
+        return None
+    try:
+        return Int4Codes.from_gptq(tensors, group, quant.zero_offset, device)
+    except ValueError:  # unequal act-order groups
+        return None
+
+
+def decoder_layer_of(prefix: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``model.layers.3``: the unit loaded (and fused) at once."""
+    return prefix.rsplit(".", 2)[0]
 
 
 def replace_quantized_linears(
     model: nn.Module, store: TensorStore, quant: QuantConfig, device: torch.device, dtype: torch.dtype
 ) -> None:
-    quantized_prefixes = {name.removesuffix(".qweight") for name in store.names() if name.endswith(".qweight")}
+    """Layer by layer (bounded memory): read, repack (fusing where possible) and swap in each quantized Linear."""
+    quantized_prefixes = sorted(name.removesuffix(".qweight") for name in store.names() if name.endswith(".qweight"))
     if not quantized_prefixes:
         raise CheckpointError("the checkpoint's safetensors files hold no .qweight tensors: not a GPTQ checkpoint")
     modules = dict(model.named_modules())
+    by_layer: dict[str, list[str]] = {}
+    for prefix in quantized_prefixes:
+        by_layer.setdefault(decoder_layer_of(prefix), []).append(prefix)
     fallbacks = 0
-    for prefix in sorted(quantized_prefixes):
-        linear = modules.get(prefix)
-        if not isinstance(linear, nn.Linear):
-            raise UnsupportedCheckpoint(f"tensor {prefix}.qweight has no matching Linear layer in {type(model).__name__}")
-        replacement = build_quantized_linear(read_gptq_tensors(store, prefix, linear, quant), linear, quant, device, dtype)
-        fallbacks += not isinstance(replacement, Int4Linear)
-        parent_name, _, child_name = prefix.rpartition(".")
-        setattr(model.get_submodule(parent_name), child_name, replacement)
+    for prefixes in by_layer.values():
+        codes, replacements = {}, {}
+        for prefix in prefixes:
+            linear = modules.get(prefix)
+            if not isinstance(linear, nn.Linear):
+                raise UnsupportedCheckpoint(f"tensor {prefix}.qweight has no matching Linear layer in {type(model).__name__}")
+            tensors = read_gptq_tensors(store, prefix, linear, quant)
+            layer_codes = int4_codes_or_none(tensors, linear, quant, device)
+            if layer_codes is None:
+                replacements[prefix] = dequantized_linear(tensors, quant.bits, quant.zero_offset, device, dtype)
+                fallbacks += 1
+            else:
+                codes[prefix] = layer_codes
+        int4_modules, fused = build_int4_modules(codes, dtype)
+        for prefix, module in {**replacements, **int4_modules, **fused}.items():
+            parent_name, _, child_name = prefix.rpartition(".")
+            setattr(model.get_submodule(parent_name), child_name, module)
     if fallbacks:
         log.warning(
             "%d of %d quantized layers use dequantized weights (bits=%d, group_size=%d): more memory, same answers",
