@@ -21,15 +21,21 @@ XWIN_13B = dict(
 )
 TINY = dict(XWIN_13B, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=4, vocab_size=1000)
+SHARED_INPUT = {"self_attn.q_proj": "attn", "self_attn.k_proj": "attn", "self_attn.v_proj": "attn",
+                "mlp.gate_proj": "mlp", "mlp.up_proj": "mlp"}
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def random_gptq_linear(k: int, n: int, group: int, device) -> dict[str, torch.Tensor]:
-    """4-bit symmetric (z = 8, stored as 7 in v1), act-order g_idx, realistic scale magnitudes."""
+def act_order_g_idx(k: int, group: int, device) -> torch.Tensor:
     order = torch.randperm(k, device=device)
     g_idx = torch.empty(k, dtype=torch.int32, device=device)
     g_idx[order] = torch.arange(k, dtype=torch.int32, device=device) // group
+    return g_idx
+
+
+def random_gptq_linear(k: int, n: int, group: int, g_idx: torch.Tensor, device) -> dict[str, torch.Tensor]:
+    """4-bit symmetric (z = 8, stored as 7 in v1), the given act-order g_idx, realistic scale magnitudes."""
     return {
         "qweight": torch.randint(-(2**31), 2**31 - 1, (k // 8, n), dtype=torch.int32, device=device),
         "qzeros": torch.full((k // group, n // 8), 0x77777777, dtype=torch.int32, device=device),
@@ -60,10 +66,14 @@ def write_synthetic_checkpoint(path: Path, shape: dict = XWIN_13B, group: int = 
         tensors = {}
         for layer in range(start, min(start + layers_per_shard, n_layers)):
             prefix = f"model.layers.{layer}"
+            # As AutoGPTQ writes them: layers reading the same input share its act-order (q/k/v, gate/up).
+            shared = {"attn": act_order_g_idx(h, group, device), "mlp": act_order_g_idx(h, group, device)}
             for name in LINEARS:
                 k, n = sizes[name]
-                for suffix, t in random_gptq_linear(k, n, group, device).items():
-                    tensors[f"{prefix}.{name}.{suffix}"] = t.cpu()
+                family = SHARED_INPUT.get(name)
+                g_idx = shared[family] if family else act_order_g_idx(k, group, device)
+                for suffix, t in random_gptq_linear(k, n, group, g_idx, device).items():
+                    tensors[f"{prefix}.{name}.{suffix}"] = t.cpu().clone()
             tensors[f"{prefix}.input_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
             tensors[f"{prefix}.post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
         save_shard(path, tensors, number, total, weight_map)

@@ -38,9 +38,9 @@ def test_runtime_logits_match_transformers_forward(loaded):
                     loaded.config.hidden_size // loaded.config.num_attention_heads, "cpu", torch.float32)
     with torch.no_grad():
         expected = loaded.model(ids).logits
-        pieces = [forward(loaded.model, cache, ids[:, :20], torch.arange(20), last_only=False)]
+        pieces = [forward(loaded.model, cache, ids[:, :20], torch.arange(20), 64, last_only=False)]
         for pos in range(20, 30):  # one token at a time against the cache
-            pieces.append(forward(loaded.model, cache, ids[:, pos : pos + 1], torch.tensor([pos]), last_only=False))
+            pieces.append(forward(loaded.model, cache, ids[:, pos : pos + 1], torch.tensor([pos]), 32 if pos < 32 else 64, last_only=False))
     got = torch.cat(pieces, dim=1)
     assert (got - expected).abs().max() / expected.abs().max() < 1e-4
 
@@ -104,3 +104,16 @@ def test_answer_never_overflows_the_cache(loaded):
     generator = Generator(loaded, VicunaTemplate(), system_prompt="", max_context_tokens=64)
     answer = generator.answer([Turn("user", "Hi")], dataclasses.replace(GREEDY, max_new_tokens=500))
     assert len(loaded.tokenizer.encode(answer, add_special_tokens=False)) <= 64
+
+
+def test_generation_crossing_attention_windows_matches_full_recompute(loaded):
+    from worker.llama_runtime import attention_windows
+
+    generator = Generator(loaded, VicunaTemplate(), system_prompt="")
+    generator.runtime.windows = attention_windows(generator.runtime.max_seq_len, smallest=16)
+    assert generator.runtime.windows[:4] == [16, 32, 64, 128]
+    prompt = generator.fit([Turn("user", "Hi there")], GREEDY).token_ids
+    sampling = SamplingTensors.of([GREEDY], torch.device("cpu"))
+    tokens = list(generator.runtime.generate(prompt, 60, sampling, stop_ids=set()))
+    assert 16 < len(prompt) < 32 and len(prompt) + 60 > 64  # prefill in the second window, decoding crosses two more
+    assert tokens == reference_greedy(loaded.model, prompt, 60)

@@ -25,7 +25,8 @@ class Generator:
         system_prompt: str | None = None,
         max_context_tokens: int | None = None,
         defaults: GenerationParams = GenerationParams(),
-        compile: bool = False,
+        cuda_graphs: bool = False,
+        inductor: bool = False,
     ):
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -33,7 +34,8 @@ class Generator:
         self.system_prompt = system_prompt
         self.defaults = defaults
         self.context_tokens = min(max_context_tokens or loaded.max_positions, loaded.max_positions)
-        self.runtime = LlamaRuntime(loaded.model, self.context_tokens, compile=compile)
+        self.runtime = LlamaRuntime(loaded.model, self.context_tokens, cuda_graphs=cuda_graphs, inductor=inductor)
+        self.runtime.warm_up()
 
     def fit(self, turns: Sequence[Turn], params: GenerationParams) -> FittedPrompt:
         """The conversation as prompt tokens, oldest turns dropped to leave room for the answer."""

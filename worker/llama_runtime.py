@@ -1,9 +1,9 @@
 """A gpt-fast style runtime for Llama-family models: static KV cache, ``prefill`` and ``decode_one_token``.
 
 It runs the loaded transformers model's own modules (embeddings, norms, MLPs, int4 projections, rotary
-tables) but does attention against a KV cache allocated once, so the decode step has fixed shapes and
-compiles into one CUDA graph (``torch.compile(mode="reduce-overhead")``). Compiling happens here and
-nowhere else.
+tables) but does attention against a KV cache allocated once, so a decode step has fixed shapes and replays
+as a CUDA graph. Attention reads a window of the cache (a power of two covering the conversation so far),
+so short conversations do not pay for the whole context.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker.decode_graph import DecodeGraphs
 from worker.sampling import sample
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 PREFILL_CHUNK = 512
+MIN_WINDOW = 256
 
 
 class KVCache(nn.Module):
@@ -31,11 +33,12 @@ class KVCache(nn.Module):
             torch._dynamo.mark_static_address(self.keys)
             torch._dynamo.mark_static_address(self.values)
 
-    def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
+        """Write k/v at input_pos; return the first ``window`` slots (all a step may attend to)."""
         keys, values = self.keys[layer], self.values[layer]
         keys.index_copy_(2, input_pos, k)
         values.index_copy_(2, input_pos, v)
-        return keys, values
+        return keys[:, :, :window], values[:, :, :window]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +46,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
-def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, input_pos) -> torch.Tensor:
+def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, input_pos, window: int) -> torch.Tensor:
     batch, length, _ = x.shape
     head_dim = attn.head_dim
     if hasattr(attn, "qkv_proj"):  # fused at load time (worker.int4_fusion)
@@ -57,7 +60,7 @@ def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, in
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
-    keys, values = cache.update(layer, input_pos, k.to(cache.keys.dtype), v.to(cache.values.dtype))
+    keys, values = cache.update(layer, input_pos, k.to(cache.keys.dtype), v.to(cache.values.dtype), window)
     out = F.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
         enable_gqa=q.shape[1] != keys.shape[1],
@@ -72,62 +75,98 @@ def mlp(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return block(x)
 
 
-def forward(model: nn.Module, cache: KVCache, tokens: torch.Tensor, input_pos: torch.Tensor, last_only: bool):
-    """tokens [B, T] at positions input_pos [T] -> logits [B, T or 1, V]; writes K/V into the cache."""
+def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool) -> torch.Tensor:
+    """tokens [B, T] at positions input_pos [T] -> logits [B, T or 1, V]; writes K/V into the cache.
+
+    Attention reads only the first ``window`` cache slots, which must cover every position up to input_pos.
+    """
     inner = model.model
     h = inner.embed_tokens(tokens)
     cos, sin = inner.rotary_emb(h, input_pos.unsqueeze(0))
-    slots = torch.arange(cache.max_len, device=tokens.device)
-    mask = (slots.unsqueeze(0) <= input_pos.unsqueeze(1)).view(1, 1, len(input_pos), cache.max_len)
+    slots = torch.arange(window, device=tokens.device)
+    mask = (slots.unsqueeze(0) <= input_pos.unsqueeze(1)).view(1, 1, len(input_pos), window)
     for index, layer in enumerate(inner.layers):
-        h = h + attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask, cache, index, input_pos)
+        h = h + attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask, cache, index, input_pos, window)
         h = h + mlp(layer.mlp, layer.post_attention_layernorm(h))
     if last_only:
         h = h[:, -1:]
     return model.lm_head(inner.norm(h))
 
 
-def prefill(model, cache, tokens, input_pos, temperature, top_k, top_p) -> torch.Tensor:
-    logits = forward(model, cache, tokens, input_pos, last_only=True)
+def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p) -> torch.Tensor:
+    logits = forward(model, cache, tokens, input_pos, window, last_only=True)
     return sample(logits[:, -1], temperature, top_k, top_p)
 
 
-def decode_one_token(model, cache, token, input_pos, temperature, top_k, top_p) -> torch.Tensor:
-    logits = forward(model, cache, token, input_pos, last_only=True)
+def decode_one_token(model, cache, token, input_pos, window, temperature, top_k, top_p) -> torch.Tensor:
+    logits = forward(model, cache, token, input_pos, window, last_only=True)
     return sample(logits[:, -1], temperature, top_k, top_p)
+
+
+def attention_windows(max_len: int, smallest: int = MIN_WINDOW) -> list[int]:
+    """Window sizes: powers of two from ``smallest``, then ``max_len`` itself."""
+    windows, size = [], smallest
+    while size < max_len:
+        windows.append(size)
+        size *= 2
+    return windows + [max_len]
 
 
 class LlamaRuntime:
-    """Holds the model and its cache; yields token ids for one prompt at a time (batch 1)."""
+    """Holds the model and its cache; yields token ids for one prompt at a time (batch 1).
 
-    def __init__(self, model: nn.Module, max_seq_len: int, *, compile: bool = False, cache_dtype=None):
+    ``cuda_graphs``: each decode step replays a captured CUDA graph (one per attention window), removing
+    Python and launch overhead. ``inductor``: the captured step is first compiled by torch.compile, fusing the
+    small element-wise kernels (norms, rotary, residuals). Both apply on CUDA only; compiling happens here.
+    """
+
+    def __init__(self, model: nn.Module, max_seq_len: int, *, cuda_graphs: bool = False, inductor: bool = False):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model type {config.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
         self.model = model
-        device = next(model.parameters()).device
-        dtype = cache_dtype or model.get_input_embeddings().weight.dtype
+        self.device = next(model.parameters()).device
+        dtype = model.get_input_embeddings().weight.dtype
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.cache = KVCache(
-            config.num_hidden_layers, 1, config.num_key_value_heads, max_seq_len, head_dim, device, dtype
+            config.num_hidden_layers, 1, config.num_key_value_heads, max_seq_len, head_dim, self.device, dtype
         )
-        self.device = device
         self.max_seq_len = max_seq_len
-        self.decode = decode_one_token
-        if compile and device.type == "cuda":
-            self.decode = torch.compile(decode_one_token, mode="reduce-overhead", fullgraph=True)
+        self.windows = attention_windows(max_seq_len)
+        on_cuda = self.device.type == "cuda"
+        step = decode_one_token
+        if inductor and on_cuda:
+            step = torch.compile(decode_one_token, fullgraph=True, dynamic=False)
+        self.graphs = DecodeGraphs(step, model, self.cache) if cuda_graphs and on_cuda else None
+        self.step = step
+
+    def window_for(self, length: int) -> int:
+        return next(w for w in self.windows if w >= length)
+
+    def warm_up(self) -> None:
+        """Capture every window's decode graph now rather than during someone's answer."""
+        if self.graphs is not None:
+            for window in self.windows:
+                self.graphs.get(window)
+
+    def decode(self, token: torch.Tensor, position: int, sampling) -> torch.Tensor:
+        window = self.window_for(position + 1)
+        input_pos = torch.tensor([position], device=self.device)
+        if self.graphs is not None:
+            return self.graphs.get(window).run(token, input_pos, sampling)
+        return self.step(self.model, self.cache, token, input_pos, window, *sampling.as_args())
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling, stop_ids: set[int]):
         """Yield new token ids until a stop id (not yielded), ``max_new_tokens`` or the cache is full."""
         if len(prompt_ids) + max_new_tokens > self.max_seq_len:
             raise ValueError(f"{len(prompt_ids)} prompt + {max_new_tokens} new tokens exceed {self.max_seq_len}")
-        args = (sampling.temperature, sampling.top_k, sampling.top_p)
         prompt = torch.tensor([prompt_ids], device=self.device)
         for start in range(0, len(prompt_ids), PREFILL_CHUNK):
             chunk = prompt[:, start : start + PREFILL_CHUNK]
-            positions = torch.arange(start, start + chunk.shape[1], device=self.device)
-            token = prefill(self.model, self.cache, chunk, positions, *args)
+            end = start + chunk.shape[1]
+            positions = torch.arange(start, end, device=self.device)
+            token = prefill(self.model, self.cache, chunk, positions, self.window_for(end), *sampling.as_args())
         position = len(prompt_ids)
         for produced in range(1, max_new_tokens + 1):
             token_id = int(token[0])
@@ -136,8 +175,5 @@ class LlamaRuntime:
             yield token_id
             if produced == max_new_tokens or position >= self.max_seq_len:
                 return
-            token = self.decode(
-                self.model, self.cache, token.view(1, 1),
-                torch.tensor([position], device=self.device), *args,
-            ).clone()
+            token = self.decode(token.view(1, 1), position, sampling).clone()
             position += 1

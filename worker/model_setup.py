@@ -46,5 +46,6 @@ def load_generator(settings: Settings) -> Generator:
         system_prompt=settings.system_prompt,
         max_context_tokens=settings.max_context_tokens,
         defaults=settings.generation_params(),
-        compile=settings.compile,
+        cuda_graphs=settings.cuda_graphs,
+        inductor=settings.inductor,
     )

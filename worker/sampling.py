@@ -41,6 +41,9 @@ class SamplingTensors:
     top_k: torch.Tensor
     top_p: torch.Tensor
 
+    def as_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.temperature, self.top_k, self.top_p
+
     @classmethod
     def of(cls, params: list[GenerationParams], device: torch.device) -> SamplingTensors:
         return cls(
