@@ -28,7 +28,7 @@ class DecodeGraph:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):  # compiles (if inductor) and initialises lazy state outside the capture
+            for _ in range(2):  # initialises lazy state (cuBLAS/cuDNN handles, plans) outside the capture
                 run()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()

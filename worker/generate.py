@@ -26,7 +26,6 @@ class Generator:
         max_context_tokens: int | None = None,
         defaults: GenerationParams = GenerationParams(),
         cuda_graphs: bool = False,
-        inductor: bool = False,
     ):
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -34,7 +33,7 @@ class Generator:
         self.system_prompt = system_prompt
         self.defaults = defaults
         self.context_tokens = min(max_context_tokens or loaded.max_positions, loaded.max_positions)
-        self.runtime = LlamaRuntime(loaded.model, self.context_tokens, cuda_graphs=cuda_graphs, inductor=inductor)
+        self.runtime = LlamaRuntime(loaded.model, self.context_tokens, cuda_graphs=cuda_graphs)
         self.runtime.warm_up()
 
     def fit(self, turns: Sequence[Turn], params: GenerationParams) -> FittedPrompt:

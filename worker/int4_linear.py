@@ -130,17 +130,25 @@ class Int4Linear(nn.Module):
         return cls.from_codes(Int4Codes.from_gptq(t, group_size, zero_offset, torch.device(device)), dtype)
 
     def output_slice(self, start: int, end: int) -> Int4Linear:
-        """Outputs start..end as a layer of their own, sharing this layer's packed weight memory."""
+        """Outputs start..end as a layer of their own, sharing this layer's packed weight memory.
+
+        Its scales are copied out (the kernels want them contiguous) only when the slice is first called:
+        the runtime calls the fused layer, so serving never pays that memory.
+        """
         block = PACKED_ROW_BLOCK[self.packed.device.type]
         if start % block or end % block:
             raise ValueError(f"output slices of packed int4 weights must align to {block} rows")
         rows = self.packed.shape[0] // (self.out_features // block)  # packed rows per block of outputs
         packed = self.packed[start // block * rows : end // block * rows]
-        scales_and_zeros = self.scales_and_zeros[:, start:end].contiguous()
         bias = None if self.bias is None else self.bias[start:end]
-        return Int4Linear(self.in_features, end - start, self.group_size, packed, scales_and_zeros, self.perm, bias)
+        view = Int4Linear(self.in_features, end - start, self.group_size, packed, None, self.perm, bias)
+        view.scales_source = (self.scales_and_zeros, start, end)
+        return view
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scales_and_zeros is None:  # an output slice, called for the first time
+            source, start, end = self.scales_source
+            self.scales_and_zeros = source[:, start:end].contiguous()
         leading = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(self.scales_and_zeros.dtype)
         if self.perm is not None:

@@ -46,24 +46,31 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm as one fused kernel (transformers' version is six small ones)."""
+    eps = getattr(norm, "variance_epsilon", None) or norm.eps
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+
+
 def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, input_pos, window: int) -> torch.Tensor:
     batch, length, _ = x.shape
     head_dim = attn.head_dim
+    q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
     if hasattr(attn, "qkv_proj"):  # fused at load time (worker.int4_fusion)
-        sizes = (attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features)
-        q, k, v = attn.qkv_proj(x).split(sizes, dim=-1)
+        qkv = attn.qkv_proj(x)
     else:
-        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-    q = q.view(batch, length, -1, head_dim).transpose(1, 2)
-    k = k.view(batch, length, -1, head_dim).transpose(1, 2)
-    v = v.view(batch, length, -1, head_dim).transpose(1, 2)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    q = q * cos + rotate_half(q) * sin
-    k = k * cos + rotate_half(k) * sin
+        qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+    heads = qkv.view(batch, length, -1, head_dim)  # [B, T, q + k + v heads, D]
+    qk = heads[:, :, : q_heads + kv_heads]
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    qk = qk * cos + rotate_half(qk) * sin  # rotary for q and k heads at once
+    q = qk[:, :, :q_heads].transpose(1, 2)
+    k = qk[:, :, q_heads:].transpose(1, 2)
+    v = heads[:, :, q_heads + kv_heads :].transpose(1, 2)
     keys, values = cache.update(layer, input_pos, k.to(cache.keys.dtype), v.to(cache.values.dtype), window)
     out = F.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
-        enable_gqa=q.shape[1] != keys.shape[1],
+        enable_gqa=q_heads != kv_heads,
     )
     return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
 
@@ -86,11 +93,11 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
     slots = torch.arange(window, device=tokens.device)
     mask = (slots.unsqueeze(0) <= input_pos.unsqueeze(1)).view(1, 1, len(input_pos), window)
     for index, layer in enumerate(inner.layers):
-        h = h + attention(layer.self_attn, layer.input_layernorm(h), cos, sin, mask, cache, index, input_pos, window)
-        h = h + mlp(layer.mlp, layer.post_attention_layernorm(h))
+        h = h + attention(layer.self_attn, rms_norm(layer.input_layernorm, h), cos, sin, mask, cache, index, input_pos, window)
+        h = h + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, h))
     if last_only:
         h = h[:, -1:]
-    return model.lm_head(inner.norm(h))
+    return model.lm_head(rms_norm(inner.norm, h))
 
 
 def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p) -> torch.Tensor:
@@ -115,12 +122,11 @@ def attention_windows(max_len: int, smallest: int = MIN_WINDOW) -> list[int]:
 class LlamaRuntime:
     """Holds the model and its cache; yields token ids for one prompt at a time (batch 1).
 
-    ``cuda_graphs``: each decode step replays a captured CUDA graph (one per attention window), removing
-    Python and launch overhead. ``inductor``: the captured step is first compiled by torch.compile, fusing the
-    small element-wise kernels (norms, rotary, residuals). Both apply on CUDA only; compiling happens here.
+    ``cuda_graphs`` (CUDA only): each decode step replays a captured CUDA graph, one per attention window,
+    removing Python and launch overhead. Graphs are captured here and nowhere else.
     """
 
-    def __init__(self, model: nn.Module, max_seq_len: int, *, cuda_graphs: bool = False, inductor: bool = False):
+    def __init__(self, model: nn.Module, max_seq_len: int, *, cuda_graphs: bool = False):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model type {config.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
@@ -133,12 +139,8 @@ class LlamaRuntime:
         )
         self.max_seq_len = max_seq_len
         self.windows = attention_windows(max_seq_len)
-        on_cuda = self.device.type == "cuda"
-        step = decode_one_token
-        if inductor and on_cuda:
-            step = torch.compile(decode_one_token, fullgraph=True, dynamic=False)
-        self.graphs = DecodeGraphs(step, model, self.cache) if cuda_graphs and on_cuda else None
-        self.step = step
+        use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.graphs = DecodeGraphs(decode_one_token, model, self.cache) if use_graphs else None
 
     def window_for(self, length: int) -> int:
         return next(w for w in self.windows if w >= length)
@@ -154,7 +156,7 @@ class LlamaRuntime:
         input_pos = torch.tensor([position], device=self.device)
         if self.graphs is not None:
             return self.graphs.get(window).run(token, input_pos, sampling)
-        return self.step(self.model, self.cache, token, input_pos, window, *sampling.as_args())
+        return decode_one_token(self.model, self.cache, token, input_pos, window, *sampling.as_args())
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling, stop_ids: set[int]):

@@ -47,5 +47,4 @@ def load_generator(settings: Settings) -> Generator:
         max_context_tokens=settings.max_context_tokens,
         defaults=settings.generation_params(),
         cuda_graphs=settings.cuda_graphs,
-        inductor=settings.inductor,
     )

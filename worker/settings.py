@@ -29,7 +29,6 @@ class Settings(BaseSettings):
         None, ge=64, description="KV cache length: prompt + answer. Unset: the model's max positions."
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
-    inductor: bool = Field(False, description="Also fuse the decode step with torch.compile before capture (GPU only; slower start).")
     temperature: float = Field(0.01, ge=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(40, ge=0)
