@@ -176,12 +176,17 @@ def main() -> None:
         timed_generation(runtime, prompt, 16)
         warm = time.perf_counter() - start
         runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
+        long_prompt = torch.randint(3, vocab, (args.context - args.new_tokens - 300,)).tolist()
+        long_ttft, long_decode = timed_generation(runtime, long_prompt, args.new_tokens)
         greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
         tokens[name] = list(runtime.generate(prompt[:100], 64, greedy, stop_ids=set()))
         report[name] = dict(
             warmup_s=warm,
             ttft_ms=statistics.median(r[0] for r in runs) * 1000,
             decode_tok_s=statistics.median(r[1] for r in runs),
+            long_prompt_tokens=len(long_prompt),
+            long_ttft_ms=long_ttft * 1000,
+            long_decode_tok_s=long_decode,
         )
         if device.type == "cuda":
             report[name]["peak_gib"] = torch.cuda.max_memory_allocated() / GIB

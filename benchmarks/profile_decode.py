@@ -57,7 +57,7 @@ def profile_step():
         token = torch.tensor([[5]], device="cuda")
         pos = torch.tensor([600], device="cuda")
         with torch.inference_mode():
-            step = lambda: forward(loaded.model, cache, token, pos, last_only=True)  # noqa: E731
+            step = lambda: forward(loaded.model, cache, token, pos, 1024, last_only=True)  # noqa: E731
             print(f"4-layer decode step, cache {length}: {bench(step, 50):.0f} µs")
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 for _ in range(5):
