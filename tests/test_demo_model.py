@@ -14,6 +14,7 @@ from worker import demo_model
 from worker.demo_model import DEMO_MODEL_NAME, build_demo_model, default_demo_dir, find_demo_gguf
 
 QUESTION = "What is the capital of France?"
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 # --- cheap tests: paths and the atomic directory handling (the GGUF is never loaded) ---------------------
@@ -78,7 +79,7 @@ def decoder_linears(model: nn.Module) -> dict[str, nn.Module]:
         f"{i}.{name}": module
         for i, layer in enumerate(model.model.layers)
         for name, module in layer.named_modules()
-        if name.endswith("_proj")
+        if name.rsplit(".", 1)[-1] in PROJECTIONS
     }
 
 
