@@ -9,7 +9,7 @@ from worker.errors import PromptTooLong
 from worker.generate import Generator
 from worker.llama_runtime import KVCache, forward
 from worker.loader import load_model
-from worker.prompt import Turn, VicunaTemplate
+from worker.prompt import VICUNA, Turn
 from worker.sampling import GenerationParams, SamplingTensors
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
@@ -46,7 +46,7 @@ def test_runtime_logits_match_transformers_forward(loaded):
 
 
 def test_greedy_tokens_match_full_recompute(loaded):
-    generator = Generator(loaded, VicunaTemplate())
+    generator = Generator(loaded, VICUNA)
     prompt = generator.fit([Turn("user", "What is the capital of France?")], GREEDY).token_ids
     sampling = SamplingTensors.of([GREEDY], torch.device("cpu"))
     tokens = list(generator.runtime.generate(prompt, 16, sampling, stop_ids=set()))
@@ -54,7 +54,7 @@ def test_greedy_tokens_match_full_recompute(loaded):
 
 
 def test_stream_pieces_add_up_to_the_answer(loaded):
-    generator = Generator(loaded, VicunaTemplate())
+    generator = Generator(loaded, VICUNA)
     turns = [Turn("user", "Hello there! How are you today?")]
     pieces = list(generator.stream(turns, GREEDY))
     assert len(pieces) > 1  # it streams, not one blob at the end
@@ -62,7 +62,7 @@ def test_stream_pieces_add_up_to_the_answer(loaded):
 
 
 def test_max_new_tokens_bounds_the_answer(loaded):
-    generator = Generator(loaded, VicunaTemplate())
+    generator = Generator(loaded, VICUNA)
     turns = [Turn("user", "Hello there!")]
     short = generator.answer(turns, GREEDY.replace(max_new_tokens=3))
     long = generator.answer(turns, GREEDY.replace(max_new_tokens=24))
@@ -71,26 +71,25 @@ def test_max_new_tokens_bounds_the_answer(loaded):
 
 
 def test_answer_stops_before_a_stop_sequence_seen_in_the_stream(loaded):
-    plain = Generator(loaded, VicunaTemplate())
+    plain = Generator(loaded, VICUNA)
     turns = [Turn("user", "The quick brown fox")]
     full = plain.answer(turns, GREEDY)
     assert len(full) > 12
     marker = full[6:10]  # pretend this text is the next turn's marker
-    template = VicunaTemplate()
-    template.stop_sequences = (marker,)
+    template = dataclasses.replace(VICUNA, stop_sequences=(marker,))
     cut = Generator(loaded, template).answer(turns, GREEDY)
     assert cut == full[: full.index(marker)].strip()
     assert marker not in cut
 
 
 def test_too_long_prompt_gets_a_clear_error_with_the_limit(loaded):
-    generator = Generator(loaded, VicunaTemplate(), max_context_tokens=128)
+    generator = Generator(loaded, VICUNA, max_context_tokens=128)
     with pytest.raises(PromptTooLong, match=r"limit is \d+ tokens"):
         list(generator.stream([Turn("user", "word " * 400)], GREEDY))
 
 
 def test_long_history_is_trimmed_and_still_answered(loaded):
-    generator = Generator(loaded, VicunaTemplate(), system_prompt="Be brief.", max_context_tokens=128)
+    generator = Generator(loaded, VICUNA, system_prompt="Be brief.", max_context_tokens=128)
     turns = []
     for i in range(30):
         turns += [Turn("user", f"question {i}"), Turn("assistant", f"answer {i}")]
@@ -101,7 +100,7 @@ def test_long_history_is_trimmed_and_still_answered(loaded):
 
 
 def test_answer_never_overflows_the_cache(loaded):
-    generator = Generator(loaded, VicunaTemplate(), system_prompt="", max_context_tokens=64)
+    generator = Generator(loaded, VICUNA, system_prompt="", max_context_tokens=64)
     answer = generator.answer([Turn("user", "Hi")], dataclasses.replace(GREEDY, max_new_tokens=500))
     assert len(loaded.tokenizer.encode(answer, add_special_tokens=False)) <= 64
 
@@ -109,7 +108,7 @@ def test_answer_never_overflows_the_cache(loaded):
 def test_generation_crossing_attention_windows_matches_full_recompute(loaded):
     from worker.llama_runtime import attention_windows
 
-    generator = Generator(loaded, VicunaTemplate(), system_prompt="")
+    generator = Generator(loaded, VICUNA, system_prompt="")
     generator.runtime.windows = attention_windows(generator.runtime.max_seq_len, smallest=16)
     assert generator.runtime.windows[:4] == [16, 32, 64, 128]
     prompt = generator.fit([Turn("user", "Hi there")], GREEDY).token_ids

@@ -4,7 +4,7 @@ import pytest
 from tiny_tokenizer import build_tiny_tokenizer
 
 from worker.errors import PromptTooLong
-from worker.prompt import VICUNA_SYSTEM, AlpacaTemplate, ChatTemplate, Turn, VicunaTemplate, fit_conversation, make_template
+from worker.prompt import ALPACA, VICUNA, VICUNA_SYSTEM, ChatTemplate, Turn, fit_conversation, make_template
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -27,22 +27,22 @@ def chat_tokenizer():
 
 
 def test_vicuna_matches_xwin_model_card():
-    text = VicunaTemplate().render(VICUNA_SYSTEM, CONVERSATION)
+    text = VICUNA.render(VICUNA_SYSTEM, CONVERSATION)
     assert text == f"{VICUNA_SYSTEM} USER: Hi! ASSISTANT: Hello.</s>USER: Who are you? ASSISTANT:"
 
 
 def test_alpaca_matches_seed_article():
-    assert AlpacaTemplate().render(None, [Turn("user", "67*39=")]) == "### Instruction:\n67*39=\n\n### Response:\n"
+    assert ALPACA.render(None, [Turn("user", "67*39=")]) == "### Instruction:\n67*39=\n\n### Response:\n"
 
 
 def test_alpaca_multi_turn_keeps_history():
-    text = AlpacaTemplate().render(None, CONVERSATION)
+    text = ALPACA.render(None, CONVERSATION)
     assert text == "### Instruction:\nHi!\n\n### Response:\nHello.\n\n### Instruction:\nWho are you?\n\n### Response:\n"
 
 
 def test_stop_sequences_end_a_made_up_next_turn():
-    assert "USER:" in VicunaTemplate().stop_sequences
-    assert "### Instruction:" in AlpacaTemplate().stop_sequences
+    assert "USER:" in VICUNA.stop_sequences
+    assert "### Instruction:" in ALPACA.stop_sequences
 
 
 def test_chat_template_renders_and_stops_on_its_markers(chat_tokenizer):
@@ -63,7 +63,7 @@ def test_auto_picks_chat_template_when_tokenizer_has_one(tokenizer, chat_tokeniz
 
 
 def test_everything_fits_when_budget_allows(tokenizer):
-    fitted = fit_conversation(VicunaTemplate(), tokenizer, CONVERSATION, budget=1000)
+    fitted = fit_conversation(VICUNA, tokenizer, CONVERSATION, budget=1000)
     assert fitted.turns == tuple(CONVERSATION) and fitted.dropped_turns == 0
     assert fitted.token_ids[0] == tokenizer.bos_token_id
     assert tokenizer.decode(fitted.token_ids, skip_special_tokens=True).endswith("Who are you? ASSISTANT:")
@@ -74,9 +74,9 @@ def test_history_is_trimmed_oldest_first(tokenizer):
     for i in range(10):
         turns += [Turn("user", f"question number {i} " * 3), Turn("assistant", f"answer number {i} " * 3)]
     turns.append(Turn("user", "the newest question"))
-    full = len(fit_conversation(VicunaTemplate(), tokenizer, turns, budget=10_000).token_ids)
+    full = len(fit_conversation(VICUNA, tokenizer, turns, budget=10_000).token_ids)
     budget = full // 2
-    fitted = fit_conversation(VicunaTemplate(), tokenizer, turns, budget=budget)
+    fitted = fit_conversation(VICUNA, tokenizer, turns, budget=budget)
     assert len(fitted.token_ids) <= budget
     assert fitted.dropped_turns > 0
     assert fitted.turns[-1].text == "the newest question"
@@ -86,11 +86,11 @@ def test_history_is_trimmed_oldest_first(tokenizer):
 
 def test_a_message_too_long_alone_says_the_limit(tokenizer):
     with pytest.raises(PromptTooLong) as caught:
-        fit_conversation(VicunaTemplate(), tokenizer, [Turn("user", "word " * 500)], budget=100)
+        fit_conversation(VICUNA, tokenizer, [Turn("user", "word " * 500)], budget=100)
     assert "limit is 100 tokens" in str(caught.value)
     assert caught.value.prompt_tokens > 100
 
 
 def test_conversation_must_end_with_user(tokenizer):
     with pytest.raises(ValueError, match="end with the user"):
-        fit_conversation(VicunaTemplate(), tokenizer, [Turn("user", "a"), Turn("assistant", "b")], budget=100)
+        fit_conversation(VICUNA, tokenizer, [Turn("user", "a"), Turn("assistant", "b")], budget=100)

@@ -39,33 +39,35 @@ class PromptTemplate(ABC):
         """The prompt text, ending where the assistant's answer begins."""
 
 
-class VicunaTemplate(PromptTemplate):
-    """``{system} USER: {q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT:`` (Xwin-LM's model card)."""
+@dataclass(frozen=True)
+class TextTemplate(PromptTemplate):
+    """A template spelled out as format strings: a system line, each turn, then the answer's prefix."""
 
-    name = "vicuna"
-    default_system = VICUNA_SYSTEM
-    stop_sequences = ("USER:", "</s>")
+    name: str
+    system_format: str
+    user_format: str
+    assistant_format: str
+    answer_prefix: str
+    stop_sequences: tuple[str, ...]
+    default_system: str | None = None
 
     def render(self, system: str | None, turns: Sequence[Turn]) -> str:
-        parts = [f"{system} "] if system else []
+        parts = [self.system_format.format(system=system)] if system else []
         for turn in turns:
-            parts.append(f"USER: {turn.text} " if turn.role == "user" else f"ASSISTANT: {turn.text}</s>")
-        parts.append("ASSISTANT:")
+            parts.append((self.user_format if turn.role == "user" else self.assistant_format).format(text=turn.text))
+        parts.append(self.answer_prefix)
         return "".join(parts)
 
 
-class AlpacaTemplate(PromptTemplate):
-    """``### Instruction:\\n{q}\\n\\n### Response:\\n`` (the seed article's format)."""
-
-    name = "alpaca"
-    stop_sequences = ("### Instruction:", "### Response:")
-
-    def render(self, system: str | None, turns: Sequence[Turn]) -> str:
-        parts = [f"{system}\n\n"] if system else []
-        for turn in turns:
-            parts.append(f"### Instruction:\n{turn.text}\n\n" if turn.role == "user" else f"### Response:\n{turn.text}\n\n")
-        parts.append("### Response:\n")
-        return "".join(parts)
+# ``{system} USER: {q} ASSISTANT: {a}</s>USER: {q2} ASSISTANT:`` (Xwin-LM's model card).
+VICUNA = TextTemplate(
+    "vicuna", "{system} ", "USER: {text} ", "ASSISTANT: {text}</s>", "ASSISTANT:", ("USER:", "</s>"), VICUNA_SYSTEM
+)
+# ``### Instruction:\n{q}\n\n### Response:\n`` (the seed article's format).
+ALPACA = TextTemplate(
+    "alpaca", "{system}\n\n", "### Instruction:\n{text}\n\n", "### Response:\n{text}\n\n", "### Response:\n",
+    ("### Instruction:", "### Response:"),
+)
 
 
 class ChatTemplate(PromptTemplate):
@@ -93,9 +95,9 @@ def make_template(name: str, tokenizer: PreTrainedTokenizerBase) -> PromptTempla
     if name == "auto":
         name = "chat" if getattr(tokenizer, "chat_template", None) else "vicuna"
     if name == "vicuna":
-        return VicunaTemplate()
+        return VICUNA
     if name == "alpaca":
-        return AlpacaTemplate()
+        return ALPACA
     if name == "chat":
         return ChatTemplate(tokenizer)
     raise ValueError(f"unknown prompt template {name!r}: choose auto, vicuna, alpaca or chat")
