@@ -99,7 +99,7 @@ def empty_model(config: PretrainedConfig, dtype: torch.dtype) -> nn.Module:
 def read_gptq_tensors(store: TensorStore, prefix: str, linear: nn.Linear, quant: QuantConfig) -> GPTQTensors:
     """The GPTQ tensors of one Linear, checked against the shapes the architecture expects."""
     in_features, out_features = linear.in_features, linear.out_features
-    group = quant.group_size if quant.group_size > 0 else in_features
+    group = quant.group_for(in_features)
     per = values_per_word(quant.bits)
     g_idx = store.get_optional(f"{prefix}.g_idx")
     if g_idx is None and quant.desc_act:
@@ -133,11 +133,10 @@ def int4_codes_or_none(
     tensors: GPTQTensors, linear: nn.Linear, quant: QuantConfig, device: torch.device
 ) -> Int4Codes | None:
     """The layer's codes for the int4 kernels, or None when only the dequantized path can serve it."""
-    group = quant.group_size if quant.group_size > 0 else linear.in_features
     if not (quant.int4_kernel_ok and int4_kernel_fits(linear.in_features, linear.out_features, device)):
         return None
     try:
-        return Int4Codes.from_gptq(tensors, group, quant.zero_offset, device)
+        return Int4Codes.from_gptq(tensors, quant.group_for(linear.in_features), quant.zero_offset, device)
     except ValueError:  # unequal act-order groups
         return None
 

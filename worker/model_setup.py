@@ -29,8 +29,9 @@ def choose_model_source(settings: Settings, device: torch.device) -> str:
         return settings.model
     if device.type == "cuda":
         return XWIN_MODEL
-    from worker.demo_model import ensure_demo_model
+    from worker.demo_model import default_demo_dir, ensure_demo_model
 
+    log.warning("no model configured and no GPU: answering with the offline demo model in %s", default_demo_dir())
     return str(ensure_demo_model())
 
 

@@ -20,6 +20,10 @@ class QuantConfig:
     sym: bool
     zero_offset: int  # 1 for the AutoGPTQ "v1" format (zeros stored minus one), 0 for "v2"
 
+    def group_for(self, in_features: int) -> int:
+        """Input channels per group for a layer (group_size -1 means one group over all of them)."""
+        return self.group_size if self.group_size > 0 else in_features
+
     @property
     def int4_kernel_ok(self) -> bool:
         """Whether PyTorch's int4 kernels can serve this layout (else: dequantize to a plain Linear)."""
