@@ -40,14 +40,14 @@ def run_cli(*args, env_extra):
     )
 
 
-def test_cli_ask_prints_the_answer(demo_dir):
-    result = run_cli("ask", "What is the capital of France?", "--max-new-tokens", "40",
+def test_cli_generate_prints_the_answer(demo_dir):
+    result = run_cli("generate", "What is the capital of France?", "--max-new-tokens", "40",
                      env_extra={"XWINBOT_MODEL": str(demo_dir)})
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
 
 
 def test_cli_names_a_missing_model_directory(tmp_path):
-    result = run_cli("ask", "hi", env_extra={"XWINBOT_MODEL": str(tmp_path / "nowhere")})
+    result = run_cli("generate", "hi", env_extra={"XWINBOT_MODEL": str(tmp_path / "nowhere")})
     assert result.returncode == 1
     assert "nowhere" in result.stderr and "does not exist" in result.stderr

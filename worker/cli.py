@@ -1,4 +1,12 @@
-"""The ``xwinbot`` command. Subcommands: ``ask`` (answer one question here), ``demo-model`` (build it)."""
+"""The ``xwinbot`` command.
+
+    up          Redis (started if needed) + the worker + configured adapters, on this machine
+    worker      one worker process joining the queue at XWINBOT_REDIS_URL
+    ask         ask one question through the queue, like a chat user; prints the answer as it streams
+    chat        an interactive conversation through the queue
+    generate    answer one question right here with the model (no queue; for trying models)
+    demo-model  build the offline demo model
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,6 @@ import logging
 import sys
 
 from worker.errors import CheckpointError, PromptTooLong
-from worker.prompt import Turn
 from worker.settings import Settings
 
 
@@ -15,15 +22,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xwinbot", description="A self-hosted GPTQ LLM for team chat.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    ask = commands.add_parser("ask", help="answer one question with the configured model, streaming to stdout")
+    commands.add_parser("up", help="run Redis (if none answers), the worker and the adapters on this machine")
+    commands.add_parser("worker", help="run one worker process on the queue at XWINBOT_REDIS_URL")
+    ask = commands.add_parser("ask", help="ask one question through the queue and print the streamed answer")
     ask.add_argument("question")
-    ask.add_argument("--model", help="GPTQ checkpoint: Hub repo id or local directory (XWINBOT_MODEL)")
-    ask.add_argument("--revision", help="Hub branch or commit (XWINBOT_MODEL_REVISION)")
-    ask.add_argument("--template", choices=["auto", "vicuna", "alpaca", "chat"], help="prompt template")
-    ask.add_argument("--system", help="system prompt")
-    ask.add_argument("--temperature", type=float)
-    ask.add_argument("--max-new-tokens", type=int)
+    commands.add_parser("chat", help="an interactive conversation through the queue")
+
+    generate = commands.add_parser("generate", help="answer one question here with the model, without the queue")
+    generate.add_argument("question")
+    generate.add_argument("--model", help="GPTQ checkpoint: Hub repo id or local directory (XWINBOT_MODEL)")
+    generate.add_argument("--revision", help="Hub branch or commit (XWINBOT_MODEL_REVISION)")
+    generate.add_argument("--template", choices=["auto", "vicuna", "alpaca", "chat"], help="prompt template")
+    generate.add_argument("--system", help="system prompt")
+    generate.add_argument("--temperature", type=float)
+    generate.add_argument("--max-new-tokens", type=int)
 
     demo = commands.add_parser("demo-model", help="build the offline demo model (SmolLM2-135M as 4-bit GPTQ)")
     demo.add_argument("--out", help="directory to write (default: the xwinbot cache)")
@@ -33,24 +45,86 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides = {
-        "model": args.model,
-        "model_revision": args.revision,
-        "template": args.template,
-        "system_prompt": args.system,
-        "temperature": args.temperature,
-        "max_new_tokens": args.max_new_tokens,
+        "model": getattr(args, "model", None),
+        "model_revision": getattr(args, "revision", None),
+        "template": getattr(args, "template", None),
+        "system_prompt": getattr(args, "system", None),
+        "temperature": getattr(args, "temperature", None),
+        "max_new_tokens": getattr(args, "max_new_tokens", None),
     }
     return Settings(**{key: value for key, value in overrides.items() if value is not None})
 
 
-def run_ask(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace) -> int:
     from worker.model_setup import load_generator
+    from worker.prompt import Turn
 
     generator = load_generator(settings_from_args(args))
     for piece in generator.stream([Turn("user", args.question)]):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    return 0
+
+
+def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None:
+    """Ask through the queue, print the answer as it streams; the answer, or None when there is none."""
+    from redis import Redis
+
+    from worker.console_client import ask
+    from worker.serve import job_queue
+
+    redis = Redis.from_url(settings.redis_url)
+    answer = ""
+    for kind, text in ask(redis, job_queue(settings, redis), turns):
+        if kind == "queued" and text != "1":
+            print(f"(#{text} in the queue)", file=sys.stderr, flush=True)
+        elif kind == "restart":
+            sys.stdout.write("\n(restarting the answer)\n")
+            answer = ""
+        elif kind == "text":
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            answer += text
+        elif kind == "error":
+            print(f"xwinbot: {text}", file=sys.stderr)
+            return None
+    sys.stdout.write("\n")
+    return answer
+
+
+def run_ask(args: argparse.Namespace) -> int:
+    return 0 if print_answer(Settings(), [("user", args.question)]) is not None else 1
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    settings, turns = Settings(), []
+    print("xwinbot chat — an empty line or Ctrl-D ends it")
+    while True:
+        try:
+            question = input("> ").strip()
+        except EOFError:
+            return 0
+        if not question:
+            return 0
+        turns.append(("user", question))
+        answer = print_answer(settings, turns)
+        if answer is None:
+            turns.pop()
+        else:
+            turns.append(("assistant", answer))
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from worker.up import up
+
+    return up(Settings())
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from worker.serve import WorkerProcess, run_until_stopped
+
+    run_until_stopped(WorkerProcess(Settings()))
     return 0
 
 
@@ -63,12 +137,27 @@ def run_demo_model(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {"up": run_up, "worker": run_worker, "ask": run_ask, "chat": run_chat, "generate": run_generate,
+            "demo-model": run_demo_model}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from worker.queue import Busy
+
     try:
-        return {"ask": run_ask, "demo-model": run_demo_model}[args.command](args)
-    except (CheckpointError, PromptTooLong, ValueError, RuntimeError) as err:
+        return COMMANDS[args.command](args)
+    except Busy as err:
+        print(f"xwinbot: {err.message}", file=sys.stderr)
+        return 1
+    except RedisConnectionError as err:
+        print(f"xwinbot: cannot reach Redis ({err}); is `xwinbot up` running?", file=sys.stderr)
+        return 1
+    except (CheckpointError, PromptTooLong, ValueError, RuntimeError, TimeoutError) as err:
         print(f"xwinbot: {err}", file=sys.stderr)
         return 1
 

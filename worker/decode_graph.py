@@ -1,7 +1,8 @@
-"""Decode steps captured as CUDA graphs: one graph per attention window, static input buffers.
+"""Decode steps captured as CUDA graphs: one graph per (batch bucket, attention window).
 
-A captured step replays every kernel of the 40-layer forward with one launch, which is what makes batch-1
-decoding fast: the eager step is bound by Python and kernel-launch overhead, not by the GPU.
+A captured step replays every kernel of the 40-layer forward with one launch, which is what makes decoding
+fast: the eager step is bound by Python and kernel-launch overhead, not by the GPU. A graph reads its inputs
+(tokens, positions, sampling settings) from static buffers the runtime owns and fills before each replay.
 """
 
 from __future__ import annotations
@@ -9,50 +10,37 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import nn
+
+StepFactory = Callable[[int, int], Callable[[], torch.Tensor]]  # (batch, window) -> a step on static buffers
 
 
 class DecodeGraph:
-    def __init__(self, step: Callable, model: nn.Module, cache, window: int):
-        device = cache.keys.device
-        self.token = torch.zeros((1, 1), dtype=torch.long, device=device)
-        # Warm-up and capture write K/V at the last slot: it is masked out until a real step overwrites it.
-        self.input_pos = torch.full((1,), cache.max_len - 1, dtype=torch.long, device=device)
-        self.temperature = torch.zeros(1, device=device)
-        self.top_k = torch.zeros(1, dtype=torch.long, device=device)
-        self.top_p = torch.ones(1, device=device)
-
-        def run():
-            return step(model, cache, self.token, self.input_pos, window, self.temperature, self.top_k, self.top_p)
-
+    def __init__(self, step: Callable[[], torch.Tensor]):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):  # initialises lazy state (cuBLAS/cuDNN handles, plans) outside the capture
-                run()
+                step()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.output = run()
+            self.output = step()
 
-    def run(self, token: torch.Tensor, input_pos: torch.Tensor, sampling) -> torch.Tensor:
-        self.token.copy_(token)
-        self.input_pos.copy_(input_pos)
-        self.temperature.copy_(sampling.temperature)
-        self.top_k.copy_(sampling.top_k)
-        self.top_p.copy_(sampling.top_p)
+    def replay(self) -> torch.Tensor:
+        """Run the captured step on the buffers' current contents; the output is overwritten by the next replay."""
         self.graph.replay()
         return self.output
 
 
 class DecodeGraphs:
-    """Captured lazily per window; ``LlamaRuntime.warm_up`` captures them all at start."""
+    """Captured lazily per (batch, window); ``LlamaRuntime.warm_up`` captures them all at start."""
 
-    def __init__(self, step: Callable, model: nn.Module, cache):
-        self.step, self.model, self.cache = step, model, cache
-        self.by_window: dict[int, DecodeGraph] = {}
+    def __init__(self, make_step: StepFactory):
+        self.make_step = make_step
+        self.captured: dict[tuple[int, int], DecodeGraph] = {}
 
-    def get(self, window: int) -> DecodeGraph:
-        if window not in self.by_window:
-            self.by_window[window] = DecodeGraph(self.step, self.model, self.cache, window)
-        return self.by_window[window]
+    def get(self, batch: int, window: int) -> DecodeGraph:
+        key = (batch, window)
+        if key not in self.captured:
+            self.captured[key] = DecodeGraph(self.make_step(batch, window))
+        return self.captured[key]

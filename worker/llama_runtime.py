@@ -4,6 +4,11 @@ It runs the loaded transformers model's own modules (embeddings, norms, MLPs, in
 tables) but does attention against a KV cache allocated once, so a decode step has fixed shapes and replays
 as a CUDA graph. Attention reads a window of the cache (a power of two covering the conversation so far),
 so short conversations do not pay for the whole context.
+
+The cache has ``max_batch`` slots, one conversation each. A decode step runs the conversations in slots
+``0 .. n-1`` at once, each at its own position (rows are at different lengths): its own rotary angles, its
+own K/V write and its own causal mask. The caller (``worker.engine``) keeps the decoding conversations in the
+lowest slots, so a step reads a plain slice of the cache and free slots cost nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.decode_graph import DecodeGraphs
-from worker.sampling import sample
+from worker.sampling import GenerationParams, SamplingTensors, sample
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 PREFILL_CHUNK = 512
@@ -21,7 +26,7 @@ MIN_WINDOW = 256
 
 
 class KVCache(nn.Module):
-    """Keys and values of every layer: [layers, batch, kv_heads, max_len, head_dim], allocated once."""
+    """Keys and values of every layer: [layers, slots, kv_heads, max_len, head_dim], allocated once."""
 
     def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
         super().__init__()
@@ -33,12 +38,21 @@ class KVCache(nn.Module):
             torch._dynamo.mark_static_address(self.keys)
             torch._dynamo.mark_static_address(self.values)
 
-    def update(self, layer: int, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
-        """Write k/v at input_pos; return the first ``window`` slots (all a step may attend to)."""
-        keys, values = self.keys[layer], self.values[layer]
-        keys.index_copy_(2, input_pos, k)
-        values.index_copy_(2, input_pos, v)
+    def update(self, layer: int, first_row: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
+        """Write k/v [B, H, T, D] of slots first_row.. at their positions [B, T]; return those slots' first
+        ``window`` cache entries (all a step may attend to)."""
+        batch, heads, length, dim = k.shape
+        keys = self.keys[layer, first_row : first_row + batch]
+        values = self.values[layer, first_row : first_row + batch]
+        index = positions.view(batch, 1, length, 1).expand(batch, heads, length, dim)
+        keys.scatter_(2, index, k)
+        values.scatter_(2, index, v)
         return keys[:, :, :window], values[:, :, :window]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy the first ``length`` entries of slot ``src`` into slot ``dst`` (all layers)."""
+        self.keys[:, dst, :, :length].copy_(self.keys[:, src, :, :length])
+        self.values[:, dst, :, :length].copy_(self.values[:, src, :, :length])
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +66,7 @@ def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
 
 
-def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, input_pos, window: int) -> torch.Tensor:
+def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, first_row: int, positions, window: int):
     batch, length, _ = x.shape
     head_dim = attn.head_dim
     q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
@@ -67,7 +81,8 @@ def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, in
     q = qk[:, :, :q_heads].transpose(1, 2)
     k = qk[:, :, q_heads:].transpose(1, 2)
     v = heads[:, :, q_heads + kv_heads :].transpose(1, 2)
-    keys, values = cache.update(layer, input_pos, k.to(cache.keys.dtype), v.to(cache.values.dtype), window)
+    dtype = cache.keys.dtype
+    keys, values = cache.update(layer, first_row, positions, k.to(dtype), v.to(dtype), window)
     out = F.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
         enable_gqa=q_heads != kv_heads,
@@ -82,30 +97,35 @@ def mlp(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return block(x)
 
 
-def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool) -> torch.Tensor:
-    """tokens [B, T] at positions input_pos [T] -> logits [B, T or 1, V]; writes K/V into the cache.
+def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0):
+    """tokens [B, T] of cache slots first_row.. at positions input_pos ([T] shared, or [B, T] per row)
+    -> logits [B, T or 1, V]; writes K/V into the cache.
 
-    Attention reads only the first ``window`` cache slots, which must cover every position up to input_pos.
+    Attention reads only the first ``window`` cache entries, which must cover every position in input_pos.
     """
+    batch, length = tokens.shape
+    positions = input_pos.expand(batch, length) if input_pos.dim() == 1 else input_pos
     inner = model.model
     h = inner.embed_tokens(tokens)
-    cos, sin = inner.rotary_emb(h, input_pos.unsqueeze(0))
+    cos, sin = inner.rotary_emb(h, positions)
     slots = torch.arange(window, device=tokens.device)
-    mask = (slots.unsqueeze(0) <= input_pos.unsqueeze(1)).view(1, 1, len(input_pos), window)
+    mask = slots.view(1, 1, 1, window) <= positions.view(batch, 1, length, 1)  # [B, 1, T, window], causal per row
     for index, layer in enumerate(inner.layers):
-        h = h + attention(layer.self_attn, rms_norm(layer.input_layernorm, h), cos, sin, mask, cache, index, input_pos, window)
+        x = rms_norm(layer.input_layernorm, h)
+        h = h + attention(layer.self_attn, x, cos, sin, mask, cache, index, first_row, positions, window)
         h = h + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, h))
     if last_only:
         h = h[:, -1:]
     return model.lm_head(rms_norm(inner.norm, h))
 
 
-def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p) -> torch.Tensor:
-    logits = forward(model, cache, tokens, input_pos, window, last_only=True)
+def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p, first_row: int = 0) -> torch.Tensor:
+    logits = forward(model, cache, tokens, input_pos, window, last_only=True, first_row=first_row)
     return sample(logits[:, -1], temperature, top_k, top_p)
 
 
 def decode_one_token(model, cache, token, input_pos, window, temperature, top_k, top_p) -> torch.Tensor:
+    """token [B, 1] of slots 0..B-1 at positions input_pos ([1] shared or [B, 1]) -> next token ids [B]."""
     logits = forward(model, cache, token, input_pos, window, last_only=True)
     return sample(logits[:, -1], temperature, top_k, top_p)
 
@@ -119,63 +139,129 @@ def attention_windows(max_len: int, smallest: int = MIN_WINDOW) -> list[int]:
     return windows + [max_len]
 
 
-class LlamaRuntime:
-    """Holds the model and its cache; yields token ids for one prompt at a time (batch 1).
+def batch_buckets(max_batch: int) -> list[int]:
+    """Batch sizes a CUDA graph is captured for: 1, 2, 4, … below ``max_batch``, then ``max_batch``."""
+    buckets, size = [], 1
+    while size < max_batch:
+        buckets.append(size)
+        size *= 2
+    return buckets + [max_batch]
 
-    ``cuda_graphs`` (CUDA only): each decode step replays a captured CUDA graph, one per attention window,
-    removing Python and launch overhead. Graphs are captured here and nowhere else.
+
+class LlamaRuntime:
+    """Holds the model, its cache of ``max_batch`` slots and the per-slot sampling settings.
+
+    ``prefill_chunk`` writes part of a prompt into one slot; ``decode`` advances slots 0..n-1 one token each;
+    ``generate`` is the batch-1 loop on slot 0. ``cuda_graphs`` (CUDA only): a decode step replays a graph
+    captured per (batch bucket, attention window); a step of n rows runs the smallest bucket >= n, the extra
+    rows reading and writing only the very last cache entry of slots n.., which no conversation reads before
+    writing it itself (a row attends to entries <= its own position, and writes its position first).
     """
 
-    def __init__(self, model: nn.Module, max_seq_len: int, *, cuda_graphs: bool = False):
+    def __init__(self, model: nn.Module, max_seq_len: int, *, max_batch: int = 1, cuda_graphs: bool = False):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model type {config.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.model = model
         self.device = next(model.parameters()).device
         dtype = model.get_input_embeddings().weight.dtype
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.cache = KVCache(
-            config.num_hidden_layers, 1, config.num_key_value_heads, max_seq_len, head_dim, self.device, dtype
+            config.num_hidden_layers, max_batch, config.num_key_value_heads, max_seq_len, head_dim, self.device, dtype
         )
         self.max_seq_len = max_seq_len
+        self.max_batch = max_batch
         self.windows = attention_windows(max_seq_len)
+        self.buckets = batch_buckets(max_batch)
+        # Static inputs of a decode step (graphs read them in place): row i is slot i.
+        self.step_input = torch.zeros((2, max_batch), dtype=torch.long, device=self.device)  # tokens; positions
+        unused = GenerationParams(temperature=0.0, top_k=0, top_p=1.0)  # valid settings for slots nobody uses yet
+        self.sampling = SamplingTensors.of([unused] * max_batch, self.device)  # each slot's settings
         use_graphs = cuda_graphs and self.device.type == "cuda"
-        self.graphs = DecodeGraphs(decode_one_token, model, self.cache) if use_graphs else None
+        self.graphs = DecodeGraphs(self._graph_step) if use_graphs else None
+        self.pad_to_buckets = use_graphs  # eager steps run exactly the live rows
 
     def window_for(self, length: int) -> int:
         return next(w for w in self.windows if w >= length)
 
-    def warm_up(self) -> None:
-        """Capture every window's decode graph now rather than during someone's answer."""
-        if self.graphs is not None:
-            for window in self.windows:
-                self.graphs.get(window)
+    def bucket_for(self, rows: int) -> int:
+        return next(b for b in self.buckets if b >= rows)
 
-    def decode(self, token: torch.Tensor, position: int, sampling) -> torch.Tensor:
-        window = self.window_for(position + 1)
-        input_pos = torch.tensor([position], device=self.device)
+    def warm_up(self) -> None:
+        """Capture every (batch bucket, window) decode graph now rather than during someone's answer."""
         if self.graphs is not None:
-            return self.graphs.get(window).run(token, input_pos, sampling)
-        return decode_one_token(self.model, self.cache, token, input_pos, window, *sampling.as_args())
+            with torch.inference_mode():
+                for batch in self.buckets:
+                    for window in self.windows:
+                        self.graphs.get(batch, window)
+
+    def _graph_step(self, batch: int, window: int):
+        """The decode step a graph captures: slots 0..batch-1, reading the static inputs in place."""
+        # Capture (and its warm-up runs) write K/V at the last entry of these slots: harmless, see the class.
+        self.step_input[1, :batch].fill_(self.max_seq_len - 1)
+        tokens, positions = self.step_input[0, :batch].view(batch, 1), self.step_input[1, :batch].view(batch, 1)
+        sampling = tuple(t[:batch] for t in self.sampling.as_args())
+        return lambda: decode_one_token(self.model, self.cache, tokens, positions, window, *sampling)
+
+    def set_sampling(self, slot: int, sampling: SamplingTensors) -> None:
+        """The settings (a one-row SamplingTensors) the conversation in ``slot`` samples with."""
+        for buffer, value in zip(self.sampling.as_args(), sampling.as_args()):
+            buffer[slot : slot + 1].copy_(value[:1])
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling, stop_ids: set[int]):
-        """Yield new token ids until a stop id (not yielded), ``max_new_tokens`` or the cache is full."""
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        """Move a conversation (its first ``length`` cache entries and its sampling settings) to another slot."""
+        self.cache.move(src, dst, length)
+        for buffer in self.sampling.as_args():
+            buffer[dst].copy_(buffer[src])
+
+    @torch.inference_mode()
+    def prefill_chunk(self, slot: int, token_ids: list[int], start: int) -> int:
+        """Write prompt tokens at positions start.. of ``slot``; return the token sampled after the last one."""
+        end = start + len(token_ids)
+        if end > self.max_seq_len:
+            raise ValueError(f"{end} tokens exceed the {self.max_seq_len}-token cache")
+        tokens = torch.tensor([token_ids], device=self.device)
+        positions = torch.arange(start, end, device=self.device)
+        sampling = (t[slot : slot + 1] for t in self.sampling.as_args())
+        token = prefill(self.model, self.cache, tokens, positions, self.window_for(end), *sampling, first_row=slot)
+        return int(token[0])
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int], positions: list[int]) -> list[int]:
+        """One step for slots 0..n-1: token i is fed at positions[i] of slot i; returns the next token of each."""
+        rows = len(tokens)
+        window = self.window_for(max(positions) + 1)
+        batch = self.bucket_for(rows) if self.pad_to_buckets else rows
+        graph = self.graphs.get(batch, window) if self.graphs is not None else None  # captures before inputs are set
+        pad = batch - rows
+        step = torch.tensor([tokens + [0] * pad, positions + [self.max_seq_len - 1] * pad])
+        self.step_input[:, :batch].copy_(step)
+        if graph is not None:
+            out = graph.replay()
+        else:
+            token_in, pos_in = self.step_input[0, :batch].view(batch, 1), self.step_input[1, :batch].view(batch, 1)
+            sampling = (t[:batch] for t in self.sampling.as_args())
+            out = decode_one_token(self.model, self.cache, token_in, pos_in, window, *sampling)
+        return out[:rows].tolist()
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingTensors, stop_ids: set[int]):
+        """Batch 1 on slot 0: yield new token ids until a stop id (not yielded), ``max_new_tokens`` or a full cache."""
         if len(prompt_ids) + max_new_tokens > self.max_seq_len:
             raise ValueError(f"{len(prompt_ids)} prompt + {max_new_tokens} new tokens exceed {self.max_seq_len}")
-        prompt = torch.tensor([prompt_ids], device=self.device)
+        self.set_sampling(0, sampling)
         for start in range(0, len(prompt_ids), PREFILL_CHUNK):
-            chunk = prompt[:, start : start + PREFILL_CHUNK]
-            end = start + chunk.shape[1]
-            positions = torch.arange(start, end, device=self.device)
-            token = prefill(self.model, self.cache, chunk, positions, self.window_for(end), *sampling.as_args())
+            token = self.prefill_chunk(0, prompt_ids[start : start + PREFILL_CHUNK], start)
         position = len(prompt_ids)
         for produced in range(1, max_new_tokens + 1):
-            token_id = int(token[0])
-            if token_id in stop_ids:
+            if token in stop_ids:
                 return
-            yield token_id
+            yield token
             if produced == max_new_tokens or position >= self.max_seq_len:
                 return
-            token = self.decode(token.view(1, 1), position, sampling).clone()
+            token = self.decode([token], [position])[0]
             position += 1
+

@@ -29,6 +29,13 @@ class Settings(BaseSettings):
         None, ge=64, description="KV cache length: prompt + answer. Unset: the model's max positions."
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the job queue; `xwinbot up` starts a local one (AOF on) if none answers here.")
+    queue_name: str = Field("xwinbot", description="RQ queue name shared by adapters and workers.")
+    data_dir: str = Field("~/.local/share/xwinbot", description="Where `xwinbot up` keeps a local Redis's append-only file.")
+    max_batch: int = Field(8, ge=1, le=64, description="Answers generated together (continuous batching slots) per worker.")
+    per_user_jobs: int = Field(3, ge=1, description="Questions one person may have queued or running at once.")
+    queued_jobs: int = Field(200, ge=1, description="Questions the queue holds before answering 'busy'.")
+    update_interval_s: float = Field(1.0, gt=0, description="Least time between streamed edits of a reply.")
     temperature: float = Field(0.01, ge=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(40, ge=0)

@@ -1,0 +1,47 @@
+"""The console client: asks through the very same path as a chat user (job → queue → worker → poster).
+
+``xwinbot ask`` and ``xwinbot chat`` enqueue a job whose replies go to the console poster's Redis stream,
+then print the answer as it streams.
+"""
+
+from __future__ import annotations
+
+import getpass
+import uuid
+from collections.abc import Iterator, Sequence
+
+from redis import Redis
+
+from worker.job import Job, JobTurn, ReplyTarget, Requester, job_id_for
+from worker.posters.console import read_reply
+from worker.queue import JobQueue
+
+
+def console_job(turns: Sequence[tuple[str, str]]) -> Job:
+    job_id = job_id_for("console", uuid.uuid4().hex)
+    return Job(
+        job_id=job_id,
+        turns=[JobTurn(role=role, text=text) for role, text in turns],
+        requester=Requester(platform="console", user_id=getpass.getuser()),
+        reply_to=ReplyTarget(platform="console", channel_id="terminal"),
+    )
+
+
+def ask(redis: Redis, queue: JobQueue, turns: Sequence[tuple[str, str]], timeout_s: float = 600) -> Iterator[tuple[str, str]]:
+    """Enqueue the conversation; yield ("queued", position), then ("text", new text) pieces, or ("error", why)."""
+    job = console_job(turns)
+    enqueued = queue.enqueue(job)
+    yield "queued", str(enqueued.position)
+    shown = ""
+    for kind, text in read_reply(redis, job.job_id, timeout_s):
+        if kind == "restart":
+            yield "restart", ""
+            shown = ""
+        elif kind in ("update", "final"):
+            if not text.startswith(shown):  # the text was rewritten (e.g. cut at a stop): print it anew
+                yield "restart", ""
+                shown = ""
+            yield "text", text[len(shown):]
+            shown = text
+        elif kind == "error":
+            yield "error", text

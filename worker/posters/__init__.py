@@ -1,0 +1,1 @@
+"""Reply posters: how an answer reaches its thread. One per platform; the console one lives here."""

@@ -1,0 +1,63 @@
+"""The console poster: replies go to a Redis stream per job, which ``xwinbot ask`` reads and prints.
+
+Each entry carries the whole text so far, so the reader prints only what is new; a job retried after a worker
+crash starts over with a ``restart`` entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from redis import Redis
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.job import Job
+
+STREAM_TTL_S = 3600
+
+
+def reply_stream_key(job_id: str) -> str:
+    return f"xwinbot:reply:{job_id}"
+
+
+class ConsolePoster:
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    def _add(self, job: Job, kind: str, text: str) -> None:
+        key = reply_stream_key(job.job_id)
+        pipe = self.redis.pipeline()
+        pipe.xadd(key, {"kind": kind, "text": text}, maxlen=1000)
+        pipe.expire(key, STREAM_TTL_S)
+        pipe.execute()
+
+    def waiting(self, job: Job, position: int | None) -> None:
+        self._add(job, "waiting", "" if position is None else str(position))
+
+    def update(self, job: Job, text: str) -> None:
+        self._add(job, "update", text)
+
+    def finish(self, job: Job, text: str) -> None:
+        self._add(job, "final", text)
+
+    def fail(self, job: Job, message: str) -> None:
+        self._add(job, "error", message)
+
+    def restart(self, job: Job) -> None:
+        self._add(job, "restart", "")
+
+
+def read_reply(redis: Redis, job_id: str, timeout_s: float = 600) -> Iterator[tuple[str, str]]:
+    """(kind, text) entries of one job's reply stream, until its final answer or error."""
+    key, last_id = reply_stream_key(job_id), "0"
+    while True:
+        batch = redis.xread({key: last_id}, block=int(timeout_s * 1000), count=100)
+        if not batch:
+            raise TimeoutError(f"no reply for job {job_id} within {timeout_s:.0f} s")
+        for last_id, fields in batch[0][1]:
+            kind, text = fields[b"kind"].decode(), fields[b"text"].decode()
+            yield kind, text
+            if kind in ("final", "error"):
+                return

@@ -1,0 +1,132 @@
+"""The function RQ runs for every question: ``answer_job(job_json)``.
+
+It runs in one of the worker process's job threads (see ``worker.rq_workers``): it submits the conversation
+to the shared engine, streams the answer to the platform's poster (throttled), honours cancel requests, and
+finishes only after the final reply is posted. A bad job gets a clear reply when it names where to reply, and
+never takes the worker down.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from redis import Redis
+from rq import get_current_job
+
+from worker.errors import PromptTooLong
+from worker.job import Job, JobRejected, ReplyTarget
+from worker.posters.base import DeliveryFailed, Poster, StreamingReply, deliver
+from worker.queue import JobQueue
+from worker.sampling import GenerationParams
+
+log = logging.getLogger(__name__)
+
+CANCEL_POLL_S = 0.25
+CANCELLED_NOTE = "\n\n(stopped)"
+DELIVERED_TTL_S = 24 * 3600
+
+
+@dataclass
+class WorkerContext:
+    """What a job needs from the worker process; set once by ``worker.serve`` before the job threads start."""
+
+    engine: object  # worker.engine.Engine
+    queue: JobQueue
+    redis: Redis
+    posters: dict[str, Callable[[], Poster]]
+    defaults: GenerationParams = field(default_factory=GenerationParams)
+    update_interval_s: float = 1.0
+
+    def poster_for(self, platform: str) -> Poster:
+        if platform not in self.posters:
+            raise DeliveryFailed(f"no reply poster is configured for {platform}")
+        return self.posters[platform]()
+
+
+_context: WorkerContext | None = None
+
+
+def set_context(context: WorkerContext | None) -> None:
+    global _context
+    _context = context
+
+
+def answer_job(job_json: str) -> dict:
+    context = _context
+    if context is None:
+        raise RuntimeError("this process has no xwinbot engine: run jobs with `xwinbot worker` or `xwinbot up`")
+    try:
+        job = Job.from_json(job_json)
+    except JobRejected as err:
+        if reply_to_rejected(context, job_json, str(err)):
+            return {"status": "rejected", "reason": str(err)}
+        raise  # nowhere to reply: RQ's failed registry keeps the reason
+    try:
+        result = answer(context, job)
+    except Exception:
+        if not will_be_retried():
+            context.queue.release(job)
+        raise
+    context.queue.release(job)
+    return result
+
+
+def will_be_retried() -> bool:
+    """Whether RQ runs the current job again after this failure (its Retry has attempts left)."""
+    current = get_current_job()
+    return bool(current and current.retries_left)
+
+
+def answer(context: WorkerContext, job: Job) -> dict:
+    delivered_key = f"xwinbot:delivered:{job.job_id}"
+    if context.redis.exists(delivered_key):
+        return {"status": "already-delivered"}  # a retry after a crash between posting and finishing
+    poster = context.poster_for(job.reply_to.platform)
+    if not context.redis.set(f"xwinbot:started:{job.job_id}", 1, nx=True, ex=DELIVERED_TTL_S):
+        restart = getattr(poster, "restart", None)  # a crashed worker began this answer: start it over
+        if restart:
+            deliver(lambda: restart(job), what="restart notice")
+    deliver(lambda: poster.waiting(job, None), what="thinking notice")
+    try:
+        stream = context.engine.submit(job.conversation(), job.overrides.apply(context.defaults))
+    except (PromptTooLong, ValueError) as err:
+        deliver(lambda: poster.fail(job, str(err)), what="error reply")
+        context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
+        return {"status": "refused", "reason": str(err)}
+    reply = StreamingReply(poster, job, context.update_interval_s)
+    cancelled, last_poll = False, 0.0
+    try:
+        for piece in stream:
+            reply.add(piece)
+            if time.monotonic() - last_poll >= CANCEL_POLL_S:
+                last_poll = time.monotonic()
+                if context.queue.cancel_requested(job.job_id):
+                    stream.cancel()
+                    cancelled = True
+    except Exception as err:  # the engine failed this one request: say so in the thread, once
+        log.exception("job %s failed while generating", job.job_id)
+        deliver(lambda: poster.fail(job, f"Sorry, generating the answer failed ({type(err).__name__})."), what="error reply")
+        context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
+        return {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+    cancelled = cancelled or getattr(stream, "cancelled", False)
+    reply.finish(CANCELLED_NOTE if cancelled else "")
+    context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
+    return {"status": "cancelled" if cancelled else "answered", "tokens": getattr(stream, "tokens", None)}
+
+
+def reply_to_rejected(context: WorkerContext, job_json: str, reason: str) -> bool:
+    """A job that fails validation often still names where to reply: tell the user there. True if told."""
+    try:
+        raw = json.loads(job_json)
+        target = ReplyTarget.model_validate(raw["reply_to"])
+        job_id = str(raw["job_id"])
+    except Exception:  # nothing usable
+        return False
+    poster = context.poster_for(target.platform)
+    stand_in = Job.model_construct(job_id=job_id, reply_to=target)
+    deliver(lambda: poster.fail(stand_in, f"Sorry, I could not read that request: {reason}"), what="error reply")
+    return True
