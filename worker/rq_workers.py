@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(threadName)s %(name)s %(message)s')
+    logging.getLogger('rq.worker').setLevel(args.log_level.upper())  # rq sets it to INFO on import
     workers = ThreadedWorkers(
         Redis.from_url(args.redis),
         args.queue,

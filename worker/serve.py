@@ -49,7 +49,10 @@ class WorkerProcess:
             )
         )
         # One job thread per batch slot, plus a few so a finished answer's posting never idles a slot.
-        self.workers = ThreadedWorkers(self.redis, self.settings.queue_name, concurrency=self.settings.max_batch + 2)
+        self.workers = ThreadedWorkers(
+            self.redis, self.settings.queue_name, concurrency=self.settings.max_batch + 2,
+            heartbeat_s=self.settings.heartbeat_s, maintenance_interval_s=self.settings.maintenance_interval_s,
+        )
         self.workers.start()
         log.info("worker ready: %d job threads on queue %r", self.settings.max_batch + 2, self.settings.queue_name)
 

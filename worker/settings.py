@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(8, ge=1, le=64, description="Answers generated together (continuous batching slots) per worker.")
     per_user_jobs: int = Field(3, ge=1, description="Questions one person may have queued or running at once.")
     queued_jobs: int = Field(200, ge=1, description="Questions the queue holds before answering 'busy'.")
+    heartbeat_s: int = Field(5, ge=1, description="Worker heartbeat; a worker silent for 3 beats is dead and its answers restart elsewhere.")
+    maintenance_interval_s: int = Field(10, ge=1, description="How often each worker re-queues answers abandoned by dead workers.")
     update_interval_s: float = Field(1.0, gt=0, description="Least time between streamed edits of a reply.")
     temperature: float = Field(0.01, ge=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
