@@ -79,6 +79,8 @@ def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None
     for kind, text in ask(redis, job_queue(settings, redis), turns):
         if kind == "queued" and text != "1":
             print(f"(#{text} in the queue)", file=sys.stderr, flush=True)
+        elif kind == "note":
+            print(f"xwinbot: {text}", file=sys.stderr, flush=True)
         elif kind == "restart":
             sys.stdout.write("\n(restarting the answer)\n")
             answer = ""

@@ -32,6 +32,8 @@ def ask(redis: Redis, queue: JobQueue, turns: Sequence[tuple[str, str]], timeout
     job = console_job(turns)
     enqueued = queue.enqueue(job)
     yield "queued", str(enqueued.position)
+    if queue.workers() == 0:
+        yield "note", "no worker is running yet: the question waits in the queue until `xwinbot up` starts one"
     shown = ""
     for kind, text in read_reply(redis, job.job_id, timeout_s):
         if kind == "restart":

@@ -102,7 +102,8 @@ class Generator:
     def build_runtime(self, max_batch: int) -> LlamaRuntime:
         """A runtime whose KV cache has ``max_batch`` slots, replacing (and freeing) any earlier one."""
         self._runtime = None
-        runtime = LlamaRuntime(self.loaded.model, self.context_tokens, max_batch=max_batch, cuda_graphs=self.cuda_graphs)
+        runtime = LlamaRuntime(self.loaded.model, self.context_tokens, max_batch=max_batch,
+                               cuda_graphs=self.cuda_graphs)
         runtime.warm_up()
         self._runtime = runtime
         return runtime

@@ -38,7 +38,8 @@ class KVCache(nn.Module):
             torch._dynamo.mark_static_address(self.keys)
             torch._dynamo.mark_static_address(self.values)
 
-    def update(self, layer: int, first_row: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int):
+    def update(self, layer: int, first_row: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               window: int):
         """Write k/v [B, H, T, D] of slots first_row.. at their positions [B, T]; return those slots' first
         ``window`` cache entries (all a step may attend to)."""
         batch, heads, length, dim = k.shape

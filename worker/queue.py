@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
@@ -154,6 +154,10 @@ class JobQueue:
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.redis.exists(self._key("cancel", job_id)))
+
+    def workers(self) -> int:
+        """Workers currently registered on this queue (0: questions wait until one starts)."""
+        return Worker.count(connection=self.redis, queue=self.rq)
 
     def depth(self) -> int:
         """Queued jobs (not counting running ones)."""

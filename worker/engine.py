@@ -1,0 +1,324 @@
+"""One generation engine for everyone: continuous batching of many conversations on one model.
+
+    engine = Engine(generator, max_batch=8)
+    engine.start()
+    stream = engine.submit([Turn("user", "Hi")])      # from any thread; PromptTooLong raised right here
+    for piece in stream:                               # blocks for each piece; stream.cancel() stops it
+        print(piece, end="")
+
+One background thread owns the model. Each turn of its loop admits waiting requests into free cache slots
+(their prompts prefilled in chunks, at most ``PREFILL_CHUNK`` tokens a turn so a long prompt never stalls the
+others for long), then runs ONE decode step for every conversation that is decoding, delivers each one's
+text and retires those that finished, failed or were cancelled. A request that arrives while others decode
+joins at the next step; one that finishes frees its slot at once. Decoding conversations always sit in the
+lowest slots (a finished one's slot is filled by moving the last one down), so a step reads one slice of the
+cache and free slots cost nothing. Text comes from the same ``AnswerText`` as ``Generator.stream``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from worker.generate import AnswerText, Generator
+from worker.llama_runtime import PREFILL_CHUNK
+from worker.prompt import Turn
+from worker.sampling import GenerationParams, SamplingTensors
+
+log = logging.getLogger(__name__)
+
+
+class EngineStopped(RuntimeError):
+    """The engine stopped before this request finished."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    steps: int  # decode steps run
+    tokens_generated: int  # tokens sampled (prefills' first tokens included)
+    active: int  # requests holding a slot (decoding or being prefilled)
+    waiting: int  # requests queued for a slot
+    max_batch_seen: int  # most conversations decoded in one step
+    batch_size_histogram: dict[int, int] = field(default_factory=dict)  # rows in a step -> steps
+
+
+class AnswerStream:
+    """One request's answer, produced by the engine's thread and read by another (the caller's)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._pieces: collections.deque[str] = collections.deque()
+        self.text = ""  # everything delivered so far
+        self.tokens = 0  # answer tokens generated so far
+        self.cancelled = False
+        self.finished = False  # no more text will come: answered, failed, or the cancel took effect
+        self.error: BaseException | None = None
+        self.submitted_at = time.monotonic()
+        self.first_token_at: float | None = None  # when the first answer token was sampled (for TTFT)
+
+    def __iter__(self) -> Iterator[str]:
+        """Text pieces as they come; ends with the answer (or at once after ``cancel``); raises the error of
+        a request that failed, after the pieces delivered before it."""
+        while True:
+            with self._cond:
+                while not (self._pieces or self.finished or self.cancelled):
+                    self._cond.wait()
+                if self.cancelled:
+                    return
+                if not self._pieces:
+                    if self.error is not None:
+                        raise self.error
+                    return
+                piece = self._pieces.popleft()
+            yield piece
+
+    def cancel(self) -> None:
+        """Stop this answer: iteration ends now, generation at the engine's next step."""
+        with self._cond:
+            if not self.finished:
+                self.cancelled = True
+            self._cond.notify_all()
+
+    # Called by the engine's thread.
+    def _deliver(self, piece: str, tokens: int) -> bool:
+        """Record progress; False once the reader has cancelled (nothing more is recorded then)."""
+        with self._cond:
+            if self.cancelled:
+                return False
+            if self.first_token_at is None:
+                self.first_token_at = time.monotonic()
+            self.tokens = tokens
+            if piece:
+                self.text += piece
+                self._pieces.append(piece)
+                self._cond.notify_all()
+            return True
+
+    def _end(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            if not self.finished:
+                self.finished = True
+                self.error = None if self.cancelled else error
+            self._cond.notify_all()
+
+
+@dataclass(eq=False)
+class _Request:
+    stream: AnswerStream
+    answer: AnswerText
+    sampling: SamplingTensors
+    slot: int = -1
+    prefilled: int = 0  # prompt tokens already in the cache
+    position: int = 0  # where the next fed token goes
+    next_token: int = 0  # sampled, not yet fed
+
+
+class Engine:
+    def __init__(self, generator: Generator, max_batch: int = 8):
+        self.generator = generator
+        self.max_batch = max_batch
+        self.runtime = generator.build_runtime(max_batch)  # one cache of max_batch slots; graphs captured now
+        generator.engine = self  # Generator.stream now queues here instead of using the runtime itself
+        self._cond = threading.Condition()  # guards the queue, the stopping flag and the stats
+        self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
+        self._waiting: collections.deque[_Request] = collections.deque()
+        self._decoding: list[_Request] = []  # the one in slot i is _decoding[i] (engine thread only)
+        self._prefilling: _Request | None = None  # at most one, in a slot above the decoding ones
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._steps = self._tokens = self._max_batch_seen = 0
+        self._histogram: collections.Counter[int] = collections.Counter()
+
+    # ----- the callers' side -------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._cond:
+            if self._stopping:
+                raise EngineStopped("engine stopped")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="xwinbot-engine", daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        """End the engine's thread after its current step; unfinished requests end with EngineStopped."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        if thread is None:  # never started: nobody else will end the queued ones
+            self._end_all(EngineStopped("engine stopped"))
+        if self.generator.engine is self and (thread is None or not thread.is_alive()):
+            self.generator.engine = None  # the runtime is free again: Generator.stream may use it directly
+
+    def submit(self, turns: Sequence[Turn], params: GenerationParams | None = None) -> AnswerStream:
+        """Queue a conversation; raises PromptTooLong / ValueError here when it cannot be answered."""
+        params = params or self.generator.defaults
+        with self._tokenizer_lock:
+            answer = self.generator.start_answer(turns, params)
+        request = _Request(AnswerStream(), answer, SamplingTensors.of([params], self.runtime.device))
+        with self._cond:
+            if self._stopping:
+                raise EngineStopped("engine stopped")
+            self._waiting.append(request)
+            self._cond.notify_all()
+        return request.stream
+
+    @property
+    def stats(self) -> EngineStats:
+        with self._cond:
+            return EngineStats(
+                steps=self._steps, tokens_generated=self._tokens,
+                active=len(self._decoding) + (self._prefilling is not None), waiting=len(self._waiting),
+                max_batch_seen=self._max_batch_seen, batch_size_histogram=dict(self._histogram),
+            )
+
+    # ----- the engine's thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        if self.runtime.device.type == "cuda":
+            torch.cuda.set_device(self.runtime.device)
+        with torch.inference_mode():
+            while self._wait_for_work():
+                try:
+                    self._drop_cancelled()
+                    self._prefill_some()
+                    if self._decoding:
+                        self._decode_step()
+                except Exception as err:  # a fault of the engine itself: end what is running, keep serving
+                    log.exception("generation step failed")
+                    self._end_running(err)
+        self._end_all(EngineStopped("engine stopped"))
+
+    def _wait_for_work(self) -> bool:
+        with self._cond:
+            while not (self._stopping or self._waiting or self._prefilling or self._decoding):
+                self._cond.wait()
+            return not self._stopping
+
+    def _admit(self) -> _Request | None:
+        """The next waiting request, given the lowest free slot; None when none waits or no slot is free."""
+        with self._cond:
+            while self._waiting and len(self._decoding) < self.max_batch:
+                request = self._waiting.popleft()
+                if request.stream.cancelled:
+                    request.stream._end()
+                    continue
+                request.slot = len(self._decoding)
+                self._prefilling = request
+                break
+            else:
+                return None
+        self.runtime.set_sampling(request.slot, request.sampling)
+        return request
+
+    def _prefill_some(self) -> None:
+        """Prefill prompts into their slots, up to PREFILL_CHUNK tokens this turn; finished ones join decoding."""
+        budget = PREFILL_CHUNK
+        while budget > 0:
+            request = self._prefilling or self._admit()
+            if request is None:
+                return
+            prompt = request.answer.prompt_ids
+            chunk = prompt[request.prefilled : request.prefilled + budget]
+            try:
+                token = self.runtime.prefill_chunk(request.slot, chunk, request.prefilled)
+            except Exception as err:
+                log.exception("prefill failed")
+                self._prefilling = None
+                request.stream._end(err)
+                continue
+            request.prefilled += len(chunk)
+            budget -= len(chunk)
+            if request.prefilled < len(prompt):
+                return  # the rest next turn, after a decode step for the others
+            with self._cond:
+                self._prefilling = None
+                slot = len(self._decoding)
+                if request.slot != slot:  # decoding ones left meanwhile: move down next to them
+                    self.runtime.move_slot(request.slot, slot, len(prompt))
+                    request.slot = slot
+                self._decoding.append(request)
+                self._tokens += 1
+            request.position = len(prompt)
+            with self._tokenizer_lock:
+                going_on = self._accept(request, token)
+            if not going_on:
+                self._release(request)
+
+    def _decode_step(self) -> None:
+        rows = list(self._decoding)
+        try:
+            tokens = self.runtime.decode([r.next_token for r in rows], [r.position for r in rows])
+        except Exception as err:  # the batch as a whole failed: its requests end, the engine goes on
+            log.exception("decode step failed for %d requests", len(rows))
+            self._end_running(err)
+            return
+        with self._cond:
+            self._steps += 1
+            self._tokens += len(rows)
+            self._histogram[len(rows)] += 1
+            self._max_batch_seen = max(self._max_batch_seen, len(rows))
+        done = []
+        with self._tokenizer_lock:
+            for request, token in zip(rows, tokens):
+                request.position += 1
+                if not self._accept(request, token):
+                    done.append(request)
+        for request in done:
+            self._release(request)
+
+    def _accept(self, request: _Request, token: int) -> bool:
+        """Turn a sampled token into the request's text; False when the request is over (ended here)."""
+        try:
+            piece = request.answer.push(token)
+            delivered = request.stream._deliver(piece, request.answer.tokens)
+        except Exception as err:  # this request's text failed: only it ends
+            log.exception("answer text failed")
+            request.stream._end(err)
+            return False
+        if not delivered or request.answer.done:
+            request.stream._end()
+            return False
+        request.next_token = token
+        return True
+
+    def _release(self, request: _Request) -> None:
+        """Free a decoding request's slot; the last decoding one moves into it, keeping slots 0..n-1 full."""
+        with self._cond:
+            last = self._decoding.pop()
+            if last is not request:
+                self.runtime.move_slot(last.slot, request.slot, last.position)
+                last.slot = request.slot
+                self._decoding[request.slot] = last
+
+    def _drop_cancelled(self) -> None:
+        with self._cond:
+            for request in [r for r in self._waiting if r.stream.cancelled]:
+                self._waiting.remove(request)
+                request.stream._end()
+            if self._prefilling is not None and self._prefilling.stream.cancelled:
+                self._prefilling.stream._end()
+                self._prefilling = None
+        for request in [r for r in self._decoding if r.stream.cancelled]:
+            request.stream._end()
+            self._release(request)
+
+    def _end_running(self, error: BaseException) -> None:
+        with self._cond:
+            running = self._decoding + ([self._prefilling] if self._prefilling else [])
+            self._decoding, self._prefilling = [], None
+        for request in running:
+            request.stream._end(error)
+
+    def _end_all(self, error: BaseException) -> None:
+        self._end_running(error)
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for request in waiting:
+            request.stream._end(error)
