@@ -188,6 +188,7 @@ def test_up_starts_redis_and_serves_ask(demo_dir, tmp_path):
     port = free_port()
     env = {**worker_env(demo_dir, "xwinbot", redis_url=f"redis://127.0.0.1:{port}/0"),
            "XWINBOT_DATA_DIR": str(tmp_path / "data")}
+    env = {key: str(value) for key, value in env.items()}
     up = spawn(["up"], env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
