@@ -26,8 +26,9 @@ def job_queue(settings: Settings, redis: Redis) -> JobQueue:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, redis: Redis | None = None):
+    def __init__(self, settings: Settings, redis: Redis | None = None, posters: dict | None = None):
         self.settings = settings
+        self.posters = posters
         self.redis = redis or Redis.from_url(settings.redis_url)
         self.engine = None
         self.workers: ThreadedWorkers | None = None
@@ -43,7 +44,7 @@ class WorkerProcess:
                 engine=self.engine,
                 queue=job_queue(self.settings, self.redis),
                 redis=self.redis,
-                posters={"console": lambda: ConsolePoster(self.redis)},
+                posters=self.posters or {"console": lambda: ConsolePoster(self.redis)},
                 defaults=self.settings.generation_params(),
                 update_interval_s=self.settings.update_interval_s,
             )
