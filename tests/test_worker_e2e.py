@@ -208,3 +208,41 @@ def test_up_starts_redis_and_serves_ask(demo_dir, tmp_path):
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+class UnreachablePlatform:
+    """A chat platform that is down (the boundary): every call fails."""
+
+    def __getattr__(self, name):
+        def fail(*args, **kwargs):
+            raise ConnectionError("platform is down")
+        return fail
+
+
+def test_an_undeliverable_answer_ends_in_the_failed_registry_with_the_reason(demo_dir, queue_name, redis):
+    settings = Settings(**settings_for(demo_dir, queue_name))
+    process = WorkerProcess(settings, redis, posters={"console": UnreachablePlatform})
+    process.start()
+    try:
+        job = console_job([("user", "What is the capital of France?")])
+        job_queue(settings, redis).enqueue(job)
+        registry = FailedJobRegistry(queue=Queue(queue_name, connection=redis, serializer=JSONSerializer))
+        deadline = time.monotonic() + 120
+        while job.job_id not in registry.get_job_ids() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert job.job_id in registry.get_job_ids()
+        failed = registry.get_job_ids()
+        from rq.job import Job as RQJob
+
+        reason = RQJob.fetch(failed[0], connection=redis, serializer=JSONSerializer).latest_result().exc_string
+        assert "could not deliver" in reason and "platform is down" in reason
+        assert "Paris" in final_answer_with(process, redis)  # the worker still serves (once the platform is back)
+    finally:
+        process.stop()
+
+
+def final_answer_with(process, redis) -> str:
+    from worker.posters.console import ConsolePoster
+
+    process.posters["console"] = lambda: ConsolePoster(redis)  # the platform is back
+    return final_answer(redis, job_queue(process.settings, redis), "What is the capital of France?")
