@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redis import Redis  # noqa: E402
 
 from worker.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester  # noqa: E402
-from worker.serve import WorkerProcess, job_queue  # noqa: E402
+from worker.queue import job_queue  # noqa: E402
+from worker.serve import WorkerProcess  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
 

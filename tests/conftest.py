@@ -1,13 +1,19 @@
-"""Fixtures for the loader tests: GPTQ checkpoints written by an independent implementation of the layout."""
+"""Shared fixtures: GPTQ checkpoints written by an independent implementation of the layout, the demo model,
+the machine's Redis and a private queue name per test."""
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
+from redis import Redis
 
 if __package__:  # tests/ imported as a package
     from .gptq_writer import write_gptq_checkpoint
+    from .redis_server import drop_queue
 else:  # tests/ itself is on sys.path (pytest's default import mode, no tests/__init__.py)
     from gptq_writer import write_gptq_checkpoint
+    from redis_server import drop_queue
 
 
 @pytest.fixture
@@ -35,3 +41,20 @@ def loaded_demo(demo_dir):
     from worker.loader import load_model
 
     return load_model(demo_dir, device="cpu")
+
+
+@pytest.fixture
+def redis():
+    """The real Redis at 127.0.0.1:6379 (tests that kill Redis start their own: tests/redis_server.py)."""
+    client = Redis(host="127.0.0.1", port=6379)
+    client.ping()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def queue_name(redis):
+    """A queue of this test's own; its keys are removed afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield name
+    drop_queue(redis, name)

@@ -11,6 +11,13 @@ from pathlib import Path
 from redis import Redis
 
 
+def drop_queue(redis: Redis, queue_name: str) -> None:
+    """Remove every key of a test's queue (RQ's and ours)."""
+    for key in redis.scan_iter(match=f"*{queue_name}*", count=1000):
+        redis.delete(key)
+    redis.srem("rq:queues", f"rq:queue:{queue_name}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

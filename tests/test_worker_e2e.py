@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,32 +20,15 @@ from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
 from worker.console_client import ask, console_job
-from worker.job import JobTurn
 from worker.posters.console import read_reply, reply_stream_key
 from worker.queue import TASK, JobQueue
-from worker.serve import WorkerProcess, job_queue
+from worker.queue import job_queue
+from worker.serve import WorkerProcess
 from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 COUNTING = "Count from 1 to 300, one number per line."
-
-
-@pytest.fixture
-def redis():
-    client = Redis(host="127.0.0.1", port=6379)
-    client.ping()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def queue_name(redis):
-    name = f"e2e-{uuid.uuid4().hex[:12]}"
-    yield name
-    for key in redis.scan_iter(match=f"*{name}*", count=1000):
-        redis.delete(key)
-    redis.srem("rq:queues", f"rq:queue:{name}")
 
 
 def settings_for(demo_dir, queue_name, **extra) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from redis import Redis
 from rq import Queue, Retry, Worker
@@ -27,6 +27,9 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from worker.job import Job
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 QUEUE_NAME = "xwinbot"
 TASK = "worker.tasks.answer_job"
@@ -189,3 +192,9 @@ class JobQueue:
                 status = None
             if status is None or status in DONE:
                 self.redis.zrem(active, job_id)
+
+
+def job_queue(settings: Settings, redis: Redis) -> JobQueue:
+    """The queue (name and caps) the settings describe."""
+    limits = QueueLimits(per_user=settings.per_user_jobs, total=settings.queued_jobs)
+    return JobQueue(redis, limits, name=settings.queue_name)

@@ -86,7 +86,6 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry, clean_registries
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
-from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 log = logging.getLogger(__name__)

@@ -11,18 +11,14 @@ import threading
 
 from redis import Redis
 
-from worker.posters.console import ConsolePoster
-from worker.queue import JobQueue, QueueLimits
+from worker.posters.registry import posters_from_settings
+from worker.queue import job_queue
+from worker.queue_positions import PositionAnnouncer
 from worker.rq_workers import ThreadedWorkers
 from worker.settings import Settings
 from worker.tasks import WorkerContext, set_context
 
 log = logging.getLogger(__name__)
-
-
-def job_queue(settings: Settings, redis: Redis) -> JobQueue:
-    limits = QueueLimits(per_user=settings.per_user_jobs, total=settings.queued_jobs)
-    return JobQueue(redis, limits, name=settings.queue_name)
 
 
 class WorkerProcess:
@@ -32,6 +28,7 @@ class WorkerProcess:
         self.redis = redis or Redis.from_url(settings.redis_url)
         self.engine = None
         self.workers: ThreadedWorkers | None = None
+        self.announcer: PositionAnnouncer | None = None
 
     def start(self) -> None:
         from worker.engine import Engine
@@ -39,16 +36,18 @@ class WorkerProcess:
 
         self.engine = Engine(load_generator(self.settings), max_batch=self.settings.max_batch)
         self.engine.start()
-        set_context(
-            WorkerContext(
-                engine=self.engine,
-                queue=job_queue(self.settings, self.redis),
-                redis=self.redis,
-                posters=self.posters or {"console": lambda: ConsolePoster(self.redis)},
-                defaults=self.settings.generation_params(),
-                update_interval_s=self.settings.update_interval_s,
-            )
+        context = WorkerContext(
+            engine=self.engine,
+            queue=job_queue(self.settings, self.redis),
+            redis=self.redis,
+            posters=self.posters or posters_from_settings(self.settings, self.redis),
+            defaults=self.settings.generation_params(),
+            update_interval_s=self.settings.update_interval_s,
         )
+        set_context(context)
+        self.announcer = PositionAnnouncer(context.queue, self.redis, context.poster_for,
+                                           interval_s=self.settings.position_interval_s)
+        self.announcer.start()
         # One job thread per batch slot, plus a few so a finished answer's posting never idles a slot.
         self.workers = ThreadedWorkers(
             self.redis, self.settings.queue_name, concurrency=self.settings.max_batch + 2,
@@ -59,6 +58,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Running answers finish; queued questions stay queued for the next worker."""
+        if self.announcer:
+            self.announcer.stop()
         if self.workers:
             self.workers.stop()
         if self.engine:

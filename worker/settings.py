@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.sampling import GenerationParams
+if TYPE_CHECKING:
+    from worker.sampling import GenerationParams  # imported when used: it pulls in torch, adapters don't need it
 
 XWIN_MODEL = "TheBloke/Xwin-LM-13B-V0.1-GPTQ"
 
@@ -38,10 +39,39 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(5, ge=1, description="Worker heartbeat; a worker silent for 3 beats is dead and its answers restart elsewhere.")
     maintenance_interval_s: int = Field(10, ge=1, description="How often each worker re-queues answers abandoned by dead workers.")
     update_interval_s: float = Field(1.0, gt=0, description="Least time between streamed edits of a reply.")
+    position_interval_s: float = Field(3.0, gt=0, description="How often queued questions' placeholders get their new queue position.")
     temperature: float = Field(0.01, ge=0.0, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     top_k: int = Field(40, ge=0)
     max_new_tokens: int = Field(512, ge=1)
 
+    # Slack (see README "Slack"). Secrets are SecretStr: they never show in logs or reprs.
+    slack_bot_token: SecretStr | None = Field(None, description="Bot token (xoxb-…); the Slack adapter and poster need it.")
+    slack_app_token: SecretStr | None = Field(None, description="App-level token (xapp-…, connections:write) for Socket Mode.")
+    slack_signing_secret: SecretStr | None = Field(None, description="Signing secret; HTTP mode verifies every request with it.")
+    slack_mode: Literal["socket", "http"] = Field("socket", description="socket: no public URL needed; http: Slack posts to /slack/events.")
+    slack_http_port: int = Field(3000, ge=1, le=65535, description="Port of the HTTP-mode endpoint.")
+    slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL (tests point it at a fake).")
+    slack_allowed_channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Channel ids the bot answers in, comma-separated; empty: every channel it is in."
+    )
+    slack_allowed_users: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="User ids the bot answers, comma-separated; empty: everyone."
+    )
+    slack_followups: Literal["any", "mention"] = Field(
+        "any", description="In a thread the bot answered: any: every message continues the conversation; mention: "
+        "only messages that mention the bot.",
+    )
+    slack_history_messages: int = Field(100, ge=1, le=1000, description="Most thread/DM messages read as context.")
+
+    @field_validator("slack_allowed_channels", "slack_allowed_users", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
     def generation_params(self) -> GenerationParams:
+        from worker.sampling import GenerationParams
+
         return GenerationParams(self.temperature, self.top_p, self.top_k, self.max_new_tokens)

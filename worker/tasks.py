@@ -21,6 +21,7 @@ from worker.errors import PromptTooLong
 from worker.job import Job, JobRejected, ReplyTarget
 from worker.posters.base import DeliveryFailed, Poster, StreamingReply, deliver
 from worker.queue import JobQueue
+from worker.queue_positions import placeholder_lock, started_key
 from worker.sampling import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ def answer(context: WorkerContext, job: Job) -> dict:
     if context.redis.exists(delivered_key):
         return {"status": "already-delivered"}  # a retry after a crash between posting and finishing
     poster = context.poster_for(job.reply_to.platform)
-    if not context.redis.set(f"xwinbot:started:{job.job_id}", 1, nx=True, ex=DELIVERED_TTL_S):
+    with placeholder_lock(context.redis, job.job_id):  # no queue-position notice lands after this
+        first_attempt = context.redis.set(started_key(job.job_id), 1, nx=True, ex=DELIVERED_TTL_S)
+    if not first_attempt:
         restart = getattr(poster, "restart", None)  # a crashed worker began this answer: start it over
         if restart:
             deliver(lambda: restart(job), what="restart notice")
@@ -94,9 +97,10 @@ def answer(context: WorkerContext, job: Job) -> dict:
     try:
         stream = context.engine.submit(job.conversation(), job.overrides.apply(context.defaults))
     except (PromptTooLong, ValueError) as err:
-        deliver(lambda: poster.fail(job, str(err)), what="error reply")
+        reason = str(err)
+        deliver(lambda: poster.fail(job, reason), what="error reply")
         context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
-        return {"status": "refused", "reason": str(err)}
+        return {"status": "refused", "reason": reason}
     reply = StreamingReply(poster, job, context.update_interval_s)
     cancelled, last_poll = False, 0.0
     try:
@@ -109,13 +113,23 @@ def answer(context: WorkerContext, job: Job) -> dict:
                     cancelled = True
     except Exception as err:  # the engine failed this one request: say so in the thread, once
         log.exception("job %s failed while generating", job.job_id)
-        deliver(lambda: poster.fail(job, f"Sorry, generating the answer failed ({type(err).__name__})."), what="error reply")
+        notice = f"Sorry, generating the answer failed ({type(err).__name__})."
+        deliver(lambda: poster.fail(job, notice), what="error reply")
         context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
         return {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
     cancelled = cancelled or getattr(stream, "cancelled", False)
     reply.finish(CANCELLED_NOTE if cancelled else "")
     context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
-    return {"status": "cancelled" if cancelled else "answered", "tokens": getattr(stream, "tokens", None)}
+    return {
+        "status": "cancelled" if cancelled else "answered",
+        "tokens": getattr(stream, "tokens", None),
+        "first_token_at": unix_time(getattr(stream, "first_token_at", None)),
+    }
+
+
+def unix_time(monotonic_at: float | None) -> float | None:
+    """A ``time.monotonic()`` reading as Unix time (for results people compare with other clocks)."""
+    return None if monotonic_at is None else time.time() - (time.monotonic() - monotonic_at)
 
 
 def reply_to_rejected(context: WorkerContext, job_json: str, reason: str) -> bool:

@@ -1,0 +1,22 @@
+"""The reply posters a worker process can use, by platform, built from the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from redis import Redis
+
+from worker.posters.base import Poster
+from worker.posters.console import ConsolePoster
+from worker.settings import Settings
+
+
+def posters_from_settings(settings: Settings, redis: Redis) -> dict[str, Callable[[], Poster]]:
+    """platform -> a factory making one job's poster. Console always; Slack when its bot token is set."""
+    posters: dict[str, Callable[[], Poster]] = {"console": lambda: ConsolePoster(redis)}
+    if settings.slack_bot_token:
+        from worker.posters.slack import SlackPoster, slack_client
+
+        client = slack_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
+        posters["slack"] = lambda: SlackPoster(client, redis)
+    return posters

@@ -1,0 +1,127 @@
+"""The Slack reply poster: streams an answer into the placeholder the adapter posted, via ``chat.update``.
+
+An answer longer than one Slack message continues in further thread messages (cut on paragraph/code-block
+boundaries by ``split_message``). The ids of those messages are kept in Redis, so a job retried after a worker
+crash edits the same messages instead of posting new ones. Slack's 429s are waited out (slack_sdk's
+``RateLimitErrorRetryHandler`` honours ``Retry-After``); ``msg_too_long`` makes the poster cut smaller.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from redis import Redis
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+
+from worker.posters.slack_text import escape, slack_size, to_slack
+from worker.posters.split import split_message
+from worker.posters.status_text import RESTARTING, waiting_text
+from worker.reply_index import TTL_S, ReplyIndex
+
+if TYPE_CHECKING:
+    from worker.job import Job
+
+log = logging.getLogger(__name__)
+
+MESSAGE_LIMIT = 3500  # characters of Slack text per message; Slack answers msg_too_long near 4,000
+SMALLEST_LIMIT = 500
+
+
+def slack_client(token: str, base_url: str = "https://slack.com/api/", rate_limit_retries: int = 5) -> WebClient:
+    """A WebClient that waits out 429s (Retry-After) and retries dropped connections."""
+    return WebClient(
+        token=token,
+        base_url=base_url,
+        retry_handlers=[ConnectionErrorRetryHandler(), RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries)],
+    )
+
+
+class SlackPoster:
+    """One job's reply: message 0 is the placeholder, more messages are posted in the thread as needed."""
+
+    def __init__(self, client: WebClient, redis: Redis, limit: int = MESSAGE_LIMIT):
+        self.client, self.redis, self.limit = client, redis, limit
+        self.index = ReplyIndex(redis)
+        self.shown: dict[int, str] = {}  # message number -> Slack text it shows now (saves repeat edits)
+
+    # -- the Poster interface --------------------------------------------------------------------------
+    def waiting(self, job: Job, position: int | None) -> None:
+        self._edit(job, 0, f"_{waiting_text(position)}_")
+
+    def update(self, job: Job, text: str) -> None:
+        self._show(job, text)
+
+    def finish(self, job: Job, text: str) -> None:
+        count = self._show(job, text)
+        self._remove_parts_after(job, count)
+
+    def fail(self, job: Job, message: str) -> None:
+        self._edit(job, 0, f":warning: {escape(message)}")
+        self._remove_parts_after(job, 1)
+
+    def restart(self, job: Job) -> None:
+        self._edit(job, 0, f"_{RESTARTING}_")
+
+    # -- messages --------------------------------------------------------------------------------------
+    def _show(self, job: Job, text: str) -> int:
+        """Show ``text`` across as many messages as it needs; returns how many."""
+        while True:
+            parts = split_message(text, self.limit, measure=slack_size)
+            try:
+                for number, part in enumerate(parts):
+                    self._edit(job, number, to_slack(part))
+                return len(parts)
+            except SlackApiError as err:
+                if err.response.get("error") != "msg_too_long" or self.limit <= SMALLEST_LIMIT:
+                    raise
+                self.limit = max(SMALLEST_LIMIT, self.limit // 2)
+                log.warning("Slack said msg_too_long; cutting answers at %d characters", self.limit)
+
+    def _edit(self, job: Job, number: int, slack_text: str) -> None:
+        if self.shown.get(number) == slack_text:
+            return
+        ts = self._message_ts(job, number)
+        target = job.reply_to
+        if ts is None:
+            response = self.client.chat_postMessage(
+                channel=target.channel_id, thread_ts=target.thread_id, text=slack_text,
+                unfurl_links=False, unfurl_media=False,
+            )
+            self._remember_part(job, number, response["ts"])
+        else:
+            self.client.chat_update(channel=target.channel_id, ts=ts, text=slack_text)
+        self.shown[number] = slack_text
+
+    def _message_ts(self, job: Job, number: int) -> str | None:
+        if number == 0 and job.reply_to.placeholder_id:
+            return job.reply_to.placeholder_id
+        raw = self.redis.hget(self._parts_key(job), str(number))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def _remember_part(self, job: Job, number: int, ts: str) -> None:
+        key = self._parts_key(job)
+        self.redis.hset(key, str(number), ts)
+        self.redis.expire(key, TTL_S)
+        self.index.link_message("slack", job.reply_to.channel_id, ts, job.job_id)
+
+    def _remove_parts_after(self, job: Job, count: int) -> None:
+        """Delete messages an earlier, longer attempt at this answer left behind (after a restart)."""
+        key = self._parts_key(job)
+        for field, raw_ts in self.redis.hgetall(key).items():
+            number = int(field)
+            if number >= count and not (number == 0 and job.reply_to.placeholder_id):
+                ts = raw_ts.decode() if isinstance(raw_ts, bytes) else raw_ts
+                try:
+                    self.client.chat_delete(channel=job.reply_to.channel_id, ts=ts)
+                except SlackApiError as err:
+                    if err.response.get("error") != "message_not_found":
+                        raise
+                self.redis.hdel(key, field)
+                self.shown.pop(number, None)
+
+    @staticmethod
+    def _parts_key(job: Job) -> str:
+        return f"xwinbot:slack:parts:{job.job_id}"

@@ -1,0 +1,15 @@
+"""What a placeholder says before the answer starts: one wording for every platform and both processes."""
+
+from __future__ import annotations
+
+THINKING = "thinking…"
+
+
+def waiting_text(position: int | None) -> str:
+    """'thinking… #3 in queue' while queued (1 = next), 'thinking…' once the model works on it."""
+    if position is None:
+        return THINKING
+    return f"{THINKING} #{position} in queue"
+
+
+RESTARTING = "thinking… (starting over: the worker answering this was restarted)"
