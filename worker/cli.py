@@ -4,6 +4,7 @@
     worker      one worker process joining the queue at XWINBOT_REDIS_URL
     ask         ask one question through the queue, like a chat user; prints the answer as it streams
     chat        an interactive conversation through the queue
+    slack       the Slack adapter on its own (``up`` starts it too when its tokens are set)
     generate    answer one question right here with the model (no queue; for trying models)
     demo-model  build the offline demo model
 """
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="ask one question through the queue and print the streamed answer")
     ask.add_argument("question")
     commands.add_parser("chat", help="an interactive conversation through the queue")
+    commands.add_parser("slack", help="run the Slack adapter (Socket Mode, or HTTP with XWINBOT_SLACK_MODE=http)")
 
     generate = commands.add_parser("generate", help="answer one question here with the model, without the queue")
     generate.add_argument("question")
@@ -72,7 +74,7 @@ def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None
     from redis import Redis
 
     from worker.console_client import ask
-    from worker.serve import job_queue
+    from worker.queue import job_queue
 
     redis = Redis.from_url(settings.redis_url)
     answer = ""
@@ -130,6 +132,13 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_slack(args: argparse.Namespace) -> int:
+    from bot.slack.app import run
+
+    run(Settings())
+    return 0
+
+
 def run_demo_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -140,7 +149,7 @@ def run_demo_model(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"up": run_up, "worker": run_worker, "ask": run_ask, "chat": run_chat, "generate": run_generate,
-            "demo-model": run_demo_model}
+            "slack": run_slack, "demo-model": run_demo_model}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,10 +58,14 @@ def up(settings: Settings) -> int:
         data_dir = Path(settings.data_dir).expanduser() / "redis"
         print(f"xwinbot: starting redis-server (append-only file in {data_dir})", flush=True)
         local_redis = start_local_redis(settings.redis_url, data_dir)
-    print("xwinbot: chat adapters: none configured yet (Slack and Discord arrive with their issues)", flush=True)
+    from bot.launch import start_adapters
+
+    adapters = start_adapters(settings)
+    print(f"xwinbot: chat adapters: {', '.join(adapters.names) or 'none configured (see README: Slack)'}", flush=True)
     try:
         run_until_stopped(WorkerProcess(settings))
     finally:
+        adapters.stop()
         if local_redis is not None:
             try:
                 Redis.from_url(settings.redis_url).shutdown()  # flushes the append-only file

@@ -1,0 +1,47 @@
+"""Start the chat adapters whose settings are present, in the background (for ``xwinbot up``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from redis import Redis
+
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningAdapters:
+    names: list[str] = field(default_factory=list)
+    stoppers: list[Callable[[], None]] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for stop in self.stoppers:
+            try:
+                stop()
+            except Exception:
+                log.warning("an adapter did not stop cleanly", exc_info=True)
+
+
+def start_adapters(settings: Settings) -> RunningAdapters:
+    running = RunningAdapters()
+    if settings.slack_bot_token:
+        running.names.append(f"Slack ({settings.slack_mode} mode)")
+        running.stoppers.append(start_slack(settings))
+    return running
+
+
+def start_slack(settings: Settings) -> Callable[[], None]:
+    from bot.slack.app import create_app, serve_http, socket_mode_handler
+
+    app = create_app(settings, Redis.from_url(settings.redis_url))
+    if settings.slack_mode == "http":
+        threading.Thread(target=serve_http, args=(app, settings), name="xwinbot-slack-http", daemon=True).start()
+        return lambda: None  # a daemon thread: ends with the process
+    handler = socket_mode_handler(app, settings)
+    handler.connect()
+    return handler.close

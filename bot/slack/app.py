@@ -1,0 +1,100 @@
+"""The Slack side of xwinbot: a bolt app on Socket Mode (default) or HTTP, wired to the job queue.
+
+    xwinbot slack        # XWINBOT_SLACK_BOT_TOKEN + XWINBOT_SLACK_APP_TOKEN (Socket Mode)
+                         # or XWINBOT_SLACK_MODE=http + XWINBOT_SLACK_SIGNING_SECRET (POST /slack/events)
+
+Bolt acknowledges every event before our listeners run. A global middleware drops events whose
+``event_id`` was already seen (Slack retries an event it thinks was not acknowledged in time).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+from slack_bolt import App
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_sdk import WebClient
+
+from bot.access import Allowlist
+from bot.slack.questions import SlackOptions, SlackQuestions
+from worker.posters.slack import slack_client
+from worker.reply_index import ReplyIndex
+from worker.queue import job_queue
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EVENT_ID_TTL_S = 3600
+
+
+class SlackNotConfigured(ValueError):
+    """A setting the chosen Slack mode needs is missing (the message names it)."""
+
+
+def check_settings(settings: Settings) -> None:
+    missing = ["XWINBOT_SLACK_BOT_TOKEN"] if not settings.slack_bot_token else []
+    if settings.slack_mode == "socket" and not settings.slack_app_token:
+        missing.append("XWINBOT_SLACK_APP_TOKEN (an xapp- token with connections:write)")
+    if settings.slack_mode == "http" and not settings.slack_signing_secret:
+        missing.append("XWINBOT_SLACK_SIGNING_SECRET")
+    if missing:
+        raise SlackNotConfigured(f"Slack {settings.slack_mode} mode needs " + " and ".join(missing))
+
+
+def create_app(settings: Settings, redis: Redis) -> App:
+    check_settings(settings)
+    http_mode = settings.slack_mode == "http"
+    app = App(
+        client=slack_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url),
+        signing_secret=settings.slack_signing_secret.get_secret_value() if http_mode else "",
+        request_verification_enabled=http_mode,
+    )
+    app.use(drop_repeated_events(ReplyIndex(redis)))
+    questions = SlackQuestions(
+        job_queue(settings, redis), redis,
+        Allowlist.of(settings.slack_allowed_channels, settings.slack_allowed_users),
+        SlackOptions(followups=settings.slack_followups, history_messages=settings.slack_history_messages),
+    )
+    app.event("app_mention")(questions.on_mention)
+    app.event("message")(questions.on_message)
+    app.event("reaction_added")(questions.on_reaction)
+    return app
+
+
+def drop_repeated_events(index: ReplyIndex):
+    """Bolt middleware: acknowledge an event id seen before and stop there."""
+
+    def middleware(body: dict, context, next):  # noqa: A002 - bolt passes it by this name
+        event_id = body.get("event_id")
+        if event_id and not index.claim("slack-event", event_id, ttl_s=EVENT_ID_TTL_S):
+            log.info("dropping repeated Slack event %s", event_id)
+            return context.ack()
+        return next()
+
+    return middleware
+
+
+def socket_mode_handler(app: App, settings: Settings) -> SocketModeHandler:
+    return SocketModeHandler(
+        app, settings.slack_app_token.get_secret_value(), web_client=WebClient(base_url=settings.slack_api_url)
+    )
+
+
+def serve_http(app: App, settings: Settings, host: str = "0.0.0.0") -> None:
+    """Serve POST /slack/events with waitress (a production WSGI server); bolt verifies every signature."""
+    import waitress
+    from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+    waitress.serve(SlackRequestHandler(app), host=host, port=settings.slack_http_port, threads=8)
+
+
+def run(settings: Settings) -> None:
+    """Run the Slack adapter until interrupted."""
+    app = create_app(settings, Redis.from_url(settings.redis_url))
+    if settings.slack_mode == "http":
+        print(f"xwinbot slack: HTTP mode on port {settings.slack_http_port} (/slack/events)", flush=True)
+        serve_http(app, settings)
+    else:
+        print("xwinbot slack: connecting over Socket Mode", flush=True)
+        socket_mode_handler(app, settings).start()

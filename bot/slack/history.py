@@ -1,0 +1,72 @@
+"""Slack messages as the conversation the model sees: Slack markup to plain text, the bot's messages as its turns.
+
+The bot's placeholders that never became answers ("thinking…", warnings) are not part of the conversation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from slack_sdk import WebClient
+
+from bot.conversation import build_turns
+from worker.job import JobTurn
+from worker.posters.slack_text import WORD_JOINER
+from worker.posters.status_text import THINKING
+
+USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
+LINK = re.compile(r"<((?:https?|mailto|ftp):[^|>]+)(?:\|([^>]*))?>")
+CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)(?:\|([^>]*))?>")
+SPECIAL = re.compile(r"<!([a-z]+)(?:\^[^|>]*)?(?:\|([^>]*))?>")
+PAGE_SIZE = 200
+
+
+def plain_text(text: str, bot_user_id: str | None) -> str:
+    """Slack message text as a person reads it, with the bot's own mention removed."""
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(?:\|[^>]*)?>", "", text)
+    text = USER_MENTION.sub(lambda m: "@" + (m.group(2) or m.group(1)), text)
+    text = LINK.sub(lambda m: m.group(2) or m.group(1), text)
+    text = CHANNEL.sub(lambda m: "#" + (m.group(2) or m.group(1)), text)
+    text = SPECIAL.sub(lambda m: m.group(2) or "@" + m.group(1), text)
+    text = text.replace(WORD_JOINER, "")
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
+
+
+def is_status_message(text: str) -> bool:
+    """A bot message that shows a status, not an answer."""
+    return text.startswith((f"_{THINKING}", ":warning:", ":hourglass:")) or text == "_(stopped before it started)_"
+
+
+def is_from_bot(message: dict, bot_user_id: str | None, bot_id: str | None) -> bool:
+    return bool((bot_user_id and message.get("user") == bot_user_id) or (bot_id and message.get("bot_id") == bot_id))
+
+
+def turns_from_messages(messages: Iterable[dict], bot_user_id: str | None, bot_id: str | None) -> list[JobTurn]:
+    """Messages oldest first -> turns; other bots' messages and the bot's status messages are left out."""
+    pairs = []
+    for message in messages:
+        text = message.get("text") or ""
+        if is_from_bot(message, bot_user_id, bot_id):
+            if not is_status_message(text):
+                pairs.append(("assistant", plain_text(text, bot_user_id)))
+        elif not message.get("bot_id") and message.get("subtype") in (None, "thread_broadcast", "file_share"):
+            pairs.append(("user", plain_text(text, bot_user_id)))
+    return build_turns(pairs)
+
+
+def thread_messages(client: WebClient, channel: str, thread_ts: str, up_to_ts: str, keep: int) -> list[dict]:
+    """The thread's messages up to and including ``up_to_ts``, oldest first, at most the newest ``keep``."""
+    messages: list[dict] = []
+    for page in client.conversations_replies(channel=channel, ts=thread_ts, latest=up_to_ts, inclusive=True,
+                                             limit=PAGE_SIZE):
+        messages.extend(page.get("messages", []))
+        messages = messages[-keep:]
+    return [m for m in messages if float(m["ts"]) <= float(up_to_ts)]
+
+
+def dm_messages(client: WebClient, channel: str, up_to_ts: str, keep: int) -> list[dict]:
+    """The direct-message conversation up to and including ``up_to_ts``: its newest ``keep`` messages, oldest first."""
+    response = client.conversations_history(channel=channel, latest=up_to_ts, inclusive=True, limit=min(keep, 999))
+    return list(reversed(response.get("messages", [])))

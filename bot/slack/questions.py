@@ -1,0 +1,167 @@
+"""What the Slack adapter does with each event: questions become jobs, reactions cancel or regenerate.
+
+Bolt calls these listeners after it has acknowledged the event (Slack wants that within 3 s), so the Slack
+API calls and the enqueue here may take their time. Every question is claimed once by its channel and
+message ts, which drops Slack's retries and the second event Slack sends for a message that mentions the
+bot inside a thread. Bad input gets a clear reply in the thread; nothing here raises into bolt.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from redis import Redis
+from slack_sdk import WebClient
+
+from bot.access import Allowlist
+from bot.slack.history import dm_messages, plain_text, thread_messages, turns_from_messages
+from worker.job import Job, Requester, ReplyTarget, job_id_for
+from worker.posters.slack_text import escape
+from worker.posters.status_text import waiting_text
+from worker.queue import Busy, DuplicateJob, JobQueue
+from worker.queue_positions import placeholder_lock, started_key
+from worker.reply_index import ReplyIndex
+
+log = logging.getLogger(__name__)
+
+CANCEL_REACTIONS = {"x", "heavy_multiplication_x", "no_entry_sign", "octagonal_sign"}
+REGENERATE_REACTIONS = {"repeat", "arrows_counterclockwise", "arrows_clockwise"}
+EMPTY_QUESTION = "Ask me something after the mention, e.g. “@me what does HTTP 429 mean?”"
+
+
+@dataclass(frozen=True)
+class SlackOptions:
+    followups: str = "any"  # "any": every message in a bot thread continues it; "mention": only mentions
+    history_messages: int = 100
+
+
+class SlackQuestions:
+    def __init__(self, queue: JobQueue, redis: Redis, allowlist: Allowlist, options: SlackOptions = SlackOptions()):
+        self.queue, self.redis, self.allowlist, self.options = queue, redis, allowlist, options
+        self.index = ReplyIndex(redis)
+
+    # -- bolt listeners (arguments by name, as bolt passes them) ---------------------------------------
+    def on_mention(self, event: dict, client: WebClient, context: dict) -> None:
+        self._guarded(self._question, event, client, context)
+
+    def on_message(self, event: dict, client: WebClient, context: dict) -> None:
+        if event.get("subtype") not in (None, "thread_broadcast", "file_share") or event.get("bot_id"):
+            return  # edits, deletions, joins, other bots (our own messages bolt already drops)
+        bot_user_id = context.get("bot_user_id")
+        if event.get("channel_type") == "im":
+            self._guarded(self._question, event, client, context)
+            return
+        thread_ts = event.get("thread_ts")
+        if not thread_ts or (bot_user_id and f"<@{bot_user_id}" in (event.get("text") or "")):
+            return  # top-level chatter; or a mention, which the app_mention listener answers
+        if self.options.followups == "any" and self.index.is_bot_thread("slack", event["channel"], thread_ts):
+            self._guarded(self._question, event, client, context)
+
+    def on_reaction(self, event: dict, client: WebClient) -> None:
+        name = event.get("reaction", "").split("::")[0]
+        item = event.get("item") or {}
+        if item.get("type") != "message" or name not in CANCEL_REACTIONS | REGENERATE_REACTIONS:
+            return
+        job_id = self.index.job_id_for_message("slack", item["channel"], item["ts"])
+        if job_id is None:
+            return  # not one of our answers
+        if name in CANCEL_REACTIONS:
+            self._guarded(self._cancel, event, client, job_id)
+        else:
+            self._guarded(self._regenerate, event, client, job_id)
+
+    # -- questions -------------------------------------------------------------------------------------
+    def _question(self, event: dict, client: WebClient, context: dict) -> None:
+        channel, ts, user = event["channel"], event["ts"], event.get("user")
+        if not user or not self.index.claim("slack", f"{channel}:{ts}"):
+            return  # a retry, or the second event for the same message
+        is_dm = event.get("channel_type") == "im" or channel.startswith("D")
+        thread_ts = event.get("thread_ts") or (None if is_dm else ts)
+        if refusal := self.allowlist.refusal({channel}, {user}):
+            client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=refusal)
+            return
+        bot_user_id, bot_id = context.get("bot_user_id"), context.get("bot_id")
+        if not plain_text(event.get("text") or "", bot_user_id):
+            client.chat_postMessage(channel=channel, thread_ts=thread_ts or ts, text=EMPTY_QUESTION)
+            return
+        turns = turns_from_messages(self._history(client, event, thread_ts, is_dm), bot_user_id, bot_id)
+        if not turns:  # history unreadable as a conversation: answer the message alone
+            turns = turns_from_messages([event], bot_user_id, bot_id)
+        requester = Requester(platform="slack", user_id=user)
+        self._submit(client, job_id_for("slack", f"{channel}-{ts}"), turns, requester, channel, thread_ts)
+
+    def _history(self, client: WebClient, event: dict, thread_ts: str | None, is_dm: bool) -> list[dict]:
+        keep = self.options.history_messages
+        if thread_ts and thread_ts != event["ts"]:
+            return thread_messages(client, event["channel"], thread_ts, event["ts"], keep)
+        if is_dm:
+            return dm_messages(client, event["channel"], event["ts"], keep)
+        return [event]
+
+    def _submit(self, client: WebClient, job_id: str, turns, requester: Requester, channel: str,
+                thread_ts: str | None) -> None:
+        placeholder = client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=f"_{waiting_text(None)}_")
+        job = Job(
+            job_id=job_id, turns=turns, requester=requester,
+            reply_to=ReplyTarget(platform="slack", channel_id=channel, thread_id=thread_ts,
+                                 placeholder_id=placeholder["ts"]),
+        )
+        self.index.remember_job(job)
+        self.index.link_message("slack", channel, placeholder["ts"], job_id)
+        if thread_ts:
+            self.index.mark_thread("slack", channel, thread_ts)
+        try:
+            position = self.queue.enqueue(job).position
+        except Busy as err:
+            client.chat_update(channel=channel, ts=placeholder["ts"], text=f":hourglass: {escape(err.message)}")
+            return
+        except DuplicateJob:
+            client.chat_delete(channel=channel, ts=placeholder["ts"])
+            return
+        if position > 1:
+            with placeholder_lock(self.redis, job_id):
+                if not self.redis.exists(started_key(job_id)):
+                    client.chat_update(channel=channel, ts=placeholder["ts"], text=f"_{waiting_text(position)}_")
+
+    # -- reactions -------------------------------------------------------------------------------------
+    def _cancel(self, event: dict, client: WebClient, job_id: str) -> None:
+        job = self.index.job(job_id)
+        if job is None:
+            return
+        if event.get("user") != job.requester.user_id:
+            client.chat_postEphemeral(channel=job.reply_to.channel_id, user=event["user"],
+                                      thread_ts=job.reply_to.thread_id,
+                                      text="Only the person who asked can stop this answer.")
+            return
+        if self.queue.cancel(job_id) == "removed":
+            client.chat_update(channel=job.reply_to.channel_id, ts=job.reply_to.placeholder_id,
+                               text="_(stopped before it started)_")
+
+    def _regenerate(self, event: dict, client: WebClient, job_id: str) -> None:
+        job, user = self.index.job(job_id), event.get("user")
+        if job is None or not user or not self.index.claim("slack", f"reaction:{event.get('event_ts')}:{job_id}"):
+            return
+        target = job.reply_to
+        if refusal := self.allowlist.refusal({target.channel_id}, {user}):
+            client.chat_postEphemeral(channel=target.channel_id, user=user, thread_ts=target.thread_id, text=refusal)
+            return
+        new_id = job_id_for("slack", f"again-{target.channel_id}-{event.get('event_ts')}-{job_id}")
+        self._submit(client, new_id, job.turns, Requester(platform="slack", user_id=user), target.channel_id,
+                     target.thread_id)
+
+    # -- failures --------------------------------------------------------------------------------------
+    def _guarded(self, handler, event: dict, client: WebClient, *rest) -> None:
+        """Run a listener; on a failure tell the user in the thread instead of failing silently."""
+        try:
+            handler(event, client, *rest)
+        except Exception as err:
+            log.exception("could not handle a Slack event")
+            channel = event.get("channel") or (event.get("item") or {}).get("channel")
+            if not channel:
+                return
+            text = f":warning: Sorry, I couldn't take this request ({type(err).__name__}). Please try again in a minute."
+            try:
+                client.chat_postMessage(channel=channel, thread_ts=event.get("thread_ts") or event.get("ts"), text=text)
+            except Exception:
+                log.warning("could not tell the user about the failure", exc_info=True)
