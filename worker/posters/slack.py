@@ -1,8 +1,7 @@
 """The Slack reply poster: streams an answer into the placeholder the adapter posted, via ``chat.update``.
 
 An answer longer than one Slack message continues in further thread messages (cut on paragraph/code-block
-boundaries by ``split_message``). The ids of those messages are kept in Redis, so a job retried after a worker
-crash edits the same messages instead of posting new ones. Slack's 429s are waited out (slack_sdk's
+boundaries by ``split_message``; their ids kept by ``ReplyParts`` for retried jobs). Slack's 429s are waited out (slack_sdk's
 ``RateLimitErrorRetryHandler`` honours ``Retry-After``); ``msg_too_long`` makes the poster cut smaller.
 """
 
@@ -19,7 +18,8 @@ from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, R
 from worker.posters.slack_text import escape, slack_size, to_slack
 from worker.posters.split import split_message
 from worker.posters.status_text import RESTARTING, waiting_text
-from worker.reply_index import TTL_S, ReplyIndex
+from worker.posters.reply_parts import ReplyParts
+from worker.reply_index import ReplyIndex
 
 if TYPE_CHECKING:
     from worker.job import Job
@@ -98,30 +98,25 @@ class SlackPoster:
     def _message_ts(self, job: Job, number: int) -> str | None:
         if number == 0 and job.reply_to.placeholder_id:
             return job.reply_to.placeholder_id
-        raw = self.redis.hget(self._parts_key(job), str(number))
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return self._parts(job).get(number)
 
     def _remember_part(self, job: Job, number: int, ts: str) -> None:
-        key = self._parts_key(job)
-        self.redis.hset(key, str(number), ts)
-        self.redis.expire(key, TTL_S)
+        self._parts(job).remember(number, ts)
         self.index.link_message("slack", job.reply_to.channel_id, ts, job.job_id)
 
     def _remove_parts_after(self, job: Job, count: int) -> None:
         """Delete messages an earlier, longer attempt at this answer left behind (after a restart)."""
-        key = self._parts_key(job)
-        for field, raw_ts in self.redis.hgetall(key).items():
-            number = int(field)
-            if number >= count and not (number == 0 and job.reply_to.placeholder_id):
-                ts = raw_ts.decode() if isinstance(raw_ts, bytes) else raw_ts
-                try:
-                    self.client.chat_delete(channel=job.reply_to.channel_id, ts=ts)
-                except SlackApiError as err:
-                    if err.response.get("error") != "message_not_found":
-                        raise
-                self.redis.hdel(key, field)
-                self.shown.pop(number, None)
+        parts = self._parts(job)
+        for number, ts in parts.numbered().items():
+            if number < count or (number == 0 and job.reply_to.placeholder_id):
+                continue
+            try:
+                self.client.chat_delete(channel=job.reply_to.channel_id, ts=ts)
+            except SlackApiError as err:
+                if err.response.get("error") != "message_not_found":
+                    raise
+            parts.forget(number)
+            self.shown.pop(number, None)
 
-    @staticmethod
-    def _parts_key(job: Job) -> str:
-        return f"xwinbot:slack:parts:{job.job_id}"
+    def _parts(self, job: Job) -> ReplyParts:
+        return ReplyParts(self.redis, "slack", job.job_id)
