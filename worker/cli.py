@@ -5,6 +5,8 @@
     ask         ask one question through the queue, like a chat user; prints the answer as it streams
     chat        an interactive conversation through the queue
     slack       the Slack adapter on its own (``up`` starts it too when its tokens are set)
+    discord     the Discord adapter on its own (``up`` starts it too when its token is set)
+    discord-invite  the URL that adds the bot to a server, with exactly the permissions it needs
     generate    answer one question right here with the model (no queue; for trying models)
     demo-model  build the offline demo model
 """
@@ -29,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question")
     commands.add_parser("chat", help="an interactive conversation through the queue")
     commands.add_parser("slack", help="run the Slack adapter (Socket Mode, or HTTP with XWINBOT_SLACK_MODE=http)")
+    commands.add_parser("discord", help="run the Discord adapter (XWINBOT_DISCORD_TOKEN)")
+    invite = commands.add_parser("discord-invite", help="print the URL that adds the bot to a Discord server")
+    invite.add_argument("--application-id", type=int, help="default: read from XWINBOT_DISCORD_TOKEN")
 
     generate = commands.add_parser("generate", help="answer one question here with the model, without the queue")
     generate.add_argument("question")
@@ -139,6 +144,26 @@ def run_slack(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_discord(args: argparse.Namespace) -> int:
+    from bot.discord.client import run
+
+    run(Settings())
+    return 0
+
+
+def run_discord_invite(args: argparse.Namespace) -> int:
+    from bot.discord.client import application_id_from_token, invite_url
+
+    application_id = args.application_id
+    if application_id is None:
+        token = Settings().discord_token
+        if token is None:
+            raise ValueError("give --application-id, or set XWINBOT_DISCORD_TOKEN to read it from the token")
+        application_id = application_id_from_token(token.get_secret_value())
+    print(invite_url(application_id))
+    return 0
+
+
 def run_demo_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -149,7 +174,8 @@ def run_demo_model(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"up": run_up, "worker": run_worker, "ask": run_ask, "chat": run_chat, "generate": run_generate,
-            "slack": run_slack, "demo-model": run_demo_model}
+            "slack": run_slack, "discord": run_discord, "discord-invite": run_discord_invite,
+            "demo-model": run_demo_model}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,8 +37,16 @@ class ReplyIndex:
         raw = self.redis.get(self._key("message", platform, channel_id, message_id))
         return raw.decode() if isinstance(raw, bytes) else raw
 
-    def mark_thread(self, platform: str, channel_id: str, thread_id: str) -> None:
-        self.redis.set(self._key("thread", platform, channel_id, thread_id), 1, ex=TTL_S)
+    def mark_thread(self, platform: str, channel_id: str, thread_id: str, origin_job_id: str = "") -> None:
+        """The bot answers in this thread; ``origin_job_id``: the job whose question started it (kept once)."""
+        key = self._key("thread", platform, channel_id, thread_id)
+        if not self.redis.set(key, origin_job_id, nx=True, ex=TTL_S):
+            self.redis.expire(key, TTL_S)
+
+    def thread_origin(self, platform: str, channel_id: str, thread_id: str) -> str | None:
+        """The job whose question started a bot thread, when known."""
+        raw = self.redis.get(self._key("thread", platform, channel_id, thread_id))
+        return (raw.decode() if isinstance(raw, bytes) else raw) or None
 
     def is_bot_thread(self, platform: str, channel_id: str, thread_id: str) -> bool:
         return bool(self.redis.exists(self._key("thread", platform, channel_id, thread_id)))

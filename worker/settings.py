@@ -64,7 +64,24 @@ class Settings(BaseSettings):
     )
     slack_history_messages: int = Field(100, ge=1, le=1000, description="Most thread/DM messages read as context.")
 
-    @field_validator("slack_allowed_channels", "slack_allowed_users", mode="before")
+    # Discord (see README "Discord").
+    discord_token: SecretStr | None = Field(None, description="Bot token; the Discord adapter and poster need it.")
+    discord_api_url: str = Field("https://discord.com/api/v10", description="Discord REST base URL (tests point it at a fake).")
+    discord_dev_guild_id: int | None = Field(
+        None, description="Sync /ask to this server only (instant, for development); unset: global commands."
+    )
+    discord_allowed_guilds: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Server ids, comma-separated; empty: all.")
+    discord_allowed_channels: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Channel ids (their threads too), comma-separated; empty: all.")
+    discord_allowed_roles: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Role ids admitted (besides allowed users); empty with no users: everyone.")
+    discord_allowed_users: Annotated[list[str], NoDecode] = Field(default_factory=list, description="User ids admitted (besides allowed roles).")
+    discord_message_content: bool = Field(
+        False, description="Use the privileged Message Content intent (enable it in the Developer Portal too): then "
+        "any message in a bot thread continues it; without it only messages that mention the bot do.",
+    )
+    discord_history_messages: int = Field(100, ge=1, le=1000, description="Most thread/DM messages read as context.")
+
+    @field_validator("slack_allowed_channels", "slack_allowed_users", "discord_allowed_guilds",
+                     "discord_allowed_channels", "discord_allowed_roles", "discord_allowed_users", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

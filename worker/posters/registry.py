@@ -12,11 +12,17 @@ from worker.settings import Settings
 
 
 def posters_from_settings(settings: Settings, redis: Redis) -> dict[str, Callable[[], Poster]]:
-    """platform -> a factory making one job's poster. Console always; Slack when its bot token is set."""
+    """platform -> a factory making one job's poster. Console always; Slack and Discord when their tokens are set."""
     posters: dict[str, Callable[[], Poster]] = {"console": lambda: ConsolePoster(redis)}
     if settings.slack_bot_token:
         from worker.posters.slack import SlackPoster, slack_client
 
         client = slack_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
         posters["slack"] = lambda: SlackPoster(client, redis)
+    if settings.discord_token:
+        from worker.posters.discord import DiscordPoster
+        from worker.posters.discord_rest import DiscordRest
+
+        rest = DiscordRest(settings.discord_token.get_secret_value(), settings.discord_api_url)
+        posters["discord"] = lambda: DiscordPoster(rest, redis)
     return posters

@@ -13,3 +13,11 @@ def waiting_text(position: int | None) -> str:
 
 
 RESTARTING = "thinking… (starting over: the worker answering this was restarted)"
+
+STOPPED_BEFORE_START = "(stopped before it started)"
+
+
+def is_status_text(text: str) -> bool:
+    """A bot message that shows a status (waiting, busy, stopped, an error), not an answer."""
+    text = text.lstrip("_")
+    return text.startswith((THINKING, STOPPED_BEFORE_START, "⚠️", "⏳", ":warning:", ":hourglass:"))

@@ -1,0 +1,94 @@
+"""A small synchronous client for the Discord REST calls the worker makes (it runs in plain threads).
+
+Every call waits out a 429 for as long as Discord's ``retry_after`` says, then tries again; any other error
+raises ``DiscordError`` with Discord's status, code and message. The bot token is sent only to bot routes
+(interaction webhooks are authorised by their token in the URL) and never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import requests
+
+log = logging.getLogger(__name__)
+
+DISCORD_API = "https://discord.com/api/v10"
+USER_AGENT = "DiscordBot (https://github.com/xwinbot/xwinbot, 0.1) xwinbot"
+
+
+class DiscordError(RuntimeError):
+    def __init__(self, status: int, code: int | None, message: str):
+        super().__init__(f"Discord answered {status} (code {code}): {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class DiscordRest:
+    def __init__(self, token: str, base_url: str = DISCORD_API, max_rate_limit_waits: int = 5, timeout_s: float = 15):
+        self._token = token
+        self.base_url = base_url.rstrip("/")
+        self.max_rate_limit_waits = max_rate_limit_waits
+        self.timeout_s = timeout_s
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+
+    def __repr__(self) -> str:
+        return f"DiscordRest({self.base_url!r})"  # no token
+
+    # -- bot routes ------------------------------------------------------------------------------------
+    def send(self, channel_id: str, payload: dict) -> dict:
+        return self.request("POST", f"/channels/{channel_id}/messages", payload)
+
+    def edit(self, channel_id: str, message_id: str, payload: dict) -> dict:
+        return self.request("PATCH", f"/channels/{channel_id}/messages/{message_id}", payload)
+
+    def delete(self, channel_id: str, message_id: str) -> None:
+        self.request("DELETE", f"/channels/{channel_id}/messages/{message_id}")
+
+    def open_dm(self, user_id: str) -> str:
+        """The id of the direct-message channel with a user."""
+        return self.request("POST", "/users/@me/channels", {"recipient_id": str(user_id)})["id"]
+
+    # -- interaction webhook routes (valid for 15 minutes after the interaction) --------------------------
+    def edit_interaction_message(self, application_id: str, token: str, message_id: str, payload: dict) -> dict:
+        return self.request("PATCH", f"/webhooks/{application_id}/{token}/messages/{message_id}", payload, bot=False)
+
+    def send_followup(self, application_id: str, token: str, payload: dict) -> dict:
+        return self.request("POST", f"/webhooks/{application_id}/{token}?wait=true", payload, bot=False)
+
+    def delete_interaction_message(self, application_id: str, token: str, message_id: str) -> None:
+        self.request("DELETE", f"/webhooks/{application_id}/{token}/messages/{message_id}", bot=False)
+
+    # -- the one request loop --------------------------------------------------------------------------
+    def request(self, method: str, path: str, payload: dict | None = None, bot: bool = True) -> dict:
+        headers = {"Authorization": f"Bot {self._token}"} if bot else {}
+        for _ in range(self.max_rate_limit_waits + 1):
+            response = self.session.request(method, self.base_url + path, json=payload, headers=headers,
+                                            timeout=self.timeout_s)
+            if response.status_code != 429:
+                break
+            wait = _retry_after(response)
+            log.warning("Discord rate limit on %s %s: waiting %.2f s", method, path.split("?")[0], wait)
+            time.sleep(wait)
+        if response.status_code >= 400:
+            body = _json(response)
+            raise DiscordError(response.status_code, body.get("code"), body.get("message", response.reason))
+        return _json(response)
+
+
+def _json(response: requests.Response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _retry_after(response: requests.Response) -> float:
+    """Seconds to wait: the body's ``retry_after`` (Discord's own), else the Retry-After header, else 1."""
+    value = _json(response).get("retry_after") or response.headers.get("Retry-After") or 1
+    try:
+        return min(max(float(value), 0.0), 60.0)
+    except (TypeError, ValueError):
+        return 1.0
