@@ -32,6 +32,9 @@ def start_adapters(settings: Settings) -> RunningAdapters:
     if settings.slack_bot_token:
         running.names.append(f"Slack ({settings.slack_mode} mode)")
         running.stoppers.append(start_slack(settings))
+    if settings.discord_token:
+        running.names.append("Discord")
+        running.stoppers.append(start_discord(settings))
     return running
 
 
@@ -45,3 +48,32 @@ def start_slack(settings: Settings) -> Callable[[], None]:
     handler = socket_mode_handler(app, settings)
     handler.connect()
     return handler.close
+
+
+def start_discord(settings: Settings) -> Callable[[], None]:
+    """The Discord bot on its own event loop in a background thread; the returned function closes it."""
+    import asyncio
+
+    from bot.discord.client import create_bot
+
+    loop = asyncio.new_event_loop()
+    stopping = asyncio.Event()
+
+    async def serve() -> None:
+        bot = create_bot(settings, Redis.from_url(settings.redis_url))
+        running = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
+        stop = asyncio.create_task(stopping.wait())
+        await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
+        await bot.close()  # closed inside its own loop, so its HTTP session and gateway close cleanly
+        if running.done() and running.exception():
+            log.error("the Discord adapter stopped: %s", running.exception())
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), name="xwinbot-discord", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(stopping.set)
+        thread.join(timeout=15)
+
+    return stop

@@ -53,7 +53,7 @@ def create_app(settings: Settings, redis: Redis) -> App:
     app.use(drop_repeated_events(ReplyIndex(redis)))
     questions = SlackQuestions(
         job_queue(settings, redis), redis,
-        Allowlist.of(settings.slack_allowed_channels, settings.slack_allowed_users),
+        Allowlist.of(channels=settings.slack_allowed_channels, users=settings.slack_allowed_users),
         SlackOptions(followups=settings.slack_followups, history_messages=settings.slack_history_messages),
     )
     app.event("app_mention")(questions.on_mention)

@@ -13,7 +13,7 @@ from slack_sdk import WebClient
 from bot.conversation import build_turns
 from worker.job import JobTurn
 from worker.posters.slack_text import WORD_JOINER
-from worker.posters.status_text import THINKING
+from worker.posters.status_text import is_status_text
 
 USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
 LINK = re.compile(r"<((?:https?|mailto|ftp):[^|>]+)(?:\|([^>]*))?>")
@@ -34,11 +34,6 @@ def plain_text(text: str, bot_user_id: str | None) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
 
 
-def is_status_message(text: str) -> bool:
-    """A bot message that shows a status, not an answer."""
-    return text.startswith((f"_{THINKING}", ":warning:", ":hourglass:")) or text == "_(stopped before it started)_"
-
-
 def is_from_bot(message: dict, bot_user_id: str | None, bot_id: str | None) -> bool:
     return bool((bot_user_id and message.get("user") == bot_user_id) or (bot_id and message.get("bot_id") == bot_id))
 
@@ -49,7 +44,7 @@ def turns_from_messages(messages: Iterable[dict], bot_user_id: str | None, bot_i
     for message in messages:
         text = message.get("text") or ""
         if is_from_bot(message, bot_user_id, bot_id):
-            if not is_status_message(text):
+            if not is_status_text(text):
                 pairs.append(("assistant", plain_text(text, bot_user_id)))
         elif not message.get("bot_id") and message.get("subtype") in (None, "thread_broadcast", "file_share"):
             pairs.append(("user", plain_text(text, bot_user_id)))

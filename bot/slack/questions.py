@@ -18,7 +18,7 @@ from bot.access import Allowlist
 from bot.slack.history import dm_messages, plain_text, thread_messages, turns_from_messages
 from worker.job import Job, Requester, ReplyTarget, job_id_for
 from worker.posters.slack_text import escape
-from worker.posters.status_text import waiting_text
+from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
 from worker.queue import Busy, DuplicateJob, JobQueue
 from worker.queue_positions import placeholder_lock, started_key
 from worker.reply_index import ReplyIndex
@@ -78,7 +78,7 @@ class SlackQuestions:
             return  # a retry, or the second event for the same message
         is_dm = event.get("channel_type") == "im" or channel.startswith("D")
         thread_ts = event.get("thread_ts") or (None if is_dm else ts)
-        if refusal := self.allowlist.refusal({channel}, {user}):
+        if refusal := self.allowlist.refusal(channel_ids={channel}, user_id=user):
             client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=refusal)
             return
         bot_user_id, bot_id = context.get("bot_user_id"), context.get("bot_id")
@@ -136,14 +136,14 @@ class SlackQuestions:
             return
         if self.queue.cancel(job_id) == "removed":
             client.chat_update(channel=job.reply_to.channel_id, ts=job.reply_to.placeholder_id,
-                               text="_(stopped before it started)_")
+                               text=f"_{STOPPED_BEFORE_START}_")
 
     def _regenerate(self, event: dict, client: WebClient, job_id: str) -> None:
         job, user = self.index.job(job_id), event.get("user")
         if job is None or not user or not self.index.claim("slack", f"reaction:{event.get('event_ts')}:{job_id}"):
             return
         target = job.reply_to
-        if refusal := self.allowlist.refusal({target.channel_id}, {user}):
+        if refusal := self.allowlist.refusal(channel_ids={target.channel_id}, user_id=user):
             client.chat_postEphemeral(channel=target.channel_id, user=user, thread_ts=target.thread_id, text=refusal)
             return
         new_id = job_id_for("slack", f"again-{target.channel_id}-{event.get('event_ts')}-{job_id}")

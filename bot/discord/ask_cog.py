@@ -1,0 +1,152 @@
+"""The ways to ask in Discord: ``/ask``, mentioning the bot, and follow-ups in the bot's threads.
+
+``/ask`` is deferred before anything else (Discord wants an answer within 3 s); only the allowlist, which
+needs no I/O, is checked first so a refusal can be private. Then the question is shown, a thread is started
+from it and the answer's placeholder is posted there. A mention in a channel starts a thread from the
+message; a message in a bot thread (mentioning the bot, or any message when the Message Content intent is
+on) continues that thread's conversation; a direct message continues the DM's conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.conversation import build_turns
+from bot.discord.history import conversation, plain_text, recent_messages
+from bot.discord.questions import DiscordQuestions
+from worker.job import MAX_TEXT_CHARS, GenerationOverrides, JobTurn, Requester
+
+log = logging.getLogger(__name__)
+
+SHOWN_QUESTION_CHARS = 1800
+THREAD_NAME_CHARS = 90
+EMPTY_QUESTION = "Ask me something after the mention, e.g. “@me what does HTTP 429 mean?”"
+
+
+def thread_name(question: str) -> str:
+    first_line = question.strip().splitlines()[0] if question.strip() else "question"
+    return first_line[:THREAD_NAME_CHARS - 1] + "…" if len(first_line) > THREAD_NAME_CHARS else first_line
+
+
+def requester_of(user: discord.abc.User) -> Requester:
+    return Requester(platform="discord", user_id=str(user.id), display_name=user.display_name[:200])
+
+
+class AskCog(commands.Cog):
+    def __init__(self, bot: commands.Bot, questions: DiscordQuestions):
+        self.bot, self.questions = bot, questions
+
+    # -- /ask ------------------------------------------------------------------------------------------
+    @app_commands.command(name="ask", description="Ask the model; the answer streams into a thread.")
+    @app_commands.describe(prompt="Your question", private="Only you see the question and the answer",
+                           temperature="Randomness, 0 (focused) to 2 (creative); default: the server's setting")
+    async def ask(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000],
+                  private: bool = False, temperature: app_commands.Range[float, 0.0, 2.0] | None = None) -> None:
+        if refusal := self.questions.refusal(interaction.user, interaction.channel, interaction.guild_id):
+            await interaction.response.send_message(refusal, ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        try:
+            if not await self.questions.claim(f"interaction:{interaction.id}"):
+                return
+            overrides = GenerationOverrides(temperature=temperature)
+            turns = [JobTurn(role="user", text=prompt[:MAX_TEXT_CHARS])]
+            job_id = f"discord-ask-{interaction.id}"
+            if private:
+                place = await self.questions.interaction_placeholder(interaction)
+                await self.questions.submit(job_id, turns, requester_of(interaction.user), place, None, overrides)
+                return
+            shown = prompt if len(prompt) <= SHOWN_QUESTION_CHARS else prompt[:SHOWN_QUESTION_CHARS] + "…"
+            question = await interaction.edit_original_response(content=f"{interaction.user.mention} asked: {shown}")
+            where = await self._thread_for(question, prompt)
+            place = await self.questions.post_placeholder(where, job_id)
+            thread_id = where.id if isinstance(where, discord.Thread) else None
+            await self.questions.submit(job_id, turns, requester_of(interaction.user), place, thread_id, overrides)
+        except Exception as err:
+            log.exception("/ask failed")
+            await interaction.followup.send(f"⚠️ Sorry, I couldn't take this question ({type(err).__name__}). "
+                                            "Please try again in a minute.", ephemeral=True)
+
+    async def _thread_for(self, message: discord.Message, question: str) -> discord.abc.Messageable:
+        """A new thread from ``message`` in a text channel; the same thread/DM where threads cannot start."""
+        if isinstance(message.channel, (discord.TextChannel, discord.ForumChannel)):
+            return await message.create_thread(name=thread_name(question))
+        return message.channel
+
+    # -- mentions, follow-ups, DMs ---------------------------------------------------------------------
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or message.webhook_id or self.bot.user is None:
+            return
+        channel = message.channel
+        mentioned = self.bot.user in message.mentions
+        if isinstance(channel, discord.DMChannel):
+            await self._guarded(message, self._follow_up(message))
+        elif isinstance(channel, discord.Thread):
+            if mentioned or (self.questions.options.message_content and await self._is_bot_thread(channel.id)):
+                await self._guarded(message, self._follow_up(message))
+        elif mentioned:
+            await self._guarded(message, self._new_thread(message))
+
+    async def _is_bot_thread(self, thread_id: int) -> bool:
+        return await asyncio.to_thread(self.questions.index.is_bot_thread, "discord", str(thread_id), str(thread_id))
+
+    async def _new_thread(self, message: discord.Message) -> None:
+        if not await self._allowed_and_new(message):
+            return
+        text = plain_text(message, self.bot.user.id)
+        if not text:
+            await message.reply(EMPTY_QUESTION)
+            return
+        thread = await message.create_thread(name=thread_name(text))
+        job_id = f"discord-msg-{message.id}"
+        place = await self.questions.post_placeholder(thread, job_id)
+        await self.questions.submit(job_id, build_turns([("user", text)]), requester_of(message.author), place, thread.id)
+
+    async def _follow_up(self, message: discord.Message) -> None:
+        if not await self._allowed_and_new(message):
+            return
+        if not plain_text(message, self.bot.user.id):
+            await message.reply(EMPTY_QUESTION)
+            return
+        channel = message.channel
+        opening: list[JobTurn] = []
+        if isinstance(channel, discord.Thread):
+            opening = await asyncio.to_thread(self._opening_question, channel.id)
+        earlier = await recent_messages(channel, message, self.questions.options.history_messages)
+        turns = conversation(opening, earlier, message, self.bot.user.id)
+        job_id = f"discord-msg-{message.id}"
+        place = await self.questions.post_placeholder(channel, job_id)
+        thread_id = channel.id if isinstance(channel, discord.Thread) else None
+        await self.questions.submit(job_id, turns, requester_of(message.author), place, thread_id)
+
+    def _opening_question(self, thread_id: int) -> list[JobTurn]:
+        """The question that started a bot thread (it lives in the parent channel, or was a slash command)."""
+        index = self.questions.index
+        origin = index.thread_origin("discord", str(thread_id), str(thread_id))
+        job = index.job(origin) if origin else None
+        return list(job.turns[:1]) if job else []
+
+    async def _allowed_and_new(self, message: discord.Message) -> bool:
+        guild_id = message.guild.id if message.guild else None
+        if refusal := self.questions.refusal(message.author, message.channel, guild_id):
+            # a message cannot be answered privately: a reply that pings no one and goes away after a minute
+            await message.reply(refusal, delete_after=60)
+            return False
+        return await self.questions.claim(f"message:{message.id}")
+
+    async def _guarded(self, message: discord.Message, work) -> None:
+        try:
+            await work
+        except Exception as err:
+            log.exception("could not take a Discord message")
+            try:
+                await message.reply(f"⚠️ Sorry, I couldn't take this question ({type(err).__name__}). "
+                                    "Please try again in a minute.")
+            except discord.HTTPException:
+                log.warning("could not tell the user about the failure", exc_info=True)

@@ -1,0 +1,90 @@
+"""The Discord side of xwinbot: a discord.py bot with the ask cog and persistent answer buttons.
+
+    xwinbot discord          # XWINBOT_DISCORD_TOKEN; `xwinbot up` starts it too when the token is set
+    xwinbot discord-invite   # prints the URL that adds the bot to a server with exactly what it needs
+
+Slash commands are synced at start: to ``XWINBOT_DISCORD_DEV_GUILD_ID`` only (instant, for development) or
+globally (Discord may take up to an hour to show a new global command).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+
+import discord
+from discord.ext import commands
+from redis import Redis
+
+from bot.access import Allowlist
+from bot.discord.ask_cog import AskCog
+from bot.discord.buttons import AgainButton, StopButton
+from bot.discord.questions import DiscordOptions, DiscordQuestions
+from worker.queue import job_queue
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, send_messages_in_threads=True,
+                                  create_public_threads=True, read_message_history=True)
+SCOPES = ("bot", "applications.commands")
+
+
+class DiscordNotConfigured(ValueError):
+    """XWINBOT_DISCORD_TOKEN is missing."""
+
+
+def intents(settings: Settings) -> discord.Intents:
+    """Guilds and messages; Message Content only when asked for (it is privileged)."""
+    chosen = discord.Intents.default()
+    chosen.message_content = settings.discord_message_content
+    return chosen
+
+
+class XwinBot(commands.Bot):
+    def __init__(self, settings: Settings, redis: Redis, **kwargs):
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents(settings),
+                         allowed_mentions=discord.AllowedMentions.none(), help_command=None, **kwargs)
+        self.settings = settings
+        self.questions = DiscordQuestions(
+            job_queue(settings, redis), redis,
+            Allowlist.of(servers=settings.discord_allowed_guilds, channels=settings.discord_allowed_channels,
+                         users=settings.discord_allowed_users, roles=settings.discord_allowed_roles),
+            DiscordOptions(message_content=settings.discord_message_content,
+                           history_messages=settings.discord_history_messages),
+        )
+
+    async def setup_hook(self) -> None:
+        await self.add_cog(AskCog(self, self.questions))
+        self.add_dynamic_items(StopButton, AgainButton)
+        if self.settings.discord_dev_guild_id:
+            guild = discord.Object(self.settings.discord_dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def on_ready(self) -> None:
+        log.info("Discord: logged in as %s (%s)", self.user, self.user.id if self.user else "?")
+
+
+def create_bot(settings: Settings, redis: Redis | None = None, **kwargs) -> XwinBot:
+    if not settings.discord_token:
+        raise DiscordNotConfigured("the Discord adapter needs XWINBOT_DISCORD_TOKEN (the bot token)")
+    discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
+    return XwinBot(settings, redis or Redis.from_url(settings.redis_url), **kwargs)
+
+
+def application_id_from_token(token: str) -> int:
+    """A bot token starts with the bot's user id (= its application id) in base64."""
+    head = token.split(".")[0]
+    return int(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+
+
+def invite_url(application_id: int) -> str:
+    return discord.utils.oauth_url(application_id, permissions=PERMISSIONS, scopes=SCOPES)
+
+
+def run(settings: Settings) -> None:
+    bot = create_bot(settings)
+    bot.run(settings.discord_token.get_secret_value(), log_handler=None)

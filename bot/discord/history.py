@@ -1,0 +1,52 @@
+"""Discord messages as the conversation the model sees: the bot's messages are its turns, mentions read as names.
+
+Without the Message Content intent, people's messages that do not mention the bot arrive empty and are
+left out; the bot's own messages and messages that mention it always carry their text.
+"""
+
+from __future__ import annotations
+
+import re
+
+import discord
+
+from bot.conversation import build_turns
+from worker.job import JobTurn
+from worker.posters.status_text import is_status_text
+
+USER_MENTION = re.compile(r"<@!?(\d+)>")
+
+
+def plain_text(message: discord.Message, bot_user_id: int) -> str:
+    """The message as a person reads it, without the bot's own mention."""
+    names = {str(user.id): user.display_name for user in message.mentions}
+    text = re.sub(rf"<@!?{bot_user_id}>", "", message.content)
+    return USER_MENTION.sub(lambda m: "@" + names.get(m.group(1), "someone"), text).strip()
+
+
+def as_pairs(messages: list[discord.Message], bot_user_id: int) -> list[tuple[str, str]]:
+    """(role, text) for each message, oldest first; other bots and the bot's status messages left out."""
+    pairs = []
+    for message in messages:
+        if message.author.id == bot_user_id:
+            if not is_status_text(message.content) and message.type in (discord.MessageType.default,
+                                                                        discord.MessageType.reply):
+                pairs.append(("assistant", message.content))
+        elif not message.author.bot:
+            pairs.append(("user", plain_text(message, bot_user_id)))
+    return pairs
+
+
+async def recent_messages(channel: discord.abc.Messageable, before: discord.Message, keep: int) -> list[discord.Message]:
+    """The channel's newest ``keep`` messages before ``before``, oldest first."""
+    messages = [m async for m in channel.history(limit=keep, before=before)]
+    return list(reversed(messages))
+
+
+def conversation(opening: list[JobTurn], earlier: list[discord.Message], question: discord.Message,
+                 bot_user_id: int) -> list[JobTurn]:
+    """The thread's opening question (from its job), the messages since, and the new question last."""
+    pairs = [(t.role, t.text) for t in opening]
+    pairs += as_pairs(earlier, bot_user_id)
+    pairs.append(("user", plain_text(question, bot_user_id)))
+    return build_turns(pairs)

@@ -1,0 +1,152 @@
+"""What the Discord adapter does with a question: a placeholder with buttons, a job, the queue.
+
+Every place a question comes from (``/ask``, a mention, a follow-up in a bot thread, Regenerate) ends in
+``submit``. Redis calls run in a worker thread so the gateway's event loop never waits on them. Every message
+the bot sends pings no one (the client's ``allowed_mentions``; the worker's poster sets the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import discord
+from redis import Redis
+
+from bot.access import Allowlist
+from bot.discord.buttons import answer_controls
+from worker.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
+from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
+from worker.queue import Busy, DuplicateJob, JobQueue
+from worker.queue_positions import placeholder_lock, started_key
+from worker.reply_index import ReplyIndex
+
+log = logging.getLogger(__name__)
+
+ORIGINAL = "@original"  # a private answer lives in the interaction's own (ephemeral) response
+
+
+@dataclass(frozen=True)
+class DiscordOptions:
+    message_content: bool = False  # the privileged intent is on: any message in a bot thread continues it
+    history_messages: int = 100
+
+
+@dataclass
+class Placeholder:
+    """Where the answer will appear: a bot message in a channel/thread, or an interaction's response."""
+
+    channel_id: int
+    message_id: str
+    edit: object  # async (content=..., view=...) -> None
+    interaction: discord.Interaction | None = None
+
+
+class DiscordQuestions:
+    def __init__(self, queue: JobQueue, redis: Redis, allowlist: Allowlist, options: DiscordOptions = DiscordOptions()):
+        self.queue, self.redis, self.allowlist, self.options = queue, redis, allowlist, options
+        self.index = ReplyIndex(redis)
+
+    # -- who may ask -----------------------------------------------------------------------------------
+    def refusal(self, user: discord.abc.User, channel: discord.abc.Messageable | None, guild_id: int | None) -> str | None:
+        channel_ids = set()
+        if channel is not None:
+            channel_ids.add(getattr(channel, "id", None))
+            channel_ids.add(getattr(channel, "parent_id", None))  # a thread is allowed where its channel is
+        roles = [role.id for role in getattr(user, "roles", [])]
+        return self.allowlist.refusal(channel_ids=channel_ids - {None}, user_id=user.id, server_id=guild_id,
+                                      role_ids=roles)
+
+    async def claim(self, source_id: str) -> bool:
+        """True the first time a message/interaction is seen (the gateway may replay events after a resume)."""
+        return await asyncio.to_thread(self.index.claim, "discord", source_id)
+
+    # -- asking ----------------------------------------------------------------------------------------
+    async def post_placeholder(self, channel: discord.abc.Messageable, job_id: str) -> Placeholder:
+        message = await channel.send(waiting_text(None), view=answer_controls(job_id))
+
+        async def edit(**fields):
+            await message.edit(**fields)
+
+        return Placeholder(channel.id, str(message.id), edit)
+
+    async def interaction_placeholder(self, interaction: discord.Interaction) -> Placeholder:
+        """The deferred response of ``interaction`` becomes the (private) placeholder."""
+        async def edit(**fields):
+            await interaction.edit_original_response(**fields)
+
+        return Placeholder(interaction.channel_id, ORIGINAL, edit, interaction)
+
+    async def submit(self, job_id: str, turns: Sequence[JobTurn], requester: Requester, place: Placeholder,
+                     thread_id: int | None, overrides: GenerationOverrides | None = None) -> None:
+        """Enqueue the question and keep the placeholder telling the truth (position, busy, duplicate)."""
+        interaction = place.interaction
+        job = Job(
+            job_id=job_id, turns=tuple(turns), requester=requester, overrides=overrides or GenerationOverrides(),
+            reply_to=ReplyTarget(
+                platform="discord", channel_id=str(place.channel_id), thread_id=str(thread_id) if thread_id else None,
+                placeholder_id=place.message_id,
+                interaction_token=interaction.token if interaction else None,
+                application_id=str(interaction.application_id) if interaction else None,
+            ),
+        )
+        try:
+            position = await asyncio.to_thread(self._enqueue, job, thread_id)
+        except Busy as err:
+            await place.edit(content=f"⏳ {err.message}", view=None)
+            return
+        except DuplicateJob:
+            return
+        if position > 1:
+            await asyncio.to_thread(self._show_position, job, place, position, asyncio.get_running_loop())
+
+    def _enqueue(self, job: Job, thread_id: int | None) -> int:
+        self.index.remember_job(job)
+        if thread_id:
+            self.index.mark_thread("discord", str(thread_id), str(thread_id), job.job_id)
+        return self.queue.enqueue(job).position
+
+    def _show_position(self, job: Job, place: Placeholder, position: int, loop: asyncio.AbstractEventLoop) -> None:
+        """Under the placeholder lock: never after the worker has started answering."""
+        with placeholder_lock(self.redis, job.job_id):
+            if not self.redis.exists(started_key(job.job_id)):
+                asyncio.run_coroutine_threadsafe(place.edit(content=waiting_text(position)), loop).result(timeout=30)
+
+    # -- buttons ---------------------------------------------------------------------------------------
+    async def stop(self, interaction: discord.Interaction, job_id: str) -> None:
+        job = await asyncio.to_thread(self.index.job, job_id)
+        if job is None:
+            await interaction.response.send_message("I no longer know this answer.", ephemeral=True)
+            return
+        if str(interaction.user.id) != job.requester.user_id:
+            await interaction.response.send_message("Only the person who asked can stop this answer.", ephemeral=True)
+            return
+        outcome = await asyncio.to_thread(self.queue.cancel, job_id)
+        if outcome == "removed":
+            await interaction.response.edit_message(content=STOPPED_BEFORE_START, view=None)
+        elif outcome == "stopping":
+            await interaction.response.send_message("Stopping the answer…", ephemeral=True)
+        else:
+            await interaction.response.send_message("This answer has already finished.", ephemeral=True)
+
+    async def again(self, interaction: discord.Interaction, job_id: str) -> None:
+        job = await asyncio.to_thread(self.index.job, job_id)
+        if job is None:
+            await interaction.response.send_message("I no longer know this question.", ephemeral=True)
+            return
+        if refusal := self.refusal(interaction.user, interaction.channel, interaction.guild_id):
+            await interaction.response.send_message(refusal, ephemeral=True)
+            return
+        requester = Requester(platform="discord", user_id=str(interaction.user.id),
+                              display_name=interaction.user.display_name)
+        new_id = f"discord-again-{interaction.id}"
+        if job.reply_to.placeholder_id == ORIGINAL:  # a private answer: answered again, privately
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            place = await self.interaction_placeholder(interaction)
+        else:
+            await interaction.response.defer()
+            place = await self.post_placeholder(interaction.channel, new_id)
+        thread_id = int(job.reply_to.thread_id) if job.reply_to.thread_id else None
+        await self.submit(new_id, job.turns, requester, place, thread_id, job.overrides)
