@@ -39,6 +39,7 @@ def test_ask_is_deferred_at_once_then_shown_with_a_thread_and_a_placeholder(fake
         interaction = fake.slash_command("ask", {"prompt": "What is the capital of France?", "temperature": 0.5})
         fake.wait_for(lambda: fake.interaction_responses(interaction["id"]))
         defer = fake.interaction_responses(interaction["id"])[0]
+        print(f"interaction → defer: {(defer['at'] - sent) * 1000:.0f} ms")
         assert defer["type"] == 5 and defer["at"] - sent < 1.0  # Discord wants 3 s
         fake.wait_for(lambda: queued_jobs(redis, settings))
         assert not bot.errors
@@ -196,3 +197,19 @@ def test_invite_url_asks_for_exactly_what_the_bot_needs(capsys, monkeypatch):
     granted = {name for name, on in discord.Permissions(int(query["permissions"][0])) if on}
     assert granted == {"read_messages", "send_messages", "send_messages_in_threads", "create_public_threads",
                        "read_message_history"}  # read_messages is discord.py's name for View Channels
+
+
+def test_busy_is_said_in_the_placeholder(fake, redis, queue_name):
+    settings = discord_settings(fake, queue_name, per_user_jobs=1)
+    with running_bot(fake, settings, redis):
+        fake.slash_command("ask", {"prompt": "first"}, user_id=4002)
+        fake.wait_for(lambda: len(queued_jobs(redis, settings)) == 1)
+        second = fake.slash_command("ask", {"prompt": "second question"}, user_id=4002)
+        question = fake.wait_for(lambda: next((m for m in bot_messages(fake, fake.channel_id)
+                                               if m["content"].endswith("second question")), None))
+        thread = fake.wait_for(lambda: thread_of(fake, question["id"]))
+        fake.wait_for(lambda: bot_messages(fake, thread["id"])
+                      and bot_messages(fake, thread["id"])[0]["content"].startswith("⏳"))
+    (placeholder,) = bot_messages(fake, thread["id"])
+    assert "You already have a question waiting" in placeholder["content"] and labels(placeholder) == []
+    assert len(queued_jobs(redis, settings)) == 1 and second["id"]
