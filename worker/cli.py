@@ -7,6 +7,8 @@
     slack       the Slack adapter on its own (``up`` starts it too when its tokens are set)
     discord     the Discord adapter on its own (``up`` starts it too when its token is set)
     discord-invite  the URL that adds the bot to a server, with exactly the permissions it needs
+    status      queue depth, workers alive, running and failed jobs (with reasons), model and device
+    requeue-failed  put failed jobs back on the queue
     generate    answer one question right here with the model (no queue; for trying models)
     demo-model  build the offline demo model
 """
@@ -14,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from worker.errors import CheckpointError, PromptTooLong
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("chat", help="an interactive conversation through the queue")
     commands.add_parser("slack", help="run the Slack adapter (Socket Mode, or HTTP with XWINBOT_SLACK_MODE=http)")
     commands.add_parser("discord", help="run the Discord adapter (XWINBOT_DISCORD_TOKEN)")
+    commands.add_parser("status", help="queue, workers, running and failed jobs at a glance")
+    requeue = commands.add_parser("requeue-failed", help="put failed jobs back on the queue")
+    requeue.add_argument("job_ids", nargs="*", help="only these (default: every failed job)")
     invite = commands.add_parser("discord-invite", help="print the URL that adds the bot to a Discord server")
     invite.add_argument("--application-id", type=int, help="default: read from XWINBOT_DISCORD_TOKEN")
 
@@ -102,6 +106,29 @@ def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None
     return answer
 
 
+def run_status(args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from worker.queue import job_queue
+    from worker.status import read_status, render
+
+    settings = Settings()
+    print(render(read_status(job_queue(settings, Redis.from_url(settings.redis_url))), settings.redis_url))
+    return 0
+
+
+def run_requeue_failed(args: argparse.Namespace) -> int:
+    from redis import Redis
+
+    from worker.queue import job_queue
+    from worker.status import requeue_failed
+
+    settings = Settings()
+    done = requeue_failed(job_queue(settings, Redis.from_url(settings.redis_url)), args.job_ids)
+    print(f"requeued {len(done)} job{'s' if len(done) != 1 else ''}" + (": " + ", ".join(done) if done else ""))
+    return 0
+
+
 def run_ask(args: argparse.Namespace) -> int:
     return 0 if print_answer(Settings(), [("user", args.question)]) is not None else 1
 
@@ -125,29 +152,41 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    from worker.preflight import check
     from worker.up import up
 
-    return up(Settings())
+    settings = Settings()
+    check(settings, "up", redis_must_answer=False)  # `up` starts a local Redis when none answers
+    return up(settings)
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    from worker.preflight import check
     from worker.serve import WorkerProcess, run_until_stopped
 
-    run_until_stopped(WorkerProcess(Settings()))
+    settings = Settings()
+    check(settings, "worker")
+    run_until_stopped(WorkerProcess(settings))
     return 0
 
 
 def run_slack(args: argparse.Namespace) -> int:
     from bot.slack.app import run
+    from worker.preflight import check
 
-    run(Settings())
+    settings = Settings()
+    check(settings, "slack")
+    run(settings)
     return 0
 
 
 def run_discord(args: argparse.Namespace) -> int:
     from bot.discord.client import run
+    from worker.preflight import check
 
-    run(Settings())
+    settings = Settings()
+    check(settings, "discord")
+    run(settings)
     return 0
 
 
@@ -174,14 +213,29 @@ def run_demo_model(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"up": run_up, "worker": run_worker, "ask": run_ask, "chat": run_chat, "generate": run_generate,
-            "slack": run_slack, "discord": run_discord, "discord-invite": run_discord_invite,
+            "slack": run_slack, "discord": run_discord, "status": run_status, "requeue-failed": run_requeue_failed, "discord-invite": run_discord_invite,
             "demo-model": run_demo_model}
+
+
+SERVICES = {"up", "worker", "slack", "discord"}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        print("xwinbot: invalid settings:", file=sys.stderr)
+        for problem in err.errors(include_url=False, include_input=False):
+            print(f"  - XWINBOT_{str(problem['loc'][0]).upper()}: {problem['msg']}", file=sys.stderr)
+        return 2
+    from worker.logs import setup_logging
+
+    # services log at XWINBOT_LOG_LEVEL; ask/chat/generate print answers, and only warnings besides
+    level = "DEBUG" if args.verbose else settings.log_level if args.command in SERVICES else "WARNING"
+    setup_logging(level, settings.log_format)
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from worker.queue import Busy

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     top_k: int = Field(40, ge=0)
     max_new_tokens: int = Field(512, ge=1)
 
+    # Operating (see README "Operating").
+    metrics_port: int = Field(9400, ge=0, le=65535, description="This process's /metrics and /healthz port; 0: off.")
+    metrics_host: str = Field("0.0.0.0", description="Interface the metrics/health endpoint listens on.")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line (with job ids).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least severe log level shown.")
+
     # Slack (see README "Slack"). Secrets are SecretStr: they never show in logs or reprs.
     slack_bot_token: SecretStr | None = Field(None, description="Bot token (xoxb-…); the Slack adapter and poster need it.")
     slack_app_token: SecretStr | None = Field(None, description="App-level token (xapp-…, connections:write) for Socket Mode.")

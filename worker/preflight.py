@@ -1,0 +1,91 @@
+"""Settings checked when a process starts, so a mistake is one clear sentence, not a traceback minutes later."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from worker.settings import Settings
+
+Role = Literal["worker", "slack", "discord", "up"]
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class SettingsProblem(ValueError):
+    """One or more settings would stop this process; the message lists each with what to do."""
+
+
+def check(settings: Settings, role: Role, redis_must_answer: bool = True) -> None:
+    problems = []
+    if redis_must_answer:
+        problems += _redis(settings)
+    if role in ("worker", "up"):
+        problems += _model(settings) + _device(settings)
+    if role in ("slack", "up"):
+        problems += _slack(settings, required=role == "slack")
+    if role in ("discord", "up"):
+        problems += _discord(settings, required=role == "discord")
+    if problems:
+        raise SettingsProblem("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _redis(settings: Settings) -> list[str]:
+    try:
+        Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except (RedisError, ValueError) as err:
+        return [f"cannot reach Redis at XWINBOT_REDIS_URL={settings.redis_url} ({err})"]
+    return []
+
+
+def _model(settings: Settings) -> list[str]:
+    model = settings.model
+    if model is None:
+        return []
+    looks_local = model.startswith(("/", ".", "~")) or Path(model).expanduser().exists()
+    if looks_local:
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            return [f"XWINBOT_MODEL={model}: no such directory"]
+        if not (path / "config.json").is_file():
+            return [f"XWINBOT_MODEL={model}: not a model directory (no config.json in it)"]
+        return []
+    if not HUB_ID.match(model):
+        return [f"XWINBOT_MODEL={model}: neither an existing directory nor a Hub repo id like owner/name"]
+    return []
+
+
+def _device(settings: Settings) -> list[str]:
+    if settings.device != "cuda":
+        return []
+    import torch
+
+    if not torch.cuda.is_available():
+        return ["XWINBOT_DEVICE=cuda but no GPU is visible (torch.cuda.is_available() is False); "
+                "use XWINBOT_DEVICE=auto or cpu, or give the container the GPU"]
+    return []
+
+
+def _slack(settings: Settings, required: bool) -> list[str]:
+    configured = any((settings.slack_bot_token, settings.slack_app_token, settings.slack_signing_secret))
+    if not (required or configured):
+        return []
+    problems = [] if settings.slack_bot_token else ["Slack needs XWINBOT_SLACK_BOT_TOKEN (xoxb-…)"]
+    if settings.slack_mode == "socket" and not settings.slack_app_token:
+        problems.append("Slack Socket Mode needs XWINBOT_SLACK_APP_TOKEN (xapp-…, scope connections:write); "
+                        "or set XWINBOT_SLACK_MODE=http")
+    if settings.slack_mode == "http" and not settings.slack_signing_secret:
+        problems.append("Slack HTTP mode needs XWINBOT_SLACK_SIGNING_SECRET")
+    for name, secret, prefix in (("BOT", settings.slack_bot_token, "xoxb-"), ("APP", settings.slack_app_token, "xapp-")):
+        if secret and not secret.get_secret_value().startswith(prefix):
+            problems.append(f"XWINBOT_SLACK_{name}_TOKEN does not start with {prefix} (is it the right token?)")
+    return problems
+
+
+def _discord(settings: Settings, required: bool) -> list[str]:
+    if required and not settings.discord_token:
+        return ["Discord needs XWINBOT_DISCORD_TOKEN (Developer Portal → Bot → Reset Token)"]
+    return []
