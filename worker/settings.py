@@ -21,7 +21,7 @@ class Settings(BaseSettings):
         "GPU, the offline demo model (SmolLM2-135M, built locally) on CPU.",
     )
     model_revision: str = Field("main", description="Hub branch or commit, e.g. gptq-4bit-32g-actorder_True.")
-    device: Literal["auto", "cuda", "cpu"] = "auto"
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: the GPU when one is visible, else the CPU.")
     template: Literal["auto", "vicuna", "alpaca", "chat"] = Field(
         "auto", description="auto: the tokenizer's chat template if it has one, else Vicuna (Xwin's format)."
     )
@@ -40,10 +40,10 @@ class Settings(BaseSettings):
     maintenance_interval_s: int = Field(10, ge=1, description="How often each worker re-queues answers abandoned by dead workers.")
     update_interval_s: float = Field(1.0, gt=0, description="Least time between streamed edits of a reply.")
     position_interval_s: float = Field(3.0, gt=0, description="How often queued questions' placeholders get their new queue position.")
-    temperature: float = Field(0.01, ge=0.0, le=5.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
-    max_new_tokens: int = Field(512, ge=1)
+    temperature: float = Field(0.01, ge=0.0, le=5.0, description="Sampling temperature (0: greedy); the seed article's 0.01.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling: keep the likeliest tokens up to this total probability.")
+    top_k: int = Field(40, ge=0, description="Keep only the k likeliest tokens (0: off).")
+    max_new_tokens: int = Field(512, ge=1, description="Longest answer, in tokens.")
 
     # Operating (see README "Operating").
     metrics_port: int = Field(9400, ge=0, le=65535, description="This process's /metrics and /healthz port; 0: off.")
