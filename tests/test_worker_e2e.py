@@ -228,3 +228,13 @@ def final_answer_with(process, redis) -> str:
 
     process.posters["console"] = lambda: ConsolePoster(redis)  # the platform is back
     return final_answer(redis, job_queue(process.settings, redis), "What is the capital of France?")
+
+
+def test_status_shows_the_running_worker_with_its_model_and_device(worker, redis, demo_dir):
+    from worker.status import read_status, render
+
+    status = read_status(job_queue(worker.settings, redis))
+    (entry,) = status.processes.values()
+    assert entry["model"] == str(demo_dir) and entry["device"] == "cpu"
+    assert entry["threads"] == worker.settings.max_batch + 2
+    assert f"{str(demo_dir)} on cpu" in render(status, worker.settings.redis_url)

@@ -46,6 +46,7 @@ class EngineStats:
     waiting: int  # requests queued for a slot
     max_batch_seen: int  # most conversations decoded in one step
     batch_size_histogram: dict[int, int] = field(default_factory=dict)  # rows in a step -> steps
+    decoding: int = 0  # conversations in the current decode batch
 
 
 class AnswerStream:
@@ -61,6 +62,7 @@ class AnswerStream:
         self.error: BaseException | None = None
         self.submitted_at = time.monotonic()
         self.first_token_at: float | None = None  # when the first answer token was sampled (for TTFT)
+        self.last_token_at: float | None = None  # when the latest one was (for tokens/s)
 
     def __iter__(self) -> Iterator[str]:
         """Text pieces as they come; ends with the answer (or at once after ``cancel``); raises the error of
@@ -91,8 +93,9 @@ class AnswerStream:
         with self._cond:
             if self.cancelled:
                 return False
+            self.last_token_at = time.monotonic()
             if self.first_token_at is None:
-                self.first_token_at = time.monotonic()
+                self.first_token_at = self.last_token_at
             self.tokens = tokens
             if piece:
                 self.text += piece
@@ -171,12 +174,18 @@ class Engine:
         return request.stream
 
     @property
+    def running(self) -> bool:
+        """Its thread is serving (started, not stopped, not dead)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
     def stats(self) -> EngineStats:
         with self._cond:
             return EngineStats(
                 steps=self._steps, tokens_generated=self._tokens,
                 active=len(self._decoding) + (self._prefilling is not None), waiting=len(self._waiting),
                 max_batch_seen=self._max_batch_seen, batch_size_histogram=dict(self._histogram),
+                decoding=len(self._decoding),
             )
 
     # ----- the engine's thread -----------------------------------------------------------------------------

@@ -11,26 +11,41 @@ import threading
 
 from redis import Redis
 
+from worker import metrics
+from worker.health_server import HealthServer, start_health_server
 from worker.posters.registry import posters_from_settings
 from worker.queue import job_queue
 from worker.queue_positions import PositionAnnouncer
+from worker.status import forget_worker_info, publish_worker_info
 from worker.rq_workers import ThreadedWorkers
-from worker.settings import Settings
+from worker.settings import XWIN_MODEL, Settings
 from worker.tasks import WorkerContext, set_context
 
 log = logging.getLogger(__name__)
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, redis: Redis | None = None, posters: dict | None = None):
+    def __init__(self, settings: Settings, redis: Redis | None = None, posters: dict | None = None,
+                 serve_health: bool = True):
         self.settings = settings
         self.posters = posters
         self.redis = redis or Redis.from_url(settings.redis_url)
+        self.serve_health = serve_health  # False: the process's owner serves /healthz (``xwinbot up``)
         self.engine = None
         self.workers: ThreadedWorkers | None = None
         self.announcer: PositionAnnouncer | None = None
+        self.health_server: HealthServer | None = None
 
     def start(self) -> None:
+        if self.serve_health:  # up while the model loads: /healthz says 503 (engine_running false) until ready
+            self.health_server = start_health_server(self.settings, "worker", self.health, self.collectors())
+        try:
+            self._start()
+        except BaseException:
+            self._stop_health_server()
+            raise
+
+    def _start(self) -> None:
         from worker.engine import Engine
         from worker.model_setup import load_generator
 
@@ -54,6 +69,9 @@ class WorkerProcess:
             heartbeat_s=self.settings.heartbeat_s, maintenance_interval_s=self.settings.maintenance_interval_s,
         )
         self.workers.start()
+        health = self.health()
+        publish_worker_info(self.redis, self.workers.name_prefix, model=health["model"], device=health["device"],
+                            max_batch=self.settings.max_batch)
         log.info("worker ready: %d job threads on queue %r", self.settings.max_batch + 2, self.settings.queue_name)
 
     def stop(self) -> None:
@@ -62,9 +80,35 @@ class WorkerProcess:
             self.announcer.stop()
         if self.workers:
             self.workers.stop()
+            forget_worker_info(self.redis, self.workers.name_prefix)
         if self.engine:
             self.engine.stop()
         set_context(None)
+        self._stop_health_server()
+
+    def health(self) -> dict:
+        """The worker's part of /healthz."""
+        engine = self.engine
+        return {
+            "engine_running": bool(engine and engine.running),
+            "model": self.settings.model or (self._default_model(engine) if engine else None),
+            "device": str(engine.runtime.device) if engine else None,
+            "jobs_running": metrics.jobs_running(),
+        }
+
+    def collectors(self) -> list:
+        """The worker's collectors for /metrics (the engine's batch, tokens and GPU memory)."""
+        return [metrics.EngineCollector(lambda: self.engine)]
+
+    @staticmethod
+    def _default_model(engine) -> str:
+        """What ``choose_model_source`` picked with no model configured: Xwin on a GPU, else the demo model."""
+        return XWIN_MODEL if engine.runtime.device.type == "cuda" else str(engine.generator.loaded.path)
+
+    def _stop_health_server(self) -> None:
+        if self.health_server:
+            self.health_server.stop()
+            self.health_server = None
 
 
 def run_until_stopped(process: WorkerProcess) -> None:

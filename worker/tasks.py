@@ -17,8 +17,10 @@ from typing import Callable
 from redis import Redis
 from rq import get_current_job
 
+from worker import metrics
 from worker.errors import PromptTooLong
 from worker.job import Job, JobRejected, ReplyTarget
+from worker.logs import job_context
 from worker.posters.base import DeliveryFailed, Poster, StreamingReply, deliver
 from worker.queue import JobQueue
 from worker.queue_positions import placeholder_lock, started_key
@@ -63,17 +65,22 @@ def answer_job(job_json: str) -> dict:
     try:
         job = Job.from_json(job_json)
     except JobRejected as err:
+        metrics.JOBS.labels("rejected").inc()
         if reply_to_rejected(context, job_json, str(err)):
             return {"status": "rejected", "reason": str(err)}
         raise  # nowhere to reply: RQ's failed registry keeps the reason
-    try:
-        result = answer(context, job)
-    except Exception:
-        if not will_be_retried():
-            context.queue.release(job)
-        raise
-    context.queue.release(job)
-    return result
+    with job_context(job.job_id), metrics.JOBS_RUNNING.track_inprogress():
+        metrics.QUEUE_WAIT.observe(max(0.0, time.time() - job.created_at))
+        try:
+            result = answer(context, job)
+        except Exception:
+            metrics.JOBS.labels("error").inc()
+            if not will_be_retried():
+                context.queue.release(job)
+            raise
+        context.queue.release(job)
+        metrics.JOBS.labels(result["status"]).inc()
+        return result
 
 
 def will_be_retried() -> bool:
@@ -117,6 +124,8 @@ def answer(context: WorkerContext, job: Job) -> dict:
         deliver(lambda: poster.fail(job, notice), what="error reply")
         context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
         return {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+    finally:
+        metrics.observe_stream(stream)
     cancelled = cancelled or getattr(stream, "cancelled", False)
     reply.finish(CANCELLED_NOTE if cancelled else "")
     context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)

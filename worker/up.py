@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from redis import Redis
 from redis.exceptions import RedisError
 
+from worker.health_server import start_health_server
 from worker.serve import WorkerProcess, run_until_stopped
 from worker.settings import Settings
 
@@ -62,10 +63,14 @@ def up(settings: Settings) -> int:
 
     adapters = start_adapters(settings)
     print(f"xwinbot: chat adapters: {', '.join(adapters.names) or 'none configured (see README: Slack)'}", flush=True)
+    worker = WorkerProcess(settings, serve_health=False)  # the worker and the adapters share one endpoint
+    health = start_health_server(settings, "up", worker.health, worker.collectors())
     try:
-        run_until_stopped(WorkerProcess(settings))
+        run_until_stopped(worker)
     finally:
         adapters.stop()
+        if health:
+            health.stop()
         if local_redis is not None:
             try:
                 Redis.from_url(settings.redis_url).shutdown()  # flushes the append-only file

@@ -20,6 +20,7 @@ from bot.access import Allowlist
 from bot.discord.ask_cog import AskCog
 from bot.discord.buttons import AgainButton, StopButton
 from bot.discord.questions import DiscordOptions, DiscordQuestions
+from worker.health_server import start_health_server
 from worker.queue import job_queue
 from worker.settings import Settings
 
@@ -86,5 +87,11 @@ def invite_url(application_id: int) -> str:
 
 
 def run(settings: Settings) -> None:
+    """Run the Discord adapter until interrupted (with its /metrics and /healthz)."""
     bot = create_bot(settings)
-    bot.run(settings.discord_token.get_secret_value(), log_handler=None)
+    health = start_health_server(settings, "discord")
+    try:
+        bot.run(settings.discord_token.get_secret_value(), log_handler=None)
+    finally:
+        if health:
+            health.stop()

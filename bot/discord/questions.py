@@ -17,6 +17,7 @@ from redis import Redis
 
 from bot.access import Allowlist
 from bot.discord.buttons import answer_controls
+from worker import metrics
 from worker.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
 from worker.queue import Busy, DuplicateJob, JobQueue
@@ -51,6 +52,15 @@ class DiscordQuestions:
 
     # -- who may ask -----------------------------------------------------------------------------------
     def refusal(self, user: discord.abc.User, channel: discord.abc.Messageable | None, guild_id: int | None) -> str | None:
+        """None when ``user`` may ask here, else why not. Every question (``/ask``, mention, follow-up,
+        Regenerate) is checked here first, so this also counts the questions received."""
+        metrics.QUESTIONS.labels("discord").inc()
+        refusal = self._refusal(user, channel, guild_id)
+        if refusal:
+            metrics.NOT_ALLOWED.labels("discord").inc()
+        return refusal
+
+    def _refusal(self, user: discord.abc.User, channel: discord.abc.Messageable | None, guild_id: int | None) -> str | None:
         channel_ids = set()
         if channel is not None:
             channel_ids.add(getattr(channel, "id", None))
@@ -95,10 +105,12 @@ class DiscordQuestions:
         try:
             position = await asyncio.to_thread(self._enqueue, job, thread_id)
         except Busy as err:
+            metrics.BUSY.labels("discord", err.reason).inc()
             await place.edit(content=f"⏳ {err.message}", view=None)
             return
         except DuplicateJob:
             return
+        metrics.ENQUEUED.labels("discord").inc()
         if position > 1:
             await asyncio.to_thread(self._show_position, job, place, position, asyncio.get_running_loop())
 

@@ -18,6 +18,7 @@ from slack_sdk import WebClient
 
 from bot.access import Allowlist
 from bot.slack.questions import SlackOptions, SlackQuestions
+from worker.health_server import start_health_server
 from worker.posters.slack import slack_client
 from worker.reply_index import ReplyIndex
 from worker.queue import job_queue
@@ -90,11 +91,16 @@ def serve_http(app: App, settings: Settings, host: str = "0.0.0.0") -> None:
 
 
 def run(settings: Settings) -> None:
-    """Run the Slack adapter until interrupted."""
+    """Run the Slack adapter until interrupted (with its /metrics and /healthz)."""
     app = create_app(settings, Redis.from_url(settings.redis_url))
-    if settings.slack_mode == "http":
-        print(f"xwinbot slack: HTTP mode on port {settings.slack_http_port} (/slack/events)", flush=True)
-        serve_http(app, settings)
-    else:
-        print("xwinbot slack: connecting over Socket Mode", flush=True)
-        socket_mode_handler(app, settings).start()
+    health = start_health_server(settings, "slack")
+    try:
+        if settings.slack_mode == "http":
+            print(f"xwinbot slack: HTTP mode on port {settings.slack_http_port} (/slack/events)", flush=True)
+            serve_http(app, settings)
+        else:
+            print("xwinbot slack: connecting over Socket Mode", flush=True)
+            socket_mode_handler(app, settings).start()
+    finally:
+        if health:
+            health.stop()

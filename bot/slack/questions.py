@@ -16,6 +16,7 @@ from slack_sdk import WebClient
 
 from bot.access import Allowlist
 from bot.slack.history import dm_messages, plain_text, thread_messages, turns_from_messages
+from worker import metrics
 from worker.job import Job, Requester, ReplyTarget, job_id_for
 from worker.posters.slack_text import escape
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
@@ -76,9 +77,11 @@ class SlackQuestions:
         channel, ts, user = event["channel"], event["ts"], event.get("user")
         if not user or not self.index.claim("slack", f"{channel}:{ts}"):
             return  # a retry, or the second event for the same message
+        metrics.QUESTIONS.labels("slack").inc()
         is_dm = event.get("channel_type") == "im" or channel.startswith("D")
         thread_ts = event.get("thread_ts") or (None if is_dm else ts)
         if refusal := self.allowlist.refusal(channel_ids={channel}, user_id=user):
+            metrics.NOT_ALLOWED.labels("slack").inc()
             client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=refusal)
             return
         bot_user_id, bot_id = context.get("bot_user_id"), context.get("bot_id")
@@ -114,11 +117,13 @@ class SlackQuestions:
         try:
             position = self.queue.enqueue(job).position
         except Busy as err:
+            metrics.BUSY.labels("slack", err.reason).inc()
             client.chat_update(channel=channel, ts=placeholder["ts"], text=f":hourglass: {escape(err.message)}")
             return
         except DuplicateJob:
             client.chat_delete(channel=channel, ts=placeholder["ts"])
             return
+        metrics.ENQUEUED.labels("slack").inc()
         if position > 1:
             with placeholder_lock(self.redis, job_id):
                 if not self.redis.exists(started_key(job_id)):
@@ -142,8 +147,10 @@ class SlackQuestions:
         job, user = self.index.job(job_id), event.get("user")
         if job is None or not user or not self.index.claim("slack", f"reaction:{event.get('event_ts')}:{job_id}"):
             return
+        metrics.QUESTIONS.labels("slack").inc()  # the same question, asked again
         target = job.reply_to
         if refusal := self.allowlist.refusal(channel_ids={target.channel_id}, user_id=user):
+            metrics.NOT_ALLOWED.labels("slack").inc()
             client.chat_postEphemeral(channel=target.channel_id, user=user, thread_ts=target.thread_id, text=refusal)
             return
         new_id = job_id_for("slack", f"again-{target.channel_id}-{event.get('event_ts')}-{job_id}")

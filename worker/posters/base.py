@@ -15,6 +15,8 @@ from typing import Protocol
 
 from typing import TYPE_CHECKING
 
+from worker import metrics
+
 if TYPE_CHECKING:
     from worker.job import Job
 
@@ -48,8 +50,10 @@ def deliver(call: Callable[[], None], *, attempts: int = 4, first_delay: float =
             return
         except Exception as err:  # a poster may raise anything its platform client raises
             if attempt == attempts:
+                metrics.POSTING_FAILURES.labels(what).inc()
                 raise DeliveryFailed(f"could not deliver the {what} after {attempts} attempts: {err}") from err
             log.warning("delivering the %s failed (attempt %d/%d): %s", what, attempt, attempts, err)
+            metrics.POSTING_RETRIES.labels(what).inc()
             time.sleep(delay)
             delay *= 2
 
