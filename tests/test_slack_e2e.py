@@ -8,6 +8,7 @@ import time
 
 import pytest
 from redis import Redis
+from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
@@ -70,7 +71,10 @@ def answer_of(fake, redis, channel, thread_ts, timeout=60.0) -> dict:
         job_id = replies and index.job_id_for_message("slack", channel, replies[-1]["ts"])
         if not job_id:
             return False
-        rq_job = RQJob.fetch(job_id, connection=redis, serializer=SERIALIZER)
+        try:  # the adapter links the placeholder to its job just before it enqueues the job
+            rq_job = RQJob.fetch(job_id, connection=redis, serializer=SERIALIZER)
+        except NoSuchJobError:
+            return False
         return rq_job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED)
 
     fake.wait_for(finished, timeout=timeout)
