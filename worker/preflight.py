@@ -26,9 +26,13 @@ def check(settings: Settings, role: Role, redis_must_answer: bool = True) -> Non
     if role in ("worker", "up"):
         problems += _model(settings) + _device(settings)
     if role in ("slack", "up"):
-        problems += _slack(settings, required=role == "slack")
+        problems += slack_problems(settings, required=role == "slack")
     if role in ("discord", "up"):
-        problems += _discord(settings, required=role == "discord")
+        problems += discord_problems(settings, required=role == "discord")
+    raise_if_any(problems)
+
+
+def raise_if_any(problems: list[str]) -> None:
     if problems:
         raise SettingsProblem("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
 
@@ -69,7 +73,7 @@ def _device(settings: Settings) -> list[str]:
     return []
 
 
-def _slack(settings: Settings, required: bool) -> list[str]:
+def slack_problems(settings: Settings, required: bool = True) -> list[str]:
     configured = any((settings.slack_bot_token, settings.slack_app_token, settings.slack_signing_secret))
     if not (required or configured):
         return []
@@ -85,7 +89,7 @@ def _slack(settings: Settings, required: bool) -> list[str]:
     return problems
 
 
-def _discord(settings: Settings, required: bool) -> list[str]:
+def discord_problems(settings: Settings, required: bool = True) -> list[str]:
     if required and not settings.discord_token:
         return ["Discord needs XWINBOT_DISCORD_TOKEN (Developer Portal → Bot → Reset Token)"]
     return []

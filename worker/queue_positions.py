@@ -24,15 +24,31 @@ log = logging.getLogger(__name__)
 ANNOUNCED_TTL_S = 3600
 
 
-def started_key(job_id: str) -> str:
+def _started_key(job_id: str) -> str:
     return f"xwinbot:started:{job_id}"
 
 
 @contextmanager
-def placeholder_lock(redis: Redis, job_id: str):
+def _placeholder_lock(redis: Redis, job_id: str):
     """Serialises "show the queue position" with "the answer starts" for one job."""
     with redis.lock(f"xwinbot:placeholder-lock:{job_id}", timeout=30, blocking_timeout=30):
         yield
+
+
+def mark_started(redis: Redis, job_id: str, ttl_s: int) -> bool:
+    """The worker starts answering: True the first time (False: an earlier attempt began it). No position
+    notice is shown after this returns."""
+    with _placeholder_lock(redis, job_id):
+        return bool(redis.set(_started_key(job_id), 1, nx=True, ex=ttl_s))
+
+
+def show_unless_started(redis: Redis, job_id: str, show: Callable[[], object]) -> bool:
+    """Run ``show`` (a queue-position notice) only while the answer has not started; True if it ran."""
+    with _placeholder_lock(redis, job_id):
+        if redis.exists(_started_key(job_id)):
+            return False
+        show()
+        return True
 
 
 class PositionAnnouncer:
@@ -83,9 +99,7 @@ class PositionAnnouncer:
             poster = self.poster_for(job.reply_to.platform)
         except Exception:
             return False
-        with placeholder_lock(self.redis, job.job_id):
-            if self.redis.exists(started_key(job.job_id)):
-                return False
-            poster.waiting(job, position)
+        if not show_unless_started(self.redis, job.job_id, lambda: poster.waiting(job, position)):
+            return False
         self.redis.set(key, position, ex=ANNOUNCED_TTL_S)
         return True

@@ -20,6 +20,13 @@ class ReplyIndex:
     def remember_job(self, job: Job) -> None:
         self.redis.set(self._key("job", job.job_id), job.to_json(), ex=TTL_S)
 
+    def remember_question(self, job: Job) -> None:
+        """A question about to be queued: keep its job, and mark its thread as one the bot answers in."""
+        self.remember_job(job)
+        target = job.reply_to
+        if target.thread_id:
+            self.mark_thread(target.platform, target.channel_id, target.thread_id, job.job_id)
+
     def job(self, job_id: str) -> Job | None:
         raw = self.redis.get(self._key("job", job_id))
         if raw is None:

@@ -23,7 +23,7 @@ from worker.job import Job, JobRejected, ReplyTarget
 from worker.logs import job_context
 from worker.posters.base import DeliveryFailed, Poster, StreamingReply, deliver
 from worker.queue import JobQueue
-from worker.queue_positions import placeholder_lock, started_key
+from worker.queue_positions import mark_started
 from worker.sampling import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ def answer(context: WorkerContext, job: Job) -> dict:
     if context.redis.exists(delivered_key):
         return {"status": "already-delivered"}  # a retry after a crash between posting and finishing
     poster = context.poster_for(job.reply_to.platform)
-    with placeholder_lock(context.redis, job.job_id):  # no queue-position notice lands after this
-        first_attempt = context.redis.set(started_key(job.job_id), 1, nx=True, ex=DELIVERED_TTL_S)
-    if not first_attempt:
+    if not mark_started(context.redis, job.job_id, DELIVERED_TTL_S):
         restart = getattr(poster, "restart", None)  # a crashed worker began this answer: start it over
         if restart:
             deliver(lambda: restart(job), what="restart notice")

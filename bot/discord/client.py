@@ -21,6 +21,7 @@ from bot.discord.ask_cog import AskCog
 from bot.discord.buttons import AgainButton, StopButton
 from bot.discord.questions import DiscordOptions, DiscordQuestions
 from worker.health_server import start_health_server
+from worker.preflight import discord_problems, raise_if_any
 from worker.queue import job_queue
 from worker.settings import Settings
 
@@ -29,10 +30,6 @@ log = logging.getLogger(__name__)
 PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, send_messages_in_threads=True,
                                   create_public_threads=True, read_message_history=True)
 SCOPES = ("bot", "applications.commands")
-
-
-class DiscordNotConfigured(ValueError):
-    """XWINBOT_DISCORD_TOKEN is missing."""
 
 
 def intents(settings: Settings) -> discord.Intents:
@@ -70,8 +67,7 @@ class XwinBot(commands.Bot):
 
 
 def create_bot(settings: Settings, redis: Redis | None = None, **kwargs) -> XwinBot:
-    if not settings.discord_token:
-        raise DiscordNotConfigured("the Discord adapter needs XWINBOT_DISCORD_TOKEN (the bot token)")
+    raise_if_any(discord_problems(settings))
     discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
     return XwinBot(settings, redis or Redis.from_url(settings.redis_url), **kwargs)
 

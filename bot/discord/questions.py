@@ -21,7 +21,7 @@ from worker import metrics
 from worker.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
 from worker.queue import Busy, DuplicateJob, JobQueue
-from worker.queue_positions import placeholder_lock, started_key
+from worker.queue_positions import show_unless_started
 from worker.reply_index import ReplyIndex
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class DiscordQuestions:
             ),
         )
         try:
-            position = await asyncio.to_thread(self._enqueue, job, thread_id)
+            position = await asyncio.to_thread(self._enqueue, job)
         except Busy as err:
             metrics.BUSY.labels("discord", err.reason).inc()
             await place.edit(content=f"⏳ {err.message}", view=None)
@@ -114,17 +114,14 @@ class DiscordQuestions:
         if position > 1:
             await asyncio.to_thread(self._show_position, job, place, position, asyncio.get_running_loop())
 
-    def _enqueue(self, job: Job, thread_id: int | None) -> int:
-        self.index.remember_job(job)
-        if thread_id:
-            self.index.mark_thread("discord", str(thread_id), str(thread_id), job.job_id)
+    def _enqueue(self, job: Job) -> int:
+        self.index.remember_question(job)
         return self.queue.enqueue(job).position
 
     def _show_position(self, job: Job, place: Placeholder, position: int, loop: asyncio.AbstractEventLoop) -> None:
         """Under the placeholder lock: never after the worker has started answering."""
-        with placeholder_lock(self.redis, job.job_id):
-            if not self.redis.exists(started_key(job.job_id)):
-                asyncio.run_coroutine_threadsafe(place.edit(content=waiting_text(position)), loop).result(timeout=30)
+        show_unless_started(self.redis, job.job_id, lambda: asyncio.run_coroutine_threadsafe(
+            place.edit(content=waiting_text(position)), loop).result(timeout=30))
 
     # -- buttons ---------------------------------------------------------------------------------------
     async def stop(self, interaction: discord.Interaction, job_id: str) -> None:

@@ -20,6 +20,7 @@ from bot.access import Allowlist
 from bot.slack.questions import SlackOptions, SlackQuestions
 from worker.health_server import start_health_server
 from worker.posters.slack import slack_client
+from worker.preflight import raise_if_any, slack_problems
 from worker.reply_index import ReplyIndex
 from worker.queue import job_queue
 from worker.settings import Settings
@@ -29,22 +30,8 @@ log = logging.getLogger(__name__)
 EVENT_ID_TTL_S = 3600
 
 
-class SlackNotConfigured(ValueError):
-    """A setting the chosen Slack mode needs is missing (the message names it)."""
-
-
-def check_settings(settings: Settings) -> None:
-    missing = ["XWINBOT_SLACK_BOT_TOKEN"] if not settings.slack_bot_token else []
-    if settings.slack_mode == "socket" and not settings.slack_app_token:
-        missing.append("XWINBOT_SLACK_APP_TOKEN (an xapp- token with connections:write)")
-    if settings.slack_mode == "http" and not settings.slack_signing_secret:
-        missing.append("XWINBOT_SLACK_SIGNING_SECRET")
-    if missing:
-        raise SlackNotConfigured(f"Slack {settings.slack_mode} mode needs " + " and ".join(missing))
-
-
 def create_app(settings: Settings, redis: Redis) -> App:
-    check_settings(settings)
+    raise_if_any(slack_problems(settings))
     http_mode = settings.slack_mode == "http"
     app = App(
         client=slack_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url),

@@ -21,7 +21,7 @@ from worker.job import Job, Requester, ReplyTarget, job_id_for
 from worker.posters.slack_text import escape
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
 from worker.queue import Busy, DuplicateJob, JobQueue
-from worker.queue_positions import placeholder_lock, started_key
+from worker.queue_positions import show_unless_started
 from worker.reply_index import ReplyIndex
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,8 @@ class SlackQuestions:
             reply_to=ReplyTarget(platform="slack", channel_id=channel, thread_id=thread_ts,
                                  placeholder_id=placeholder["ts"]),
         )
-        self.index.remember_job(job)
+        self.index.remember_question(job)
         self.index.link_message("slack", channel, placeholder["ts"], job_id)
-        if thread_ts:
-            self.index.mark_thread("slack", channel, thread_ts)
         try:
             position = self.queue.enqueue(job).position
         except Busy as err:
@@ -125,9 +123,8 @@ class SlackQuestions:
             return
         metrics.ENQUEUED.labels("slack").inc()
         if position > 1:
-            with placeholder_lock(self.redis, job_id):
-                if not self.redis.exists(started_key(job_id)):
-                    client.chat_update(channel=channel, ts=placeholder["ts"], text=f"_{waiting_text(position)}_")
+            show_unless_started(self.redis, job_id, lambda: client.chat_update(
+                channel=channel, ts=placeholder["ts"], text=f"_{waiting_text(position)}_"))
 
     # -- reactions -------------------------------------------------------------------------------------
     def _cancel(self, event: dict, client: WebClient, job_id: str) -> None:
