@@ -78,34 +78,27 @@ def test_lone_surrogate():
         JobTurn(role="user", text="a\ud800b")
 
 
-def test_nul_character():
-    data = valid_dict()
-    data["turns"][-1]["text"] = "a\x00b"
-    assert "NUL" in rejected(json.dumps(data))
+def _set_last_text(text):
+    def mutate(data):
+        data["turns"][-1]["text"] = text
+    return mutate
 
 
-def test_wrong_schema_version():
-    data = valid_dict()
-    data["schema_version"] = 2
-    assert "schema_version" in rejected(json.dumps(data))
-
-
-def test_missing_reply_to():
-    data = valid_dict()
-    del data["reply_to"]
-    assert "reply_to: Field required" in rejected(json.dumps(data))
-
-
-def test_empty_last_message():
-    data = valid_dict()
-    data["turns"][-1]["text"] = "  \n "
-    assert "the last message is empty" in rejected(json.dumps(data))
-
-
-def test_last_turn_from_assistant():
-    data = valid_dict()
+def _drop_last_turn(data):
     data["turns"] = data["turns"][:2]
-    assert "the last message must be the user's" in rejected(json.dumps(data))
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (_set_last_text("a\x00b"), "NUL"),
+    (lambda data: data.update(schema_version=2), "schema_version"),
+    (lambda data: data.pop("reply_to"), "reply_to: Field required"),
+    (_set_last_text("  \n "), "the last message is empty"),
+    (_drop_last_turn, "the last message must be the user's"),
+], ids=["nul-character", "wrong-schema-version", "missing-reply-to", "empty-last-message", "last-turn-from-assistant"])
+def test_one_bad_field_is_named(mutate, expected):
+    data = valid_dict()
+    mutate(data)
+    assert expected in rejected(json.dumps(data))
 
 
 def test_no_turns_and_too_many_turns():
