@@ -58,7 +58,7 @@ def thread_messages(client: WebClient, channel: str, thread_ts: str, up_to_ts: s
                                              limit=PAGE_SIZE):
         messages.extend(page.get("messages", []))
         messages = messages[-keep:]
-    return [m for m in messages if float(m["ts"]) <= float(up_to_ts)]
+    return messages
 
 
 def dm_messages(client: WebClient, channel: str, up_to_ts: str, keep: int) -> list[dict]:
