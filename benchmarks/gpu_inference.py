@@ -27,13 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_checkpoint import TINY, XWIN_13B, write_synthetic_checkpoint  # noqa: E402
 
-from worker.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
-from worker.int4_linear import Int4Codes, Int4Linear  # noqa: E402
+from int4_kernels import check as check_kernels  # noqa: E402
 from worker.llama_runtime import KVCache, LlamaRuntime, forward  # noqa: E402
 from worker.loader import load_model  # noqa: E402
 from worker.sampling import GenerationParams, SamplingTensors  # noqa: E402
 
 GIB = 1024**3
+KERNELS = ("triton", "tinygemm")
 
 
 def sync():
@@ -41,50 +41,13 @@ def sync():
         torch.cuda.synchronize()
 
 
-def check_kernels(device: torch.device, dtype: torch.dtype) -> list[dict]:
-    """Int4Linear on this device vs the fp32 dequantized weight, every layout variant."""
-    rows = []
-    for group in (32, 64, 128):
-        for desc_act in (False, True):
-            for sym in (True, False):
-                k, n = 1024, 768
-                w = torch.randn(n, k)
-                g_idx = act_order_g_idx(k, group) if desc_act else None
-                t = quantize_weight(w, 4, group, sym, g_idx)
-                layer = Int4Linear.from_gptq(t, group, 1, device, dtype)
-                for m in (1, 7, 64):
-                    x = torch.randn(m, k)
-                    ref = x @ dequantize(t, 4).T
-                    out = layer(x.to(device, dtype)).float().cpu()
-                    rel = float((out - ref).norm() / ref.norm())
-                    rows.append(dict(group=group, desc_act=desc_act, sym=sym, m=m, rel_err=rel))
-    return rows
-
-
-def check_fused_slices(device: torch.device, dtype: torch.dtype) -> float:
-    """q/k/v packed as one layer: each output slice must equal its own dequantized weight."""
-    k, group = 1024, 128
-    g_idx = act_order_g_idx(k, group)
-    parts = [quantize_weight(torch.randn(n, k), 4, group, True, g_idx) for n in (1024, 256, 256)]
-    fused = Int4Linear.from_codes(Int4Codes.concat([Int4Codes.from_gptq(t, group, 1, device) for t in parts]), dtype)
-    x = torch.randn(3, k)
-    worst, start = 0.0, 0
-    for t in parts:
-        n = t.scales.shape[1]
-        ref = x @ dequantize(t, 4).T
-        out = fused.output_slice(start, start + n)(x.to(device, dtype)).float().cpu()
-        worst = max(worst, float((out - ref).norm() / ref.norm()))
-        start += n
-    return worst
-
-
-def check_model(device: torch.device, dtype: torch.dtype) -> float:
+def check_model(device: torch.device, dtype: torch.dtype, int4_kernel: str) -> float:
     """A small synthetic checkpoint through the whole loader and runtime on this device vs fp32 on the CPU."""
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp()) / "tiny", TINY)
     ids = torch.randint(3, TINY["vocab_size"], (1, 40))
     with torch.inference_mode():
         ref = load_model(path, device="cpu", dtype=torch.float32).model(ids).logits
-        loaded = load_model(path, device=device, dtype=dtype)
+        loaded = load_model(path, device=device, dtype=dtype, int4_kernel=int4_kernel)
         cache = KVCache(TINY["num_hidden_layers"], 1, TINY["num_key_value_heads"], 256, 64, device, dtype)
         got = forward(loaded.model, cache, ids.to(device), torch.arange(40, device=device), 256, last_only=False)
     return float((got.float().cpu() - ref).norm() / ref.norm())
@@ -137,12 +100,12 @@ def main() -> None:
     import transformers
     report["transformers"] = transformers.__version__
 
-    checks = check_kernels(device, dtype)
+    checks = check_kernels(device)
     report["kernel_check_max_rel_err"] = max(r["rel_err"] for r in checks)
     print(f"int4 kernel check ({len(checks)} cases): max relative error {report['kernel_check_max_rel_err']:.2e}")
-    report["fused_slices_rel_err"] = check_fused_slices(device, dtype)
-    report["tiny_model_logits_rel_err"] = check_model(device, dtype)
-    print(f"fused q/k/v slices: {report['fused_slices_rel_err']:.2e}; tiny model vs fp32 CPU: {report['tiny_model_logits_rel_err']:.2e}")
+    for kernel in KERNELS:
+        report[f"tiny_model_logits_rel_err_{kernel}"] = check_model(device, dtype, kernel)
+    print("tiny model vs fp32 CPU:", {k: report[f"tiny_model_logits_rel_err_{k}"] for k in KERNELS})
 
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     start = time.perf_counter()
@@ -150,72 +113,62 @@ def main() -> None:
     report["write_s"] = time.perf_counter() - start
     print(f"wrote synthetic checkpoint in {report['write_s']:.1f} s")
 
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    loaded = load_model(path, device=device)
-    sync()
-    report["load_s"] = time.perf_counter() - start
-    if device.type == "cuda":
-        report["weights_gib"] = torch.cuda.memory_allocated() / GIB
-    print(f"loaded in {report['load_s']:.1f} s")
-
-    vocab = loaded.config.vocab_size
+    vocab = XWIN_13B["vocab_size"] if args.shape == "xwin13b" else TINY["vocab_size"]
     prompt = torch.randint(3, vocab, (args.prompt_tokens,)).tolist()
-    variants = {"runtime_graphs": dict(cuda_graphs=True), "runtime_eager": dict()}
     tokens: dict[str, list[int]] = {}  # greedy tokens of each variant: they should agree
-    for name, options in variants.items():
-        if options and device.type != "cuda":
-            continue
+    for kernel in KERNELS:
+        name = f"runtime_{kernel}"
         if device.type == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        runtime = LlamaRuntime(loaded.model, args.context, **options)
-        runtime.warm_up()  # captures (and compiles) every attention window's decode graph
+        loaded = load_model(path, device=device, int4_kernel=kernel)
+        sync()
+        row = report[name] = dict(load_s=time.perf_counter() - start)
+        if device.type == "cuda":
+            row["weights_gib"] = torch.cuda.memory_allocated() / GIB
+        start = time.perf_counter()
+        runtime = LlamaRuntime(loaded.model, args.context, cuda_graphs=True)
+        runtime.warm_up()  # captures every attention window's decode graph, compiles the kernels
         timed_generation(runtime, prompt, 16)
-        warm = time.perf_counter() - start
+        row["warmup_s"] = time.perf_counter() - start
         runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
         long_prompt = torch.randint(3, vocab, (args.context - args.new_tokens - 300,)).tolist()
         long_ttft, long_decode = timed_generation(runtime, long_prompt, args.new_tokens)
         greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
         tokens[name] = list(runtime.generate(prompt[:100], 64, greedy, stop_ids=set()))
-        report[name] = dict(
-            warmup_s=warm,
+        row.update(
             ttft_ms=statistics.median(r[0] for r in runs) * 1000,
             decode_tok_s=statistics.median(r[1] for r in runs),
             long_prompt_tokens=len(long_prompt),
             long_ttft_ms=long_ttft * 1000,
             long_decode_tok_s=long_decode,
         )
-        if device.type == "cuda":
-            report[name]["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
-            report[name]["reserved_gib"] = torch.cuda.memory_reserved() / GIB
-        print(name, json.dumps(report[name]))
+        if device.type == "cuda":  # batch 1, a {args.context}-token cache, a prompt filling most of it
+            row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+            row["reserved_gb"] = torch.cuda.memory_reserved() / 1e9
+        print(name, json.dumps(row), flush=True)
         del runtime
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        if kernel != KERNELS[-1]:
+            del loaded
 
-    for name in tokens:
-        same = sum(a == b for a, b in zip(tokens[name], tokens["runtime_eager"]))
-        report[name]["greedy_tokens_matching_eager"] = same / len(tokens["runtime_eager"])
+    same = sum(a == b for a, b in zip(tokens["runtime_triton"], tokens["runtime_tinygemm"]))
+    report["greedy_tokens_triton_matching_tinygemm"] = same / len(tokens["runtime_tinygemm"])
     hf_generate(loaded.model, prompt[:32], 8)  # warm-up
     runs = [hf_generate(loaded.model, prompt, args.new_tokens) for _ in range(args.repeats)]
     report["hf_generate_eager"] = dict(
         ttft_ms=statistics.median(r[0] for r in runs) * 1000, decode_tok_s=statistics.median(r[1] for r in runs)
     )
     print("hf_generate_eager", json.dumps(report["hf_generate_eager"]))
-    best = max((report[n] for n in variants if n in report), key=lambda r: r["decode_tok_s"])
-    report["speedup_vs_eager_hf"] = best["decode_tok_s"] / report["hf_generate_eager"]["decode_tok_s"]
+    report["speedup_vs_eager_hf"] = report["runtime_triton"]["decode_tok_s"] / report["hf_generate_eager"]["decode_tok_s"]
 
     print("\n| metric | value |\n|---|---|")
-    for key in ("device", "torch", "transformers", "kernel_check_max_rel_err", "fused_slices_rel_err",
-                "tiny_model_logits_rel_err", "load_s", "weights_gib", "speedup_vs_eager_hf"):
+    for key in ("device", "torch", "transformers", "kernel_check_max_rel_err", "tiny_model_logits_rel_err_triton",
+                "greedy_tokens_triton_matching_tinygemm", "speedup_vs_eager_hf"):
         if key in report:
             value = report[key]
             print(f"| {key} | {value:.3g} |" if isinstance(value, float) else f"| {key} | {value} |")
-    for name in (*variants, "hf_generate_eager"):
+    for name in ("runtime_triton", "runtime_tinygemm", "hf_generate_eager"):
         for key, value in report.get(name, {}).items():
             print(f"| {name}.{key} | {value:.2f} |")
     if os.environ.get("OUT"):

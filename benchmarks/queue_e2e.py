@@ -66,23 +66,101 @@ def prompt_text(shape: str, n_tokens: int, seed: int) -> str:
     return " ".join(f"w{rng.randrange(3, 32000)}" for _ in range(n_tokens))
 
 
+def make_job(shape: str, prompt_tokens: int, new_tokens: int, user: int, tag: str) -> Job:
+    return Job(job_id=f"bench-{tag}-{user}-{time.time_ns()}",
+               turns=[JobTurn(role="user", text=prompt_text(shape, prompt_tokens, hash((tag, user)) % 100000))],
+               requester=Requester(platform="console", user_id=f"u{user}"),
+               reply_to=ReplyTarget(platform="console"),
+               overrides=GenerationOverrides(max_new_tokens=new_tokens))
+
+
+def wait_final(job: Job) -> None:
+    while "final" not in TimingPoster.events.get(job.job_id, {}):
+        time.sleep(0.002)
+
+
+def run_users(queue, process, args, concurrency: int) -> dict:
+    """``concurrency`` users, each asking ``rounds`` questions one after the other (a closed loop)."""
+    TimingPoster.events.clear()
+    TimingPoster.posting_s = 0.0
+    tokens_before = process.engine.stats.tokens_generated
+    done: list[tuple[int, Job]] = []
+    lock = threading.Lock()
+
+    def user(number: int) -> None:
+        for round_ in range(args.rounds):
+            job = make_job(args.shape, args.prompt_tokens, args.new_tokens, number, f"c{concurrency}r{round_}")
+            queue.enqueue(job)
+            wait_final(job)
+            with lock:
+                done.append((round_, job))
+
+    begin = time.time()
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.time() - begin
+    tokens = process.engine.stats.tokens_generated - tokens_before
+
+    def ttft(job: Job) -> float:
+        events = TimingPoster.events[job.job_id]
+        return events.get("first_text", events["final"]) - job.created_at
+
+    all_ttft = sorted(ttft(j) for _, j in done)
+    later = sorted(ttft(j) for r, j in done if r > 0)  # asked while the other users' answers were decoding
+    pickup = [TimingPoster.events[j.job_id]["started"] - j.created_at for _, j in done]
+    row = dict(
+        total_tok_s=tokens / wall, tokens=tokens, wall_s=wall, questions=len(done),
+        queue_pickup_ms_median=statistics.median(pickup) * 1000,
+        ttft_ms_p50=percentile(all_ttft, 50) * 1000, ttft_ms_p95=percentile(all_ttft, 95) * 1000,
+        posting_ms_per_job=TimingPoster.posting_s / len(done) * 1000,
+        max_batch_seen=process.engine.stats.max_batch_seen,
+    )
+    if later:
+        row.update(ttft_ms_p50_later_rounds=percentile(later, 50) * 1000, ttft_ms_p95_later_rounds=percentile(later, 95) * 1000)
+    return row
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * pct / 100))]
+
+
+def start_redis(redis_server: str, port: int) -> subprocess.Popen:
+    workdir = Path(tempfile.mkdtemp())
+    proc = subprocess.Popen([redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+                             "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+                            stdout=subprocess.DEVNULL)
+    time.sleep(1)
+    return proc
+
+
+def worker_settings(args, model: str, port: int) -> Settings:
+    return Settings(model=model, redis_url=f"redis://127.0.0.1:{port}/0", template="vicuna", system_prompt="",
+                    max_batch=max(args.concurrency), max_context_tokens=args.context, temperature=0.0,
+                    per_user_jobs=1000, queued_jobs=1000, metrics_port=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", choices=["xwin13b", "demo"], default="xwin13b")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=3, help="questions each user asks, one after the other")
     parser.add_argument("--prompt-tokens", type=int, default=500)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--context", type=int, default=2048, help="KV cache tokens per conversation")
     parser.add_argument("--redis-server", default="redis-server")
+    parser.add_argument("--model", help="an existing checkpoint directory (default: write a synthetic one)")
+    parser.add_argument("--restart-only", action="store_true", help="only time a worker start (a warm restart)")
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp())
     port = 6390
-    redis_proc = subprocess.Popen([args.redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-                                   "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
-                                  stdout=subprocess.DEVNULL)
-    time.sleep(1)
+    redis_proc = start_redis(args.redis_server, port)
     redis = Redis(port=port)
-    if args.shape == "demo":
+    if args.model:
+        model = args.model
+    elif args.shape == "demo":
         from worker.demo_model import ensure_demo_model
 
         model = str(ensure_demo_model())
@@ -90,50 +168,41 @@ def main() -> None:
         from synthetic_checkpoint import write_synthetic_checkpoint
 
         model = str(write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt"))
-    settings = Settings(model=model, redis_url=f"redis://127.0.0.1:{port}/0", template="vicuna", system_prompt="",
-                        max_batch=max(args.concurrency), max_context_tokens=1024, temperature=0.0,
-                        per_user_jobs=1000, queued_jobs=1000)
+    settings = worker_settings(args, model, port)
     started = time.perf_counter()
     process = WorkerProcess(settings, redis, posters={"console": TimingPoster})
     process.start()
-    report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started}
+    report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "settings": dict(
+        max_batch=settings.max_batch, context=settings.max_context_tokens, rounds=args.rounds,
+        prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)}
+    if args.restart_only:
+        process.stop()
+        redis_proc.kill()
+        print(json.dumps({"worker_start_s": report["worker_start_s"]}))
+        return
     try:
         import torch
 
         report["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         queue = job_queue(settings, redis)
+        warm = make_job(args.shape, args.prompt_tokens, 8, 999, "warm-up")
+        queue.enqueue(warm)
+        wait_final(warm)
         for concurrency in args.concurrency:
-            TimingPoster.events.clear()
-            TimingPoster.posting_s = 0.0
-            tokens_before = process.engine.stats.tokens_generated
-            jobs = [Job(job_id=f"bench-{concurrency}-{i}-{time.time_ns()}",
-                        turns=[JobTurn(role="user", text=prompt_text(args.shape, args.prompt_tokens, i))],
-                        requester=Requester(platform="console", user_id=f"u{i}"),
-                        reply_to=ReplyTarget(platform="console"),
-                        overrides=GenerationOverrides(max_new_tokens=args.new_tokens))
-                    for i in range(concurrency)]
-            begin = time.time()
-            for job in jobs:
-                queue.enqueue(job)
-            while sum("final" in TimingPoster.events.get(j.job_id, {}) for j in jobs) < concurrency:
-                time.sleep(0.01)
-            wall = time.time() - begin
-            tokens = process.engine.stats.tokens_generated - tokens_before
-            events = [TimingPoster.events[j.job_id] for j in jobs]
-            created = {j.job_id: j.created_at for j in jobs}
-            pickup = [TimingPoster.events[j.job_id]["started"] - created[j.job_id] for j in jobs]
-            ttft = sorted(e.get("first_text", e["final"]) - created[j.job_id] for j, e in zip(jobs, events))
-            report[f"c{concurrency}"] = row = dict(
-                total_tok_s=tokens / wall, tokens=tokens, wall_s=wall,
-                queue_pickup_ms_median=statistics.median(pickup) * 1000,
-                ttft_ms_p50=ttft[len(ttft) // 2] * 1000, ttft_ms_p95=ttft[int(len(ttft) * 0.95) - (len(ttft) == 1)] * 1000,
-                posting_ms_per_job=TimingPoster.posting_s / concurrency * 1000,
-                max_batch_seen=process.engine.stats.max_batch_seen,
-            )
+            report[f"c{concurrency}"] = row = run_users(queue, process, args, concurrency)
             print(f"concurrency {concurrency}: {json.dumps({k: round(v, 2) for k, v in row.items()})}", flush=True)
+        if torch.cuda.is_available():
+            report["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     finally:
         process.stop()
         redis_proc.kill()
+    restart = subprocess.run([sys.executable, __file__, "--restart-only", "--model", model, "--shape", args.shape,
+                              "--context", str(args.context), "--redis-server", args.redis_server,
+                              "--concurrency", *map(str, args.concurrency)],
+                             capture_output=True, text=True)
+    lines = [line for line in restart.stdout.splitlines() if line.startswith("{")]
+    report["warm_restart_s"] = json.loads(lines[-1])["worker_start_s"] if lines else restart.stderr[-2000:]
+    print("warm restart:", report["warm_restart_s"], flush=True)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "queue_e2e.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=1))

@@ -3,7 +3,13 @@ the machine's Redis and a private queue name per test."""
 
 from __future__ import annotations
 
+import os
 import uuid
+
+import torch
+
+if not torch.cuda.is_available():  # our Triton kernels then run on CPU tensors, in Triton's interpreter
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 from redis import Redis

@@ -191,3 +191,22 @@ def test_fused_projections_share_memory_with_their_views(gptq_checkpoint):
         assert 0 <= start < fused.numel() * fused.element_size()  # no second copy of the weights
     mlp = loaded.model.model.layers[0].mlp
     assert mlp.down_proj.perm is None  # its act-order gather moved into gate/up's output order
+
+
+@pytest.mark.parametrize("group_size,desc_act,sym", [(128, True, False), (32, False, True)])
+def test_triton_kernels_give_the_reference_logits(gptq_checkpoint, group_size, desc_act, sym):
+    """The GPU's default int4 path (on CPU: Triton's interpreter), short and long inputs (fused / rebuilt W)."""
+    pytest.importorskip("triton")
+    from worker.int4_triton_linear import TritonInt4Linear
+
+    ckpt = gptq_checkpoint(bits=4, group_size=group_size, desc_act=desc_act, sym=sym, seed=11)
+    loaded = load_model(ckpt.path, device="cpu", dtype=torch.float32, int4_kernel="triton")
+
+    modules = dict(loaded.model.named_modules())
+    for name in decoder_linear_names(ckpt.config.num_hidden_layers):
+        assert isinstance(modules[name], TritonInt4Linear)
+    assert_logits_match(ckpt, loaded, batches=1)  # 2 x 12 rows: the fused kernel
+    ids = torch.randint(3, ckpt.config.vocab_size, (1, 80), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        want, got = ckpt.model(ids).logits, loaded.model(ids).logits  # 80 rows: weights rebuilt for cuBLAS
+    assert float((got - want).abs().max() / want.abs().max()) < REL_TOL

@@ -33,17 +33,20 @@ def fold_down_proj_order(codes: dict[str, Int4Codes]) -> None:
         codes[prefix] = dataclasses.replace(down, perm=None)
 
 
-def build_int4_modules(codes: dict[str, Int4Codes], dtype) -> tuple[dict[str, nn.Module], dict[str, Int4Linear]]:
-    """(replacement for each quantized prefix, fused layers by their new prefix)."""
+def build_int4_modules(
+    codes: dict[str, Int4Codes], dtype, linear_type: type = Int4Linear
+) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """(replacement for each quantized prefix, fused layers by their new prefix); ``linear_type`` is
+    ``Int4Linear`` or ``TritonInt4Linear`` (both build from codes and slice their outputs)."""
     fold_down_proj_order(codes)
     modules: dict[str, nn.Module] = {}
-    fused_layers: dict[str, Int4Linear] = {}
+    fused_layers: dict[str, nn.Module] = {}
     for fused_name, members in FUSIONS.items():
         for parent in {p.rsplit(".", 1)[0] for p in codes if p.endswith("." + members[0])}:
             parts = [codes.get(f"{parent}.{m}") for m in members]
             if any(p is None for p in parts) or not all(same_perm(p.perm, parts[0].perm) for p in parts):
                 continue
-            fused = Int4Linear.from_codes(Int4Codes.concat(parts), dtype)
+            fused = linear_type.from_codes(Int4Codes.concat(parts), dtype)
             try:
                 start = 0
                 for member, part in zip(members, parts):
@@ -56,5 +59,5 @@ def build_int4_modules(codes: dict[str, Int4Codes], dtype) -> tuple[dict[str, nn
             fused_layers[f"{parent}.{fused_name}"] = fused
     for prefix, c in codes.items():
         if prefix not in modules:
-            modules[prefix] = Int4Linear.from_codes(c, dtype)
+            modules[prefix] = linear_type.from_codes(c, dtype)
     return modules, fused_layers

@@ -163,10 +163,12 @@ class Int4Linear(nn.Module):
         return out.reshape(*leading, self.out_features)
 
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-            f"act_order={self.perm is not None}"
-        )
+        return describe_int4(self, "tinygemm")
+
+
+def describe_int4(layer: nn.Module, kernel: str) -> str:
+    return (f"in_features={layer.in_features}, out_features={layer.out_features}, group_size={layer.group_size}, "
+            f"act_order={layer.perm is not None}, kernel={kernel}")
 
 
 def dequantized_linear(t: GPTQTensors, bits: int, zero_offset: int, device: torch.device, dtype: torch.dtype) -> nn.Linear:

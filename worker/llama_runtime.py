@@ -63,8 +63,22 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's RMSNorm as one fused kernel (transformers' version is six small ones)."""
-    eps = getattr(norm, "variance_epsilon", None) or norm.eps
-    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm_eps(norm))
+
+
+def norm_eps(norm: nn.Module) -> float:
+    return getattr(norm, "variance_epsilon", None) or norm.eps
+
+
+def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h + delta, norm of that): one Triton kernel on the GPU, PyTorch's ops elsewhere."""
+    if h.is_cuda and h.dtype != torch.float32:
+        from worker.norm_kernels import add_rms_norm as fused  # Triton: only where it runs
+
+        return fused(h.contiguous(), None if delta is None else delta.contiguous(), norm.weight, norm_eps(norm))
+    if delta is not None:
+        h = h + delta
+    return h, rms_norm(norm, h)
 
 
 def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, first_row: int, positions, window: int):
@@ -111,13 +125,16 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
     cos, sin = inner.rotary_emb(h, positions)
     slots = torch.arange(window, device=tokens.device)
     mask = slots.view(1, 1, 1, window) <= positions.view(batch, 1, length, 1)  # [B, 1, T, window], causal per row
-    for index, layer in enumerate(inner.layers):
-        x = rms_norm(layer.input_layernorm, h)
-        h = h + attention(layer.self_attn, x, cos, sin, mask, cache, index, first_row, positions, window)
-        h = h + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, h))
+    layers = list(inner.layers)
+    h, x = add_rms_norm(h, None, layers[0].input_layernorm)
+    for index, layer in enumerate(layers):
+        delta = attention(layer.self_attn, x, cos, sin, mask, cache, index, first_row, positions, window)
+        h, x = add_rms_norm(h, delta, layer.post_attention_layernorm)
+        following_norm = layers[index + 1].input_layernorm if index + 1 < len(layers) else inner.norm
+        h, x = add_rms_norm(h, mlp(layer.mlp, x), following_norm)
     if last_only:
-        h = h[:, -1:]
-    return model.lm_head(rms_norm(inner.norm, h))
+        x = x[:, -1:]
+    return model.lm_head(x)
 
 
 def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p, first_row: int = 0) -> torch.Tensor:
@@ -191,7 +208,12 @@ class LlamaRuntime:
         return next(b for b in self.buckets if b >= rows)
 
     def warm_up(self) -> None:
-        """Capture every (batch bucket, window) decode graph now rather than during someone's answer."""
+        """Compile and capture now rather than during someone's answer: a long and a short prefill (they
+        write slot 0's cache, which a conversation overwrites before reading) and every (batch bucket,
+        window) decode graph."""
+        if self.device.type == "cuda":
+            for length in {min(PREFILL_CHUNK, self.max_seq_len), 8}:
+                self.prefill_chunk(0, [0] * length, 0)
         if self.graphs is not None:
             with torch.inference_mode():
                 for batch in self.buckets:

@@ -10,6 +10,7 @@ from the shards straight onto the target device.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from worker.checkpoint import TensorStore, read_config_json, resolve_checkpoint_
 from worker.errors import CheckpointError, UnsupportedCheckpoint
 from worker.gptq_layout import GPTQTensors, values_per_word
 from worker.int4_fusion import build_int4_modules
-from worker.int4_linear import Int4Codes, dequantized_linear, int4_kernel_fits
+from worker.int4_linear import Int4Codes, Int4Linear, dequantized_linear, int4_kernel_fits
 from worker.quant_config import QuantConfig, read_quant_config
 
 log = logging.getLogger(__name__)
@@ -61,20 +62,53 @@ def load_model(
     revision: str = "main",
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    int4_kernel: str = "auto",
 ) -> LoadedModel:
+    """``int4_kernel``: "triton" (our w4a16 kernels, the GPU default), "tinygemm" (PyTorch's int4 kernels, the
+    CPU default) or "auto"."""
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or torch.bfloat16  # int4 kernels are fastest with bf16 activations, on CPU too
+    int4_kernel = choose_int4_kernel(int4_kernel, device)
     path = resolve_checkpoint_dir(source, revision)
     config_json = read_config_json(path)
     quant = read_quant_config(path, config_json)
     config = read_model_config(path)
     store = TensorStore(safetensors_shards(path))
     model = empty_model(config, dtype)
-    replace_quantized_linears(model, store, quant, device, dtype)
+    replace_quantized_linears(model, store, quant, device, dtype, int4_kernel)
     load_plain_tensors(model, store, config, device, dtype)
     model.to(device).eval()
     tokenizer = load_tokenizer(path)
     return LoadedModel(model, tokenizer, config, quant, path, device, dtype)
+
+
+def choose_int4_kernel(requested: str, device: torch.device) -> str:
+    if requested not in ("auto", "triton", "tinygemm"):
+        raise ValueError(f"unknown int4 kernel {requested!r} (auto, triton, tinygemm)")
+    if requested != "auto":
+        return requested
+    if device.type != "cuda":
+        return "tinygemm"
+    if importlib.util.find_spec("triton") is None:  # it ships with CUDA builds of PyTorch
+        log.warning("triton is not installed: using PyTorch's int4 kernels (slower for batches and prompts)")
+        return "tinygemm"
+    return "triton"
+
+
+def int4_linear_type(int4_kernel: str) -> type:
+    if int4_kernel == "triton":
+        from worker.int4_triton_linear import TritonInt4Linear  # imports triton: only where it is used
+
+        return TritonInt4Linear
+    return Int4Linear
+
+
+def int4_layout_fits(int4_kernel: str, in_features: int, out_features: int, group: int, device: torch.device) -> bool:
+    if int4_kernel == "triton":
+        from worker.w4a16_kernels import layout_fits
+
+        return layout_fits(in_features, group)
+    return int4_kernel_fits(in_features, out_features, device)
 
 
 def read_model_config(path: Path) -> PretrainedConfig:
@@ -130,10 +164,11 @@ def read_gptq_tensors(store: TensorStore, prefix: str, linear: nn.Linear, quant:
 
 
 def int4_codes_or_none(
-    tensors: GPTQTensors, linear: nn.Linear, quant: QuantConfig, device: torch.device
+    tensors: GPTQTensors, linear: nn.Linear, quant: QuantConfig, device: torch.device, int4_kernel: str
 ) -> Int4Codes | None:
     """The layer's codes for the int4 kernels, or None when only the dequantized path can serve it."""
-    if not (quant.int4_kernel_ok and int4_kernel_fits(linear.in_features, linear.out_features, device)):
+    group = quant.group_for(linear.in_features)
+    if not (quant.int4_kernel_ok and int4_layout_fits(int4_kernel, linear.in_features, linear.out_features, group, device)):
         return None
     try:
         return Int4Codes.from_gptq(tensors, quant.group_for(linear.in_features), quant.zero_offset, device)
@@ -147,7 +182,8 @@ def decoder_layer_of(prefix: str) -> str:
 
 
 def replace_quantized_linears(
-    model: nn.Module, store: TensorStore, quant: QuantConfig, device: torch.device, dtype: torch.dtype
+    model: nn.Module, store: TensorStore, quant: QuantConfig, device: torch.device, dtype: torch.dtype,
+    int4_kernel: str = "tinygemm",
 ) -> None:
     """Layer by layer (bounded memory): read, repack (fusing where possible) and swap in each quantized Linear."""
     quantized_prefixes = sorted(name.removesuffix(".qweight") for name in store.names() if name.endswith(".qweight"))
@@ -165,13 +201,13 @@ def replace_quantized_linears(
             if not isinstance(linear, nn.Linear):
                 raise UnsupportedCheckpoint(f"tensor {prefix}.qweight has no matching Linear layer in {type(model).__name__}")
             tensors = read_gptq_tensors(store, prefix, linear, quant)
-            layer_codes = int4_codes_or_none(tensors, linear, quant, device)
+            layer_codes = int4_codes_or_none(tensors, linear, quant, device, int4_kernel)
             if layer_codes is None:
                 replacements[prefix] = dequantized_linear(tensors, quant.bits, quant.zero_offset, device, dtype)
                 fallbacks += 1
             else:
                 codes[prefix] = layer_codes
-        int4_modules, fused = build_int4_modules(codes, dtype)
+        int4_modules, fused = build_int4_modules(codes, dtype, int4_linear_type(int4_kernel))
         for prefix, module in {**replacements, **int4_modules, **fused}.items():
             parent_name, _, child_name = prefix.rpartition(".")
             setattr(model.get_submodule(parent_name), child_name, module)

@@ -39,7 +39,7 @@ def load_generator(settings: Settings) -> Generator:
     device = choose_device(settings)
     source = choose_model_source(settings, device)
     started = time.perf_counter()
-    loaded = load_model(source, revision=settings.model_revision, device=device)
+    loaded = load_model(source, revision=settings.model_revision, device=device, int4_kernel=settings.int4_kernel)
     log.info("loaded %s on %s in %.1f s", source, device, time.perf_counter() - started)
     return Generator(
         loaded,

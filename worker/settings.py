@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     max_context_tokens: int | None = Field(
         None, ge=64, description="KV cache length: prompt + answer. Unset: the model's max positions."
     )
+    int4_kernel: Literal["auto", "triton", "tinygemm"] = Field(
+        "auto", description="auto: our Triton w4a16 kernels on a GPU, PyTorch's int4 kernels on CPU; tinygemm: "
+        "PyTorch's everywhere (slower for batches and long prompts).",
+    )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the job queue; `xwinbot up` starts a local one (AOF on) if none answers here.")
     queue_name: str = Field("xwinbot", description="RQ queue name shared by adapters and workers.")

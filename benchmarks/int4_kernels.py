@@ -1,0 +1,166 @@
+"""The int4 matmul kernels on the GPU: correctness in bf16, then time per Llama-13B layer shape and row count.
+
+Compares, for M activation rows: our Triton path (``TritonInt4Linear``: fused w4a16 kernel up to 64 rows,
+rebuilt weights + cuBLAS above), PyTorch's ``_weight_int4pack_mm`` (``Int4Linear``, "tinygemm") and a plain
+bf16 ``F.linear`` (cuBLAS on a 16-bit weight: what 4-bit has to beat to be worth it). Each timing replays
+a CUDA graph of 20 calls (as decoding does), so launch overhead is not counted.
+
+    python benchmarks/int4_kernels.py           # correctness + timings (tuned configs where known)
+    python benchmarks/int4_kernels.py --sweep   # first measure every config, write worker/w4a16_configs.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
+from worker.int4_linear import Int4Codes, Int4Linear  # noqa: E402
+from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
+from worker.w4a16_kernels import TUNED_CONFIGS, block_k_for, fused_matmul, rows_bucket  # noqa: E402
+
+SHAPES = {"qkv": (5120, 15360), "o": (5120, 5120), "gate_up": (5120, 27648), "down": (13824, 5120)}
+ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
+
+
+def check(device) -> list[dict]:
+    out = []
+    for group, act_order, sym in ((128, True, True), (128, False, False), (64, True, False), (32, False, True)):
+        k, n = 2048, 768
+        t = quantize_weight(torch.randn(n, k), 4, group, sym, act_order_g_idx(k, group) if act_order else None)
+        layers = {"triton": TritonInt4Linear.from_codes(Int4Codes.from_gptq(t, group, 1, device), torch.bfloat16),
+                  "tinygemm": Int4Linear.from_codes(Int4Codes.from_gptq(t, group, 1, device), torch.bfloat16)}
+        for rows in (1, 3, 16, 33, 64, 65, 300):
+            x = torch.randn(rows, k)
+            ref = x.bfloat16().float() @ dequantize(t, 4).T
+            for name, layer in layers.items():
+                got = layer(x.to(device, torch.bfloat16)).float().cpu()
+                out.append(dict(kernel=name, group=group, act_order=act_order, rows=rows,
+                                rel_err=float((got - ref).norm() / ref.norm())))
+    return out
+
+
+def graph_time_us(fn, calls: int = 20, replays: int = 10) -> float:
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / (calls * replays)
+
+
+def random_layer(k: int, n: int, device, kind):
+    """A layer of random codes (timing does not depend on the values), built on the GPU."""
+    g = torch.Generator(device=device).manual_seed(0)
+    codes = torch.randint(0, 16, (n, k), device=device, dtype=torch.int32, generator=g)
+    scales = torch.rand(k // 128, n, device=device) * 0.004 + 0.002
+    zeros = torch.full((k // 128, n), 8.0, device=device)
+    perm = torch.randperm(k, device=device)
+    c = Int4Codes(codes, scales, zeros, perm, None, 128)
+    return kind.from_codes(c, torch.bfloat16)
+
+
+def time_shape(name: str, k: int, n: int, device) -> list[dict]:
+    triton_layer = random_layer(k, n, device, TritonInt4Linear)
+    tinygemm_layer = random_layer(k, n, device, Int4Linear)
+    weight = torch.randn(n, k, device=device, dtype=torch.bfloat16)
+    rows_out = []
+    for rows in ROWS:
+        x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
+        row = dict(layer=name, k=k, n=n, rows=rows,
+                   triton_us=graph_time_us(lambda: triton_layer(x)),
+                   tinygemm_us=graph_time_us(lambda: tinygemm_layer(x)),
+                   bf16_us=graph_time_us(lambda: F.linear(x, weight)))
+        row["triton_GBps"] = (k * n / 2 + k * n / 128 * 3) / row["triton_us"] / 1e3
+        rows_out.append(row)
+        print(json.dumps({key: round(v, 1) if isinstance(v, float) else v for key, v in row.items()}), flush=True)
+    return rows_out
+
+
+def candidates(rows: int, k_blocks: int):
+    block_m = rows_bucket(rows)
+    for block_n in (64, 128, 256) if block_m == 1 else (64, 128):
+        for warps in (4, 8):
+            for stages in (2, 3):
+                for split in (1, 2, 4, 8):
+                    for late in (False, True) if block_m == 1 else (False,):
+                        if k_blocks % split == 0:
+                            yield dict(BLOCK_M=block_m, BLOCK_N=block_n, split=split, num_warps=warps,
+                                       num_stages=stages, LATE_REDUCE=late)
+
+
+def sweep(device) -> dict[str, dict]:
+    """The fastest fused-kernel config for each (rows bucket, layer shape) of the 13B model, group 128."""
+    best = {}
+    for name, (k, n) in SHAPES.items():
+        best.update(sweep_shape(name, k, n, device))
+        torch.cuda.empty_cache()
+    return best
+
+
+def sweep_shape(name: str, k: int, n: int, device) -> dict[str, dict]:
+    best = {}
+    layer = random_layer(k, n, device, TritonInt4Linear)
+    for rows in (1, 16, 32, 64):
+        x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
+        timed = []
+        for config in candidates(rows, k // 128):
+            def call(config=config):
+                return fused_matmul(x, layer.packed, layer.scales, layer.zeros, 128, layer.perm, config)
+            try:
+                timed.append((graph_time_us(call, calls=10, replays=5), config))
+            except Exception as err:  # e.g. a tile that needs more shared memory than the GPU has
+                print(f"skipped {config}: {type(err).__name__}", flush=True)
+        us, config = min(timed, key=lambda t: t[0])
+        best[f"{rows_bucket(rows)},{n},{k},{block_k_for(k, 128)}"] = config
+        gbps = (k * n / 2 + k * n / 128 * 3) / us / 1e3
+        print(f"sweep {name} rows={rows}: {us:.1f} us ({gbps:.0f} GB/s) with {config}", flush=True)
+    return best
+
+
+def main() -> None:
+    device = torch.device("cuda")
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if "--sweep" in sys.argv:
+        table = json.loads(TUNED_CONFIGS.read_text()) if TUNED_CONFIGS.exists() else {}
+        table[report["device"]] = sweep(device)
+        TUNED_CONFIGS.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], TUNED_CONFIGS.name).write_text(TUNED_CONFIGS.read_text())
+    checks = check(device)
+    report["max_rel_err"] = {k: max(r["rel_err"] for r in checks if r["kernel"] == k) for k in ("triton", "tinygemm")}
+    print("correctness (bf16, vs fp32 dequantized):", report["max_rel_err"], flush=True)
+    timings = []
+    for name, (k, n) in SHAPES.items():
+        timings += time_shape(name, k, n, device)
+        torch.cuda.empty_cache()
+    report["timings"] = timings
+    per_token = {rows: sum(r["triton_us"] for r in timings if r["rows"] == rows) * 40 / 1000 for rows in ROWS}
+    report["matmul_ms_per_step_40_layers"] = per_token
+    print("matmul ms per 13B step (40 layers), by rows:", {k: round(v, 2) for k, v in per_token.items()})
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "int4_kernels.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

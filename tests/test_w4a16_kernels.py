@@ -1,0 +1,139 @@
+"""Our Triton w4a16 kernels compute x @ W.T for the GPTQ weight W exactly as the dequantized reference does.
+
+On a machine without a GPU they run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so
+these are the same kernel programs the GPU compiles. ``benchmarks/gpu_inference.py`` repeats the checks on
+the GPU in bf16 (the interpreter's bf16 ``tl.dot`` is not usable, so the batched CPU cases use fp16 / fp32).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from worker import w4a16_kernels  # noqa: E402
+from worker.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
+from worker.int4_fusion import build_int4_modules  # noqa: E402
+from worker.int4_linear import Int4Codes  # noqa: E402
+from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def quantized_layer(out_features, in_features, group, act_order, sym, seed, dtype=torch.float16):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=gen)
+    g_idx = act_order_g_idx(in_features, group, gen) if act_order else None
+    tensors = quantize_weight(weight, 4, group, sym, g_idx)
+    layer = TritonInt4Linear.from_codes(Int4Codes.from_gptq(tensors, group, 1, CPU), dtype)
+    return tensors, layer
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want).norm() / want.norm())
+
+
+CASES = [  # group, act_order, sym, rows (1: the decode reduction; 2..64: tl.dot; split-K on the narrow layers)
+    (128, True, False, 1),
+    (64, False, True, 1),
+    (32, True, True, 3),
+    (128, False, False, 16),
+    (64, True, False, 33),
+    (32, False, False, 64),
+]
+
+
+@pytest.mark.parametrize("group,act_order,sym,rows", CASES,
+                         ids=[f"g{g}-{'act' if a else 'noact'}-{'sym' if s else 'asym'}-m{m}" for g, a, s, m in CASES])
+def test_fused_kernel_matches_dequantized_reference(group, act_order, sym, rows):
+    tensors, layer = quantized_layer(96, 256, group, act_order, sym, seed=group + rows)
+    dtype = torch.bfloat16 if rows == 1 else torch.float16
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows)).to(dtype)
+
+    out = layer(x)
+
+    assert out.shape == (rows, 96) and out.dtype == dtype
+    assert relative_error(out, x.float() @ dequantize(tensors, 4).T) < 4e-3
+
+
+def test_narrow_layer_splits_k_and_still_sums_every_block():
+    assert w4a16_kernels.fused_config(1, 64, 2048, 128, CPU)["split"] > 1  # 1 program of 128 outputs on a 4-"SM" CPU
+    tensors, layer = quantized_layer(64, 2048, 128, True, False, seed=5, dtype=torch.float32)
+    x = torch.randn(1, 2048, generator=torch.Generator().manual_seed(9))
+
+    out = layer(x)
+
+    assert relative_error(out, x @ dequantize(tensors, 4).T) < 1e-5
+
+
+@pytest.mark.parametrize("late_reduce", [False, True])
+def test_single_row_sums_agree_with_either_reduction(late_reduce):
+    tensors, layer = quantized_layer(128, 512, 128, True, False, seed=7, dtype=torch.float32)
+    x = torch.randn(1, 512, generator=torch.Generator().manual_seed(8))
+    config = dict(BLOCK_M=1, BLOCK_N=64, split=2, num_warps=4, num_stages=2, LATE_REDUCE=late_reduce)
+
+    out = w4a16_kernels.fused_matmul(x, layer.packed, layer.scales, layer.zeros, 128, layer.perm, config)
+
+    assert relative_error(out, x @ dequantize(tensors, 4).T) < 1e-5
+
+
+def test_long_prompts_rebuild_weights_in_chunks(monkeypatch):
+    monkeypatch.setattr(w4a16_kernels, "_scratch", {})
+    tensors, layer = quantized_layer(96, 256, 64, True, False, seed=2, dtype=torch.bfloat16)
+    monkeypatch.setattr(w4a16_kernels, "SCRATCH_ELEMENTS", 64 * 256)  # W's 96 columns in chunks of 64
+    x = torch.randn(3, 40, 256, generator=torch.Generator().manual_seed(4)).bfloat16()  # 120 rows > 64
+
+    out = layer(x)
+
+    assert out.shape == (3, 40, 96)
+    want = x.float() @ dequantize(tensors, 4).T
+    assert relative_error(out, want) < 4e-3
+    assert w4a16_kernels._scratch[CPU].numel() == 64 * 256  # the only 16-bit weight memory, used in two chunks
+
+
+def test_fused_qkv_slices_answer_like_separate_layers():
+    gen = torch.Generator().manual_seed(3)
+    g_idx = act_order_g_idx(256, 32, gen)
+    parts = {name: quantize_weight(torch.randn(n, 256, generator=gen), 4, 32, False, g_idx)
+             for name, n in (("q_proj", 128), ("k_proj", 64), ("v_proj", 64))}
+    codes = {f"layer.{name}": Int4Codes.from_gptq(t, 32, 1, CPU) for name, t in parts.items()}
+    modules, fused = build_int4_modules(codes, torch.float32, TritonInt4Linear)
+    x = torch.randn(5, 256, generator=gen)
+
+    assert set(fused) == {"layer.qkv_proj"}
+    whole = fused["layer.qkv_proj"](x)
+    start = 0
+    for name, t in parts.items():
+        want = x @ dequantize(t, 4).T
+        got = modules[f"layer.{name}"](x)
+        assert relative_error(got, want) < 1e-5
+        assert relative_error(whole[:, start : start + want.shape[1]], want) < 1e-5
+        start += want.shape[1]
+    assert modules["layer.k_proj"].packed.data_ptr() == fused["layer.qkv_proj"].packed[0, 128].data_ptr()  # shared
+
+
+def test_layouts_the_kernels_cannot_serve_are_refused():
+    assert w4a16_kernels.layout_fits(5120, 128) and w4a16_kernels.layout_fits(13824, 128)
+    assert not w4a16_kernels.layout_fits(200, 128)  # K not a whole number of groups
+    assert not w4a16_kernels.layout_fits(4104, 8)  # groups smaller than one MMA step
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_rms_norm_kernel_matches_pytorch(dtype):
+    from worker.norm_kernels import add_rms_norm
+
+    gen = torch.Generator().manual_seed(12)
+    h, delta = (torch.randn(3, 2, 320, generator=gen).to(dtype) for _ in range(2))
+    weight = (1 + 0.2 * torch.randn(320, generator=gen)).to(dtype)
+
+    h_out, x_out = add_rms_norm(h, delta, weight, 1e-5)
+    same_h, only_x = add_rms_norm(h, None, weight, 1e-5)
+
+    want_h = h + delta
+    # bf16: one rounding step apart at most (Triton's interpreter rounds fp32 -> bf16 its own way)
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-2)
+    torch.testing.assert_close(h_out, want_h, **tolerance)
+    torch.testing.assert_close(x_out, torch.nn.functional.rms_norm(want_h, (320,), weight, 1e-5), **tolerance)
+    assert same_h is h or torch.equal(same_h, h)
+    torch.testing.assert_close(only_x, torch.nn.functional.rms_norm(h, (320,), weight, 1e-5), **tolerance)
