@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from transformers import PreTrainedTokenizerBase
 
+from worker.kv_budget import sized_context
 from worker.llama_runtime import LlamaRuntime
 from worker.loader import LoadedModel
 from worker.prompt import FittedPrompt, PromptTemplate, Turn, fit_conversation
@@ -81,14 +82,17 @@ class Generator:
         max_context_tokens: int | None = None,
         defaults: GenerationParams = GenerationParams(),
         cuda_graphs: bool = False,
+        kv_cache_gb: float | None = None,
     ):
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.template = template
         self.system_prompt = system_prompt
         self.defaults = defaults
-        self.context_tokens = min(max_context_tokens or loaded.max_positions, loaded.max_positions)
+        self.requested_context = max_context_tokens or loaded.max_positions
+        self.context_tokens = min(self.requested_context, loaded.max_positions)  # may shrink to fit the cache
         self.cuda_graphs = cuda_graphs
+        self.kv_cache_gb = kv_cache_gb
         self.engine: Engine | None = None  # set by an Engine serving this generator; it then owns the runtime
         self._runtime: LlamaRuntime | None = None
 
@@ -100,8 +104,13 @@ class Generator:
         return self._runtime
 
     def build_runtime(self, max_batch: int) -> LlamaRuntime:
-        """A runtime whose KV cache has ``max_batch`` slots, replacing (and freeing) any earlier one."""
+        """A runtime whose KV cache has ``max_batch`` slots, replacing (and freeing) any earlier one. Each slot
+        holds the configured context or, when the memory budget is smaller, as much as fits (see kv_budget)."""
         self._runtime = None
+        loaded = self.loaded
+        wanted = min(self.requested_context, loaded.max_positions)
+        self.context_tokens = sized_context(wanted, max_batch, loaded.config, loaded.dtype, loaded.device,
+                                            self.kv_cache_gb)
         runtime = LlamaRuntime(self.loaded.model, self.context_tokens, max_batch=max_batch,
                                cuda_graphs=self.cuda_graphs)
         runtime.warm_up()

@@ -48,4 +48,5 @@ def load_generator(settings: Settings) -> Generator:
         max_context_tokens=settings.max_context_tokens,
         defaults=settings.generation_params(),
         cuda_graphs=settings.cuda_graphs,
+        kv_cache_gb=settings.kv_cache_gb,
     )

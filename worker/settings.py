@@ -33,6 +33,10 @@ class Settings(BaseSettings):
         "auto", description="auto: our Triton w4a16 kernels on a GPU, PyTorch's int4 kernels on CPU; tinygemm: "
         "PyTorch's everywhere (slower for batches and long prompts).",
     )
+    kv_cache_gb: float | None = Field(
+        None, gt=0, description="GPU memory for the KV cache (max_batch conversations). Unset: 90% of what is free "
+        "after loading the model, minus 2 GB; each conversation's context shrinks to fit.",
+    )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the job queue; `xwinbot up` starts a local one (AOF on) if none answers here.")
     queue_name: str = Field("xwinbot", description="RQ queue name shared by adapters and workers.")
