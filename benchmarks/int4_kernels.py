@@ -126,7 +126,7 @@ def sweep_shape(name: str, k: int, n: int, device) -> dict[str, dict]:
         timed = []
         for config in candidates(rows, k // 128):
             def call(config=config):
-                return fused_matmul(x, layer.packed, layer.scales, layer.zeros, 128, layer.perm, config)
+                return fused_matmul(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128, config)
             try:
                 timed.append((graph_time_us(call, calls=10, replays=5), config))
             except Exception as err:  # e.g. a tile that needs more shared memory than the GPU has

@@ -47,13 +47,13 @@ class TritonInt4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
+        if self.perm is not None:
+            x2 = x2[:, self.perm]
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         if x2.shape[0] <= FUSED_MAX_ROWS:
-            out = fused_matmul(x2, self.packed, self.scales, self.zeros, self.group_size, self.perm)
+            out = fused_matmul(x2, self.packed, self.scales, self.zeros, self.group_size)
         else:
-            if self.perm is not None:
-                x2 = x2[:, self.perm]
             out = dequantized_matmul(x2, self.packed, self.scales, self.zeros, self.group_size)
         if self.bias is not None:
             out = out + self.bias
