@@ -101,6 +101,27 @@ def test_overlapping_requests_answer_exactly_as_alone(make_engine, alone, monkey
     wait_until(lambda: engine.stats.active == 0)
 
 
+def test_questions_arriving_together_prefill_in_one_pass_and_answer_as_alone(make_engine, alone):
+    engine = make_engine(max_batch=8)
+    streams = {question: engine.submit(ask(question), GREEDY) for question in QUESTIONS}  # all waiting
+    engine.start()
+    for question, stream in streams.items():
+        assert "".join(stream) == alone[question]  # prompts of different lengths, padded in one batch
+    assert engine.stats.prefill_group_histogram == {len(QUESTIONS): 1}
+
+
+def test_a_burst_larger_than_the_prefill_budget_is_split(make_engine, alone, monkeypatch):
+    longest = max(len(make_engine(1).generator.fit(ask(q), GREEDY).token_ids) for q in QUESTIONS)
+    monkeypatch.setattr(engine_module, "PREFILL_TOKENS", 2 * longest)  # two prompts a pass
+    engine = make_engine(max_batch=8)
+    streams = {question: engine.submit(ask(question), GREEDY) for question in QUESTIONS}
+    engine.start()
+    for question, stream in streams.items():
+        assert "".join(stream) == alone[question]
+    groups = engine.stats.prefill_group_histogram
+    assert max(groups) <= 2 and sum(size * times for size, times in groups.items()) == len(QUESTIONS)
+
+
 def test_more_requests_than_slots_take_turns(make_engine, alone):
     engine = make_engine(max_batch=2)
     engine.start()

@@ -7,8 +7,9 @@
         print(piece, end="")
 
 One background thread owns the model. Each turn of its loop admits waiting requests into free cache slots
-(their prompts prefilled in chunks, at most ``PREFILL_CHUNK`` tokens a turn so a long prompt never stalls the
-others for long), then runs ONE decode step for every conversation that is decoding, delivers each one's
+and prefills them: several whole prompts together in one forward (rows padded to the longest, at most
+``PREFILL_TOKENS`` in all, so a burst of questions shares one pass over the weights), or the next
+``PREFILL_CHUNK`` tokens of one long prompt (so it never stalls the others for long); then it runs ONE decode step for every conversation that is decoding, delivers each one's
 text and retires those that finished, failed or were cancelled. A request that arrives while others decode
 joins at the next step; one that finishes frees its slot at once. Decoding conversations always sit in the
 lowest slots (a finished one's slot is filled by moving the last one down), so a step reads one slice of the
@@ -28,6 +29,8 @@ import torch
 
 from worker.generate import AnswerText, Generator
 from worker.llama_runtime import PREFILL_CHUNK
+
+PREFILL_TOKENS = 4096  # padded prompt tokens prefilled together in one turn (several short prompts at once)
 from worker.prompt import Turn
 from worker.sampling import GenerationParams, SamplingTensors
 
@@ -47,6 +50,7 @@ class EngineStats:
     max_batch_seen: int  # most conversations decoded in one step
     batch_size_histogram: dict[int, int] = field(default_factory=dict)  # rows in a step -> steps
     decoding: int = 0  # conversations in the current decode batch
+    prefill_group_histogram: dict[int, int] = field(default_factory=dict)  # prompts prefilled together -> times
 
 
 class AnswerStream:
@@ -132,11 +136,12 @@ class Engine:
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
         self._waiting: collections.deque[_Request] = collections.deque()
         self._decoding: list[_Request] = []  # the one in slot i is _decoding[i] (engine thread only)
-        self._prefilling: _Request | None = None  # at most one, in a slot above the decoding ones
+        self._prefilling: list[_Request] = []  # admitted, in the slots just above the decoding ones
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._steps = self._tokens = self._max_batch_seen = 0
         self._histogram: collections.Counter[int] = collections.Counter()
+        self._prefill_groups: collections.Counter[int] = collections.Counter()
 
     # ----- the callers' side -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -183,9 +188,9 @@ class Engine:
         with self._cond:
             return EngineStats(
                 steps=self._steps, tokens_generated=self._tokens,
-                active=len(self._decoding) + (self._prefilling is not None), waiting=len(self._waiting),
+                active=len(self._decoding) + len(self._prefilling), waiting=len(self._waiting),
                 max_batch_seen=self._max_batch_seen, batch_size_histogram=dict(self._histogram),
-                decoding=len(self._decoding),
+                decoding=len(self._decoding), prefill_group_histogram=dict(self._prefill_groups),
             )
 
     # ----- the engine's thread -----------------------------------------------------------------------------
@@ -210,55 +215,80 @@ class Engine:
                 self._cond.wait()
             return not self._stopping
 
-    def _admit(self) -> _Request | None:
-        """The next waiting request, given the lowest free slot; None when none waits or no slot is free."""
+    def _admit_group(self) -> list[_Request]:
+        """Waiting requests given the lowest free slots, prefilled together this turn: whole prompts of at
+        most PREFILL_CHUNK tokens while the padded rows stay within PREFILL_TOKENS, or one longer prompt alone."""
+        group: list[_Request] = []
+        longest = 0
         with self._cond:
-            while self._waiting and len(self._decoding) < self.max_batch:
-                request = self._waiting.popleft()
+            while self._waiting and len(self._decoding) + len(group) < self.max_batch:
+                request = self._waiting[0]
                 if request.stream.cancelled:
+                    self._waiting.popleft()
                     request.stream._end()
                     continue
-                request.slot = len(self._decoding)
-                self._prefilling = request
-                break
-            else:
-                return None
-        self.runtime.set_sampling(request.slot, request.sampling)
-        return request
+                length = len(request.answer.prompt_ids)
+                if group and (length > PREFILL_CHUNK or (len(group) + 1) * max(longest, length) > PREFILL_TOKENS):
+                    break
+                self._waiting.popleft()
+                request.slot = len(self._decoding) + len(group)
+                group.append(request)
+                longest = max(longest, length)
+                if length > PREFILL_CHUNK:
+                    break  # a long prompt prefills alone, a chunk per turn
+            self._prefilling = group
+        for request in group:
+            self.runtime.set_sampling(request.slot, request.sampling)
+        return group
 
     def _prefill_some(self) -> None:
-        """Prefill prompts into their slots, up to PREFILL_CHUNK tokens this turn; finished ones join decoding."""
-        budget = PREFILL_CHUNK
-        while budget > 0:
-            request = self._prefilling or self._admit()
-            if request is None:
-                return
-            prompt = request.answer.prompt_ids
-            chunk = prompt[request.prefilled : request.prefilled + budget]
-            try:
-                token = self.runtime.prefill_chunk(request.slot, chunk, request.prefilled)
-            except Exception as err:
-                log.exception("prefill failed")
-                self._prefilling = None
-                request.stream._end(err)
-                continue
-            request.prefilled += len(chunk)
-            budget -= len(chunk)
-            if request.prefilled < len(prompt):
-                return  # the rest next turn, after a decode step for the others
+        """Prefill this turn's prompts (or the next chunk of a long one); finished ones join decoding."""
+        group = self._prefilling or self._admit_group()
+        if not group:
+            return
+        try:
+            tokens = self._prefill_group(group)
+        except Exception as err:
+            log.exception("prefill failed")
             with self._cond:
-                self._prefilling = None
-                slot = len(self._decoding)
-                if request.slot != slot:  # decoding ones left meanwhile: move down next to them
-                    self.runtime.move_slot(request.slot, slot, len(prompt))
-                    request.slot = slot
-                self._decoding.append(request)
-                self._tokens += 1
-            request.position = len(prompt)
-            with self._tokenizer_lock:
-                going_on = self._accept(request, token)
-            if not going_on:
-                self._release(request)
+                self._prefilling = []
+            for request in group:
+                request.stream._end(err)
+            return
+        if tokens is None:
+            return  # the rest of a long prompt next turn, after a decode step for the others
+        with self._cond:
+            self._prefilling = []
+            self._prefill_groups[len(group)] += 1
+        for request, token in zip(group, tokens):
+            self._start_decoding(request, token)
+
+    def _prefill_group(self, group: list[_Request]) -> list[int] | None:
+        """The token after each prompt; None while a long prompt still has chunks to go."""
+        prompts = [r.answer.prompt_ids for r in group]
+        if len(group) > 1 or len(prompts[0]) <= PREFILL_CHUNK:
+            return self.runtime.prefill_prompts(group[0].slot, prompts)
+        request = group[0]
+        chunk = prompts[0][request.prefilled : request.prefilled + PREFILL_CHUNK]
+        token = self.runtime.prefill_chunk(request.slot, chunk, request.prefilled)
+        request.prefilled += len(chunk)
+        return [token] if request.prefilled == len(prompts[0]) else None
+
+    def _start_decoding(self, request: _Request, token: int) -> None:
+        """A prefilled request joins the decoding ones (moved down next to them) with its first token."""
+        prompt_length = len(request.answer.prompt_ids)
+        with self._cond:
+            slot = len(self._decoding)
+            if request.slot != slot:  # decoding ones left meanwhile: move down next to them
+                self.runtime.move_slot(request.slot, slot, prompt_length)
+                request.slot = slot
+            self._decoding.append(request)
+            self._tokens += 1
+        request.position = prompt_length
+        with self._tokenizer_lock:
+            going_on = self._accept(request, token)
+        if not going_on:
+            self._release(request)
 
     def _decode_step(self) -> None:
         rows = list(self._decoding)
@@ -311,17 +341,18 @@ class Engine:
             for request in [r for r in self._waiting if r.stream.cancelled]:
                 self._waiting.remove(request)
                 request.stream._end()
-            if self._prefilling is not None and self._prefilling.stream.cancelled:
-                self._prefilling.stream._end()
-                self._prefilling = None
+            if any(r.stream.cancelled for r in self._prefilling):  # only a long prompt stays across turns
+                for request in self._prefilling:
+                    request.stream._end()
+                self._prefilling = []
         for request in [r for r in self._decoding if r.stream.cancelled]:
             request.stream._end()
             self._release(request)
 
     def _end_running(self, error: BaseException) -> None:
         with self._cond:
-            running = self._decoding + ([self._prefilling] if self._prefilling else [])
-            self._decoding, self._prefilling = [], None
+            running = self._decoding + self._prefilling
+            self._decoding, self._prefilling = [], []
         for request in running:
             request.stream._end(error)
 

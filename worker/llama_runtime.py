@@ -112,9 +112,11 @@ def mlp(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return block(x)
 
 
-def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0):
+def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0,
+            last_index: torch.Tensor | None = None):
     """tokens [B, T] of cache slots first_row.. at positions input_pos ([T] shared, or [B, T] per row)
-    -> logits [B, T or 1, V]; writes K/V into the cache.
+    -> logits [B, T or 1, V]; writes K/V into the cache. ``last_only``: logits of position T-1 only, or of
+    position last_index[b] in row b (rows padded at their end).
 
     Attention reads only the first ``window`` cache entries, which must cover every position in input_pos.
     """
@@ -132,13 +134,17 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
         h, x = add_rms_norm(h, delta, layer.post_attention_layernorm)
         following_norm = layers[index + 1].input_layernorm if index + 1 < len(layers) else inner.norm
         h, x = add_rms_norm(h, mlp(layer.mlp, x), following_norm)
-    if last_only:
+    if last_index is not None:
+        x = x[torch.arange(batch, device=x.device), last_index].unsqueeze(1)
+    elif last_only:
         x = x[:, -1:]
     return model.lm_head(x)
 
 
-def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p, first_row: int = 0) -> torch.Tensor:
-    logits = forward(model, cache, tokens, input_pos, window, last_only=True, first_row=first_row)
+def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p, first_row: int = 0,
+            last_index: torch.Tensor | None = None) -> torch.Tensor:
+    logits = forward(model, cache, tokens, input_pos, window, last_only=True, first_row=first_row,
+                     last_index=last_index)
     return sample(logits[:, -1], temperature, top_k, top_p)
 
 
@@ -251,6 +257,25 @@ class LlamaRuntime:
         sampling = (t[slot : slot + 1] for t in self.sampling.as_args())
         token = prefill(self.model, self.cache, tokens, positions, self.window_for(end), *sampling, first_row=slot)
         return int(token[0])
+
+    @torch.inference_mode()
+    def prefill_prompts(self, first_slot: int, prompts: list[list[int]]) -> list[int]:
+        """Whole prompts into slots first_slot.. in one forward (rows padded at their end to the longest);
+        return the token sampled after each. A padded row writes K/V past its prompt, entries its decoding
+        overwrites before it reads them."""
+        longest = max(len(p) for p in prompts)
+        if longest > self.max_seq_len:
+            raise ValueError(f"{longest} tokens exceed the {self.max_seq_len}-token cache")
+        rows = len(prompts)
+        tokens = torch.zeros((rows, longest), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            tokens[row, : len(prompt)] = torch.tensor(prompt)
+        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        positions = torch.arange(longest, device=self.device)
+        sampling = (t[first_slot : first_slot + rows] for t in self.sampling.as_args())
+        token = prefill(self.model, self.cache, tokens.to(self.device), positions, self.window_for(longest),
+                        *sampling, first_row=first_slot, last_index=last)
+        return token.tolist()
 
     @torch.inference_mode()
     def decode(self, tokens: list[int], positions: list[int]) -> list[int]:

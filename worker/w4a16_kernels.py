@@ -12,8 +12,8 @@ Two ways to multiply, picked by the number of activation rows M:
   never materialises W. Per K block (inside one group) it forms ``code - zero`` (small exact integers),
   multiplies them with x (``tl.dot`` from 2 rows, a plain reduction for 1) and scales the partial sums
   once. K is split over several programs (partial sums added after) so that every SM has loads in flight.
-- ``dequantized_matmul`` (longer prompts): W is rebuilt, a bounded number of rows at a time, into one
-  scratch buffer per device and multiplied by cuBLAS; the dequantization is cheap next to the GEMM there.
+- ``dequantized_matmul`` (longer prompts): W is rebuilt, a bounded number of output columns at a time, into
+  one scratch buffer per device and multiplied by cuBLAS; the dequantization is cheap next to the GEMM there.
 
 The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (the CPU correctness tests).
 """
@@ -206,9 +206,11 @@ def dequantized_matmul(x, packed, scales, zeros, group_size: int) -> torch.Tenso
     out_features = packed.shape[1]
     scratch = scratch_for(x.device, x.dtype)
     chunk = max(64, scratch.numel() // in_features // 64 * 64)
-    out_t = torch.empty((out_features, rows), device=x.device, dtype=x.dtype)  # W @ x.T: chunks are row slices
+    if chunk >= out_features:  # the whole W at once: one GEMM straight into the result
+        return x @ dequantize_columns(packed, scales, zeros, group_size, 0, out_features, scratch)
+    out = torch.empty((rows, out_features), device=x.device, dtype=x.dtype)
     for col0 in range(0, out_features, chunk):
         n = min(chunk, out_features - col0)
         w_t = dequantize_columns(packed, scales, zeros, group_size, col0, n, scratch)
-        torch.mm(w_t.T, x.T, out=out_t[col0 : col0 + n])
-    return out_t.T.contiguous()
+        out[:, col0 : col0 + n] = x @ w_t  # a chunk-sized product, copied into its columns
+    return out
