@@ -124,6 +124,7 @@ def run_users(queue, process, args, concurrency: int) -> dict:
         posting_ms_per_job=TimingPoster.posting_s / len(done) * 1000,
         max_batch_seen=process.engine.stats.max_batch_seen,
     )
+    row["prefill_groups"] = process.engine.stats.prefill_group_histogram  # prompts prefilled together -> times
     if later:
         row.update(ttft_ms_p50_later_rounds=percentile(later, 50) * 1000, ttft_ms_p95_later_rounds=percentile(later, 95) * 1000)
     return row
@@ -196,7 +197,8 @@ def main() -> None:
         wait_final(warm)
         for concurrency in args.concurrency:
             report[f"c{concurrency}"] = row = run_users(queue, process, args, concurrency)
-            print(f"concurrency {concurrency}: {json.dumps({k: round(v, 2) for k, v in row.items()})}", flush=True)
+            shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+            print(f"concurrency {concurrency}: {json.dumps(shown)}", flush=True)
         if torch.cuda.is_available():
             report["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     finally:
