@@ -7,7 +7,6 @@ a CUDA graph of 20 calls (as decoding does), so launch overhead is not counted.
 
     python benchmarks/int4_kernels.py           # correctness + timings (tuned configs where known)
     python benchmarks/int4_kernels.py --sweep   # first measure every config, write worker/w4a16_configs.json
-    python benchmarks/int4_kernels.py --sweep 1 # the same for one row bucket only
 """
 
 from __future__ import annotations
@@ -98,36 +97,34 @@ def time_shape(name: str, k: int, n: int, device) -> list[dict]:
     return rows_out
 
 
-def candidates(rows: int, k: int, group: int = 128):
+def candidates(rows: int, k_blocks: int):
     block_m = rows_bucket(rows)
-    for block_k in (group, 256, 512) if block_m == 1 else (group,):  # one row: blocks may span groups
-        for block_n in (64, 128, 256) if block_m == 1 else (64, 128):
-            for warps in (4, 8):
-                for stages in (2, 3):
-                    for split in (1, 2, 4, 8):
-                        for late in (False, True) if block_m == 1 else (False,):
-                            if (k // block_k) % split == 0:
-                                config = dict(BLOCK_M=block_m, BLOCK_N=block_n, split=split, num_warps=warps,
-                                              num_stages=stages, LATE_REDUCE=late)
-                                yield config if block_k == group else {**config, "BLOCK_K": block_k}
+    for block_n in (64, 128, 256) if block_m == 1 else (64, 128):
+        for warps in (4, 8):
+            for stages in (2, 3):
+                for split in (1, 2, 4, 8):
+                    for late in (False, True) if block_m == 1 else (False,):
+                        if k_blocks % split == 0:
+                            yield dict(BLOCK_M=block_m, BLOCK_N=block_n, split=split, num_warps=warps,
+                                       num_stages=stages, LATE_REDUCE=late)
 
 
-def sweep(device, rows_to_sweep) -> dict[str, dict]:
+def sweep(device) -> dict[str, dict]:
     """The fastest fused-kernel config for each (rows bucket, layer shape) of the 13B model, group 128."""
     best = {}
     for name, (k, n) in SHAPES.items():
-        best.update(sweep_shape(name, k, n, device, rows_to_sweep))
+        best.update(sweep_shape(name, k, n, device))
         torch.cuda.empty_cache()
     return best
 
 
-def sweep_shape(name: str, k: int, n: int, device, rows_to_sweep) -> dict[str, dict]:
+def sweep_shape(name: str, k: int, n: int, device) -> dict[str, dict]:
     best = {}
     layer = random_layer(k, n, device, TritonInt4Linear)
-    for rows in rows_to_sweep:
+    for rows in (1, 16, 32, 64):
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
         timed = []
-        for config in candidates(rows, k):
+        for config in candidates(rows, k // 128):
             def call(config=config):
                 return fused_matmul(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128, config)
             try:
@@ -144,14 +141,12 @@ def sweep_shape(name: str, k: int, n: int, device, rows_to_sweep) -> dict[str, d
 def main() -> None:
     device = torch.device("cuda")
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    if "--sweep" in sys.argv:  # --sweep [ROWS ...]: all row buckets, or only those given
-        rows_to_sweep = [int(a) for a in sys.argv[sys.argv.index("--sweep") + 1 :] if a.isdigit()] or [1, 16, 32, 64]
+    if "--sweep" in sys.argv:
         table = json.loads(TUNED_CONFIGS.read_text()) if TUNED_CONFIGS.exists() else {}
-        table.setdefault(report["device"], {}).update(sweep(device, rows_to_sweep))
+        table[report["device"]] = sweep(device)
         TUNED_CONFIGS.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
         if os.environ.get("OUT"):
             Path(os.environ["OUT"], TUNED_CONFIGS.name).write_text(TUNED_CONFIGS.read_text())
-        return
     checks = check(device)
     report["max_rel_err"] = {k: max(r["rel_err"] for r in checks if r["kernel"] == k) for k in ("triton", "tinygemm")}
     print("correctness (bf16, vs fp32 dequantized):", report["max_rel_err"], flush=True)

@@ -78,18 +78,6 @@ def test_single_row_sums_agree_with_either_reduction(late_reduce):
     assert relative_error(out, x @ dequantize(tensors, 4).T) < 1e-5
 
 
-@pytest.mark.parametrize("group", [64, 128])
-@pytest.mark.parametrize("late_reduce", [False, True])
-def test_single_row_blocks_spanning_several_groups(group, late_reduce):
-    tensors, layer = quantized_layer(128, 1024, group, True, False, seed=group, dtype=torch.float32)
-    x = torch.randn(1, 1024, generator=torch.Generator().manual_seed(3))
-    config = dict(BLOCK_M=1, BLOCK_N=64, BLOCK_K=256, split=2, num_warps=4, num_stages=2, LATE_REDUCE=late_reduce)
-
-    out = w4a16_kernels.fused_matmul(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, group, config)
-
-    assert relative_error(out, x @ dequantize(tensors, 4).T) < 1e-5
-
-
 def test_long_prompts_rebuild_weights_in_chunks(monkeypatch):
     monkeypatch.setattr(w4a16_kernels, "_scratch", {})
     tensors, layer = quantized_layer(96, 256, 64, True, False, seed=2, dtype=torch.bfloat16)

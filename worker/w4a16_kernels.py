@@ -54,9 +54,8 @@ def _fused_kernel(
     """out[split, m, n] = sum over this program's K blocks of x[m, k] * W[n, k] (x already in group order:
     gathering x here through the act-order permutation measured 1.5x slower at 1 row, 6x at 64).
 
-    One row (BLOCK_M == 1) is a sum of products rather than an MMA, and its K blocks may span several groups;
-    LATE_REDUCE keeps a [BLOCK_K, BLOCK_N] of running products and sums across K once at the end instead of
-    once per block."""
+    One row (BLOCK_M == 1) is a sum of products rather than an MMA; LATE_REDUCE keeps a [BLOCK_K, BLOCK_N]
+    of running products and sums across K once at the end instead of once per block."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -67,33 +66,19 @@ def _fused_kernel(
     for it in range(0, iters_per_split):
         k0 = (pid_k * iters_per_split + it) * BLOCK_K
         codes = _unpacked_codes(w_ptr, stride_w, offs_n, mask_n, k0, BLOCK_N, BLOCK_K)
+        group = k0 // GROUP
+        zeros = tl.load(z_ptr + group * stride_z + offs_n, mask=mask_n, other=0).to(tl.int32)
+        scales = tl.load(s_ptr + group * stride_s + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None], other=0.0)
-        if BLOCK_K > GROUP:  # one row, several groups a block: more bytes in flight per program
-            groups = k0 // GROUP + tl.arange(0, BLOCK_K // GROUP)
-            group_rows = groups[:, None] * stride_z + offs_n[None, :]
-            zeros = tl.load(z_ptr + group_rows, mask=mask_n[None, :], other=0).to(tl.int32)
-            scales = tl.load(s_ptr + groups[:, None] * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0)
-            centred = tl.reshape(codes, (BLOCK_K // GROUP, GROUP, BLOCK_N)) - zeros[:, None, :]
-            x_groups = tl.reshape(x, (BLOCK_K // GROUP, GROUP, 1)).to(tl.float32)
-            products = centred.to(tl.float32) * x_groups * scales.to(tl.float32)[:, None, :]
-            products = tl.reshape(products, (BLOCK_K, BLOCK_N))
-            if LATE_REDUCE:
-                running += products
-            else:
-                acc += tl.sum(products, axis=0)[None, :]
+        centred = codes - zeros[None, :]  # exact integers in -15..15
+        if LATE_REDUCE:
+            running += centred.to(tl.float32) * tl.reshape(x, (BLOCK_K, 1)).to(tl.float32) * scales[None, :]
+        elif BLOCK_M == 1:
+            partial = tl.sum(centred.to(tl.float32) * tl.reshape(x, (BLOCK_K, 1)).to(tl.float32), axis=0)[None, :]
+            acc += partial * scales[None, :]
         else:
-            group = k0 // GROUP
-            zeros = tl.load(z_ptr + group * stride_z + offs_n, mask=mask_n, other=0).to(tl.int32)
-            scales = tl.load(s_ptr + group * stride_s + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-            centred = codes - zeros[None, :]  # exact integers in -15..15
-            if LATE_REDUCE:
-                running += centred.to(tl.float32) * tl.reshape(x, (BLOCK_K, 1)).to(tl.float32) * scales[None, :]
-            elif BLOCK_M == 1:
-                partial = tl.sum(centred.to(tl.float32) * tl.reshape(x, (BLOCK_K, 1)).to(tl.float32), axis=0)
-                acc += partial[None, :] * scales[None, :]
-            else:
-                acc += tl.dot(x, centred.to(x.dtype)) * scales[None, :]
+            acc += tl.dot(x, centred.to(x.dtype)) * scales[None, :]
     if LATE_REDUCE:
         acc += tl.sum(running, axis=0)[None, :]
     out = out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
@@ -178,11 +163,9 @@ def fused_matmul(x, packed, scales, zeros, group_size: int, config: dict | None 
     """x [M, K] (fp16/bf16/fp32, channels in group order) @ W.T -> [M, N] in x's dtype, M <= FUSED_MAX_ROWS."""
     rows, in_features = x.shape
     out_features = packed.shape[1]
-    config = dict(config or fused_config(rows, out_features, in_features, block_k_for(in_features, group_size), x.device))
-    block_k = config.pop("BLOCK_K", None) or block_k_for(in_features, group_size)
-    if in_features % block_k or (block_k > group_size and (block_k % group_size or config["BLOCK_M"] != 1)):
-        raise ValueError(f"K block {block_k} does not fit K {in_features}, group {group_size}, {rows} rows")
+    block_k = block_k_for(in_features, group_size)
     k_blocks = in_features // block_k
+    config = dict(config or fused_config(rows, out_features, in_features, block_k, x.device))
     split = config.pop("split")
     out_dtype = x.dtype if split == 1 else torch.float32
     out = torch.empty((split, rows, out_features), device=x.device, dtype=out_dtype)
