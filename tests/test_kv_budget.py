@@ -8,7 +8,8 @@ from transformers import LlamaConfig
 
 from worker.generate import Generator
 from worker.kv_budget import KVCacheTooSmall, bytes_per_token, context_for_budget
-from worker.prompt import make_template
+from worker.prompt import Turn, make_template
+from worker.sampling import GenerationParams
 
 XWIN_13B = LlamaConfig(hidden_size=5120, num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40)
 
@@ -42,3 +43,45 @@ def test_generator_fits_prompts_to_the_sized_cache(gptq_checkpoint):
     assert generator.context_tokens == 256 and runtime.max_seq_len == 256
     with pytest.raises(KVCacheTooSmall):
         generator.build_runtime(max_batch=8)  # 8 x 256 tokens do not fit, and 128 is below the smallest context
+
+
+def test_fp8_cache_fits_32_conversations_of_1k_tokens_on_a_24_gb_card():
+    from worker.llama_runtime import FP8
+
+    assert bytes_per_token(XWIN_13B, FP8) == 409_600
+    assert context_for_budget(4096, 32, bytes_per_token(XWIN_13B, FP8), int(14e9)) == 1024
+
+
+def test_fp8_cache_answers_close_to_the_full_precision_one(gptq_checkpoint):
+    from worker.llama_runtime import FP8, LlamaRuntime, forward
+    from worker.loader import load_model
+
+    ckpt = gptq_checkpoint(bits=4, group_size=32, seed=4)
+    loaded = load_model(ckpt.path, device="cpu", dtype=torch.float32)
+    prompt = torch.randint(3, loaded.config.vocab_size, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    logits = {}
+    for name, kv_dtype in (("full", None), ("fp8", FP8)):
+        runtime = LlamaRuntime(loaded.model, 128, kv_dtype=kv_dtype)
+        assert runtime.cache.keys.dtype == (kv_dtype or torch.float32)
+        runtime.prefill_chunk(0, prompt[:30], 0)  # the first 30 tokens go through the cache...
+        with torch.inference_mode():  # ...and the last 10 attend to them
+            logits[name] = forward(loaded.model, runtime.cache, torch.tensor([prompt[30:]]), torch.arange(30, 40),
+                                   runtime.window_for(40), last_only=False)
+    assert runtime.cache.keys.element_size() == 1
+    rel = float((logits["fp8"] - logits["full"]).norm() / logits["full"].norm())
+    assert 0 < rel < 0.05  # the cache really is coarser, and attention still reads the same conversation
+    same_choice = (logits["fp8"].argmax(-1) == logits["full"].argmax(-1)).float().mean()
+    assert same_choice >= 0.8  # a random tiny model has near ties; most next-token choices must not move
+
+
+def test_generator_answers_with_an_fp8_cache(gptq_checkpoint):
+    from worker.loader import load_model
+
+    ckpt = gptq_checkpoint(bits=4, group_size=32, seed=6)
+    loaded = load_model(ckpt.path, device="cpu", dtype=torch.float32)
+    generator = Generator(loaded, make_template("vicuna", loaded.tokenizer), max_context_tokens=256,
+                          kv_cache_dtype="fp8")
+
+    answer = generator.answer([Turn("user", "Hello there")], GenerationParams(temperature=0.0, max_new_tokens=12))
+    assert generator.runtime.cache.keys.dtype == torch.float8_e4m3fn
+    assert answer.strip()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from transformers import PreTrainedTokenizerBase
 
 from worker.kv_budget import sized_context
-from worker.llama_runtime import LlamaRuntime
+from worker.llama_runtime import FP8, LlamaRuntime
 from worker.loader import LoadedModel
 from worker.prompt import FittedPrompt, PromptTemplate, Turn, fit_conversation
 from worker.sampling import GenerationParams, SamplingTensors
@@ -83,6 +83,7 @@ class Generator:
         defaults: GenerationParams = GenerationParams(),
         cuda_graphs: bool = False,
         kv_cache_gb: float | None = None,
+        kv_cache_dtype: str = "auto",
     ):
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
@@ -93,6 +94,7 @@ class Generator:
         self.context_tokens = min(self.requested_context, loaded.max_positions)  # may shrink to fit the cache
         self.cuda_graphs = cuda_graphs
         self.kv_cache_gb = kv_cache_gb
+        self.kv_dtype = FP8 if kv_cache_dtype == "fp8" else loaded.dtype  # "auto": the model's own
         self.engine: Engine | None = None  # set by an Engine serving this generator; it then owns the runtime
         self._runtime: LlamaRuntime | None = None
 
@@ -109,10 +111,10 @@ class Generator:
         self._runtime = None
         loaded = self.loaded
         wanted = min(self.requested_context, loaded.max_positions)
-        self.context_tokens = sized_context(wanted, max_batch, loaded.config, loaded.dtype, loaded.device,
+        self.context_tokens = sized_context(wanted, max_batch, loaded.config, self.kv_dtype, loaded.device,
                                             self.kv_cache_gb)
         runtime = LlamaRuntime(self.loaded.model, self.context_tokens, max_batch=max_batch,
-                               cuda_graphs=self.cuda_graphs)
+                               cuda_graphs=self.cuda_graphs, kv_dtype=self.kv_dtype)
         runtime.warm_up()
         self._runtime = runtime
         return runtime

@@ -25,8 +25,16 @@ PREFILL_CHUNK = 512
 MIN_WINDOW = 256
 
 
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+
+
 class KVCache(nn.Module):
-    """Keys and values of every layer: [layers, slots, kv_heads, max_len, head_dim], allocated once."""
+    """Keys and values of every layer: [layers, slots, kv_heads, max_len, head_dim], allocated once.
+
+    In fp8 (e4m3, ``XWINBOT_KV_CACHE_DTYPE=fp8``) each entry takes half the memory of bf16: values are clamped
+    to fp8's range when written and widened again when attention reads them.
+    """
 
     def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
         super().__init__()
@@ -46,8 +54,13 @@ class KVCache(nn.Module):
         keys = self.keys[layer, first_row : first_row + batch]
         values = self.values[layer, first_row : first_row + batch]
         index = positions.view(batch, 1, length, 1).expand(batch, heads, length, dim)
-        keys.scatter_(2, index, k)
-        values.scatter_(2, index, v)
+        if self.keys.dtype == FP8:  # scatter has no fp8 kernels: move the bytes as uint8
+            as_bytes = [t.clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8) for t in (k, v)]
+            keys.view(torch.uint8).scatter_(2, index, as_bytes[0])
+            values.view(torch.uint8).scatter_(2, index, as_bytes[1])
+        else:
+            keys.scatter_(2, index, k.to(keys.dtype))
+            values.scatter_(2, index, v.to(values.dtype))
         return keys[:, :, :window], values[:, :, :window]
 
     def move(self, src: int, dst: int, length: int) -> None:
@@ -96,8 +109,7 @@ def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, fi
     q = qk[:, :, :q_heads].transpose(1, 2)
     k = qk[:, :, q_heads:].transpose(1, 2)
     v = heads[:, :, q_heads + kv_heads :].transpose(1, 2)
-    dtype = cache.keys.dtype
-    keys, values = cache.update(layer, first_row, positions, k.to(dtype), v.to(dtype), window)
+    keys, values = cache.update(layer, first_row, positions, k, v, window)
     out = F.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
         enable_gqa=q_heads != kv_heads,
@@ -182,7 +194,8 @@ class LlamaRuntime:
     writing it itself (a row attends to entries <= its own position, and writes its position first).
     """
 
-    def __init__(self, model: nn.Module, max_seq_len: int, *, max_batch: int = 1, cuda_graphs: bool = False):
+    def __init__(self, model: nn.Module, max_seq_len: int, *, max_batch: int = 1, cuda_graphs: bool = False,
+                 kv_dtype: torch.dtype | None = None):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model type {config.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
@@ -192,9 +205,8 @@ class LlamaRuntime:
         self.device = next(model.parameters()).device
         dtype = model.get_input_embeddings().weight.dtype
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.cache = KVCache(
-            config.num_hidden_layers, max_batch, config.num_key_value_heads, max_seq_len, head_dim, self.device, dtype
-        )
+        self.cache = KVCache(config.num_hidden_layers, max_batch, config.num_key_value_heads, max_seq_len, head_dim,
+                             self.device, kv_dtype or dtype)
         self.max_seq_len = max_seq_len
         self.max_batch = max_batch
         self.windows = attention_windows(max_seq_len)

@@ -49,4 +49,5 @@ def load_generator(settings: Settings) -> Generator:
         defaults=settings.generation_params(),
         cuda_graphs=settings.cuda_graphs,
         kv_cache_gb=settings.kv_cache_gb,
+        kv_cache_dtype=settings.kv_cache_dtype,
     )
