@@ -28,7 +28,8 @@ def test_status_shows_failed_jobs_with_reasons_and_the_workers_model(redis, queu
             assert time.monotonic() < deadline, "the job never failed"
             time.sleep(0.1)
         process = workers.worker_names[0].rsplit(".", 1)[0]
-        publish_worker_info(redis, process, model="TheBloke/Xwin-LM-13B-V0.1-GPTQ", device="cuda")
+        publish_worker_info(redis, process, model="TheBloke/Xwin-LM-13B-V0.1-GPTQ", device="cuda", max_batch=32,
+                            context_tokens=512)
         status = read_status(queue)
         monkeypatch.setenv("XWINBOT_QUEUE_NAME", queue_name)
         assert main(["status"]) == 0
@@ -38,7 +39,8 @@ def test_status_shows_failed_jobs_with_reasons_and_the_workers_model(redis, queu
             redis.hdel("xwinbot:worker-info", process)
     shown = capsys.readouterr().out
     assert status.failed == 1 and status.failed_jobs[0].reason.startswith("RuntimeError: this process has no xwinbot engine")
-    assert f"worker {process}: 0/2 job threads busy — TheBloke/Xwin-LM-13B-V0.1-GPTQ on cuda" in render(status, "redis://x")
+    assert (f"worker {process}: 0/2 job threads busy — TheBloke/Xwin-LM-13B-V0.1-GPTQ on cuda, 32 conversations × "
+            "512 tokens") in render(status, "redis://x")
     assert "0 waiting, 0 being answered" in shown and "1 failed" in shown
     assert "RuntimeError: this process has no xwinbot engine" in shown
 

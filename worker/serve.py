@@ -71,7 +71,7 @@ class WorkerProcess:
         self.workers.start()
         health = self.health()
         publish_worker_info(self.redis, self.workers.name_prefix, model=health["model"], device=health["device"],
-                            max_batch=self.settings.max_batch)
+                            max_batch=self.settings.max_batch, context_tokens=self.engine.generator.context_tokens)
         log.info("worker ready: %d job threads on queue %r", self.settings.max_batch + 2, self.settings.queue_name)
 
     def stop(self) -> None:

@@ -87,7 +87,9 @@ def render(status: QueueStatus, redis_url: str) -> str:
     for process, entry in sorted(status.processes.items()):
         model = entry.get("model") or "model unknown"
         device = entry.get("device") or "?"
-        lines.append(f"  worker {process}: {entry['busy']}/{entry['threads']} job threads busy — {model} on {device}")
+        cache = (f", {entry['max_batch']} conversations × {entry['context_tokens']} tokens"
+                 if entry.get("max_batch") and entry.get("context_tokens") else "")  # what the KV cache holds
+        lines.append(f"  worker {process}: {entry['busy']}/{entry['threads']} job threads busy — {model} on {device}{cache}")
     if status.failed_jobs:
         lines.append(f"  failed (newest {len(status.failed_jobs)}; `xwinbot requeue-failed` retries them):")
     for failed in status.failed_jobs:
