@@ -1,7 +1,8 @@
 """End to end through Redis and the worker (engine + RQ job threads) with a no-op poster.
 
-Reports, for 1, 8 and 32 concurrent questions: total generated tokens/s, enqueue → picked-up time (queue
-overhead), enqueue → first token, and time in the poster. ``--shape demo`` runs small on the CPU.
+Reports, for 1, 8 and 32 concurrent users: total generated tokens/s, enqueue → picked-up time (queue
+overhead), enqueue → first token, and time in the poster; GPU memory; a warm restart's time to ready; and, in
+the same run, the eager transformers ``generate`` baseline. ``--shape demo`` runs small on the CPU.
 
     python benchmarks/queue_e2e.py --redis-server /path/to/redis-server          # 13B shape on the GPU
 """
@@ -149,6 +150,25 @@ def worker_settings(args, model: str, port: int) -> Settings:
                     per_user_jobs=1000, queued_jobs=1000, metrics_port=0)
 
 
+def hf_baseline(model: str, args) -> dict:
+    """The seed's way, in the same run: plain transformers ``generate`` (eager) on the same checkpoint and
+    prompt length, one question at a time: what every user count gets in total without the engine."""
+    import torch
+    from gpu_inference import hf_generate
+
+    from worker.loader import load_model
+
+    loaded = load_model(model)
+    prompt = loaded.tokenizer(prompt_text(args.shape, args.prompt_tokens, 1)).input_ids
+    hf_generate(loaded.model, prompt[:32], 4)  # warm-up
+    ttft, decode = hf_generate(loaded.model, prompt, args.new_tokens)
+    total = args.new_tokens / (ttft + (args.new_tokens - 1) / decode)
+    del loaded
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return dict(ttft_ms=ttft * 1000, decode_tok_s=decode, total_tok_s_any_user_count=total, prompt_tokens=len(prompt))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", choices=["xwin13b", "demo"], default="xwin13b")
@@ -204,6 +224,9 @@ def main() -> None:
     finally:
         process.stop()
         redis_proc.kill()
+    report["hf_generate_eager"] = hf_baseline(model, args)
+    print("baseline, transformers generate (eager, batch 1, one question after another):",
+          json.dumps(report["hf_generate_eager"]), flush=True)
     restart = subprocess.run([sys.executable, __file__, "--restart-only", "--model", model, "--shape", args.shape,
                               "--context", str(args.context), "--redis-server", args.redis_server,
                               "--concurrency", *map(str, args.concurrency)],
