@@ -119,8 +119,11 @@ def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, fi
 
 def mlp(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if hasattr(block, "gate_up_proj"):  # fused at load time (worker.int4_fusion)
-        gate, up = block.gate_up_proj(x).split(block.gate_proj.out_features, dim=-1)
-        return block.down_proj(block.act_fn(gate) * up)
+        gate_up = block.gate_up_proj(x)
+        width = block.gate_proj.out_features
+        hidden = block.act_fn(gate_up[..., :width]).mul_(gate_up[..., width:])
+        del gate_up  # freed before down_proj runs: a long prompt's widest activation is held once, not twice
+        return block.down_proj(hidden)
     return block(x)
 
 
