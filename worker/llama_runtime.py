@@ -264,31 +264,25 @@ class LlamaRuntime:
     @torch.inference_mode()
     def prefill_chunk(self, slot: int, token_ids: list[int], start: int) -> int:
         """Write prompt tokens at positions start.. of ``slot``; return the token sampled after the last one."""
-        end = start + len(token_ids)
-        if end > self.max_seq_len:
-            raise ValueError(f"{end} tokens exceed the {self.max_seq_len}-token cache")
-        tokens = torch.tensor([token_ids], device=self.device)
-        positions = torch.arange(start, end, device=self.device)
-        sampling = (t[slot : slot + 1] for t in self.sampling.as_args())
-        token = prefill(self.model, self.cache, tokens, positions, self.window_for(end), *sampling, first_row=slot)
-        return int(token[0])
+        return self.prefill_prompts(slot, [token_ids], start)[0]
 
     @torch.inference_mode()
-    def prefill_prompts(self, first_slot: int, prompts: list[list[int]]) -> list[int]:
-        """Whole prompts into slots first_slot.. in one forward (rows padded at their end to the longest);
-        return the token sampled after each. A padded row writes K/V past its prompt, entries its decoding
-        overwrites before it reads them."""
+    def prefill_prompts(self, first_slot: int, prompts: list[list[int]], start: int = 0) -> list[int]:
+        """Prompts (or their parts from position ``start``) into slots first_slot.. in one forward, rows padded
+        at their end to the longest; return the token sampled after each. A padded row writes K/V past its
+        prompt, entries its decoding overwrites before it reads them."""
         longest = max(len(p) for p in prompts)
-        if longest > self.max_seq_len:
-            raise ValueError(f"{longest} tokens exceed the {self.max_seq_len}-token cache")
+        end = start + longest
+        if end > self.max_seq_len:
+            raise ValueError(f"{end} tokens exceed the {self.max_seq_len}-token cache")
         rows = len(prompts)
         tokens = torch.zeros((rows, longest), dtype=torch.long)
         for row, prompt in enumerate(prompts):
             tokens[row, : len(prompt)] = torch.tensor(prompt)
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        positions = torch.arange(longest, device=self.device)
+        positions = torch.arange(start, end, device=self.device)
         sampling = (t[first_slot : first_slot + rows] for t in self.sampling.as_args())
-        token = prefill(self.model, self.cache, tokens.to(self.device), positions, self.window_for(longest),
+        token = prefill(self.model, self.cache, tokens.to(self.device), positions, self.window_for(end),
                         *sampling, first_row=first_slot, last_index=last)
         return token.tolist()
 
