@@ -141,18 +141,23 @@ def tuned_configs(device_name: str) -> dict[str, dict]:
 
 def fused_config(rows: int, out_features: int, in_features: int, block_k: int, device: torch.device) -> dict:
     """Tile sizes, warps and K split: measured ones for known GPUs and shapes, else a rule of thumb."""
+    return config_for_bucket(rows_bucket(rows), out_features, in_features, block_k, device)
+
+
+@functools.cache  # looked up on every eager call: decided once per (rows bucket, shape, device)
+def config_for_bucket(block_m: int, out_features: int, in_features: int, block_k: int, device: torch.device) -> dict:
     if device.type == "cuda":
-        key = f"{rows_bucket(rows)},{out_features},{in_features},{block_k}"
+        key = f"{block_m},{out_features},{in_features},{block_k}"
         tuned = tuned_configs(torch.cuda.get_device_name(device)).get(key)
         if tuned:
             return dict(tuned)
-    return default_config(rows, out_features, in_features // block_k, device)
+    return default_config(block_m, out_features, in_features // block_k, device)
 
 
-def default_config(rows: int, out_features: int, k_blocks: int, device: torch.device) -> dict:
-    block_m = rows_bucket(rows)
-    block_n = 128 if rows == 1 else 64
-    programs = triton.cdiv(out_features, block_n) * triton.cdiv(rows, block_m)
+def default_config(block_m: int, out_features: int, k_blocks: int, device: torch.device) -> dict:
+    """For rows in the bucket ``block_m`` (1, 16, 32 or 64): one row tile of BLOCK_M covers them all."""
+    block_n = 128 if block_m == 1 else 64
+    programs = triton.cdiv(out_features, block_n)
     split = 1
     while programs * split < 4 * sm_count(device) and k_blocks % (split * 2) == 0 and k_blocks // (split * 2) >= 2:
         split *= 2
