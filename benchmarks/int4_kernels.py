@@ -6,14 +6,18 @@ bf16 ``F.linear`` (cuBLAS on a 16-bit weight: what 4-bit has to beat to be worth
 a CUDA graph of 20 calls (as decoding does), so launch overhead is not counted.
 
     python benchmarks/int4_kernels.py           # correctness + timings (tuned configs where known)
-    python benchmarks/int4_kernels.py --sweep   # first measure every config, write worker/w4a16_configs.json
+    python benchmarks/int4_kernels.py --sweep   # first measure configs (SWEEP_SECONDS, default 160 in all),
+                                                # write worker/w4a16_configs.json
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -24,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
 from worker.int4_linear import Int4Codes, Int4Linear  # noqa: E402
 from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
-from worker.w4a16_kernels import TUNED_CONFIGS, block_k_for, fused_matmul, rows_bucket  # noqa: E402
+from worker.w4a16_kernels import TUNED_CONFIGS, default_config, fused_matmul, kernel_for, rows_bucket  # noqa: E402
 
 SHAPES = {"qkv": (5120, 15360), "o": (5120, 5120), "gate_up": (5120, 27648), "down": (13824, 5120)}
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
@@ -80,59 +84,82 @@ def random_layer(k: int, n: int, device, kind):
     return kind.from_codes(c, torch.bfloat16)
 
 
+def copies_beyond_l2(k: int, n: int, bytes_per_weight: float) -> int:
+    """How many copies of a layer to cycle through so that, as in a real decode step, its weights come from
+    memory and not from the L2 cache left warm by the previous call (60 MB on an H200: o_proj is 13 MB)."""
+    return max(2, math.ceil(256e6 / (k * n * bytes_per_weight)))
+
+
+def cycling(functions):
+    """One call of a different function each time (graph capture records the whole cycle)."""
+    turn = itertools.cycle(functions)
+    return lambda: next(turn)()
+
+
 def time_shape(name: str, k: int, n: int, device) -> list[dict]:
-    triton_layer = random_layer(k, n, device, TritonInt4Linear)
-    tinygemm_layer = random_layer(k, n, device, Int4Linear)
-    weight = torch.randn(n, k, device=device, dtype=torch.bfloat16)
+    triton_layers = [random_layer(k, n, device, TritonInt4Linear) for _ in range(copies_beyond_l2(k, n, 0.5))]
+    tinygemm_layers = [random_layer(k, n, device, Int4Linear) for _ in range(copies_beyond_l2(k, n, 0.5))]
+    weights = [torch.randn(n, k, device=device, dtype=torch.bfloat16) for _ in range(copies_beyond_l2(k, n, 2))]
     rows_out = []
     for rows in ROWS:
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
         row = dict(layer=name, k=k, n=n, rows=rows,
-                   triton_us=graph_time_us(lambda: triton_layer(x)),
-                   tinygemm_us=graph_time_us(lambda: tinygemm_layer(x)),
-                   bf16_us=graph_time_us(lambda: F.linear(x, weight)))
+                   triton_us=graph_time_us(cycling([lambda layer=layer: layer(x) for layer in triton_layers])),
+                   tinygemm_us=graph_time_us(cycling([lambda layer=layer: layer(x) for layer in tinygemm_layers])),
+                   bf16_us=graph_time_us(cycling([lambda w=w: F.linear(x, w) for w in weights])))
         row["triton_GBps"] = (k * n / 2 + k * n / 128 * 3) / row["triton_us"] / 1e3
         rows_out.append(row)
         print(json.dumps({key: round(v, 1) if isinstance(v, float) else v for key, v in row.items()}), flush=True)
     return rows_out
 
 
-def candidates(rows: int, k_blocks: int):
-    block_m = rows_bucket(rows)
-    for block_n in (64, 128, 256) if block_m == 1 else (64, 128):
-        for warps in (4, 8):
-            for stages in (2, 3):
-                for split in (1, 2, 4, 8):
-                    for late in (False, True) if block_m == 1 else (False,):
-                        if k_blocks % split == 0:
-                            yield dict(BLOCK_M=block_m, BLOCK_N=block_n, split=split, num_warps=warps,
-                                       num_stages=stages, LATE_REDUCE=late)
+def candidates(rows: int, k: int):
+    """Configs to time for a rows bucket (group 128): the kernel that serves it, tiles, warps and K splits."""
+    bucket = rows_bucket(rows)
+    kernel = kernel_for(bucket, 128)
+    if kernel == "gemv":
+        tiles = [(bn, bk, warps, 1) for bn in (32, 64, 128) for bk in (256, 512) for warps in (4, 8)]
+    elif kernel == "swap":
+        tiles = [(bn, 128, warps, 3) for bn in (64, 128) for warps in (4, 8)]
+    else:
+        tiles = [(bn, 128, warps, 3) for bn in (64, 128) for warps in (4, 8)]
+    for block_n, block_k, warps, stages in tiles:
+        k_blocks = k // block_k
+        for split in (s for s in range(1, min(k_blocks, 54) + 1) if k_blocks % s == 0):
+            yield dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split,
+                       num_warps=warps, num_stages=stages)
 
 
 def sweep(device) -> dict[str, dict]:
     """The fastest fused-kernel config for each (rows bucket, layer shape) of the 13B model, group 128."""
     best = {}
+    seconds = float(os.environ.get("SWEEP_SECONDS", "160")) / (len(SHAPES) * 4)
     for name, (k, n) in SHAPES.items():
-        best.update(sweep_shape(name, k, n, device))
+        best.update(sweep_shape(name, k, n, device, seconds))
         torch.cuda.empty_cache()
     return best
 
 
-def sweep_shape(name: str, k: int, n: int, device) -> dict[str, dict]:
+def sweep_shape(name: str, k: int, n: int, device, seconds_per_bucket: float) -> dict[str, dict]:
+    """Time the candidates of each rows bucket (weights cycled past the L2) until its time is up; keep the best."""
     best = {}
-    layer = random_layer(k, n, device, TritonInt4Linear)
+    layers = [random_layer(k, n, device, TritonInt4Linear) for _ in range(copies_beyond_l2(k, n, 0.5))]
     for rows in (1, 16, 32, 64):
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
-        timed = []
-        for config in candidates(rows, k // 128):
-            def call(config=config):
-                return fused_matmul(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128, config)
+        timed, deadline = [], time.monotonic() + seconds_per_bucket
+        default = default_config(rows_bucket(rows), n, k, 128, device)
+        for config in [default, *(c for c in candidates(rows, k) if c != default)]:
+            if time.monotonic() > deadline:
+                print(f"sweep {name} rows={rows}: out of time, {len(timed)} configs timed", flush=True)
+                break
+            calls = [lambda layer=layer, config=config: fused_matmul(x, layer.packed, layer.scales, layer.zeros, 128,
+                                                                     config) for layer in layers]
             try:
-                timed.append((graph_time_us(call, calls=10, replays=5), config))
+                timed.append((graph_time_us(cycling(calls), calls=10, replays=5), config))
             except Exception as err:  # e.g. a tile that needs more shared memory than the GPU has
                 print(f"skipped {config}: {type(err).__name__}", flush=True)
         us, config = min(timed, key=lambda t: t[0])
-        best[f"{rows_bucket(rows)},{n},{k},{block_k_for(k, 128)}"] = config
+        best[f"{rows_bucket(rows)},{n},{k},128"] = config
         gbps = (k * n / 2 + k * n / 128 * 3) / us / 1e3
         print(f"sweep {name} rows={rows}: {us:.1f} us ({gbps:.0f} GB/s) with {config}", flush=True)
     return best

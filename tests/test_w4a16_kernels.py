@@ -34,11 +34,13 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want).norm() / want.norm())
 
 
-CASES = [  # group, act_order, sym, rows (1: the decode reduction; 2..64: tl.dot; split-K on the narrow layers)
+CASES = [  # group, act_order, sym, rows (1: the one-row kernel; 2..32 and groups of 128: the swapped dot; else
+    # the unpacked dot; split-K on the narrow layers)
     (128, True, False, 1),
     (64, False, True, 1),
     (32, True, True, 3),
     (128, False, False, 16),
+    (128, True, True, 20),
     (64, True, False, 33),
     (32, False, False, 64),
 ]
@@ -67,15 +69,32 @@ def test_narrow_layer_splits_k_and_still_sums_every_block():
     assert relative_error(out, x @ dequantize(tensors, 4).T) < 1e-5
 
 
-@pytest.mark.parametrize("late_reduce", [False, True])
-def test_single_row_sums_agree_with_either_reduction(late_reduce):
-    tensors, layer = quantized_layer(128, 512, 128, True, False, seed=7, dtype=torch.float32)
-    x = torch.randn(1, 512, generator=torch.Generator().manual_seed(8))
-    config = dict(BLOCK_M=1, BLOCK_N=64, split=2, num_warps=4, num_stages=2, LATE_REDUCE=late_reduce)
+KERNEL_CONFIGS = {  # each kernel with K split 2 ways, its K blocks inside one group or (gemv) spanning four
+    "gemv-blocks-span-groups": (1, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=64, BLOCK_K=512, split=2)),
+    "gemv-block-in-a-group": (1, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, split=2)),
+    "swap": (5, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
+    "unpacked": (5, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, split=2)),
+}
 
-    out = w4a16_kernels.fused_matmul(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128, config)
 
-    assert relative_error(out, x @ dequantize(tensors, 4).T) < 1e-5
+@pytest.mark.parametrize("name", KERNEL_CONFIGS)
+def test_each_kernel_sums_every_block_of_every_split(name):
+    rows, config = KERNEL_CONFIGS[name]
+    tensors, layer = quantized_layer(128, 1024, 128, True, False, seed=7, dtype=torch.float32)
+    x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(8))
+
+    partials = w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128,
+                                             dict(config, num_warps=4, num_stages=1))
+
+    assert partials.shape == (2, rows, 128)
+    assert relative_error(partials.sum(0), x @ dequantize(tensors, 4).T) < 1e-5
+    assert relative_error(w4a16_kernels.sum_splits(partials, torch.float32), x @ dequantize(tensors, 4).T) < 1e-5
+
+
+def test_kernel_choice_follows_rows_and_group_size():
+    pick = w4a16_kernels.kernel_for
+    assert [pick(b, 128) for b in (1, 16, 32, 64)] == ["gemv", "swap", "swap", "unpacked"]
+    assert [pick(b, 64) for b in (1, 16, 32, 64)] == ["gemv", "unpacked", "unpacked", "unpacked"]
 
 
 def test_long_prompts_rebuild_weights_in_chunks(monkeypatch):
@@ -117,23 +136,3 @@ def test_layouts_the_kernels_cannot_serve_are_refused():
     assert w4a16_kernels.layout_fits(5120, 128) and w4a16_kernels.layout_fits(13824, 128)
     assert not w4a16_kernels.layout_fits(200, 128)  # K not a whole number of groups
     assert not w4a16_kernels.layout_fits(4104, 8)  # groups smaller than one MMA step
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_add_rms_norm_kernel_matches_pytorch(dtype):
-    from worker.norm_kernels import add_rms_norm
-
-    gen = torch.Generator().manual_seed(12)
-    h, delta = (torch.randn(3, 2, 320, generator=gen).to(dtype) for _ in range(2))
-    weight = (1 + 0.2 * torch.randn(320, generator=gen)).to(dtype)
-
-    h_out, x_out = add_rms_norm(h, delta, weight, 1e-5)
-    same_h, only_x = add_rms_norm(h, None, weight, 1e-5)
-
-    want_h = h + delta
-    # bf16: one rounding step apart at most (Triton's interpreter rounds fp32 -> bf16 its own way)
-    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=1e-2)
-    torch.testing.assert_close(h_out, want_h, **tolerance)
-    torch.testing.assert_close(x_out, torch.nn.functional.rms_norm(want_h, (320,), weight, 1e-5), **tolerance)
-    assert same_h is h or torch.equal(same_h, h)
-    torch.testing.assert_close(only_x, torch.nn.functional.rms_norm(h, (320,), weight, 1e-5), **tolerance)

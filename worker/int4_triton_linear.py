@@ -13,7 +13,7 @@ from torch import nn
 
 from worker.gptq_layout import pack_rows
 from worker.int4_linear import Int4Codes, describe_int4
-from worker.w4a16_kernels import FUSED_MAX_ROWS, dequantized_matmul, fused_matmul
+from worker.w4a16_kernels import FUSED_MAX_ROWS, dequantized_matmul, matmul_partials, sum_splits
 
 
 
@@ -44,19 +44,24 @@ class TritonInt4Linear(nn.Module):
         return TritonInt4Linear(self.in_features, end - start, self.group_size, self.packed[:, start:end],
                                 self.scales[:, start:end], self.zeros[:, start:end], self.perm, bias)
 
+    def partials(self, x: torch.Tensor, ordered: bool = False) -> torch.Tensor:
+        """x [M, K] @ W.T (+ bias) as split-K partial sums [split, M, N] (``worker.layer_ops`` adds them in the
+        next step's kernel). ``ordered``: x is already in this layer's input order (act-order gather done)."""
+        if self.perm is not None and not ordered:
+            x = x[:, self.perm]
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        if x.shape[0] <= FUSED_MAX_ROWS:
+            parts = matmul_partials(x, self.packed, self.scales, self.zeros, self.group_size)
+        else:
+            parts = dequantized_matmul(x, self.packed, self.scales, self.zeros, self.group_size)[None]
+        if self.bias is not None:
+            parts[0] += self.bias
+        return parts
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        if self.perm is not None:
-            x2 = x2[:, self.perm]
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
-        if x2.shape[0] <= FUSED_MAX_ROWS:
-            out = fused_matmul(x2, self.packed, self.scales, self.zeros, self.group_size)
-        else:
-            out = dequantized_matmul(x2, self.packed, self.scales, self.zeros, self.group_size)
-        if self.bias is not None:
-            out = out + self.bias
+        out = sum_splits(self.partials(x.reshape(-1, self.in_features)), x.dtype)
         return out.reshape(*leading, self.out_features)
 
     def extra_repr(self) -> str:

@@ -8,10 +8,16 @@ own packing, with act-order undone): N is the contiguous axis, so a warp's loads
 An output slice of a layer (q of a fused qkv) is a column slice: a strided view, no copy.
 
 Two ways to multiply, picked by the number of activation rows M:
-- ``fused_matmul`` (M <= ``FUSED_MAX_ROWS``: decoding, small batches): one kernel reads the 4-bit codes and
-  never materialises W. Per K block (inside one group) it forms ``code - zero`` (small exact integers),
-  multiplies them with x (``tl.dot`` from 2 rows, a plain reduction for 1) and scales the partial sums
-  once. K is split over several programs (partial sums added after) so that every SM has loads in flight.
+- ``fused_matmul`` / ``matmul_partials`` (M <= ``FUSED_MAX_ROWS``: decoding, small batches): one kernel reads
+  the 4-bit codes and never materialises W. K is split over several programs so that every SM has loads in
+  flight; their partial sums are added by whoever consumes them (``sum_splits``, or a fused epilogue).
+  - 1 row, ``_gemv_kernel``: a sum of products on the CUDA cores, K blocks of up to 512 inputs (several groups:
+    the zero and scale are loaded per word row) so each thread has several 16-byte loads in flight.
+  - 2..32 rows, ``_swap_dot_kernel``: tensor cores on out.T = W @ x.T, so the weights take the MMA's long side
+    and the rows pad only to 16; one dot per code position j of the packed words.
+  - 33..64 rows and groups under 128, ``_unpacked_dot_kernel``: the codes interleaved back to [K, N], one dot.
+  A code becomes a float without an int-to-float instruction (quarter rate on the GPU; it bounded the first
+  kernels): OR-ed into the mantissa of 2**23 it reads as 2**23 + code (``_code_in_mantissa``).
 - ``dequantized_matmul`` (longer prompts): W is rebuilt, a bounded number of output columns at a time, into
   one scratch buffer per device and multiplied by cuBLAS; the dequantization is cheap next to the GEMM there.
 
@@ -45,24 +51,101 @@ def _unpacked_codes(w_ptr, stride_w, offs_n, mask_n, k0, BLOCK_N: tl.constexpr, 
 
 
 @triton.jit
-def _fused_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr,
-    M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    LATE_REDUCE: tl.constexpr = False,
-):
-    """out[split, m, n] = sum over this program's K blocks of x[m, k] * W[n, k] (x already in group order:
-    gathering x here through the act-order permutation measured 1.5x slower at 1 row, 6x at 64).
+def _code_in_mantissa(words, high, j: tl.constexpr):
+    """Code j of each word, left at its bit position within its 16-bit half and OR-ed into the mantissa of
+    2**23: read as fp32 it is exactly 2**23 + code * 16 ** (j % 4). ``high`` is words >> 16."""
+    if j < 4:
+        field = (words & (0xF << (4 * j))) | 0x4B000000
+    else:
+        field = (high & (0xF << (4 * (j - 4)))) | 0x4B000000
+    return field.to(tl.float32, bitcast=True)
 
-    One row (BLOCK_M == 1) is a sum of products rather than an MMA; LATE_REDUCE keeps a [BLOCK_K, BLOCK_N]
-    of running products and sums across K once at the end instead of once per block."""
+
+@triton.jit
+def _code_minus_zero(words, high, zeros, j: tl.constexpr):
+    """code j of each word minus its zero, exact in fp32: one multiply-add undoes the offset and the position."""
+    unit: tl.constexpr = 1.0 / (16 ** (j % 4))
+    return _code_in_mantissa(words, high, j) * unit - (zeros + 8388608.0 * unit)
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, iters_per_split,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
+
+    Per word row r (inputs k0 + 8r .. +7, one group): sum_j code_j * x_j, less zero * sum_j x_j, times scale;
+    kept per (row, column) and summed across rows once at the end."""
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = tl.arange(0, BLOCK_K // 8)
+    running = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)
+    for it in range(0, iters_per_split):
+        k0 = (pid_k * iters_per_split + it) * BLOCK_K
+        tile = (k0 // 8 + rows)[:, None] * stride_w + offs_n[None, :]
+        words = tl.load(w_ptr + tile, mask=mask_n[None, :], other=0, eviction_policy="evict_first")
+        groups = ((k0 + rows * 8) // GROUP)[:, None]
+        zeros = tl.load(z_ptr + groups * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0).to(tl.float32)
+        scales = tl.load(s_ptr + groups * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
+        high = words >> 16
+        products = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)
+        x_sum = tl.zeros((BLOCK_K // 8,), dtype=tl.float32)
+        for j in tl.static_range(8):
+            x_j = tl.load(x_ptr + k0 + rows * 8 + j).to(tl.float32)
+            x_sum += x_j
+            code = _code_in_mantissa(words, high, j) - 8388608.0  # code * 16 ** (j % 4), exact
+            products += code * (x_j * (1.0 / (16 ** (j % 4))))[:, None]
+        running += (products - zeros * x_sum[:, None]) * scales
+    acc = tl.sum(running, axis=0)
+    tl.store(out_ptr + pid_k * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit(do_not_specialize=["M"])  # any row count: one compiled program (no compile in the middle of serving)
+def _swap_dot_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
+    transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word and x[:, 8r + j]."""
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_n, mask_m = offs_n < N, offs_m < M
+    rows = tl.arange(0, BLOCK_K // 8)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for it in range(0, iters_per_split):
+        k0 = (pid_k * iters_per_split + it) * BLOCK_K
+        tile = offs_n[:, None] + (k0 // 8 + rows)[None, :] * stride_w
+        words = tl.load(w_ptr + tile, mask=mask_n[:, None], other=0, eviction_policy="evict_first")
+        group = k0 // GROUP
+        zeros = tl.load(z_ptr + group * stride_z + offs_n[:, None], mask=mask_n[:, None], other=0).to(tl.float32)
+        scales = tl.load(s_ptr + group * stride_s + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32)
+        high = words >> 16
+        block = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for j in tl.static_range(8):
+            x_j = tl.load(x_ptr + offs_m[None, :] * stride_xm + (k0 + rows * 8 + j)[:, None], mask=mask_m[None, :],
+                          other=0.0)
+            block = tl.dot(_code_minus_zero(words, high, zeros, j).to(x_j.dtype), x_j, block)
+        acc += block * scales
+    out = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
+
+
+@triton.jit(do_not_specialize=["M"])
+def _unpacked_dot_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[split, m, n] for 2..64 rows, K blocks inside one group: ``code - zero`` as a [BLOCK_K, BLOCK_N]
+    tile of small exact integers, one dot with x, scaled once per block. (x already in group order:
+    gathering it here through the act-order permutation measured 1.5x slower at 1 row, 6x at 64.)"""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n, mask_m = offs_n < N, offs_m < M
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if LATE_REDUCE:
-        running = tl.zeros((BLOCK_K, BLOCK_N), dtype=tl.float32)
     for it in range(0, iters_per_split):
         k0 = (pid_k * iters_per_split + it) * BLOCK_K
         codes = _unpacked_codes(w_ptr, stride_w, offs_n, mask_n, k0, BLOCK_N, BLOCK_K)
@@ -71,16 +154,7 @@ def _fused_kernel(
         scales = tl.load(s_ptr + group * stride_s + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None], other=0.0)
-        centred = codes - zeros[None, :]  # exact integers in -15..15
-        if LATE_REDUCE:
-            running += centred.to(tl.float32) * tl.reshape(x, (BLOCK_K, 1)).to(tl.float32) * scales[None, :]
-        elif BLOCK_M == 1:
-            partial = tl.sum(centred.to(tl.float32) * tl.reshape(x, (BLOCK_K, 1)).to(tl.float32), axis=0)[None, :]
-            acc += partial * scales[None, :]
-        else:
-            acc += tl.dot(x, centred.to(x.dtype)) * scales[None, :]
-    if LATE_REDUCE:
-        acc += tl.sum(running, axis=0)[None, :]
+        acc += tl.dot(x, (codes - zeros[None, :]).to(x.dtype)) * scales[None, :]
     out = out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
@@ -117,8 +191,13 @@ def _dequantize_kernel(
 
 
 def block_k_for(in_features: int, group_size: int) -> int | None:
-    """The K block of the kernels: inside one group, dividing K, at least 16 (the MMA's K); None: no fit."""
+    """The K block of the dot kernels: inside one group, dividing K, at least 16 (the MMA's K); None: no fit."""
     return next((b for b in (128, 64, 32, 16) if group_size % b == 0 and in_features % b == 0), None)
+
+
+def gemv_block_k(in_features: int) -> int:
+    """The one-row kernel's K block: as many inputs as divide K, up to 512 (blocks may span groups)."""
+    return next(b for b in (512, 256, 128, 64, 32, 16) if in_features % b == 0)
 
 
 def layout_fits(in_features: int, group_size: int) -> bool:
@@ -133,58 +212,85 @@ def rows_bucket(rows: int) -> int:
     return 1 if rows == 1 else 16 if rows <= 16 else 32 if rows <= 32 else 64
 
 
+def kernel_for(bucket: int, group_size: int) -> str:
+    """Which fused kernel serves a rows bucket: "gemv" (1 row), "swap" (2..32 rows, groups of 128k) or "unpacked"."""
+    if bucket == 1:
+        return "gemv"
+    return "swap" if bucket <= 32 and group_size % 128 == 0 else "unpacked"
+
+
 @functools.cache
 def tuned_configs(device_name: str) -> dict[str, dict]:
-    """Configs measured by ``benchmarks/int4_kernels.py --sweep`` for this GPU model, keyed "rows,N,K"."""
+    """Configs measured by ``benchmarks/int4_kernels.py --sweep`` for this GPU model, keyed "bucket,N,K,G"."""
     return json.loads(TUNED_CONFIGS.read_text()).get(device_name, {}) if TUNED_CONFIGS.exists() else {}
 
 
-def fused_config(rows: int, out_features: int, in_features: int, block_k: int, device: torch.device) -> dict:
-    """Tile sizes, warps and K split: measured ones for known GPUs and shapes, else a rule of thumb."""
-    return config_for_bucket(rows_bucket(rows), out_features, in_features, block_k, device)
+def fused_config(rows: int, out_features: int, in_features: int, group_size: int, device: torch.device) -> dict:
+    """Kernel, tile sizes, warps and K split: measured ones for known GPUs and shapes, else a rule of thumb."""
+    return config_for_bucket(rows_bucket(rows), out_features, in_features, group_size, device)
 
 
 @functools.cache  # looked up on every eager call: decided once per (rows bucket, shape, device)
-def config_for_bucket(block_m: int, out_features: int, in_features: int, block_k: int, device: torch.device) -> dict:
+def config_for_bucket(bucket: int, out_features: int, in_features: int, group_size: int, device: torch.device) -> dict:
     if device.type == "cuda":
-        key = f"{block_m},{out_features},{in_features},{block_k}"
+        key = f"{bucket},{out_features},{in_features},{group_size}"
         tuned = tuned_configs(torch.cuda.get_device_name(device)).get(key)
-        if tuned:
+        if tuned and tuned.get("kernel") == kernel_for(bucket, group_size):
             return dict(tuned)
-    return default_config(block_m, out_features, in_features // block_k, device)
+    return default_config(bucket, out_features, in_features, group_size, device)
 
 
-def default_config(block_m: int, out_features: int, k_blocks: int, device: torch.device) -> dict:
-    """For rows in the bucket ``block_m`` (1, 16, 32 or 64): one row tile of BLOCK_M covers them all."""
-    block_n = 128 if block_m == 1 else 64
-    programs = triton.cdiv(out_features, block_n)
-    split = 1
-    while programs * split < 4 * sm_count(device) and k_blocks % (split * 2) == 0 and k_blocks // (split * 2) >= 2:
-        split *= 2
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, split=split, num_warps=4, num_stages=3, LATE_REDUCE=False)
+def default_config(bucket: int, out_features: int, in_features: int, group_size: int, device: torch.device) -> dict:
+    """For rows in ``bucket`` (1, 16, 32 or 64): one row tile of BLOCK_M covers them all; K split until the
+    GPU has about two programs per SM."""
+    kernel = kernel_for(bucket, group_size)
+    if kernel == "gemv":
+        block_n, block_k, warps, stages = 64, gemv_block_k(in_features), 4, 1
+    elif kernel == "swap":
+        block_n, block_k, warps, stages = 128, 128, 8, 3
+    else:
+        block_n, block_k, warps, stages = 64, block_k_for(in_features, group_size), 4, 3
+    programs, k_blocks = triton.cdiv(out_features, block_n), in_features // block_k
+    split = next(s for s in range(1, k_blocks + 1) if k_blocks % s == 0 and (programs * s >= 2 * sm_count(device)
+                                                                             or s == k_blocks))
+    return dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split, num_warps=warps,
+                num_stages=stages)
+
+
+def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor:
+    """x [M, K] (channels in group order, M <= FUSED_MAX_ROWS) @ W.T as ``split`` partial sums [split, M, N]:
+    fp32 when split > 1, else x's dtype. ``sum_splits`` (or a fused epilogue) adds them."""
+    rows, in_features = x.shape
+    out_features = packed.shape[1]
+    config = dict(config or fused_config(rows, out_features, in_features, group_size, x.device))
+    kernel, split, block_m = config.pop("kernel"), config.pop("split"), config.pop("BLOCK_M")
+    out = torch.empty((split, rows, out_features), device=x.device, dtype=x.dtype if split == 1 else torch.float32)
+    iters = in_features // config["BLOCK_K"] // split
+    strides = (packed.stride(0), scales.stride(0), zeros.stride(0), iters)
+    if kernel == "gemv":
+        grid = (triton.cdiv(out_features, config["BLOCK_N"]), split)
+        _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, GROUP=group_size, **config)
+    else:
+        matmul = _swap_dot_kernel if kernel == "swap" else _unpacked_dot_kernel
+        grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
+        matmul[grid](x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides, GROUP=group_size,
+                     BLOCK_M=block_m, **config)
+    return out
+
+
+def sum_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[split, M, N] partial sums -> [M, N] in ``dtype`` (a view of the only split when there is one)."""
+    if partials.shape[0] == 1 and partials.dtype == dtype:
+        return partials[0]
+    out = torch.empty(partials.shape[1:], device=partials.device, dtype=dtype)
+    _sum_splits_kernel[(triton.cdiv(out.numel(), 1024),)](partials, out, out.numel(), SPLIT=partials.shape[0],
+                                                          BLOCK=1024)
+    return out
 
 
 def fused_matmul(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor:
     """x [M, K] (fp16/bf16/fp32, channels in group order) @ W.T -> [M, N] in x's dtype, M <= FUSED_MAX_ROWS."""
-    rows, in_features = x.shape
-    out_features = packed.shape[1]
-    block_k = block_k_for(in_features, group_size)
-    k_blocks = in_features // block_k
-    config = dict(config or fused_config(rows, out_features, in_features, block_k, x.device))
-    split = config.pop("split")
-    out_dtype = x.dtype if split == 1 else torch.float32
-    out = torch.empty((split, rows, out_features), device=x.device, dtype=out_dtype)
-    grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, config["BLOCK_M"]), split)
-    _fused_kernel[grid](
-        x, packed, scales, zeros, out,
-        rows, out_features, x.stride(0), packed.stride(0), scales.stride(0), zeros.stride(0), k_blocks // split,
-        GROUP=group_size, BLOCK_K=block_k, **config,
-    )
-    if split == 1:
-        return out[0]
-    summed = torch.empty((rows, out_features), device=x.device, dtype=x.dtype)
-    _sum_splits_kernel[(triton.cdiv(summed.numel(), 1024),)](out, summed, summed.numel(), SPLIT=split, BLOCK=1024)
-    return summed
+    return sum_splits(matmul_partials(x, packed, scales, zeros, group_size, config), x.dtype)
 
 
 def dequantize_columns(packed, scales, zeros, group_size: int, col0: int, cols: int, out: torch.Tensor) -> torch.Tensor:
