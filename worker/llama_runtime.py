@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.decode_graph import DecodeGraphs
+from worker.layer_ops import add_rms_norm, input_order, projection_partials, rotary_into_cache, silu_mul
 from worker.sampling import GenerationParams, SamplingTensors, sample
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -46,10 +47,8 @@ class KVCache(nn.Module):
             torch._dynamo.mark_static_address(self.keys)
             torch._dynamo.mark_static_address(self.values)
 
-    def update(self, layer: int, first_row: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               window: int):
-        """Write k/v [B, H, T, D] of slots first_row.. at their positions [B, T]; return those slots' first
-        ``window`` cache entries (all a step may attend to)."""
+    def write(self, layer: int, first_row: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k/v [B, H, T, D] of slots first_row.. at their positions [B, T]."""
         batch, heads, length, dim = k.shape
         keys = self.keys[layer, first_row : first_row + batch]
         values = self.values[layer, first_row : first_row + batch]
@@ -61,7 +60,11 @@ class KVCache(nn.Module):
         else:
             keys.scatter_(2, index, k.to(keys.dtype))
             values.scatter_(2, index, v.to(values.dtype))
-        return keys[:, :, :window], values[:, :, :window]
+
+    def window(self, layer: int, first_row: int, batch: int, window: int):
+        """Slots first_row.. first ``window`` entries of keys and values (all a step may attend to)."""
+        rows = slice(first_row, first_row + batch)
+        return self.keys[layer, rows, :, :window], self.values[layer, rows, :, :window]
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` entries of slot ``src`` into slot ``dst`` (all layers)."""
@@ -69,62 +72,39 @@ class KVCache(nn.Module):
         self.values[:, dst, :, :length].copy_(self.values[:, src, :, :length])
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    return torch.cat((-second, first), dim=-1)
-
-
-def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm as one fused kernel (transformers' version is six small ones)."""
-    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm_eps(norm))
-
-
-def norm_eps(norm: nn.Module) -> float:
-    return getattr(norm, "variance_epsilon", None) or norm.eps
-
-
-def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(h + delta, norm of that): one Triton kernel on the GPU, PyTorch's ops elsewhere."""
-    if h.is_cuda and h.dtype != torch.float32:
-        from worker.norm_kernels import add_rms_norm as fused  # Triton: only where it runs
-
-        return fused(h.contiguous(), None if delta is None else delta.contiguous(), norm.weight, norm_eps(norm))
-    if delta is not None:
-        h = h + delta
-    return h, rms_norm(norm, h)
-
-
-def attention(attn: nn.Module, x, cos, sin, mask, cache: KVCache, layer: int, first_row: int, positions, window: int):
+def attention(attn: nn.Module, x, ordered: bool, cos, sin, mask, cache: KVCache, layer: int, first_row: int,
+              positions, window: int) -> torch.Tensor:
+    """Self-attention of x [B, T, H] (in qkv's input order when ``ordered``) -> o_proj's partial sums."""
     batch, length, _ = x.shape
     head_dim = attn.head_dim
     q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
     if hasattr(attn, "qkv_proj"):  # fused at load time (worker.int4_fusion)
-        qkv = attn.qkv_proj(x)
+        qkv = projection_partials(attn.qkv_proj, x, ordered)
     else:
-        qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
-    heads = qkv.view(batch, length, -1, head_dim)  # [B, T, q + k + v heads, D]
-    qk = heads[:, :, : q_heads + kv_heads]
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
-    qk = qk * cos + rotate_half(qk) * sin  # rotary for q and k heads at once
-    q = qk[:, :, :q_heads].transpose(1, 2)
-    k = qk[:, :, q_heads:].transpose(1, 2)
-    v = heads[:, :, q_heads + kv_heads :].transpose(1, 2)
-    keys, values = cache.update(layer, first_row, positions, k, v, window)
+        qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1).reshape(1, batch * length, -1)
+    q = rotary_into_cache(qkv, cos, sin, positions, cache, layer, first_row, q_heads, kv_heads, x.dtype)
+    keys, values = cache.window(layer, first_row, batch, window)
     out = F.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
         enable_gqa=q_heads != kv_heads,
     )
-    return attn.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+    return projection_partials(attn.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
 
 
-def mlp(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def mlp(block: nn.Module, x: torch.Tensor, ordered: bool) -> torch.Tensor:
+    """The MLP of x (in gate_up's input order when ``ordered``) -> down_proj's partial sums."""
     if hasattr(block, "gate_up_proj"):  # fused at load time (worker.int4_fusion)
-        gate_up = block.gate_up_proj(x)
-        width = block.gate_proj.out_features
-        hidden = block.act_fn(gate_up[..., :width]).mul_(gate_up[..., width:])
-        del gate_up  # freed before down_proj runs: a long prompt's widest activation is held once, not twice
-        return block.down_proj(hidden)
-    return block(x)
+        hidden = silu_mul(projection_partials(block.gate_up_proj, x, ordered), block.act_fn, x.dtype)
+        return projection_partials(block.down_proj, hidden)
+    return block(x).reshape(1, -1, x.shape[-1])
+
+
+def attention_order(layer: nn.Module):
+    return input_order(getattr(layer.self_attn, "qkv_proj", None))
+
+
+def mlp_order(layer: nn.Module):
+    return input_order(getattr(layer.mlp, "gate_up_proj", None))
 
 
 def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0,
@@ -143,12 +123,17 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
     slots = torch.arange(window, device=tokens.device)
     mask = slots.view(1, 1, 1, window) <= positions.view(batch, 1, length, 1)  # [B, 1, T, window], causal per row
     layers = list(inner.layers)
-    h, x = add_rms_norm(h, None, layers[0].input_layernorm)
+    order = attention_order(layers[0])  # each norm hands the next int4 layer its input already in its order
+    h, x = add_rms_norm(h, None, layers[0].input_layernorm, order)
     for index, layer in enumerate(layers):
-        delta = attention(layer.self_attn, x, cos, sin, mask, cache, index, first_row, positions, window)
-        h, x = add_rms_norm(h, delta, layer.post_attention_layernorm)
-        following_norm = layers[index + 1].input_layernorm if index + 1 < len(layers) else inner.norm
-        h, x = add_rms_norm(h, mlp(layer.mlp, x), following_norm)
+        delta = attention(layer.self_attn, x, order is not None, cos, sin, mask, cache, index, first_row, positions,
+                          window)
+        order = mlp_order(layer)
+        h, x = add_rms_norm(h, delta, layer.post_attention_layernorm, order)
+        delta = mlp(layer.mlp, x, order is not None)
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        order = attention_order(following) if following is not None else None
+        h, x = add_rms_norm(h, delta, following.input_layernorm if following is not None else inner.norm, order)
     if last_index is not None:
         x = x[torch.arange(batch, device=x.device), last_index].unsqueeze(1)
     elif last_only:
