@@ -1,0 +1,75 @@
+"""Compile every Triton kernel of the worker for an H100/H200 (sm_90) on a machine without a GPU.
+
+The interpreter the tests use accepts code the GPU compiler refuses (seen: Triton 3.6 rejects a ``tl.constexpr``
+assigned inside ``tl.static_range``, which the interpreter and Triton 3.9 took), so run this with the GPU
+machine's Triton version before spending device time:
+
+    python3 -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0
+    PYTHONPATH=/tmp/t36/lib/python3.11/site-packages .venv/bin/python benchmarks/compile_sm90.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker import layer_kernels as layers  # noqa: E402
+from worker import w4a16_kernels as w4a16  # noqa: E402
+
+INT4 = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "out_ptr": "*fp32"}
+DOT = dict(INT4, M="i32", N="i32", stride_xm="i32", stride_w="i32", stride_s="i32", stride_z="i32",
+           iters_per_split="i32", GROUP="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr")
+ROTARY = dict(part_ptr="*fp32", cos_ptr="*bf16", sin_ptr="*bf16", pos_ptr="*i64", q_ptr="*bf16", k_cache_ptr="*bf16",
+              v_cache_ptr="*bf16", part_stride="i32", length="i32", first_slot="i32", stride_slot="i32",
+              stride_head="i32", stride_pos="i32", Q_HEADS="constexpr", KV_HEADS="constexpr", HEAD_DIM="constexpr",
+              SPLIT="constexpr", BLOCK="constexpr", FP8="constexpr")
+NORM = dict(h_ptr="*bf16", part_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", h_out_ptr="*bf16", x_out_ptr="*bf16",
+            width="i32", part_stride="i32", eps="fp32", SPLIT="constexpr", ORDERED="constexpr", BLOCK="constexpr")
+KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
+    (w4a16._gemv_kernel, dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", iters_per_split="i32",
+                              GROUP="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr"),
+     dict(GROUP=128, BLOCK_N=64, BLOCK_K=512), 4, 1),
+    (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128), 8, 3),
+    (w4a16._unpacked_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128), 4, 3),
+    (w4a16._sum_splits_kernel, dict(part_ptr="*fp32", out_ptr="*bf16", numel="i32", SPLIT="constexpr",
+                                    BLOCK="constexpr"), dict(SPLIT=4, BLOCK=1024), 4, 3),
+    (w4a16._dequantize_kernel, dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", out_ptr="*bf16", col0="i32", cols="i32",
+                                    stride_w="i32", stride_s="i32", stride_z="i32", GROUP="constexpr",
+                                    BLOCK_N="constexpr", BLOCK_K="constexpr"), dict(GROUP=128, BLOCK_N=64, BLOCK_K=128), 4, 3),
+    (layers._add_rms_norm_kernel, NORM, dict(SPLIT=0, ORDERED=True, BLOCK=8192), 8, 3),
+    (layers._add_rms_norm_kernel, NORM, dict(SPLIT=4, ORDERED=True, BLOCK=8192), 8, 3),
+    (layers._silu_mul_kernel, dict(part_ptr="*fp32", out_ptr="*bf16", width="i32", part_stride="i32",
+                                   SPLIT="constexpr", BLOCK="constexpr"), dict(SPLIT=2, BLOCK=1024), 4, 3),
+    (layers._rotary_into_cache_kernel, ROTARY, dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, BLOCK=128, FP8=False), 1, 3),
+    (layers._rotary_into_cache_kernel, dict(ROTARY, k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv"),
+     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, BLOCK=128, FP8=True), 1, 3),
+]
+
+
+def compile_for_sm90(kernel, signature: dict, constexprs: dict, warps: int, stages: int):
+    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature) if name.endswith("ptr")}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+
+
+def main() -> int:
+    print(f"triton {triton.__version__}, target sm_90")
+    failed = 0
+    for kernel, signature, constexprs, warps, stages in KERNELS:
+        try:
+            compile_for_sm90(kernel, signature, constexprs, warps, stages)
+            print(f"ok      {kernel.fn.__name__} {constexprs}")
+        except Exception as err:  # the compiler's own message is what to read
+            failed += 1
+            print(f"FAILED  {kernel.fn.__name__} {constexprs}: {str(err).splitlines()[-1][:300]}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
