@@ -1,9 +1,21 @@
-"""Where a decode step's GPU time goes: int4 matmul variants, then a profiled step of a 13B-shaped slice."""
+"""Where a whole decode step's GPU time goes: the 13B-shaped model, CUDA graphs on, as the worker decodes.
+
+Replays the captured decode step (batch 1 and 32, attention window 1,024) under the profiler and prints the
+GPU time of each kernel family per step, their sum against the step's wall time (the gap is launch overhead
+inside the graph) and the same step's time without the profiler.
+
+    python benchmarks/profile_decode.py            # ~1.5 min on an H200; JSON into $OUT when set
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import sys
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -13,59 +25,67 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint  # noqa: E402
 
-from worker.llama_runtime import KVCache, forward  # noqa: E402
+from worker.llama_runtime import LlamaRuntime  # noqa: E402
 from worker.loader import load_model  # noqa: E402
 
+FAMILIES = [  # (label, pattern on the kernel name): the first match names the kernel's family
+    ("int4 one row", r"_gemv_kernel"), ("int4 2-32 rows", r"_swap_dot_kernel"), ("int4 33-64 rows", r"_unpacked_dot"),
+    ("add+RMSNorm", r"_add_rms_norm"), ("rotary + K/V write", r"_rotary_into_cache"), ("SiLU*mul", r"_silu_mul"),
+    ("attention", r"sdpa|flash|fmha|attention|lean_reduction"), ("gather (act-order)", r"index_elementwise|gather"),
+    ("lm_head (bf16 GEMM)", r"nvjet|gemm|cutlass|sm90_xmma"), ("sampling", r"topk|sort|softmax|multinomial|argmax|reduce"),
+]
 
-def bench(fn, iters=200) -> float:
-    for _ in range(10):
-        fn()
+
+def family(name: str) -> str:
+    return next((label for label, pattern in FAMILIES if re.search(pattern, name, re.IGNORECASE)), "other: " + name[:60])
+
+
+def step_ms(graph, replays: int = 50) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize()
     start.record()
-    for _ in range(iters):
-        fn()
+    for _ in range(replays):
+        graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters * 1000  # µs
+    return start.elapsed_time(end) / replays
 
 
-def matmul_variants():
-    k, n, g = 5120, 13824, 128
-    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, device="cuda")
-    sz = torch.randn(k // g, n, 2, device="cuda", dtype=torch.bfloat16)
-    pairs = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
-    dense = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-    perm = torch.randperm(k, device="cuda")
-    for m in (1, 8, 32, 500):
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        row = [f"M={m}"]
-        for tiles in (2, 4, 8):
-            packed = torch.ops.aten._convert_weight_to_int4pack(pairs, tiles)
-            row.append(f"int4 t{tiles} {bench(lambda: torch.ops.aten._weight_int4pack_mm(x, packed, g, sz)):.1f}")
-        row.append(f"gather {bench(lambda: x[:, perm]):.1f}")
-        row.append(f"bf16 {bench(lambda: x @ dense.T):.1f}")
-        print(" | ".join(row), "µs")
+def profile(graph, replays: int = 20) -> dict[str, float]:
+    """GPU µs per step for each kernel family, from the profiler's kernel records."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            graph.replay()
+        torch.cuda.synchronize()
+    per_family: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        if event.device_time_total > 0 and event.key not in ("cudaGraphLaunch",):
+            per_family[family(event.key)] += event.device_time_total / replays
+    return dict(sorted(per_family.items(), key=lambda item: -item[1]))
 
 
-def profile_step():
-    path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", dict(XWIN_13B, num_hidden_layers=4))
+def main() -> None:
+    path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)
     loaded = load_model(path, device="cuda")
-    cfg = loaded.config
-    for length in (4096, 1024):
-        cache = KVCache(cfg.num_hidden_layers, 1, cfg.num_key_value_heads, length, 128, "cuda", torch.bfloat16)
-        token = torch.tensor([[5]], device="cuda")
-        pos = torch.tensor([600], device="cuda")
-        with torch.inference_mode():
-            step = lambda: forward(loaded.model, cache, token, pos, 1024, last_only=True)  # noqa: E731
-            print(f"4-layer decode step, cache {length}: {bench(step, 50):.0f} µs")
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    step()
-                torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+    report = {"device": torch.cuda.get_device_name()}
+    for batch in (1, 32):
+        runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True)
+        start = time.perf_counter()
+        graph = runtime.graphs.get(batch, 1024)
+        runtime.step_input[1, :batch].fill_(900)  # every row 900 tokens into its conversation
+        families = profile(graph)
+        row = dict(capture_s=time.perf_counter() - start, step_ms=step_ms(graph),
+                   kernels_ms=sum(families.values()) / 1000, per_family_us=families)
+        report[f"batch_{batch}"] = row
+        print(f"batch {batch}: step {row['step_ms']:.2f} ms, kernels {row['kernels_ms']:.2f} ms "
+              f"({batch / row['step_ms'] * 1000:.0f} tok/s)", flush=True)
+        for label, us in families.items():
+            print(f"  {us / 1000:7.3f} ms  {label}", flush=True)
+        del runtime, graph
+        torch.cuda.empty_cache()
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "profile_decode.json").write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
-    matmul_variants()
-    profile_step()
+    main()
