@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def on_gpu(t: torch.Tensor) -> bool:
-    return t.is_cuda and t.dtype != torch.float32
+def kernels_serve(t: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether the Triton kernels take this step: CUDA tensors in a 16-bit model (fp32 runs the PyTorch ops)."""
+    return t.is_cuda and dtype != torch.float32
 
 
 def projection_partials(layer: nn.Module, x: torch.Tensor, ordered: bool = False) -> torch.Tensor:
@@ -44,7 +45,7 @@ def norm_eps(norm: nn.Module) -> float:
 
 def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module, order: torch.Tensor | None = None):
     """(h + delta, RMSNorm of that [its columns in ``order``]); delta: partial sums [split, rows, W] or None."""
-    if on_gpu(h):
+    if kernels_serve(h, h.dtype):
         from worker import layer_kernels  # Triton: only where it runs
 
         return layer_kernels.add_rms_norm(h.contiguous(), delta, norm.weight, norm_eps(norm), order)
@@ -56,7 +57,7 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module, o
 
 def silu_mul(partials: torch.Tensor, act_fn: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """act(gate) * up [rows, W] from gate_up's partial sums [split, rows, 2W]."""
-    if partials.is_cuda and dtype != torch.float32 and isinstance(act_fn, nn.SiLU):
+    if kernels_serve(partials, dtype) and isinstance(act_fn, nn.SiLU):
         from worker import layer_kernels
 
         return layer_kernels.silu_mul(partials, dtype)
@@ -76,7 +77,7 @@ def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_ro
     k (rotated) and v written into ``cache`` for slots first_row.. at positions [B, T]."""
     batch, length = positions.shape
     head_dim = cache.keys.shape[-1]
-    if partials.is_cuda and dtype != torch.float32:
+    if kernels_serve(partials, dtype):
         from worker import layer_kernels
 
         q = layer_kernels.rotary_into_cache(

@@ -99,11 +99,13 @@ def mlp(block: nn.Module, x: torch.Tensor, ordered: bool) -> torch.Tensor:
     return block(x).reshape(1, -1, x.shape[-1])
 
 
-def attention_order(layer: nn.Module):
+def attention_order(layer: nn.Module) -> torch.Tensor | None:
+    """The input order (act-order permutation) of the layer's fused q/k/v matmul, if it gathers one."""
     return input_order(getattr(layer.self_attn, "qkv_proj", None))
 
 
-def mlp_order(layer: nn.Module):
+def mlp_order(layer: nn.Module) -> torch.Tensor | None:
+    """The input order of the layer's fused gate/up matmul, if it gathers one."""
     return input_order(getattr(layer.mlp, "gate_up_proj", None))
 
 
@@ -123,17 +125,18 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
     slots = torch.arange(window, device=tokens.device)
     mask = slots.view(1, 1, 1, window) <= positions.view(batch, 1, length, 1)  # [B, 1, T, window], causal per row
     layers = list(inner.layers)
-    order = attention_order(layers[0])  # each norm hands the next int4 layer its input already in its order
-    h, x = add_rms_norm(h, None, layers[0].input_layernorm, order)
+    # Each norm hands the next int4 layer its input already in that layer's act-order (None: no reordering).
+    h, x = add_rms_norm(h, None, layers[0].input_layernorm, attention_order(layers[0]))
     for index, layer in enumerate(layers):
-        delta = attention(layer.self_attn, x, order is not None, cos, sin, mask, cache, index, first_row, positions,
-                          window)
-        order = mlp_order(layer)
-        h, x = add_rms_norm(h, delta, layer.post_attention_layernorm, order)
-        delta = mlp(layer.mlp, x, order is not None)
         following = layers[index + 1] if index + 1 < len(layers) else None
-        order = attention_order(following) if following is not None else None
-        h, x = add_rms_norm(h, delta, following.input_layernorm if following is not None else inner.norm, order)
+        delta = attention(layer.self_attn, x, attention_order(layer) is not None, cos, sin, mask, cache, index,
+                          first_row, positions, window)
+        h, x = add_rms_norm(h, delta, layer.post_attention_layernorm, mlp_order(layer))
+        delta = mlp(layer.mlp, x, mlp_order(layer) is not None)
+        if following is None:
+            h, x = add_rms_norm(h, delta, inner.norm)
+        else:
+            h, x = add_rms_norm(h, delta, following.input_layernorm, attention_order(following))
     if last_index is not None:
         x = x[torch.arange(batch, device=x.device), last_index].unsqueeze(1)
     elif last_only:
