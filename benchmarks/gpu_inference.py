@@ -129,7 +129,11 @@ def main() -> None:
             row["weights_gib"] = torch.cuda.memory_allocated() / GIB
         start = time.perf_counter()
         runtime = LlamaRuntime(loaded.model, args.context, cuda_graphs=True)
+        if device.type == "cuda":
+            row["kv_cache_gb"] = (torch.cuda.memory_allocated() - row["weights_gib"] * GIB) / 1e9
         runtime.warm_up()  # captures every attention window's decode graph, compiles the kernels
+        if device.type == "cuda":  # what warm-up keeps: the graphs' memory pools, the rebuild scratch
+            row["kept_after_warmup_gb"] = (torch.cuda.memory_allocated() - row["weights_gib"] * GIB) / 1e9 - row["kv_cache_gb"]
         timed_generation(runtime, prompt, 16)
         row["warmup_s"] = time.perf_counter() - start
         runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
