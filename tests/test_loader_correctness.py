@@ -212,13 +212,14 @@ def test_triton_kernels_give_the_reference_logits(gptq_checkpoint, group_size, d
     assert float((got - want).abs().max() / want.abs().max()) < REL_TOL
 
 
-def test_our_runtime_on_triton_layers_gives_the_reference_logits(gptq_checkpoint):
+@pytest.mark.parametrize("bias", [False, True])  # q/k/v biases (Qwen2) ride on the first partial sum
+def test_our_runtime_on_triton_layers_gives_the_reference_logits(gptq_checkpoint, bias):
     """The decode path a GPU takes: each norm hands the next int4 layer its input already in act-order, the
     matmuls return split-K partial sums and the next step adds them (prefill of 19 rows, then one-row steps)."""
     pytest.importorskip("triton")
     from worker.llama_runtime import KVCache, attention_order, forward, mlp_order
 
-    ckpt = gptq_checkpoint(bits=4, group_size=32, desc_act=True, sym=False, seed=13)
+    ckpt = gptq_checkpoint(bits=4, group_size=32, desc_act=True, sym=False, bias=bias, seed=13)
     loaded = load_model(ckpt.path, device="cpu", dtype=torch.float32, int4_kernel="triton")
     layer = loaded.model.model.layers[0]
     assert attention_order(layer) is not None and mlp_order(layer) is not None  # the ordered path is taken

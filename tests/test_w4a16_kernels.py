@@ -91,6 +91,19 @@ def test_each_kernel_sums_every_block_of_every_split(name):
     assert relative_error(w4a16_kernels.sum_splits(partials, torch.float32), x @ dequantize(tensors, 4).T) < 1e-5
 
 
+def test_bias_is_added_once_whatever_the_split():
+    tensors, layer = quantized_layer(128, 1024, 128, True, False, seed=9, dtype=torch.float32)
+    layer.bias = torch.nn.Parameter(torch.randn(128, generator=torch.Generator().manual_seed(10)), requires_grad=False)
+    x = torch.randn(1, 1024, generator=torch.Generator().manual_seed(11))
+
+    partials = layer.partials(x)
+
+    assert partials.shape[0] > 1  # K split: the bias must not be added per split
+    want = x @ dequantize(tensors, 4).T + layer.bias
+    assert relative_error(layer(x), want) < 1e-5
+    assert relative_error(partials.sum(0), want) < 1e-5
+
+
 def test_kernel_choice_follows_rows_and_group_size():
     pick = w4a16_kernels.kernel_for
     assert [pick(b, 128) for b in (1, 16, 32, 64)] == ["gemv", "swap", "swap", "unpacked"]
