@@ -19,6 +19,7 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from worker import decode_attention as attention  # noqa: E402
 from worker import layer_kernels as layers  # noqa: E402
 from worker import w4a16_kernels as w4a16  # noqa: E402
 
@@ -49,6 +50,13 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
     (layers._rotary_into_cache_kernel, ROTARY, dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, BLOCK=128, FP8=False), 1, 3),
     (layers._rotary_into_cache_kernel, dict(ROTARY, k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv"),
      dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, BLOCK=128, FP8=True), 1, 3),
+    (attention._chunk_kernel, dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", m_ptr="*fp32",
+                                   l_ptr="*fp32", acc_ptr="*fp32", chunks="i32", stride_slot="i32", stride_head="i32",
+                                   stride_pos="i32", scale="fp32", GROUP="constexpr", HEAD_DIM="constexpr",
+                                   CHUNK="constexpr"), dict(GROUP=1, HEAD_DIM=128, CHUNK=128), 4, 3),
+    (attention._combine_kernel, dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", order_ptr="*i64", out_ptr="*bf16",
+                                     chunks="i32", HEAD_DIM="constexpr", BLOCK_C="constexpr", ORDERED="constexpr"),
+     dict(HEAD_DIM=128, BLOCK_C=32, ORDERED=True), 4, 3),
 ]
 
 

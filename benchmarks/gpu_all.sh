@@ -14,13 +14,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/
   shift 2
   timeout "$seconds" "$@" > "$OUT/$name.log" 2>&1
   echo "== $name: exit $?"
-  grep -E "^sweep|^correctness|^matmul ms|^fp8|^runtime_|^hf_gen|check|^concurrency|^warm|^baseline|^batch|^  |Error" \
+  grep -E "^sweep|^correctness|^matmul ms|^fp8|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |Error" \
     "$OUT/$name.log" | cut -c1-600
 }
 if [ "${1:-}" = "sweep" ]; then
-  SWEEP_SECONDS=160 step int4_kernels 330 python3 -u benchmarks/int4_kernels.py --sweep
+  SWEEP_SECONDS=140 step int4_kernels 300 python3 -u benchmarks/int4_kernels.py --sweep
   cp worker/w4a16_configs.json "$OUT/"
-  step profile_decode 150 python3 -u benchmarks/profile_decode.py
+  step profile_decode 200 python3 -u benchmarks/profile_decode.py
 else
   step check_fp8_cache 60 python3 -u benchmarks/check_fp8_cache.py
   step gpu_inference 180 python3 -u benchmarks/gpu_inference.py

@@ -53,6 +53,18 @@ def check_model(device: torch.device, dtype: torch.dtype, int4_kernel: str) -> f
     return float((got.float().cpu() - ref).norm() / ref.norm())
 
 
+def attention_variant(loaded, args, prompt: list[int], sdpa_tokens: list[int]) -> dict:
+    """Batch-1 decode with ``worker.decode_attention`` instead of SDPA: speed, and greedy tokens against SDPA's."""
+    runtime = LlamaRuntime(loaded.model, args.context, cuda_graphs=True, attention="triton")
+    runtime.warm_up()
+    timed_generation(runtime, prompt, 16)
+    runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
+    greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
+    tokens = list(runtime.generate(prompt[:100], 64, greedy, stop_ids=set()))
+    same = sum(a == b for a, b in zip(tokens, sdpa_tokens)) / len(sdpa_tokens)
+    return dict(decode_tok_s=statistics.median(r[1] for r in runs), greedy_tokens_matching_sdpa=same)
+
+
 def timed_generation(runtime: LlamaRuntime, prompt: list[int], new_tokens: int) -> tuple[float, float]:
     """(seconds to the first token, decode tokens/s after it) for one greedy request."""
     sampling = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
@@ -153,6 +165,9 @@ def main() -> None:
             row["reserved_gb"] = torch.cuda.memory_reserved() / 1e9
         print(name, json.dumps(row), flush=True)
         del runtime
+        if kernel == "triton" and device.type == "cuda":  # the same model with the decode attention kernel
+            report["decode_attention_kernel"] = attention_variant(loaded, args, prompt, tokens[name])
+            print("decode_attention_kernel", json.dumps(report["decode_attention_kernel"]), flush=True)
         if kernel != KERNELS[-1]:
             del loaded
 

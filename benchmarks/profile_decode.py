@@ -1,8 +1,9 @@
 """Where a whole decode step's GPU time goes: the 13B-shaped model, CUDA graphs on, as the worker decodes.
 
-Replays the captured decode step (batch 1 and 32, attention window 1,024) under the profiler and prints the
-GPU time of each kernel family per step, their sum against the step's wall time (the gap is launch overhead
-inside the graph) and the same step's time without the profiler.
+Replays the captured decode step (batch 1 and 32, attention window 1,024; attention by SDPA and by
+``worker.decode_attention``) under the profiler and prints the GPU time of each kernel family per step, their
+sum against the step's wall time (the gap is launch overhead inside the graph) and the same step's time
+without the profiler.
 
     python benchmarks/profile_decode.py            # ~1.5 min on an H200; JSON into $OUT when set
 """
@@ -31,7 +32,7 @@ from worker.loader import load_model  # noqa: E402
 FAMILIES = [  # (label, pattern on the kernel name): the first match names the kernel's family
     ("int4 one row", r"_gemv_kernel"), ("int4 2-32 rows", r"_swap_dot_kernel"), ("int4 33-64 rows", r"_unpacked_dot"),
     ("add+RMSNorm", r"_add_rms_norm"), ("rotary + K/V write", r"_rotary_into_cache"), ("SiLU*mul", r"_silu_mul"),
-    ("attention", r"sdpa|flash|fmha|attention|lean_reduction"), ("gather (act-order)", r"index_elementwise|gather"),
+    ("attention", r"sdpa|flash|fmha|attention|lean_reduction|_chunk_kernel|_combine_kernel"), ("gather (act-order)", r"index_elementwise|gather"),
     ("lm_head (bf16 GEMM)", r"nvjet|gemm|cutlass|sm90_xmma"), ("sampling", r"topk|sort|softmax|multinomial|argmax|reduce"),
 ]
 
@@ -69,20 +70,21 @@ def main() -> None:
     loaded = load_model(path, device="cuda")
     report = {"device": torch.cuda.get_device_name()}
     for batch in (1, 32):
-        runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True)
-        start = time.perf_counter()
-        graph = runtime.graphs.get(batch, 1024)
-        runtime.step_input[1, :batch].fill_(900)  # every row 900 tokens into its conversation
-        families = profile(graph)
-        row = dict(capture_s=time.perf_counter() - start, step_ms=step_ms(graph),
-                   kernels_ms=sum(families.values()) / 1000, per_family_us=families)
-        report[f"batch_{batch}"] = row
-        print(f"batch {batch}: step {row['step_ms']:.2f} ms, kernels {row['kernels_ms']:.2f} ms "
-              f"({batch / row['step_ms'] * 1000:.0f} tok/s)", flush=True)
-        for label, us in families.items():
-            print(f"  {us / 1000:7.3f} ms  {label}", flush=True)
-        del runtime, graph
-        torch.cuda.empty_cache()
+        for attention in ("sdpa", "triton"):  # scaled_dot_product_attention, or worker.decode_attention
+            runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True, attention=attention)
+            start = time.perf_counter()
+            graph = runtime.graphs.get(batch, 1024)
+            runtime.step_input[1, :batch].fill_(900)  # every row 900 tokens into its conversation
+            families = profile(graph)
+            row = dict(capture_s=time.perf_counter() - start, step_ms=step_ms(graph),
+                       kernels_ms=sum(families.values()) / 1000, per_family_us=families)
+            report[f"batch_{batch}_{attention}"] = row
+            print(f"batch {batch}, attention {attention}: step {row['step_ms']:.2f} ms, kernels "
+                  f"{row['kernels_ms']:.2f} ms ({batch / row['step_ms'] * 1000:.0f} tok/s)", flush=True)
+            for label, us in families.items():
+                print(f"  {us / 1000:7.3f} ms  {label}", flush=True)
+            del runtime, graph
+            torch.cuda.empty_cache()
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "profile_decode.json").write_text(json.dumps(report, indent=2))
 

@@ -27,6 +27,7 @@ class TritonInt4Linear(nn.Module):
         self.register_buffer("scales", scales)  # fp16 [K/G, N]
         self.register_buffer("zeros", zeros)  # uint8 [K/G, N]
         self.register_buffer("perm", perm)  # input gather (act-order), or None
+        self._inverse_perm: torch.Tensor | None = None
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
@@ -43,6 +44,13 @@ class TritonInt4Linear(nn.Module):
         bias = None if self.bias is None else self.bias[start:end]
         return TritonInt4Linear(self.in_features, end - start, self.group_size, self.packed[:, start:end],
                                 self.scales[:, start:end], self.zeros[:, start:end], self.perm, bias)
+
+    def inverse_perm(self) -> torch.Tensor | None:
+        """Where each input channel goes in this layer's input order (made on first use, for a producer that
+        writes the input already gathered)."""
+        if self.perm is not None and self._inverse_perm is None:
+            self._inverse_perm = torch.argsort(self.perm)
+        return self._inverse_perm
 
     def partials(self, x: torch.Tensor, ordered: bool = False) -> torch.Tensor:
         """x [M, K] @ W.T (+ bias) as split-K partial sums [split, M, N] (``worker.layer_ops`` adds them in the

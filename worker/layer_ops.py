@@ -33,6 +33,12 @@ def input_order(layer: nn.Module | None) -> torch.Tensor | None:
     return getattr(layer, "perm", None) if hasattr(layer, "partials") else None
 
 
+def output_order_for(layer: nn.Module | None) -> torch.Tensor | None:
+    """Where each input channel of a Triton int4 layer goes in its input order (the inverse permutation), for
+    a kernel that writes that layer's input directly in order."""
+    return layer.inverse_perm() if hasattr(layer, "partials") else None
+
+
 def summed(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if partials.shape[0] == 1:
         return partials[0].to(dtype)

@@ -18,7 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.decode_graph import DecodeGraphs
-from worker.layer_ops import add_rms_norm, input_order, projection_partials, rotary_into_cache, silu_mul
+from worker.layer_ops import (
+    add_rms_norm,
+    input_order,
+    kernels_serve,
+    output_order_for,
+    projection_partials,
+    rotary_into_cache,
+    silu_mul,
+)
 from worker.sampling import GenerationParams, SamplingTensors, sample
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -73,8 +81,10 @@ class KVCache(nn.Module):
 
 
 def attention(attn: nn.Module, x, ordered: bool, cos, sin, mask, cache: KVCache, layer: int, first_row: int,
-              positions, window: int) -> torch.Tensor:
-    """Self-attention of x [B, T, H] (in qkv's input order when ``ordered``) -> o_proj's partial sums."""
+              positions, window: int, decode_kernel: bool = False) -> torch.Tensor:
+    """Self-attention of x [B, T, H] (in qkv's input order when ``ordered``) -> o_proj's partial sums.
+    ``decode_kernel``: one-token steps on the GPU use ``worker.decode_attention`` (which also writes its output
+    in o_proj's input order) instead of ``scaled_dot_product_attention``."""
     batch, length, _ = x.shape
     head_dim = attn.head_dim
     q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
@@ -83,6 +93,14 @@ def attention(attn: nn.Module, x, ordered: bool, cos, sin, mask, cache: KVCache,
     else:
         qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1).reshape(1, batch * length, -1)
     q = rotary_into_cache(qkv, cos, sin, positions, cache, layer, first_row, q_heads, kv_heads, x.dtype)
+    if decode_kernel and length == 1 and kernels_serve(q, q.dtype):
+        from worker.decode_attention import decode_attention  # Triton: only where it runs
+
+        order = output_order_for(attn.o_proj)
+        rows = slice(first_row, first_row + batch)
+        out = decode_attention(q[:, :, 0].contiguous(), cache.keys[layer, rows], cache.values[layer, rows],
+                               positions.reshape(-1), window, attn.scaling, order)
+        return projection_partials(attn.o_proj, out, ordered=order is not None)
     keys, values = cache.window(layer, first_row, batch, window)
     out = F.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
@@ -110,7 +128,7 @@ def mlp_order(layer: nn.Module) -> torch.Tensor | None:
 
 
 def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0,
-            last_index: torch.Tensor | None = None):
+            last_index: torch.Tensor | None = None, decode_kernel: bool = False):
     """tokens [B, T] of cache slots first_row.. at positions input_pos ([T] shared, or [B, T] per row)
     -> logits [B, T or 1, V]; writes K/V into the cache. ``last_only``: logits of position T-1 only, or of
     position last_index[b] in row b (rows padded at their end).
@@ -130,7 +148,7 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
     for index, layer in enumerate(layers):
         following = layers[index + 1] if index + 1 < len(layers) else None
         delta = attention(layer.self_attn, x, attention_order(layer) is not None, cos, sin, mask, cache, index,
-                          first_row, positions, window)
+                          first_row, positions, window, decode_kernel)
         h, x = add_rms_norm(h, delta, layer.post_attention_layernorm, mlp_order(layer))
         delta = mlp(layer.mlp, x, mlp_order(layer) is not None)
         if following is None:
@@ -151,9 +169,10 @@ def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p, 
     return sample(logits[:, -1], temperature, top_k, top_p)
 
 
-def decode_one_token(model, cache, token, input_pos, window, temperature, top_k, top_p) -> torch.Tensor:
+def decode_one_token(model, cache, token, input_pos, window, temperature, top_k, top_p,
+                     decode_kernel: bool = False) -> torch.Tensor:
     """token [B, 1] of slots 0..B-1 at positions input_pos ([1] shared or [B, 1]) -> next token ids [B]."""
-    logits = forward(model, cache, token, input_pos, window, last_only=True)
+    logits = forward(model, cache, token, input_pos, window, last_only=True, decode_kernel=decode_kernel)
     return sample(logits[:, -1], temperature, top_k, top_p)
 
 
@@ -186,12 +205,14 @@ class LlamaRuntime:
     """
 
     def __init__(self, model: nn.Module, max_seq_len: int, *, max_batch: int = 1, cuda_graphs: bool = False,
-                 kv_dtype: torch.dtype | None = None):
+                 kv_dtype: torch.dtype | None = None, attention: str = "sdpa"):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model type {config.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if attention not in ("sdpa", "triton"):
+            raise ValueError(f"attention must be 'sdpa' or 'triton', got {attention!r}")
         self.model = model
         self.device = next(model.parameters()).device
         dtype = model.get_input_embeddings().weight.dtype
@@ -209,6 +230,8 @@ class LlamaRuntime:
         use_graphs = cuda_graphs and self.device.type == "cuda"
         self.graphs = DecodeGraphs(self._graph_step) if use_graphs else None
         self.pad_to_buckets = use_graphs  # eager steps run exactly the live rows
+        head_dim_fits = head_dim & (head_dim - 1) == 0  # the decode attention kernel tiles whole power-of-two heads
+        self.decode_kernel = attention == "triton" and head_dim_fits  # "sdpa" until the benchmark says otherwise
 
     def window_for(self, length: int) -> int:
         return next(w for w in self.windows if w >= length)
@@ -235,7 +258,8 @@ class LlamaRuntime:
         self.step_input[1, :batch].fill_(self.max_seq_len - 1)
         tokens, positions = self.step_input[0, :batch].view(batch, 1), self.step_input[1, :batch].view(batch, 1)
         sampling = tuple(t[:batch] for t in self.sampling.as_args())
-        return lambda: decode_one_token(self.model, self.cache, tokens, positions, window, *sampling)
+        return lambda: decode_one_token(self.model, self.cache, tokens, positions, window, *sampling,
+                                        decode_kernel=self.decode_kernel)
 
     def set_sampling(self, slot: int, sampling: SamplingTensors) -> None:
         """The settings (a one-row SamplingTensors) the conversation in ``slot`` samples with."""
@@ -289,7 +313,8 @@ class LlamaRuntime:
         else:
             token_in, pos_in = self.step_input[0, :batch].view(batch, 1), self.step_input[1, :batch].view(batch, 1)
             sampling = (t[:batch] for t in self.sampling.as_args())
-            out = decode_one_token(self.model, self.cache, token_in, pos_in, window, *sampling)
+            out = decode_one_token(self.model, self.cache, token_in, pos_in, window, *sampling,
+                                   decode_kernel=self.decode_kernel)
         return out[:rows].tolist()
 
     @torch.inference_mode()
