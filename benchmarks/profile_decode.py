@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from int4_kernels import replay_ms  # noqa: E402
 from synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint  # noqa: E402
 
 from worker.llama_runtime import LlamaRuntime  # noqa: E402
@@ -39,17 +40,6 @@ FAMILIES = [  # (label, pattern on the kernel name): the first match names the k
 
 def family(name: str) -> str:
     return next((label for label, pattern in FAMILIES if re.search(pattern, name, re.IGNORECASE)), "other: " + name[:60])
-
-
-def step_ms(graph, replays: int = 50) -> float:
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / replays
 
 
 def profile(graph, replays: int = 20) -> dict[str, float]:
@@ -76,7 +66,7 @@ def main() -> None:
             graph = runtime.graphs.get(batch, 1024)
             runtime.step_input[1, :batch].fill_(900)  # every row 900 tokens into its conversation
             families = profile(graph)
-            row = dict(capture_s=time.perf_counter() - start, step_ms=step_ms(graph),
+            row = dict(capture_s=time.perf_counter() - start, step_ms=replay_ms(graph, 50),
                        kernels_ms=sum(families.values()) / 1000, per_family_us=families)
             report[f"batch_{batch}_{attention}"] = row
             print(f"batch {batch}, attention {attention}: step {row['step_ms']:.2f} ms, kernels "

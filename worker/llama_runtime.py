@@ -93,15 +93,14 @@ def attention(attn: nn.Module, x, ordered: bool, cos, sin, mask, cache: KVCache,
     else:
         qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1).reshape(1, batch * length, -1)
     q = rotary_into_cache(qkv, cos, sin, positions, cache, layer, first_row, q_heads, kv_heads, x.dtype)
+    keys, values = cache.window(layer, first_row, batch, window)
     if decode_kernel and length == 1 and kernels_serve(q, q.dtype):
         from worker.decode_attention import decode_attention  # Triton: only where it runs
 
         order = output_order_for(attn.o_proj)
-        rows = slice(first_row, first_row + batch)
-        out = decode_attention(q[:, :, 0].contiguous(), cache.keys[layer, rows], cache.values[layer, rows],
-                               positions.reshape(-1), window, attn.scaling, order)
+        out = decode_attention(q[:, :, 0].contiguous(), keys, values, positions.reshape(-1), window, attn.scaling,
+                               order)
         return projection_partials(attn.o_proj, out, ordered=order is not None)
-    keys, values = cache.window(layer, first_row, batch, window)
     out = F.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
         enable_gqa=q_heads != kv_heads,
