@@ -14,6 +14,7 @@ pytest.importorskip("triton")
 
 from worker import layer_kernels, layer_ops  # noqa: E402
 from worker.llama_runtime import KVCache  # noqa: E402
+from worker.loader import load_model  # noqa: E402
 
 GEN = torch.Generator().manual_seed(21)
 
@@ -61,6 +62,15 @@ def test_silu_mul_of_gate_up_partials(dtype):
 
     assert got.shape == (5, 700) and got.dtype == dtype
     torch.testing.assert_close(got, layer_ops.silu_mul(partials, nn.SiLU(), dtype), **tolerance(dtype))
+
+
+def test_the_silu_kernel_serves_the_activation_a_loaded_llama_has(gptq_checkpoint):
+    """transformers 5 builds its own SiLU module (not an nn.SiLU): the kernel must still take the step."""
+    ckpt = gptq_checkpoint(bits=4, group_size=32, desc_act=False, sym=True, seed=3)
+    act_fn = load_model(ckpt.path, device="cpu", dtype=torch.float32).model.model.layers[0].mlp.act_fn
+
+    assert layer_ops.is_silu(act_fn)
+    assert not layer_ops.is_silu(nn.GELU())
 
 
 def test_other_activations_take_pytorchs_path():

@@ -61,9 +61,15 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module, o
     return h, (x if order is None else x[..., order])
 
 
+def is_silu(act_fn: nn.Module) -> bool:
+    """Whether the activation is SiLU: ``nn.SiLU``, or transformers' own module for it (which transformers 5
+    builds for ``hidden_act="silu"`` and which is not an ``nn.SiLU``)."""
+    return isinstance(act_fn, nn.SiLU) or type(act_fn).__name__ == "SiLUActivation"
+
+
 def silu_mul(partials: torch.Tensor, act_fn: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     """act(gate) * up [rows, W] from gate_up's partial sums [split, rows, 2W]."""
-    if kernels_serve(partials, dtype) and isinstance(act_fn, nn.SiLU):
+    if kernels_serve(partials, dtype) and is_silu(act_fn):
         from worker import layer_kernels
 
         return layer_kernels.silu_mul(partials, dtype)
