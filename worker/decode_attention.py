@@ -7,8 +7,8 @@ chunks and writes the output, optionally already in o_proj's act-order (so o_pro
 
     out = decode_attention(q, keys, values, positions, window, scale, order)   # q [B, Hq, D] -> [B, Hq * D]
 
-``worker.llama_runtime`` uses it for decode steps when the runtime is built with ``attention="triton"``
-(``scaled_dot_product_attention`` otherwise); ``benchmarks/gpu_inference.py`` compares the two.
+``worker.llama_runtime`` uses it for decode steps on the GPU (its default, ``attention="triton"``;
+``"sdpa"`` takes ``scaled_dot_product_attention``); ``benchmarks/profile_decode.py`` compares the two.
 """
 
 from __future__ import annotations

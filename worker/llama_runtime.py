@@ -204,7 +204,7 @@ class LlamaRuntime:
     """
 
     def __init__(self, model: nn.Module, max_seq_len: int, *, max_batch: int = 1, cuda_graphs: bool = False,
-                 kv_dtype: torch.dtype | None = None, attention: str = "sdpa"):
+                 kv_dtype: torch.dtype | None = None, attention: str = "triton"):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model type {config.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
@@ -230,7 +230,9 @@ class LlamaRuntime:
         self.graphs = DecodeGraphs(self._graph_step) if use_graphs else None
         self.pad_to_buckets = use_graphs  # eager steps run exactly the live rows
         head_dim_fits = head_dim & (head_dim - 1) == 0  # the decode attention kernel tiles whole power-of-two heads
-        self.decode_kernel = attention == "triton" and head_dim_fits  # "sdpa" until the benchmark says otherwise
+        # Decode steps on the GPU: worker.decode_attention reads each row's entries only (H200, 13B, window 1,024
+        # at 900 tokens: 6.27 ms a step against SDPA's 6.75 at batch 1); "sdpa" keeps PyTorch's kernel.
+        self.decode_kernel = attention == "triton" and head_dim_fits
 
     def window_for(self, length: int) -> int:
         return next(w for w in self.windows if w >= length)
