@@ -90,7 +90,7 @@ def run_users(queue, process, args, concurrency: int) -> dict:
     """``concurrency`` users, each asking ``rounds`` questions one after the other (a closed loop)."""
     TimingPoster.events.clear()
     TimingPoster.posting_s = 0.0
-    tokens_before = process.engine.stats.tokens_generated
+    before = process.engine.stats
     done: list[tuple[int, Job]] = []
     lock = threading.Lock()
 
@@ -109,7 +109,10 @@ def run_users(queue, process, args, concurrency: int) -> dict:
     for t in threads:
         t.join()
     wall = time.time() - begin
-    tokens = process.engine.stats.tokens_generated - tokens_before
+    after = process.engine.stats
+    tokens = after.tokens_generated - before.tokens_generated
+    prefill_s, decode_s = after.prefill_s - before.prefill_s, after.decode_s - before.decode_s
+    steps = after.steps - before.steps
 
     def ttft(job: Job) -> float:
         events = TimingPoster.events[job.job_id]
@@ -123,7 +126,11 @@ def run_users(queue, process, args, concurrency: int) -> dict:
         queue_pickup_ms_median=statistics.median(pickup) * 1000,
         ttft_ms_p50=percentile(all_ttft, 50) * 1000, ttft_ms_p95=percentile(all_ttft, 95) * 1000,
         posting_ms_per_job=TimingPoster.posting_s / len(done) * 1000,
-        max_batch_seen=process.engine.stats.max_batch_seen,
+        max_batch_seen=after.max_batch_seen,
+        # where the wall time went: the model's prefills, its decode steps, and the rest (the engine's host work
+        # between steps, waiting for work)
+        prefill_s=prefill_s, decode_s=decode_s, decode_steps=steps,
+        decode_ms_per_step=decode_s / max(steps, 1) * 1000, other_s=wall - prefill_s - decode_s,
     )
     row["prefill_groups"] = process.engine.stats.prefill_group_histogram  # prompts prefilled together -> times
     if later:

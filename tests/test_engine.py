@@ -98,6 +98,7 @@ def test_overlapping_requests_answer_exactly_as_alone(make_engine, alone, monkey
     assert stats.max_batch_seen >= 3
     assert sum(steps for rows, steps in stats.batch_size_histogram.items() if rows > 1) > 0
     assert stats.steps == sum(stats.batch_size_histogram.values())
+    assert stats.prefill_s > 0 and stats.decode_s > 0  # the time split a benchmark or operator reads
     wait_until(lambda: engine.stats.active == 0)
 
 

@@ -51,6 +51,8 @@ class EngineStats:
     batch_size_histogram: dict[int, int] = field(default_factory=dict)  # rows in a step -> steps
     decoding: int = 0  # conversations in the current decode batch
     prefill_group_histogram: dict[int, int] = field(default_factory=dict)  # prompts prefilled together -> times
+    prefill_s: float = 0.0  # seconds in the model's prefill calls (GPU work, waited for)
+    decode_s: float = 0.0  # seconds in the model's decode steps (GPU work, waited for)
 
 
 class AnswerStream:
@@ -140,6 +142,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._steps = self._tokens = self._max_batch_seen = 0
+        self._prefill_s = self._decode_s = 0.0
         self._histogram: collections.Counter[int] = collections.Counter()
         self._prefill_groups: collections.Counter[int] = collections.Counter()
 
@@ -191,6 +194,7 @@ class Engine:
                 active=len(self._decoding) + len(self._prefilling), waiting=len(self._waiting),
                 max_batch_seen=self._max_batch_seen, batch_size_histogram=dict(self._histogram),
                 decoding=len(self._decoding), prefill_group_histogram=dict(self._prefill_groups),
+                prefill_s=self._prefill_s, decode_s=self._decode_s,
             )
 
     # ----- the engine's thread -----------------------------------------------------------------------------
@@ -246,6 +250,7 @@ class Engine:
         group = self._prefilling or self._admit_group()
         if not group:
             return
+        started = time.perf_counter()
         try:
             tokens = self._prefill_group(group)
         except Exception as err:
@@ -255,6 +260,8 @@ class Engine:
             for request in group:
                 request.stream._end(err)
             return
+        finally:
+            self._prefill_s += time.perf_counter() - started
         if tokens is None:
             return  # the rest of a long prompt next turn, after a decode step for the others
         with self._cond:
@@ -292,12 +299,15 @@ class Engine:
 
     def _decode_step(self) -> None:
         rows = list(self._decoding)
+        started = time.perf_counter()
         try:
             tokens = self.runtime.decode([r.next_token for r in rows], [r.position for r in rows])
         except Exception as err:  # the batch as a whole failed: its requests end, the engine goes on
             log.exception("decode step failed for %d requests", len(rows))
             self._end_running(err)
             return
+        finally:
+            self._decode_s += time.perf_counter() - started
         with self._cond:
             self._steps += 1
             self._tokens += len(rows)
