@@ -30,8 +30,10 @@ ROTARY = dict(part_ptr="*fp32", cos_ptr="*bf16", sin_ptr="*bf16", pos_ptr="*i64"
               v_cache_ptr="*bf16", part_stride="i32", length="i32", first_slot="i32", stride_slot="i32",
               stride_head="i32", stride_pos="i32", Q_HEADS="constexpr", KV_HEADS="constexpr", HEAD_DIM="constexpr",
               SPLIT="constexpr", BLOCK="constexpr", FP8="constexpr")
-NORM = dict(h_ptr="*bf16", part_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", h_out_ptr="*bf16", x_out_ptr="*bf16",
-            width="i32", part_stride="i32", eps="fp32", SPLIT="constexpr", ORDERED="constexpr", BLOCK="constexpr")
+RESIDUAL = dict(h_ptr="*bf16", part_ptr="*fp32", h_out_ptr="*bf16", sumsq_ptr="*fp32", width="i32", part_stride="i32",
+                SPLIT="constexpr", BLOCK="constexpr")
+SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16", width="i32",
+             eps="fp32", BLOCKS="constexpr", BLOCKS_P2="constexpr", ORDERED="constexpr", BLOCK="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", iters_per_split="i32",
                               GROUP="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr"),
@@ -43,8 +45,9 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
     (w4a16._dequantize_kernel, dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", out_ptr="*bf16", col0="i32", cols="i32",
                                     stride_w="i32", stride_s="i32", stride_z="i32", GROUP="constexpr",
                                     BLOCK_N="constexpr", BLOCK_K="constexpr"), dict(GROUP=128, BLOCK_N=64, BLOCK_K=128), 4, 3),
-    (layers._add_rms_norm_kernel, NORM, dict(SPLIT=0, ORDERED=True, BLOCK=8192), 8, 3),
-    (layers._add_rms_norm_kernel, NORM, dict(SPLIT=4, ORDERED=True, BLOCK=8192), 8, 3),
+    (layers._add_residual_kernel, RESIDUAL, dict(SPLIT=0, BLOCK=256), 2, 3),
+    (layers._add_residual_kernel, RESIDUAL, dict(SPLIT=4, BLOCK=256), 2, 3),
+    (layers._rms_scale_kernel, SCALE, dict(BLOCKS=20, BLOCKS_P2=32, ORDERED=True, BLOCK=256), 2, 3),
     (layers._silu_mul_kernel, dict(part_ptr="*fp32", out_ptr="*bf16", width="i32", part_stride="i32",
                                    SPLIT="constexpr", BLOCK="constexpr"), dict(SPLIT=2, BLOCK=1024), 4, 3),
     (layers._rotary_into_cache_kernel, ROTARY, dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, BLOCK=128, FP8=False), 1, 3),

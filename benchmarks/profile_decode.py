@@ -1,15 +1,16 @@
 """Where a whole decode step's GPU time goes: the 13B-shaped model, CUDA graphs on, as the worker decodes.
 
 Replays the captured decode step (batch 1 and 32, attention window 1,024; attention by SDPA and by
-``worker.decode_attention``) under the profiler and prints the GPU time of each kernel family per step, their
-sum against the step's wall time (the gap is launch overhead inside the graph) and the same step's time
-without the profiler.
+``worker.decode_attention``) under the profiler and prints the GPU time and launches of each kernel family per
+step, their sum against the step's wall time (the gap is launch overhead inside the graph) and the same step's
+time without the profiler. Then the same for prefill: one 512-token chunk, and 8 prompts of 500 together.
 
     python benchmarks/profile_decode.py            # ~1.5 min on an H200; JSON into $OUT when set
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -32,27 +33,34 @@ from worker.loader import load_model  # noqa: E402
 
 FAMILIES = [  # (label, pattern on the kernel name): the first match names the kernel's family
     ("int4 one row", r"_gemv_kernel"), ("int4 2-32 rows", r"_swap_dot_kernel"), ("int4 33-64 rows", r"_unpacked_dot"),
-    ("add+RMSNorm", r"_add_rms_norm"), ("rotary + K/V write", r"_rotary_into_cache"), ("SiLU*mul", r"_silu_mul"),
+    ("add+RMSNorm", r"_add_residual|_rms_scale"), ("rotary + K/V write", r"_rotary_into_cache"), ("SiLU*mul", r"_silu_mul"),
     ("attention", r"sdpa|flash|fmha|attention|lean_reduction|_chunk_kernel|_combine_kernel"), ("gather (act-order)", r"index_elementwise|gather"),
-    ("lm_head (bf16 GEMM)", r"nvjet|gemm|cutlass|sm90_xmma"), ("sampling", r"topk|sort|softmax|multinomial|argmax|reduce"),
+    ("rebuild W (prefill)", r"_dequantize_kernel"), ("lm_head / prefill GEMM (bf16)", r"nvjet|gemm|cutlass|sm90_xmma"), ("sampling", r"topk|sort|softmax|multinomial|argmax|reduce"),
 ]
 
 
 def family(name: str) -> str:
-    return next((label for label, pattern in FAMILIES if re.search(pattern, name, re.IGNORECASE)), "other: " + name[:60])
+    return next((label for label, pattern in FAMILIES if re.search(pattern, name, re.IGNORECASE)), "other: " + name[:110])
 
 
-def profile(graph, replays: int = 20) -> dict[str, float]:
-    """GPU µs per step for each kernel family, from the profiler's kernel records."""
+def profile(step, replays: int = 20) -> dict[str, list[float]]:
+    """[GPU µs, launches] per call of ``step`` for each kernel family, from the profiler's kernel records."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
-            graph.replay()
+            step()
         torch.cuda.synchronize()
-    per_family: dict[str, float] = defaultdict(float)
+    per_family: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for event in prof.key_averages():
         if event.device_time_total > 0 and event.key not in ("cudaGraphLaunch",):
-            per_family[family(event.key)] += event.device_time_total / replays
-    return dict(sorted(per_family.items(), key=lambda item: -item[1]))
+            row = per_family[family(event.key)]
+            row[0] += event.device_time_total / replays
+            row[1] += event.count / replays
+    return dict(sorted(per_family.items(), key=lambda item: -item[1][0]))
+
+
+def show(families: dict[str, list[float]]) -> None:
+    for label, (us, launches) in families.items():
+        print(f"  {us / 1000:7.3f} ms  {launches:5.0f} launches  {label}", flush=True)
 
 
 def main() -> None:
@@ -65,16 +73,34 @@ def main() -> None:
             start = time.perf_counter()
             graph = runtime.graphs.get(batch, 1024)
             runtime.step_input[1, :batch].fill_(900)  # every row 900 tokens into its conversation
-            families = profile(graph)
+            families = profile(graph.replay)
             row = dict(capture_s=time.perf_counter() - start, step_ms=replay_ms(graph, 50),
-                       kernels_ms=sum(families.values()) / 1000, per_family_us=families)
+                       kernels_ms=sum(us for us, _ in families.values()) / 1000, per_family_us_launches=families)
             report[f"batch_{batch}_{attention}"] = row
             print(f"batch {batch}, attention {attention}: step {row['step_ms']:.2f} ms, kernels "
                   f"{row['kernels_ms']:.2f} ms ({batch / row['step_ms'] * 1000:.0f} tok/s)", flush=True)
-            for label, us in families.items():
-                print(f"  {us / 1000:7.3f} ms  {label}", flush=True)
+            show(families)
             del runtime, graph
             torch.cuda.empty_cache()
+    for prompts, length in ((1, 512), (8, 500)):  # one prompt's chunk; a group of prompts prefilled together
+        runtime = LlamaRuntime(loaded.model, 2048, max_batch=8)
+        group = [[3 + (7 * i + p) % 30000 for i in range(length)] for p in range(prompts)]
+        step = functools.partial(runtime.prefill_prompts, 0, group)
+        step()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        seconds = (time.perf_counter() - start) / 3
+        families = profile(step, replays=3)
+        report[f"prefill_{prompts}x{length}"] = dict(wall_ms=seconds * 1000, tok_s=prompts * length / seconds,
+                                                     per_family_us_launches=families)
+        print(f"prefill {prompts} x {length} tokens: {seconds * 1000:.1f} ms ({prompts * length / seconds:.0f} tok/s), "
+              f"kernels {sum(us for us, _ in families.values()) / 1000:.1f} ms", flush=True)
+        show(families)
+        del runtime
+        torch.cuda.empty_cache()
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "profile_decode.json").write_text(json.dumps(report, indent=2))
 

@@ -323,5 +323,5 @@ def dequantized_matmul(x, packed, scales, zeros, group_size: int) -> torch.Tenso
     for col0 in range(0, out_features, chunk):
         n = min(chunk, out_features - col0)
         w_t = dequantize_columns(packed, scales, zeros, group_size, col0, n, scratch)
-        out[:, col0 : col0 + n] = x @ w_t  # a chunk-sized product, copied into its columns
+        torch.mm(x, w_t, out=out[:, col0 : col0 + n])  # straight into its columns (cuBLAS's leading dimension)
     return out
