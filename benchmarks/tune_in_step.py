@@ -1,0 +1,113 @@
+"""Tune the int4 kernel configs where they run: inside the whole captured 13B decode step.
+
+A kernel timed alone (``int4_kernels.py --sweep``) sees neither the layers around it nor the epilogue that
+adds its split-K partial sums, and a config that wins there can lose in the step. Here each candidate config
+of one layer shape replaces the current one, the decode step (40 layers, attention window 1,024, rows 900
+tokens in) is captured again and replayed; shape by shape, the fastest step keeps its config.
+
+    python benchmarks/tune_in_step.py [--batches 1 32 16] [--seconds 360]
+    # writes the table (all GPUs' entries kept) to $OUT/w4a16_configs.json, or worker/ with --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from int4_kernels import SHAPES, candidates, replay_ms  # noqa: E402
+from synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint  # noqa: E402
+
+from worker import w4a16_kernels  # noqa: E402
+from worker.llama_runtime import LlamaRuntime  # noqa: E402
+from worker.loader import load_model  # noqa: E402
+
+WINDOW, POSITION = 1024, 900
+
+
+def step_ms(runtime: LlamaRuntime, batch: int) -> float:
+    """The decode step of ``batch`` rows, captured with the configs now in the table."""
+    w4a16_kernels.config_for_bucket.cache_clear()
+    runtime.graphs.captured.clear()
+    graph = runtime.graphs.get(batch, WINDOW)
+    runtime.step_input[1, :batch].fill_(POSITION)
+    replay_ms(graph, 5)
+    return min(replay_ms(graph, 20) for _ in range(2))
+
+
+def worth_timing(config: dict, out_features: int, sms: int) -> bool:
+    """Enough programs to fill the GPU, not so many that each does almost nothing."""
+    programs = -(-out_features // config["BLOCK_N"]) * config["split"]
+    return sms <= programs <= 12 * sms
+
+
+def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float) -> dict:
+    bucket = w4a16_kernels.rows_bucket(batch)
+    sms = w4a16_kernels.sm_count(runtime.device)
+    start_ms = step_ms(runtime, batch)
+    result = {"step_ms_before": start_ms}
+    for name, (k, n) in SHAPES.items():
+        key = f"{bucket},{n},{k},128"
+        current = table.get(key) or w4a16_kernels.default_config(bucket, n, k, 128, runtime.device)
+        best_ms, best = step_ms(runtime, batch), current
+        timed = 0
+        for config in candidates(batch, k):
+            if config == current or not worth_timing(config, n, sms):
+                continue
+            if time.monotonic() > deadline:
+                print(f"batch {batch} {name}: out of time", flush=True)
+                break
+            table[key] = config
+            try:
+                ms = step_ms(runtime, batch)
+            except Exception as err:  # e.g. more shared memory than the GPU has
+                print(f"  skipped {config}: {type(err).__name__}", flush=True)
+                continue
+            timed += 1
+            if ms < best_ms:
+                best_ms, best = ms, config
+        table[key] = best
+        print(f"batch {batch} {name}: step {best_ms:.3f} ms with {best} ({timed} configs timed)", flush=True)
+    result["step_ms_after"] = step_ms(runtime, batch)
+    print(f"batch {batch}: step {start_ms:.3f} -> {result['step_ms_after']:.3f} ms", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 16])
+    parser.add_argument("--seconds", type=float, default=360)
+    parser.add_argument("--write", action="store_true", help="update worker/w4a16_configs.json itself")
+    args = parser.parse_args()
+    deadline = time.monotonic() + args.seconds
+    path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)
+    loaded = load_model(path, device="cuda")
+    device_name = torch.cuda.get_device_name()
+    table = w4a16_kernels.tuned_configs(device_name)  # the cached dict the kernels read: tuned in place
+    report = {"device": device_name}
+    for batch in args.batches:
+        runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True)
+        report[f"batch_{batch}"] = tune_batch(runtime, batch, table, deadline)
+        del runtime
+        torch.cuda.empty_cache()
+    everything = json.loads(w4a16_kernels.TUNED_CONFIGS.read_text()) if w4a16_kernels.TUNED_CONFIGS.exists() else {}
+    everything[device_name] = table
+    text = json.dumps(everything, indent=1, sort_keys=True) + "\n"
+    target = w4a16_kernels.TUNED_CONFIGS if args.write else Path(os.environ.get("OUT", "."), "w4a16_configs.json")
+    target.write_text(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "tune_in_step.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
