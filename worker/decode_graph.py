@@ -15,7 +15,7 @@ StepFactory = Callable[[int, int], Callable[[], torch.Tensor]]  # (batch, window
 
 
 class DecodeGraph:
-    def __init__(self, step: Callable[[], torch.Tensor]):
+    def __init__(self, step: Callable[[], torch.Tensor], pool=None):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -23,7 +23,7 @@ class DecodeGraph:
                 step()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, pool=pool):
             self.output = step()
 
     def replay(self) -> torch.Tensor:
@@ -33,14 +33,18 @@ class DecodeGraph:
 
 
 class DecodeGraphs:
-    """Captured lazily per (batch, window); ``LlamaRuntime.warm_up`` captures them all at start."""
+    """Captured lazily per (batch, window); ``LlamaRuntime.warm_up`` captures them all at start.
+
+    All of them share one memory pool: one step runs at a time and its output is read before the next replay,
+    so the intermediates of 30 graphs (6 batch buckets x 5 windows) need the memory of the largest alone."""
 
     def __init__(self, make_step: StepFactory):
         self.make_step = make_step
         self.captured: dict[tuple[int, int], DecodeGraph] = {}
+        self.pool = torch.cuda.graph_pool_handle()
 
     def get(self, batch: int, window: int) -> DecodeGraph:
         key = (batch, window)
         if key not in self.captured:
-            self.captured[key] = DecodeGraph(self.make_step(batch, window))
+            self.captured[key] = DecodeGraph(self.make_step(batch, window), self.pool)
         return self.captured[key]
