@@ -5,7 +5,7 @@ adds its split-K partial sums, and a config that wins there can lose in the step
 of one layer shape replaces the current one, the decode step (40 layers, attention window 1,024, rows 900
 tokens in) is captured again and replayed; shape by shape, the fastest step keeps its config.
 
-    python benchmarks/tune_in_step.py [--batches 1 32 16] [--seconds 360]
+    python benchmarks/tune_in_step.py [--batches 1 32 16] [--seconds 360] [--kernels gemv swap_tile]
     # writes the table (all GPUs' entries kept) to $OUT/w4a16_configs.json, or worker/ with --write
 """
 
@@ -50,7 +50,7 @@ def worth_timing(config: dict, out_features: int, sms: int) -> bool:
     return sms <= programs <= 12 * sms
 
 
-def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float) -> dict:
+def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float, kernels: list[str] | None) -> dict:
     bucket = w4a16_kernels.rows_bucket(batch)
     sms = w4a16_kernels.sm_count(runtime.device)
     start_ms = step_ms(runtime, batch)
@@ -61,7 +61,7 @@ def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float) 
         best_ms, best = step_ms(runtime, batch), current
         timed = 0
         for config in candidates(batch, k):
-            if config == current or not worth_timing(config, n, sms):
+            if config == current or not worth_timing(config, n, sms) or (kernels and config["kernel"] not in kernels):
                 continue
             if time.monotonic() > deadline:
                 print(f"batch {batch} {name}: out of time", flush=True)
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 16])
     parser.add_argument("--seconds", type=float, default=360)
     parser.add_argument("--write", action="store_true", help="update worker/w4a16_configs.json itself")
+    parser.add_argument("--kernels", nargs="+", help="time only these kernels' configs (e.g. gemv swap_tile)")
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)
@@ -96,7 +97,7 @@ def main() -> None:
     report = {"device": device_name}
     for batch in args.batches:
         runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True)
-        report[f"batch_{batch}"] = tune_batch(runtime, batch, table, deadline)
+        report[f"batch_{batch}"] = tune_batch(runtime, batch, table, deadline, args.kernels)
         del runtime
         torch.cuda.empty_cache()
     everything = json.loads(w4a16_kernels.TUNED_CONFIGS.read_text()) if w4a16_kernels.TUNED_CONFIGS.exists() else {}

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 FUSED_MAX_ROWS = 64
+MAGIC = 0x4B000000  # the bits of 2.0**23 (``_code_in_mantissa``)
 TUNED_CONFIGS = Path(__file__).with_name("w4a16_configs.json")
 SCRATCH_ELEMENTS = 32 * 1024 * 1024  # 64 MiB of bf16: W is rebuilt at most this much at a time
 _scratch: dict[torch.device, torch.Tensor] = {}
@@ -51,60 +52,71 @@ def _unpacked_codes(w_ptr, stride_w, offs_n, mask_n, k0, BLOCK_N: tl.constexpr, 
 
 
 @triton.jit
-def _code_in_mantissa(words, high, j: tl.constexpr):
+def _code_in_mantissa(words, high, magic, j: tl.constexpr):
     """Code j of each word, left at its bit position within its 16-bit half and OR-ed into the mantissa of
-    2**23: read as fp32 it is exactly 2**23 + code * 16 ** (j % 4). ``high`` is words >> 16."""
+    2**23: read as fp32 it is exactly 2**23 + code * 16 ** (j % 4). ``high`` is words >> 16. ``magic`` is
+    ``MAGIC`` (2**23's bits) passed at run time: in a register, the AND and the OR compile to one LOP3 (with
+    two immediates they took two instructions, a third of the one-row kernel's work)."""
     if j < 4:
-        field = (words & (0xF << (4 * j))) | 0x4B000000
+        field = (words & (0xF << (4 * j))) | magic
     else:
-        field = (high & (0xF << (4 * (j - 4)))) | 0x4B000000
+        field = (high & (0xF << (4 * (j - 4)))) | magic
     return field.to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _code_minus_zero(words, high, zeros, j: tl.constexpr):
+def _code(words, high, magic, j: tl.constexpr):
+    """code j of each word as an exact float: one multiply-add undoes the offset and the position."""
+    unit: tl.constexpr = 1.0 / (16 ** (j % 4))
+    return _code_in_mantissa(words, high, magic, j) * unit - 8388608.0 * unit
+
+
+@triton.jit
+def _code_minus_zero(words, high, zeros, magic, j: tl.constexpr):
     """code j of each word minus its zero, exact in fp32: one multiply-add undoes the offset and the position."""
     unit: tl.constexpr = 1.0 / (16 ** (j % 4))
-    return _code_in_mantissa(words, high, j) * unit - (zeros + 8388608.0 * unit)
+    return _code_in_mantissa(words, high, magic, j) * unit - (zeros + 8388608.0 * unit)
 
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, iters_per_split,
-    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, iters_per_split, magic,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr,
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
-    Per word row r (inputs k0 + 8r .. +7, one group): sum_j code_j * x_j, less zero * sum_j x_j, times scale;
-    kept per (row, column) and summed across rows once at the end."""
+    A K block is GROUPS groups of ROWS word rows (ROWS * 8 = min(BLOCK_K, GROUP)): a [GROUPS, ROWS, BLOCK_N]
+    tile, whose zeros and scales are loaded once per (group, column). Per word row: sum_j code_j * x_j, less
+    zero * sum_j x_j, times scale; kept per element and summed once at the end."""
+    GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    rows = tl.arange(0, BLOCK_K // 8)
-    running = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)
+    g = tl.arange(0, GROUPS)
+    word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
+    running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
     for it in range(0, iters_per_split):
         k0 = (pid_k * iters_per_split + it) * BLOCK_K
-        tile = (k0 // 8 + rows)[:, None] * stride_w + offs_n[None, :]
-        words = tl.load(w_ptr + tile, mask=mask_n[None, :], other=0, eviction_policy="evict_first")
-        groups = ((k0 + rows * 8) // GROUP)[:, None]
-        zeros = tl.load(z_ptr + groups * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0).to(tl.float32)
-        scales = tl.load(s_ptr + groups * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
-        high = words >> 16
-        products = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)
-        x_sum = tl.zeros((BLOCK_K // 8,), dtype=tl.float32)
+        at = (k0 // 8 + word)[:, :, None] * stride_w + offs_n[None, None, :]
+        words = tl.load(w_ptr + at, mask=mask_n[None, None, :], other=0, eviction_policy="evict_first")
+        group = ((k0 + g * ROWS * 8) // GROUP)[:, None]
+        zeros = tl.load(z_ptr + group * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0).to(tl.float32)
+        scales = tl.load(s_ptr + group * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
+        high = (words.to(tl.uint32, bitcast=True) >> 16).to(tl.int32, bitcast=True)  # no sign to extend
+        products = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
+        x_sum = tl.zeros((GROUPS, ROWS), dtype=tl.float32)
         for j in tl.static_range(8):
-            x_j = tl.load(x_ptr + k0 + rows * 8 + j).to(tl.float32)
+            x_j = tl.load(x_ptr + k0 + word * 8 + j).to(tl.float32)
             x_sum += x_j
-            code = _code_in_mantissa(words, high, j) - 8388608.0  # code * 16 ** (j % 4), exact
-            products += code * (x_j * (1.0 / (16 ** (j % 4))))[:, None]
-        running += (products - zeros * x_sum[:, None]) * scales
-    acc = tl.sum(running, axis=0)
+            products += _code(words, high, magic, j) * x_j[:, :, None]
+        running += (products - zeros[:, None, :] * x_sum[:, :, None]) * scales[:, None, :]
+    acc = tl.sum(tl.sum(running, axis=1), axis=0)
     tl.store(out_ptr + pid_k * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit(do_not_specialize=["M"])  # any row count: one compiled program (no compile in the middle of serving)
 def _swap_dot_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split, magic,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
@@ -127,8 +139,41 @@ def _swap_dot_kernel(
         for j in tl.static_range(8):
             x_j = tl.load(x_ptr + offs_m[None, :] * stride_xm + (k0 + rows * 8 + j)[:, None], mask=mask_m[None, :],
                           other=0.0)
-            block = tl.dot(_code_minus_zero(words, high, zeros, j).to(x_j.dtype), x_j, block)
+            block = tl.dot(_code_minus_zero(words, high, zeros, magic, j).to(x_j.dtype), x_j, block)
         acc += block * scales
+    out = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
+
+
+@triton.jit(do_not_specialize=["M"])
+def _swap_tile_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split, magic,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[split, m, n] for 2..32 rows, K blocks inside one group: W's [BLOCK_N, BLOCK_K] tile rebuilt in
+    registers (each word's 8 codes side by side, so k keeps its order; code - zero exact, in x's dtype), then
+    ONE tensor-core dot with x.T per block: one trip through shared memory where ``_swap_dot_kernel`` makes
+    eight (19 barriers per block in its sm_90 code)."""
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_n, mask_m = offs_n < N, offs_m < M
+    rows = tl.arange(0, BLOCK_K // 8)
+    shifts = tl.arange(0, 8) * 4
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for it in range(0, iters_per_split):
+        k0 = (pid_k * iters_per_split + it) * BLOCK_K
+        tile = offs_n[:, None] + (k0 // 8 + rows)[None, :] * stride_w
+        words = tl.load(w_ptr + tile, mask=mask_n[:, None], other=0, eviction_policy="evict_first")
+        group = k0 // GROUP
+        zeros = tl.load(z_ptr + group * stride_z + offs_n, mask=mask_n, other=0).to(tl.float32)
+        scales = tl.load(s_ptr + group * stride_s + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        fields = ((words[:, :, None] >> shifts[None, None, :]) & 0xF) | magic  # 2**23 + code, as bits
+        codes = tl.reshape(fields, (BLOCK_N, BLOCK_K)).to(tl.float32, bitcast=True)
+        w = (codes - (zeros[:, None] + 8388608.0)).to(x_ptr.dtype.element_ty)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x_t = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None], mask=mask_m[None, :], other=0.0)
+        acc += tl.dot(w, x_t) * scales[:, None]
     out = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
 
@@ -195,9 +240,10 @@ def block_k_for(in_features: int, group_size: int) -> int | None:
     return next((b for b in (128, 64, 32, 16) if group_size % b == 0 and in_features % b == 0), None)
 
 
-def gemv_block_k(in_features: int) -> int:
-    """The one-row kernel's K block: as many inputs as divide K, up to 512 (blocks may span groups)."""
-    return next(b for b in (512, 256, 128, 64, 32, 16) if in_features % b == 0)
+def gemv_block_k(in_features: int, group_size: int) -> int:
+    """The one-row kernel's K block: as many inputs as divide K, up to 512; whole groups, or inside one."""
+    return next(b for b in (512, 256, 128, 64, 32, 16)
+                if in_features % b == 0 and (b % group_size == 0 or group_size % b == 0))
 
 
 def layout_fits(in_features: int, group_size: int) -> bool:
@@ -213,10 +259,17 @@ def rows_bucket(rows: int) -> int:
 
 
 def kernel_for(bucket: int, group_size: int) -> str:
-    """Which fused kernel serves a rows bucket: "gemv" (1 row), "swap" (2..32 rows, groups of 128k) or "unpacked"."""
+    """Which fused kernel serves a rows bucket by default: "gemv" (1 row), "swap" (2..32 rows, groups of 128k)
+    or "unpacked"."""
     if bucket == 1:
         return "gemv"
     return "swap" if bucket <= 32 and group_size % 128 == 0 else "unpacked"
+
+
+def kernels_for(bucket: int, group_size: int) -> tuple[str, ...]:
+    """The kernels a measured config may pick for a rows bucket: the default, or "swap_tile" for 2..32 rows."""
+    default = kernel_for(bucket, group_size)
+    return (default, "swap_tile") if default == "swap" else (default,)
 
 
 @functools.cache
@@ -235,7 +288,7 @@ def config_for_bucket(bucket: int, out_features: int, in_features: int, group_si
     if device.type == "cuda":
         key = f"{bucket},{out_features},{in_features},{group_size}"
         tuned = tuned_configs(torch.cuda.get_device_name(device)).get(key)
-        if tuned and tuned.get("kernel") == kernel_for(bucket, group_size):
+        if tuned and tuned.get("kernel") in kernels_for(bucket, group_size):
             return dict(tuned)
     return default_config(bucket, out_features, in_features, group_size, device)
 
@@ -245,7 +298,7 @@ def default_config(bucket: int, out_features: int, in_features: int, group_size:
     GPU has about two programs per SM."""
     kernel = kernel_for(bucket, group_size)
     if kernel == "gemv":
-        block_n, block_k, warps, stages = 64, gemv_block_k(in_features), 4, 1
+        block_n, block_k, warps, stages = 64, gemv_block_k(in_features, group_size), 4, 1
     elif kernel == "swap":
         block_n, block_k, warps, stages = 128, 128, 8, 3
     else:
@@ -269,12 +322,16 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
     strides = (packed.stride(0), scales.stride(0), zeros.stride(0), iters)
     if kernel == "gemv":
         grid = (triton.cdiv(out_features, config["BLOCK_N"]), split)
-        _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, GROUP=group_size, **config)
+        _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
+                           ROWS=min(config["BLOCK_K"], group_size) // 8, **config)
+        return out
+    grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
+    args = (x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides)
+    if kernel in ("swap", "swap_tile"):
+        matmul = _swap_dot_kernel if kernel == "swap" else _swap_tile_kernel
+        matmul[grid](*args, MAGIC, GROUP=group_size, BLOCK_M=block_m, **config)
     else:
-        matmul = _swap_dot_kernel if kernel == "swap" else _unpacked_dot_kernel
-        grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
-        matmul[grid](x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides, GROUP=group_size,
-                     BLOCK_M=block_m, **config)
+        _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, **config)
     return out
 
 
