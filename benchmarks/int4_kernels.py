@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
 from worker.int4_linear import Int4Codes, Int4Linear  # noqa: E402
 from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
-from worker.w4a16_kernels import TUNED_CONFIGS, default_config, fused_matmul, kernels_for, rows_bucket  # noqa: E402
+from worker.w4a16_kernels import TUNED_CONFIGS, default_config, fused_matmul, kernel_for, rows_bucket  # noqa: E402
 
 SHAPES = {"qkv": (5120, 15360), "o": (5120, 5120), "gate_up": (5120, 27648), "down": (13824, 5120)}
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
@@ -121,7 +121,7 @@ def time_shape(name: str, k: int, n: int, device) -> list[dict]:
 def candidates(rows: int, k: int):
     """Configs to time for a rows bucket (group 128): the kernel that serves it, tiles, warps and K splits."""
     bucket = rows_bucket(rows)
-    for kernel in kernels_for(bucket, 128):
+    for kernel in (kernel_for(bucket, 128),):
         if kernel == "gemv":
             tiles = [(bn, bk, warps, 1) for bn in (32, 64, 128) for bk in (256, 512) for warps in (2, 4, 8)]
         else:

@@ -37,7 +37,7 @@ WINDOW, POSITION = 1024, 900
 def step_ms(runtime: LlamaRuntime, batch: int) -> float:
     """The decode step of ``batch`` rows, captured with the configs now in the table."""
     w4a16_kernels.config_for_bucket.cache_clear()
-    runtime.graphs.captured.clear()
+    runtime.graphs.clear()
     graph = runtime.graphs.get(batch, WINDOW)
     runtime.step_input[1, :batch].fill_(POSITION)
     replay_ms(graph, 5)

@@ -42,9 +42,14 @@ class DecodeGraphs:
 
     def __init__(self, make_step: StepFactory):
         self.make_step = make_step
+        self.side = torch.cuda.Stream()
+        self.clear()
+
+    def clear(self) -> None:
+        """Drop every graph (to capture again, e.g. with other kernel configs). The pool goes with them: once
+        its last graph is gone PyTorch frees it, and capturing into its stale handle fails."""
         self.captured: dict[tuple[int, int], DecodeGraph] = {}
         self.pool = torch.cuda.graph_pool_handle()
-        self.side = torch.cuda.Stream()
 
     def get(self, batch: int, window: int) -> DecodeGraph:
         key = (batch, window)

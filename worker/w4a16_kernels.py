@@ -55,8 +55,9 @@ def _unpacked_codes(w_ptr, stride_w, offs_n, mask_n, k0, BLOCK_N: tl.constexpr, 
 def _code_in_mantissa(words, high, magic, j: tl.constexpr):
     """Code j of each word, left at its bit position within its 16-bit half and OR-ed into the mantissa of
     2**23: read as fp32 it is exactly 2**23 + code * 16 ** (j % 4). ``high`` is words >> 16. ``magic`` is
-    ``MAGIC`` (2**23's bits) passed at run time: in a register, the AND and the OR compile to one LOP3 (with
-    two immediates they took two instructions, a third of the one-row kernel's work)."""
+    2**23's bits: passed at run time (``MAGIC``, the one-row kernel) it sits in a register and the AND and
+    the OR compile to one LOP3 instead of two; the dot kernel passes the literal (a register there measured
+    slower on the H200)."""
     if j < 4:
         field = (words & (0xF << (4 * j))) | magic
     else:
@@ -116,7 +117,7 @@ def _gemv_kernel(
 
 @triton.jit(do_not_specialize=["M"])  # any row count: one compiled program (no compile in the middle of serving)
 def _swap_dot_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split, magic,
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
@@ -139,41 +140,8 @@ def _swap_dot_kernel(
         for j in tl.static_range(8):
             x_j = tl.load(x_ptr + offs_m[None, :] * stride_xm + (k0 + rows * 8 + j)[:, None], mask=mask_m[None, :],
                           other=0.0)
-            block = tl.dot(_code_minus_zero(words, high, zeros, magic, j).to(x_j.dtype), x_j, block)
+            block = tl.dot(_code_minus_zero(words, high, zeros, 0x4B000000, j).to(x_j.dtype), x_j, block)
         acc += block * scales
-    out = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
-    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
-
-
-@triton.jit(do_not_specialize=["M"])
-def _swap_tile_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split, magic,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """out[split, m, n] for 2..32 rows, K blocks inside one group: W's [BLOCK_N, BLOCK_K] tile rebuilt in
-    registers (each word's 8 codes side by side, so k keeps its order; code - zero exact, in x's dtype), then
-    ONE tensor-core dot with x.T per block: one trip through shared memory where ``_swap_dot_kernel`` makes
-    eight (19 barriers per block in its sm_90 code)."""
-    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_n, mask_m = offs_n < N, offs_m < M
-    rows = tl.arange(0, BLOCK_K // 8)
-    shifts = tl.arange(0, 8) * 4
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for it in range(0, iters_per_split):
-        k0 = (pid_k * iters_per_split + it) * BLOCK_K
-        tile = offs_n[:, None] + (k0 // 8 + rows)[None, :] * stride_w
-        words = tl.load(w_ptr + tile, mask=mask_n[:, None], other=0, eviction_policy="evict_first")
-        group = k0 // GROUP
-        zeros = tl.load(z_ptr + group * stride_z + offs_n, mask=mask_n, other=0).to(tl.float32)
-        scales = tl.load(s_ptr + group * stride_s + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-        fields = ((words[:, :, None] >> shifts[None, None, :]) & 0xF) | magic  # 2**23 + code, as bits
-        codes = tl.reshape(fields, (BLOCK_N, BLOCK_K)).to(tl.float32, bitcast=True)
-        w = (codes - (zeros[:, None] + 8388608.0)).to(x_ptr.dtype.element_ty)
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x_t = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None], mask=mask_m[None, :], other=0.0)
-        acc += tl.dot(w, x_t) * scales[:, None]
     out = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
 
@@ -266,12 +234,6 @@ def kernel_for(bucket: int, group_size: int) -> str:
     return "swap" if bucket <= 32 and group_size % 128 == 0 else "unpacked"
 
 
-def kernels_for(bucket: int, group_size: int) -> tuple[str, ...]:
-    """The kernels a measured config may pick for a rows bucket: the default, or "swap_tile" for 2..32 rows."""
-    default = kernel_for(bucket, group_size)
-    return (default, "swap_tile") if default == "swap" else (default,)
-
-
 @functools.cache
 def tuned_configs(device_name: str) -> dict[str, dict]:
     """Configs measured by ``benchmarks/int4_kernels.py --sweep`` for this GPU model, keyed "bucket,N,K,G"."""
@@ -288,7 +250,7 @@ def config_for_bucket(bucket: int, out_features: int, in_features: int, group_si
     if device.type == "cuda":
         key = f"{bucket},{out_features},{in_features},{group_size}"
         tuned = tuned_configs(torch.cuda.get_device_name(device)).get(key)
-        if tuned and tuned.get("kernel") in kernels_for(bucket, group_size):
+        if tuned and tuned.get("kernel") == kernel_for(bucket, group_size):
             return dict(tuned)
     return default_config(bucket, out_features, in_features, group_size, device)
 
@@ -327,9 +289,8 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
         return out
     grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
     args = (x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides)
-    if kernel in ("swap", "swap_tile"):
-        matmul = _swap_dot_kernel if kernel == "swap" else _swap_tile_kernel
-        matmul[grid](*args, MAGIC, GROUP=group_size, BLOCK_M=block_m, **config)
+    if kernel == "swap":
+        _swap_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, **config)
     else:
         _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, **config)
     return out
