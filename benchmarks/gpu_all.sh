@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The speed benchmarks in GPU calls sized to the per-call limit (600 s), logs and JSON into $OUT (default
 # benchmarks/results/latest) as they go, so a call cut short still returns what finished:
-#   benchmarks/gpu_all.sh sweep    # ~8 min: re-measure the kernel configs (worker/w4a16_configs.json), time them,
-#                                  # then profile whole decode steps (where each step's time goes)
+#   benchmarks/gpu_all.sh sweep    # ~8 min: profile whole decode steps and prefills (where the time goes), then
+#                                  # tune the kernel configs inside the step ($OUT/w4a16_configs.json)
 #   benchmarks/gpu_all.sh          # ~6 min: fp8 cache check, batch-1 inference vs tinygemm and HF, the queue benchmark
 # Needs redis-server on PATH (or REDIS_SERVER=...) for the queue benchmark.
 set -uo pipefail
@@ -14,13 +14,12 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/
   shift 2
   timeout "$seconds" "$@" > "$OUT/$name.log" 2>&1
   echo "== $name: exit $?"
-  grep -E "^sweep|^correctness|^matmul ms|^fp8|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |Error" \
+  grep -E "^prefill|^correctness|^matmul ms|^fp8|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |Error" \
     "$OUT/$name.log" | cut -c1-600
 }
 if [ "${1:-}" = "sweep" ]; then
-  SWEEP_SECONDS=140 step int4_kernels 300 python3 -u benchmarks/int4_kernels.py --sweep
-  cp worker/w4a16_configs.json "$OUT/"
-  step profile_decode 200 python3 -u benchmarks/profile_decode.py
+  step profile_decode 120 python3 -u benchmarks/profile_decode.py
+  step tune_in_step 400 python3 -u benchmarks/tune_in_step.py --seconds 330
 else
   step check_fp8_cache 60 python3 -u benchmarks/check_fp8_cache.py
   step gpu_inference 180 python3 -u benchmarks/gpu_inference.py

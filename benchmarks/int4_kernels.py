@@ -6,8 +6,8 @@ bf16 ``F.linear`` (cuBLAS on a 16-bit weight: what 4-bit has to beat to be worth
 a CUDA graph of 20 calls (as decoding does), so launch overhead is not counted.
 
     python benchmarks/int4_kernels.py           # correctness + timings (tuned configs where known)
-    python benchmarks/int4_kernels.py --sweep   # first measure configs (SWEEP_SECONDS, default 160 in all),
-                                                # write worker/w4a16_configs.json
+
+The configs themselves are tuned inside the whole decode step: ``benchmarks/tune_in_step.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from worker.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
 from worker.int4_linear import Int4Codes, Int4Linear  # noqa: E402
 from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
-from worker.w4a16_kernels import TUNED_CONFIGS, default_config, fused_matmul, kernel_for, rows_bucket  # noqa: E402
 
 SHAPES = {"qkv": (5120, 15360), "o": (5120, 5120), "gate_up": (5120, 27648), "down": (13824, 5120)}
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
@@ -118,65 +116,9 @@ def time_shape(name: str, k: int, n: int, device) -> list[dict]:
     return rows_out
 
 
-def candidates(rows: int, k: int):
-    """Configs to time for a rows bucket (group 128): the kernel that serves it, tiles, warps and K splits."""
-    bucket = rows_bucket(rows)
-    for kernel in (kernel_for(bucket, 128),):
-        if kernel == "gemv":
-            tiles = [(bn, bk, warps, 1) for bn in (32, 64, 128) for bk in (256, 512) for warps in (2, 4, 8)]
-        else:
-            tiles = [(bn, 128, warps, 3) for bn in (64, 128) for warps in (4, 8)]
-        for block_n, block_k, warps, stages in tiles:
-            k_blocks = k // block_k
-            for split in (s for s in range(1, min(k_blocks, 54) + 1) if k_blocks % s == 0):
-                yield dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split,
-                           num_warps=warps, num_stages=stages)
-
-
-def sweep(device) -> dict[str, dict]:
-    """The fastest fused-kernel config for each (rows bucket, layer shape) of the 13B model, group 128."""
-    best = {}
-    seconds = float(os.environ.get("SWEEP_SECONDS", "160")) / (len(SHAPES) * 4)
-    for name, (k, n) in SHAPES.items():
-        best.update(sweep_shape(name, k, n, device, seconds))
-        torch.cuda.empty_cache()
-    return best
-
-
-def sweep_shape(name: str, k: int, n: int, device, seconds_per_bucket: float) -> dict[str, dict]:
-    """Time the candidates of each rows bucket (weights cycled past the L2) until its time is up; keep the best."""
-    best = {}
-    layers = [random_layer(k, n, device, TritonInt4Linear) for _ in range(copies_beyond_l2(k, n, 0.5))]
-    for rows in (1, 16, 32, 64):
-        x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
-        timed, deadline = [], time.monotonic() + seconds_per_bucket
-        default = default_config(rows_bucket(rows), n, k, 128, device)
-        for config in [default, *(c for c in candidates(rows, k) if c != default)]:
-            if time.monotonic() > deadline:
-                print(f"sweep {name} rows={rows}: out of time, {len(timed)} configs timed", flush=True)
-                break
-            calls = [lambda layer=layer, config=config: fused_matmul(x, layer.packed, layer.scales, layer.zeros, 128,
-                                                                     config) for layer in layers]
-            try:
-                timed.append((graph_time_us(cycling(calls), calls=10, replays=5), config))
-            except Exception as err:  # e.g. a tile that needs more shared memory than the GPU has
-                print(f"skipped {config}: {type(err).__name__}", flush=True)
-        us, config = min(timed, key=lambda t: t[0])
-        best[f"{rows_bucket(rows)},{n},{k},128"] = config
-        gbps = (k * n / 2 + k * n / 128 * 3) / us / 1e3
-        print(f"sweep {name} rows={rows}: {us:.1f} us ({gbps:.0f} GB/s) with {config}", flush=True)
-    return best
-
-
 def main() -> None:
     device = torch.device("cuda")
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    if "--sweep" in sys.argv:
-        table = json.loads(TUNED_CONFIGS.read_text()) if TUNED_CONFIGS.exists() else {}
-        table[report["device"]] = sweep(device)
-        TUNED_CONFIGS.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-        if os.environ.get("OUT"):
-            Path(os.environ["OUT"], TUNED_CONFIGS.name).write_text(TUNED_CONFIGS.read_text())
     checks = check(device)
     report["max_rel_err"] = {k: max(r["rel_err"] for r in checks if r["kernel"] == k) for k in ("triton", "tinygemm")}
     print("correctness (bf16, vs fp32 dequantized):", report["max_rel_err"], flush=True)

@@ -1,11 +1,11 @@
 """Tune the int4 kernel configs where they run: inside the whole captured 13B decode step.
 
-A kernel timed alone (``int4_kernels.py --sweep``) sees neither the layers around it nor the epilogue that
-adds its split-K partial sums, and a config that wins there can lose in the step. Here each candidate config
+A kernel timed alone sees neither the layers around it nor the epilogue that adds its split-K partial sums,
+and a config that wins there can lose in the step. Here each candidate config
 of one layer shape replaces the current one, the decode step (40 layers, attention window 1,024, rows 900
 tokens in) is captured again and replayed; shape by shape, the fastest step keeps its config.
 
-    python benchmarks/tune_in_step.py [--batches 1 32 16] [--seconds 360] [--kernels gemv swap_tile]
+    python benchmarks/tune_in_step.py [--batches 1 32 16] [--seconds 360] [--kernels gemv]
     # writes the table (all GPUs' entries kept) to $OUT/w4a16_configs.json, or worker/ with --write
 """
 
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from int4_kernels import SHAPES, candidates, replay_ms  # noqa: E402
+from int4_kernels import SHAPES, replay_ms  # noqa: E402
 from synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint  # noqa: E402
 
 from worker import w4a16_kernels  # noqa: E402
@@ -42,6 +42,21 @@ def step_ms(runtime: LlamaRuntime, batch: int) -> float:
     runtime.step_input[1, :batch].fill_(POSITION)
     replay_ms(graph, 5)
     return min(replay_ms(graph, 20) for _ in range(2))
+
+
+def candidates(rows: int, k: int):
+    """Configs to time for a rows bucket (group 128): the kernel that serves it, tiles, warps and K splits."""
+    bucket = w4a16_kernels.rows_bucket(rows)
+    kernel = w4a16_kernels.kernel_for(bucket, 128)
+    if kernel == "gemv":
+        tiles = [(bn, bk, warps, 1) for bn in (32, 64, 128) for bk in (256, 512) for warps in (2, 4, 8)]
+    else:
+        tiles = [(bn, 128, warps, 3) for bn in (64, 128) for warps in (4, 8)]
+    for block_n, block_k, warps, stages in tiles:
+        k_blocks = k // block_k
+        for split in (s for s in range(1, min(k_blocks, 54) + 1) if k_blocks % s == 0):
+            yield dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split,
+                       num_warps=warps, num_stages=stages)
 
 
 def worth_timing(config: dict, out_features: int, sms: int) -> bool:
@@ -87,7 +102,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 16])
     parser.add_argument("--seconds", type=float, default=360)
     parser.add_argument("--write", action="store_true", help="update worker/w4a16_configs.json itself")
-    parser.add_argument("--kernels", nargs="+", help="time only these kernels' configs (e.g. gemv swap_tile)")
+    parser.add_argument("--kernels", nargs="+", help="time only these kernels' configs (e.g. gemv)")
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)

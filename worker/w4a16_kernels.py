@@ -11,8 +11,8 @@ Two ways to multiply, picked by the number of activation rows M:
 - ``fused_matmul`` / ``matmul_partials`` (M <= ``FUSED_MAX_ROWS``: decoding, small batches): one kernel reads
   the 4-bit codes and never materialises W. K is split over several programs so that every SM has loads in
   flight; their partial sums are added by whoever consumes them (``sum_splits``, or a fused epilogue).
-  - 1 row, ``_gemv_kernel``: a sum of products on the CUDA cores, K blocks of up to 512 inputs (several groups:
-    the zero and scale are loaded per word row) so each thread has several 16-byte loads in flight.
+  - 1 row, ``_gemv_kernel``: a sum of products on the CUDA cores, K blocks of up to 512 inputs (whole groups,
+    zero and scale loaded once per group and column) so each thread has several 16-byte loads in flight.
   - 2..32 rows, ``_swap_dot_kernel``: tensor cores on out.T = W @ x.T, so the weights take the MMA's long side
     and the rows pad only to 16; one dot per code position j of the packed words.
   - 33..64 rows and groups under 128, ``_unpacked_dot_kernel``: the codes interleaved back to [K, N], one dot.
@@ -236,7 +236,7 @@ def kernel_for(bucket: int, group_size: int) -> str:
 
 @functools.cache
 def tuned_configs(device_name: str) -> dict[str, dict]:
-    """Configs measured by ``benchmarks/int4_kernels.py --sweep`` for this GPU model, keyed "bucket,N,K,G"."""
+    """Configs measured by ``benchmarks/tune_in_step.py`` for this GPU model, keyed "bucket,N,K,G"."""
     return json.loads(TUNED_CONFIGS.read_text()).get(device_name, {}) if TUNED_CONFIGS.exists() else {}
 
 
