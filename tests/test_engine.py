@@ -4,13 +4,14 @@ Every answer the engine gives while batching is compared with the same request a
 by ``Generator.answer``: exact text, greedy, fp32.
 """
 
+import threading
 import time
 
 import pytest
 import torch
 
 import worker.engine as engine_module
-from worker.engine import Engine, EngineStopped
+from worker.engine import AnswerStream, Engine, EngineStopped
 from worker.errors import PromptTooLong
 from worker.generate import AnswerText, Generator
 from worker.llama_runtime import attention_windows
@@ -206,3 +207,34 @@ def test_generator_stream_queues_on_its_engine(make_engine, alone):
     engine.start()
     assert engine.generator.answer(ask(QUESTIONS[5]), GREEDY) == alone[QUESTIONS[5]]
     assert engine.stats.steps > 0
+
+
+def test_batched_reading_gets_what_came_while_it_rested_and_the_end_without_waiting():
+    """How a job thread reads: the first text at once, then what arrived meanwhile as one piece; the end of
+    the answer wakes it in the middle of a long rest."""
+    stream = AnswerStream()
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.extend(stream.batches(interval=5.0)))
+    reader.start()
+    stream._deliver("Hello", 1)
+    wait_until(lambda: got == ["Hello"])
+    for tokens, word in enumerate([" big", " wide", " world"], start=2):
+        stream._deliver(word, tokens)
+
+    stream._end()
+    reader.join(timeout=2.0)
+
+    assert not reader.is_alive()  # did not sit out its 5 s rest
+    assert got == ["Hello", " big wide world"]
+    assert stream.text == "Hello big wide world"
+
+
+def test_batched_reading_raises_a_failed_answers_error_after_its_text():
+    stream = AnswerStream()
+    stream._deliver("partial", 1)
+    stream._end(RuntimeError("the GPU fell over"))
+
+    pieces = stream.batches(interval=0.01)
+    assert next(pieces) == "partial"
+    with pytest.raises(RuntimeError, match="fell over"):
+        next(pieces)
