@@ -1,0 +1,104 @@
+"""What an fp8 KV cache does to a real instruct model's answers, on the CPU: the offline demo model
+(SmolLM2-135M-Instruct, 4-bit), greedy answers with the K/V cache in the model's dtype against e4m3 fp8.
+
+Reports the answers that came out identical, where the others first diverged, and, with the reference answer
+fed back token by token (teacher forcing), how often the next-token choice agrees and the mean KL divergence
+of the next-token distribution from the reference; the same for the whole model in fp32, as the floor that
+bf16's own rounding gives (a greedy answer of a small model flips at near-ties). A proxy for the 13B model (whose weights
+cannot be fetched here): different heads and outliers, same cache code.
+
+    python benchmarks/fp8_kv_quality.py [--new-tokens 48]     # ~6 min on 2 cores; JSON into $OUT when set
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from worker.demo_model import ensure_demo_model  # noqa: E402
+from worker.llama_runtime import FP8, KVCache, LlamaRuntime, forward  # noqa: E402
+from worker.loader import load_model  # noqa: E402
+from worker.prompt import Turn, make_template  # noqa: E402
+from worker.sampling import GenerationParams, SamplingTensors  # noqa: E402
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Explain in two sentences why the sky is blue.",
+    "Write a haiku about a cat sleeping in the sun.",
+    "List three uses of a paperclip.",
+    "What is 12 times 7? Show your working.",
+    "Give me a short recipe for pancakes.",
+    "Who wrote Romeo and Juliet, and when?",
+    "Summarise what a CPU does for a ten-year-old.",
+    "Translate 'good morning, my friend' into Spanish.",
+    "Name the planets of the solar system in order.",
+]
+
+
+def greedy_answer(loaded, prompt: list[int], new_tokens: int, kv_dtype) -> list[int]:
+    runtime = LlamaRuntime(loaded.model, len(prompt) + new_tokens + 1, kv_dtype=kv_dtype)
+    greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
+    return list(runtime.generate(prompt, new_tokens, greedy, stop_ids=loaded.eos_token_ids))
+
+
+def teacher_forced_logits(loaded, ids: list[int], kv_dtype) -> torch.Tensor:
+    """Logits at every position of ``ids``, fed one token at a time through the cache (as decoding does)."""
+    config = loaded.model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    cache = KVCache(config.num_hidden_layers, 1, config.num_key_value_heads, len(ids), head_dim, "cpu",
+                    kv_dtype or loaded.dtype)
+    tokens = torch.tensor([ids])
+    with torch.inference_mode():
+        return torch.cat([forward(loaded.model, cache, tokens[:, t : t + 1], torch.tensor([t]), len(ids), True)[0]
+                          for t in range(len(ids))])
+
+
+def compare(loaded, other_model, template, new_tokens: int, kv_dtype) -> dict:
+    """``other_model`` with its K/V cache in ``kv_dtype`` (None: its own dtype) against ``loaded`` with its
+    own, over QUESTIONS."""
+    identical, divergence, agree, kl = 0, [], [], []
+    for question in QUESTIONS:
+        prompt = loaded.tokenizer(template.render(None, [Turn("user", question)]), add_special_tokens=False).input_ids
+        reference = greedy_answer(loaded, prompt, new_tokens, None)
+        other = greedy_answer(other_model, prompt, new_tokens, kv_dtype)
+        identical += reference == other
+        differs = [i for i, (a, b) in enumerate(zip(reference, other)) if a != b]
+        if differs or len(reference) != len(other):
+            divergence.append(differs[0] if differs else min(len(reference), len(other)))
+        ids = prompt + reference
+        ref_logits = teacher_forced_logits(loaded, ids, None)[len(prompt) - 1 : -1].float()
+        new_logits = teacher_forced_logits(other_model, ids, kv_dtype)[len(prompt) - 1 : -1].float()
+        agree.append(float((ref_logits.argmax(-1) == new_logits.argmax(-1)).float().mean()))
+        kl.append(float(F.kl_div(new_logits.log_softmax(-1), ref_logits.log_softmax(-1), log_target=True,
+                                 reduction="batchmean")))
+    return dict(identical_answers=identical, first_divergence_tokens=divergence,
+                teacher_forced_top1_agreement=sum(agree) / len(agree), mean_kl=sum(kl) / len(kl))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--new-tokens", type=int, default=48)
+    args = parser.parse_args()
+    loaded = load_model(ensure_demo_model(), device="cpu", dtype=torch.bfloat16)
+    template = make_template("auto", loaded.tokenizer)
+    report = dict(model="SmolLM2-135M-Instruct 4-bit (demo), bf16, K/V cache in bf16 as the reference",
+                  questions=len(QUESTIONS), new_tokens=args.new_tokens)
+    # The floor: the same model run in fp32 throughout (bf16 is what every user already gets from it)
+    in_fp32 = load_model(ensure_demo_model(), device="cpu", dtype=torch.float32)
+    for name, model, kv_dtype in (("fp32_model_vs_bf16", in_fp32, None), ("fp8_e4m3_kv", loaded, FP8)):
+        report[name] = compare(loaded, model, template, args.new_tokens, kv_dtype)
+        print(name, json.dumps(report[name]), flush=True)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "fp8_kv_quality.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
