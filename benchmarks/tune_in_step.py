@@ -55,8 +55,11 @@ def candidates(rows: int, k: int):
     for block_n, block_k, warps, stages in tiles:
         k_blocks = k // block_k
         for split in (s for s in range(1, min(k_blocks, 54) + 1) if k_blocks % s == 0):
-            yield dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split,
-                       num_warps=warps, num_stages=stages)
+            config = dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split,
+                          num_warps=warps, num_stages=stages)
+            yield config
+            if kernel == "gemv" and block_k == 256 and warps <= 4 and k_blocks // split > 1:
+                yield dict(config, PREFETCH=True)  # the next K block loaded while this one is multiplied
 
 
 def worth_timing(config: dict, out_features: int, sms: int) -> bool:

@@ -72,6 +72,7 @@ def test_narrow_layer_splits_k_and_still_sums_every_block():
 KERNEL_CONFIGS = {  # each kernel with K split 2 ways, its K blocks inside one group or (gemv) spanning four
     "gemv-blocks-span-groups": (1, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=64, BLOCK_K=512, split=2)),
     "gemv-block-in-a-group": (1, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, split=2)),
+    "gemv-prefetching": (1, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=2, PREFETCH=True)),
     "swap": (5, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
     "unpacked": (5, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, split=2)),
 }

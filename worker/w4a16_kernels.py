@@ -80,37 +80,65 @@ def _code_minus_zero(words, high, zeros, magic, j: tl.constexpr):
 
 
 @triton.jit
+def _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s, stride_z,
+               GROUP: tl.constexpr, ROWS: tl.constexpr):
+    """The K block at k0: words [GROUPS, ROWS, BLOCK_N], zeros and scales [GROUPS, BLOCK_N] (as floats)."""
+    at = (k0 // 8 + word)[:, :, None] * stride_w + offs_n[None, None, :]
+    words = tl.load(w_ptr + at, mask=mask_n[None, None, :], other=0, eviction_policy="evict_first")
+    group = ((k0 + g * ROWS * 8) // GROUP)[:, None]
+    zeros = tl.load(z_ptr + group * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0).to(tl.float32)
+    scales = tl.load(s_ptr + group * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
+    return words, zeros, scales
+
+
+@triton.jit
+def _gemv_block(running, words, zeros, scales, x_ptr, k0, word, magic):
+    """running + this K block's products: per word row sum_j code_j * x_j, less zero * sum_j x_j, times scale."""
+    high = (words.to(tl.uint32, bitcast=True) >> 16).to(tl.int32, bitcast=True)  # no sign to extend
+    products = tl.zeros(running.shape, dtype=tl.float32)
+    x_sum = tl.zeros(word.shape, dtype=tl.float32)
+    for j in tl.static_range(8):
+        x_j = tl.load(x_ptr + k0 + word * 8 + j).to(tl.float32)
+        x_sum += x_j
+        products += _code(words, high, magic, j) * x_j[:, :, None]
+    return running + (products - zeros[:, None, :] * x_sum[:, :, None]) * scales[:, None, :]
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, iters_per_split, magic,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr,
+    PREFETCH: tl.constexpr = False,
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
     A K block is GROUPS groups of ROWS word rows (ROWS * 8 = min(BLOCK_K, GROUP)): a [GROUPS, ROWS, BLOCK_N]
-    tile, whose zeros and scales are loaded once per (group, column). Per word row: sum_j code_j * x_j, less
-    zero * sum_j x_j, times scale; kept per element and summed once at the end."""
+    tile, whose zeros and scales are loaded once per (group, column); kept per element and summed once at the
+    end. PREFETCH: the next block's loads go out before this block's arithmetic (two blocks in flight a thread;
+    Triton does not pipeline loads that feed no dot)."""
     GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     g = tl.arange(0, GROUPS)
     word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
+    strides = (stride_w, stride_s, stride_z)
     running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
-    for it in range(0, iters_per_split):
-        k0 = (pid_k * iters_per_split + it) * BLOCK_K
-        at = (k0 // 8 + word)[:, :, None] * stride_w + offs_n[None, None, :]
-        words = tl.load(w_ptr + at, mask=mask_n[None, None, :], other=0, eviction_policy="evict_first")
-        group = ((k0 + g * ROWS * 8) // GROUP)[:, None]
-        zeros = tl.load(z_ptr + group * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0).to(tl.float32)
-        scales = tl.load(s_ptr + group * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
-        high = (words.to(tl.uint32, bitcast=True) >> 16).to(tl.int32, bitcast=True)  # no sign to extend
-        products = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
-        x_sum = tl.zeros((GROUPS, ROWS), dtype=tl.float32)
-        for j in tl.static_range(8):
-            x_j = tl.load(x_ptr + k0 + word * 8 + j).to(tl.float32)
-            x_sum += x_j
-            products += _code(words, high, magic, j) * x_j[:, :, None]
-        running += (products - zeros[:, None, :] * x_sum[:, :, None]) * scales[:, None, :]
+    k_first = pid_k * iters_per_split * BLOCK_K
+    if PREFETCH:
+        words, zeros, scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k_first, word, g, offs_n, mask_n, *strides, GROUP, ROWS)
+        for it in range(0, iters_per_split):
+            k0 = k_first + it * BLOCK_K
+            more = offs_n < tl.where(it + 1 < iters_per_split, N, 0)  # past the last block: nothing loaded
+            words_ahead, zeros_ahead, scales_ahead = _gemv_tile(w_ptr, s_ptr, z_ptr, k0 + BLOCK_K, word, g, offs_n,
+                                                                more, *strides, GROUP, ROWS)
+            running = _gemv_block(running, words, zeros, scales, x_ptr, k0, word, magic)
+            words, zeros, scales = words_ahead, zeros_ahead, scales_ahead
+    else:
+        for it in range(0, iters_per_split):
+            k0 = k_first + it * BLOCK_K
+            words, zeros, scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, *strides, GROUP, ROWS)
+            running = _gemv_block(running, words, zeros, scales, x_ptr, k0, word, magic)
     acc = tl.sum(tl.sum(running, axis=1), axis=0)
     tl.store(out_ptr + pid_k * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
 
