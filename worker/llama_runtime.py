@@ -150,10 +150,11 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
                           first_row, positions, window, decode_kernel)
         h, x = add_rms_norm(h, delta, layer.post_attention_layernorm, mlp_order(layer))
         delta = mlp(layer.mlp, x, mlp_order(layer) is not None)
-        if following is None:
-            h, x = add_rms_norm(h, delta, inner.norm)
+        if following is None:  # the final norm feeds lm_head, which gathers nothing
+            next_norm, next_order = inner.norm, None
         else:
-            h, x = add_rms_norm(h, delta, following.input_layernorm, attention_order(following))
+            next_norm, next_order = following.input_layernorm, attention_order(following)
+        h, x = add_rms_norm(h, delta, next_norm, next_order)
     if last_index is not None:
         x = x[torch.arange(batch, device=x.device), last_index].unsqueeze(1)
     elif last_only:

@@ -66,15 +66,9 @@ def _code_in_mantissa(words, high, magic, j: tl.constexpr):
 
 
 @triton.jit
-def _code(words, high, magic, j: tl.constexpr):
-    """code j of each word as an exact float: one multiply-add undoes the offset and the position."""
-    unit: tl.constexpr = 1.0 / (16 ** (j % 4))
-    return _code_in_mantissa(words, high, magic, j) * unit - 8388608.0 * unit
-
-
-@triton.jit
 def _code_minus_zero(words, high, zeros, magic, j: tl.constexpr):
-    """code j of each word minus its zero, exact in fp32: one multiply-add undoes the offset and the position."""
+    """code j of each word minus its zero (0.0: the code itself), exact in fp32: one multiply-add undoes the
+    offset and the position."""
     unit: tl.constexpr = 1.0 / (16 ** (j % 4))
     return _code_in_mantissa(words, high, magic, j) * unit - (zeros + 8388608.0 * unit)
 
@@ -100,7 +94,7 @@ def _gemv_block(running, words, zeros, scales, x_ptr, k0, word, magic):
     for j in tl.static_range(8):
         x_j = tl.load(x_ptr + k0 + word * 8 + j).to(tl.float32)
         x_sum += x_j
-        products += _code(words, high, magic, j) * x_j[:, :, None]
+        products += _code_minus_zero(words, high, 0.0, magic, j) * x_j[:, :, None]
     return running + (products - zeros[:, None, :] * x_sum[:, :, None]) * scales[:, None, :]
 
 
