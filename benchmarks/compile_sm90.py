@@ -27,7 +27,8 @@ INT4 = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "ou
 DOT = dict(INT4, M="i32", N="i32", stride_xm="i32", stride_w="i32", stride_s="i32", stride_z="i32",
            iters_per_split="i32", GROUP="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr")
 GEMV = dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", iters_per_split="i32", magic="i32",
-            GROUP="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr", ROWS="constexpr", PREFETCH="constexpr")
+            GROUP="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr", ROWS="constexpr", BF16_WORDS="constexpr",
+            ASM="constexpr")
 ROTARY = dict(part_ptr="*fp32", cos_ptr="*bf16", sin_ptr="*bf16", pos_ptr="*i64", q_ptr="*bf16", k_cache_ptr="*bf16",
               v_cache_ptr="*bf16", part_stride="i32", length="i32", first_slot="i32", stride_slot="i32",
               stride_head="i32", stride_pos="i32", Q_HEADS="constexpr", KV_HEADS="constexpr", HEAD_DIM="constexpr",
@@ -37,8 +38,8 @@ RESIDUAL = dict(h_ptr="*bf16", part_ptr="*fp32", h_out_ptr="*bf16", sumsq_ptr="*
 SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16", width="i32",
              eps="fp32", BLOCKS="constexpr", BLOCKS_P2="constexpr", ORDERED="constexpr", BLOCK="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
-    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, PREFETCH=False), 4, 1),
-    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, PREFETCH=True), 4, 1),
+    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, BF16_WORDS=True, ASM=True), 4, 1),
+    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, BF16_WORDS=False, ASM=True), 2, 1),
     (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128), 8, 3),
     (w4a16._unpacked_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128), 4, 3),
     (w4a16._sum_splits_kernel, dict(part_ptr="*fp32", out_ptr="*bf16", numel="i32", SPLIT="constexpr",

@@ -6,6 +6,7 @@ bf16 ``F.linear`` (cuBLAS on a 16-bit weight: what 4-bit has to beat to be worth
 a CUDA graph of 20 calls (as decoding does), so launch overhead is not counted.
 
     python benchmarks/int4_kernels.py           # correctness + timings (tuned configs where known)
+    python benchmarks/int4_kernels.py --check   # correctness only
 
 The configs themselves are tuned inside the whole decode step: ``benchmarks/tune_in_step.py``.
 """
@@ -122,6 +123,10 @@ def main() -> None:
     checks = check(device)
     report["max_rel_err"] = {k: max(r["rel_err"] for r in checks if r["kernel"] == k) for k in ("triton", "tinygemm")}
     print("correctness (bf16, vs fp32 dequantized):", report["max_rel_err"], flush=True)
+    one_row = max(r["rel_err"] for r in checks if r["kernel"] == "triton" and r["rows"] == 1)
+    print(f"correctness of one row (the bf16x2 assembly): {one_row:.2e}", flush=True)
+    if "--check" in sys.argv:
+        return
     timings = []
     for name, (k, n) in SHAPES.items():
         timings += time_shape(name, k, n, device)

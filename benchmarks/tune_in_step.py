@@ -58,8 +58,6 @@ def candidates(rows: int, k: int):
             config = dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split,
                           num_warps=warps, num_stages=stages)
             yield config
-            if kernel == "gemv" and block_k == 256 and warps <= 4 and k_blocks // split > 1:
-                yield dict(config, PREFETCH=True)  # the next K block loaded while this one is multiplied
 
 
 def worth_timing(config: dict, out_features: int, sms: int) -> bool:
