@@ -12,7 +12,9 @@ Two ways to multiply, picked by the number of activation rows M:
   the 4-bit codes and never materialises W. K is split over several programs so that every SM has loads in
   flight; their partial sums are added by whoever consumes them (``sum_splits``, or a fused epilogue).
   - 1 row, ``_gemv_kernel``: a sum of products on the CUDA cores, K blocks of up to 512 inputs (whole groups,
-    zero and scale loaded once per group and column) so each thread has several 16-byte loads in flight.
+    zero and scale loaded once per group and column) so each thread has several 16-byte loads in flight; for
+    bf16 activations each word's 8 products are added in bf16x2 instructions (``_bf16_word_sums``: the fp32
+    arithmetic bounded the kernel by instruction issue, not by memory), the words in fp32.
   - 2..32 rows, ``_swap_dot_kernel``: tensor cores on out.T = W @ x.T, so the weights take the MMA's long side
     and the rows pad only to 16; one dot per code position j of the packed words.
   - 33..64 rows and groups under 128, ``_unpacked_dot_kernel``: the codes interleaved back to [K, N], one dot.
