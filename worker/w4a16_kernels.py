@@ -102,19 +102,34 @@ def _gemv_block(running, words, zeros, scales, x_ptr, k0, word, magic):
     return running + (products - zeros[:, None, :] * x_sum[:, :, None]) * scales[:, None, :]
 
 
-# One word of 8 codes for two elements at a time (``pack=2``: $2, $3 their words; $4 their 128 + zero as bf16x2;
-# $5..$12 their x_0..x_7 as bf16x2): the low 16 bits of both words side by side hold codes 0-3 of each, the high
-# 16 bits codes 4-7; a code AND-ed out in place and OR-ed into bf16's 128 (0x4300) reads as 128 + code, less
-# 128 + zero it is the exact small integer code - zero; 8 fused multiply-adds in bf16x2 sum the word, whose two
-# halves come back as fp32 ($0, $1). 2.1 instructions a code against ~4.9 in fp32.
+def _bf16_code_ptx(j: int, words: tuple[str, str], zero: str, out: str) -> list[str]:
+    """PTX for code j of two words (registers) as bf16x2 ``code - zero`` in ``out``: the words' low (codes 0-3)
+    or high (4-7) 16 bits side by side, shifted to code j, AND-ed out and OR-ed into bf16's 128 (0x4300): it
+    reads as 128 + code; less ``zero`` (128 + zero as bf16x2) it is the exact small integer code - zero."""
+    lines = [f"prmt.b32 t, {words[0]}, {words[1]}, {'0x5410' if j < 4 else '0x7632'};"]
+    if j % 4:
+        lines.append(f"shr.b32 t, t, {4 * (j % 4)};")
+    return lines + ["lop3.b32 t, t, 0x000F000F, 0x43004300, 0xea;", f"sub.bf16x2 {out}, t, {zero};"]
+
+
+# Two elements a time (``pack=2``): code j - zero of each, as bf16 ($1, $2 their words; $3 their 128 + zero).
+_BF16_CODE_ASM = tl.constexpr(tuple(" ".join(["{ .reg .b32 t;", *_bf16_code_ptx(j, ("$1", "$2"), "$3", "$0"), "}"])
+                                    for j in range(8)))
+# One word of 8 codes for two elements a time ($2, $3 their words; $4 their 128 + zero; $5..$12 their x_0..x_7,
+# all bf16x2): 8 fused multiply-adds in bf16x2 sum each word, whose halves come back as fp32 ($0, $1). ~2.1
+# instructions a code against ~4.9 in fp32.
 _BF16_WORD_ASM = tl.constexpr(" ".join(
-    ["{ .reg .b32 lo, hi, t, c, acc;", "prmt.b32 lo, $2, $3, 0x5410;", "prmt.b32 hi, $2, $3, 0x7632;"]
-    + [line for j in range(8) for line in (
-        (f"shr.b32 t, {'lo' if j < 4 else 'hi'}, {4 * (j % 4)};" if j % 4 else f"mov.b32 t, {'lo' if j < 4 else 'hi'};"),
-        "lop3.b32 c, t, 0x000F000F, 0x43004300, 0xea;",  # (t & mask) | magic
-        "sub.bf16x2 c, c, $4;",
-        (f"fma.rn.bf16x2 acc, c, ${5 + j}, acc;" if j else "mul.bf16x2 acc, c, $5;"))]
+    ["{ .reg .b32 t, c, acc;"]
+    + [line for j in range(8) for line in _bf16_code_ptx(j, ("$2", "$3"), "$4", "c")
+       + [f"fma.rn.bf16x2 acc, c, ${5 + j}, acc;" if j else "mul.bf16x2 acc, c, $5;"]]
     + ["shl.b32 $0, acc, 16;", "and.b32 $1, acc, 0xffff0000; }"]))
+
+
+@triton.jit
+def _bf16_code_minus_zero(words, zero_magic, j: tl.constexpr):
+    """code j - zero of each element of words, an exact bf16 (``zero_magic``: 128 + zero in bf16)."""
+    return tl.inline_asm_elementwise(_BF16_CODE_ASM[j], "=r,r,r,r", [words, zero_magic], dtype=tl.bfloat16,
+                                     is_pure=True, pack=2)
 
 
 @triton.jit
@@ -185,10 +200,11 @@ def _gemv_kernel(
 @triton.jit(do_not_specialize=["M"])  # any row count: one compiled program (no compile in the middle of serving)
 def _swap_dot_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr = True,
 ):
     """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
-    transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word and x[:, 8r + j]."""
+    transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word and x[:, 8r + j]. ASM (bf16 x):
+    code - zero built in bf16x2 instructions (H200: 3-12% faster)."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -203,11 +219,16 @@ def _swap_dot_kernel(
         zeros = tl.load(z_ptr + group * stride_z + offs_n[:, None], mask=mask_n[:, None], other=0).to(tl.float32)
         scales = tl.load(s_ptr + group * stride_s + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32)
         high = words >> 16
+        zero_magic = (zeros + 128.0).to(tl.bfloat16)
         block = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for j in tl.static_range(8):
             x_j = tl.load(x_ptr + offs_m[None, :] * stride_xm + (k0 + rows * 8 + j)[:, None], mask=mask_m[None, :],
                           other=0.0)
-            block = tl.dot(_code_minus_zero(words, high, zeros, 0x4B000000, j).to(x_j.dtype), x_j, block)
+            if ASM and x_j.dtype == tl.bfloat16:  # the same exact values, ~20% fewer instructions
+                w_j = _bf16_code_minus_zero(words, zero_magic, j)
+            else:
+                w_j = _code_minus_zero(words, high, zeros, 0x4B000000, j).to(x_j.dtype)
+            block = tl.dot(w_j, x_j, block)
         acc += block * scales
     out = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
@@ -359,7 +380,7 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
     grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
     args = (x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides)
     if kernel == "swap":
-        _swap_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, **config)
+        _swap_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, ASM=not INTERPRETING, **config)
     else:
         _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, **config)
     return out
