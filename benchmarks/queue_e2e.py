@@ -118,11 +118,19 @@ def run_users(queue, process, args, concurrency: int) -> dict:
         events = TimingPoster.events[job.job_id]
         return events.get("first_text", events["final"]) - job.created_at
 
+    def streaming_tok_s(job: Job) -> float:
+        """The answer's speed as its reader sees it: tokens after the first over first text -> final."""
+        events = TimingPoster.events[job.job_id]
+        return (args.new_tokens - 1) / max(events["final"] - events.get("first_text", events["final"]), 1e-9)
+
     all_ttft = sorted(ttft(j) for _, j in done)
     later = sorted(ttft(j) for r, j in done if r > 0)  # asked while the other users' answers were decoding
     pickup = [TimingPoster.events[j.job_id]["started"] - j.created_at for _, j in done]
     row = dict(
         total_tok_s=tokens / wall, tokens=tokens, wall_s=wall, questions=len(done),
+        # each answer's own decode speed through the queue (valid when every answer ran to new_tokens)
+        decode_tok_s_per_answer_median=(statistics.median(streaming_tok_s(j) for _, j in done)
+                                        if tokens == len(done) * args.new_tokens else None),
         queue_pickup_ms_median=statistics.median(pickup) * 1000,
         ttft_ms_p50=percentile(all_ttft, 50) * 1000, ttft_ms_p95=percentile(all_ttft, 95) * 1000,
         posting_ms_per_job=TimingPoster.posting_s / len(done) * 1000,
