@@ -4,6 +4,8 @@ Every answer the engine gives while batching is compared with the same request a
 by ``Generator.answer``: exact text, greedy, fp32.
 """
 
+import copy
+import dataclasses
 import threading
 import time
 
@@ -28,6 +30,7 @@ QUESTIONS = [
     "Tell me about the lazy dog.",
     "Hi",
 ]
+STOP_TOKEN = 113  # in this tiny model's greedy answers: after 13-19 tokens for QUESTIONS[2:], never in the others
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +56,15 @@ def alone(loaded):
 def make_engine(loaded, alone):
     engines = []
 
-    def make(max_batch: int, step_delay: float = 0.002) -> Engine:
-        engine = Engine(Generator(loaded, VICUNA, system_prompt=""), max_batch=max_batch)
-        decode = engine.runtime.decode
+    def make(max_batch: int, step_delay: float = 0.002, model=loaded) -> Engine:
+        engine = Engine(Generator(model, VICUNA, system_prompt=""), max_batch=max_batch)
+        launch = engine.runtime.launch
 
-        def paced(tokens, positions):  # a few ms a step, as on a real model, so requests surely overlap
+        def paced(rows, longest):  # a few ms a step, as on a real model, so requests surely overlap
             time.sleep(step_delay)
-            return decode(tokens, positions)
+            return launch(rows, longest)
 
-        engine.runtime.decode = paced
+        engine.runtime.launch = paced
         engines.append(engine)
         return engine
 
@@ -75,6 +78,12 @@ def wait_until(condition, timeout=10.0):
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.005)
+
+
+def answered_alone(model, requests: list[tuple[str, GenerationParams]]) -> list[str]:
+    """Each request answered on its own by the batch-1 generator."""
+    generator = Generator(model, VICUNA, system_prompt="")
+    return [generator.answer(ask(question), params) for question, params in requests]
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["exact-rows", "padded-rows-chunked-prefill"])
@@ -101,6 +110,48 @@ def test_overlapping_requests_answer_exactly_as_alone(make_engine, alone, monkey
     assert stats.steps == sum(stats.batch_size_histogram.values())
     assert stats.prefill_s > 0 and stats.decode_s > 0  # the time split a benchmark or operator reads
     wait_until(lambda: engine.stats.active == 0)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["exact-rows", "padded-rows"])
+def test_answers_ending_at_different_steps_while_others_join_answer_exactly_as_alone(make_engine, loaded, padded):
+    """Rows end every few steps, each while the step launched after it is in flight: the last row moves into
+    the freed slot with what that step wrote, and new requests join. Every answer is still the one it gets
+    alone, and the engine counts exactly the tokens it delivered (no look-ahead row of an ended answer)."""
+    limits = [7, 1, 23, 2, 40, 12, 3, 18, 5, 30]
+    requests = [(QUESTIONS[i % len(QUESTIONS)], GREEDY.replace(max_new_tokens=n)) for i, n in enumerate(limits)]
+    expected = answered_alone(loaded, requests)
+    engine = make_engine(max_batch=4)
+    engine.runtime.pad_to_buckets = padded  # as with CUDA graphs: 3 rows run as a batch of 4
+    engine.start()
+    streams = []
+    for question, params in requests:  # each arrives once the one before has its first token
+        streams.append(engine.submit(ask(question), params))
+        wait_until(lambda: streams[-1].tokens > 0)
+    for stream, answer, limit in zip(streams, expected, limits):
+        assert "".join(stream) == answer
+        assert stream.tokens == limit and stream.error is None  # each ran to its own limit
+    wait_until(lambda: engine.stats.active == 0)
+    stats = engine.stats
+    assert stats.tokens_generated == sum(limits)
+    assert stats.steps == sum(stats.batch_size_histogram.values()) and stats.max_batch_seen == 4
+
+
+def test_answers_ending_on_a_stop_token_while_others_go_on_answer_exactly_as_alone(make_engine, loaded):
+    config = copy.deepcopy(loaded.config)
+    config.eos_token_id = [loaded.tokenizer.eos_token_id, STOP_TOKEN]  # a model with a second end-of-answer id
+    with_stop = dataclasses.replace(loaded, config=config)
+    requests = [(question, GREEDY) for question in QUESTIONS]
+    expected = answered_alone(with_stop, requests)
+    engine = make_engine(max_batch=8, model=with_stop)
+    streams = [engine.submit(ask(question), params) for question, params in requests]
+    engine.start()
+    for stream, answer in zip(streams, expected):
+        assert "".join(stream) == answer and stream.error is None
+    stopped = [s for s in streams if s.tokens < GREEDY.max_new_tokens]
+    assert len(stopped) == len(QUESTIONS) - 2 and all(s.tokens < 20 for s in stopped)  # the others went on to 60
+    wait_until(lambda: engine.stats.active == 0)
+    # Every token counted reached an answer: its text's tokens, and the stop token that ended it.
+    assert engine.stats.tokens_generated == sum(s.tokens for s in streams) + len(stopped)
 
 
 def test_questions_arriving_together_prefill_in_one_pass_and_answer_as_alone(make_engine, alone):

@@ -53,6 +53,30 @@ def test_greedy_tokens_match_full_recompute(loaded):
     assert tokens == reference_greedy(loaded.model, prompt, 16)
 
 
+def test_steps_launched_before_the_one_before_is_read_give_the_greedy_tokens(loaded):
+    """Each step starts from the token the step before fed back on the device, not from the host."""
+    generator = Generator(loaded, VICUNA)
+    prompt = generator.fit([Turn("user", "What is the capital of France?")], GREEDY).token_ids
+    sampling = SamplingTensors.of([GREEDY], torch.device("cpu"))
+    runtime = generator.runtime
+    runtime.set_sampling(0, sampling)
+    first = runtime.prefill_chunk(0, prompt, 0)
+    runtime.set_input(0, first, len(prompt))
+    launched = [runtime.launch(1, len(prompt) + 1 + i) for i in range(15)]  # none read yet
+    assert [first] + [runtime.read(step)[0] for step in launched] == reference_greedy(loaded.model, prompt, 16)
+
+
+def test_steps_at_the_end_of_the_cache_stay_on_its_last_entry(loaded):
+    """A row fed at the cache's last entry stays there (as padded rows do): nothing is written past it."""
+    generator = Generator(loaded, VICUNA, system_prompt="", max_context_tokens=64)
+    runtime = generator.runtime
+    first = runtime.prefill_chunk(0, list(range(3, 65)), 0)
+    runtime.set_input(0, first, 62)
+    for _ in range(3):
+        runtime.read(runtime.launch(1, 64))
+    assert runtime.step_input[1, 0] == 63
+
+
 def test_stream_pieces_add_up_to_the_answer(loaded):
     generator = Generator(loaded, VICUNA)
     turns = [Turn("user", "Hello there! How are you today?")]

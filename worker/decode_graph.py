@@ -2,7 +2,8 @@
 
 A captured step replays every kernel of the 40-layer forward with one launch, which is what makes decoding
 fast: the eager step is bound by Python and kernel-launch overhead, not by the GPU. A graph reads its inputs
-(tokens, positions, sampling settings) from static buffers the runtime owns and fills before each replay.
+(tokens, positions, sampling settings) from static buffers the runtime owns, and writes its sampled tokens back
+there as the next replay's inputs.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class DecodeGraph:
 class DecodeGraphs:
     """Captured lazily per (batch, window); ``LlamaRuntime.warm_up`` captures them all at start.
 
-    All of them share one memory pool: one step runs at a time and its output is read before the next replay,
+    All of them share one memory pool: one step runs at a time and its output is copied out before the next replay,
     so the intermediates of 30 graphs (6 batch buckets x 5 windows) need the memory of the largest alone. Their
     warm-up runs share one side stream too: cuBLAS keeps a workspace (32 MiB on Hopper) for every stream it
     has run on, for good."""

@@ -14,6 +14,12 @@ text and retires those that finished, failed or were cancelled. A request that a
 joins at the next step; one that finishes frees its slot at once. Decoding conversations always sit in the
 lowest slots (a finished one's slot is filled by moving the last one down), so a step reads one slice of the
 cache and free slots cost nothing. Text comes from the same ``AnswerText`` as ``Generator.stream``.
+
+Decoding runs one step ahead: a step feeds its sampled tokens back as the next step's inputs on the device
+(``LlamaRuntime.launch``), so step N+1 is launched before the host reads step N's tokens and turns them into
+text, and the GPU does not wait for that host work. Step N+1 then also computed a token for the requests that
+ended at N; those tokens are dropped. When the rows change (someone ended, was cancelled or joins), the step
+in flight is read before the next launch.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from worker.generate import AnswerText, Generator
-from worker.llama_runtime import PREFILL_CHUNK
+from worker.llama_runtime import PREFILL_CHUNK, LaunchedStep
 
 PREFILL_TOKENS = 4096  # padded prompt tokens prefilled together in one turn (several short prompts at once)
 from worker.prompt import Turn
@@ -43,16 +49,16 @@ class EngineStopped(RuntimeError):
 
 @dataclass(frozen=True)
 class EngineStats:
-    steps: int  # decode steps run
-    tokens_generated: int  # tokens sampled (prefills' first tokens included)
+    steps: int  # decode steps run (one launched ahead for requests that all ended meanwhile included)
+    tokens_generated: int  # tokens delivered (prefills' first ones included, none for rows of ended requests)
     active: int  # requests holding a slot (decoding or being prefilled)
     waiting: int  # requests queued for a slot
     max_batch_seen: int  # most conversations decoded in one step
-    batch_size_histogram: dict[int, int] = field(default_factory=dict)  # rows in a step -> steps
+    batch_size_histogram: dict[int, int] = field(default_factory=dict)  # rows a step was launched with -> steps
     decoding: int = 0  # conversations in the current decode batch
     prefill_group_histogram: dict[int, int] = field(default_factory=dict)  # prompts prefilled together -> times
     prefill_s: float = 0.0  # seconds in the model's prefill calls (GPU work, waited for)
-    decode_s: float = 0.0  # seconds in the model's decode steps (GPU work, waited for)
+    decode_s: float = 0.0  # seconds launching decode steps and waiting for their tokens (host work between excluded)
 
 
 class AnswerStream:
@@ -148,8 +154,15 @@ class _Request:
     sampling: SamplingTensors
     slot: int = -1
     prefilled: int = 0  # prompt tokens already in the cache
-    position: int = 0  # where the next fed token goes
-    next_token: int = 0  # sampled, not yet fed
+    position: int = 0  # cache entries written, by a step launched and not yet read too: where the next step feeds
+
+
+@dataclass(frozen=True)
+class _Launched:
+    """A decode step the device computes (or has computed) whose tokens the engine has not read yet."""
+
+    step: LaunchedStep
+    rows: list[_Request]  # the one in slot i when it was launched is rows[i]
 
 
 class Engine:
@@ -163,6 +176,7 @@ class Engine:
         self._waiting: collections.deque[_Request] = collections.deque()
         self._decoding: list[_Request] = []  # the one in slot i is _decoding[i] (engine thread only)
         self._prefilling: list[_Request] = []  # admitted, in the slots just above the decoding ones
+        self._in_flight: _Launched | None = None  # the step launched ahead, not read yet (engine thread only)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._steps = self._tokens = self._max_batch_seen = 0
@@ -230,8 +244,7 @@ class Engine:
                 try:
                     self._drop_cancelled()
                     self._prefill_some()
-                    if self._decoding:
-                        self._decode_step()
+                    self._decode_step()
                 except Exception as err:  # a fault of the engine itself: end what is running, keep serving
                     log.exception("generation step failed")
                     self._end_running(err)
@@ -239,7 +252,7 @@ class Engine:
 
     def _wait_for_work(self) -> bool:
         with self._cond:
-            while not (self._stopping or self._waiting or self._prefilling or self._decoding):
+            while not (self._stopping or self._waiting or self._prefilling or self._decoding or self._in_flight):
                 self._cond.wait()
             return not self._stopping
 
@@ -274,6 +287,7 @@ class Engine:
         group = self._prefilling or self._admit_group()
         if not group:
             return
+        self._read_in_flight()  # the prefill would wait for it on the device: count that wait as decoding
         started = time.perf_counter()
         try:
             tokens = self._prefill_group(group)
@@ -318,29 +332,60 @@ class Engine:
         request.position = prompt_length
         with self._tokenizer_lock:
             going_on = self._accept(request, token)
-        if not going_on:
+        if going_on:
+            self.runtime.set_input(request.slot, token, prompt_length)
+        else:
             self._release(request)
 
     def _decode_step(self) -> None:
+        """Launch step N+1 for the decoding rows, then read step N: the device computes N+1 while the host
+        turns N's tokens into text. N+1 starts from what N feeds back, so it is launched ahead only for the
+        rows N ran; when they changed since (ended, cancelled, joined), N is read first and the rows as they
+        are then launched after it. Nothing is launched while nobody decodes."""
+        try:
+            if self._in_flight is not None and self._in_flight.rows != self._decoding:
+                self._read_in_flight()
+            if not self._decoding:
+                return
+            launched = self._in_flight or self._launch()
+            self._in_flight = self._launch()
+            self._finish(launched)
+        except Exception as err:  # the batch as a whole failed: its requests end, the engine goes on
+            log.exception("decode step failed for %d requests", len(self._decoding))
+            self._end_running(err)
+
+    def _launch(self) -> _Launched:
+        """Enqueue a step for the decoding rows from the inputs on the device; each row's position moves on
+        at once, so a slot move covers the entry this step writes."""
         rows = list(self._decoding)
         started = time.perf_counter()
-        try:
-            tokens = self.runtime.decode([r.next_token for r in rows], [r.position for r in rows])
-        except Exception as err:  # the batch as a whole failed: its requests end, the engine goes on
-            log.exception("decode step failed for %d requests", len(rows))
-            self._end_running(err)
-            return
-        finally:
-            self._decode_s += time.perf_counter() - started
+        step = self.runtime.launch(len(rows), max(r.position for r in rows) + 1)
+        self._decode_s += time.perf_counter() - started
+        for request in rows:
+            request.position += 1
+        return _Launched(step, rows)
+
+    def _read_in_flight(self) -> None:
+        """Read the step launched ahead, if any."""
+        launched, self._in_flight = self._in_flight, None
+        if launched is not None:
+            self._finish(launched)
+
+    def _finish(self, launched: _Launched) -> None:
+        """Wait for a launched step's tokens and deliver each to its row's request, wherever that one sits now;
+        a request that ended since the launch gets nothing (its row was wasted). Release those that end here."""
+        started = time.perf_counter()
+        tokens = self.runtime.read(launched.step)
+        self._decode_s += time.perf_counter() - started
+        delivered = [(r, token) for r, token in zip(launched.rows, tokens) if not r.stream.finished]
         with self._cond:
             self._steps += 1
-            self._tokens += len(rows)
-            self._histogram[len(rows)] += 1
-            self._max_batch_seen = max(self._max_batch_seen, len(rows))
+            self._tokens += len(delivered)
+            self._histogram[len(launched.rows)] += 1
+            self._max_batch_seen = max(self._max_batch_seen, len(launched.rows))
         done = []
         with self._tokenizer_lock:
-            for request, token in zip(rows, tokens):
-                request.position += 1
+            for request, token in delivered:
                 if not self._accept(request, token):
                     done.append(request)
         for request in done:
@@ -358,7 +403,6 @@ class Engine:
         if not delivered or request.answer.done:
             request.stream._end()
             return False
-        request.next_token = token
         return True
 
     def _release(self, request: _Request) -> None:
@@ -387,6 +431,7 @@ class Engine:
         with self._cond:
             running = self._decoding + self._prefilling
             self._decoding, self._prefilling = [], []
+        self._in_flight = None  # its tokens have nobody left to go to
         for request in running:
             request.stream._end(error)
 

@@ -13,6 +13,8 @@ lowest slots, so a step reads a plain slice of the cache and free slots cost not
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -194,6 +196,14 @@ def batch_buckets(max_batch: int) -> list[int]:
     return buckets + [max_batch]
 
 
+@dataclass(frozen=True)
+class LaunchedStep:
+    """A decode step enqueued on the device and not waited for: ``LlamaRuntime.read`` gives its tokens."""
+
+    tokens: torch.Tensor  # [rows] on the host: pinned, filled by a copy queued after the step (CUDA)
+    done: torch.cuda.Event | None  # recorded after that copy (CUDA); None on the CPU, where the step has run
+
+
 class LlamaRuntime:
     """Holds the model, its cache of ``max_batch`` slots and the per-slot sampling settings.
 
@@ -202,6 +212,11 @@ class LlamaRuntime:
     captured per (batch bucket, attention window); a step of n rows runs the smallest bucket >= n, the extra
     rows reading and writing only the very last cache entry of slots n.., which no conversation reads before
     writing it itself (a row attends to entries <= its own position, and writes its position first).
+
+    A step's inputs live on the device (``step_input``) and the step feeds its own outputs back there: each
+    row's sampled token, at the next position. So ``launch`` can enqueue step N+1 before the host has read
+    step N's tokens (``read``): the host turns them into text while the device computes. The host sets a
+    slot's inputs only when a conversation joins (``set_input``); ``move_slot`` carries them along.
     """
 
     def __init__(self, model: nn.Module, max_seq_len: int, *, max_batch: int = 1, cuda_graphs: bool = False,
@@ -223,7 +238,7 @@ class LlamaRuntime:
         self.max_batch = max_batch
         self.windows = attention_windows(max_seq_len)
         self.buckets = batch_buckets(max_batch)
-        # Static inputs of a decode step (graphs read them in place): row i is slot i.
+        # Static inputs of a decode step (graphs read them in place and write the next step's): row i is slot i.
         self.step_input = torch.zeros((2, max_batch), dtype=torch.long, device=self.device)  # tokens; positions
         unused = GenerationParams(temperature=0.0, top_k=0, top_p=1.0)  # valid settings for slots nobody uses yet
         self.sampling = SamplingTensors.of([unused] * max_batch, self.device)  # each slot's settings
@@ -258,10 +273,35 @@ class LlamaRuntime:
         """The decode step a graph captures: slots 0..batch-1, reading the static inputs in place."""
         # Capture (and its warm-up runs) write K/V at the last entry of these slots: harmless, see the class.
         self.step_input[1, :batch].fill_(self.max_seq_len - 1)
-        tokens, positions = self.step_input[0, :batch].view(batch, 1), self.step_input[1, :batch].view(batch, 1)
-        sampling = tuple(t[:batch] for t in self.sampling.as_args())
-        return lambda: decode_one_token(self.model, self.cache, tokens, positions, window, *sampling,
-                                        decode_kernel=self.decode_kernel)
+        return lambda: self._step(batch, window)
+
+    def _step(self, batch: int, window: int) -> torch.Tensor:
+        """Slots 0..batch-1 one token on from ``step_input`` -> the sampled tokens [batch]. Then each row's
+        input is its sampled token at the next position, so the next step needs nothing from the host. The
+        position stops at the cache's last entry: padded rows stay there, and nothing is written past it."""
+        tokens, positions = self.step_input[0, :batch], self.step_input[1, :batch]
+        sampling = (t[:batch] for t in self.sampling.as_args())
+        out = decode_one_token(self.model, self.cache, tokens.view(batch, 1), positions.view(batch, 1), window,
+                               *sampling, decode_kernel=self.decode_kernel)
+        tokens.copy_(out)
+        positions.add_(1).clamp_(max=self.max_seq_len - 1)
+        return out
+
+    def _graph(self, batch: int, window: int):
+        """The captured step for (batch, window). Capturing one now (``warm_up`` did not) runs it on placeholder
+        rows, which feed back into ``step_input``: the inputs already set for this step are put back after."""
+        if (batch, window) in self.graphs.captured:
+            return self.graphs.captured[(batch, window)]
+        inputs = self.step_input.clone()
+        graph = self.graphs.get(batch, window)
+        self.step_input.copy_(inputs)
+        return graph
+
+    def set_input(self, slot: int, token: int, position: int) -> None:
+        """Feed ``token`` at ``position`` of ``slot`` in the next step (a conversation joining the decoding
+        ones). Queued on the device like the steps, so it does not wait for one in flight."""
+        self.step_input[0, slot].fill_(token)
+        self.step_input[1, slot].fill_(position)
 
     def set_sampling(self, slot: int, sampling: SamplingTensors) -> None:
         """The settings (a one-row SamplingTensors) the conversation in ``slot`` samples with."""
@@ -270,10 +310,12 @@ class LlamaRuntime:
 
     @torch.inference_mode()
     def move_slot(self, src: int, dst: int, length: int) -> None:
-        """Move a conversation (its first ``length`` cache entries and its sampling settings) to another slot."""
+        """Move a conversation (its first ``length`` cache entries, its sampling settings and its next step's
+        inputs) to another slot. Device copies queued after any step in flight: they move what it wrote."""
         self.cache.move(src, dst, length)
         for buffer in self.sampling.as_args():
             buffer[dst].copy_(buffer[src])
+        self.step_input[:, dst].copy_(self.step_input[:, src])
 
     @torch.inference_mode()
     def prefill_chunk(self, slot: int, token_ids: list[int], start: int) -> int:
@@ -301,23 +343,35 @@ class LlamaRuntime:
         return token.tolist()
 
     @torch.inference_mode()
+    def launch(self, rows: int, longest: int) -> LaunchedStep:
+        """Enqueue one step for slots 0..rows-1 from what ``step_input`` holds, without waiting for it (or for
+        an earlier one). ``longest``: the furthest position fed + 1, which picks the attention window."""
+        window = self.window_for(longest)
+        batch = self.bucket_for(rows) if self.pad_to_buckets else rows
+        graph = self._graph(batch, window) if self.graphs is not None else None
+        if batch > rows:  # padded rows touch only the last cache entry (see the class)
+            self.step_input[1, rows:batch].fill_(self.max_seq_len - 1)
+        out = graph.replay() if graph is not None else self._step(batch, window)
+        if self.device.type != "cuda":
+            return LaunchedStep(out[:rows], None)
+        tokens = torch.empty(rows, dtype=torch.long, pin_memory=True)
+        tokens.copy_(out[:rows], non_blocking=True)  # before the next replay overwrites the graph's output
+        done = torch.cuda.Event()
+        done.record()
+        return LaunchedStep(tokens, done)
+
+    def read(self, step: LaunchedStep) -> list[int]:
+        """The tokens a launched step sampled, one per row; waits for that step only, not for later ones."""
+        if step.done is not None:
+            step.done.synchronize()
+        return step.tokens.tolist()
+
+    @torch.inference_mode()
     def decode(self, tokens: list[int], positions: list[int]) -> list[int]:
         """One step for slots 0..n-1: token i is fed at positions[i] of slot i; returns the next token of each."""
         rows = len(tokens)
-        window = self.window_for(max(positions) + 1)
-        batch = self.bucket_for(rows) if self.pad_to_buckets else rows
-        graph = self.graphs.get(batch, window) if self.graphs is not None else None  # captures before inputs are set
-        pad = batch - rows
-        step = torch.tensor([tokens + [0] * pad, positions + [self.max_seq_len - 1] * pad])
-        self.step_input[:, :batch].copy_(step)
-        if graph is not None:
-            out = graph.replay()
-        else:
-            token_in, pos_in = self.step_input[0, :batch].view(batch, 1), self.step_input[1, :batch].view(batch, 1)
-            sampling = (t[:batch] for t in self.sampling.as_args())
-            out = decode_one_token(self.model, self.cache, token_in, pos_in, window, *sampling,
-                                   decode_kernel=self.decode_kernel)
-        return out[:rows].tolist()
+        self.step_input[:, :rows].copy_(torch.tensor([tokens, positions]))
+        return self.read(self.launch(rows, max(positions) + 1))
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingTensors, stop_ids: set[int]):
