@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from worker import w4a16_kernels  # noqa: E402
 from worker.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
 from worker.int4_linear import Int4Codes, Int4Linear  # noqa: E402
 from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
@@ -48,6 +49,25 @@ def check(device) -> list[dict]:
                 out.append(dict(kernel=name, group=group, act_order=act_order, rows=rows,
                                 rel_err=float((got - ref).norm() / ref.norm())))
     return out
+
+
+def dot_codes_identical(device) -> dict[int, float]:
+    """The 2-32-row kernel's bf16x2 code - zero against its fp32 route (``ASM=False``), same inputs: the
+    largest difference of the outputs per row count (exact values both ways, so 0)."""
+    layer = random_layer(5120, 5120, device, TritonInt4Linear)
+    diffs = {}
+    for rows in (2, 9, 16, 32):
+        x = torch.randn(rows, 5120, device=device, dtype=torch.bfloat16)
+        config = w4a16_kernels.config_for_bucket(w4a16_kernels.rows_bucket(rows), 5120, 5120, 128, device)
+        args = (x, layer.packed, layer.scales, layer.zeros, 128, config)
+        with_asm = w4a16_kernels.matmul_partials(*args).sum(0)
+        w4a16_kernels.INTERPRETING = True  # launches with ASM=False
+        try:
+            without = w4a16_kernels.matmul_partials(*args).sum(0)
+        finally:
+            w4a16_kernels.INTERPRETING = False
+        diffs[rows] = float((with_asm - without).abs().max())
+    return diffs
 
 
 def graph_time_us(fn, calls: int = 20, replays: int = 10) -> float:
@@ -125,6 +145,9 @@ def main() -> None:
     print("correctness (bf16, vs fp32 dequantized):", report["max_rel_err"], flush=True)
     one_row = max(r["rel_err"] for r in checks if r["kernel"] == "triton" and r["rows"] == 1)
     print(f"correctness of one row (the bf16x2 assembly): {one_row:.2e}", flush=True)
+    report["dot_codes_max_abs_diff"] = dot_codes_identical(device)
+    print("correctness of 2-32 rows, bf16x2 codes against fp32 ones (max |diff| by rows):",
+          report["dot_codes_max_abs_diff"], flush=True)
     if "--check" in sys.argv:
         return
     timings = []
