@@ -3,7 +3,9 @@
 # benchmarks/results/latest) as they go, so a call cut short still returns what finished:
 #   benchmarks/gpu_all.sh sweep    # ~8 min: profile whole decode steps and prefills (where the time goes), then
 #                                  # tune the kernel configs inside the step ($OUT/w4a16_configs.json)
-#   benchmarks/gpu_all.sh          # ~6 min: fp8 cache check, batch-1 inference vs tinygemm and HF, the queue benchmark
+#   benchmarks/gpu_all.sh          # ~6 min: kernel and fp8 cache checks, batch-1 inference vs tinygemm and HF, the queue
+#                                  # benchmark
+#   benchmarks/gpu_all.sh roofline # ~6 min: the one-row kernel against a plain read of its bytes, per shape
 # Needs redis-server on PATH (or REDIS_SERVER=...) for the queue benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,13 +16,16 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/
   shift 2
   timeout "$seconds" "$@" > "$OUT/$name.log" 2>&1
   echo "== $name: exit $?"
-  grep -E "^prefill|^correctness|^matmul ms|^fp8|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |Error" \
+  grep -E "^qkv|^o:|^gate_up|^down|^prefill|^correctness|^matmul ms|^fp8|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |Error" \
     "$OUT/$name.log" | cut -c1-600
 }
-if [ "${1:-}" = "sweep" ]; then
+if [ "${1:-}" = "roofline" ]; then
+  step gemv_roofline 400 python3 -u benchmarks/gemv_roofline.py --seconds 330
+elif [ "${1:-}" = "sweep" ]; then
   step profile_decode 120 python3 -u benchmarks/profile_decode.py
   step tune_in_step 400 python3 -u benchmarks/tune_in_step.py --seconds 330
 else
+  step int4_check 90 python3 -u benchmarks/int4_kernels.py --check
   step check_fp8_cache 60 python3 -u benchmarks/check_fp8_cache.py
   step gpu_inference 180 python3 -u benchmarks/gpu_inference.py
   step queue_e2e 240 python3 -u benchmarks/queue_e2e.py --redis-server "${REDIS_SERVER:-redis-server}"
