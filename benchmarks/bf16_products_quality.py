@@ -32,18 +32,16 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.fp8_kv_quality import QUESTIONS, greedy_answer  # noqa: E402
+from benchmarks.fp8_kv_quality import QUESTIONS, agreement, greedy_answer, question_prompts  # noqa: E402
 from worker.demo_model import ensure_demo_model  # noqa: E402
 from worker.gptq_layout import unpack_rows  # noqa: E402
 from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
 from worker.llama_runtime import KVCache, forward  # noqa: E402
 from worker.loader import load_model  # noqa: E402
-from worker.prompt import Turn, make_template  # noqa: E402
 
 ARITHMETICS = ("fp32_sums", "bf16_products", "bf16_weights")
 
@@ -197,20 +195,6 @@ def forced_logits(loaded, prompts: list[list[int]], answers: list[list[int]]) ->
     return result
 
 
-def compare(ref_answers, ref_logits, answers, logits) -> dict:
-    """Like fp8_kv_quality.compare, against a reference computed once."""
-    identical, divergence, agree, kl = 0, [], [], []
-    for reference, other, ref, new in zip(ref_answers, answers, ref_logits, logits):
-        identical += reference == other
-        differs = [i for i, (a, b) in enumerate(zip(reference, other)) if a != b]
-        if differs or len(reference) != len(other):
-            divergence.append(differs[0] if differs else min(len(reference), len(other)))
-        agree.append(float((ref.argmax(-1) == new.argmax(-1)).float().mean()))
-        kl.append(float(F.kl_div(new.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")))
-    return dict(identical_answers=identical, first_divergence_tokens=divergence,
-                teacher_forced_top1_agreement=sum(agree) / len(agree), mean_kl=sum(kl) / len(kl))
-
-
 def print_table(report: dict, names: list[str]) -> None:
     print(f"\n{'vs reference (fp32 sums, bf16 model)':<38}{'identical':>10}{'top-1 agree':>13}{'mean KL':>10}")
     for name in names:
@@ -234,9 +218,7 @@ def main() -> None:
     print("random layer, relative error vs exact fp64:", json.dumps(report["random_layer_relative_error"]), flush=True)
 
     loaded = load_emulated(torch.bfloat16)
-    template = make_template("auto", loaded.tokenizer)
-    prompts = [loaded.tokenizer(template.render(None, [Turn("user", q)]), add_special_tokens=False).input_ids
-               for q in QUESTIONS]
+    prompts = question_prompts(loaded)
     ref_answers = greedy_answers(loaded, prompts, args.new_tokens)
     ref_logits = forced_logits(loaded, prompts, ref_answers)
     in_fp32 = load_emulated(torch.float32)
@@ -245,7 +227,7 @@ def main() -> None:
     for name, model, arithmetic in variants:
         set_arithmetic(model.model, arithmetic)
         answers = greedy_answers(model, prompts, args.new_tokens)
-        report[name] = compare(ref_answers, ref_logits, answers, forced_logits(model, prompts, ref_answers))
+        report[name] = agreement(ref_answers, answers, ref_logits, forced_logits(model, prompts, ref_answers))
         print(name, json.dumps(report[name]), f"({time.time() - start:.0f} s)", flush=True)
     report["seconds"] = round(time.time() - start)
     print_table(report, [name for name, _, _ in variants])

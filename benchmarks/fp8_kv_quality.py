@@ -61,26 +61,40 @@ def teacher_forced_logits(loaded, ids: list[int], kv_dtype) -> torch.Tensor:
                           for t in range(len(ids))])
 
 
-def compare(loaded, other_model, template, new_tokens: int, kv_dtype) -> dict:
-    """``other_model`` with its K/V cache in ``kv_dtype`` (None: its own dtype) against ``loaded`` with its
-    own, over QUESTIONS."""
+def question_prompts(loaded) -> list[list[int]]:
+    """QUESTIONS as prompt token ids, each in the model's own chat template."""
+    template = make_template("auto", loaded.tokenizer)
+    return [loaded.tokenizer(template.render(None, [Turn("user", q)]), add_special_tokens=False).input_ids
+            for q in QUESTIONS]
+
+
+def agreement(ref_answers, answers, ref_logits, logits) -> dict:
+    """Greedy answers identical, where the others first diverge, and over the reference answers fed back
+    (teacher forcing) the next-token agreement and mean KL of ``logits`` from ``ref_logits`` (one [T, V] each)."""
     identical, divergence, agree, kl = 0, [], [], []
-    for question in QUESTIONS:
-        prompt = loaded.tokenizer(template.render(None, [Turn("user", question)]), add_special_tokens=False).input_ids
-        reference = greedy_answer(loaded, prompt, new_tokens, None)
-        other = greedy_answer(other_model, prompt, new_tokens, kv_dtype)
+    for reference, other, ref, new in zip(ref_answers, answers, ref_logits, logits):
         identical += reference == other
         differs = [i for i, (a, b) in enumerate(zip(reference, other)) if a != b]
         if differs or len(reference) != len(other):
             divergence.append(differs[0] if differs else min(len(reference), len(other)))
-        ids = prompt + reference
-        ref_logits = teacher_forced_logits(loaded, ids, None)[len(prompt) - 1 : -1].float()
-        new_logits = teacher_forced_logits(other_model, ids, kv_dtype)[len(prompt) - 1 : -1].float()
-        agree.append(float((ref_logits.argmax(-1) == new_logits.argmax(-1)).float().mean()))
-        kl.append(float(F.kl_div(new_logits.log_softmax(-1), ref_logits.log_softmax(-1), log_target=True,
-                                 reduction="batchmean")))
+        agree.append(float((ref.argmax(-1) == new.argmax(-1)).float().mean()))
+        kl.append(float(F.kl_div(new.log_softmax(-1), ref.log_softmax(-1), log_target=True, reduction="batchmean")))
     return dict(identical_answers=identical, first_divergence_tokens=divergence,
                 teacher_forced_top1_agreement=sum(agree) / len(agree), mean_kl=sum(kl) / len(kl))
+
+
+def compare(loaded, other_model, new_tokens: int, kv_dtype) -> dict:
+    """``other_model`` with its K/V cache in ``kv_dtype`` (None: its own dtype) against ``loaded`` with its
+    own, over QUESTIONS."""
+    ref_answers, answers, ref_logits, logits = [], [], [], []
+    for prompt in question_prompts(loaded):
+        reference = greedy_answer(loaded, prompt, new_tokens, None)
+        ref_answers.append(reference)
+        answers.append(greedy_answer(other_model, prompt, new_tokens, kv_dtype))
+        ids = prompt + reference
+        ref_logits.append(teacher_forced_logits(loaded, ids, None)[len(prompt) - 1 : -1].float())
+        logits.append(teacher_forced_logits(other_model, ids, kv_dtype)[len(prompt) - 1 : -1].float())
+    return agreement(ref_answers, answers, ref_logits, logits)
 
 
 def main() -> None:
@@ -88,13 +102,12 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=48)
     args = parser.parse_args()
     loaded = load_model(ensure_demo_model(), device="cpu", dtype=torch.bfloat16)
-    template = make_template("auto", loaded.tokenizer)
     report = dict(model="SmolLM2-135M-Instruct 4-bit (demo), bf16, K/V cache in bf16 as the reference",
                   questions=len(QUESTIONS), new_tokens=args.new_tokens)
     # The floor: the same model run in fp32 throughout (bf16 is what every user already gets from it)
     in_fp32 = load_model(ensure_demo_model(), device="cpu", dtype=torch.float32)
     for name, model, kv_dtype in (("fp32_model_vs_bf16", in_fp32, None), ("fp8_e4m3_kv", loaded, FP8)):
-        report[name] = compare(loaded, model, template, args.new_tokens, kv_dtype)
+        report[name] = compare(loaded, model, args.new_tokens, kv_dtype)
         print(name, json.dumps(report[name]), flush=True)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "fp8_kv_quality.json").write_text(json.dumps(report, indent=2))

@@ -26,9 +26,11 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us  # noqa: E402
+import int4_kernels  # noqa: E402
+from int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, layer_bytes  # noqa: E402
 
 from worker import w4a16_kernels  # noqa: E402
+from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
 
 
 @triton.jit
@@ -47,14 +49,9 @@ def _read_kernel(w_ptr, s_ptr, z_ptr, out_ptr, n_words, n_small, BLOCK: tl.const
 
 
 def random_layer(k: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    packed = torch.randint(-2**31, 2**31 - 1, (k // 8, n), dtype=torch.int32, device=device)
-    scales = (torch.rand(k // 128, n, device=device) * 0.004 + 0.002).half()
-    zeros = torch.randint(0, 16, (k // 128, n), dtype=torch.uint8, device=device)
-    return packed, scales, zeros
-
-
-def layer_bytes(k: int, n: int) -> int:
-    return k * n // 2 + k // 128 * n * 3
+    """A 13B-shaped layer of random codes in the GPU layout: (packed, scales, zeros)."""
+    layer = int4_kernels.random_layer(k, n, device, TritonInt4Linear)
+    return layer.packed, layer.scales, layer.zeros
 
 
 def read_call(layer, out, programs: int):

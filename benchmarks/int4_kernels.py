@@ -108,6 +108,11 @@ def random_layer(k: int, n: int, device, kind):
     return kind.from_codes(c, torch.bfloat16)
 
 
+def layer_bytes(k: int, n: int) -> int:
+    """Bytes a 4-bit layer reads: the codes, and per group of 128 an fp16 scale and a uint8 zero per column."""
+    return k * n // 2 + k // 128 * n * 3
+
+
 def copies_beyond_l2(k: int, n: int, bytes_per_weight: float) -> int:
     """How many copies of a layer to cycle through so that, as in a real decode step, its weights come from
     memory and not from the L2 cache left warm by the previous call (60 MB on an H200: o_proj is 13 MB)."""
@@ -131,7 +136,7 @@ def time_shape(name: str, k: int, n: int, device) -> list[dict]:
                    triton_us=graph_time_us(cycling([lambda layer=layer: layer(x) for layer in triton_layers])),
                    tinygemm_us=graph_time_us(cycling([lambda layer=layer: layer(x) for layer in tinygemm_layers])),
                    bf16_us=graph_time_us(cycling([lambda w=w: F.linear(x, w) for w in weights])))
-        row["triton_GBps"] = (k * n / 2 + k * n / 128 * 3) / row["triton_us"] / 1e3
+        row["triton_GBps"] = layer_bytes(k, n) / row["triton_us"] / 1e3
         rows_out.append(row)
         print(json.dumps({key: round(v, 1) if isinstance(v, float) else v for key, v in row.items()}), flush=True)
     return rows_out
