@@ -22,6 +22,21 @@ else:  # tests/ itself is on sys.path (pytest's default import mode, no tests/__
     from redis_server import drop_queue
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-long", action="store_true",
+                     help="also run the tests marked long (the reliability suite's minute-scale faults and load)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``long`` are skipped unless ``--run-long`` is given (CI gives it: see .ci/run)."""
+    if config.getoption("--run-long"):
+        return
+    skip = pytest.mark.skip(reason="long: run with scripts/test --run-long")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def gptq_checkpoint(tmp_path_factory):
     """Factory: ``gptq_checkpoint(**kwargs)`` writes a fresh checkpoint (see ``write_gptq_checkpoint``)."""
