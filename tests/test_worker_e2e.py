@@ -19,6 +19,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
+from tests.processes import settings_env, spawn
 from worker.console_client import ask, console_job
 from worker.posters.console import read_reply, reply_stream_key
 from worker.queue import TASK, JobQueue
@@ -122,14 +123,8 @@ def test_poisoned_jobs_get_clear_replies_and_the_worker_keeps_serving(worker, re
     assert "Paris" in final_answer(redis, job_queue(worker.settings, redis), "What is the capital of France?")
 
 
-def spawn(args, env_extra, **kwargs):
-    env = {**os.environ, **{k: str(v) for k, v in env_extra.items()}}
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", *args], cwd=REPO, env=env, **kwargs)
-
-
 def worker_env(demo_dir, queue_name, redis_url="redis://127.0.0.1:6379/0"):
-    values = settings_for(demo_dir, queue_name, redis_url=redis_url)
-    return {f"XWINBOT_{key.upper()}": value for key, value in values.items()}
+    return settings_env(**settings_for(demo_dir, queue_name, redis_url=redis_url))
 
 
 def test_killed_worker_mid_answer_another_answers_exactly_once(demo_dir, queue_name, redis):
