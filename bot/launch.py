@@ -7,8 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from redis import Redis
-
+from worker.redis_connection import redis_from_settings
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ def start_adapters(settings: Settings) -> RunningAdapters:
 def start_slack(settings: Settings) -> Callable[[], None]:
     from bot.slack.app import create_app, serve_http, socket_mode_handler
 
-    app = create_app(settings, Redis.from_url(settings.redis_url))
+    app = create_app(settings, redis_from_settings(settings))
     if settings.slack_mode == "http":
         threading.Thread(target=serve_http, args=(app, settings), name="xwinbot-slack-http", daemon=True).start()
         return lambda: None  # a daemon thread: ends with the process
@@ -60,7 +59,7 @@ def start_discord(settings: Settings) -> Callable[[], None]:
     stopping = asyncio.Event()
 
     async def serve() -> None:
-        bot = create_bot(settings, Redis.from_url(settings.redis_url))
+        bot = create_bot(settings, redis_from_settings(settings))
         running = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
         stop = asyncio.create_task(stopping.wait())
         await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)

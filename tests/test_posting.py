@@ -73,3 +73,83 @@ def test_cancelled_answer_says_so():
     reply.add("The capital")
     reply.finish("\n\n(stopped)")
     assert poster.calls[-1] == ("finish", "The capital\n\n(stopped)")
+
+
+class Down(Exception):
+    """A platform error as our posters see them: an HTTP status, and for a 429 how long to wait."""
+
+    def __init__(self, status, retry_after=None):
+        super().__init__(f"platform answered {status}")
+        self.status, self.retry_after = status, retry_after
+
+
+class SteppingClock(FakeClock):
+    """time.sleep moves this clock, so retry windows pass without waiting."""
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_a_platform_down_for_a_while_is_retried_until_it_is_back_with_capped_backoff(monkeypatch):
+    clock = SteppingClock()
+    delays, calls = [], []
+
+    def call():
+        calls.append(clock.now)
+        if clock.now < 60:  # a minute of 5xx
+            raise Down(503)
+
+    monkeypatch.setattr("time.sleep", lambda s: (delays.append(s), clock.sleep(s)))
+    deliver(call, what="answer", window_s=180, clock=clock)
+    assert delays[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0] and max(delays) == 10.0  # capped
+    assert 60 <= calls[-1] <= 70  # delivered within one backoff of the platform coming back
+
+
+def test_a_429_waits_as_long_as_retry_after_says(monkeypatch):
+    clock = SteppingClock()
+    delays = []
+    monkeypatch.setattr("time.sleep", lambda s: (delays.append(s), clock.sleep(s)))
+    answers = iter([Down(429, retry_after=7.5), None])
+
+    def call():
+        if error := next(answers):
+            raise error
+
+    deliver(call, what="answer", clock=clock)
+    assert delays == [7.5]
+
+
+def test_a_platform_down_for_longer_than_the_window_fails_with_the_reason(monkeypatch):
+    clock = SteppingClock()
+    monkeypatch.setattr("time.sleep", clock.sleep)
+    poster = Recorder(failures=10_000)
+    with pytest.raises(DeliveryFailed, match="could not deliver the answer after .* platform unavailable"):
+        deliver(lambda: poster.finish(None, "Paris."), what="answer", window_s=30, clock=clock)
+    assert 20 <= clock.now <= 30
+
+
+def test_an_error_that_is_not_an_outage_fails_after_a_few_attempts(monkeypatch):
+    clock = SteppingClock()
+    monkeypatch.setattr("time.sleep", clock.sleep)
+    attempts = []
+
+    def call():
+        attempts.append(clock.now)
+        raise Down(400)  # a bad request: retrying for minutes would not help
+
+    with pytest.raises(DeliveryFailed, match="after 4 attempts"):
+        deliver(call, what="answer", window_s=180, clock=clock)
+    assert len(attempts) == 4
+
+
+def test_refused_streamed_edits_are_skipped_and_the_final_answer_still_arrives(monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    poster, clock = Recorder(failures=3), FakeClock()
+    reply = StreamingReply(poster, job=None, interval=1.0, clock=clock)
+    for i in range(50):  # 50 pieces over 5 seconds; the platform refuses the first 3 edits
+        clock.now = i * 0.1
+        reply.add(f"w{i} ")
+    reply.finish()
+    updates = [text for kind, text in poster.calls if kind == "update"]
+    assert len(updates) <= 2  # backed off after each refusal instead of retrying every piece
+    assert poster.calls[-1] == ("finish", " ".join(f"w{i}" for i in range(50)))

@@ -197,7 +197,7 @@ class UnreachablePlatform:
 
 
 def test_an_undeliverable_answer_ends_in_the_failed_registry_with_the_reason(demo_dir, queue_name, redis):
-    settings = Settings(**settings_for(demo_dir, queue_name))
+    settings = Settings(**settings_for(demo_dir, queue_name, delivery_retry_s=5))  # down for longer than that
     process = WorkerProcess(settings, redis, posters={"console": UnreachablePlatform})
     process.start()
     try:

@@ -9,12 +9,16 @@ torch). Our own keys live under ``{queue name}:``:
   time it was accepted), emptied by ``release``;
 - ``{name}:cancel:{job_id}`` (1 h): a cancel request for a running job, polled by the worker.
 
+A job Redis loses in a crash (queued in the last second before it, see ``worker.lost_jobs``) is queued again by
+the process that queued it, a few seconds later.
+
 The duplicate and both limits are checked and the slot reserved in one Lua script, so concurrent adapters
 cannot overshoot a limit.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
@@ -27,9 +31,12 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from worker.job import Job
+from worker.lost_jobs import LostJobWatch
 
 if TYPE_CHECKING:
     from worker.settings import Settings
+
+log = logging.getLogger(__name__)
 
 QUEUE_NAME = "xwinbot"
 TASK = "worker.tasks.answer_job"
@@ -91,6 +98,7 @@ class JobQueue:
         self.name = name
         self.rq = Queue(name, connection=redis, serializer=SERIALIZER, default_timeout=self.limits.job_timeout_s)
         self._reserve = redis.register_script(RESERVE)
+        self._lost = LostJobWatch(redis, self._enqueue_again)
 
     def enqueue(self, job: Job) -> Enqueued:
         """Queue a job; raises DuplicateJob for an id seen in the last 24 h, Busy when a limit is reached."""
@@ -125,7 +133,17 @@ class JobQueue:
             self.redis.zrem(active, job.job_id)
             self.redis.delete(self._key("dedupe", job.job_id))
             raise
+        self._lost.watch(job)
         return Enqueued(job.job_id, self.position(job.job_id) or 1)
+
+    def _enqueue_again(self, job: Job) -> None:
+        """``job`` was lost with whatever else Redis lost (its reservation included): queue it anew."""
+        self.redis.delete(self._key("dedupe", job.job_id))
+        self.redis.zrem(self._active_key(job.requester.key), job.job_id)
+        try:
+            self.enqueue(job)
+        except (Busy, DuplicateJob) as err:
+            log.warning("could not queue lost job %s again: %s", job.job_id, err)
 
     def release(self, job: Job) -> None:
         """The job is finished, failed or cancelled: its requester's slot frees (its id stays a duplicate)."""

@@ -23,7 +23,9 @@ What is changed from ``SimpleWorker`` (rq 3.0)
   queue, or already dequeued, in which case that thread runs it to the end before it exits.
 * Maintenance (registry cleanup) is not run by each worker thread's loop (``should_run_maintenance_tasks``
   is ``False``) but by ONE maintenance thread per process, every ``maintenance_interval_s`` (rq default:
-  600 s), see below.
+  600 s), see below. It beats for this process's own running jobs first, and skips its pass while Redis has
+  been up for less than one heartbeat TTL: a Redis restarted from its append-only file holds every running
+  job's heartbeat as it was before the outage, and the workers need one beat to renew them.
 * ``get_heartbeat_ttl`` returns ``3 * heartbeat_s`` and a heartbeat thread refreshes every running job's
   execution every ``heartbeat_s`` with rq's ``BaseWorker.maintain_heartbeats`` (``SimpleWorker`` itself
   never heartbeats while a job runs: its TTL is ``job.timeout + 60`` s, i.e. an abandoned job would be
@@ -320,6 +322,14 @@ class ThreadedWorkers:
             time.sleep(self.heartbeat_s if not self._stop_event.is_set() else min(self.heartbeat_s, 0.5))
             # (after a stop: re-check often so this thread ends soon after the last worker thread)
 
+    def redis_restarted_within(self, seconds: float) -> bool:
+        return int(self.redis.info('server')['uptime_in_seconds']) < seconds
+
+    def _beat_all(self) -> None:
+        for worker in list(self._workers):
+            if worker is not None:
+                worker.beat()
+
     def _maintenance_loop(self) -> None:
         while not self._stop_event.is_set():
             try:
@@ -329,14 +339,21 @@ class ThreadedWorkers:
             self._stop_event.wait(self.maintenance_interval_s)
 
     def run_maintenance(self) -> bool:
-        """One cleanup pass of this queue's registries (see the module docstring). Returns whether this
-        process held the maintenance lock (another process may be cleaning right now)."""
+        """One cleanup pass of this queue's registries (see the module docstring). Returns whether it ran
+        (not while another process holds the maintenance lock, nor in the first heartbeat TTL after Redis
+        restarted)."""
         queue = Queue(
             self.queue_name,
             connection=self.redis,
             serializer=JSONSerializer,
             death_penalty_class=TimerDeathPenalty,
         )
+        if self.redis_restarted_within(self.heartbeat_ttl):
+            # Redis came back from its append-only file with every running job's last heartbeat as it was before
+            # the outage: give the workers one heartbeat TTL to beat again before a job counts as abandoned
+            # (else a job still being answered would be re-queued and answered twice).
+            return False
+        self._beat_all()  # our own running jobs are never abandoned, however long Redis was unreachable
         token = uuid4().hex
         lock_key = queue.registry_cleaning_key
         if not self.redis.set(lock_key, token, nx=True, ex=max(30, 2 * self.maintenance_interval_s)):

@@ -16,6 +16,7 @@ from worker.health_server import HealthServer, start_health_server
 from worker.posters.registry import posters_from_settings
 from worker.queue import job_queue
 from worker.queue_positions import PositionAnnouncer
+from worker.redis_connection import redis_from_settings
 from worker.status import forget_worker_info, publish_worker_info
 from worker.rq_workers import ThreadedWorkers
 from worker.settings import XWIN_MODEL, Settings
@@ -29,7 +30,7 @@ class WorkerProcess:
                  serve_health: bool = True):
         self.settings = settings
         self.posters = posters
-        self.redis = redis or Redis.from_url(settings.redis_url)
+        self.redis = redis or redis_from_settings(settings)
         self.serve_health = serve_health  # False: the process's owner serves /healthz (``xwinbot up``)
         self.engine = None
         self.workers: ThreadedWorkers | None = None
@@ -58,6 +59,7 @@ class WorkerProcess:
             posters=self.posters or posters_from_settings(self.settings, self.redis),
             defaults=self.settings.generation_params(),
             update_interval_s=self.settings.update_interval_s,
+            delivery_retry_s=self.settings.delivery_retry_s,
         )
         set_context(context)
         self.announcer = PositionAnnouncer(context.queue, self.redis, context.poster_for,

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the job queue; `xwinbot up` starts a local one (AOF on) if none answers here.")
+    redis_retry_s: float = Field(
+        30.0, ge=0, description="How long a Redis command waits out a Redis outage (restart, failover) before it "
+        "fails; answers and questions in progress pause meanwhile. 0: fail at once.",
+    )
     queue_name: str = Field("xwinbot", description="RQ queue name shared by adapters and workers.")
     data_dir: str = Field("~/.local/share/xwinbot", description="Where `xwinbot up` keeps a local Redis's append-only file.")
     max_batch: int = Field(8, ge=1, le=64, description="Answers generated together (continuous batching slots) per worker.")
@@ -52,6 +56,10 @@ class Settings(BaseSettings):
     maintenance_interval_s: int = Field(10, ge=1, description="How often each worker re-queues answers abandoned by dead workers.")
     update_interval_s: float = Field(1.0, gt=0, description="Least time between streamed edits of a reply.")
     position_interval_s: float = Field(3.0, gt=0, description="How often queued questions' placeholders get their new queue position.")
+    delivery_retry_s: float = Field(
+        180.0, ge=0, description="How long an answer is retried while the chat platform is down (5xx, 429, no "
+        "connection), with backoff up to 10 s; after it the job fails with the reason.",
+    )
     temperature: float = Field(0.01, ge=0.0, le=5.0, description="Sampling temperature (0: greedy); the seed article's 0.01.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling: keep the likeliest tokens up to this total probability.")
     top_k: int = Field(40, ge=0, description="Keep only the k likeliest tokens (0: off).")

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from worker import metrics
 from worker.errors import PromptTooLong
 from worker.job import Job, JobRejected, ReplyTarget
 from worker.logs import job_context
-from worker.posters.base import DeliveryFailed, Poster, StreamingReply, deliver
+from worker.posters.base import DEFAULT_RETRY_WINDOW_S, DeliveryFailed, Poster, StreamingReply, deliver
 from worker.queue import JobQueue
 from worker.queue_positions import mark_started
 from worker.sampling import GenerationParams
@@ -43,6 +44,11 @@ class WorkerContext:
     posters: dict[str, Callable[[], Poster]]
     defaults: GenerationParams = field(default_factory=GenerationParams)
     update_interval_s: float = 1.0
+    delivery_retry_s: float = DEFAULT_RETRY_WINDOW_S
+
+    def deliver(self, call: Callable[[], None], what: str) -> None:
+        """One poster call, retried while the platform is down for up to the delivery retry window."""
+        deliver(call, what=what, window_s=self.delivery_retry_s)
 
     def poster_for(self, platform: str) -> Poster:
         if platform not in self.posters:
@@ -97,16 +103,16 @@ def answer(context: WorkerContext, job: Job) -> dict:
     if not mark_started(context.redis, job.job_id, DELIVERED_TTL_S):
         restart = getattr(poster, "restart", None)  # a crashed worker began this answer: start it over
         if restart:
-            deliver(lambda: restart(job), what="restart notice")
-    deliver(lambda: poster.waiting(job, None), what="thinking notice")
+            context.deliver(lambda: restart(job), what="restart notice")
+    context.deliver(lambda: poster.waiting(job, None), what="thinking notice")
     try:
         stream = context.engine.submit(job.conversation(), job.overrides.apply(context.defaults))
     except (PromptTooLong, ValueError) as err:
         reason = str(err)
-        deliver(lambda: poster.fail(job, reason), what="error reply")
+        context.deliver(lambda: poster.fail(job, reason), what="error reply")
         context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
         return {"status": "refused", "reason": reason}
-    reply = StreamingReply(poster, job, context.update_interval_s)
+    reply = StreamingReply(poster, job, context.update_interval_s, retry_window_s=context.delivery_retry_s)
     cancelled, last_poll = False, 0.0
     try:
         # Text in batches a few times a second (the reply edits once per interval anyway), not a wake-up per
@@ -115,13 +121,13 @@ def answer(context: WorkerContext, job: Job) -> dict:
             reply.add(piece)
             if time.monotonic() - last_poll >= CANCEL_POLL_S:
                 last_poll = time.monotonic()
-                if context.queue.cancel_requested(job.job_id):
+                if cancel_requested(context, job):
                     stream.cancel()
                     cancelled = True
     except Exception as err:  # the engine failed this one request: say so in the thread, once
         log.exception("job %s failed while generating", job.job_id)
         notice = f"Sorry, generating the answer failed ({type(err).__name__})."
-        deliver(lambda: poster.fail(job, notice), what="error reply")
+        context.deliver(lambda: poster.fail(job, notice), what="error reply")
         context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
         return {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
     finally:
@@ -134,6 +140,16 @@ def answer(context: WorkerContext, job: Job) -> dict:
         "tokens": getattr(stream, "tokens", None),
         "first_token_at": unix_time(getattr(stream, "first_token_at", None)),
     }
+
+
+def cancel_requested(context: WorkerContext, job: Job) -> bool:
+    """Whether the asker stopped this answer. Redis unreachable for longer than XWINBOT_REDIS_RETRY_S says
+    nothing about that: the answer goes on (it would be wrong to fail it over a lost poll)."""
+    try:
+        return context.queue.cancel_requested(job.job_id)
+    except RedisError as err:
+        log.warning("could not poll job %s for a cancel request: %s", job.job_id, err)
+        return False
 
 
 def unix_time(monotonic_at: float | None) -> float | None:
@@ -151,5 +167,6 @@ def reply_to_rejected(context: WorkerContext, job_json: str, reason: str) -> boo
         return False
     poster = context.poster_for(target.platform)
     stand_in = Job.model_construct(job_id=job_id, reply_to=target)
-    deliver(lambda: poster.fail(stand_in, f"Sorry, I could not read that request: {reason}"), what="error reply")
+    notice = f"Sorry, I could not read that request: {reason}"
+    context.deliver(lambda: poster.fail(stand_in, notice), what="error reply")
     return True

@@ -23,6 +23,7 @@ from worker.posters.slack import slack_client
 from worker.preflight import raise_if_any, slack_problems
 from worker.reply_index import ReplyIndex
 from worker.queue import job_queue
+from worker.redis_connection import redis_from_settings
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def serve_http(app: App, settings: Settings, host: str = "0.0.0.0") -> None:
 
 def run(settings: Settings) -> None:
     """Run the Slack adapter until interrupted (with its /metrics and /healthz)."""
-    app = create_app(settings, Redis.from_url(settings.redis_url))
+    app = create_app(settings, redis_from_settings(settings))
     health = start_health_server(settings, "slack")
     try:
         if settings.slack_mode == "http":

@@ -1,7 +1,8 @@
 """A small synchronous client for the Discord REST calls the worker makes (it runs in plain threads).
 
-Every call waits out a 429 for as long as Discord's ``retry_after`` says, then tries again; any other error
-raises ``DiscordError`` with Discord's status, code and message. The bot token is sent only to bot routes
+Every call waits out a 429 for as long as Discord's ``retry_after`` says, then tries again (up to
+``max_rate_limit_waits`` times); any other error, a 5xx included, raises ``DiscordError`` with Discord's status,
+code and message (and ``retry_after`` for a 429 still refused), and ``deliver()`` decides whether to retry. The bot token is sent only to bot routes
 (interaction webhooks are authorised by their token in the URL) and never logged.
 """
 
@@ -19,9 +20,10 @@ USER_AGENT = "DiscordBot (https://github.com/xwinbot/xwinbot, 0.1) xwinbot"
 
 
 class DiscordError(RuntimeError):
-    def __init__(self, status: int, code: int | None, message: str):
+    def __init__(self, status: int, code: int | None, message: str, retry_after: float | None = None):
         super().__init__(f"Discord answered {status} (code {code}): {message}")
         self.status, self.code, self.message = status, code, message
+        self.retry_after = retry_after  # seconds Discord asked to wait (a 429 still refused after our waits)
 
 
 class DiscordRest:
@@ -73,7 +75,8 @@ class DiscordRest:
             time.sleep(wait)
         if response.status_code >= 400:
             body = _json(response)
-            raise DiscordError(response.status_code, body.get("code"), body.get("message", response.reason))
+            wait = _retry_after(response) if response.status_code == 429 else None
+            raise DiscordError(response.status_code, body.get("code"), body.get("message", response.reason), wait)
         return _json(response)
 
 

@@ -3,6 +3,11 @@
 An answer longer than one Slack message continues in further thread messages (cut on paragraph/code-block
 boundaries by ``split_message``; their ids kept by ``ReplyParts`` for retried jobs). Slack's 429s are waited out (slack_sdk's
 ``RateLimitErrorRetryHandler`` honours ``Retry-After``); ``msg_too_long`` makes the poster cut smaller.
+
+Retries come in two layers that add up in time, not in number: within one call the WebClient waits out up to
+``rate_limit_retries`` 429s and retries a dropped connection once (slack_sdk's ``ServerErrorRetryHandler`` is
+deliberately not used); a 5xx, or a 429 still refused, goes to ``deliver()``, which retries for the delivery
+retry window, a deadline in time however long each call took.
 """
 
 from __future__ import annotations
