@@ -64,9 +64,10 @@ def loaded_demo(demo_dir):
     return load_model(demo_dir, device="cpu")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def redis():
-    """The real Redis at 127.0.0.1:6379 (tests that kill Redis start their own: tests/redis_server.py)."""
+    """The real Redis at 127.0.0.1:6379, one client for the session (module fixtures use it too; tests that
+    kill Redis start their own: tests/redis_server.py)."""
     client = Redis(host="127.0.0.1", port=6379)
     client.ping()
     yield client

@@ -46,6 +46,7 @@ Dicts handed out (``messages()``, the payloads returned by ``slash_command()``/`
 ids as strings; every method accepts ids as int or str.  Ids the fake makes up are time-based snowflakes.
 Extras beyond the basics: ``gateway_url``, ``patch_discord_py()``, ``dm_channel()``, ``add_thread()``,
 ``message()``, ``attachment()``, ``commands()``, ``send_reconnect()``, ``invalidate_session()``,
+``outage()`` (every REST call refused for a while: 5xx and 429 bursts, see ``platform_outage.py``),
 ``gateway_received``, ``gateway_connections``, ``server_errors``, ``ack_deadline``,
 ``allowed_privileged_intents``, ``require_registered_commands``.
 
@@ -89,11 +90,13 @@ if __package__:
     from .fake_discord_client import ClientThread
     from .fake_discord_gateway import GUILD_MEMBERS, GUILDS, INVALID_SESSION, MESSAGE_CONTENT, RECONNECT, Gateway
     from .fake_discord_rest import Request, Rest
+    from .platform_outage import BURSTS, Outage
     from .fake_discord_world import BOT_PERMISSIONS, EVERYONE_PERMISSIONS, World, _find_component, _option, _user, _walk
 else:  # tests/ itself on sys.path
     from fake_discord_client import ClientThread
     from fake_discord_gateway import GUILD_MEMBERS, GUILDS, INVALID_SESSION, MESSAGE_CONTENT, RECONNECT, Gateway
     from fake_discord_rest import Request, Rest
+    from platform_outage import BURSTS, Outage
     from fake_discord_world import BOT_PERMISSIONS, EVERYONE_PERMISSIONS, World, _find_component, _option, _user, _walk
 
 __all__ = ["ClientThread", "FakeDiscord", "Request"]
@@ -129,6 +132,7 @@ class FakeDiscord(World, Rest):
         self._expired: set[str] = set()
         self._commands: dict[int | None, list[dict]] = {}
         self._rate_limits: list[list] = []
+        self._outage: Outage | None = None
         self._dms: dict[int, int] = {}
         self._gateway = Gateway(self)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -360,6 +364,14 @@ class FakeDiscord(World, Rest):
         """The next ``times`` requests ``method`` (or "*") whose path matches ``re.search(path_regex)`` get a 429."""
         with self._lock:
             self._rate_limits.append([method.upper(), re.compile(path_regex), times, retry_after, is_global])
+
+    def outage(self, seconds: float, burst_s: float = 3.0, retry_after: float = 1.0,
+               bursts: tuple[int, ...] = BURSTS) -> Outage:
+        """From now on, for ``seconds``, every REST request is refused unprocessed: bursts of ``burst_s`` s with the
+        statuses in ``bursts`` in turn (429s ask to wait ``retry_after`` s). The gateway stays up."""
+        with self._lock:
+            self._outage = Outage(seconds, burst_s, retry_after, bursts)
+            return self._outage
 
     # ------------------------------------------------------------------ recording / state
     def requests_to(self, method, path_regex) -> list[Request]:

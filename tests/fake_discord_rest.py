@@ -1,5 +1,6 @@
 """The REST half of the fake Discord (see ``fake_discord.py``): the aiohttp handler that records each request,
-applies the rate limits set with ``rate_limit()`` and routes it, the route handlers, and the route table.
+applies an ``outage()`` and the rate limits set with ``rate_limit()`` and routes it, the route handlers, and the
+route table.
 
 ``Rest`` is a mixin of ``FakeDiscord``; its handlers run on the fake's loop with the lock held and change the
 world through ``World``'s methods (the events they raise are queued in ``self._local.pending`` and dispatched
@@ -22,8 +23,10 @@ from aiohttp import web
 
 if __package__:
     from .fake_discord_world import EPHEMERAL, LOADING, _Err, _user
+    from .platform_outage import Outage
 else:  # tests/ itself on sys.path
     from fake_discord_world import EPHEMERAL, LOADING, _Err, _user
+    from platform_outage import Outage
 
 
 @dataclass
@@ -53,9 +56,9 @@ class Rest:
             self.requests.append(rec)
         self._local.pending = []  # no await until it is taken back below
         try:
-            limited = self._take_rate_limit(rec)
+            limited = self._take_outage(rec) or self._take_rate_limit(rec)
             if limited is not None:
-                rec.status, self._local.pending = 429, None
+                rec.status, self._local.pending = limited.status, None
                 return limited
             if not api:
                 raise _Err(404, "404: Not Found", 0)
@@ -73,6 +76,16 @@ class Rest:
             return web.Response(status=204)
         return _json_response(payload, status)
 
+    def _take_outage(self, rec: Request) -> web.Response | None:
+        """During ``outage()``: a 5xx, or a 429 with the usual rate-limit headers; nothing is processed."""
+        outage: Outage | None = self._outage
+        status = outage.refusal() if outage else None
+        if status is None:
+            return None
+        if status == 429:
+            return _rate_limited(float(outage.retry_after), "outage", is_global=False)
+        return _json_response({"message": f"{status}: Service Unavailable", "code": 0}, status)
+
     def _take_rate_limit(self, rec: Request) -> web.Response | None:
         with self._lock:
             for rule in self._rate_limits:
@@ -82,16 +95,7 @@ class Rest:
                     break
             else:
                 return None
-        headers = {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
-                   "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
-                   "X-RateLimit-Reset-After": f"{retry_after:.3f}",
-                   "X-RateLimit-Bucket": f"fake{zlib.crc32(rx.pattern.encode()):08x}",
-                   "X-RateLimit-Scope": "global" if is_global else "user", "Retry-After": str(math.ceil(retry_after)),
-                   "Via": "1.1 google"}
-        if is_global:
-            headers["X-RateLimit-Global"] = "true"
-        body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global}
-        return _json_response(body, 429, headers)
+        return _rate_limited(retry_after, rx.pattern, is_global)
 
     def _route(self, rec: Request) -> tuple[int, Any]:
         needs_auth = not rec.path.startswith(("/webhooks/", "/interactions/", "/gateway"))
@@ -386,6 +390,19 @@ _ROUTES = [(m, re.compile(p), h) for m, p, h in [
     ("GET", f"/guilds/{_ID}/roles", Rest._h_guild_roles),
     ("GET", f"/guilds/{_ID}/members/{_ID}", Rest._h_guild_member),
 ]]
+
+
+def _rate_limited(retry_after: float, bucket: str, is_global: bool) -> web.Response:
+    headers = {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0",
+               "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
+               "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+               "X-RateLimit-Bucket": f"fake{zlib.crc32(bucket.encode()):08x}",
+               "X-RateLimit-Scope": "global" if is_global else "user", "Retry-After": str(math.ceil(retry_after)),
+               "Via": "1.1 google"}
+    if is_global:
+        headers["X-RateLimit-Global"] = "true"
+    body = {"message": "You are being rate limited.", "retry_after": retry_after, "global": is_global}
+    return _json_response(body, 429, headers)
 
 
 def _json_response(payload: Any, status: int, headers: dict | None = None) -> web.Response:

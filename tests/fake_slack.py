@@ -39,6 +39,12 @@ Web API notes: requests are POSTs (slack_sdk ignores ``http_verb``), form-encode
 update / postEphemeral); both are accepted, plus the query string. The token is taken from ``Authorization:
 Bearer`` (else a ``token`` arg) and kept out of ``ApiCall.args``. Form values stay strings except ``blocks`` /
 ``attachments`` / ``metadata``, which are JSON-decoded. Message ts come from the wall clock, strictly increasing.
+``rate_limit()`` / ``fail_next()`` refuse the next calls of one method; ``outage()`` refuses every Web API call
+for a while (bursts of 5xx and of 429 with Retry-After, unprocessed; see ``platform_outage.py``).
+
+Redelivery: with ``event_retries`` (seconds after the first try), ``send_event`` behaves as Slack does for an
+event that was not acknowledged: no client connected is no error, and the event is sent again as new envelopes
+with ``retry_attempt``/``retry_reason`` until one is acknowledged (Slack: at once, after 1 and after 5 minutes).
 """
 
 from __future__ import annotations
@@ -60,6 +66,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from aiohttp import WSMsgType, web
+
+if __package__:
+    from .platform_outage import BURSTS, Outage
+else:  # tests/ itself on sys.path
+    from platform_outage import BURSTS, Outage
 
 JSON_ARGS = ("blocks", "attachments", "metadata")
 
@@ -98,10 +109,13 @@ class FakeSlack:
     max_text_chars: int = 4000  # longer chat.postMessage / chat.update text answers msg_too_long
 
     def __init__(self, bot_token="xoxb-test", app_token="xapp-test", bot_user_id="UBOT", bot_id="BBOT",
-                 team_id="T0001", api_app_id="A0001", *, server_ping_interval: float | None = 0.5):
+                 team_id="T0001", api_app_id="A0001", *, server_ping_interval: float | None = 0.5,
+                 event_retries: tuple[float, ...] = ()):
         self.bot_token, self.app_token = bot_token, app_token
         self.bot_user_id, self.bot_id, self.team_id, self.api_app_id = bot_user_id, bot_id, team_id, api_app_id
         self.server_ping_interval = server_ping_interval
+        self.event_retries = event_retries  # see send_event
+        self._redeliveries: list = []  # futures of the pending redeliveries
         self.verification_token = "fake-verification-token"
         self.calls: list[ApiCall] = []
         self.acks: dict[str, float] = {}
@@ -114,6 +128,7 @@ class FakeSlack:
         self._texts: dict[tuple[str, str], list[str]] = {}
         self._rate_limits: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._failures: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._outage: Outage | None = None
         self._connections: list[_Connection] = []
         self._last_micros = 0
         self._ids = itertools.count(1)
@@ -164,6 +179,8 @@ class FakeSlack:
         await web.SockSite(self._runner, sock).start()
 
     async def _shutdown(self) -> None:
+        for redelivery in self._redeliveries:
+            redelivery.cancel()
         with self._cond:
             live = list(self._connections)
         for conn in live:
@@ -204,6 +221,11 @@ class FakeSlack:
         return web.json_response(body, status=status, headers=headers)
 
     def _dispatch(self, method: str, args: dict, token: str | None) -> tuple[int, dict, dict]:
+        refused = self._outage.refusal() if self._outage else None
+        if refused == 429:
+            return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(self._outage.retry_after)}
+        if refused:
+            return refused, {"ok": False, "error": "service_unavailable"}, {}
         if self._rate_limits[method]:
             retry_after = self._rate_limits[method].popleft()
             return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry_after)}
@@ -395,6 +417,14 @@ class FakeSlack:
         with self._cond:
             self._failures[method].extend([error] * times)
 
+    def outage(self, seconds: float, burst_s: float = 3.0, retry_after: int = 1,
+               bursts: tuple[int, ...] = BURSTS) -> Outage:
+        """From now on, for ``seconds``, every Web API call is refused unprocessed: bursts of ``burst_s`` s with the
+        statuses in ``bursts`` in turn (429s with ``Retry-After: retry_after``); Socket Mode stays up."""
+        with self._cond:
+            self._outage = Outage(seconds, burst_s, retry_after, bursts)
+            return self._outage
+
     # ------------------------------------------------------------------ Socket Mode
 
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
@@ -453,6 +483,11 @@ class FakeSlack:
         newest = self._connections[-1] if self._connections else None
         return newest if newest is not None and newest.ready else None
 
+    def connected(self) -> bool:
+        """Whether a Socket Mode client is connected now."""
+        with self._cond:
+            return self._live_connection() is not None
+
     def wait_connected(self, timeout: float = 10) -> None:
         with self._cond:
             if not self._cond.wait_for(self._live_connection, timeout):
@@ -480,9 +515,48 @@ class FakeSlack:
 
     def send_event(self, event: dict, event_id: str | None = None, retry_attempt: int = 0,
                    retry_reason: str = "") -> str:
-        return self._send_envelope({
+        """Sends an ``events_api`` envelope. With ``event_retries`` (seconds after this first try), the event is
+        delivered as Slack does it: no client connected is no error, and while no envelope of the event was
+        acknowledged it is sent again at each of those times (Slack: at once, after 1 and after 5 minutes), as a
+        new envelope with ``retry_attempt`` 1, 2, … and ``retry_reason`` "timeout" (sent, not acknowledged) or
+        "connection_failed" (no client was connected): the Events API's HTTP retry reasons."""
+        envelope = {
             "envelope_id": str(uuid.uuid4()), "type": "events_api", "payload": self.event_body(event, event_id),
-            "accepts_response_payload": False, "retry_attempt": retry_attempt, "retry_reason": retry_reason})
+            "accepts_response_payload": False, "retry_attempt": retry_attempt, "retry_reason": retry_reason}
+        if not self.event_retries:
+            return self._send_envelope(envelope)
+        sent = self._run(self._try_envelope(envelope))
+        self._redeliveries.append(asyncio.run_coroutine_threadsafe(self._redeliver(envelope, sent), self._loop))
+        return envelope["envelope_id"]
+
+    async def _try_envelope(self, envelope: dict) -> bool:
+        """Send to the live connection, if any (on the fake's loop); True if sent."""
+        with self._cond:
+            conn = self._live_connection()
+            if conn is None:
+                return False
+            self.envelopes.append(envelope)
+        try:
+            await conn.ws.send_str(json.dumps(envelope))
+        except ConnectionError:
+            return False
+        return True
+
+    async def _redeliver(self, first: dict, sent: bool) -> None:
+        started, event_id = time.monotonic(), first["payload"]["event_id"]
+        for attempt, at in enumerate(self.event_retries, 1):
+            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+            if self.acked_event(event_id):
+                return
+            retry = {**first, "envelope_id": str(uuid.uuid4()), "retry_attempt": attempt,
+                     "retry_reason": "timeout" if sent else "connection_failed"}
+            sent = await self._try_envelope(retry)
+
+    def acked_event(self, event_id: str) -> bool:
+        """Whether any envelope of this event was acknowledged."""
+        with self._cond:
+            return any(e.get("payload", {}).get("event_id") == event_id and e.get("envelope_id") in self.acks
+                       for e in self.envelopes)
 
     def send_interactive(self, payload: dict) -> str:
         """Sends an ``interactive`` envelope; fills in token/api_app_id/team when the payload lacks them."""

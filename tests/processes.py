@@ -6,6 +6,7 @@ starts ``python -m worker.cli <command>`` with it and kills it (``SIGKILL``) on 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -27,9 +28,17 @@ def settings_env(**values) -> dict[str, str]:
 
 
 def spawn(command: list[str], env_extra: dict, **popen_kwargs) -> subprocess.Popen:
-    """``xwinbot <command>`` as a child process, with this environment plus ``env_extra``."""
+    """``xwinbot <command>`` as a child process, with this environment plus ``env_extra``. It is killed when
+    the test process dies, even by ``kill -9`` (a timed-out CI run leaves no worker behind)."""
     env = {**os.environ, **{key: str(value) for key, value in env_extra.items()}}
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", *command], cwd=REPO, env=env, **popen_kwargs)
+    return subprocess.Popen([sys.executable, "-m", "worker.cli", *command], cwd=REPO, env=env,
+                            preexec_fn=die_with_parent, **popen_kwargs)
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGKILL when the process that started it ends."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def kill(process: subprocess.Popen | None) -> None:

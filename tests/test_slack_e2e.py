@@ -7,7 +7,6 @@ import json
 import time
 
 import pytest
-from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
@@ -29,14 +28,6 @@ COUNTING = "Count from 1 to 300, one number per line."
 def fake():
     with FakeSlack(bot_token=BOT_TOKEN, app_token=APP_TOKEN) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def redis():
-    client = Redis(host="127.0.0.1", port=6379)
-    client.ping()
-    yield client
-    client.close()
 
 
 @pytest.fixture(scope="module")
