@@ -7,17 +7,35 @@ worker trims further, oldest first, to the model's context budget.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Iterable
 
 from worker.job import MAX_TEXT_CHARS, MAX_TURNS, JobTurn
+
+# C0/C1 control characters other than tab, newline and carriage return: they mean nothing in a chat message,
+# and NUL is not allowed in a job at all.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """A person's message as text every part of the pipeline accepts: control characters dropped, lone
+    surrogates (broken UTF-16 or undecodable bytes) shown as U+FFFD, surrogate pairs joined."""
+    text = CONTROL_CHARACTERS.sub("", text)
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
+def is_blank(text: str) -> bool:
+    """Nothing a person could read: only whitespace and invisible format characters (zero-width, bidi marks)."""
+    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
 
 
 def build_turns(messages: Iterable[tuple[str, str]]) -> list[JobTurn]:
     """(role, text) pairs, oldest first -> job turns; the last turn is the user's newest message."""
     turns: list[list[str]] = []
     for role, text in messages:
-        text = text.strip()
-        if not text:
+        text = clean_text(text).strip()
+        if is_blank(text):
             continue
         if turns and turns[-1][0] == role:
             turns[-1][1] += "\n\n" + text

@@ -16,10 +16,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.conversation import build_turns
+from bot.conversation import build_turns, clean_text, is_blank
 from bot.discord.history import conversation, plain_text, recent_messages
 from bot.discord.questions import DiscordQuestions
-from worker.job import MAX_TEXT_CHARS, GenerationOverrides, JobTurn, Requester
+from worker.job import GenerationOverrides, JobTurn, Requester
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,16 @@ class AskCog(commands.Cog):
         if refusal := self.questions.refusal(interaction.user, interaction.channel, interaction.guild_id):
             await interaction.response.send_message(refusal, ephemeral=True)
             return
+        prompt = clean_text(prompt if isinstance(prompt, str) else str(prompt))
+        if is_blank(prompt):  # Discord requires a prompt, but a blank or invisible one is no question
+            await interaction.response.send_message(EMPTY_QUESTION, ephemeral=True)
+            return
         await interaction.response.defer(thinking=True, ephemeral=private)
         try:
             if not await self.questions.claim(f"interaction:{interaction.id}"):
                 return
             overrides = GenerationOverrides(temperature=temperature)
-            turns = [JobTurn(role="user", text=prompt[:MAX_TEXT_CHARS])]
+            turns = build_turns([("user", prompt)])
             job_id = f"discord-ask-{interaction.id}"
             if private:
                 place = await self.questions.interaction_placeholder(interaction)
@@ -81,7 +85,8 @@ class AskCog(commands.Cog):
     # -- mentions, follow-ups, DMs ---------------------------------------------------------------------
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.author.bot or message.webhook_id or self.bot.user is None:
+        author = getattr(message, "author", None)  # a malformed gateway payload may lack it
+        if author is None or author.bot or message.webhook_id or self.bot.user is None:
             return
         channel = message.channel
         mentioned = self.bot.user in message.mentions
@@ -99,8 +104,8 @@ class AskCog(commands.Cog):
     async def _new_thread(self, message: discord.Message) -> None:
         if not await self._allowed_and_new(message):
             return
-        text = plain_text(message, self.bot.user.id)
-        if not text:
+        text = clean_text(plain_text(message, self.bot.user.id))
+        if is_blank(text):
             await message.reply(EMPTY_QUESTION)
             return
         thread = await message.create_thread(name=thread_name(text))
@@ -111,7 +116,7 @@ class AskCog(commands.Cog):
     async def _follow_up(self, message: discord.Message) -> None:
         if not await self._allowed_and_new(message):
             return
-        if not plain_text(message, self.bot.user.id):
+        if is_blank(clean_text(plain_text(message, self.bot.user.id))):
             await message.reply(EMPTY_QUESTION)
             return
         channel = message.channel

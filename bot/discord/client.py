@@ -19,10 +19,12 @@ from redis import Redis
 from bot.access import Allowlist
 from bot.discord.ask_cog import AskCog
 from bot.discord.buttons import AgainButton, StopButton
+from bot.discord.gateway_events import drop_unreadable_events
 from bot.discord.questions import DiscordOptions, DiscordQuestions
 from worker.health_server import start_health_server
 from worker.preflight import discord_problems, raise_if_any
 from worker.queue import job_queue
+from worker.redis_connection import redis_from_settings
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class XwinBot(commands.Bot):
     def __init__(self, settings: Settings, redis: Redis, **kwargs):
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(settings),
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None, **kwargs)
+        drop_unreadable_events(self._connection.parsers)
         self.settings = settings
         self.questions = DiscordQuestions(
             job_queue(settings, redis), redis,
@@ -69,7 +72,7 @@ class XwinBot(commands.Bot):
 def create_bot(settings: Settings, redis: Redis | None = None, **kwargs) -> XwinBot:
     raise_if_any(discord_problems(settings))
     discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
-    return XwinBot(settings, redis or Redis.from_url(settings.redis_url), **kwargs)
+    return XwinBot(settings, redis or redis_from_settings(settings), **kwargs)
 
 
 def application_id_from_token(token: str) -> int:

@@ -20,7 +20,8 @@ USER_MENTION = re.compile(r"<@!?(\d+)>")
 def plain_text(message: discord.Message, bot_user_id: int) -> str:
     """The message as a person reads it, without the bot's own mention."""
     names = {str(user.id): user.display_name for user in message.mentions}
-    text = re.sub(rf"<@!?{bot_user_id}>", "", message.content)
+    content = message.content if isinstance(message.content, str) else ""  # a malformed payload's content
+    text = re.sub(rf"<@!?{bot_user_id}>", "", content)
     return USER_MENTION.sub(lambda m: "@" + names.get(m.group(1), "someone"), text).strip()
 
 

@@ -34,6 +34,12 @@ def plain_text(text: str, bot_user_id: str | None) -> str:
     return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").strip()
 
 
+def message_text(message: dict) -> str:
+    """A message's text; "" when it has none (or a payload carries something else there)."""
+    text = message.get("text")
+    return text if isinstance(text, str) else ""
+
+
 def is_from_bot(message: dict, bot_user_id: str | None, bot_id: str | None) -> bool:
     return bool((bot_user_id and message.get("user") == bot_user_id) or (bot_id and message.get("bot_id") == bot_id))
 
@@ -42,7 +48,7 @@ def turns_from_messages(messages: Iterable[dict], bot_user_id: str | None, bot_i
     """Messages oldest first -> turns; other bots' messages and the bot's status messages are left out."""
     pairs = []
     for message in messages:
-        text = message.get("text") or ""
+        text = message_text(message)
         if is_from_bot(message, bot_user_id, bot_id):
             if not is_status_text(text):
                 pairs.append(("assistant", plain_text(text, bot_user_id)))

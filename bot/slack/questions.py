@@ -15,7 +15,8 @@ from redis import Redis
 from slack_sdk import WebClient
 
 from bot.access import Allowlist
-from bot.slack.history import dm_messages, plain_text, thread_messages, turns_from_messages
+from bot.conversation import clean_text, is_blank
+from bot.slack.history import dm_messages, message_text, plain_text, thread_messages, turns_from_messages
 from worker import metrics
 from worker.job import Job, Requester, ReplyTarget, job_id_for
 from worker.posters.slack_text import escape
@@ -54,16 +55,17 @@ class SlackQuestions:
             self._guarded(self._question, event, client, context)
             return
         thread_ts = event.get("thread_ts")
-        if not thread_ts or (bot_user_id and f"<@{bot_user_id}" in (event.get("text") or "")):
+        if not thread_ts or (bot_user_id and f"<@{bot_user_id}" in message_text(event)):
             return  # top-level chatter; or a mention, which the app_mention listener answers
-        if self.options.followups == "any" and self.index.is_bot_thread("slack", event["channel"], thread_ts):
+        if self.options.followups == "any" and self.index.is_bot_thread("slack", str(event.get("channel")), thread_ts):
             self._guarded(self._question, event, client, context)
 
     def on_reaction(self, event: dict, client: WebClient) -> None:
-        name = event.get("reaction", "").split("::")[0]
-        item = event.get("item") or {}
-        if item.get("type") != "message" or name not in CANCEL_REACTIONS | REGENERATE_REACTIONS:
+        name, item = str(event.get("reaction") or "").split("::")[0], event.get("item")
+        if not isinstance(item, dict) or item.get("type") != "message" or name not in CANCEL_REACTIONS | REGENERATE_REACTIONS:
             return
+        if not isinstance(item.get("channel"), str) or not isinstance(item.get("ts"), str):
+            return  # a broken payload: no message it could be about
         job_id = self.index.job_id_for_message("slack", item["channel"], item["ts"])
         if job_id is None:
             return  # not one of our answers
@@ -74,8 +76,11 @@ class SlackQuestions:
 
     # -- questions -------------------------------------------------------------------------------------
     def _question(self, event: dict, client: WebClient, context: dict) -> None:
-        channel, ts, user = event["channel"], event["ts"], event.get("user")
-        if not user or not self.index.claim("slack", f"{channel}:{ts}"):
+        channel, ts, user = event.get("channel"), event.get("ts"), event.get("user")
+        if not all(isinstance(value, str) and value for value in (channel, ts, user)):
+            log.warning("ignoring a Slack message event without a channel, ts or user")
+            return  # nowhere to answer, or no one to answer (Slack always sends these; a broken payload)
+        if not self.index.claim("slack", f"{channel}:{ts}"):
             return  # a retry, or the second event for the same message
         metrics.QUESTIONS.labels("slack").inc()
         is_dm = event.get("channel_type") == "im" or channel.startswith("D")
@@ -85,7 +90,7 @@ class SlackQuestions:
             client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=refusal)
             return
         bot_user_id, bot_id = context.get("bot_user_id"), context.get("bot_id")
-        if not plain_text(event.get("text") or "", bot_user_id):
+        if is_blank(clean_text(plain_text(message_text(event), bot_user_id))):
             client.chat_postMessage(channel=channel, thread_ts=thread_ts or ts, text=EMPTY_QUESTION)
             return
         turns = turns_from_messages(self._history(client, event, thread_ts, is_dm), bot_user_id, bot_id)
