@@ -312,13 +312,7 @@ class ThreadedWorkers:
     def _heartbeat_loop(self) -> None:
         # Runs until every worker thread has ended (a job still running after a stop keeps its heartbeat).
         while not (self._stop_event.is_set() and not self.alive()):
-            for worker in list(self._workers):
-                if worker is None:
-                    continue
-                try:
-                    worker.beat()
-                except Exception:
-                    log.exception('heartbeat of worker %s failed', worker.name)
+            self._beat_all()
             time.sleep(self.heartbeat_s if not self._stop_event.is_set() else min(self.heartbeat_s, 0.5))
             # (after a stop: re-check often so this thread ends soon after the last worker thread)
 
@@ -326,9 +320,14 @@ class ThreadedWorkers:
         return int(self.redis.info('server')['uptime_in_seconds']) < seconds
 
     def _beat_all(self) -> None:
+        """Refresh the heartbeat of every job this process is running (a failing worker does not stop the rest)."""
         for worker in list(self._workers):
-            if worker is not None:
+            if worker is None:
+                continue
+            try:
                 worker.beat()
+            except Exception:
+                log.exception('heartbeat of worker %s failed', worker.name)
 
     def _maintenance_loop(self) -> None:
         while not self._stop_event.is_set():

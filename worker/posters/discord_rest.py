@@ -2,8 +2,9 @@
 
 Every call waits out a 429 for as long as Discord's ``retry_after`` says, then tries again (up to
 ``max_rate_limit_waits`` times); any other error, a 5xx included, raises ``DiscordError`` with Discord's status,
-code and message (and ``retry_after`` for a 429 still refused), and ``deliver()`` decides whether to retry. The bot token is sent only to bot routes
-(interaction webhooks are authorised by their token in the URL) and never logged.
+code and message (and ``retry_after`` for a 429 still refused), and ``deliver()`` decides whether to retry. The
+bot token is sent only to bot routes (interaction webhooks are authorised by their token in the URL) and never
+logged.
 """
 
 from __future__ import annotations
