@@ -37,10 +37,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fp8_kv_quality import QUESTIONS, agreement, greedy_answer, question_prompts  # noqa: E402
-from worker.demo_model import ensure_demo_model  # noqa: E402
 from worker.gptq_layout import unpack_rows  # noqa: E402
+from worker.demo_model import ensure_demo_model  # noqa: E402
 from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
 from worker.llama_runtime import KVCache, forward  # noqa: E402
+from worker.w4a16_kernels import input_order  # noqa: E402
 from worker.loader import load_model  # noqa: E402
 
 ARITHMETICS = ("fp32_sums", "bf16_products", "bf16_weights")
@@ -72,8 +73,11 @@ class EmulatedInt4Linear(nn.Module):
 
     @classmethod
     def of(cls, layer: TritonInt4Linear) -> EmulatedInt4Linear:
+        """Codes in the packed order (words as the kernel sums them); x gathered to match (``input_order``)."""
         codes = unpack_rows(layer.packed, 4).to(torch.uint8)
-        return cls(codes, layer.scales, layer.zeros, layer.group_size, layer.perm, layer.bias)
+        order = input_order(layer.in_features, layer.group_size, codes.device)
+        perm = order if layer.perm is None else layer.perm[order]
+        return cls(codes, layer.scales, layer.zeros, layer.group_size, perm, layer.bias)
 
     @functools.cached_property
     def diffs(self) -> torch.Tensor:

@@ -25,10 +25,11 @@ from worker import w4a16_kernels as w4a16  # noqa: E402
 
 INT4 = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "out_ptr": "*fp32"}
 DOT = dict(INT4, M="i32", N="i32", stride_xm="i32", stride_w="i32", stride_s="i32", stride_z="i32",
-           iters_per_split="i32", GROUP="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr")
+           iters_per_split="i32", GROUP="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
+           SPREAD="constexpr")
 GEMV = dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", iters_per_split="i32", magic="i32",
-            GROUP="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr", ROWS="constexpr", BF16_WORDS="constexpr",
-            ASM="constexpr")
+            GROUP="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr", ROWS="constexpr", SPREAD="constexpr",
+            BF16_WORDS="constexpr", ASM="constexpr")
 ROTARY = dict(part_ptr="*fp32", cos_ptr="*bf16", sin_ptr="*bf16", pos_ptr="*i64", q_ptr="*bf16", k_cache_ptr="*bf16",
               v_cache_ptr="*bf16", part_stride="i32", length="i32", first_slot="i32", stride_slot="i32",
               stride_head="i32", stride_pos="i32", Q_HEADS="constexpr", KV_HEADS="constexpr", HEAD_DIM="constexpr",
@@ -38,16 +39,17 @@ RESIDUAL = dict(h_ptr="*bf16", part_ptr="*fp32", h_out_ptr="*bf16", sumsq_ptr="*
 SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16", width="i32",
              eps="fp32", BLOCKS="constexpr", BLOCKS_P2="constexpr", ORDERED="constexpr", BLOCK="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
-    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, BF16_WORDS=True, ASM=True), 4, 1),
-    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, BF16_WORDS=False, ASM=True), 2, 1),
-    (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, ASM=True), 8, 3),
-    (w4a16._swap_dot_kernel, dict(DOT, x_ptr="*fp16"), dict(GROUP=128, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, ASM=True), 4, 3),
-    (w4a16._unpacked_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128), 4, 3),
+    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
+    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=False, ASM=True), 2, 1),
+    (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True), 8, 3),
+    (w4a16._swap_dot_kernel, dict(DOT, x_ptr="*fp16"), dict(GROUP=128, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPREAD=16, ASM=True), 4, 3),
+    (w4a16._unpacked_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPREAD=16), 4, 3),
     (w4a16._sum_splits_kernel, dict(part_ptr="*fp32", out_ptr="*bf16", numel="i32", SPLIT="constexpr",
                                     BLOCK="constexpr"), dict(SPLIT=4, BLOCK=1024), 4, 3),
     (w4a16._dequantize_kernel, dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", out_ptr="*bf16", col0="i32", cols="i32",
                                     stride_w="i32", stride_s="i32", stride_z="i32", GROUP="constexpr",
-                                    BLOCK_N="constexpr", BLOCK_K="constexpr"), dict(GROUP=128, BLOCK_N=64, BLOCK_K=128), 4, 3),
+                                    BLOCK_N="constexpr", BLOCK_K="constexpr", SPREAD="constexpr"),
+     dict(GROUP=128, BLOCK_N=64, BLOCK_K=128, SPREAD=16), 4, 3),
     (layers._add_residual_kernel, RESIDUAL, dict(SPLIT=0, BLOCK=256), 2, 3),
     (layers._add_residual_kernel, RESIDUAL, dict(SPLIT=4, BLOCK=256), 2, 3),
     (layers._rms_scale_kernel, SCALE, dict(BLOCKS=20, BLOCKS_P2=32, ORDERED=True, BLOCK=256), 2, 3),
@@ -66,8 +68,12 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
 ]
 
 
+DIVISIBLE_BY_16 = ("N", "stride_xm", "stride_w", "stride_s", "stride_z")  # on a 13B model, as Triton specializes
+
+
 def compile_for_sm90(kernel, signature: dict, constexprs: dict, warps: int, stages: int):
-    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature) if name.endswith("ptr")}
+    aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature)
+               if name.endswith("ptr") or name in DIVISIBLE_BY_16}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
 

@@ -70,21 +70,24 @@ def test_narrow_layer_splits_k_and_still_sums_every_block():
     assert relative_error(out, x @ dequantize(tensors, 4).T) < 1e-5
 
 
-KERNEL_CONFIGS = {  # each kernel with K split 2 ways, its K blocks inside one group or (gemv) spanning four
-    "gemv-blocks-span-groups": (1, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=64, BLOCK_K=512, split=2)),
-    "gemv-block-in-a-group": (1, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, split=2)),
-    "swap": (5, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
-    "unpacked": (5, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, split=2)),
+KERNEL_CONFIGS = {  # each kernel with K split 2 ways, its K blocks inside one group or (gemv) spanning four;
+    # groups of 128: codes spread over 128 inputs; of 64: AutoGPTQ's order
+    "gemv-blocks-span-groups": (1, 128, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=64, BLOCK_K=512, split=2)),
+    "gemv-block-in-a-group": (1, 128, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, split=2)),
+    "gemv-groups-of-64": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=2)),
+    "swap": (5, 128, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
+    "unpacked": (5, 128, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
+    "unpacked-groups-of-64": (5, 64, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, split=2)),
 }
 
 
 @pytest.mark.parametrize("name", KERNEL_CONFIGS)
 def test_each_kernel_sums_every_block_of_every_split(name):
-    rows, config = KERNEL_CONFIGS[name]
-    tensors, layer = quantized_layer(128, 1024, 128, True, False, seed=7, dtype=torch.float32)
+    rows, group, config = KERNEL_CONFIGS[name]
+    tensors, layer = quantized_layer(128, 1024, group, True, False, seed=7, dtype=torch.float32)
     x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(8))
 
-    partials = w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128,
+    partials = w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, group,
                                              dict(config, num_warps=4, num_stages=1))
 
     assert partials.shape == (2, rows, 128)
@@ -96,10 +99,11 @@ def bf16_word_sums_reference(x: torch.Tensor, layer: TritonInt4Linear) -> torch.
     """x [K] (bf16, group order) @ W.T the way the one-row kernel's bf16 path adds: per word of 8 inputs, each
     (code - zero) * x added to a bf16 sum with one rounding; the word sums times their scale added in fp32."""
     shifts = torch.arange(8, dtype=torch.int32) * 4
-    codes = (layer.packed[:, None, :] >> shifts[None, :, None]) & 0xF  # [K/8, 8, N]: code k of column n
+    codes = (layer.packed[:, None, :] >> shifts[None, :, None]) & 0xF  # [K/8, 8, N]: word w's code j
     group_words = layer.group_size // 8
     zeros = layer.zeros.float().repeat_interleave(group_words, 0)[:, None, :]  # per word row
-    products = (codes.float() - zeros) * x.float().view(-1, 8, 1)  # exact in fp32
+    x_of_codes = x[w4a16_kernels.input_order(layer.in_features, layer.group_size)]  # the input each code multiplies
+    products = (codes.float() - zeros) * x_of_codes.float().view(-1, 8, 1)  # exact in fp32
     word_sums = torch.zeros(products[:, 0].shape, dtype=torch.bfloat16)
     for j in range(8):
         word_sums = (word_sums.float() + products[:, j]).bfloat16()
@@ -135,6 +139,19 @@ def test_bias_is_added_once_whatever_the_split():
     want = x @ dequantize(tensors, 4).T + layer.bias
     assert relative_error(layer(x), want) < 1e-5
     assert relative_error(partials.sum(0), want) < 1e-5
+
+
+@pytest.mark.parametrize("group,spread", [(128, 16), (256, 16), (64, 1), (32, 1)])
+def test_packed_words_hold_the_inputs_the_layout_says(group, spread):
+    codes = torch.randint(0, 16, (1024, 24), generator=torch.Generator().manual_seed(group), dtype=torch.int32)
+
+    packed = w4a16_kernels.pack_codes(codes, group)
+
+    assert w4a16_kernels.code_spread(group) == spread
+    word = 3 + 16 * 5  # word row 3 of the sixth block of 128 inputs
+    want = [5 * 128 + 3 + spread * j for j in range(8)] if spread > 1 else [8 * word + j for j in range(8)]
+    assert [int((packed[word, 7] >> (4 * j)) & 0xF) for j in range(8)] == [int(codes[k, 7]) for k in want]
+    assert torch.equal(w4a16_kernels.unpack_codes(packed, group), codes)
 
 
 def test_kernel_choice_follows_rows_and_group_size():

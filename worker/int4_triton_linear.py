@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from worker.gptq_layout import pack_rows
 from worker.int4_linear import Int4Codes, describe_int4
-from worker.w4a16_kernels import FUSED_MAX_ROWS, dequantized_matmul, matmul_partials, sum_splits
+from worker.w4a16_kernels import FUSED_MAX_ROWS, dequantized_matmul, matmul_partials, pack_codes, sum_splits
 
 
 
@@ -23,7 +22,7 @@ class TritonInt4Linear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.group_size = group_size
-        self.register_buffer("packed", packed)  # int32 [K/8, N]
+        self.register_buffer("packed", packed)  # int32 [K/8, N] (``worker.w4a16_kernels``: the layout)
         self.register_buffer("scales", scales)  # fp16 [K/G, N]
         self.register_buffer("zeros", zeros)  # uint8 [K/G, N]
         self.register_buffer("perm", perm)  # input gather (act-order), or None
@@ -33,7 +32,7 @@ class TritonInt4Linear(nn.Module):
     @classmethod
     def from_codes(cls, c: Int4Codes, dtype: torch.dtype) -> TritonInt4Linear:
         out_features, in_features = c.codes.shape
-        packed = pack_rows(c.codes.T, 4)
+        packed = pack_codes(c.codes.T, c.group_size)
         scales = c.scales.to(torch.float16).contiguous()
         zeros = c.zeros.to(torch.uint8).contiguous()
         bias = None if c.bias is None else c.bias.to(dtype)
