@@ -73,7 +73,7 @@ def test_narrow_layer_splits_k_and_still_sums_every_block():
 KERNEL_CONFIGS = {  # each kernel with K split 2 ways, its K blocks inside one group or (gemv) spanning four;
     # groups of 128: codes spread over 128 inputs; of 64: AutoGPTQ's order
     "gemv-blocks-span-groups": (1, 128, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=64, BLOCK_K=512, split=2)),
-    "gemv-block-in-a-group": (1, 128, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=64, split=2)),
+    "gemv-block-in-a-group": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, split=2)),
     "gemv-groups-of-64": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=2)),
     "swap": (5, 128, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
     "unpacked": (5, 128, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
@@ -111,7 +111,7 @@ def bf16_word_sums_reference(x: torch.Tensor, layer: TritonInt4Linear) -> torch.
     return (word_sums.double() * word_scales.double()).sum(0).float()
 
 
-@pytest.mark.parametrize("block_k", [512, 64])
+@pytest.mark.parametrize("block_k", [512, 128])
 def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k):
     tensors, layer = quantized_layer(128, 1024, 128, False, False, seed=12, dtype=torch.bfloat16)
     x = torch.randn(1024, generator=torch.Generator().manual_seed(13)).bfloat16()
