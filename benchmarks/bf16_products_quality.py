@@ -2,8 +2,8 @@
 offline demo model (SmolLM2-135M-Instruct, 4-bit), with that arithmetic emulated exactly in PyTorch.
 
 The new kernel, for one activation row x (bf16) and each output column n, sums each word of 8 input channels
-(k = 8w .. 8w+7, all in one group g) in a bf16 accumulator: acc = bf16(acc + (code[k, n] - zero[g, n]) * x[k]) for
-the 8 channels in order (a fused multiply-add, one rounding), then out[n] = sum over words of acc_w * scale[g, n]
+(k = 8w .. 8w+7 in the packed order, all in one group g) in a bf16 accumulator:
+acc = bf16(acc + (code[k, n] - zero[g, n]) * x[k]) for the 8 channels in order (a fused multiply-add, one rounding), then out[n] = sum over words of acc_w * scale[g, n]
 in fp32. Emulated here as acc.float() + product in fp32 (the product of a small integer and a bf16 is exact
 there) rounded .to(bfloat16); first checked on a random layer against the same formula computed slowly in
 float64 word by word, and its error against the exact product printed (~3.5e-3, bf16 output rounding ~1.7e-3).
@@ -81,7 +81,7 @@ class EmulatedInt4Linear(nn.Module):
 
     @functools.cached_property
     def diffs(self) -> torch.Tensor:
-        """code - zero [8, K/8, N]: [j, w] is input channel 8w + j."""
+        """code - zero [8, K/8, N]: [j, w] is word w's code j (packed position 8w + j; ``of`` gathers x to match)."""
         exact = self.codes.float() - self.zeros.repeat_interleave(self.group_size, 0)
         return exact.view(-1, 8, self.out_features).transpose(0, 1).contiguous()
 

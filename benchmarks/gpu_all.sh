@@ -6,6 +6,7 @@
 #   benchmarks/gpu_all.sh          # ~6 min: kernel and fp8 cache checks, batch-1 inference vs tinygemm and HF, the queue
 #                                  # benchmark
 #   benchmarks/gpu_all.sh roofline # ~6 min: the one-row kernel against a plain read of its bytes, per shape
+#   benchmarks/gpu_all.sh configs  # ~8 min: sweep the kernel configs with each kernel alone ($OUT/w4a16_configs.json)
 # Needs redis-server on PATH (or REDIS_SERVER=...) for the queue benchmark.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +17,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/
   shift 2
   timeout "$seconds" "$@" > "$OUT/$name.log" 2>&1
   echo "== $name: exit $?"
-  grep -E "^qkv|^o:|^gate_up|^down|^prefill|^correctness|^matmul ms|^fp8|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |Error" \
+  grep -E "^qkv|^o:|^o rows|^gate_up|^down|^prefill|^correctness|^matmul ms|^fp8|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |Error" \
     "$OUT/$name.log" | cut -c1-600
 }
 if [ "${1:-}" = "roofline" ]; then
   step gemv_roofline 400 python3 -u benchmarks/gemv_roofline.py --seconds 330
+elif [ "${1:-}" = "configs" ]; then
+  step sweep_configs 560 python3 -u benchmarks/sweep_configs.py --rows 1 32 16 --seconds-per-shape 35
 elif [ "${1:-}" = "sweep" ]; then
   step profile_decode 120 python3 -u benchmarks/profile_decode.py
   step tune_in_step 400 python3 -u benchmarks/tune_in_step.py --seconds 330

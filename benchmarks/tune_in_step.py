@@ -116,11 +116,8 @@ def main() -> None:
         report[f"batch_{batch}"] = tune_batch(runtime, batch, table, deadline, args.kernels)
         del runtime
         torch.cuda.empty_cache()
-    everything = json.loads(w4a16_kernels.TUNED_CONFIGS.read_text()) if w4a16_kernels.TUNED_CONFIGS.exists() else {}
-    everything[device_name] = table
-    text = json.dumps(everything, indent=1, sort_keys=True) + "\n"
     target = w4a16_kernels.TUNED_CONFIGS if args.write else Path(os.environ.get("OUT", "."), "w4a16_configs.json")
-    target.write_text(text)
+    w4a16_kernels.write_tuned_configs(device_name, table, target)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "tune_in_step.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))

@@ -395,6 +395,13 @@ def tuned_configs(device_name: str) -> dict[str, dict]:
     return json.loads(TUNED_CONFIGS.read_text()).get(device_name, {}) if TUNED_CONFIGS.exists() else {}
 
 
+def write_tuned_configs(device_name: str, table: dict[str, dict], target: Path = TUNED_CONFIGS) -> None:
+    """Save one GPU model's configs (the benchmarks' sweeps) into a copy of the table, other GPUs' kept."""
+    everything = json.loads(TUNED_CONFIGS.read_text()) if TUNED_CONFIGS.exists() else {}
+    everything[device_name] = table
+    target.write_text(json.dumps(everything, indent=1, sort_keys=True) + "\n")
+
+
 def fused_config(rows: int, out_features: int, in_features: int, group_size: int, device: torch.device) -> dict:
     """Kernel, tile sizes, warps and K split: measured ones for known GPUs and shapes, else a rule of thumb."""
     return config_for_bucket(rows_bucket(rows), out_features, in_features, group_size, device)

@@ -1,0 +1,108 @@
+"""Sweep the int4 kernel configs per 13B layer shape with each kernel alone: quicker than tuning inside the step.
+
+For each rows bucket and layer shape, every candidate (tile, warps, stages, K split) is checked against the
+current config's output and timed as a CUDA graph of calls cycling over layer copies past the L2 (as in
+``int4_kernels.py``); the fastest is kept. ``tune_in_step.py`` then confirms or refines inside the whole step.
+
+    python benchmarks/sweep_configs.py --rows 1 32 [--seconds-per-shape 40] [--write]
+    # the table for this GPU into $OUT/w4a16_configs.json, or worker/w4a16_configs.json with --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, random_layer  # noqa: E402
+
+from worker import w4a16_kernels  # noqa: E402
+from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
+
+
+def candidates(rows: int, k: int, n: int, sms: int):
+    """Configs for a rows bucket (group 128): tiles, warps, stages, and K splits that give every SM work
+    without leaving each program almost nothing."""
+    bucket = w4a16_kernels.rows_bucket(rows)
+    kernel = w4a16_kernels.kernel_for(bucket, 128)
+    if kernel == "gemv":
+        tiles = itertools.product((32, 64, 128, 256), (512, 256), (2, 4, 8), (1,))
+        programs_range = (sms, 12 * sms)
+    else:
+        tiles = itertools.product((128, 256, 64), (128,), (8, 4), (3, 4, 2))
+        programs_range = (sms // 2, 8 * sms)
+    for block_n, block_k, warps, stages in tiles:
+        k_blocks, columns = k // block_k, -(-n // block_n)
+        for split in (s for s in range(1, k_blocks + 1) if k_blocks % s == 0):
+            if programs_range[0] <= columns * split <= programs_range[1]:
+                yield dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split,
+                           num_warps=warps, num_stages=stages)
+
+
+def sweep_shape(rows: int, k: int, n: int, device, seconds: float) -> dict:
+    layers = [random_layer(k, n, device, TritonInt4Linear) for _ in range(copies_beyond_l2(k, n, 0.5))]
+    x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
+
+    def run(config, layer=layers[0]):
+        return w4a16_kernels.matmul_partials(x, layer.packed, layer.scales, layer.zeros, 128, config)
+
+    def timed(config) -> float:
+        return graph_time_us(cycling([lambda layer=layer: run(config, layer) for layer in layers]))
+
+    current = w4a16_kernels.config_for_bucket(w4a16_kernels.rows_bucket(rows), n, k, 128, device)
+    want = run(current).float().sum(0)
+    best_us, best, timed_count = timed(current), current, 0
+    deadline = time.monotonic() + seconds
+    for config in candidates(rows, k, n, w4a16_kernels.sm_count(device)):
+        if time.monotonic() > deadline:
+            break
+        try:
+            got = run(config).float().sum(0)
+            if float((got - want).norm() / want.norm()) > 1e-2:
+                raise ValueError("output differs from the current config's")
+            us = timed(config)
+        except Exception as err:  # e.g. more shared memory than the GPU has
+            print(f"  skipped {config}: {type(err).__name__}: {str(err)[:120]}", flush=True)
+            continue
+        timed_count += 1
+        if us < best_us:
+            best_us, best = us, config
+    return dict(current=current, current_us=timed(current), best=best, best_us=best_us, timed=timed_count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 32, 16])
+    parser.add_argument("--seconds-per-shape", type=float, default=40)
+    parser.add_argument("--write", action="store_true", help="update worker/w4a16_configs.json itself")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    device_name = torch.cuda.get_device_name()
+    table = w4a16_kernels.tuned_configs(device_name)
+    report = {"device": device_name}
+    for rows in args.rows:
+        for name, (k, n) in SHAPES.items():
+            result = report[f"{name}/{rows}"] = sweep_shape(rows, k, n, device, args.seconds_per_shape)
+            table[f"{w4a16_kernels.rows_bucket(rows)},{n},{k},128"] = result["best"]
+            print(f"{name} rows {rows}: {result['current_us']:.2f} -> {result['best_us']:.2f} us with {result['best']} "
+                  f"({result['timed']} configs timed)", flush=True)
+            torch.cuda.empty_cache()
+        step = {key: sum(report[f"{name}/{rows}"][f"{key}_us"] for name in SHAPES) * 40 / 1000 for key in ("current", "best")}
+        print(f"rows {rows}: matmul ms per 40-layer step {step['current']:.3f} -> {step['best']:.3f}", flush=True)
+    target = w4a16_kernels.TUNED_CONFIGS if args.write else Path(os.environ.get("OUT", "."), "w4a16_configs.json")
+    w4a16_kernels.write_tuned_configs(device_name, table, target)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "sweep_configs.json").write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
