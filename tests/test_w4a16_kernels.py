@@ -37,6 +37,8 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 CASES = [  # group, act_order, sym, rows (1: the one-row kernel; 2..32 and groups of 128: the swapped dot; else
     # the unpacked dot; split-K on the narrow layers)
     (128, True, False, 1),
+    (256, True, False, 1),
+    (256, False, True, 16),
     (64, False, True, 1),
     (32, True, True, 3),
     (128, False, False, 16),

@@ -203,9 +203,9 @@ def _gemv_kernel(
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
-    A K block is GROUPS groups of ROWS word rows (ROWS * 8 = min(BLOCK_K, GROUP)): a [GROUPS, ROWS, BLOCK_N]
-    tile, whose zeros and scales are loaded once per (group, column); kept per element and summed once at the
-    end. BF16_WORDS (x in bf16): each word's 8 products summed in bf16x2 (``_bf16_word_sums``, 1.4x faster on
+    A K block is GROUPS tiles of ROWS word rows (ROWS * 8 = min(BLOCK_K, GROUP), or 8 * SPREAD with the codes
+    spread: a group of 256 is two tiles): a [GROUPS, ROWS, BLOCK_N] tile, whose zeros and scales are loaded
+    once per (tile, column); kept per element and summed once at the end. BF16_WORDS (x in bf16): each word's 8 products summed in bf16x2 (``_bf16_word_sums``, 1.4x faster on
     an H200: fp32 arithmetic bounded the kernel by instruction issue), else in fp32."""
     GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
@@ -447,9 +447,11 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
     if kernel == "gemv":
         grid = (triton.cdiv(out_features, config["BLOCK_N"]), split)
         bf16_words = config.pop("bf16_words", True) and x.dtype == torch.bfloat16
+        spread = code_spread(group_size)
+        tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
         _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
-                           ROWS=min(config["BLOCK_K"], group_size) // 8, SPREAD=code_spread(group_size),
-                           BF16_WORDS=bf16_words, ASM=not INTERPRETING, **config)
+                           ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
+                           ASM=not INTERPRETING, **config)
         return out
     grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
     args = (x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides)
