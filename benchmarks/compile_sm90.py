@@ -41,6 +41,8 @@ SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", 
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
     (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=False, ASM=True), 2, 1),
+    (w4a16._gemv_kernel, GEMV, dict(GROUP=256, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
+    (w4a16._gemv_kernel, GEMV, dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True), 4, 1),
     (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True), 8, 3),
     (w4a16._swap_dot_kernel, dict(DOT, x_ptr="*fp16"), dict(GROUP=128, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPREAD=16, ASM=True), 4, 3),
     (w4a16._unpacked_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPREAD=16), 4, 3),
