@@ -236,10 +236,10 @@ def _swap_dot_kernel(
     ASM: tl.constexpr = True,
 ):
     """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
-    transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word r and its input: with the
-    codes spread (BLOCK_K = 8 * SPREAD), x[:, 16j + r], 16 contiguous inputs, copied ahead asynchronously; else
-    x[:, 8r + j]. ASM (bf16 x): code - zero built in bf16x2 instructions (H200: 3-12% faster)."""
-    tl.static_assert(SPREAD == 1 or BLOCK_K == 8 * SPREAD)
+    transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word r and its input: such groups
+    always have their codes spread (BLOCK_K = 8 * SPREAD), so that is x[:, 16j + r], 16 contiguous inputs,
+    copied ahead asynchronously. ASM (bf16 x): code - zero built in bf16x2 instructions (H200: 3-12% faster)."""
+    tl.static_assert(BLOCK_K == 8 * SPREAD)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -257,7 +257,7 @@ def _swap_dot_kernel(
         zero_magic = (zeros + 128.0).to(tl.bfloat16)
         block = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
         for j in tl.static_range(8):
-            inputs = k0 + rows * 8 + j if SPREAD == 1 else k0 + j * SPREAD + rows
+            inputs = k0 + j * SPREAD + rows
             x_j = tl.load(x_ptr + offs_m[None, :] * stride_xm + inputs[:, None], mask=mask_m[None, :], other=0.0)
             if ASM and x_j.dtype == tl.bfloat16:  # the same exact values, ~20% fewer instructions
                 w_j = _bf16_code_minus_zero(words, zero_magic, j)
