@@ -20,6 +20,12 @@ Decoding runs one step ahead: a step feeds its sampled tokens back as the next s
 text, and the GPU does not wait for that host work. Step N+1 then also computed a token for the requests that
 ended at N; those tokens are dropped. When the rows change (someone ended, was cancelled or joins), the step
 in flight is read before the next launch.
+
+An answer that ends frees its slot before its reader is woken, and readers are woken only once the next step
+is launched (``_wake_ended``). A woken reader finishes its job in the same process (RQ's bookkeeping, the next
+question's pickup): Python work that holds the GIL, which every PyTorch call of the engine's thread must take
+back. Moving a slot while those readers ran measured ~9 ms a release at 32 users on an H200 (the device idle
+meanwhile), ~0.8 ms without them.
 """
 
 from __future__ import annotations
@@ -154,6 +160,7 @@ class _Request:
     sampling: SamplingTensors
     slot: int = -1
     prefilled: int = 0  # prompt tokens already in the cache
+    over: bool = False  # the engine is done with it (its reader may not have been told yet)
     position: int = 0  # cache entries written, by a step launched and not yet read too: where the next step feeds
 
 
@@ -177,6 +184,7 @@ class Engine:
         self._decoding: list[_Request] = []  # the one in slot i is _decoding[i] (engine thread only)
         self._prefilling: list[_Request] = []  # admitted, in the slots just above the decoding ones
         self._in_flight: _Launched | None = None  # the step launched ahead, not read yet (engine thread only)
+        self._ended: list[_Request] = []  # answered and released, their readers not woken yet (engine thread only)
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._steps = self._tokens = self._max_batch_seen = 0
@@ -245,6 +253,7 @@ class Engine:
                     self._drop_cancelled()
                     self._prefill_some()
                     self._decode_step()
+                    self._wake_ended()
                 except Exception as err:  # a fault of the engine itself: end what is running, keep serving
                     log.exception("generation step failed")
                     self._end_running(err)
@@ -349,6 +358,7 @@ class Engine:
                 return
             launched = self._in_flight or self._launch()
             self._in_flight = self._launch()
+            self._wake_ended()  # their readers run while the device computes
             self._finish(launched)
         except Exception as err:  # the batch as a whole failed: its requests end, the engine goes on
             log.exception("decode step failed for %d requests", len(self._decoding))
@@ -377,7 +387,7 @@ class Engine:
         started = time.perf_counter()
         tokens = self.runtime.read(launched.step)
         self._decode_s += time.perf_counter() - started
-        delivered = [(r, token) for r, token in zip(launched.rows, tokens) if not r.stream.finished]
+        delivered = [(r, token) for r, token in zip(launched.rows, tokens) if not (r.over or r.stream.finished)]
         with self._cond:
             self._steps += 1
             self._tokens += len(delivered)
@@ -392,7 +402,8 @@ class Engine:
             self._release(request)
 
     def _accept(self, request: _Request, token: int) -> bool:
-        """Turn a sampled token into the request's text; False when the request is over (ended here)."""
+        """Turn a sampled token into the request's text; False when the request is over: failed or cancelled
+        (its stream ended here), or answered (its stream ended by ``_wake_ended``)."""
         try:
             piece = request.answer.push(token)
             delivered = request.stream._deliver(piece, request.answer.tokens)
@@ -400,10 +411,20 @@ class Engine:
             log.exception("answer text failed")
             request.stream._end(err)
             return False
-        if not delivered or request.answer.done:
+        if not delivered:  # cancelled by its reader
             request.stream._end()
             return False
+        if request.answer.done:
+            request.over = True
+            self._ended.append(request)  # told after its slot is free and the next step launched
+            return False
         return True
+
+    def _wake_ended(self) -> None:
+        """End the streams of the answers that ended: their readers wake and post."""
+        ended, self._ended = self._ended, []
+        for request in ended:
+            request.stream._end()
 
     def _release(self, request: _Request) -> None:
         """Free a decoding request's slot; the last decoding one moves into it, keeping slots 0..n-1 full."""
@@ -428,6 +449,7 @@ class Engine:
             self._release(request)
 
     def _end_running(self, error: BaseException) -> None:
+        self._wake_ended()  # those were answered in full
         with self._cond:
             running = self._decoding + self._prefilling
             self._decoding, self._prefilling = [], []
