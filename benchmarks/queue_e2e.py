@@ -1,8 +1,10 @@
 """End to end through Redis and the worker (engine + RQ job threads) with a no-op poster.
 
-Reports, for 1, 8 and 32 concurrent users: total generated tokens/s, enqueue → picked-up time (queue
-overhead), enqueue → first token, and time in the poster; GPU memory; a warm restart's time to ready; and, in
-the same run, the eager transformers ``generate`` baseline. ``--shape demo`` runs small on the CPU.
+Reports, for 1, 8 and 32 concurrent users (500-token prompts, 128 new tokens): total generated tokens/s,
+enqueue → picked-up time (queue overhead), enqueue → first token, and time in the poster; the same for 32 users
+with 64-token prompts (REFERENCE §5's speed-anchor workload, ``--anchor-prompt-tokens``); GPU memory; a warm
+restart's time to ready; and, in the same run, the eager transformers ``generate`` baseline for both prompt
+lengths. ``--shape demo`` runs small on the CPU.
 
     python benchmarks/queue_e2e.py --redis-server /path/to/redis-server          # 13B shape on the GPU
 """
@@ -86,8 +88,10 @@ def wait_final(job: Job) -> None:
     done.wait()
 
 
-def run_users(queue, process, args, concurrency: int) -> dict:
-    """``concurrency`` users, each asking ``rounds`` questions one after the other (a closed loop)."""
+def run_users(queue, process, args, concurrency: int, prompt_tokens: int | None = None) -> dict:
+    """``concurrency`` users, each asking ``rounds`` questions one after the other (a closed loop), of
+    ``prompt_tokens`` (default ``args.prompt_tokens``)."""
+    prompt_tokens = prompt_tokens or args.prompt_tokens
     TimingPoster.events.clear()
     TimingPoster.posting_s = 0.0
     before = process.engine.stats
@@ -96,7 +100,7 @@ def run_users(queue, process, args, concurrency: int) -> dict:
 
     def user(number: int) -> None:
         for round_ in range(args.rounds):
-            job = make_job(args.shape, args.prompt_tokens, args.new_tokens, number, f"c{concurrency}r{round_}")
+            job = make_job(args.shape, prompt_tokens, args.new_tokens, number, f"c{concurrency}p{prompt_tokens}r{round_}")
             queue.enqueue(job)
             wait_final(job)
             with lock:
@@ -165,7 +169,7 @@ def worker_settings(args, model: str, port: int) -> Settings:
                     per_user_jobs=1000, queued_jobs=1000, metrics_port=0)
 
 
-def hf_baseline(model: str, args) -> dict:
+def hf_baseline(model: str, args, prompt_tokens: int) -> dict:
     """The seed's way, in the same run: plain transformers ``generate`` (eager) on the same checkpoint and
     prompt length, one question at a time: what every user count gets in total without the engine."""
     import torch
@@ -174,7 +178,7 @@ def hf_baseline(model: str, args) -> dict:
     from worker.loader import load_model
 
     loaded = load_model(model)
-    prompt = loaded.tokenizer(prompt_text(args.shape, args.prompt_tokens, 1)).input_ids
+    prompt = loaded.tokenizer(prompt_text(args.shape, prompt_tokens, 1)).input_ids
     hf_generate(loaded.model, prompt[:32], 4)  # warm-up
     ttft, decode = hf_generate(loaded.model, prompt, args.new_tokens)
     total = args.new_tokens / (ttft + (args.new_tokens - 1) / decode)
@@ -190,6 +194,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3, help="questions each user asks, one after the other")
     parser.add_argument("--prompt-tokens", type=int, default=500)
+    parser.add_argument("--anchor-prompt-tokens", type=int, default=64,
+                        help="also the most users with prompts this long: REFERENCE §5's speed-anchor workload (64-token "
+                             "prompts, 128 new tokens), which the issues' throughput bars compare with; 0: skip")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--context", type=int, default=2048, help="KV cache tokens per conversation")
     parser.add_argument("--redis-server", default="redis-server")
@@ -216,7 +223,7 @@ def main() -> None:
     process.start()
     report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "settings": dict(
         max_batch=settings.max_batch, context=settings.max_context_tokens, rounds=args.rounds,
-        prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)}
+        prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, anchor_prompt_tokens=args.anchor_prompt_tokens)}
     if args.restart_only:
         process.stop()
         redis_proc.kill()
@@ -234,14 +241,23 @@ def main() -> None:
             report[f"c{concurrency}"] = row = run_users(queue, process, args, concurrency)
             shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
             print(f"concurrency {concurrency}: {json.dumps(shown)}", flush=True)
+        if args.anchor_prompt_tokens:
+            most = max(args.concurrency)
+            label = f"c{most}_prompt{args.anchor_prompt_tokens}"
+            report[label] = row = run_users(queue, process, args, most, args.anchor_prompt_tokens)
+            shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+            print(f"concurrency {most}, {args.anchor_prompt_tokens}-token prompts: {json.dumps(shown)}", flush=True)
         if torch.cuda.is_available():
             report["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     finally:
         process.stop()
         redis_proc.kill()
-    report["hf_generate_eager"] = hf_baseline(model, args)
+    report["hf_generate_eager"] = hf_baseline(model, args, args.prompt_tokens)
     print("baseline, transformers generate (eager, batch 1, one question after another):",
           json.dumps(report["hf_generate_eager"]), flush=True)
+    if args.anchor_prompt_tokens:
+        report[f"hf_generate_eager_prompt{args.anchor_prompt_tokens}"] = base = hf_baseline(model, args, args.anchor_prompt_tokens)
+        print(f"baseline with {args.anchor_prompt_tokens}-token prompts:", json.dumps(base), flush=True)
     restart = subprocess.run([sys.executable, __file__, "--restart-only", "--model", model, "--shape", args.shape,
                               "--context", str(args.context), "--redis-server", args.redis_server,
                               "--concurrency", *map(str, args.concurrency)],
