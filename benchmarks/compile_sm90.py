@@ -33,11 +33,13 @@ GEMV = dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", iters
 ROTARY = dict(part_ptr="*fp32", cos_ptr="*bf16", sin_ptr="*bf16", pos_ptr="*i64", q_ptr="*bf16", k_cache_ptr="*bf16",
               v_cache_ptr="*bf16", part_stride="i32", length="i32", first_slot="i32", stride_slot="i32",
               stride_head="i32", stride_pos="i32", Q_HEADS="constexpr", KV_HEADS="constexpr", HEAD_DIM="constexpr",
-              SPLIT="constexpr", BLOCK="constexpr", FP8="constexpr")
+              SPLIT="constexpr", HEADS="constexpr", FP8="constexpr")
 RESIDUAL = dict(h_ptr="*bf16", part_ptr="*fp32", h_out_ptr="*bf16", sumsq_ptr="*fp32", width="i32", part_stride="i32",
                 SPLIT="constexpr", BLOCK="constexpr")
 SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16", width="i32",
              eps="fp32", BLOCKS="constexpr", BLOCKS_P2="constexpr", ORDERED="constexpr", BLOCK="constexpr")
+ROW_NORM = dict(h_ptr="*bf16", part_ptr="*bf16", h_out_ptr="*bf16", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16",
+                width="i32", part_stride="i32", eps="fp32", SPLIT="constexpr", ORDERED="constexpr", BLOCK="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
     (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=False, ASM=True), 2, 1),
@@ -57,9 +59,13 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
     (layers._rms_scale_kernel, SCALE, dict(BLOCKS=20, BLOCKS_P2=32, ORDERED=True, BLOCK=256), 2, 3),
     (layers._silu_mul_kernel, dict(part_ptr="*fp32", out_ptr="*bf16", width="i32", part_stride="i32",
                                    SPLIT="constexpr", BLOCK="constexpr"), dict(SPLIT=2, BLOCK=1024), 4, 3),
-    (layers._rotary_into_cache_kernel, ROTARY, dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, BLOCK=128, FP8=False), 1, 3),
+    (layers._add_rms_norm_row_kernel, ROW_NORM, dict(SPLIT=1, ORDERED=True, BLOCK=8192), 8, 3),
+    (layers._add_rms_norm_row_kernel, ROW_NORM, dict(SPLIT=0, ORDERED=False, BLOCK=8192), 8, 3),
+    (layers._rotary_into_cache_kernel, ROTARY, dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=False), 1, 3),
+    (layers._rotary_into_cache_kernel, dict(ROTARY, part_ptr="*bf16"),
+     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=1, HEADS=8, FP8=False), 4, 3),
     (layers._rotary_into_cache_kernel, dict(ROTARY, k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv"),
-     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, BLOCK=128, FP8=True), 1, 3),
+     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=True), 1, 3),
     (attention._chunk_kernel, dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", m_ptr="*fp32",
                                    l_ptr="*fp32", acc_ptr="*fp32", chunks="i32", stride_slot="i32", stride_head="i32",
                                    stride_pos="i32", scale="fp32", GROUP="constexpr", HEAD_DIM="constexpr",

@@ -39,9 +39,10 @@ class Norm(nn.Module):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("split", [0, 1, 3])
 @pytest.mark.parametrize("ordered", [False, True])
-def test_add_rms_norm_adds_the_partials_and_hands_x_over_in_the_next_layers_order(dtype, split, ordered):
-    h = randn(3, 2, 320, dtype=dtype)
-    delta = randn(split, 6, 320, dtype=torch.float32 if split > 1 else dtype) if split else None
+@pytest.mark.parametrize("rows", [6, 80], ids=["column-blocks", "a-program-a-row"])  # decode steps; prefills
+def test_add_rms_norm_adds_the_partials_and_hands_x_over_in_the_next_layers_order(dtype, split, ordered, rows):
+    h = randn(rows // 2, 2, 320, dtype=dtype)
+    delta = randn(split, rows, 320, dtype=torch.float32 if split > 1 else dtype) if split else None
     norm = Norm(320, dtype)
     order = torch.randperm(320, generator=GEN) if ordered else None
 
@@ -81,14 +82,15 @@ def test_other_activations_take_pytorchs_path():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("split", [1, 2])
-def test_rotary_into_cache_rotates_q_and_k_and_writes_each_row_at_its_own_position(dtype, split):
-    q_heads, kv_heads, dim, batch, length = 4, 2, 16, 2, 3
+@pytest.mark.parametrize("length", [3, 40], ids=["decode-rows", "prefill-rows"])  # 80 rows: 8 heads a program
+def test_rotary_into_cache_rotates_q_and_k_and_writes_each_row_at_its_own_position(dtype, split, length):
+    q_heads, kv_heads, dim, batch = 6, 2, 16, 2  # 10 heads: the last 8-head block is part-empty
     partials = randn(split, batch * length, (q_heads + 2 * kv_heads) * dim,
                      dtype=torch.float32 if split > 1 else dtype)
     angles = randn(batch, length, dim // 2)
     cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(dtype) for f in (torch.cos, torch.sin))
-    positions = torch.tensor([[5, 6, 7], [0, 1, 2]])  # rows at different places in their conversations
-    caches = [KVCache(2, 4, kv_heads, 16, dim, "cpu", dtype) for _ in range(2)]
+    positions = torch.stack([torch.arange(5, 5 + length), torch.arange(length)])  # different places in their talks
+    caches = [KVCache(2, 4, kv_heads, 64, dim, "cpu", dtype) for _ in range(2)]
     before = randn(*caches[0].keys.shape, dtype=dtype)  # entries nobody writes must stay as they were
     for cache in caches:
         cache.keys.copy_(before)
@@ -102,4 +104,4 @@ def test_rotary_into_cache_rotates_q_and_k_and_writes_each_row_at_its_own_positi
     torch.testing.assert_close(caches[0].keys, caches[1].keys, **tolerance(dtype))
     torch.testing.assert_close(caches[0].values, caches[1].values, **tolerance(dtype))
     assert not torch.equal(caches[0].keys[1, 1, :, 5], before[1, 1, :, 5])  # layer 1, slot 1 (first_row), position 5
-    assert torch.equal(caches[0].keys[1, 1, :, 8:], before[1, 1, :, 8:])  # after its last position: untouched
+    assert torch.equal(caches[0].keys[1, 1, :, 5 + length:], before[1, 1, :, 5 + length:])  # after its last: untouched
