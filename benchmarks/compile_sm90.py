@@ -47,6 +47,7 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
     (w4a16._gemv_kernel, GEMV, dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True), 4, 1),
     (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True), 8, 3),
     (w4a16._swap_dot_kernel, dict(DOT, x_ptr="*fp16"), dict(GROUP=128, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPREAD=16, ASM=True), 4, 3),
+    (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=16, BLOCK_N=256, BLOCK_K=128, SPREAD=16, ASM=True), 2, 4),
     (w4a16._unpacked_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPREAD=16), 4, 3),
     (w4a16._sum_splits_kernel, dict(part_ptr="*fp32", out_ptr="*bf16", numel="i32", SPLIT="constexpr",
                                     BLOCK="constexpr"), dict(SPLIT=4, BLOCK=1024), 4, 3),
