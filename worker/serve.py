@@ -26,7 +26,8 @@ from worker.tasks import WorkerContext, set_context
 log = logging.getLogger(__name__)
 
 
-GIL_SWITCH_INTERVAL_S = 0.0005  # H200, 32 users: +3-4% tokens/s over the default 5 ms (benchmarks/NOTES.md)
+# H200, 32 users: +3-4% tokens/s over CPython's 5 ms in two runs each, about their noise (benchmarks/NOTES.md row 41)
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class WorkerProcess:
