@@ -55,10 +55,11 @@ class WorkerProcess:
         from worker.engine import Engine
         from worker.model_setup import load_generator
 
-        # The engine's thread gives up the GIL at every PyTorch call and waits to take it back while the job
-        # threads run Python (RQ's bookkeeping, posting): at most this long, instead of CPython's 5 ms.
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.engine = Engine(load_generator(self.settings), max_batch=self.settings.max_batch)
+        if self.engine.runtime.device.type == "cuda":
+            # The engine's thread gives up the GIL at every CUDA call and waits to take it back while the job
+            # threads run Python (RQ's bookkeeping, posting): at most this long, instead of CPython's 5 ms.
+            sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.engine.start()
         context = WorkerContext(
             engine=self.engine,
