@@ -150,6 +150,10 @@ def run_users(queue, process, args, concurrency: int, prompt_tokens: int | None 
     return row
 
 
+def show(label: str, row: dict) -> None:
+    print(f"{label}: {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})}", flush=True)
+
+
 def percentile(sorted_values: list[float], pct: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * pct / 100))]
 
@@ -239,14 +243,12 @@ def main() -> None:
         wait_final(warm)
         for concurrency in args.concurrency:
             report[f"c{concurrency}"] = row = run_users(queue, process, args, concurrency)
-            shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
-            print(f"concurrency {concurrency}: {json.dumps(shown)}", flush=True)
+            show(f"concurrency {concurrency}", row)
         if args.anchor_prompt_tokens:
             most = max(args.concurrency)
             label = f"c{most}_prompt{args.anchor_prompt_tokens}"
             report[label] = row = run_users(queue, process, args, most, args.anchor_prompt_tokens)
-            shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
-            print(f"concurrency {most}, {args.anchor_prompt_tokens}-token prompts: {json.dumps(shown)}", flush=True)
+            show(f"concurrency {most}, {args.anchor_prompt_tokens}-token prompts", row)
         if torch.cuda.is_available():
             report["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     finally:

@@ -90,8 +90,9 @@ def _add_rms_norm_row_kernel(h_ptr, part_ptr, h_out_ptr, w_ptr, order_ptr, x_out
 
 
 NORM_BLOCK = 256  # columns per program: a one-row norm spreads over ~20 SMs instead of waiting on one
-NORM_ROW_PROGRAMS = 64  # from this many rows (prefill), one program a row: the two column-block passes ran at
-                        # ~1.1 TB/s on an H200 with 4,000 rows
+# From this many rows (a prefill), add+RMSNorm takes one program a row and the rotary 8 heads a program: with
+# 4,000 rows on an H200 the decode steps' smaller pieces ran at ~1.1 TB/s (norm) and ~0.85 TB/s (rotary).
+PREFILL_ROWS = 64
 
 
 def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float,
@@ -104,7 +105,7 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     rows, blocks = h2.shape[0], triton.cdiv(width, NORM_BLOCK)
     h_out = torch.empty_like(h2) if delta is not None else h2
     x_out = torch.empty_like(h2)
-    if rows >= NORM_ROW_PROGRAMS:
+    if rows >= PREFILL_ROWS:
         _add_rms_norm_row_kernel[(rows,)](
             h2, delta if delta is not None else h2, h_out, weight, order if order is not None else h2, x_out, width,
             h2.numel(), eps, SPLIT=0 if delta is None else delta.shape[0], ORDERED=order is not None,
@@ -189,9 +190,6 @@ def _rotary_into_cache_kernel(
     tl.store(v_at + half, y2.to(v_cache_ptr.dtype.element_ty), mask=is_v)
 
 
-ROTARY_MANY_ROWS = 64  # from this many rows (prefill), 8 heads a program: one a program ran at ~0.85 TB/s
-
-
 def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: int, length: int, q_heads: int,
                       kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
     """partials [split, B*T, (q + 2 kv heads) * D] of qkv; cos/sin [B*T, D]; positions [B*T] (row b*T + t is
@@ -199,7 +197,7 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
     Writes k and v; returns q [B*T, q_heads, D] in ``dtype``."""
     split, rows, _ = partials.shape
     head_dim = keys.shape[-1]
-    heads = 8 if rows >= ROTARY_MANY_ROWS else 1
+    heads = 8 if rows >= PREFILL_ROWS else 1
     q = torch.empty((rows, q_heads, head_dim), device=partials.device, dtype=dtype)
     _rotary_into_cache_kernel[(rows, triton.cdiv(q_heads + 2 * kv_heads, heads))](
         partials, cos, sin, positions, q, keys, values, partials[0].numel(), length, first_slot,
