@@ -37,12 +37,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fp8_kv_quality import QUESTIONS, agreement, greedy_answer, question_prompts  # noqa: E402
-from worker.gptq_layout import unpack_rows  # noqa: E402
-from worker.demo_model import ensure_demo_model  # noqa: E402
-from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
-from worker.llama_runtime import KVCache, forward  # noqa: E402
-from worker.w4a16_kernels import input_order  # noqa: E402
-from worker.loader import load_model  # noqa: E402
+from worker.model.gptq_layout import unpack_rows  # noqa: E402
+from worker.model.demo_model import ensure_demo_model  # noqa: E402
+from worker.model.triton_linear import TritonInt4Linear  # noqa: E402
+from worker.inference.llama_runtime import KVCache, forward  # noqa: E402
+from worker.kernels.w4a16 import input_order  # noqa: E402
+from worker.model.loader import load_model  # noqa: E402
 
 ARITHMETICS = ("fp32_sums", "bf16_products", "bf16_weights")
 

@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from synthetic_checkpoint import TINY, write_synthetic_checkpoint  # noqa: E402
 
-from worker.llama_runtime import FP8, LlamaRuntime  # noqa: E402
-from worker.loader import load_model  # noqa: E402
-from worker.sampling import GenerationParams, SamplingTensors  # noqa: E402
+from worker.inference.llama_runtime import FP8, LlamaRuntime  # noqa: E402
+from worker.model.loader import load_model  # noqa: E402
+from worker.inference.sampling import GenerationParams, SamplingTensors  # noqa: E402
 
 path = write_synthetic_checkpoint(Path(tempfile.mkdtemp()) / "tiny", TINY)
 loaded = load_model(path, device="cuda")

@@ -19,9 +19,9 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker import decode_attention as attention  # noqa: E402
-from worker import layer_kernels as layers  # noqa: E402
-from worker import w4a16_kernels as w4a16  # noqa: E402
+from worker.kernels import decode_attention as attention  # noqa: E402
+from worker.kernels import layer_kernels as layers  # noqa: E402
+from worker.kernels import w4a16  # noqa: E402
 
 INT4 = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "out_ptr": "*fp32"}
 DOT = dict(INT4, M="i32", N="i32", stride_xm="i32", stride_w="i32", stride_s="i32", stride_z="i32",

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.demo_model import ensure_demo_model  # noqa: E402
-from worker.llama_runtime import FP8, KVCache, LlamaRuntime, forward  # noqa: E402
-from worker.loader import load_model  # noqa: E402
-from worker.prompt import Turn, make_template  # noqa: E402
-from worker.sampling import GenerationParams, SamplingTensors  # noqa: E402
+from worker.model.demo_model import ensure_demo_model  # noqa: E402
+from worker.inference.llama_runtime import FP8, KVCache, LlamaRuntime, forward  # noqa: E402
+from worker.model.loader import load_model  # noqa: E402
+from worker.inference.prompt import Turn, make_template  # noqa: E402
+from worker.inference.sampling import GenerationParams, SamplingTensors  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?",

@@ -1,7 +1,7 @@
 """The one-row int4 kernel against the card's read bandwidth, shape by shape (13B layers, batch 1).
 
 For each Llama-13B layer shape: a plain read of the same bytes (packed words, scales, zeros) by a Triton
-kernel with 16-byte loads (the roof this kernel can reach), the configs in ``worker/w4a16_configs.json``, and a
+kernel with 16-byte loads (the roof this kernel can reach), the configs in ``worker/kernels/w4a16_configs.json``, and a
 grid of tiles, warps and K splits, and the tuned config with each word's products summed in fp32 instead of bf16. Each time replays a CUDA graph of calls cycling through copies
 of the layer past the L2, as a decode step reads them; the split-K partial sums are left to the consumer, as
 in the step. Prints GB/s per shape, best configs last; ``--ncu`` runs only the tuned and best configs a few
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import int4_kernels  # noqa: E402
 from int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, layer_bytes  # noqa: E402
 
-from worker import w4a16_kernels  # noqa: E402
-from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
+from worker.kernels import w4a16 as w4a16_kernels  # noqa: E402
+from worker.model.triton_linear import TritonInt4Linear  # noqa: E402
 
 
 @triton.jit

@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synthetic_checkpoint import TINY, XWIN_13B, write_synthetic_checkpoint  # noqa: E402
 
 from int4_kernels import check as check_kernels  # noqa: E402
-from worker.llama_runtime import KVCache, LlamaRuntime, forward  # noqa: E402
-from worker.loader import load_model  # noqa: E402
-from worker.sampling import GenerationParams, SamplingTensors  # noqa: E402
+from worker.inference.llama_runtime import KVCache, LlamaRuntime, forward  # noqa: E402
+from worker.model.loader import load_model  # noqa: E402
+from worker.inference.sampling import GenerationParams, SamplingTensors  # noqa: E402
 
 GIB = 1024**3
 KERNELS = ("triton", "tinygemm")
@@ -54,7 +54,7 @@ def check_model(device: torch.device, dtype: torch.dtype, int4_kernel: str) -> f
 
 
 def attention_variant(loaded, args, prompt: list[int], kernel_tokens: list[int]) -> dict:
-    """Batch-1 decode with SDPA instead of ``worker.decode_attention`` (the default): speed, and greedy tokens
+    """Batch-1 decode with SDPA instead of ``worker.kernels.decode_attention`` (the default): speed, and greedy tokens
     against the kernel's."""
     runtime = LlamaRuntime(loaded.model, args.context, cuda_graphs=True, attention="sdpa")
     runtime.warm_up()

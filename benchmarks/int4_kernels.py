@@ -25,10 +25,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker import w4a16_kernels  # noqa: E402
-from worker.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
-from worker.int4_linear import Int4Codes, Int4Linear  # noqa: E402
-from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
+from worker.kernels import w4a16 as w4a16_kernels  # noqa: E402
+from worker.model.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
+from worker.model.tinygemm_linear import Int4Codes, Int4Linear  # noqa: E402
+from worker.model.triton_linear import TritonInt4Linear  # noqa: E402
 
 SHAPES = {"qkv": (5120, 15360), "o": (5120, 5120), "gate_up": (5120, 27648), "down": (13824, 5120)}
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)

@@ -1,7 +1,7 @@
 """Where a whole decode step's GPU time goes: the 13B-shaped model, CUDA graphs on, as the worker decodes.
 
 Replays the captured decode step (batch 1 and 32, attention window 1,024; attention by SDPA and by
-``worker.decode_attention``) under the profiler and prints the GPU time and launches of each kernel family per
+``worker.kernels.decode_attention``) under the profiler and prints the GPU time and launches of each kernel family per
 step, their sum against the step's wall time (the gap is launch overhead inside the graph) and the same step's
 time without the profiler. Then the same for prefill: one 512-token chunk, and 8 prompts of 500 together.
 
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int4_kernels import replay_ms  # noqa: E402
 from synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint  # noqa: E402
 
-from worker.llama_runtime import LlamaRuntime  # noqa: E402
-from worker.loader import load_model  # noqa: E402
+from worker.inference.llama_runtime import LlamaRuntime  # noqa: E402
+from worker.model.loader import load_model  # noqa: E402
 
 FAMILIES = [  # (label, pattern on the kernel name): the first match names the kernel's family
     ("int4 one row", r"_gemv_kernel"), ("int4 2-32 rows", r"_swap_dot_kernel"), ("int4 33-64 rows", r"_unpacked_dot"),
@@ -68,7 +68,7 @@ def main() -> None:
     loaded = load_model(path, device="cuda")
     report = {"device": torch.cuda.get_device_name()}
     for batch in (1, 32):
-        for attention in ("sdpa", "triton"):  # scaled_dot_product_attention, or worker.decode_attention
+        for attention in ("sdpa", "triton"):  # scaled_dot_product_attention, or worker.kernels.decode_attention
             runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True, attention=attention)
             start = time.perf_counter()
             graph = runtime.graphs.get(batch, 1024)

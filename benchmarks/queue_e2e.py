@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from redis import Redis  # noqa: E402
 
-from worker.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester  # noqa: E402
-from worker.queue import job_queue  # noqa: E402
+from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester  # noqa: E402
+from worker.queue.job_queue import job_queue  # noqa: E402
 from worker.serve import WorkerProcess  # noqa: E402
 from worker.settings import Settings  # noqa: E402
 
@@ -179,7 +179,7 @@ def hf_baseline(model: str, args, prompt_tokens: int) -> dict:
     import torch
     from gpu_inference import hf_generate
 
-    from worker.loader import load_model
+    from worker.model.loader import load_model
 
     loaded = load_model(model)
     prompt = loaded.tokenizer(prompt_text(args.shape, prompt_tokens, 1)).input_ids
@@ -214,7 +214,7 @@ def main() -> None:
     if args.model:
         model = args.model
     elif args.shape == "demo":
-        from worker.demo_model import ensure_demo_model
+        from worker.model.demo_model import ensure_demo_model
 
         model = str(ensure_demo_model())
     else:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.engine import AnswerStream  # noqa: E402
+from worker.inference.engine import AnswerStream  # noqa: E402
 from worker.posters.base import StreamingReply  # noqa: E402
 
 

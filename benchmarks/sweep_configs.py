@@ -5,7 +5,7 @@ current config's output and timed as a CUDA graph of calls cycling over layer co
 ``int4_kernels.py``); the fastest is kept. ``tune_in_step.py`` then confirms or refines inside the whole step.
 
     python benchmarks/sweep_configs.py --rows 1 32 [--seconds-per-shape 40] [--write]
-    # the table for this GPU into $OUT/w4a16_configs.json, or worker/w4a16_configs.json with --write
+    # the table for this GPU into $OUT/w4a16_configs.json, or worker/kernels/w4a16_configs.json with --write
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, random_layer  # noqa: E402
 
-from worker import w4a16_kernels  # noqa: E402
-from worker.int4_triton_linear import TritonInt4Linear  # noqa: E402
+from worker.kernels import w4a16 as w4a16_kernels  # noqa: E402
+from worker.model.triton_linear import TritonInt4Linear  # noqa: E402
 
 
 def candidates(rows: int, k: int, n: int, sms: int):
@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 32, 16])
     parser.add_argument("--seconds-per-shape", type=float, default=40)
-    parser.add_argument("--write", action="store_true", help="update worker/w4a16_configs.json itself")
+    parser.add_argument("--write", action="store_true", help="update worker/kernels/w4a16_configs.json itself")
     args = parser.parse_args()
     device = torch.device("cuda")
     device_name = torch.cuda.get_device_name()

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int4_kernels import SHAPES, replay_ms  # noqa: E402
 from synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint  # noqa: E402
 
-from worker import w4a16_kernels  # noqa: E402
-from worker.llama_runtime import LlamaRuntime  # noqa: E402
-from worker.loader import load_model  # noqa: E402
+from worker.kernels import w4a16 as w4a16_kernels  # noqa: E402
+from worker.inference.llama_runtime import LlamaRuntime  # noqa: E402
+from worker.model.loader import load_model  # noqa: E402
 
 WINDOW, POSITION = 1024, 900
 
@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 16])
     parser.add_argument("--seconds", type=float, default=360)
-    parser.add_argument("--write", action="store_true", help="update worker/w4a16_configs.json itself")
+    parser.add_argument("--write", action="store_true", help="update worker/kernels/w4a16_configs.json itself")
     parser.add_argument("--kernels", nargs="+", help="time only these kernels' configs (e.g. gemv)")
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds

@@ -11,7 +11,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-from worker.job import MAX_TEXT_CHARS, MAX_TURNS, JobTurn
+from worker.queue.job import MAX_TEXT_CHARS, MAX_TURNS, JobTurn
 
 # C0/C1 control characters other than tab, newline and carriage return: they mean nothing in a chat message,
 # and NUL is not allowed in a job at all.

@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from worker.redis_connection import redis_from_settings
+from worker.queue.redis_connection import redis_from_settings
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ COPY README.md ./
 COPY worker ./worker
 COPY bot ./bot
 RUN pip install --no-deps . \
- && python -c "import torch, worker.loader; assert torch.version.cuda, 'torch lost its CUDA build'" \
+ && python -c "import torch, worker.model.loader; assert torch.version.cuda, 'torch lost its CUDA build'" \
  && xwinbot --help >/dev/null
 
 # Run as an unprivileged user. /cache holds the Hugging Face cache (HF_HOME: the model downloads once) and the

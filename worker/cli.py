@@ -67,8 +67,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from worker.model_setup import load_generator
-    from worker.prompt import Turn
+    from worker.inference.model_setup import load_generator
+    from worker.inference.prompt import Turn
 
     generator = load_generator(settings_from_args(args))
     for piece in generator.stream([Turn("user", args.question)]):
@@ -82,8 +82,8 @@ def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None
     """Ask through the queue, print the answer as it streams; the answer, or None when there is none."""
     from redis import Redis
 
-    from worker.console_client import ask
-    from worker.queue import job_queue
+    from bot.console import ask
+    from worker.queue.job_queue import job_queue
 
     redis = Redis.from_url(settings.redis_url)
     answer = ""
@@ -109,8 +109,8 @@ def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None
 def run_status(args: argparse.Namespace) -> int:
     from redis import Redis
 
-    from worker.queue import job_queue
-    from worker.status import read_status, render
+    from worker.queue.job_queue import job_queue
+    from worker.ops.status import read_status, render
 
     settings = Settings()
     print(render(read_status(job_queue(settings, Redis.from_url(settings.redis_url))), settings.redis_url))
@@ -120,8 +120,8 @@ def run_status(args: argparse.Namespace) -> int:
 def run_requeue_failed(args: argparse.Namespace) -> int:
     from redis import Redis
 
-    from worker.queue import job_queue
-    from worker.status import requeue_failed
+    from worker.queue.job_queue import job_queue
+    from worker.ops.status import requeue_failed
 
     settings = Settings()
     done = requeue_failed(job_queue(settings, Redis.from_url(settings.redis_url)), args.job_ids)
@@ -152,16 +152,17 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from worker.preflight import check
+    from worker.ops.preflight import check
+    from bot.launch import start_adapters
     from worker.up import up
 
     settings = Settings()
     check(settings, "up", redis_must_answer=False)  # `up` starts a local Redis when none answers
-    return up(settings)
+    return up(settings, start_adapters)
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from worker.preflight import check
+    from worker.ops.preflight import check
     from worker.serve import WorkerProcess, run_until_stopped
 
     settings = Settings()
@@ -172,7 +173,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_slack(args: argparse.Namespace) -> int:
     from bot.slack.app import run
-    from worker.preflight import check
+    from worker.ops.preflight import check
 
     settings = Settings()
     check(settings, "slack")
@@ -182,7 +183,7 @@ def run_slack(args: argparse.Namespace) -> int:
 
 def run_discord(args: argparse.Namespace) -> int:
     from bot.discord.client import run
-    from worker.preflight import check
+    from worker.ops.preflight import check
 
     settings = Settings()
     check(settings, "discord")
@@ -206,7 +207,7 @@ def run_discord_invite(args: argparse.Namespace) -> int:
 def run_demo_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from worker.demo_model import build_demo_model
+    from worker.model.demo_model import build_demo_model
 
     print(build_demo_model(Path(args.out) if args.out else None, force=args.force))
     return 0
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(level, settings.log_format)
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from worker.queue import Busy
+    from worker.queue.job_queue import Busy
 
     try:
         return COMMANDS[args.command](args)

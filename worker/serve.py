@@ -12,14 +12,14 @@ import threading
 
 from redis import Redis
 
-from worker import metrics
-from worker.health_server import HealthServer, start_health_server
+from worker.ops import metrics
+from worker.ops.health_server import HealthServer, start_health_server
 from worker.posters.registry import posters_from_settings
-from worker.queue import job_queue
-from worker.queue_positions import PositionAnnouncer
-from worker.redis_connection import redis_from_settings
-from worker.status import forget_worker_info, publish_worker_info
-from worker.rq_workers import ThreadedWorkers
+from worker.queue.job_queue import job_queue
+from worker.posters.position_notices import PositionAnnouncer
+from worker.queue.redis_connection import redis_from_settings
+from worker.ops.status import forget_worker_info, publish_worker_info
+from worker.queue.rq_workers import ThreadedWorkers
 from worker.settings import XWIN_MODEL, Settings
 from worker.tasks import WorkerContext, set_context
 
@@ -52,8 +52,8 @@ class WorkerProcess:
             raise
 
     def _start(self) -> None:
-        from worker.engine import Engine
-        from worker.model_setup import load_generator
+        from worker.inference.engine import Engine
+        from worker.inference.model_setup import load_generator
 
         self.engine = Engine(load_generator(self.settings), max_batch=self.settings.max_batch)
         if self.engine.runtime.device.type == "cuda":
@@ -66,7 +66,7 @@ class WorkerProcess:
             queue=job_queue(self.settings, self.redis),
             redis=self.redis,
             posters=self.posters or posters_from_settings(self.settings, self.redis),
-            defaults=self.settings.generation_params(),
+            defaults=self.engine.generator.defaults,
             update_interval_s=self.settings.update_interval_s,
             delivery_retry_s=self.settings.delivery_retry_s,
         )

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-if TYPE_CHECKING:
-    from worker.sampling import GenerationParams  # imported when used: it pulls in torch, adapters don't need it
 
 XWIN_MODEL = "TheBloke/Xwin-LM-13B-V0.1-GPTQ"
 
@@ -114,7 +111,3 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    def generation_params(self) -> GenerationParams:
-        from worker.sampling import GenerationParams
-
-        return GenerationParams(self.temperature, self.top_p, self.top_k, self.max_new_tokens)

@@ -1,6 +1,6 @@
 """The function RQ runs for every question: ``answer_job(job_json)``.
 
-It runs in one of the worker process's job threads (see ``worker.rq_workers``): it submits the conversation
+It runs in one of the worker process's job threads (see ``worker.queue.rq_workers``): it submits the conversation
 to the shared engine, streams the answer to the platform's poster (throttled), honours cancel requests, and
 finishes only after the final reply is posted. A bad job gets a clear reply when it names where to reply, and
 never takes the worker down.
@@ -18,14 +18,15 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from worker import metrics
+from worker.ops import metrics
 from worker.errors import PromptTooLong
-from worker.job import Job, JobRejected, ReplyTarget
+from worker.queue.job import Job, JobRejected, ReplyTarget
 from worker.logs import job_context
 from worker.posters.base import DEFAULT_RETRY_WINDOW_S, DeliveryFailed, Poster, StreamingReply, deliver
-from worker.queue import JobQueue
-from worker.queue_positions import mark_started
-from worker.sampling import GenerationParams
+from worker.queue.job_queue import JobQueue
+from worker.queue.positions import mark_started
+from worker.inference.prompt import Turn
+from worker.inference.sampling import GenerationParams
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ DELIVERED_TTL_S = 24 * 3600
 class WorkerContext:
     """What a job needs from the worker process; set once by ``worker.serve`` before the job threads start."""
 
-    engine: object  # worker.engine.Engine
+    engine: object  # worker.inference.engine.Engine
     queue: JobQueue
     redis: Redis
     posters: dict[str, Callable[[], Poster]]
@@ -106,7 +107,7 @@ def answer(context: WorkerContext, job: Job) -> dict:
             context.deliver(lambda: restart(job), what="restart notice")
     context.deliver(lambda: poster.waiting(job, None), what="thinking notice")
     try:
-        stream = context.engine.submit(job.conversation(), job.overrides.apply(context.defaults))
+        stream = context.engine.submit(conversation_of(job), params_for(job, context.defaults))
     except (PromptTooLong, ValueError) as err:
         reason = str(err)
         context.deliver(lambda: poster.fail(job, reason), what="error reply")
@@ -140,6 +141,16 @@ def answer(context: WorkerContext, job: Job) -> dict:
         "tokens": getattr(stream, "tokens", None),
         "first_token_at": unix_time(getattr(stream, "first_token_at", None)),
     }
+
+
+def conversation_of(job: Job) -> list[Turn]:
+    """The job's messages as the prompt template's turns."""
+    return [Turn(t.role, t.text) for t in job.turns]
+
+
+def params_for(job: Job, defaults: GenerationParams) -> GenerationParams:
+    """The worker's generation defaults with every override the job sets replacing its value."""
+    return defaults.replace(**job.overrides.model_dump(exclude_none=True))
 
 
 def cancel_requested(context: WorkerContext, job: Job) -> bool:

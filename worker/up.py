@@ -10,15 +10,25 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlparse
 
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.health_server import start_health_server
+from worker.ops.health_server import start_health_server
 from worker.serve import WorkerProcess, run_until_stopped
 from worker.settings import Settings
+
+
+class RunningAdapters(Protocol):
+    """What ``start_adapters`` returns (``bot.launch``): the names of the adapters it started, and how to stop them."""
+
+    names: list[str]
+
+    def stop(self) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +63,13 @@ def start_local_redis(url: str, data_dir: Path) -> subprocess.Popen:
     return process
 
 
-def up(settings: Settings) -> int:
+def up(settings: Settings, start_adapters: Callable[[Settings], RunningAdapters]) -> int:
+    """Redis (a local one when none answers), the chat adapters ``start_adapters`` starts, and the worker."""
     local_redis = None
     if not redis_answers(settings.redis_url):
         data_dir = Path(settings.data_dir).expanduser() / "redis"
         print(f"xwinbot: starting redis-server (append-only file in {data_dir})", flush=True)
         local_redis = start_local_redis(settings.redis_url, data_dir)
-    from bot.launch import start_adapters
-
     adapters = start_adapters(settings)
     print(f"xwinbot: chat adapters: {', '.join(adapters.names) or 'none configured (see README: Slack)'}", flush=True)
     worker = WorkerProcess(settings, serve_health=False)  # the worker and the adapters share one endpoint

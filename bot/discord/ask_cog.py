@@ -19,7 +19,7 @@ from discord.ext import commands
 from bot.conversation import build_turns, clean_text, is_blank
 from bot.discord.history import conversation, plain_text, recent_messages
 from bot.discord.questions import DiscordQuestions
-from worker.job import GenerationOverrides, JobTurn, Requester
+from worker.queue.job import GenerationOverrides, JobTurn, Requester
 
 log = logging.getLogger(__name__)
 

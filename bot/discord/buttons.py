@@ -1,6 +1,6 @@
 """The Stop and Regenerate buttons under an answer, as persistent dynamic items.
 
-Their custom ids carry the job id (``worker.posters.discord_parts``), so a click works after either process
+Their custom ids carry the job id (``worker.posters.discord_controls``), so a click works after either process
 restarted: discord.py matches the id against the template and rebuilds the button.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import discord
 
-from worker.posters.discord_parts import AGAIN_ID, CUSTOM_ID_PATTERN, STOP_ID
+from worker.posters.discord_controls import AGAIN_ID, CUSTOM_ID_PATTERN, STOP_ID
 
 
 def _template(custom_id_format: str) -> str:

@@ -21,10 +21,10 @@ from bot.discord.ask_cog import AskCog
 from bot.discord.buttons import AgainButton, StopButton
 from bot.discord.gateway_events import drop_unreadable_events
 from bot.discord.questions import DiscordOptions, DiscordQuestions
-from worker.health_server import start_health_server
-from worker.preflight import discord_problems, raise_if_any
-from worker.queue import job_queue
-from worker.redis_connection import redis_from_settings
+from worker.ops.health_server import start_health_server
+from worker.ops.preflight import discord_problems, raise_if_any
+from worker.queue.job_queue import job_queue
+from worker.queue.redis_connection import redis_from_settings
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import re
 import discord
 
 from bot.conversation import build_turns
-from worker.job import JobTurn
+from worker.queue.job import JobTurn
 from worker.posters.status_text import is_status_text
 
 USER_MENTION = re.compile(r"<@!?(\d+)>")

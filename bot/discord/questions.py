@@ -17,12 +17,12 @@ from redis import Redis
 
 from bot.access import Allowlist
 from bot.discord.buttons import answer_controls
-from worker import metrics
-from worker.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
+from worker.ops import metrics
+from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
-from worker.queue import Busy, DuplicateJob, JobQueue
-from worker.queue_positions import show_unless_started
-from worker.reply_index import ReplyIndex
+from worker.queue.job_queue import Busy, DuplicateJob, JobQueue
+from worker.queue.positions import show_unless_started
+from worker.queue.reply_index import ReplyIndex
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from slack_sdk import WebClient
 
 from bot.access import Allowlist
 from bot.slack.questions import SlackOptions, SlackQuestions
-from worker.health_server import start_health_server
+from worker.ops.health_server import start_health_server
 from worker.posters.slack import slack_client
-from worker.preflight import raise_if_any, slack_problems
-from worker.reply_index import ReplyIndex
-from worker.queue import job_queue
-from worker.redis_connection import redis_from_settings
+from worker.ops.preflight import raise_if_any, slack_problems
+from worker.queue.reply_index import ReplyIndex
+from worker.queue.job_queue import job_queue
+from worker.queue.redis_connection import redis_from_settings
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)

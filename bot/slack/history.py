@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from slack_sdk import WebClient
 
 from bot.conversation import build_turns
-from worker.job import JobTurn
+from worker.queue.job import JobTurn
 from worker.posters.slack_text import WORD_JOINER
 from worker.posters.status_text import is_status_text
 

@@ -17,13 +17,13 @@ from slack_sdk import WebClient
 from bot.access import Allowlist
 from bot.conversation import clean_text, is_blank
 from bot.slack.history import dm_messages, message_text, plain_text, thread_messages, turns_from_messages
-from worker import metrics
-from worker.job import Job, Requester, ReplyTarget, job_id_for
+from worker.ops import metrics
+from worker.queue.job import Job, Requester, ReplyTarget, job_id_for
 from worker.posters.slack_text import escape
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
-from worker.queue import Busy, DuplicateJob, JobQueue
-from worker.queue_positions import show_unless_started
-from worker.reply_index import ReplyIndex
+from worker.queue.job_queue import Busy, DuplicateJob, JobQueue
+from worker.queue.positions import show_unless_started
+from worker.queue.reply_index import ReplyIndex
 
 log = logging.getLogger(__name__)
 

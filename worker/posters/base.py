@@ -18,10 +18,10 @@ from typing import Protocol
 
 from typing import TYPE_CHECKING
 
-from worker import metrics
+from worker.ops import metrics
 
 if TYPE_CHECKING:
-    from worker.job import Job
+    from worker.queue.job import Job
 
 log = logging.getLogger(__name__)
 

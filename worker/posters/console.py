@@ -6,14 +6,12 @@ crash starts over with a ``restart`` entry.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from redis import Redis
 
-from typing import TYPE_CHECKING
-
 if TYPE_CHECKING:
-    from worker.job import Job
+    from worker.queue.job import Job
 
 STREAM_TTL_S = 3600
 
@@ -47,17 +45,3 @@ class ConsolePoster:
 
     def restart(self, job: Job) -> None:
         self._add(job, "restart", "")
-
-
-def read_reply(redis: Redis, job_id: str, timeout_s: float = 600) -> Iterator[tuple[str, str]]:
-    """(kind, text) entries of one job's reply stream, until its final answer or error."""
-    key, last_id = reply_stream_key(job_id), "0"
-    while True:
-        batch = redis.xread({key: last_id}, block=int(timeout_s * 1000), count=100)
-        if not batch:
-            raise TimeoutError(f"no reply for job {job_id} within {timeout_s:.0f} s")
-        for last_id, fields in batch[0][1]:
-            kind, text = fields[b"kind"].decode(), fields[b"text"].decode()
-            yield kind, text
-            if kind in ("final", "error"):
-                return

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 from redis import Redis
 
-from worker.posters.discord_parts import NO_PINGS, answer_buttons
+from worker.posters.discord_controls import NO_PINGS, answer_buttons
 from worker.posters.discord_rest import DiscordError, DiscordRest
-from worker.posters.reply_parts import ReplyParts
+from worker.posters.extra_messages import ReplyParts
 from worker.posters.split import split_message
 from worker.posters.status_text import RESTARTING, waiting_text
-from worker.reply_index import TTL_S
+from worker.queue.reply_index import TTL_S
 
 if TYPE_CHECKING:
-    from worker.job import Job
+    from worker.queue.job import Job
 
 log = logging.getLogger(__name__)
 

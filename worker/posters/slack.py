@@ -23,11 +23,11 @@ from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, R
 from worker.posters.slack_text import escape, slack_size, to_slack
 from worker.posters.split import split_message
 from worker.posters.status_text import RESTARTING, waiting_text
-from worker.posters.reply_parts import ReplyParts
-from worker.reply_index import ReplyIndex
+from worker.posters.extra_messages import ReplyParts
+from worker.queue.reply_index import ReplyIndex
 
 if TYPE_CHECKING:
-    from worker.job import Job
+    from worker.queue.job import Job
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,155 @@
+"""The fake Slack against the real clients: slack_sdk's WebClient, bolt's App and its builtin Socket Mode handler."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from slack_bolt import App
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.signature import SignatureVerifier
+
+from tests.fakes.fake_slack import FakeSlack
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeSlack() as server:
+        yield server
+
+
+@pytest.fixture
+def client(fake):
+    return WebClient(token=fake.bot_token, base_url=fake.api_url)
+
+
+def test_web_client_posts_updates_and_reads_threads_and_history_page_by_page(fake, client):
+    parent = fake.add_user_message("CWEB", "U1", "a question")
+    posted = [client.chat_postMessage(channel="CWEB", text=f"reply {i}", thread_ts=parent) for i in range(5)]
+    assert all(r["ok"] and r["message"]["bot_id"] == fake.bot_id for r in posted)
+    first = posted[0]["ts"]
+    assert client.chat_update(channel="CWEB", ts=first, text="reply 0, edited")["text"] == "reply 0, edited"
+    assert fake.history_of("CWEB", first) == ["reply 0", "reply 0, edited"]
+
+    pages = [page["messages"] for page in client.conversations_replies(channel="CWEB", ts=parent, limit=2)]
+    assert [len(p) for p in pages] == [2, 2, 2]
+    texts = [m["text"] for p in pages for m in p]
+    assert texts == ["a question", "reply 0, edited", "reply 1", "reply 2", "reply 3", "reply 4"]
+    assert fake.thread("CWEB", parent)[0]["reply_count"] == 5
+    assert [m["ts"] for m in fake.messages("CWEB")] == [parent] + [r["ts"] for r in posted]
+
+    tops = [client.chat_postMessage(channel="CHIST", text=f"top {i}")["ts"] for i in range(3)]
+    client.chat_postMessage(channel="CHIST", text="in a thread", thread_ts=tops[0])
+    history = [m["ts"] for page in client.conversations_history(channel="CHIST", limit=2) for m in page["messages"]]
+    assert history == tops[::-1]  # newest first, thread replies left out
+
+    assert client.chat_delete(channel="CWEB", ts=posted[4]["ts"])["ok"]
+    assert fake.thread("CWEB", parent)[0]["reply_count"] == 4
+    assert client.chat_postEphemeral(channel="CWEB", user="U1", text="just you")["message_ts"]
+    assert client.users_info(user="U1")["user"]["is_bot"] is False
+    assert fake.calls_to("chat.postMessage")[0].args == {"channel": "CWEB", "text": "reply 0", "thread_ts": parent}
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda c, p: c.chat_postMessage(channel="CERR", text="x" * 4001), "msg_too_long"),
+    (lambda c, p: c.chat_update(channel="CERR", ts=p, text="hijack"), "cant_update_message"),
+    (lambda c, p: c.chat_update(channel="CERR", ts="1.000001", text="gone"), "message_not_found"),
+    (lambda c, p: c.conversations_replies(channel="CERR", ts="1.000001"), "thread_not_found"),
+    (lambda c, p: c.api_call("chat.scheduleMessage"), "unknown_method"),
+    (lambda c, p: WebClient(token="xoxb-wrong", base_url=c.base_url).auth_test(), "invalid_auth"),
+    (lambda c, p: c.apps_connections_open(app_token="xapp-wrong"), "invalid_auth"),
+])
+def test_errors_answer_like_slack(fake, client, call, error):
+    human = fake.add_user_message("CERR", "U1", "mine")
+    with pytest.raises(SlackApiError) as raised:
+        call(client, human)
+    assert raised.value.response["error"] == error and fake.calls[-1].status == 200
+
+
+def test_fail_next_fails_only_the_next_calls(fake, client):
+    fake.fail_next("chat.postMessage", "channel_not_found", times=2)
+    for _ in range(2):
+        with pytest.raises(SlackApiError, match="channel_not_found"):
+            client.chat_postMessage(channel="CFAIL", text="hi")
+    assert client.chat_postMessage(channel="CFAIL", text="hi")["ok"]
+
+
+def test_rate_limit_answers_429_and_the_retry_handler_waits_retry_after(fake, client):
+    fake.rate_limit("chat.postMessage", times=1, retry_after=3)
+    with pytest.raises(SlackApiError) as raised:
+        client.chat_postMessage(channel="CRATE", text="too fast")
+    assert raised.value.response.status_code == 429 and raised.value.response["error"] == "ratelimited"
+    assert raised.value.response.headers["Retry-After"] == "3"
+
+    fake.rate_limit("chat.update", times=1, retry_after=1)
+    patient = WebClient(token=fake.bot_token, base_url=fake.api_url, retry_handlers=[RateLimitErrorRetryHandler()])
+    ts = patient.chat_postMessage(channel="CRATE", text="v1")["ts"]
+    started = time.monotonic()
+    assert patient.chat_update(channel="CRATE", ts=ts, text="v2")["ok"]
+    assert time.monotonic() - started >= 1.0
+    updates = [c for c in fake.calls_to("chat.update") if c.args["channel"] == "CRATE"]
+    assert [c.status for c in updates] == [429, 200] and updates[1].at - updates[0].at >= 1.0
+    assert fake.history_of("CRATE", ts) == ["v1", "v2"]
+
+
+def test_bolt_app_on_the_socket_mode_handler_gets_events_and_answers(fake):
+    app = App(client=WebClient(token=fake.bot_token, base_url=fake.api_url))  # calls auth.test on the fake
+    clicks = []
+
+    @app.event("app_mention")
+    def on_mention(event, say):
+        say(text=f"hello <@{event['user']}>", thread_ts=event["ts"])
+
+    @app.action("press")
+    def on_press(ack, body):
+        ack()
+        clicks.append(body["actions"][0]["value"])
+
+    opened = len(fake.calls_to("apps.connections.open"))
+    handler = SocketModeHandler(app, fake.app_token)  # its web_client defaults to app.client, i.e. the fake
+    handler.connect()
+    try:
+        fake.wait_connected()
+        fake.wait_for(lambda: handler.client.current_session.last_ping_pong_time is not None)  # its ping got a pong
+        ts = fake.add_user_message("CBOLT", "U1", f"<@{fake.bot_user_id}> hi")
+        event = {"type": "app_mention", "user": "U1", "text": f"<@{fake.bot_user_id}> hi", "ts": ts,
+                 "channel": "CBOLT", "event_ts": ts, "channel_type": "channel"}
+        sent = time.time()
+        envelope = fake.send_event(event)
+        assert fake.wait_ack(envelope) - sent < 1.0
+        fake.wait_for(lambda: len(fake.thread("CBOLT", ts)) == 2)
+        reply = fake.thread("CBOLT", ts)[1]
+        assert reply["text"] == "hello <@U1>" and reply["user"] == fake.bot_user_id and reply["thread_ts"] == ts
+        assert fake.envelopes[-1]["payload"]["authorizations"][0]["user_id"] == fake.bot_user_id
+
+        press = fake.send_interactive({"type": "block_actions", "user": {"id": "U1"}, "trigger_id": "1.2",
+                                       "channel": {"id": "CBOLT"}, "container": {"type": "message"},
+                                       "actions": [{"type": "button", "action_id": "press", "block_id": "b",
+                                                    "value": "yes", "action_ts": "1.3"}]})
+        fake.wait_ack(press)
+        fake.wait_for(lambda: clicks == ["yes"])
+
+        # Slack asks the client to reconnect: it opens a new socket, and events flow on it
+        fake.send_disconnect()
+        fake.wait_for(lambda: len(fake.calls_to("apps.connections.open")) == opened + 2)
+        fake.wait_connected()
+        again = fake.send_event(dict(event, text=f"<@{fake.bot_user_id}> again"))
+        fake.wait_ack(again)
+        fake.wait_for(lambda: len(fake.thread("CBOLT", ts)) == 3)
+    finally:
+        handler.close()
+    assert [c.token for c in fake.calls_to("apps.connections.open")[opened:]] == [fake.app_token] * 2
+
+
+def test_signed_headers_pass_slacks_signature_verifier():
+    fake = FakeSlack()
+    body = json.dumps(fake.event_body({"type": "app_mention", "text": "hi"})).encode()
+    headers = FakeSlack.signed_headers(body, "s3cret")
+    assert SignatureVerifier("s3cret").is_valid_request(body, headers)
+    assert not SignatureVerifier("other").is_valid_request(body, headers)
+    stale = FakeSlack.signed_headers(body, "s3cret", timestamp=int(time.time()) - 600)
+    assert not SignatureVerifier("s3cret").is_valid_request(body, stale)

@@ -1,0 +1,67 @@
+"""xwinbot's own processes (``worker``, ``slack``, ``up`` …) started by tests as real subprocesses, and their memory.
+
+``settings_env(**values)`` turns settings into the ``XWINBOT_*`` environment a process reads; ``running(...)``
+starts ``python -m worker.cli <command>`` with it and kills it (``SIGKILL``) on exit, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from tests.helpers.paths import REPO
+
+
+
+def settings_env(**values) -> dict[str, str]:
+    """``XWINBOT_<NAME>`` for every setting given (secrets as their plain text)."""
+    env = {}
+    for name, value in values.items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"XWINBOT_{name.upper()}"] = str(value)
+    return env
+
+
+def spawn(command: list[str], env_extra: dict, **popen_kwargs) -> subprocess.Popen:
+    """``xwinbot <command>`` as a child process, with this environment plus ``env_extra``. It is killed when
+    the test process dies, even by ``kill -9`` (a timed-out CI run leaves no worker behind)."""
+    env = {**os.environ, **{key: str(value) for key, value in env_extra.items()}}
+    return subprocess.Popen([sys.executable, "-m", "worker.cli", *command], cwd=REPO, env=env,
+                            preexec_fn=die_with_parent, **popen_kwargs)
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: Linux sends it SIGKILL when the process that started it ends."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def kill(process: subprocess.Popen | None) -> None:
+    """``kill -9`` and reap (nothing if it already ended)."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+@contextmanager
+def running(command: list[str], env_extra: dict, **popen_kwargs):
+    process = spawn(command, env_extra, **popen_kwargs)
+    try:
+        yield process
+    finally:
+        kill(process)
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """The process's resident memory now (``rss``) and its peak so far (``peak``), in MB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024  # kB
+    return {"rss": fields["VmRSS"], "peak": fields["VmHWM"]}

@@ -1,0 +1,172 @@
+"""Slack end to end: a mention in a fake Slack → our bolt app → Redis queue → the worker on the demo model →
+the Slack poster streams the answer into the thread. Real sockets everywhere; marked slow (loads the model)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus
+
+from tests.fakes.fake_slack import FakeSlack
+from tests.helpers.redis_server import drop_queue
+from tests.helpers.slack_helpers import APP_TOKEN, BOT_TOKEN, bot_replies, connected_app, mention, message, \
+    slack_settings, unique
+from worker.queue.job import job_id_for
+from worker.queue.job_queue import SERIALIZER
+from worker.queue.reply_index import ReplyIndex
+from worker.serve import WorkerProcess
+
+pytestmark = pytest.mark.slow
+COUNTING = "Count from 1 to 300, one number per line."
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeSlack(bot_token=BOT_TOKEN, app_token=APP_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def settings(fake, redis, demo_dir):
+    name = unique("slack-e2e-").lower()
+    yield slack_settings(fake, name, model=str(demo_dir), device="cpu", temperature=0.0, max_new_tokens=100,
+                         max_context_tokens=1024, max_batch=4, update_interval_s=0.3, position_interval_s=0.5,
+                         per_user_jobs=5)
+    drop_queue(redis, name)
+
+
+@pytest.fixture(scope="module")
+def worker(settings, redis):
+    process = WorkerProcess(settings, redis)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def app(fake, settings, redis, worker):
+    with connected_app(fake, settings, redis) as bolt_app:
+        yield bolt_app
+
+
+def answer_of(fake, redis, channel, thread_ts, timeout=60.0) -> dict:
+    """The bot's newest reply in the thread, once the job behind it has finished."""
+    index = ReplyIndex(redis)
+
+    def finished():
+        replies = bot_replies(fake, channel, thread_ts)
+        job_id = replies and index.job_id_for_message("slack", channel, replies[-1]["ts"])
+        if not job_id:
+            return False
+        try:  # the adapter links the placeholder to its job just before it enqueues the job
+            rq_job = RQJob.fetch(job_id, connection=redis, serializer=SERIALIZER)
+        except NoSuchJobError:
+            return False
+        return rq_job.get_status() in (JobStatus.FINISHED, JobStatus.FAILED)
+
+    fake.wait_for(finished, timeout=timeout)
+    return bot_replies(fake, channel, thread_ts)[-1]
+
+
+def rq_result(redis, job_id) -> dict:
+    return RQJob.fetch(job_id, connection=redis, serializer=SERIALIZER).return_value()
+
+
+def job_turns(redis, job_id) -> list[dict]:
+    return json.loads(RQJob.fetch(job_id, connection=redis, serializer=SERIALIZER).args[0])["turns"]
+
+
+def test_mention_gets_a_streamed_answer_in_its_thread(fake, redis, app):
+    channel = unique("C")
+    event = mention(fake, channel, "What is the capital of France?")
+    fake.send_event(event)
+    reply = answer_of(fake, redis, channel, event["ts"])
+    assert "Paris" in reply["text"]
+    history = fake.history_of(channel, reply["ts"])
+    assert history[0] == "_thinking…_"
+    answer_edits = [text for text in history if not text.startswith("_thinking")]
+    assert len(answer_edits) >= 2  # it streamed: partial text first, the whole answer last
+    assert all(reply["text"].startswith(text.rstrip()) for text in answer_edits)
+
+
+def test_first_streamed_edit_follows_the_first_token_within_a_second(fake, redis, app, settings):
+    channel = unique("C")
+    event = mention(fake, channel, "Name three colours.")
+    fake.send_event(event)
+    reply = answer_of(fake, redis, channel, event["ts"])
+    first_token_at = rq_result(redis, job_id_for("slack", f"{channel}-{event['ts']}"))["first_token_at"]
+    edits = [c for c in fake.calls_to("chat.update") if c.args.get("ts") == reply["ts"]
+             and not str(c.args.get("text", "")).startswith("_thinking")]
+    delay = edits[0].at - first_token_at
+    print(f"first token → first streamed edit: {delay * 1000:.0f} ms")
+    assert delay <= 1.0, f"first streamed edit came {delay:.2f} s after the first token"
+
+
+def test_follow_up_in_the_thread_carries_the_history(fake, redis, app):
+    channel = unique("C")
+    first = mention(fake, channel, "What is the capital of France?")
+    fake.send_event(first)
+    answer = answer_of(fake, redis, channel, first["ts"])
+    follow_up = message(fake, channel, "And what is it famous for?", thread_ts=first["ts"])
+    fake.send_event(follow_up)
+    fake.wait_for(lambda: len(bot_replies(fake, channel, first["ts"])) == 2)
+    second = answer_of(fake, redis, channel, first["ts"])
+    assert second["ts"] != answer["ts"] and second["text"]
+    turns = job_turns(redis, job_id_for("slack", f"{channel}-{follow_up['ts']}"))
+    assert [(t["role"], t["text"]) for t in turns] == [
+        ("user", "What is the capital of France?"),
+        ("assistant", answer["text"]),
+        ("user", "And what is it famous for?"),
+    ]
+
+
+def test_direct_messages_are_one_conversation(fake, redis, app):
+    dm = unique("D")
+    first = message(fake, dm, "What is the capital of France?", channel_type="im")
+    fake.send_event(first)
+    fake.wait_for(lambda: any("Paris" in m["text"] for m in bot_replies(fake, dm)), timeout=60)
+    second = message(fake, dm, "Thanks! Say it once more.", channel_type="im")
+    fake.send_event(second)
+    fake.wait_for(lambda: len(bot_replies(fake, dm)) == 2 and not bot_replies(fake, dm)[-1]["text"].startswith("_"),
+                  timeout=60)
+    replies = bot_replies(fake, dm)
+    assert all("thread_ts" not in m for m in replies)  # top-level in the DM, not in threads
+    roles = [t["role"] for t in job_turns(redis, job_id_for("slack", f"{dm}-{second['ts']}"))]
+    assert roles == ["user", "assistant", "user"]
+
+
+def test_regenerate_reaction_answers_again_in_the_same_thread(fake, redis, app):
+    channel = unique("C")
+    event = mention(fake, channel, "What is the capital of France?")
+    fake.send_event(event)
+    first = answer_of(fake, redis, channel, event["ts"])
+    fake.send_event({"type": "reaction_added", "user": "U2", "reaction": "repeat", "event_ts": f"{time.time():.6f}",
+                     "item": {"type": "message", "channel": channel, "ts": first["ts"]}})
+    fake.wait_for(lambda: len(bot_replies(fake, channel, event["ts"])) == 2)
+    again = answer_of(fake, redis, channel, event["ts"])
+    assert again["ts"] != first["ts"] and "Paris" in again["text"]
+
+
+def test_cancel_reaction_stops_a_running_answer(fake, redis, app):
+    channel = unique("C")
+    event = mention(fake, channel, COUNTING)
+    fake.send_event(event)
+    fake.wait_for(lambda: bot_replies(fake, channel, event["ts"])
+                  and not bot_replies(fake, channel, event["ts"])[0]["text"].startswith("_thinking"), timeout=60)
+    placeholder = bot_replies(fake, channel, event["ts"])[0]
+    fake.send_event({"type": "reaction_added", "user": "U1", "reaction": "x", "event_ts": f"{time.time():.6f}",
+                     "item": {"type": "message", "channel": channel, "ts": placeholder["ts"]}})
+    fake.wait_for(lambda: bot_replies(fake, channel, event["ts"])[0]["text"].endswith("(stopped)"), timeout=30)
+
+
+def test_too_long_question_is_told_the_limit(fake, redis, app):
+    channel = unique("C")
+    event = mention(fake, channel, "Summarise this: " + "blah " * 3000)
+    fake.send_event(event)
+    reply = answer_of(fake, redis, channel, event["ts"])
+    assert reply["text"].startswith(":warning: Your message is too long")
+    assert "the limit is" in reply["text"]

@@ -1,0 +1,47 @@
+"""From settings to a ready generator: the kernel, KV cache and context settings reach the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from worker.model.tinygemm_linear import Int4Linear
+from worker.inference.kv_budget import bytes_per_token
+from worker.inference.model_setup import load_generator
+from worker.inference.prompt import Turn
+from worker.inference.sampling import GenerationParams
+from worker.settings import Settings
+
+
+def int4_layers(generator) -> set[type]:
+    return {type(m) for m in generator.loaded.model.modules() if hasattr(m, "group_size")}
+
+
+def test_cpu_defaults_to_pytorch_int4_and_a_whole_context(gptq_checkpoint):
+    ckpt = gptq_checkpoint(bits=4, group_size=32, seed=21)
+    generator = load_generator(Settings(_env_file=None, model=str(ckpt.path), device="cpu", max_context_tokens=128))
+
+    assert int4_layers(generator) == {Int4Linear}
+    assert generator.runtime.max_seq_len == 128 and generator.runtime.cache.keys.dtype == torch.bfloat16
+
+
+def test_triton_kernels_fp8_cache_and_budget_from_settings(gptq_checkpoint):
+    pytest.importorskip("triton")
+    from worker.model.triton_linear import TritonInt4Linear
+
+    ckpt = gptq_checkpoint(bits=4, group_size=32, seed=22)
+    settings = Settings(_env_file=None, model=str(ckpt.path), device="cpu", max_context_tokens=256, max_batch=2,
+                        int4_kernel="triton", kv_cache_dtype="fp8", kv_cache_gb=1e-9)  # far too small
+    generator = load_generator(settings)
+    assert int4_layers(generator) == {TritonInt4Linear}
+
+    from worker.inference.kv_budget import KVCacheTooSmall
+
+    with pytest.raises(KVCacheTooSmall):
+        generator.build_runtime(max_batch=2)
+    per_token = bytes_per_token(generator.loaded.config, torch.float8_e4m3fn)
+    generator.kv_cache_gb = 2 * 256 * per_token / 1e9
+    runtime = generator.build_runtime(max_batch=2)
+    assert runtime.max_seq_len == 256 and runtime.cache.keys.dtype == torch.float8_e4m3fn
+    generator.answer([Turn("user", "Hi")], GenerationParams(temperature=0.0, max_new_tokens=4))
+    assert generator.runtime.cache.keys.view(torch.uint8)[:, 0].any()  # the conversation went through the fp8 cache

@@ -1,0 +1,108 @@
+"""The Triton kernels between a layer's matmuls (worker.kernels.layer_kernels) compute what transformers' Llama does,
+op by op in PyTorch (worker.inference.layer_ops' CPU path), from split-K partial sums.
+
+Without a GPU they run in Triton's interpreter (tests/conftest.py), the same kernel programs the GPU compiles.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("triton")
+
+from worker.inference import layer_ops  # noqa: E402
+from worker.kernels import layer_kernels  # noqa: E402
+from worker.inference.llama_runtime import KVCache  # noqa: E402
+from worker.model.loader import load_model  # noqa: E402
+
+GEN = torch.Generator().manual_seed(21)
+
+
+def randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, generator=GEN).to(dtype)
+
+
+def tolerance(dtype):
+    """bf16: a few rounding steps apart (the kernels round once, PyTorch after every op, and Triton's interpreter
+    rounds fp32 -> bf16 its own way)."""
+    return dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+
+
+class Norm(nn.Module):
+    def __init__(self, width, dtype):
+        super().__init__()
+        self.weight = nn.Parameter(1 + 0.2 * randn(width, dtype=dtype))
+        self.variance_epsilon = 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split", [0, 1, 3])
+@pytest.mark.parametrize("ordered", [False, True])
+@pytest.mark.parametrize("rows", [6, 80], ids=["column-blocks", "a-program-a-row"])  # decode steps; prefills
+def test_add_rms_norm_adds_the_partials_and_hands_x_over_in_the_next_layers_order(dtype, split, ordered, rows):
+    h = randn(rows // 2, 2, 320, dtype=dtype)
+    delta = randn(split, rows, 320, dtype=torch.float32 if split > 1 else dtype) if split else None
+    norm = Norm(320, dtype)
+    order = torch.randperm(320, generator=GEN) if ordered else None
+
+    h_out, x_out = layer_kernels.add_rms_norm(h, delta, norm.weight, 1e-5, order)
+    want_h, want_x = layer_ops.add_rms_norm(h, delta, norm, order)
+
+    torch.testing.assert_close(h_out, want_h, **tolerance(dtype))
+    torch.testing.assert_close(x_out, want_x, **tolerance(dtype))
+    if delta is None:
+        assert h_out is h or torch.equal(h_out, h)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul_of_gate_up_partials(dtype):
+    partials = randn(2, 5, 2 * 700)  # fp32 partial sums of a fused gate/up layer, 2 splits
+
+    got = layer_kernels.silu_mul(partials, dtype)
+
+    assert got.shape == (5, 700) and got.dtype == dtype
+    torch.testing.assert_close(got, layer_ops.silu_mul(partials, nn.SiLU(), dtype), **tolerance(dtype))
+
+
+def test_the_silu_kernel_serves_the_activation_a_loaded_llama_has(gptq_checkpoint):
+    """transformers 5 builds its own SiLU module (not an nn.SiLU): the kernel must still take the step."""
+    ckpt = gptq_checkpoint(bits=4, group_size=32, desc_act=False, sym=True, seed=3)
+    act_fn = load_model(ckpt.path, device="cpu", dtype=torch.float32).model.model.layers[0].mlp.act_fn
+
+    assert layer_ops.is_silu(act_fn)
+    assert not layer_ops.is_silu(nn.GELU())
+
+
+def test_other_activations_take_pytorchs_path():
+    partials = randn(1, 2, 8)
+    gelu = layer_ops.silu_mul(partials, nn.GELU(), torch.float32)
+    torch.testing.assert_close(gelu, nn.functional.gelu(partials[0, :, :4]) * partials[0, :, 4:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("length", [3, 40], ids=["decode-rows", "prefill-rows"])  # 80 rows: 8 heads a program
+def test_rotary_into_cache_rotates_q_and_k_and_writes_each_row_at_its_own_position(dtype, split, length):
+    q_heads, kv_heads, dim, batch = 6, 2, 16, 2  # 10 heads: the last 8-head block is part-empty
+    partials = randn(split, batch * length, (q_heads + 2 * kv_heads) * dim,
+                     dtype=torch.float32 if split > 1 else dtype)
+    angles = randn(batch, length, dim // 2)
+    cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(dtype) for f in (torch.cos, torch.sin))
+    positions = torch.stack([torch.arange(5, 5 + length), torch.arange(length)])  # different places in their talks
+    caches = [KVCache(2, 4, kv_heads, 64, dim, "cpu", dtype) for _ in range(2)]
+    before = randn(*caches[0].keys.shape, dtype=dtype)  # entries nobody writes must stay as they were
+    for cache in caches:
+        cache.keys.copy_(before)
+        cache.values.copy_(before * 2)
+
+    q = layer_kernels.rotary_into_cache(partials, cos.reshape(-1, dim), sin.reshape(-1, dim), positions.reshape(-1),
+                                        caches[0].keys[1], caches[0].values[1], 1, length, q_heads, kv_heads, dtype)
+    want_q = layer_ops.rotary_into_cache(partials, cos, sin, positions, caches[1], 1, 1, q_heads, kv_heads, dtype)
+
+    torch.testing.assert_close(q.view(batch, length, q_heads, dim).transpose(1, 2), want_q, **tolerance(dtype))
+    torch.testing.assert_close(caches[0].keys, caches[1].keys, **tolerance(dtype))
+    torch.testing.assert_close(caches[0].values, caches[1].values, **tolerance(dtype))
+    assert not torch.equal(caches[0].keys[1, 1, :, 5], before[1, 1, :, 5])  # layer 1, slot 1 (first_row), position 5
+    assert torch.equal(caches[0].keys[1, 1, :, 5 + length:], before[1, 1, :, 5 + length:])  # after its last: untouched

@@ -1,0 +1,203 @@
+"""Our Triton w4a16 kernels compute x @ W.T for the GPTQ weight W exactly as the dequantized reference does.
+
+On a machine without a GPU they run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so
+these are the same kernel programs the GPU compiles. ``benchmarks/gpu_inference.py`` repeats the checks on
+the GPU in bf16 (the interpreter's bf16 ``tl.dot`` is not usable, so the batched CPU cases use fp16 / fp32).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from worker.kernels import w4a16 as w4a16_kernels  # noqa: E402
+from worker.model.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
+from worker.model.int4_fusion import build_int4_modules  # noqa: E402
+from worker.model.tinygemm_linear import Int4Codes  # noqa: E402
+from worker.model.triton_linear import TritonInt4Linear  # noqa: E402
+
+CPU = torch.device("cpu")
+
+
+def quantized_layer(out_features, in_features, group, act_order, sym, seed, dtype=torch.float16):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=gen)
+    g_idx = act_order_g_idx(in_features, group, gen) if act_order else None
+    tensors = quantize_weight(weight, 4, group, sym, g_idx)
+    layer = TritonInt4Linear.from_codes(Int4Codes.from_gptq(tensors, group, 1, CPU), dtype)
+    return tensors, layer
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want).norm() / want.norm())
+
+
+CASES = [  # group, act_order, sym, rows (1: the one-row kernel; 2..32 and groups of 128: the swapped dot; else
+    # the unpacked dot; split-K on the narrow layers)
+    (128, True, False, 1),
+    (256, True, False, 1),
+    (256, False, True, 16),
+    (64, False, True, 1),
+    (32, True, True, 3),
+    (128, False, False, 16),
+    (128, True, True, 20),
+    (64, True, False, 33),
+    (32, False, False, 64),
+]
+
+
+@pytest.mark.parametrize("group,act_order,sym,rows", CASES,
+                         ids=[f"g{g}-{'act' if a else 'noact'}-{'sym' if s else 'asym'}-m{m}" for g, a, s, m in CASES])
+def test_fused_kernel_matches_dequantized_reference(group, act_order, sym, rows):
+    tensors, layer = quantized_layer(96, 256, group, act_order, sym, seed=group + rows)
+    dtype = torch.bfloat16 if rows == 1 else torch.float16
+    x = torch.randn(rows, 256, generator=torch.Generator().manual_seed(rows)).to(dtype)
+
+    out = layer(x)
+
+    assert out.shape == (rows, 96) and out.dtype == dtype
+    bound = 8e-3 if rows == 1 else 4e-3  # one row in bf16: each word's products summed in bf16 too
+    assert relative_error(out, x.float() @ dequantize(tensors, 4).T) < bound
+
+
+def test_narrow_layer_splits_k_and_still_sums_every_block():
+    assert w4a16_kernels.fused_config(1, 64, 2048, 128, CPU)["split"] > 1  # 1 program of 128 outputs on a 4-"SM" CPU
+    tensors, layer = quantized_layer(64, 2048, 128, True, False, seed=5, dtype=torch.float32)
+    x = torch.randn(1, 2048, generator=torch.Generator().manual_seed(9))
+
+    out = layer(x)
+
+    assert relative_error(out, x @ dequantize(tensors, 4).T) < 1e-5
+
+
+KERNEL_CONFIGS = {  # each kernel with K split 2 ways, its K blocks inside one group or (gemv) spanning four;
+    # groups of 128: codes spread over 128 inputs; of 64: AutoGPTQ's order
+    "gemv-blocks-span-groups": (1, 128, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=64, BLOCK_K=512, split=2)),
+    "gemv-block-in-a-group": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, split=2)),
+    "gemv-groups-of-64": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=2)),
+    "swap": (5, 128, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
+    "unpacked": (5, 128, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
+    "unpacked-groups-of-64": (5, 64, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, split=2)),
+}
+
+
+@pytest.mark.parametrize("name", KERNEL_CONFIGS)
+def test_each_kernel_sums_every_block_of_every_split(name):
+    rows, group, config = KERNEL_CONFIGS[name]
+    tensors, layer = quantized_layer(128, 1024, group, True, False, seed=7, dtype=torch.float32)
+    x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(8))
+
+    partials = w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, group,
+                                             dict(config, num_warps=4, num_stages=1))
+
+    assert partials.shape == (2, rows, 128)
+    assert relative_error(partials.sum(0), x @ dequantize(tensors, 4).T) < 1e-5
+    assert relative_error(w4a16_kernels.sum_splits(partials, torch.float32), x @ dequantize(tensors, 4).T) < 1e-5
+
+
+def bf16_word_sums_reference(x: torch.Tensor, layer: TritonInt4Linear) -> torch.Tensor:
+    """x [K] (bf16, group order) @ W.T the way the one-row kernel's bf16 path adds: per word of 8 inputs, each
+    (code - zero) * x added to a bf16 sum with one rounding; the word sums times their scale added in fp32."""
+    shifts = torch.arange(8, dtype=torch.int32) * 4
+    codes = (layer.packed[:, None, :] >> shifts[None, :, None]) & 0xF  # [K/8, 8, N]: word w's code j
+    group_words = layer.group_size // 8
+    zeros = layer.zeros.float().repeat_interleave(group_words, 0)[:, None, :]  # per word row
+    x_of_codes = x[w4a16_kernels.input_order(layer.in_features, layer.group_size)]  # the input each code multiplies
+    products = (codes.float() - zeros) * x_of_codes.float().view(-1, 8, 1)  # exact in fp32
+    word_sums = torch.zeros(products[:, 0].shape, dtype=torch.bfloat16)
+    for j in range(8):
+        word_sums = (word_sums.float() + products[:, j]).bfloat16()
+    word_scales = layer.scales.float().repeat_interleave(group_words, 0)  # [K/8, N]
+    return (word_sums.double() * word_scales.double()).sum(0).float()
+
+
+@pytest.mark.parametrize("block_k", [512, 128])
+def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k):
+    tensors, layer = quantized_layer(128, 1024, 128, False, False, seed=12, dtype=torch.bfloat16)
+    x = torch.randn(1024, generator=torch.Generator().manual_seed(13)).bfloat16()
+    config = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=block_k, split=2, num_warps=4, num_stages=1)
+
+    partials = w4a16_kernels.matmul_partials(x[None], layer.packed, layer.scales, layer.zeros, 128, config)
+    exact = w4a16_kernels.matmul_partials(x[None], layer.packed, layer.scales, layer.zeros, 128,
+                                          dict(config, bf16_words=False))
+
+    assert partials.dtype == torch.float32  # split 2: fp32 partial sums
+    assert relative_error(partials.sum(0)[0], bf16_word_sums_reference(x, layer)) < 1e-5
+    exact_product = x.float() @ dequantize(tensors, 4).T
+    assert relative_error(exact.sum(0)[0], exact_product) < 1e-5
+    assert 1e-4 < relative_error(partials.sum(0)[0], exact_product) < 1e-2  # bf16 rounding, no more
+
+
+def test_bias_is_added_once_whatever_the_split():
+    tensors, layer = quantized_layer(128, 1024, 128, True, False, seed=9, dtype=torch.float32)
+    layer.bias = torch.nn.Parameter(torch.randn(128, generator=torch.Generator().manual_seed(10)), requires_grad=False)
+    x = torch.randn(1, 1024, generator=torch.Generator().manual_seed(11))
+
+    partials = layer.partials(x)
+
+    assert partials.shape[0] > 1  # K split: the bias must not be added per split
+    want = x @ dequantize(tensors, 4).T + layer.bias
+    assert relative_error(layer(x), want) < 1e-5
+    assert relative_error(partials.sum(0), want) < 1e-5
+
+
+@pytest.mark.parametrize("group,spread", [(128, 16), (256, 16), (64, 1), (32, 1)])
+def test_packed_words_hold_the_inputs_the_layout_says(group, spread):
+    codes = torch.randint(0, 16, (1024, 24), generator=torch.Generator().manual_seed(group), dtype=torch.int32)
+
+    packed = w4a16_kernels.pack_codes(codes, group)
+
+    assert w4a16_kernels.code_spread(group) == spread
+    word = 3 + 16 * 5  # word row 3 of the sixth block of 128 inputs
+    want = [5 * 128 + 3 + spread * j for j in range(8)] if spread > 1 else [8 * word + j for j in range(8)]
+    assert [int((packed[word, 7] >> (4 * j)) & 0xF) for j in range(8)] == [int(codes[k, 7]) for k in want]
+    assert torch.equal(w4a16_kernels.unpack_codes(packed, group), codes)
+
+
+def test_kernel_choice_follows_rows_and_group_size():
+    pick = w4a16_kernels.kernel_for
+    assert [pick(b, 128) for b in (1, 16, 32, 64)] == ["gemv", "swap", "swap", "unpacked"]
+    assert [pick(b, 64) for b in (1, 16, 32, 64)] == ["gemv", "unpacked", "unpacked", "unpacked"]
+
+
+def test_long_prompts_rebuild_weights_in_chunks(monkeypatch):
+    monkeypatch.setattr(w4a16_kernels, "_scratch", {})
+    tensors, layer = quantized_layer(96, 256, 64, True, False, seed=2, dtype=torch.bfloat16)
+    monkeypatch.setattr(w4a16_kernels, "SCRATCH_ELEMENTS", 64 * 256)  # W's 96 columns in chunks of 64
+    x = torch.randn(3, 40, 256, generator=torch.Generator().manual_seed(4)).bfloat16()  # 120 rows > 64
+
+    out = layer(x)
+
+    assert out.shape == (3, 40, 96)
+    want = x.float() @ dequantize(tensors, 4).T
+    assert relative_error(out, want) < 4e-3
+    assert w4a16_kernels._scratch[CPU].numel() == 64 * 256  # the only 16-bit weight memory, used in two chunks
+
+
+def test_fused_qkv_slices_answer_like_separate_layers():
+    gen = torch.Generator().manual_seed(3)
+    g_idx = act_order_g_idx(256, 32, gen)
+    parts = {name: quantize_weight(torch.randn(n, 256, generator=gen), 4, 32, False, g_idx)
+             for name, n in (("q_proj", 128), ("k_proj", 64), ("v_proj", 64))}
+    codes = {f"layer.{name}": Int4Codes.from_gptq(t, 32, 1, CPU) for name, t in parts.items()}
+    modules, fused = build_int4_modules(codes, torch.float32, TritonInt4Linear)
+    x = torch.randn(5, 256, generator=gen)
+
+    assert set(fused) == {"layer.qkv_proj"}
+    whole = fused["layer.qkv_proj"](x)
+    start = 0
+    for name, t in parts.items():
+        want = x @ dequantize(t, 4).T
+        got = modules[f"layer.{name}"](x)
+        assert relative_error(got, want) < 1e-5
+        assert relative_error(whole[:, start : start + want.shape[1]], want) < 1e-5
+        start += want.shape[1]
+    assert modules["layer.k_proj"].packed.data_ptr() == fused["layer.qkv_proj"].packed[0, 128].data_ptr()  # shared
+
+
+def test_layouts_the_kernels_cannot_serve_are_refused():
+    assert w4a16_kernels.layout_fits(5120, 128) and w4a16_kernels.layout_fits(13824, 128)
+    assert not w4a16_kernels.layout_fits(200, 128)  # K not a whole number of groups
+    assert not w4a16_kernels.layout_fits(4104, 8)  # groups smaller than one MMA step

@@ -1,0 +1,117 @@
+"""The Slack reply poster against a loopback fake of Slack, through the real slack_sdk WebClient."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis import Redis
+
+from tests.fakes.fake_slack import FakeSlack
+from tests.helpers.slack_helpers import BOT_TOKEN, unique
+from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
+from worker.posters.slack import SlackPoster, slack_client
+from worker.posters.slack_text import WORD_JOINER
+
+
+@pytest.fixture(scope="module")
+def fake():
+    with FakeSlack(bot_token=BOT_TOKEN) as server:
+        yield server
+
+
+@pytest.fixture
+def redis():
+    client = Redis(host="127.0.0.1", port=6379)
+    yield client
+    client.close()
+
+
+def posted_job(fake, thread=True) -> Job:
+    """A job whose placeholder the adapter posted in a thread, as the Slack adapter does."""
+    channel = unique("C")
+    question_ts = fake.add_user_message(channel, "U1", "<@UBOT> hi")
+    client = slack_client(BOT_TOKEN, fake.api_url)
+    placeholder = client.chat_postMessage(channel=channel, thread_ts=question_ts, text="_thinking…_")["ts"]
+    return Job(job_id=unique("slack-"), turns=[JobTurn(role="user", text="hi")],
+               requester=Requester(platform="slack", user_id="U1"),
+               reply_to=ReplyTarget(platform="slack", channel_id=channel, thread_id=question_ts,
+                                    placeholder_id=placeholder))
+
+
+def poster(fake, redis, **kwargs) -> SlackPoster:
+    return SlackPoster(slack_client(BOT_TOKEN, fake.api_url), redis, **kwargs)
+
+
+def test_streamed_updates_edit_the_placeholder(fake, redis):
+    job = posted_job(fake)
+    p = poster(fake, redis)
+    p.waiting(job, 3)
+    p.update(job, "Paris")
+    p.update(job, "Paris is")
+    p.finish(job, "Paris is the capital.")
+    history = fake.history_of(job.reply_to.channel_id, job.reply_to.placeholder_id)
+    assert history == ["_thinking…_", "_thinking… #3 in queue_", "Paris", "Paris is", "Paris is the capital."]
+    assert len(fake.thread(job.reply_to.channel_id, job.reply_to.thread_id)) == 2  # question + answer only
+
+
+def test_model_output_pings_no_one(fake, redis):
+    job = posted_job(fake)
+    poster(fake, redis).finish(job, "Attention <!channel> <!here> <!everyone> <@U123> <!subteam^S1|@oncall> @here!")
+    text = fake.history_of(job.reply_to.channel_id, job.reply_to.placeholder_id)[-1]
+    assert "<!" not in text and "<@" not in text
+    assert "&lt;!channel&gt;" in text and f"@{WORD_JOINER}here!" in text
+
+
+def test_a_long_answer_continues_in_further_thread_messages(fake, redis):
+    job = posted_job(fake)
+    paragraphs = [f"Part {i}. " + "All work and no play makes Jack a dull boy. " * 20 for i in range(12)]
+    answer = "\n\n".join(p.strip() for p in paragraphs)
+    poster(fake, redis).finish(job, answer)
+    replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
+    assert len(replies) == 4  # ~11,000 characters in messages of at most 3,500
+    assert replies[0]["ts"] == job.reply_to.placeholder_id
+    assert all(len(m["text"]) <= 3500 for m in replies)
+    assert "\n\n".join(m["text"] for m in replies) == answer
+
+
+def test_msg_too_long_makes_the_poster_cut_smaller(fake, redis):
+    job = posted_job(fake)
+    fake.max_text_chars = 2000  # a workspace whose limit is lower than we assumed
+    try:
+        poster(fake, redis).finish(job, " ".join(["word"] * 1200))  # 5,999 characters
+    finally:
+        fake.max_text_chars = 4000
+    replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
+    assert len(replies) >= 4 and all(len(m["text"]) <= 2000 for m in replies)
+    assert " ".join(m["text"] for m in replies) == " ".join(["word"] * 1200)
+
+
+def test_rate_limited_update_waits_for_retry_after(fake, redis):
+    job = posted_job(fake)
+    fake.rate_limit("chat.update", times=1, retry_after=1)
+    started = time.monotonic()
+    poster(fake, redis).update(job, "Paris")
+    assert time.monotonic() - started >= 1.0
+    updates = fake.calls_to("chat.update")
+    assert [c.status for c in updates[-2:]] == [429, 200]
+    assert fake.history_of(job.reply_to.channel_id, job.reply_to.placeholder_id)[-1] == "Paris"
+
+
+def test_a_restarted_answer_reuses_its_messages_and_removes_extra_ones(fake, redis):
+    job = posted_job(fake)
+    long_answer = "\n\n".join(["x" * 3000] * 3)
+    poster(fake, redis).update(job, long_answer)  # the first attempt streamed 3 messages, then its worker died
+    second = poster(fake, redis)  # the retry on another worker
+    second.restart(job)
+    second.finish(job, "Short answer.")
+    replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
+    assert [m["text"] for m in replies] == ["Short answer."]
+
+
+def test_failure_is_shown_in_the_placeholder(fake, redis):
+    job = posted_job(fake)
+    poster(fake, redis).fail(job, "Your message is too long: 5000 tokens; the limit is 1024 tokens.")
+    assert fake.history_of(job.reply_to.channel_id, job.reply_to.placeholder_id)[-1] == (
+        ":warning: Your message is too long: 5000 tokens; the limit is 1024 tokens."
+    )

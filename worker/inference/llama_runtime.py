@@ -1,0 +1,393 @@
+"""A gpt-fast style runtime for Llama-family models: static KV cache, ``prefill`` and ``decode_one_token``.
+
+It runs the loaded transformers model's own modules (embeddings, norms, MLPs, int4 projections, rotary
+tables) but does attention against a KV cache allocated once, so a decode step has fixed shapes and replays
+as a CUDA graph. Attention reads a window of the cache (a power of two covering the conversation so far),
+so short conversations do not pay for the whole context.
+
+The cache has ``max_batch`` slots, one conversation each. A decode step runs the conversations in slots
+``0 .. n-1`` at once, each at its own position (rows are at different lengths): its own rotary angles, its
+own K/V write and its own causal mask. The caller (``worker.inference.engine``) keeps the decoding conversations in the
+lowest slots, so a step reads a plain slice of the cache and free slots cost nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from worker.inference.decode_graph import DecodeGraphs
+from worker.inference.layer_ops import (
+    add_rms_norm,
+    input_order,
+    kernels_serve,
+    output_order_for,
+    projection_partials,
+    rotary_into_cache,
+    silu_mul,
+)
+from worker.inference.sampling import GenerationParams, SamplingTensors, sample
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+PREFILL_CHUNK = 512
+MIN_WINDOW = 256
+
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+
+
+class KVCache(nn.Module):
+    """Keys and values of every layer: [layers, slots, kv_heads, max_len, head_dim], allocated once.
+
+    In fp8 (e4m3, ``XWINBOT_KV_CACHE_DTYPE=fp8``) each entry takes half the memory of bf16: values are clamped
+    to fp8's range when written and widened again when attention reads them.
+    """
+
+    def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
+        super().__init__()
+        shape = (layers, batch, kv_heads, max_len, head_dim)
+        self.register_buffer("keys", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("values", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.max_len = max_len
+        if self.keys.is_cuda:  # fixed addresses: CUDA graphs replay in-place updates of these buffers
+            torch._dynamo.mark_static_address(self.keys)
+            torch._dynamo.mark_static_address(self.values)
+
+    def write(self, layer: int, first_row: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k/v [B, H, T, D] of slots first_row.. at their positions [B, T]."""
+        batch, heads, length, dim = k.shape
+        keys = self.keys[layer, first_row : first_row + batch]
+        values = self.values[layer, first_row : first_row + batch]
+        index = positions.view(batch, 1, length, 1).expand(batch, heads, length, dim)
+        if self.keys.dtype == FP8:  # scatter has no fp8 kernels: move the bytes as uint8
+            as_bytes = [t.clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8) for t in (k, v)]
+            keys.view(torch.uint8).scatter_(2, index, as_bytes[0])
+            values.view(torch.uint8).scatter_(2, index, as_bytes[1])
+        else:
+            keys.scatter_(2, index, k.to(keys.dtype))
+            values.scatter_(2, index, v.to(values.dtype))
+
+    def window(self, layer: int, first_row: int, batch: int, window: int):
+        """Slots first_row.. first ``window`` entries of keys and values (all a step may attend to)."""
+        rows = slice(first_row, first_row + batch)
+        return self.keys[layer, rows, :, :window], self.values[layer, rows, :, :window]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy the first ``length`` entries of slot ``src`` into slot ``dst`` (all layers)."""
+        self.keys[:, dst, :, :length].copy_(self.keys[:, src, :, :length])
+        self.values[:, dst, :, :length].copy_(self.values[:, src, :, :length])
+
+
+def attention(attn: nn.Module, x, ordered: bool, cos, sin, mask, cache: KVCache, layer: int, first_row: int,
+              positions, window: int, decode_kernel: bool = False) -> torch.Tensor:
+    """Self-attention of x [B, T, H] (in qkv's input order when ``ordered``) -> o_proj's partial sums.
+    ``decode_kernel``: one-token steps on the GPU use ``worker.kernels.decode_attention`` (which also writes its output
+    in o_proj's input order) instead of ``scaled_dot_product_attention``."""
+    batch, length, _ = x.shape
+    head_dim = attn.head_dim
+    q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
+    if hasattr(attn, "qkv_proj"):  # fused at load time (worker.model.int4_fusion)
+        qkv = projection_partials(attn.qkv_proj, x, ordered)
+    else:
+        qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1).reshape(1, batch * length, -1)
+    q = rotary_into_cache(qkv, cos, sin, positions, cache, layer, first_row, q_heads, kv_heads, x.dtype)
+    keys, values = cache.window(layer, first_row, batch, window)
+    if decode_kernel and length == 1 and kernels_serve(q, q.dtype):
+        from worker.kernels.decode_attention import decode_attention  # Triton: only where it runs
+
+        order = output_order_for(attn.o_proj)
+        out = decode_attention(q[:, :, 0].contiguous(), keys, values, positions.reshape(-1), window, attn.scaling,
+                               order)
+        return projection_partials(attn.o_proj, out, ordered=order is not None)
+    out = F.scaled_dot_product_attention(
+        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
+        enable_gqa=q_heads != kv_heads,
+    )
+    return projection_partials(attn.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
+
+
+def mlp(block: nn.Module, x: torch.Tensor, ordered: bool) -> torch.Tensor:
+    """The MLP of x (in gate_up's input order when ``ordered``) -> down_proj's partial sums."""
+    if hasattr(block, "gate_up_proj"):  # fused at load time (worker.model.int4_fusion)
+        hidden = silu_mul(projection_partials(block.gate_up_proj, x, ordered), block.act_fn, x.dtype)
+        return projection_partials(block.down_proj, hidden)
+    return block(x).reshape(1, -1, x.shape[-1])
+
+
+def attention_order(layer: nn.Module) -> torch.Tensor | None:
+    """The input order (act-order permutation) of the layer's fused q/k/v matmul, if it gathers one."""
+    return input_order(getattr(layer.self_attn, "qkv_proj", None))
+
+
+def mlp_order(layer: nn.Module) -> torch.Tensor | None:
+    """The input order of the layer's fused gate/up matmul, if it gathers one."""
+    return input_order(getattr(layer.mlp, "gate_up_proj", None))
+
+
+def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0,
+            last_index: torch.Tensor | None = None, decode_kernel: bool = False):
+    """tokens [B, T] of cache slots first_row.. at positions input_pos ([T] shared, or [B, T] per row)
+    -> logits [B, T or 1, V]; writes K/V into the cache. ``last_only``: logits of position T-1 only, or of
+    position last_index[b] in row b (rows padded at their end).
+
+    Attention reads only the first ``window`` cache entries, which must cover every position in input_pos.
+    """
+    batch, length = tokens.shape
+    positions = input_pos.expand(batch, length) if input_pos.dim() == 1 else input_pos
+    inner = model.model
+    h = inner.embed_tokens(tokens)
+    cos, sin = inner.rotary_emb(h, positions)
+    slots = torch.arange(window, device=tokens.device)
+    mask = slots.view(1, 1, 1, window) <= positions.view(batch, 1, length, 1)  # [B, 1, T, window], causal per row
+    layers = list(inner.layers)
+    # Each norm hands the next int4 layer its input already in that layer's act-order (None: no reordering).
+    h, x = add_rms_norm(h, None, layers[0].input_layernorm, attention_order(layers[0]))
+    for index, layer in enumerate(layers):
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        delta = attention(layer.self_attn, x, attention_order(layer) is not None, cos, sin, mask, cache, index,
+                          first_row, positions, window, decode_kernel)
+        h, x = add_rms_norm(h, delta, layer.post_attention_layernorm, mlp_order(layer))
+        delta = mlp(layer.mlp, x, mlp_order(layer) is not None)
+        if following is None:  # the final norm feeds lm_head, which gathers nothing
+            next_norm, next_order = inner.norm, None
+        else:
+            next_norm, next_order = following.input_layernorm, attention_order(following)
+        h, x = add_rms_norm(h, delta, next_norm, next_order)
+    if last_index is not None:
+        x = x[torch.arange(batch, device=x.device), last_index].unsqueeze(1)
+    elif last_only:
+        x = x[:, -1:]
+    return model.lm_head(x)
+
+
+def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p, first_row: int = 0,
+            last_index: torch.Tensor | None = None) -> torch.Tensor:
+    logits = forward(model, cache, tokens, input_pos, window, last_only=True, first_row=first_row,
+                     last_index=last_index)
+    return sample(logits[:, -1], temperature, top_k, top_p)
+
+
+def decode_one_token(model, cache, token, input_pos, window, temperature, top_k, top_p,
+                     decode_kernel: bool = False) -> torch.Tensor:
+    """token [B, 1] of slots 0..B-1 at positions input_pos ([1] shared or [B, 1]) -> next token ids [B]."""
+    logits = forward(model, cache, token, input_pos, window, last_only=True, decode_kernel=decode_kernel)
+    return sample(logits[:, -1], temperature, top_k, top_p)
+
+
+def attention_windows(max_len: int, smallest: int = MIN_WINDOW) -> list[int]:
+    """Window sizes: powers of two from ``smallest``, then ``max_len`` itself."""
+    windows, size = [], smallest
+    while size < max_len:
+        windows.append(size)
+        size *= 2
+    return windows + [max_len]
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Batch sizes a CUDA graph is captured for: 1, 2, 4, … below ``max_batch``, then ``max_batch``."""
+    buckets, size = [], 1
+    while size < max_batch:
+        buckets.append(size)
+        size *= 2
+    return buckets + [max_batch]
+
+
+@dataclass(frozen=True)
+class LaunchedStep:
+    """A decode step enqueued on the device and not waited for: ``LlamaRuntime.read`` gives its tokens."""
+
+    tokens: torch.Tensor  # [rows] on the host: pinned, filled by a copy queued after the step (CUDA)
+    done: torch.cuda.Event | None  # recorded after that copy (CUDA); None on the CPU, where the step has run
+
+
+class LlamaRuntime:
+    """Holds the model, its cache of ``max_batch`` slots and the per-slot sampling settings.
+
+    ``prefill_chunk`` writes part of a prompt into one slot; ``decode`` advances slots 0..n-1 one token each;
+    ``generate`` is the batch-1 loop on slot 0. ``cuda_graphs`` (CUDA only): a decode step replays a graph
+    captured per (batch bucket, attention window); a step of n rows runs the smallest bucket >= n, the extra
+    rows reading and writing only the very last cache entry of slots n.., which no conversation reads before
+    writing it itself (a row attends to entries <= its own position, and writes its position first).
+
+    A step's inputs live on the device (``step_input``) and the step feeds its own outputs back there: each
+    row's sampled token, at the next position. So ``launch`` can enqueue step N+1 before the host has read
+    step N's tokens (``read``): the host turns them into text while the device computes. The host sets a
+    slot's inputs only when a conversation joins (``set_input``); ``move_slot`` carries them along.
+    """
+
+    def __init__(self, model: nn.Module, max_seq_len: int, *, max_batch: int = 1, cuda_graphs: bool = False,
+                 kv_dtype: torch.dtype | None = None, attention: str = "triton"):
+        config = model.config
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(f"model type {config.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if attention not in ("sdpa", "triton"):
+            raise ValueError(f"attention must be 'sdpa' or 'triton', got {attention!r}")
+        self.model = model
+        self.device = next(model.parameters()).device
+        dtype = model.get_input_embeddings().weight.dtype
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.cache = KVCache(config.num_hidden_layers, max_batch, config.num_key_value_heads, max_seq_len, head_dim,
+                             self.device, kv_dtype or dtype)
+        self.max_seq_len = max_seq_len
+        self.max_batch = max_batch
+        self.windows = attention_windows(max_seq_len)
+        self.buckets = batch_buckets(max_batch)
+        # Static inputs of a decode step (graphs read them in place and write the next step's): row i is slot i.
+        self.step_input = torch.zeros((2, max_batch), dtype=torch.long, device=self.device)  # tokens; positions
+        unused = GenerationParams(temperature=0.0, top_k=0, top_p=1.0)  # valid settings for slots nobody uses yet
+        self.sampling = SamplingTensors.of([unused] * max_batch, self.device)  # each slot's settings
+        use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.graphs = DecodeGraphs(self._graph_step) if use_graphs else None
+        self.pad_to_buckets = use_graphs  # eager steps run exactly the live rows
+        head_dim_fits = head_dim & (head_dim - 1) == 0  # the decode attention kernel tiles whole power-of-two heads
+        # Decode steps on the GPU: worker.kernels.decode_attention reads each row's entries only (H200, 13B, window 1,024
+        # at 900 tokens: 6.27 ms a step against SDPA's 6.75 at batch 1); "sdpa" keeps PyTorch's kernel.
+        self.decode_kernel = attention == "triton" and head_dim_fits
+
+    def window_for(self, length: int) -> int:
+        return next(w for w in self.windows if w >= length)
+
+    def bucket_for(self, rows: int) -> int:
+        return next(b for b in self.buckets if b >= rows)
+
+    def warm_up(self) -> None:
+        """Compile and capture now rather than during someone's answer: a long and a short prefill (they
+        write slot 0's cache, which a conversation overwrites before reading) and every (batch bucket,
+        window) decode graph."""
+        if self.device.type == "cuda":
+            for length in {min(PREFILL_CHUNK, self.max_seq_len), 8}:
+                self.prefill_chunk(0, [0] * length, 0)
+        if self.graphs is not None:
+            with torch.inference_mode():
+                for batch in self.buckets:
+                    for window in self.windows:
+                        self.graphs.get(batch, window)
+
+    def _graph_step(self, batch: int, window: int):
+        """The decode step a graph captures: slots 0..batch-1, reading the static inputs in place."""
+        # Capture (and its warm-up runs) write K/V at the last entry of these slots: harmless, see the class.
+        self.step_input[1, :batch].fill_(self.max_seq_len - 1)
+        return lambda: self._step(batch, window)
+
+    def _step(self, batch: int, window: int) -> torch.Tensor:
+        """Slots 0..batch-1 one token on from ``step_input`` -> the sampled tokens [batch]. Then each row's
+        input is its sampled token at the next position, so the next step needs nothing from the host. The
+        position stops at the cache's last entry: padded rows stay there, and nothing is written past it."""
+        tokens, positions = self.step_input[0, :batch], self.step_input[1, :batch]
+        sampling = (t[:batch] for t in self.sampling.as_args())
+        out = decode_one_token(self.model, self.cache, tokens.view(batch, 1), positions.view(batch, 1), window,
+                               *sampling, decode_kernel=self.decode_kernel)
+        tokens.copy_(out)
+        positions.add_(1).clamp_(max=self.max_seq_len - 1)
+        return out
+
+    def _graph(self, batch: int, window: int):
+        """The captured step for (batch, window). Capturing one now (``warm_up`` did not) runs it on placeholder
+        rows, which feed back into ``step_input``: the inputs already set for this step are put back after."""
+        if (batch, window) in self.graphs.captured:
+            return self.graphs.captured[(batch, window)]
+        inputs = self.step_input.clone()
+        graph = self.graphs.get(batch, window)
+        self.step_input.copy_(inputs)
+        return graph
+
+    def set_input(self, slot: int, token: int, position: int) -> None:
+        """Feed ``token`` at ``position`` of ``slot`` in the next step (a conversation joining the decoding
+        ones). Queued on the device like the steps, so it does not wait for one in flight."""
+        self.step_input[0, slot].fill_(token)
+        self.step_input[1, slot].fill_(position)
+
+    def set_sampling(self, slot: int, sampling: SamplingTensors) -> None:
+        """The settings (a one-row SamplingTensors) the conversation in ``slot`` samples with."""
+        for buffer, value in zip(self.sampling.as_args(), sampling.as_args()):
+            buffer[slot : slot + 1].copy_(value[:1])
+
+    @torch.inference_mode()
+    def move_slot(self, src: int, dst: int, length: int) -> None:
+        """Move a conversation (its first ``length`` cache entries, its sampling settings and its next step's
+        inputs) to another slot. Device copies queued after any step in flight: they move what it wrote."""
+        self.cache.move(src, dst, length)
+        for buffer in self.sampling.as_args():
+            buffer[dst].copy_(buffer[src])
+        self.step_input[:, dst].copy_(self.step_input[:, src])
+
+    @torch.inference_mode()
+    def prefill_chunk(self, slot: int, token_ids: list[int], start: int) -> int:
+        """Write prompt tokens at positions start.. of ``slot``; return the token sampled after the last one."""
+        return self.prefill_prompts(slot, [token_ids], start)[0]
+
+    @torch.inference_mode()
+    def prefill_prompts(self, first_slot: int, prompts: list[list[int]], start: int = 0) -> list[int]:
+        """Prompts (or their parts from position ``start``) into slots first_slot.. in one forward, rows padded
+        at their end to the longest; return the token sampled after each. A padded row writes K/V past its
+        prompt, entries its decoding overwrites before it reads them."""
+        longest = max(len(p) for p in prompts)
+        end = start + longest
+        if end > self.max_seq_len:
+            raise ValueError(f"{end} tokens exceed the {self.max_seq_len}-token cache")
+        rows = len(prompts)
+        tokens = torch.zeros((rows, longest), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            tokens[row, : len(prompt)] = torch.tensor(prompt)
+        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        positions = torch.arange(start, end, device=self.device)
+        sampling = (t[first_slot : first_slot + rows] for t in self.sampling.as_args())
+        token = prefill(self.model, self.cache, tokens.to(self.device), positions, self.window_for(end),
+                        *sampling, first_row=first_slot, last_index=last)
+        return token.tolist()
+
+    @torch.inference_mode()
+    def launch(self, rows: int, longest: int) -> LaunchedStep:
+        """Enqueue one step for slots 0..rows-1 from what ``step_input`` holds, without waiting for it (or for
+        an earlier one). ``longest``: the furthest position fed + 1, which picks the attention window."""
+        window = self.window_for(longest)
+        batch = self.bucket_for(rows) if self.pad_to_buckets else rows
+        graph = self._graph(batch, window) if self.graphs is not None else None
+        if batch > rows:  # padded rows touch only the last cache entry (see the class)
+            self.step_input[1, rows:batch].fill_(self.max_seq_len - 1)
+        out = graph.replay() if graph is not None else self._step(batch, window)
+        if self.device.type != "cuda":
+            return LaunchedStep(out[:rows], None)
+        tokens = torch.empty(rows, dtype=torch.long, pin_memory=True)
+        tokens.copy_(out[:rows], non_blocking=True)  # before the next replay overwrites the graph's output
+        done = torch.cuda.Event()
+        done.record()
+        return LaunchedStep(tokens, done)
+
+    def read(self, step: LaunchedStep) -> list[int]:
+        """The tokens a launched step sampled, one per row; waits for that step only, not for later ones."""
+        if step.done is not None:
+            step.done.synchronize()
+        return step.tokens.tolist()
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int], positions: list[int]) -> list[int]:
+        """One step for slots 0..n-1: token i is fed at positions[i] of slot i; returns the next token of each."""
+        rows = len(tokens)
+        self.step_input[:, :rows].copy_(torch.tensor([tokens, positions]))
+        return self.read(self.launch(rows, max(positions) + 1))
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingTensors, stop_ids: set[int]):
+        """Batch 1 on slot 0: yield new token ids until a stop id (not yielded), ``max_new_tokens`` or a full cache."""
+        if len(prompt_ids) + max_new_tokens > self.max_seq_len:
+            raise ValueError(f"{len(prompt_ids)} prompt + {max_new_tokens} new tokens exceed {self.max_seq_len}")
+        self.set_sampling(0, sampling)
+        for start in range(0, len(prompt_ids), PREFILL_CHUNK):
+            token = self.prefill_chunk(0, prompt_ids[start : start + PREFILL_CHUNK], start)
+        position = len(prompt_ids)
+        for produced in range(1, max_new_tokens + 1):
+            if token in stop_ids:
+                return
+            yield token
+            if produced == max_new_tokens or position >= self.max_seq_len:
+                return
+            token = self.decode([token], [position])[0]
+            position += 1
+

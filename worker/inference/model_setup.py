@@ -1,0 +1,59 @@
+"""From settings to a ready Generator: which model, which device, which template."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from worker.inference.generate import Generator
+from worker.model.loader import load_model
+from worker.inference.prompt import make_template
+from worker.inference.sampling import GenerationParams
+from worker.settings import XWIN_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+
+def choose_device(settings: Settings) -> torch.device:
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("XWINBOT_DEVICE=cuda but PyTorch sees no CUDA GPU")
+    if settings.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(settings.device)
+
+
+def choose_model_source(settings: Settings, device: torch.device) -> str:
+    """The configured model; unset: Xwin-LM-13B on a GPU, the offline demo model (built on first use) on CPU."""
+    if settings.model:
+        return settings.model
+    if device.type == "cuda":
+        return XWIN_MODEL
+    from worker.model.demo_model import default_demo_dir, ensure_demo_model
+
+    log.warning("no model configured and no GPU: answering with the offline demo model in %s", default_demo_dir())
+    return str(ensure_demo_model())
+
+
+def generation_defaults(settings: Settings) -> GenerationParams:
+    """The sampling settings every answer starts from (a job's overrides replace some of them)."""
+    return GenerationParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens)
+
+
+def load_generator(settings: Settings) -> Generator:
+    device = choose_device(settings)
+    source = choose_model_source(settings, device)
+    started = time.perf_counter()
+    loaded = load_model(source, revision=settings.model_revision, device=device, int4_kernel=settings.int4_kernel)
+    log.info("loaded %s on %s in %.1f s", source, device, time.perf_counter() - started)
+    return Generator(
+        loaded,
+        make_template(settings.template, loaded.tokenizer),
+        system_prompt=settings.system_prompt,
+        max_context_tokens=settings.max_context_tokens,
+        defaults=generation_defaults(settings),
+        cuda_graphs=settings.cuda_graphs,
+        kv_cache_gb=settings.kv_cache_gb,
+        kv_cache_dtype=settings.kv_cache_dtype,
+    )

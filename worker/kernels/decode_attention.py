@@ -1,0 +1,86 @@
+"""Decode attention (one new token per row) as two Triton kernels, flash-decoding style.
+
+Each row attends to its own cache entries 0..position (rows are at different lengths; no mask tensor). The
+window is cut into chunks so that a batch of one still fills the GPU: ``_chunk_kernel`` gives each
+(row, head, chunk) its running max, sum of exponentials and weighted values; ``_combine_kernel`` merges the
+chunks and writes the output, optionally already in o_proj's act-order (so o_proj skips its gather).
+
+    out = decode_attention(q, keys, values, positions, window, scale, order)   # q [B, Hq, D] -> [B, Hq * D]
+
+``worker.inference.llama_runtime`` uses it for decode steps on the GPU (its default, ``attention="triton"``;
+``"sdpa"`` takes ``scaled_dot_product_attention``); ``benchmarks/profile_decode.py`` compares the two.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+CHUNK = 128  # cache entries per program
+
+
+@triton.jit
+def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, chunks, stride_slot, stride_head, stride_pos,
+                  scale, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr):
+    """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries."""
+    row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    heads = tl.num_programs(1)
+    d = tl.arange(0, HEAD_DIM)
+    t = chunk * CHUNK + tl.arange(0, CHUNK)
+    valid = t <= tl.load(pos_ptr + row)
+    kv = row * stride_slot + (head // GROUP) * stride_head
+    q = tl.load(q_ptr + (row * heads + head) * HEAD_DIM + d).to(tl.float32)
+    keys = tl.load(k_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    scores = tl.where(valid, tl.sum(keys * q[None, :], axis=1) * scale, float("-inf"))
+    top = tl.max(scores, axis=0)
+    top_safe = tl.where(top == float("-inf"), 0.0, top)  # a chunk past the row's end: weights 0, not NaN
+    weights = tl.exp(scores - top_safe)
+    values = tl.load(v_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    at = (row * heads + head) * chunks + chunk
+    tl.store(m_ptr + at, top)
+    tl.store(l_ptr + at, tl.sum(weights, axis=0))
+    tl.store(acc_ptr + at * HEAD_DIM + d, tl.sum(values * weights[:, None], axis=0))
+
+
+@triton.jit
+def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
+                    HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr, ORDERED: tl.constexpr):
+    """Program (row, head): merge the chunks; channel head * HEAD_DIM + d goes to column order_inverse[...]."""
+    row, head = tl.program_id(0), tl.program_id(1)
+    heads = tl.num_programs(1)
+    c = tl.arange(0, BLOCK_C)
+    d = tl.arange(0, HEAD_DIM)
+    base = (row * heads + head) * chunks
+    tops = tl.load(m_ptr + base + c, mask=c < chunks, other=float("-inf"))
+    top = tl.max(tops, axis=0)  # finite: chunk 0 always holds entry 0
+    factors = tl.exp(tops - top)
+    total = tl.sum(tl.load(l_ptr + base + c, mask=c < chunks, other=0.0) * factors, axis=0)
+    acc = tl.load(acc_ptr + (base + c)[:, None] * HEAD_DIM + d[None, :], mask=(c < chunks)[:, None], other=0.0)
+    out = tl.sum(acc * factors[:, None], axis=0) / total
+    channel = head * HEAD_DIM + d
+    if ORDERED:
+        channel = tl.load(order_ptr + channel)
+    tl.store(out_ptr + row * heads * HEAD_DIM + channel, out.to(out_ptr.dtype.element_ty))
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
+                     window: int, scale: float, order_inverse: torch.Tensor | None = None) -> torch.Tensor:
+    """q [B, Hq, D] (row b is cache slot b of ``keys``/``values`` [slots, Hkv, max_len, D]) attends to entries
+    0..positions[b] (all < ``window``) -> [B, Hq * D] in q's dtype; with ``order_inverse``, channel c is
+    written at column order_inverse[c] (the input order of the next matmul)."""
+    batch, heads, head_dim = q.shape
+    chunks = triton.cdiv(window, CHUNK)
+    m = torch.empty((batch, heads, chunks), device=q.device, dtype=torch.float32)
+    l_sum = torch.empty_like(m)
+    acc = torch.empty((batch, heads, chunks, head_dim), device=q.device, dtype=torch.float32)
+    _chunk_kernel[(batch, heads, chunks)](
+        q, keys, values, positions, m, l_sum, acc, chunks, keys.stride(0), keys.stride(1), keys.stride(2), scale,
+        GROUP=heads // keys.shape[1], HEAD_DIM=head_dim, CHUNK=CHUNK, num_warps=4,
+    )
+    out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
+    _combine_kernel[(batch, heads)](
+        m, l_sum, acc, order_inverse if order_inverse is not None else out, out, chunks,
+        HEAD_DIM=head_dim, BLOCK_C=triton.next_power_of_2(chunks), ORDERED=order_inverse is not None, num_warps=4,
+    )
+    return out

@@ -1,0 +1,514 @@
+"""Triton kernels for 4-bit weights with 16-bit activations (w4a16), in our own GPU weight layout.
+
+Layout of one Linear with K inputs, N outputs and group size G, input channels already in group order (act-order
+undone): N is the contiguous axis, so a warp's loads are 128 contiguous bytes.
+- ``packed`` int32 [K/8, N]: 8 codes of output n per word, at bits 4 * j (j = 0..7). With groups of 128 (or a
+  multiple) the codes are spread: in each block of 128 inputs, word r holds inputs r, r + 16, ..., r + 112
+  (``CODE_SPREAD``), so the 2..32-row kernel's dot j takes 16 contiguous inputs, which the GPU copies ahead
+  asynchronously (1.6x faster at 32 rows on an H200 than AutoGPTQ's word r = inputs 8r..8r + 7, whose dot j
+  gathered every 8th input); with smaller groups AutoGPTQ's order (spread 1). ``input_order`` maps one to the other;
+- ``scales`` fp16 [K/G, N]; ``zeros`` uint8 [K/G, N] (true zero codes);
+- W[n, k] = scales[k // G, n] * (code[k, n] - zeros[k // G, n]).
+An output slice of a layer (q of a fused qkv) is a column slice: a strided view, no copy.
+
+Two ways to multiply, picked by the number of activation rows M:
+- ``fused_matmul`` / ``matmul_partials`` (M <= ``FUSED_MAX_ROWS``: decoding, small batches): one kernel reads
+  the 4-bit codes and never materialises W. K is split over several programs so that every SM has loads in
+  flight; their partial sums are added by whoever consumes them (``sum_splits``, or a fused epilogue).
+  - 1 row, ``_gemv_kernel``: a sum of products on the CUDA cores, K blocks of up to 512 inputs (whole groups,
+    zero and scale loaded once per group and column) so each thread has several 16-byte loads in flight; for
+    bf16 activations each word's 8 products are added in bf16x2 instructions (``_bf16_word_sums``: the fp32
+    arithmetic bounded the kernel by instruction issue, not by memory), the words in fp32.
+  - 2..32 rows, ``_swap_dot_kernel``: tensor cores on out.T = W @ x.T, so the weights take the MMA's long side
+    and the rows pad only to 16; one dot per code position j of the packed words.
+  - 33..64 rows and groups under 128, ``_unpacked_dot_kernel``: the codes interleaved back to [K, N], one dot.
+  A code becomes a float without an int-to-float instruction (quarter rate on the GPU; it bounded the first
+  kernels): OR-ed into the mantissa of 2**23 it reads as 2**23 + code (``_code_in_mantissa``).
+- ``dequantized_matmul`` (longer prompts): W is rebuilt, a bounded number of output columns at a time, into
+  one scratch buffer per device and multiplied by cuBLAS; the dequantization is cheap next to the GEMM there.
+
+The kernels run on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (the CPU correctness tests).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+
+FUSED_MAX_ROWS = 64
+CODE_SPREAD = 16  # inputs between a word's consecutive codes, groups of 128 or more (a word row per input of 16)
+MAGIC = 0x4B000000  # the bits of 2.0**23 (``_code_in_mantissa``)
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU tests: no inline assembly there
+TUNED_CONFIGS = Path(__file__).with_name("w4a16_configs.json")
+SCRATCH_ELEMENTS = 32 * 1024 * 1024  # 64 MiB of bf16: W is rebuilt at most this much at a time
+_scratch: dict[torch.device, torch.Tensor] = {}
+
+
+@triton.jit
+def _unpacked_codes(w_ptr, stride_w, offs_n, mask_n, k0, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    SPREAD: tl.constexpr):
+    """codes [BLOCK_K, BLOCK_N] (int32, 0..15): inputs k0 .. k0 + BLOCK_K of output columns offs_n (BLOCK_K a
+    multiple of 8 * SPREAD)."""
+    tl.static_assert(BLOCK_K % (8 * SPREAD) == 0)
+    offs_word = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    words = tl.load(w_ptr + offs_word[:, None] * stride_w + offs_n[None, :], mask=mask_n[None, :], other=0)
+    words = tl.reshape(words, (BLOCK_K // (8 * SPREAD), SPREAD, BLOCK_N))
+    shifts = tl.arange(0, 8) * 4
+    codes = (words[:, None, :, :] >> shifts[None, :, None, None]) & 0xF  # [block, j, word in block, n]
+    return tl.reshape(codes, (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def _code_in_mantissa(words, high, magic, j: tl.constexpr):
+    """Code j of each word, left at its bit position within its 16-bit half and OR-ed into the mantissa of
+    2**23: read as fp32 it is exactly 2**23 + code * 16 ** (j % 4). ``high`` is words >> 16. ``magic`` is
+    2**23's bits: passed at run time (``MAGIC``, the one-row kernel) it sits in a register and the AND and
+    the OR compile to one LOP3 instead of two; the dot kernel passes the literal (a register there measured
+    slower on the H200)."""
+    if j < 4:
+        field = (words & (0xF << (4 * j))) | magic
+    else:
+        field = (high & (0xF << (4 * (j - 4)))) | magic
+    return field.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _code_minus_zero(words, high, zeros, magic, j: tl.constexpr):
+    """code j of each word minus its zero (0.0: the code itself), exact in fp32: one multiply-add undoes the
+    offset and the position."""
+    unit: tl.constexpr = 1.0 / (16 ** (j % 4))
+    return _code_in_mantissa(words, high, magic, j) * unit - (zeros + 8388608.0 * unit)
+
+
+@triton.jit
+def _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s, stride_z,
+               GROUP: tl.constexpr, ROWS: tl.constexpr):
+    """The K block at k0: words [GROUPS, ROWS, BLOCK_N], zeros and scales [GROUPS, BLOCK_N] (as floats)."""
+    at = (k0 // 8 + word)[:, :, None] * stride_w + offs_n[None, None, :]
+    words = tl.load(w_ptr + at, mask=mask_n[None, None, :], other=0, eviction_policy="evict_first")
+    group = ((k0 + g * ROWS * 8) // GROUP)[:, None]
+    zeros = tl.load(z_ptr + group * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0).to(tl.float32)
+    scales = tl.load(s_ptr + group * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
+    return words, zeros, scales
+
+
+@triton.jit
+def _inputs_by_code(x_ptr, k0, GROUPS: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr):
+    """The one-row kernel's K block of inputs as 8 tensors [GROUPS, ROWS], the j-th what code j of each word
+    row (g, r) multiplies: one contiguous load of x[k0 : k0 + 8 * GROUPS * ROWS], split in registers (one
+    load per code and word row, 2 bytes each, measured 11% slower on an H200 with the codes spread)."""
+    tl.static_assert(SPREAD == 1 or ROWS == SPREAD)
+    xs = tl.load(x_ptr + k0 + tl.arange(0, 8 * GROUPS * ROWS))
+    if SPREAD == 1:
+        xs = tl.reshape(xs, (GROUPS, ROWS, 2, 2, 2))  # [g, r, j // 4, j // 2 % 2, j % 2]
+    else:
+        xs = tl.reshape(tl.permute(tl.reshape(xs, (GROUPS, 8, ROWS)), (0, 2, 1)), (GROUPS, ROWS, 2, 2, 2))
+    even, odd = tl.split(xs)
+    x0_4, x2_6 = tl.split(even)
+    x1_5, x3_7 = tl.split(odd)
+    x0, x4 = tl.split(x0_4)
+    x1, x5 = tl.split(x1_5)
+    x2, x6 = tl.split(x2_6)
+    x3, x7 = tl.split(x3_7)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _gemv_block(running, words, zeros, scales, xs, magic):
+    """running + this K block's products: per word row sum_j code_j * x_j, less zero * sum_j x_j, times scale.
+    xs: the inputs by code position (``_inputs_by_code``)."""
+    high = (words.to(tl.uint32, bitcast=True) >> 16).to(tl.int32, bitcast=True)  # no sign to extend
+    products = tl.zeros(running.shape, dtype=tl.float32)
+    x_sum = tl.zeros(xs[0].shape, dtype=tl.float32)
+    for j in tl.static_range(8):
+        x_j = xs[j].to(tl.float32)
+        x_sum += x_j
+        products += _code_minus_zero(words, high, 0.0, magic, j) * x_j[:, :, None]
+    return running + (products - zeros[:, None, :] * x_sum[:, :, None]) * scales[:, None, :]
+
+
+def _bf16_code_ptx(j: int, words: tuple[str, str], zero: str, out: str) -> list[str]:
+    """PTX for code j of two words (registers) as bf16x2 ``code - zero`` in ``out``: the words' low (codes 0-3)
+    or high (4-7) 16 bits side by side, shifted to code j, AND-ed out and OR-ed into bf16's 128 (0x4300): it
+    reads as 128 + code; less ``zero`` (128 + zero as bf16x2) it is the exact small integer code - zero."""
+    lines = [f"prmt.b32 t, {words[0]}, {words[1]}, {'0x5410' if j < 4 else '0x7632'};"]
+    if j % 4:
+        lines.append(f"shr.b32 t, t, {4 * (j % 4)};")
+    return lines + ["lop3.b32 t, t, 0x000F000F, 0x43004300, 0xea;", f"sub.bf16x2 {out}, t, {zero};"]
+
+
+# Two elements a time (``pack=2``): code j - zero of each, as bf16 ($1, $2 their words; $3 their 128 + zero).
+_BF16_CODE_ASM = tl.constexpr(tuple(" ".join(["{ .reg .b32 t;", *_bf16_code_ptx(j, ("$1", "$2"), "$3", "$0"), "}"])
+                                    for j in range(8)))
+# One word of 8 codes for two elements a time ($2, $3 their words; $4 their 128 + zero; $5..$12 their x_0..x_7,
+# all bf16x2): 8 fused multiply-adds in bf16x2 sum each word, whose halves come back as fp32 ($0, $1). ~2.1
+# instructions a code against ~4.9 in fp32.
+_BF16_WORD_ASM = tl.constexpr(" ".join(
+    ["{ .reg .b32 t, c, acc;"]
+    + [line for j in range(8) for line in _bf16_code_ptx(j, ("$2", "$3"), "$4", "c")
+       + [f"fma.rn.bf16x2 acc, c, ${5 + j}, acc;" if j else "mul.bf16x2 acc, c, $5;"]]
+    + ["shl.b32 $0, acc, 16;", "and.b32 $1, acc, 0xffff0000; }"]))
+
+
+@triton.jit
+def _bf16_code_minus_zero(words, zero_magic, j: tl.constexpr):
+    """code j - zero of each element of words, an exact bf16 (``zero_magic``: 128 + zero in bf16)."""
+    return tl.inline_asm_elementwise(_BF16_CODE_ASM[j], "=r,r,r,r", [words, zero_magic], dtype=tl.bfloat16,
+                                     is_pure=True, pack=2)
+
+
+@triton.jit
+def _bf16_word_sums(words, zero_magic, xs, ASM: tl.constexpr):
+    """Per element of words [GROUPS, ROWS, BLOCK_N]: sum_j (code_j - zero) * x_j over its word, each product
+    added in bf16 with one rounding (a fused multiply-add), as fp32. ``zero_magic`` [GROUPS, BLOCK_N] is
+    128 + zero in bf16; xs the inputs by code position. ASM: Hopper's bf16x2 instructions (``_BF16_WORD_ASM``);
+    else the same arithmetic written out (Triton's interpreter runs no assembly)."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            _BF16_WORD_ASM, "=r,=r,r,r,r,r,r,r,r,r,r,r,r",
+            [words, zero_magic[:, None, :], xs[0][:, :, None], xs[1][:, :, None], xs[2][:, :, None],
+             xs[3][:, :, None], xs[4][:, :, None], xs[5][:, :, None], xs[6][:, :, None], xs[7][:, :, None]],
+            dtype=tl.float32, is_pure=True, pack=2)
+    code_minus_zero_base = 128.0 - zero_magic.to(tl.float32)[:, None, :]
+    acc = tl.zeros(words.shape, dtype=tl.float32)  # holds bf16 values
+    for j in tl.static_range(8):
+        code_minus_zero = ((words >> (4 * j)) & 0xF).to(tl.float32) + code_minus_zero_base
+        x_j = xs[j].to(tl.float32)[:, :, None]
+        acc = _round_to_bf16(acc + code_minus_zero * x_j)  # the product is exact: one rounding, as an fma
+    return acc
+
+
+@triton.jit
+def _round_to_bf16(value):
+    """fp32 -> the nearest bf16 (ties to even), kept in fp32; by its bits (the interpreter's own conversion
+    does not round to nearest)."""
+    bits = value.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+    return rounded.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _gemv_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, iters_per_split, magic,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
+    BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True,
+):
+    """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
+
+    A K block is GROUPS tiles of ROWS word rows (ROWS * 8 = min(BLOCK_K, GROUP), or 8 * SPREAD with the codes
+    spread: a group of 256 is two tiles): a [GROUPS, ROWS, BLOCK_N] tile, whose zeros and scales are loaded
+    once per (tile, column); kept per element and summed once at the end. BF16_WORDS (x in bf16): each word's 8 products summed in bf16x2 (``_bf16_word_sums``, 1.4x faster on
+    an H200: fp32 arithmetic bounded the kernel by instruction issue), else in fp32."""
+    GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    g = tl.arange(0, GROUPS)
+    word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
+    running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
+    k_first = pid_k * iters_per_split * BLOCK_K
+    for it in range(0, iters_per_split):
+        k0 = k_first + it * BLOCK_K
+        words, zeros, scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s,
+                                          stride_z, GROUP, ROWS)
+        xs = _inputs_by_code(x_ptr, k0, GROUPS, ROWS, SPREAD)
+        if BF16_WORDS:
+            sums = _bf16_word_sums(words, (zeros + 128.0).to(tl.bfloat16), xs, ASM)
+            running += sums * scales[:, None, :]
+        else:
+            running = _gemv_block(running, words, zeros, scales, xs, magic)
+    acc = tl.sum(tl.sum(running, axis=1), axis=0)
+    tl.store(out_ptr + pid_k * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit(do_not_specialize=["M"])  # any row count: one compiled program (no compile in the middle of serving)
+def _swap_dot_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
+    ASM: tl.constexpr = True,
+):
+    """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
+    transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word r and its input: such groups
+    always have their codes spread (BLOCK_K = 8 * SPREAD), so that is x[:, 16j + r], 16 contiguous inputs,
+    copied ahead asynchronously. ASM (bf16 x): code - zero built in bf16x2 instructions (H200: 3-12% faster)."""
+    tl.static_assert(BLOCK_K == 8 * SPREAD)
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_n, mask_m = offs_n < N, offs_m < M
+    rows = tl.arange(0, BLOCK_K // 8)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for it in range(0, iters_per_split):
+        k0 = (pid_k * iters_per_split + it) * BLOCK_K
+        tile = offs_n[:, None] + (k0 // 8 + rows)[None, :] * stride_w
+        words = tl.load(w_ptr + tile, mask=mask_n[:, None], other=0, eviction_policy="evict_first")
+        group = k0 // GROUP
+        zeros = tl.load(z_ptr + group * stride_z + offs_n[:, None], mask=mask_n[:, None], other=0).to(tl.float32)
+        scales = tl.load(s_ptr + group * stride_s + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32)
+        high = words >> 16
+        zero_magic = (zeros + 128.0).to(tl.bfloat16)
+        block = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for j in tl.static_range(8):
+            inputs = k0 + j * SPREAD + rows
+            x_j = tl.load(x_ptr + offs_m[None, :] * stride_xm + inputs[:, None], mask=mask_m[None, :], other=0.0)
+            if ASM and x_j.dtype == tl.bfloat16:  # the same exact values, ~20% fewer instructions
+                w_j = _bf16_code_minus_zero(words, zero_magic, j)
+            else:
+                w_j = _code_minus_zero(words, high, zeros, 0x4B000000, j).to(x_j.dtype)
+            block = tl.dot(w_j, x_j, block)
+        acc += block * scales
+    out = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
+
+
+@triton.jit(do_not_specialize=["M"])
+def _unpacked_dot_kernel(
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
+):
+    """out[split, m, n] for 2..64 rows, K blocks inside one group: ``code - zero`` as a [BLOCK_K, BLOCK_N]
+    tile of small exact integers, one dot with x, scaled once per block. (x already in group order:
+    gathering it here through the act-order permutation measured 1.5x slower at 1 row, 6x at 64.)"""
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_n, mask_m = offs_n < N, offs_m < M
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for it in range(0, iters_per_split):
+        k0 = (pid_k * iters_per_split + it) * BLOCK_K
+        codes = _unpacked_codes(w_ptr, stride_w, offs_n, mask_n, k0, BLOCK_N, BLOCK_K, SPREAD)
+        group = k0 // GROUP
+        zeros = tl.load(z_ptr + group * stride_z + offs_n, mask=mask_n, other=0).to(tl.int32)
+        scales = tl.load(s_ptr + group * stride_s + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None], other=0.0)
+        acc += tl.dot(x, (codes - zeros[None, :]).to(x.dtype)) * scales[None, :]
+    out = out_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _sum_splits_kernel(part_ptr, out_ptr, numel, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+    """out[i] = sum over s of part[s, i], in out's dtype (the split-K partial sums, added in fp32)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    total = tl.zeros((BLOCK,), dtype=tl.float32)
+    for s in range(SPLIT):
+        total += tl.load(part_ptr + s * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dequantize_kernel(
+    w_ptr, s_ptr, z_ptr, out_ptr, col0, cols, stride_w, stride_s, stride_z,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
+):
+    """out[k, c] = W[col0 + c, k] for c < cols (W transposed: [K, cols])."""
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_c = offs_c < cols
+    offs_n = col0 + offs_c
+    k0 = pid_k * BLOCK_K
+    codes = _unpacked_codes(w_ptr, stride_w, offs_n, mask_c, k0, BLOCK_N, BLOCK_K, SPREAD)
+    group = k0 // GROUP
+    zeros = tl.load(z_ptr + group * stride_z + offs_n, mask=mask_c, other=0).to(tl.int32)
+    scales = tl.load(s_ptr + group * stride_s + offs_n, mask=mask_c, other=0.0).to(tl.float32)
+    w = (codes - zeros[None, :]).to(tl.float32) * scales[None, :]
+    out = out_ptr + (k0 + tl.arange(0, BLOCK_K))[:, None] * cols + offs_c[None, :]
+    tl.store(out, w.to(out_ptr.dtype.element_ty), mask=mask_c[None, :])
+
+
+def code_spread(group_size: int) -> int:
+    """Inputs between a word's consecutive codes in this layout: ``CODE_SPREAD`` for groups of 128 or more."""
+    return CODE_SPREAD if group_size % (8 * CODE_SPREAD) == 0 else 1
+
+
+def input_order(in_features: int, group_size: int, device=None) -> torch.Tensor:
+    """The input (of x) that each packed code position 8 * word + j multiplies: int64 [K]."""
+    spread = code_spread(group_size)
+    positions = torch.arange(in_features, device=device)
+    word, j = positions // 8, positions % 8
+    return (word // spread) * (8 * spread) + j * spread + word % spread
+
+
+def pack_codes(codes: torch.Tensor, group_size: int) -> torch.Tensor:
+    """codes int [K, N] (row k: input k, in group order) -> ``packed`` int32 [K/8, N] in this layout, a code
+    position at a time (no 32- or 64-bit copy of the whole layer: loading stays under the serving peak)."""
+    in_features, out_features = codes.shape
+    inputs = input_order(in_features, group_size, codes.device).view(-1, 8)  # [word, j]
+    packed = torch.zeros((in_features // 8, out_features), dtype=torch.int32, device=codes.device)
+    for j in range(8):
+        packed |= codes[inputs[:, j]].to(torch.int32) << (4 * j)
+    return packed
+
+
+def unpack_codes(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The inverse of ``pack_codes``: int32 [K, N], row k the codes of input k."""
+    inputs = input_order(packed.shape[0] * 8, group_size, packed.device).view(-1, 8)  # [word, j]
+    codes = torch.empty((packed.shape[0] * 8, packed.shape[1]), dtype=torch.int32, device=packed.device)
+    for j in range(8):
+        codes[inputs[:, j]] = (packed >> (4 * j)) & 0xF
+    return codes
+
+
+def block_k_for(in_features: int, group_size: int) -> int | None:
+    """The K block of the dot kernels: inside one group, dividing K, at least 16 (the MMA's K); None: no fit."""
+    return next((b for b in (128, 64, 32, 16) if group_size % b == 0 and in_features % b == 0), None)
+
+
+def gemv_block_k(in_features: int, group_size: int) -> int:
+    """The one-row kernel's K block: as many inputs as divide K, up to 512; whole groups, or inside one."""
+    return next(b for b in (512, 256, 128, 64, 32, 16)
+                if in_features % b == 0 and (b % group_size == 0 or group_size % b == 0))
+
+
+def layout_fits(in_features: int, group_size: int) -> bool:
+    return in_features % group_size == 0 and block_k_for(in_features, group_size) is not None
+
+
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def rows_bucket(rows: int) -> int:
+    return 1 if rows == 1 else 16 if rows <= 16 else 32 if rows <= 32 else 64
+
+
+def kernel_for(bucket: int, group_size: int) -> str:
+    """Which fused kernel serves a rows bucket by default: "gemv" (1 row), "swap" (2..32 rows, groups of 128k)
+    or "unpacked"."""
+    if bucket == 1:
+        return "gemv"
+    return "swap" if bucket <= 32 and group_size % 128 == 0 else "unpacked"
+
+
+@functools.cache
+def tuned_configs(device_name: str) -> dict[str, dict]:
+    """Configs measured by ``benchmarks/tune_in_step.py`` for this GPU model, keyed "bucket,N,K,G"."""
+    return json.loads(TUNED_CONFIGS.read_text()).get(device_name, {}) if TUNED_CONFIGS.exists() else {}
+
+
+def write_tuned_configs(device_name: str, table: dict[str, dict], target: Path = TUNED_CONFIGS) -> None:
+    """Save one GPU model's configs (the benchmarks' sweeps) into a copy of the table, other GPUs' kept."""
+    everything = json.loads(TUNED_CONFIGS.read_text()) if TUNED_CONFIGS.exists() else {}
+    everything[device_name] = table
+    target.write_text(json.dumps(everything, indent=1, sort_keys=True) + "\n")
+
+
+def fused_config(rows: int, out_features: int, in_features: int, group_size: int, device: torch.device) -> dict:
+    """Kernel, tile sizes, warps and K split: measured ones for known GPUs and shapes, else a rule of thumb."""
+    return config_for_bucket(rows_bucket(rows), out_features, in_features, group_size, device)
+
+
+@functools.cache  # looked up on every eager call: decided once per (rows bucket, shape, device)
+def config_for_bucket(bucket: int, out_features: int, in_features: int, group_size: int, device: torch.device) -> dict:
+    if device.type == "cuda":
+        key = f"{bucket},{out_features},{in_features},{group_size}"
+        tuned = tuned_configs(torch.cuda.get_device_name(device)).get(key)
+        if tuned and tuned.get("kernel") == kernel_for(bucket, group_size):
+            return dict(tuned)
+    return default_config(bucket, out_features, in_features, group_size, device)
+
+
+def default_config(bucket: int, out_features: int, in_features: int, group_size: int, device: torch.device) -> dict:
+    """For rows in ``bucket`` (1, 16, 32 or 64): one row tile of BLOCK_M covers them all; K split until the
+    GPU has about two programs per SM."""
+    kernel = kernel_for(bucket, group_size)
+    if kernel == "gemv":
+        block_n, block_k, warps, stages = 64, gemv_block_k(in_features, group_size), 4, 1
+    elif kernel == "swap":
+        block_n, block_k, warps, stages = 128, 128, 8, 3
+    else:
+        block_n, block_k, warps, stages = 64, block_k_for(in_features, group_size), 4, 3
+    programs, k_blocks = triton.cdiv(out_features, block_n), in_features // block_k
+    split = next(s for s in range(1, k_blocks + 1) if k_blocks % s == 0 and (programs * s >= 2 * sm_count(device)
+                                                                             or s == k_blocks))
+    return dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split, num_warps=warps,
+                num_stages=stages)
+
+
+def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor:
+    """x [M, K] (channels in group order, M <= FUSED_MAX_ROWS) @ W.T as ``split`` partial sums [split, M, N]:
+    fp32 when split > 1, else x's dtype. ``sum_splits`` (or a fused epilogue) adds them."""
+    rows, in_features = x.shape
+    out_features = packed.shape[1]
+    config = dict(config or fused_config(rows, out_features, in_features, group_size, x.device))
+    kernel, split, block_m = config.pop("kernel"), config.pop("split"), config.pop("BLOCK_M")
+    out = torch.empty((split, rows, out_features), device=x.device, dtype=x.dtype if split == 1 else torch.float32)
+    iters = in_features // config["BLOCK_K"] // split
+    strides = (packed.stride(0), scales.stride(0), zeros.stride(0), iters)
+    if kernel == "gemv":
+        grid = (triton.cdiv(out_features, config["BLOCK_N"]), split)
+        bf16_words = config.pop("bf16_words", True) and x.dtype == torch.bfloat16
+        spread = code_spread(group_size)
+        tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
+        _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
+                           ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
+                           ASM=not INTERPRETING, **config)
+        return out
+    grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
+    args = (x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides)
+    spread = code_spread(group_size)
+    if kernel == "swap":
+        _swap_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, ASM=not INTERPRETING,
+                               **config)
+    else:
+        _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, **config)
+    return out
+
+
+def sum_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """[split, M, N] partial sums -> [M, N] in ``dtype`` (a view of the only split when there is one)."""
+    if partials.shape[0] == 1 and partials.dtype == dtype:
+        return partials[0]
+    out = torch.empty(partials.shape[1:], device=partials.device, dtype=dtype)
+    _sum_splits_kernel[(triton.cdiv(out.numel(), 1024),)](partials, out, out.numel(), SPLIT=partials.shape[0],
+                                                          BLOCK=1024)
+    return out
+
+
+def fused_matmul(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor:
+    """x [M, K] (fp16/bf16/fp32, channels in group order) @ W.T -> [M, N] in x's dtype, M <= FUSED_MAX_ROWS."""
+    return sum_splits(matmul_partials(x, packed, scales, zeros, group_size, config), x.dtype)
+
+
+def dequantize_columns(packed, scales, zeros, group_size: int, col0: int, cols: int, out: torch.Tensor) -> torch.Tensor:
+    """W[col0 : col0 + cols].T written into ``out`` (at least K * cols elements, the output dtype) as [K, cols]."""
+    in_features = packed.shape[0] * 8
+    block_k = block_k_for(in_features, group_size)
+    w_t = out[: in_features * cols].view(in_features, cols)
+    grid = (triton.cdiv(cols, 64), in_features // block_k)
+    _dequantize_kernel[grid](packed, scales, zeros, w_t, col0, cols, packed.stride(0), scales.stride(0),
+                             zeros.stride(0), GROUP=group_size, BLOCK_N=64, BLOCK_K=block_k,
+                             SPREAD=code_spread(group_size), num_warps=4)
+    return w_t
+
+
+def scratch_for(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    buffer = _scratch.get(device)
+    if buffer is None or buffer.dtype != dtype:
+        buffer = _scratch[device] = torch.empty(SCRATCH_ELEMENTS, device=device, dtype=dtype)
+    return buffer
+
+
+def dequantized_matmul(x, packed, scales, zeros, group_size: int) -> torch.Tensor:
+    """x [M, K] @ W.T -> [M, N], W rebuilt in column chunks into the device's scratch buffer (cuBLAS GEMMs)."""
+    rows, in_features = x.shape
+    out_features = packed.shape[1]
+    scratch = scratch_for(x.device, x.dtype)
+    chunk = max(64, scratch.numel() // in_features // 64 * 64)
+    if chunk >= out_features:  # the whole W at once: one GEMM straight into the result
+        return x @ dequantize_columns(packed, scales, zeros, group_size, 0, out_features, scratch)
+    out = torch.empty((rows, out_features), device=x.device, dtype=x.dtype)
+    for col0 in range(0, out_features, chunk):
+        n = min(chunk, out_features - col0)
+        w_t = dequantize_columns(packed, scales, zeros, group_size, col0, n, scratch)
+        torch.mm(x, w_t, out=out[:, col0 : col0 + n])  # straight into its columns (cuBLAS's leading dimension)
+    return out

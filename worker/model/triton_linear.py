@@ -1,0 +1,75 @@
+"""The GPU int4 Linear: our own weight layout and Triton kernels (``worker.kernels.w4a16``).
+
+PyTorch's ``_weight_int4pack_mm`` (``worker.model.tinygemm_linear``) costs about as much per activation row as the whole
+weight read, so a batch of 32 conversations or a 500-token prompt pays 32 or 500 times. Here one decoding step
+reads the 4-bit weights once whatever the batch (up to 64 rows), and longer prompts go through cuBLAS on
+weights rebuilt chunk by chunk. No 16-bit copy of the weights is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from worker.model.tinygemm_linear import Int4Codes, describe_int4
+from worker.kernels.w4a16 import FUSED_MAX_ROWS, dequantized_matmul, matmul_partials, pack_codes, sum_splits
+
+
+
+class TritonInt4Linear(nn.Module):
+    def __init__(self, in_features, out_features, group_size, packed, scales, zeros, perm, bias):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        self.register_buffer("packed", packed)  # int32 [K/8, N] (``worker.kernels.w4a16``: the layout)
+        self.register_buffer("scales", scales)  # fp16 [K/G, N]
+        self.register_buffer("zeros", zeros)  # uint8 [K/G, N]
+        self.register_buffer("perm", perm)  # input gather (act-order), or None
+        self._inverse_perm: torch.Tensor | None = None
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    @classmethod
+    def from_codes(cls, c: Int4Codes, dtype: torch.dtype) -> TritonInt4Linear:
+        out_features, in_features = c.codes.shape
+        packed = pack_codes(c.codes.T, c.group_size)
+        scales = c.scales.to(torch.float16).contiguous()
+        zeros = c.zeros.to(torch.uint8).contiguous()
+        bias = None if c.bias is None else c.bias.to(dtype)
+        return cls(in_features, out_features, c.group_size, packed, scales, zeros, c.perm, bias)
+
+    def output_slice(self, start: int, end: int) -> TritonInt4Linear:
+        """Outputs start..end as a layer of their own: column views of this layer's memory."""
+        bias = None if self.bias is None else self.bias[start:end]
+        return TritonInt4Linear(self.in_features, end - start, self.group_size, self.packed[:, start:end],
+                                self.scales[:, start:end], self.zeros[:, start:end], self.perm, bias)
+
+    def inverse_perm(self) -> torch.Tensor | None:
+        """Where each input channel goes in this layer's input order (made on first use, for a producer that
+        writes the input already gathered)."""
+        if self.perm is not None and self._inverse_perm is None:
+            self._inverse_perm = torch.argsort(self.perm)
+        return self._inverse_perm
+
+    def partials(self, x: torch.Tensor, ordered: bool = False) -> torch.Tensor:
+        """x [M, K] @ W.T (+ bias) as split-K partial sums [split, M, N] (``worker.inference.layer_ops`` adds them in the
+        next step's kernel). ``ordered``: x is already in this layer's input order (act-order gather done)."""
+        if self.perm is not None and not ordered:
+            x = x[:, self.perm]
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        if x.shape[0] <= FUSED_MAX_ROWS:
+            parts = matmul_partials(x, self.packed, self.scales, self.zeros, self.group_size)
+        else:
+            parts = dequantized_matmul(x, self.packed, self.scales, self.zeros, self.group_size)[None]
+        if self.bias is not None:
+            parts[0] += self.bias
+        return parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        leading = x.shape[:-1]
+        out = sum_splits(self.partials(x.reshape(-1, self.in_features)), x.dtype)
+        return out.reshape(*leading, self.out_features)
+
+    def extra_repr(self) -> str:
+        return describe_int4(self, "triton")

@@ -1,0 +1,112 @@
+"""``xwinbot status`` and ``xwinbot requeue-failed``: what the queue and its workers are doing, at a glance.
+
+Workers publish what they serve (model, device, batch size) under ``xwinbot:worker-info`` when they start;
+everything else comes from RQ's own registries.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from redis import Redis
+from rq import Worker
+from rq.job import Job as RQJob
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+
+from worker.queue.job_queue import SERIALIZER, JobQueue
+
+WORKER_INFO_KEY = "xwinbot:worker-info"
+
+
+def publish_worker_info(redis: Redis, process_name: str, **info) -> None:
+    """A worker process says what it serves (shown by ``xwinbot status``)."""
+    redis.hset(WORKER_INFO_KEY, process_name, json.dumps(dict(info, started_at=time.time())))
+
+
+def forget_worker_info(redis: Redis, process_name: str) -> None:
+    redis.hdel(WORKER_INFO_KEY, process_name)
+
+
+@dataclass
+class FailedJob:
+    job_id: str
+    ended_at: float | None
+    reason: str
+
+
+@dataclass
+class QueueStatus:
+    queue_name: str
+    waiting: int
+    running: int
+    finished: int
+    failed: int
+    processes: dict[str, dict] = field(default_factory=dict)  # process -> {"threads", "busy", "model", ...}
+    failed_jobs: list[FailedJob] = field(default_factory=list)
+
+
+def read_status(queue: JobQueue, failed_shown: int = 10) -> QueueStatus:
+    rq_queue, redis = queue.rq, queue.redis
+    failed_registry = FailedJobRegistry(queue=rq_queue)
+    status = QueueStatus(
+        queue_name=queue.name, waiting=rq_queue.count, running=StartedJobRegistry(queue=rq_queue).count,
+        finished=FinishedJobRegistry(queue=rq_queue).count, failed=failed_registry.count,
+    )
+    info = {name.decode(): json.loads(raw) for name, raw in redis.hgetall(WORKER_INFO_KEY).items()}
+    for worker in Worker.all(queue=rq_queue):
+        process = worker.name.rsplit(".", 1)[0]  # job threads are named <host>.<pid>.<id>.<slot>
+        entry = status.processes.setdefault(process, {"threads": 0, "busy": 0, **info.get(process, {})})
+        entry["threads"] += 1
+        entry["busy"] += worker.get_state() == "busy"
+    newest = failed_registry.get_job_ids(-failed_shown, -1)[::-1] if failed_shown else []
+    for job_id, rq_job in zip(newest, RQJob.fetch_many(newest, redis, serializer=SERIALIZER)):
+        status.failed_jobs.append(_failed(job_id, rq_job))
+    return status
+
+
+def _failed(job_id: str, rq_job: RQJob | None) -> FailedJob:
+    if rq_job is None:
+        return FailedJob(job_id, None, "(job data expired)")
+    result = rq_job.latest_result()
+    text = (result.exc_string if result and result.exc_string else "") or "unknown reason"
+    reason = text.strip().splitlines()[-1]
+    ended = rq_job.ended_at.timestamp() if rq_job.ended_at else None
+    return FailedJob(job_id, ended, reason[:200])
+
+
+def render(status: QueueStatus, redis_url: str) -> str:
+    lines = [
+        f"xwinbot status — queue {status.queue_name!r} at {redis_url}",
+        f"  questions: {status.waiting} waiting, {status.running} being answered, "
+        f"{status.finished} answered recently, {status.failed} failed",
+    ]
+    if not status.processes:
+        lines.append("  workers: none alive — questions wait until `xwinbot worker` (or `up`) runs")
+    for process, entry in sorted(status.processes.items()):
+        model = entry.get("model") or "model unknown"
+        device = entry.get("device") or "?"
+        cache = (f", {entry['max_batch']} conversations × {entry['context_tokens']} tokens"
+                 if entry.get("max_batch") and entry.get("context_tokens") else "")  # what the KV cache holds
+        lines.append(f"  worker {process}: {entry['busy']}/{entry['threads']} job threads busy — {model} on {device}{cache}")
+    if status.failed_jobs:
+        lines.append(f"  failed (newest {len(status.failed_jobs)}; `xwinbot requeue-failed` retries them):")
+    for failed in status.failed_jobs:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(failed.ended_at)) if failed.ended_at else "?"
+        lines.append(f"    {failed.job_id}  {when}  {failed.reason}")
+    return "\n".join(lines)
+
+
+def requeue_failed(queue: JobQueue, job_ids: list[str] | None = None) -> list[str]:
+    """Put failed jobs back on the queue (all of them when ``job_ids`` is empty); the ids requeued."""
+    registry = FailedJobRegistry(queue=queue.rq)
+    chosen = job_ids or registry.get_job_ids()
+    done = []
+    for job_id in chosen:
+        try:
+            registry.requeue(job_id)
+        except Exception:  # not in the registry (any more)
+            continue
+        done.append(job_id)
+    return done

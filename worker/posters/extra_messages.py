@@ -1,0 +1,36 @@
+"""The platform messages one answer is spread over (message 0 is usually the adapter's placeholder).
+
+Kept in Redis so a job retried after a worker crash edits the messages the first attempt posted instead of
+posting new ones, and can delete the ones a longer first attempt left behind.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from worker.queue.reply_index import TTL_S
+
+
+class ReplyParts:
+    def __init__(self, redis: Redis, platform: str, job_id: str):
+        self.redis = redis
+        self.key = f"xwinbot:{platform}:parts:{job_id}"
+
+    def get(self, number: int) -> str | None:
+        raw = self.redis.hget(self.key, str(number))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    def remember(self, number: int, message_id: str) -> None:
+        self.redis.hset(self.key, str(number), message_id)
+        self.redis.expire(self.key, TTL_S)
+
+    def numbered(self) -> dict[int, str]:
+        """Every remembered message id by its number."""
+        return {int(field): (raw.decode() if isinstance(raw, bytes) else raw)
+                for field, raw in self.redis.hgetall(self.key).items()}
+
+    def forget(self, number: int) -> None:
+        self.redis.hdel(self.key, str(number))
+
+    def clear(self) -> None:
+        self.redis.delete(self.key)

@@ -1,0 +1,42 @@
+"""Whether a job's answer has begun, so that a queue-position notice never overwrites it.
+
+Position notices ("thinking… #3 in queue", shown by adapters when they queue a question and by
+``worker.posters.position_notices`` while it waits) run under a per-job lock, and so does the worker that
+marks the job started: a late notice can never overwrite an answer that has begun.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+from redis import Redis
+
+
+
+
+def _started_key(job_id: str) -> str:
+    return f"xwinbot:started:{job_id}"
+
+
+@contextmanager
+def _placeholder_lock(redis: Redis, job_id: str):
+    """Serialises "show the queue position" with "the answer starts" for one job."""
+    with redis.lock(f"xwinbot:placeholder-lock:{job_id}", timeout=30, blocking_timeout=30):
+        yield
+
+
+def mark_started(redis: Redis, job_id: str, ttl_s: int) -> bool:
+    """The worker starts answering: True the first time (False: an earlier attempt began it). No position
+    notice is shown after this returns."""
+    with _placeholder_lock(redis, job_id):
+        return bool(redis.set(_started_key(job_id), 1, nx=True, ex=ttl_s))
+
+
+def show_unless_started(redis: Redis, job_id: str, show: Callable[[], object]) -> bool:
+    """Run ``show`` (a queue-position notice) only while the answer has not started; True if it ran."""
+    with _placeholder_lock(redis, job_id):
+        if redis.exists(_started_key(job_id)):
+            return False
+        show()
+        return True
