@@ -7,7 +7,8 @@
 #                                  # benchmark
 #   benchmarks/gpu_all.sh roofline # ~6 min: the one-row kernel against a plain read of its bytes, per shape
 #   benchmarks/gpu_all.sh configs  # ~8 min: sweep the kernel configs with each kernel alone ($OUT/w4a16_configs.json)
-# Needs redis-server on PATH (or REDIS_SERVER=...) for the queue benchmark.
+# Needs redis-server on PATH (or REDIS_SERVER=...) for the queue benchmark. Each benchmark runs as a module from the
+# repository root; its JSON records the commit (or $XWINBOT_COMMIT where the copy has no .git), command and GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-benchmarks/results/latest}" TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/xwinbot-triton-cache}"
@@ -21,15 +22,15 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/
     "$OUT/$name.log" | cut -c1-600
 }
 if [ "${1:-}" = "roofline" ]; then
-  step gemv_roofline 400 python3 -u benchmarks/gemv_roofline.py --seconds 330
+  step gemv_roofline 400 python3 -u -m benchmarks.kernels.gemv_roofline --seconds 330
 elif [ "${1:-}" = "configs" ]; then
-  step sweep_configs 560 python3 -u benchmarks/sweep_configs.py --rows 1 32 16 --seconds-per-shape 35
+  step sweep_configs 560 python3 -u -m benchmarks.kernels.sweep_configs --rows 1 32 16 --seconds-per-shape 35
 elif [ "${1:-}" = "sweep" ]; then
-  step profile_decode 120 python3 -u benchmarks/profile_decode.py
-  step tune_in_step 400 python3 -u benchmarks/tune_in_step.py --seconds 330
+  step profile_decode 120 python3 -u -m benchmarks.speed.profile_decode
+  step tune_in_step 400 python3 -u -m benchmarks.kernels.tune_in_step --seconds 330
 else
-  step int4_check 90 python3 -u benchmarks/int4_kernels.py --check
-  step check_fp8_cache 60 python3 -u benchmarks/check_fp8_cache.py
-  step gpu_inference 180 python3 -u benchmarks/gpu_inference.py
-  step queue_e2e 240 python3 -u benchmarks/queue_e2e.py --redis-server "${REDIS_SERVER:-redis-server}"
+  step int4_check 90 python3 -u -m benchmarks.kernels.int4_kernels --check
+  step check_fp8_cache 60 python3 -u -m benchmarks.quality.check_fp8_cache
+  step gpu_inference 180 python3 -u -m benchmarks.speed.gpu_inference
+  step queue_e2e 240 python3 -u -m benchmarks.speed.queue_e2e --redis-server "${REDIS_SERVER:-redis-server}"
 fi

@@ -1,34 +1,31 @@
 """The int4 matmul kernels on the GPU: correctness in bf16, then time per Llama-13B layer shape and row count.
 
 Compares, for M activation rows: our Triton path (``TritonInt4Linear``: fused w4a16 kernel up to 64 rows,
-rebuilt weights + cuBLAS above), PyTorch's ``_weight_int4pack_mm`` (``Int4Linear``, "tinygemm") and a plain
+rebuilt weights + cuBLAS above), PyTorch's ``_weight_int4pack_mm`` (``TinygemmInt4Linear``, "tinygemm") and a plain
 bf16 ``F.linear`` (cuBLAS on a 16-bit weight: what 4-bit has to beat to be worth it). Each timing replays
 a CUDA graph of 20 calls (as decoding does), so launch overhead is not counted.
 
-    python benchmarks/int4_kernels.py           # correctness + timings (tuned configs where known)
-    python benchmarks/int4_kernels.py --check   # correctness only
+    python -m benchmarks.kernels.int4_kernels           # correctness + timings (tuned configs where known)
+    python -m benchmarks.kernels.int4_kernels --check   # correctness only
 
-The configs themselves are tuned inside the whole decode step: ``benchmarks/tune_in_step.py``.
+The configs themselves are tuned inside the whole decode step: ``benchmarks/kernels/tune_in_step.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import math
-import os
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from worker.kernels import w4a16 as w4a16_kernels  # noqa: E402
-from worker.model.gptq_layout import act_order_g_idx, dequantize, quantize_weight  # noqa: E402
-from worker.model.tinygemm_linear import Int4Codes, Int4Linear  # noqa: E402
-from worker.model.triton_linear import TritonInt4Linear  # noqa: E402
+from benchmarks.result_json import write_result
+from worker.kernels import w4a16 as w4a16_kernels
+from worker.model.gptq_layout import act_order_g_idx, dequantize, quantize_weight
+from worker.model.tinygemm_linear import Int4Codes, TinygemmInt4Linear
+from worker.model.triton_linear import TritonInt4Linear
 
 SHAPES = {"qkv": (5120, 15360), "o": (5120, 5120), "gate_up": (5120, 27648), "down": (13824, 5120)}
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 512)
@@ -40,7 +37,7 @@ def check(device) -> list[dict]:
         k, n = 2048, 768
         t = quantize_weight(torch.randn(n, k), 4, group, sym, act_order_g_idx(k, group) if act_order else None)
         layers = {"triton": TritonInt4Linear.from_codes(Int4Codes.from_gptq(t, group, 1, device), torch.bfloat16),
-                  "tinygemm": Int4Linear.from_codes(Int4Codes.from_gptq(t, group, 1, device), torch.bfloat16)}
+                  "tinygemm": TinygemmInt4Linear.from_codes(Int4Codes.from_gptq(t, group, 1, device), torch.bfloat16)}
         for rows in (1, 3, 16, 33, 64, 65, 300):
             x = torch.randn(rows, k)
             ref = x.bfloat16().float() @ dequantize(t, 4).T
@@ -127,15 +124,15 @@ def cycling(functions):
 
 def time_shape(name: str, k: int, n: int, device) -> list[dict]:
     triton_layers = [random_layer(k, n, device, TritonInt4Linear) for _ in range(copies_beyond_l2(k, n, 0.5))]
-    tinygemm_layers = [random_layer(k, n, device, Int4Linear) for _ in range(copies_beyond_l2(k, n, 0.5))]
+    tinygemm_layers = [random_layer(k, n, device, TinygemmInt4Linear) for _ in range(copies_beyond_l2(k, n, 0.5))]
     weights = [torch.randn(n, k, device=device, dtype=torch.bfloat16) for _ in range(copies_beyond_l2(k, n, 2))]
     rows_out = []
     for rows in ROWS:
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
         row = dict(layer=name, k=k, n=n, rows=rows,
-                   triton_us=graph_time_us(cycling([lambda layer=layer: layer(x) for layer in triton_layers])),
-                   tinygemm_us=graph_time_us(cycling([lambda layer=layer: layer(x) for layer in tinygemm_layers])),
-                   bf16_us=graph_time_us(cycling([lambda w=w: F.linear(x, w) for w in weights])))
+                   triton_us=graph_time_us(cycling([lambda layer=layer, x=x: layer(x) for layer in triton_layers])),
+                   tinygemm_us=graph_time_us(cycling([lambda layer=layer, x=x: layer(x) for layer in tinygemm_layers])),
+                   bf16_us=graph_time_us(cycling([lambda w=w, x=x: F.linear(x, w) for w in weights])))
         row["triton_GBps"] = layer_bytes(k, n) / row["triton_us"] / 1e3
         rows_out.append(row)
         print(json.dumps({key: round(v, 1) if isinstance(v, float) else v for key, v in row.items()}), flush=True)
@@ -143,6 +140,9 @@ def time_shape(name: str, k: int, n: int, device) -> list[dict]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="correctness only (no timings)")
+    args = parser.parse_args()
     device = torch.device("cuda")
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
     checks = check(device)
@@ -153,7 +153,8 @@ def main() -> None:
     report["dot_codes_max_abs_diff"] = dot_codes_identical(device)
     print("correctness of 2-32 rows, bf16x2 codes against fp32 ones (max |diff| by rows):",
           report["dot_codes_max_abs_diff"], flush=True)
-    if "--check" in sys.argv:
+    if args.check:
+        write_result("int4_kernels_check", report)
         return
     timings = []
     for name, (k, n) in SHAPES.items():
@@ -163,8 +164,7 @@ def main() -> None:
     per_token = {rows: sum(r["triton_us"] for r in timings if r["rows"] == rows) * 40 / 1000 for rows in ROWS}
     report["matmul_ms_per_step_40_layers"] = per_token
     print("matmul ms per 13B step (40 layers), by rows:", {k: round(v, 2) for k, v in per_token.items()})
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "int4_kernels.json").write_text(json.dumps(report, indent=2))
+    write_result("int4_kernels", report)
 
 
 if __name__ == "__main__":

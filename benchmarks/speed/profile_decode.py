@@ -5,16 +5,14 @@ Replays the captured decode step (batch 1 and 32, attention window 1,024; attent
 step, their sum against the step's wall time (the gap is launch overhead inside the graph) and the same step's
 time without the profiler. Then the same for prefill: one 512-token chunk, and 8 prompts of 500 together.
 
-    python benchmarks/profile_decode.py            # ~1.5 min on an H200; JSON into $OUT when set
+    python -m benchmarks.speed.profile_decode            # ~1.5 min on an H200; JSON into $OUT when set
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
-import json
-import os
 import re
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -22,25 +20,26 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from int4_kernels import replay_ms  # noqa: E402
-from synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint  # noqa: E402
-
-from worker.inference.llama_runtime import LlamaRuntime  # noqa: E402
-from worker.model.loader import load_model  # noqa: E402
+from benchmarks.kernels.int4_kernels import replay_ms
+from benchmarks.result_json import write_result
+from benchmarks.synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint
+from worker.inference.llama_runtime import LlamaRuntime
+from worker.model.loader import load_model
 
 FAMILIES = [  # (label, pattern on the kernel name): the first match names the kernel's family
     ("int4 one row", r"_gemv_kernel"), ("int4 2-32 rows", r"_swap_dot_kernel"), ("int4 33-64 rows", r"_unpacked_dot"),
-    ("add+RMSNorm", r"_add_residual|_rms_scale"), ("rotary + K/V write", r"_rotary_into_cache"), ("SiLU*mul", r"_silu_mul"),
-    ("attention", r"sdpa|flash|fmha|attention|lean_reduction|_chunk_kernel|_combine_kernel"), ("gather (act-order)", r"index_elementwise|gather"),
-    ("rebuild W (prefill)", r"_dequantize_kernel"), ("lm_head / prefill GEMM (bf16)", r"nvjet|gemm|cutlass|sm90_xmma"), ("sampling", r"topk|sort|softmax|multinomial|argmax|reduce"),
+    ("add+RMSNorm", r"_add_residual|_rms_scale"), ("rotary + K/V write", r"_rotary_into_cache"),
+    ("SiLU*mul", r"_silu_mul"),
+    ("attention", r"sdpa|flash|fmha|attention|lean_reduction|_chunk_kernel|_combine_kernel"),
+    ("gather (act-order)", r"index_elementwise|gather"), ("rebuild W (prefill)", r"_dequantize_kernel"),
+    ("lm_head / prefill GEMM (bf16)", r"nvjet|gemm|cutlass|sm90_xmma"),
+    ("sampling", r"topk|sort|softmax|multinomial|argmax|reduce"),
 ]
 
 
 def family(name: str) -> str:
-    return next((label for label, pattern in FAMILIES if re.search(pattern, name, re.IGNORECASE)), "other: " + name[:110])
+    return next((label for label, pattern in FAMILIES if re.search(pattern, name, re.IGNORECASE)),
+                "other: " + name[:110])
 
 
 def profile(step, replays: int = 20) -> dict[str, list[float]]:
@@ -64,6 +63,8 @@ def show(families: dict[str, list[float]]) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)
     loaded = load_model(path, device="cuda")
     report = {"device": torch.cuda.get_device_name()}
@@ -101,8 +102,7 @@ def main() -> None:
         show(families)
         del runtime
         torch.cuda.empty_cache()
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "profile_decode.json").write_text(json.dumps(report, indent=2))
+    write_result("profile_decode", report)
 
 
 if __name__ == "__main__":

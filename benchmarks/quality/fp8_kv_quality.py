@@ -4,30 +4,26 @@
 Reports the answers that came out identical, where the others first diverged, and, with the reference answer
 fed back token by token (teacher forcing), how often the next-token choice agrees and the mean KL divergence
 of the next-token distribution from the reference; the same for the whole model in fp32, as the floor that
-bf16's own rounding gives (a greedy answer of a small model flips at near-ties). A proxy for the 13B model (whose weights
-cannot be fetched here): different heads and outliers, same cache code.
+bf16's own rounding gives (a greedy answer of a small model flips at near-ties). A proxy for the 13B model
+(whose weights cannot be fetched here): different heads and outliers, same cache code.
 
-    python benchmarks/fp8_kv_quality.py [--new-tokens 48]     # ~6 min on 2 cores; JSON into $OUT when set
+    python -m benchmarks.quality.fp8_kv_quality [--new-tokens 48]     # ~6 min on 2 cores; JSON into $OUT when set
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from worker.model.demo_model import ensure_demo_model  # noqa: E402
-from worker.inference.llama_runtime import FP8, KVCache, LlamaRuntime, forward  # noqa: E402
-from worker.model.loader import load_model  # noqa: E402
-from worker.inference.prompt import Turn, make_template  # noqa: E402
-from worker.inference.sampling import GenerationParams, SamplingTensors  # noqa: E402
+from benchmarks.result_json import write_result
+from worker.inference.llama_runtime import FP8, KVCache, LlamaRuntime, forward
+from worker.inference.prompt import Turn, make_template
+from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.model.demo_model import ensure_demo_model
+from worker.model.loader import head_dim_of, load_model
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -52,7 +48,7 @@ def greedy_answer(loaded, prompt: list[int], new_tokens: int, kv_dtype) -> list[
 def teacher_forced_logits(loaded, ids: list[int], kv_dtype) -> torch.Tensor:
     """Logits at every position of ``ids``, fed one token at a time through the cache (as decoding does)."""
     config = loaded.model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = head_dim_of(config)
     cache = KVCache(config.num_hidden_layers, 1, config.num_key_value_heads, len(ids), head_dim, "cpu",
                     kv_dtype or loaded.dtype)
     tokens = torch.tensor([ids])
@@ -98,7 +94,7 @@ def compare(loaded, other_model, new_tokens: int, kv_dtype) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=48)
     args = parser.parse_args()
     loaded = load_model(ensure_demo_model(), device="cpu", dtype=torch.bfloat16)
@@ -109,8 +105,7 @@ def main() -> None:
     for name, model, kv_dtype in (("fp32_model_vs_bf16", in_fp32, None), ("fp8_e4m3_kv", loaded, FP8)):
         report[name] = compare(loaded, model, args.new_tokens, kv_dtype)
         print(name, json.dumps(report[name]), flush=True)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "fp8_kv_quality.json").write_text(json.dumps(report, indent=2))
+    write_result("fp8_kv_quality", report)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,17 @@
 
 Reports, for 1, 8 and 32 concurrent users (500-token prompts, 128 new tokens): total generated tokens/s,
 enqueue → picked-up time (queue overhead), enqueue → first token, and time in the poster; the same for 32 users
-with 64-token prompts (REFERENCE §5's speed-anchor workload, ``--anchor-prompt-tokens``); GPU memory; a warm
+with 64-token prompts (the speed-anchor workload, ``--anchor-prompt-tokens``); GPU memory; a warm
 restart's time to ready; and, in the same run, the eager transformers ``generate`` baseline for both prompt
 lengths. ``--shape demo`` runs small on the CPU.
 
-    python benchmarks/queue_e2e.py --redis-server /path/to/redis-server          # 13B shape on the GPU
+    python -m benchmarks.speed.queue_e2e --redis-server /path/to/redis-server          # 13B shape on the GPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -22,15 +21,13 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from redis import Redis
 
-from redis import Redis  # noqa: E402
-
-from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester  # noqa: E402
-from worker.queue.job_queue import job_queue  # noqa: E402
-from worker.serve import WorkerProcess  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+from benchmarks.result_json import ROOT, write_result
+from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
+from worker.queue.job_queue import job_queue
+from worker.serve import WorkerProcess
+from worker.settings import Settings
 
 
 class TimingPoster:
@@ -100,7 +97,8 @@ def run_users(queue, process, args, concurrency: int, prompt_tokens: int | None 
 
     def user(number: int) -> None:
         for round_ in range(args.rounds):
-            job = make_job(args.shape, prompt_tokens, args.new_tokens, number, f"c{concurrency}p{prompt_tokens}r{round_}")
+            job = make_job(args.shape, prompt_tokens, args.new_tokens, number,
+                           f"c{concurrency}p{prompt_tokens}r{round_}")
             queue.enqueue(job)
             wait_final(job)
             with lock:
@@ -146,7 +144,8 @@ def run_users(queue, process, args, concurrency: int, prompt_tokens: int | None 
     )
     row["prefill_groups"] = process.engine.stats.prefill_group_histogram  # prompts prefilled together -> times
     if later:
-        row.update(ttft_ms_p50_later_rounds=percentile(later, 50) * 1000, ttft_ms_p95_later_rounds=percentile(later, 95) * 1000)
+        row.update(ttft_ms_p50_later_rounds=percentile(later, 50) * 1000,
+                   ttft_ms_p95_later_rounds=percentile(later, 95) * 1000)
     return row
 
 
@@ -177,8 +176,8 @@ def hf_baseline(model: str, args, prompt_tokens: int) -> dict:
     """The seed's way, in the same run: plain transformers ``generate`` (eager) on the same checkpoint and
     prompt length, one question at a time: what every user count gets in total without the engine."""
     import torch
-    from gpu_inference import hf_generate
 
+    from benchmarks.speed.gpu_inference import hf_generate
     from worker.model.loader import load_model
 
     loaded = load_model(model)
@@ -193,14 +192,15 @@ def hf_baseline(model: str, args, prompt_tokens: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["xwin13b", "demo"], default="xwin13b")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3, help="questions each user asks, one after the other")
     parser.add_argument("--prompt-tokens", type=int, default=500)
     parser.add_argument("--anchor-prompt-tokens", type=int, default=64,
-                        help="also the most users with prompts this long: REFERENCE §5's speed-anchor workload (64-token "
-                             "prompts, 128 new tokens), which the issues' throughput bars compare with; 0: skip")
+                        help="also the most users with prompts this long: the speed-anchor workload (64-token prompts) "
+                             "(64-token prompts, 128 new tokens), which the issues' throughput bars compare with; "
+                             "0: skip")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--context", type=int, default=2048, help="KV cache tokens per conversation")
     parser.add_argument("--redis-server", default="redis-server")
@@ -218,7 +218,7 @@ def main() -> None:
 
         model = str(ensure_demo_model())
     else:
-        from synthetic_checkpoint import write_synthetic_checkpoint
+        from benchmarks.synthetic_checkpoint import write_synthetic_checkpoint
 
         model = str(write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt"))
     settings = worker_settings(args, model, port)
@@ -258,17 +258,17 @@ def main() -> None:
     print("baseline, transformers generate (eager, batch 1, one question after another):",
           json.dumps(report["hf_generate_eager"]), flush=True)
     if args.anchor_prompt_tokens:
-        report[f"hf_generate_eager_prompt{args.anchor_prompt_tokens}"] = base = hf_baseline(model, args, args.anchor_prompt_tokens)
+        base = hf_baseline(model, args, args.anchor_prompt_tokens)
+        report[f"hf_generate_eager_prompt{args.anchor_prompt_tokens}"] = base
         print(f"baseline with {args.anchor_prompt_tokens}-token prompts:", json.dumps(base), flush=True)
-    restart = subprocess.run([sys.executable, __file__, "--restart-only", "--model", model, "--shape", args.shape,
-                              "--context", str(args.context), "--redis-server", args.redis_server,
-                              "--concurrency", *map(str, args.concurrency)],
-                             capture_output=True, text=True)
+    restart = subprocess.run([sys.executable, "-m", "benchmarks.speed.queue_e2e", "--restart-only", "--model", model,
+                              "--shape", args.shape, "--context", str(args.context), "--redis-server",
+                              args.redis_server, "--concurrency", *map(str, args.concurrency)],
+                             capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in restart.stdout.splitlines() if line.startswith("{")]
     report["warm_restart_s"] = json.loads(lines[-1])["worker_start_s"] if lines else restart.stderr[-2000:]
     print("warm restart:", report["warm_restart_s"], flush=True)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "queue_e2e.json").write_text(json.dumps(report, indent=2))
+    write_result("queue_e2e", report)
     print(json.dumps(report, indent=1))
 
 

@@ -5,7 +5,7 @@ and a config that wins there can lose in the step. Here each candidate config
 of one layer shape replaces the current one, the decode step (40 layers, attention window 1,024, rows 900
 tokens in) is captured again and replayed; shape by shape, the fastest step keeps its config.
 
-    python benchmarks/tune_in_step.py [--batches 1 32 16] [--seconds 360] [--kernels gemv]
+    python -m benchmarks.kernels.tune_in_step [--batches 1 32 16] [--seconds 360] [--kernels gemv]
     # writes the table (all GPUs' entries kept) to $OUT/w4a16_configs.json, or worker/ with --write
 """
 
@@ -14,22 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from int4_kernels import SHAPES, replay_ms  # noqa: E402
-from synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint  # noqa: E402
-
-from worker.kernels import w4a16 as w4a16_kernels  # noqa: E402
-from worker.inference.llama_runtime import LlamaRuntime  # noqa: E402
-from worker.model.loader import load_model  # noqa: E402
+from benchmarks.kernels.int4_kernels import SHAPES, replay_ms
+from benchmarks.result_json import write_result
+from benchmarks.synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint
+from worker.inference.llama_runtime import LlamaRuntime
+from worker.kernels import w4a16 as w4a16_kernels
+from worker.model.loader import load_model
 
 WINDOW, POSITION = 1024, 900
 
@@ -99,7 +95,7 @@ def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 16])
     parser.add_argument("--seconds", type=float, default=360)
     parser.add_argument("--write", action="store_true", help="update worker/kernels/w4a16_configs.json itself")
@@ -118,8 +114,7 @@ def main() -> None:
         torch.cuda.empty_cache()
     target = w4a16_kernels.TUNED_CONFIGS if args.write else Path(os.environ.get("OUT", "."), "w4a16_configs.json")
     w4a16_kernels.write_tuned_configs(device_name, table, target)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "tune_in_step.json").write_text(json.dumps(report, indent=2))
+    write_result("tune_in_step", report)
     print(json.dumps(report))
 
 

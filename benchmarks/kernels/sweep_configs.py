@@ -2,9 +2,9 @@
 
 For each rows bucket and layer shape, every candidate (tile, warps, stages, K split) is checked against the
 current config's output and timed as a CUDA graph of calls cycling over layer copies past the L2 (as in
-``int4_kernels.py``); the fastest is kept. ``tune_in_step.py`` then confirms or refines inside the whole step.
+``int4_kernels``); the fastest is kept. ``tune_in_step`` then confirms or refines inside the whole step.
 
-    python benchmarks/sweep_configs.py --rows 1 32 [--seconds-per-shape 40] [--write]
+    python -m benchmarks.kernels.sweep_configs --rows 1 32 [--seconds-per-shape 40] [--write]
     # the table for this GPU into $OUT/w4a16_configs.json, or worker/kernels/w4a16_configs.json with --write
 """
 
@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, random_layer  # noqa: E402
-
-from worker.kernels import w4a16 as w4a16_kernels  # noqa: E402
-from worker.model.triton_linear import TritonInt4Linear  # noqa: E402
+from benchmarks.kernels.int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, random_layer
+from benchmarks.result_json import write_result
+from worker.kernels import w4a16 as w4a16_kernels
+from worker.model.triton_linear import TritonInt4Linear
 
 
 def candidates(rows: int, k: int, n: int, sms: int):
@@ -82,7 +77,7 @@ def sweep_shape(rows: int, k: int, n: int, device, seconds: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 32, 16])
     parser.add_argument("--seconds-per-shape", type=float, default=40)
     parser.add_argument("--write", action="store_true", help="update worker/kernels/w4a16_configs.json itself")
@@ -98,12 +93,12 @@ def main() -> None:
             print(f"{name} rows {rows}: {result['current_us']:.2f} -> {result['best_us']:.2f} us with {result['best']} "
                   f"({result['timed']} configs timed)", flush=True)
             torch.cuda.empty_cache()
-        step = {key: sum(report[f"{name}/{rows}"][f"{key}_us"] for name in SHAPES) * 40 / 1000 for key in ("current", "best")}
+        step = {key: sum(report[f"{name}/{rows}"][f"{key}_us"] for name in SHAPES) * 40 / 1000
+                for key in ("current", "best")}
         print(f"rows {rows}: matmul ms per 40-layer step {step['current']:.3f} -> {step['best']:.3f}", flush=True)
     target = w4a16_kernels.TUNED_CONFIGS if args.write else Path(os.environ.get("OUT", "."), "w4a16_configs.json")
     w4a16_kernels.write_tuned_configs(device_name, table, target)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "sweep_configs.json").write_text(json.dumps(report, indent=1))
+    write_result("sweep_configs", report, indent=1)
 
 
 if __name__ == "__main__":

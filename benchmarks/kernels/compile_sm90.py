@@ -5,23 +5,22 @@ assigned inside ``tl.static_range``, which the interpreter and Triton 3.9 took),
 machine's Triton version before spending device time:
 
     python3 -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0
-    PYTHONPATH=/tmp/t36/lib/python3.11/site-packages .venv/bin/python benchmarks/compile_sm90.py
+    PYTHONPATH=/tmp/t36/lib/python3.11/site-packages .venv/bin/python -m benchmarks.kernels.compile_sm90
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from worker.kernels import decode_attention as attention  # noqa: E402
-from worker.kernels import layer_kernels as layers  # noqa: E402
-from worker.kernels import w4a16  # noqa: E402
+from benchmarks.result_json import write_result
+from worker.kernels import decode_attention as attention
+from worker.kernels import layer_kernels as layers
+from worker.kernels import w4a16
 
 INT4 = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "out_ptr": "*fp32"}
 DOT = dict(INT4, M="i32", N="i32", stride_xm="i32", stride_w="i32", stride_s="i32", stride_z="i32",
@@ -41,12 +40,17 @@ SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", 
 ROW_NORM = dict(h_ptr="*bf16", part_ptr="*bf16", h_out_ptr="*bf16", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16",
                 width="i32", part_stride="i32", eps="fp32", SPLIT="constexpr", ORDERED="constexpr", BLOCK="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
-    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
-    (w4a16._gemv_kernel, GEMV, dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=False, ASM=True), 2, 1),
-    (w4a16._gemv_kernel, GEMV, dict(GROUP=256, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
-    (w4a16._gemv_kernel, GEMV, dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True), 4, 1),
+    (w4a16._gemv_kernel, GEMV,
+     dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
+    (w4a16._gemv_kernel, GEMV,
+     dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=False, ASM=True), 2, 1),
+    (w4a16._gemv_kernel, GEMV,
+     dict(GROUP=256, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
+    (w4a16._gemv_kernel, GEMV,
+     dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True), 4, 1),
     (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True), 8, 3),
-    (w4a16._swap_dot_kernel, dict(DOT, x_ptr="*fp16"), dict(GROUP=128, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPREAD=16, ASM=True), 4, 3),
+    (w4a16._swap_dot_kernel, dict(DOT, x_ptr="*fp16"),
+     dict(GROUP=128, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPREAD=16, ASM=True), 4, 3),
     (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=16, BLOCK_N=256, BLOCK_K=128, SPREAD=16, ASM=True), 2, 4),
     (w4a16._unpacked_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPREAD=16), 4, 3),
     (w4a16._sum_splits_kernel, dict(part_ptr="*fp32", out_ptr="*bf16", numel="i32", SPLIT="constexpr",
@@ -62,7 +66,8 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
                                    SPLIT="constexpr", BLOCK="constexpr"), dict(SPLIT=2, BLOCK=1024), 4, 3),
     (layers._add_rms_norm_row_kernel, ROW_NORM, dict(SPLIT=1, ORDERED=True, BLOCK=8192), 8, 3),
     (layers._add_rms_norm_row_kernel, ROW_NORM, dict(SPLIT=0, ORDERED=False, BLOCK=8192), 8, 3),
-    (layers._rotary_into_cache_kernel, ROTARY, dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=False), 1, 3),
+    (layers._rotary_into_cache_kernel, ROTARY,
+     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=False), 1, 3),
     (layers._rotary_into_cache_kernel, dict(ROTARY, part_ptr="*bf16"),
      dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=1, HEADS=8, FP8=False), 4, 3),
     (layers._rotary_into_cache_kernel, dict(ROTARY, k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv"),
@@ -88,15 +93,21 @@ def compile_for_sm90(kernel, signature: dict, constexprs: dict, warps: int, stag
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()
     print(f"triton {triton.__version__}, target sm_90")
-    failed = 0
+    results = []
     for kernel, signature, constexprs, warps, stages in KERNELS:
+        row = dict(kernel=kernel.fn.__name__, constexprs=constexprs, num_warps=warps, num_stages=stages, ok=True)
         try:
             compile_for_sm90(kernel, signature, constexprs, warps, stages)
             print(f"ok      {kernel.fn.__name__} {constexprs}")
         except Exception as err:  # the compiler's own message is what to read
-            failed += 1
-            print(f"FAILED  {kernel.fn.__name__} {constexprs}: {str(err).splitlines()[-1][:300]}")
+            row.update(ok=False, error=str(err).splitlines()[-1][:300])
+            print(f"FAILED  {kernel.fn.__name__} {constexprs}: {row['error']}")
+        results.append(row)
+    failed = sum(not row["ok"] for row in results)
+    write_result("compile_sm90", dict(target="sm_90", failed=failed, kernels=results))
     return 1 if failed else 0
 
 

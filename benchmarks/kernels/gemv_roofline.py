@@ -1,21 +1,20 @@
 """The one-row int4 kernel against the card's read bandwidth, shape by shape (13B layers, batch 1).
 
 For each Llama-13B layer shape: a plain read of the same bytes (packed words, scales, zeros) by a Triton
-kernel with 16-byte loads (the roof this kernel can reach), the configs in ``worker/kernels/w4a16_configs.json``, and a
-grid of tiles, warps and K splits, and the tuned config with each word's products summed in fp32 instead of bf16. Each time replays a CUDA graph of calls cycling through copies
+kernel with 16-byte loads (the roof this kernel can reach), the configs in
+``worker/kernels/w4a16_configs.json``, and a grid of tiles, warps and K splits, and the tuned config with each
+word's products summed in fp32 instead of bf16. Each time replays a CUDA graph of calls cycling through copies
 of the layer past the L2, as a decode step reads them; the split-K partial sums are left to the consumer, as
 in the step. Prints GB/s per shape, best configs last; ``--ncu`` runs only the tuned and best configs a few
 twice each (for ``ncu --kernel-name regex:gemv``).
 
-    python benchmarks/gemv_roofline.py [--seconds 240] [--ncu best.json]
+    python -m benchmarks.kernels.gemv_roofline [--seconds 240] [--ncu best.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -23,14 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import int4_kernels  # noqa: E402
-from int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, layer_bytes  # noqa: E402
-
-from worker.kernels import w4a16 as w4a16_kernels  # noqa: E402
-from worker.model.triton_linear import TritonInt4Linear  # noqa: E402
+from benchmarks.kernels import int4_kernels
+from benchmarks.kernels.int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, layer_bytes
+from benchmarks.result_json import write_result
+from worker.kernels import w4a16 as w4a16_kernels
+from worker.model.triton_linear import TritonInt4Linear
 
 
 @triton.jit
@@ -107,7 +103,8 @@ def sweep(seconds: float, device) -> dict:
             rows.append(dict(config=config, us=us, GBps=gb / us * 1e6))
         rows.sort(key=lambda r: r["us"])
         entry = dict(k=k, n=n, MB=gb * 1e3, read_roof_us=roof, read_roof_GBps=gb / roof * 1e6, tuned=tuned,
-                     tuned_us=tuned_us, tuned_GBps=gb / tuned_us * 1e6, fp32_words_us=fp32_us, timed=len(rows), best=rows[:8])
+                     tuned_us=tuned_us, tuned_GBps=gb / tuned_us * 1e6, fp32_words_us=fp32_us, timed=len(rows),
+                     best=rows[:8])
         report["shapes"][name] = entry
         print(f"{name}: {gb * 1e3:.1f} MB  roof {roof:.1f} us ({gb / roof * 1e6:.0f} GB/s)  tuned {tuned_us:.1f} us "
               f"({gb / tuned_us * 1e6:.0f} GB/s; fp32 words {gb / fp32_us * 1e6:.0f})  best of {len(rows)}: "
@@ -137,7 +134,7 @@ def ncu_target(best_file: Path, device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=240)
     parser.add_argument("--ncu", type=Path, help="a report of this script: run its configs for ncu")
     args = parser.parse_args()
@@ -146,8 +143,7 @@ def main() -> None:
         ncu_target(args.ncu, device)
         return
     report = sweep(args.seconds, device)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gemv_roofline.json").write_text(json.dumps(report, indent=1))
+    write_result("gemv_roofline", report, indent=1)
 
 
 if __name__ == "__main__":

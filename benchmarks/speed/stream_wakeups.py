@@ -7,22 +7,19 @@ producer that sleeps ``--step-ms`` per step (the GPU's time, GIL released) and t
 every stream, and prints the producer's time per step beyond the sleep: per-token reading (every piece wakes
 its reader) against ``AnswerStream.batches`` (readers take what came at most every 0.25 s, as job threads do).
 
-    python benchmarks/stream_wakeups.py [--readers 32] [--steps 300] [--step-ms 15]
+    python -m benchmarks.speed.stream_wakeups [--readers 32] [--steps 300] [--step-ms 15]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from worker.inference.engine import AnswerStream  # noqa: E402
-from worker.posters.base import StreamingReply  # noqa: E402
+from benchmarks.result_json import write_result
+from worker.inference.engine import AnswerStream
+from worker.posters.base import StreamingReply
 
 
 class NullPoster:
@@ -61,7 +58,7 @@ def run(readers: int, steps: int, step_s: float, batched: bool, interval: float 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--readers", type=int, default=32)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--step-ms", type=float, default=15.0)
@@ -72,6 +69,7 @@ def main() -> None:
         report[name] = run(args.readers, args.steps, args.step_ms / 1000, batched)
         print(f"{name}: {report[name]:.3f} ms of the engine's thread per step ({args.readers} readers)", flush=True)
     print(json.dumps(report))
+    write_result("stream_wakeups", dict(report, readers=args.readers, steps=args.steps, step_ms=args.step_ms))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ loader and reports: load time, GPU memory, time to first token for a 500-token p
 tokens/s with a 4k-token KV cache, and in the same run the seed-style baseline (plain HF ``generate``, eager).
 First it checks the int4 kernel path on this device against dequantized fp32 references.
 
-    python benchmarks/gpu_inference.py            # 13B shape on the GPU
-    python benchmarks/gpu_inference.py --shape tiny
+    python -m benchmarks.speed.gpu_inference            # 13B shape on the GPU
+    python -m benchmarks.speed.gpu_inference --shape tiny
 """
 
 from __future__ import annotations
@@ -15,22 +15,18 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from synthetic_checkpoint import TINY, XWIN_13B, write_synthetic_checkpoint  # noqa: E402
-
-from int4_kernels import check as check_kernels  # noqa: E402
-from worker.inference.llama_runtime import KVCache, LlamaRuntime, forward  # noqa: E402
-from worker.model.loader import load_model  # noqa: E402
-from worker.inference.sampling import GenerationParams, SamplingTensors  # noqa: E402
+from benchmarks.kernels.int4_kernels import check as check_kernels
+from benchmarks.result_json import write_result
+from benchmarks.synthetic_checkpoint import TINY, XWIN_13B, write_synthetic_checkpoint
+from worker.inference.llama_runtime import KVCache, LlamaRuntime, forward
+from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.model.loader import load_model, pick_device
 
 GIB = 1024**3
 KERNELS = ("triton", "tinygemm")
@@ -61,7 +57,7 @@ def attention_variant(loaded, args, prompt: list[int], kernel_tokens: list[int])
     timed_generation(runtime, prompt, 16)
     runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
     greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
-    tokens = list(runtime.generate(prompt[:100], 64, greedy, stop_ids=set()))
+    tokens = list(runtime.generate(prompt[:100], 64, greedy))
     same = sum(a == b for a, b in zip(tokens, kernel_tokens)) / len(kernel_tokens)
     return dict(decode_tok_s=statistics.median(r[1] for r in runs), greedy_tokens_matching_kernel=same)
 
@@ -71,7 +67,7 @@ def timed_generation(runtime: LlamaRuntime, prompt: list[int], new_tokens: int) 
     sampling = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
     sync()
     start = time.perf_counter()
-    tokens = runtime.generate(prompt, new_tokens, sampling, stop_ids=set())
+    tokens = runtime.generate(prompt, new_tokens, sampling)
     next(tokens)
     first = time.perf_counter()
     count = 1 + sum(1 for _ in tokens)
@@ -97,7 +93,7 @@ def hf_generate(model, prompt: list[int], new_tokens: int) -> tuple[float, float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["xwin13b", "tiny"], default="xwin13b")
     parser.add_argument("--dir", help="where to write the checkpoint (default: /dev/shm or a temp dir)")
     parser.add_argument("--prompt-tokens", type=int, default=500)
@@ -106,7 +102,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     report: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "shape": args.shape}
@@ -146,14 +142,15 @@ def main() -> None:
             row["kv_cache_gb"] = (torch.cuda.memory_allocated() - row["weights_gib"] * GIB) / 1e9
         runtime.warm_up()  # captures every attention window's decode graph, compiles the kernels
         if device.type == "cuda":  # what warm-up keeps: the graphs' memory pools, the rebuild scratch
-            row["kept_after_warmup_gb"] = (torch.cuda.memory_allocated() - row["weights_gib"] * GIB) / 1e9 - row["kv_cache_gb"]
+            kept = torch.cuda.memory_allocated() - row["weights_gib"] * GIB
+            row["kept_after_warmup_gb"] = kept / 1e9 - row["kv_cache_gb"]
         timed_generation(runtime, prompt, 16)
         row["warmup_s"] = time.perf_counter() - start
         runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
         long_prompt = torch.randint(3, vocab, (args.context - args.new_tokens - 300,)).tolist()
         long_ttft, long_decode = timed_generation(runtime, long_prompt, args.new_tokens)
         greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
-        tokens[name] = list(runtime.generate(prompt[:100], 64, greedy, stop_ids=set()))
+        tokens[name] = list(runtime.generate(prompt[:100], 64, greedy))
         row.update(
             ttft_ms=statistics.median(r[0] for r in runs) * 1000,
             decode_tok_s=statistics.median(r[1] for r in runs),
@@ -180,7 +177,8 @@ def main() -> None:
         ttft_ms=statistics.median(r[0] for r in runs) * 1000, decode_tok_s=statistics.median(r[1] for r in runs)
     )
     print("hf_generate_eager", json.dumps(report["hf_generate_eager"]))
-    report["speedup_vs_eager_hf"] = report["runtime_triton"]["decode_tok_s"] / report["hf_generate_eager"]["decode_tok_s"]
+    report["speedup_vs_eager_hf"] = (report["runtime_triton"]["decode_tok_s"]
+                                     / report["hf_generate_eager"]["decode_tok_s"])
 
     print("\n| metric | value |\n|---|---|")
     for key in ("device", "torch", "transformers", "kernel_check_max_rel_err", "tiny_model_logits_rel_err_triton",
@@ -191,8 +189,7 @@ def main() -> None:
     for name in ("runtime_triton", "runtime_tinygemm", "hf_generate_eager"):
         for key, value in report.get(name, {}).items():
             print(f"| {name}.{key} | {value:.2f} |")
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_inference.json").write_text(json.dumps(report, indent=2))
+    write_result("gpu_inference", report)
 
 
 if __name__ == "__main__":

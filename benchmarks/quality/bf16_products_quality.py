@@ -3,14 +3,15 @@ offline demo model (SmolLM2-135M-Instruct, 4-bit), with that arithmetic emulated
 
 The new kernel, for one activation row x (bf16) and each output column n, sums each word of 8 input channels
 (k = 8w .. 8w+7 in the packed order, all in one group g) in a bf16 accumulator:
-acc = bf16(acc + (code[k, n] - zero[g, n]) * x[k]) for the 8 channels in order (a fused multiply-add, one rounding), then out[n] = sum over words of acc_w * scale[g, n]
-in fp32. Emulated here as acc.float() + product in fp32 (the product of a small integer and a bf16 is exact
-there) rounded .to(bfloat16); first checked on a random layer against the same formula computed slowly in
-float64 word by word, and its error against the exact product printed (~3.5e-3, bf16 output rounding ~1.7e-3).
+acc = bf16(acc + (code[k, n] - zero[g, n]) * x[k]) for the 8 channels in order (a fused multiply-add, one
+rounding), then out[n] = sum over words of acc_w * scale[g, n] in fp32. Emulated here as acc.float() + product in
+fp32 (the product of a small integer and a bf16 is exact there) rounded .to(bfloat16); first checked on a random
+layer against the same formula computed slowly in float64 word by word, and its error against the exact product
+printed (~3.5e-3, bf16 output rounding ~1.7e-3).
 
 The reference is today's GPU arithmetic, emulated on the same weights: W = scale (fp16) * (code - zero), exact
 in fp32, sums in fp32, output rounded to bf16 (the CPU's own tinygemm path rounds scales and offsets to bf16,
-so it is not used). Compared with it, as in benchmarks/fp8_kv_quality.py (greedy answers identical, where
+so it is not used). Compared with it, as in benchmarks/quality/fp8_kv_quality.py (greedy answers identical, where
 they first diverge, teacher-forced next-token agreement and mean KL):
 - bf16_products: the new kernel's arithmetic on every one-row call (decode steps, greedy and teacher-forced);
   the prompts' multi-row prefill keeps the reference path, as it would on the GPU (prompts < 64 rows);
@@ -18,7 +19,7 @@ they first diverge, teacher-forced next-token agreement and mean KL):
 - bf16_weights: for scale, tinygemm-like arithmetic on every call: each W[n, k] rounded to bf16, fp32 sums.
 The demo model's groups are 64 channels (hidden 576 is no multiple of 128); a word never straddles a group.
 
-    python benchmarks/bf16_products_quality.py [--new-tokens 48]     # ~7 min on 2 cores; JSON into $OUT when set
+    python -m benchmarks.quality.bf16_products_quality [--new-tokens 48]   # ~7 min on 2 cores; JSON into $OUT when set
 """
 
 from __future__ import annotations
@@ -26,23 +27,19 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.fp8_kv_quality import QUESTIONS, agreement, greedy_answer, question_prompts  # noqa: E402
-from worker.model.gptq_layout import unpack_rows  # noqa: E402
-from worker.model.demo_model import ensure_demo_model  # noqa: E402
-from worker.model.triton_linear import TritonInt4Linear  # noqa: E402
-from worker.inference.llama_runtime import KVCache, forward  # noqa: E402
-from worker.kernels.w4a16 import input_order  # noqa: E402
-from worker.model.loader import load_model  # noqa: E402
+from benchmarks.quality.fp8_kv_quality import QUESTIONS, agreement, greedy_answer, question_prompts
+from benchmarks.result_json import write_result
+from worker.inference.llama_runtime import KVCache, forward
+from worker.kernels.w4a16 import code_position_inputs
+from worker.model.demo_model import ensure_demo_model
+from worker.model.gptq_layout import unpack_rows
+from worker.model.loader import head_dim_of, load_model
+from worker.model.triton_linear import TritonInt4Linear
 
 ARITHMETICS = ("fp32_sums", "bf16_products", "bf16_weights")
 
@@ -73,9 +70,9 @@ class EmulatedInt4Linear(nn.Module):
 
     @classmethod
     def of(cls, layer: TritonInt4Linear) -> EmulatedInt4Linear:
-        """Codes in the packed order (words as the kernel sums them); x gathered to match (``input_order``)."""
+        """Codes in the packed order (words as the kernel sums them); x gathered to match (``code_position_inputs``)."""
         codes = unpack_rows(layer.packed, 4).to(torch.uint8)
-        order = input_order(layer.in_features, layer.group_size, codes.device)
+        order = code_position_inputs(layer.in_features, layer.group_size, codes.device)
         perm = order if layer.perm is None else layer.perm[order]
         return cls(codes, layer.scales, layer.zeros, layer.group_size, perm, layer.bias)
 
@@ -185,7 +182,7 @@ def forced_logits(loaded, prompts: list[list[int]], answers: list[list[int]]) ->
     fp8_kv_quality.teacher_forced_logits (the prompt one token at a time: twice the steps here), the prompt is
     prefilled at once and the answer fed token by token."""
     config = loaded.model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = head_dim_of(config)
     result = []
     for prompt, answer in zip(prompts, answers):
         ids, start = torch.tensor([prompt + answer]), len(prompt)
@@ -208,7 +205,7 @@ def print_table(report: dict, names: list[str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=48)
     args = parser.parse_args()
     start = time.time()
@@ -235,8 +232,7 @@ def main() -> None:
         print(name, json.dumps(report[name]), f"({time.time() - start:.0f} s)", flush=True)
     report["seconds"] = round(time.time() - start)
     print_table(report, [name for name, _, _ in variants])
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "bf16_products_quality.json").write_text(json.dumps(report, indent=2))
+    write_result("bf16_products_quality", report)
 
 
 if __name__ == "__main__":

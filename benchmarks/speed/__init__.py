@@ -1,0 +1,1 @@
+"""How fast is the whole worker, batch 1 and under load, and where does its time go?"""
