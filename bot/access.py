@@ -31,6 +31,7 @@ class Allowlist:
             return REFUSAL.format(what="on this server", it="it")
         if self.channels and not self.channels.intersection(_ids(channel_ids)):
             return REFUSAL.format(what="in this channel", it="it")
-        if (self.users or self.roles) and str(user_id) not in self.users and not self.roles.intersection(_ids(role_ids)):
+        if ((self.users or self.roles) and str(user_id) not in self.users
+                and not self.roles.intersection(_ids(role_ids))):
             return REFUSAL.format(what="your questions", it="you")
         return None

@@ -12,13 +12,15 @@ from collections.abc import Iterator, Sequence
 
 from redis import Redis
 
-from worker.queue.job import Job, JobTurn, ReplyTarget, Requester, job_id_for
-from worker.posters.console import reply_stream_key
+from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import JobQueue
+from worker.queue.keys import RedisKeys
+from worker.queue.redis_connection import as_text
 
 
-def console_job(turns: Sequence[tuple[str, str]]) -> Job:
-    job_id = job_id_for("console", uuid.uuid4().hex)
+def console_job(turns: Sequence[tuple[str, str]], keys: RedisKeys | None = None) -> Job:
+    """A console question; its id carries the namespace of ``keys`` (None: the default deployment's)."""
+    job_id = (keys or RedisKeys()).job_id("console", uuid.uuid4().hex)
     return Job(
         job_id=job_id,
         turns=[JobTurn(role=role, text=text) for role, text in turns],
@@ -27,15 +29,16 @@ def console_job(turns: Sequence[tuple[str, str]]) -> Job:
     )
 
 
-def ask(redis: Redis, queue: JobQueue, turns: Sequence[tuple[str, str]], timeout_s: float = 600) -> Iterator[tuple[str, str]]:
+def ask(redis: Redis, queue: JobQueue, turns: Sequence[tuple[str, str]],
+        timeout_s: float = 600) -> Iterator[tuple[str, str]]:
     """Enqueue the conversation; yield ("queued", position), then ("text", new text) pieces, or ("error", why)."""
-    job = console_job(turns)
+    job = console_job(turns, queue.keys)
     enqueued = queue.enqueue(job)
     yield "queued", str(enqueued.position)
     if queue.workers() == 0:
         yield "note", "no worker is running yet: the question waits in the queue until `xwinbot up` starts one"
     shown = ""
-    for kind, text in read_reply(redis, job.job_id, timeout_s):
+    for kind, text in read_reply(redis, queue.keys, job.job_id, timeout_s):
         if kind == "restart":
             yield "restart", ""
             shown = ""
@@ -49,15 +52,17 @@ def ask(redis: Redis, queue: JobQueue, turns: Sequence[tuple[str, str]], timeout
             yield "error", text
 
 
-def read_reply(redis: Redis, job_id: str, timeout_s: float = 600) -> Iterator[tuple[str, str]]:
-    """(kind, text) entries of one job's reply stream, until its final answer or error."""
-    key, last_id = reply_stream_key(job_id), "0"
+def read_reply(redis: Redis, keys: RedisKeys, job_id: str, timeout_s: float = 600) -> Iterator[tuple[str, str]]:
+    """(kind, text) entries of one job's reply stream (in the namespace of ``keys``), until its final answer or
+    error."""
+    key, last_id = keys.reply_stream(job_id), "0"
     while True:
         batch = redis.xread({key: last_id}, block=int(timeout_s * 1000), count=100)
         if not batch:
             raise TimeoutError(f"no reply for job {job_id} within {timeout_s:.0f} s")
-        for last_id, fields in batch[0][1]:
-            kind, text = fields[b"kind"].decode(), fields[b"text"].decode()
+        for entry_id, fields in batch[0][1]:
+            last_id = entry_id  # the next read starts after the last entry seen
+            kind, text = as_text(fields[b"kind"]), as_text(fields[b"text"])
             yield kind, text
             if kind in ("final", "error"):
                 return

@@ -16,6 +16,10 @@ from worker.queue.job import MAX_TEXT_CHARS, MAX_TURNS, JobTurn
 # C0/C1 control characters other than tab, newline and carriage return: they mean nothing in a chat message,
 # and NUL is not allowed in a job at all.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Replies both adapters give: to a message that mentions the bot and asks nothing, and to someone who tries to
+# stop another person's answer.
+EMPTY_QUESTION = "Ask me something after the mention, e.g. “@me what does HTTP 429 mean?”"
+ONLY_ASKER_CAN_STOP = "Only the person who asked can stop this answer."
 
 
 def clean_text(text: str) -> str:
@@ -48,7 +52,8 @@ def build_turns(messages: Iterable[tuple[str, str]]) -> list[JobTurn]:
     turns = turns[-MAX_TURNS:]
     if turns and turns[0][0] != "user":
         turns.pop(0)
-    return [JobTurn(role=role, text=_bounded(text, keep_end=i < len(turns) - 1)) for i, (role, text) in enumerate(turns)]
+    return [JobTurn(role=role, text=_bounded(text, keep_end=i < len(turns) - 1))
+            for i, (role, text) in enumerate(turns)]
 
 
 def _bounded(text: str, keep_end: bool) -> str:

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from worker.errors import CheckpointError, PromptTooLong
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``settings`` with the options given on the command line in place of theirs (validated like the rest)."""
     overrides = {
         "model": getattr(args, "model", None),
         "model_revision": getattr(args, "revision", None),
@@ -63,14 +68,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "temperature": getattr(args, "temperature", None),
         "max_new_tokens": getattr(args, "max_new_tokens", None),
     }
-    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return Settings.model_validate({**settings.model_dump(), **given}) if given else settings
 
 
-def run_generate(args: argparse.Namespace) -> int:
+def run_generate(args: argparse.Namespace, settings: Settings) -> int:
     from worker.inference.model_setup import load_generator
     from worker.inference.prompt import Turn
 
-    generator = load_generator(settings_from_args(args))
+    generator = load_generator(settings_from_args(args, settings))
     for piece in generator.stream([Turn("user", args.question)]):
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -78,14 +84,22 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def client_redis(settings: Settings) -> Redis:
+    """Redis for a one-shot command: probed first, so a Redis that is down is one line at once, not a wait of
+    XWINBOT_REDIS_RETRY_S (the client then rides out a restart like every other process's)."""
+    from worker.ops.preflight import check
+    from worker.queue.redis_connection import redis_from_settings
+
+    check(settings, "client")
+    return redis_from_settings(settings)
+
+
 def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None:
     """Ask through the queue, print the answer as it streams; the answer, or None when there is none."""
-    from redis import Redis
-
     from bot.console import ask
     from worker.queue.job_queue import job_queue
 
-    redis = Redis.from_url(settings.redis_url)
+    redis = client_redis(settings)
     answer = ""
     for kind, text in ask(redis, job_queue(settings, redis), turns):
         if kind == "queued" and text != "1":
@@ -106,35 +120,29 @@ def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None
     return answer
 
 
-def run_status(args: argparse.Namespace) -> int:
-    from redis import Redis
-
-    from worker.queue.job_queue import job_queue
+def run_status(args: argparse.Namespace, settings: Settings) -> int:
     from worker.ops.status import read_status, render
+    from worker.queue.job_queue import job_queue
 
-    settings = Settings()
-    print(render(read_status(job_queue(settings, Redis.from_url(settings.redis_url))), settings.redis_url))
+    print(render(read_status(job_queue(settings, client_redis(settings))), settings.redis_url))
     return 0
 
 
-def run_requeue_failed(args: argparse.Namespace) -> int:
-    from redis import Redis
-
-    from worker.queue.job_queue import job_queue
+def run_requeue_failed(args: argparse.Namespace, settings: Settings) -> int:
     from worker.ops.status import requeue_failed
+    from worker.queue.job_queue import job_queue
 
-    settings = Settings()
-    done = requeue_failed(job_queue(settings, Redis.from_url(settings.redis_url)), args.job_ids)
+    done = requeue_failed(job_queue(settings, client_redis(settings)), args.job_ids)
     print(f"requeued {len(done)} job{'s' if len(done) != 1 else ''}" + (": " + ", ".join(done) if done else ""))
     return 0
 
 
-def run_ask(args: argparse.Namespace) -> int:
-    return 0 if print_answer(Settings(), [("user", args.question)]) is not None else 1
+def run_ask(args: argparse.Namespace, settings: Settings) -> int:
+    return 0 if print_answer(settings, [("user", args.question)]) is not None else 1
 
 
-def run_chat(args: argparse.Namespace) -> int:
-    settings, turns = Settings(), []
+def run_chat(args: argparse.Namespace, settings: Settings) -> int:
+    turns = []
     print("xwinbot chat — an empty line or Ctrl-D ends it")
     while True:
         try:
@@ -151,52 +159,48 @@ def run_chat(args: argparse.Namespace) -> int:
             turns.append(("assistant", answer))
 
 
-def run_up(args: argparse.Namespace) -> int:
-    from worker.ops.preflight import check
+def run_up(args: argparse.Namespace, settings: Settings) -> int:
     from bot.launch import start_adapters
+    from worker.ops.preflight import check
     from worker.up import up
 
-    settings = Settings()
     check(settings, "up", redis_must_answer=False)  # `up` starts a local Redis when none answers
     return up(settings, start_adapters)
 
 
-def run_worker(args: argparse.Namespace) -> int:
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.ops.preflight import check
     from worker.serve import WorkerProcess, run_until_stopped
 
-    settings = Settings()
     check(settings, "worker")
     run_until_stopped(WorkerProcess(settings))
     return 0
 
 
-def run_slack(args: argparse.Namespace) -> int:
+def run_slack(args: argparse.Namespace, settings: Settings) -> int:
     from bot.slack.app import run
     from worker.ops.preflight import check
 
-    settings = Settings()
     check(settings, "slack")
     run(settings)
     return 0
 
 
-def run_discord(args: argparse.Namespace) -> int:
+def run_discord(args: argparse.Namespace, settings: Settings) -> int:
     from bot.discord.client import run
     from worker.ops.preflight import check
 
-    settings = Settings()
     check(settings, "discord")
     run(settings)
     return 0
 
 
-def run_discord_invite(args: argparse.Namespace) -> int:
+def run_discord_invite(args: argparse.Namespace, settings: Settings) -> int:
     from bot.discord.client import application_id_from_token, invite_url
 
     application_id = args.application_id
     if application_id is None:
-        token = Settings().discord_token
+        token = settings.discord_token
         if token is None:
             raise ValueError("give --application-id, or set XWINBOT_DISCORD_TOKEN to read it from the token")
         application_id = application_id_from_token(token.get_secret_value())
@@ -204,7 +208,7 @@ def run_discord_invite(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo_model(args: argparse.Namespace) -> int:
+def run_demo_model(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
     from worker.model.demo_model import build_demo_model
@@ -214,8 +218,8 @@ def run_demo_model(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"up": run_up, "worker": run_worker, "ask": run_ask, "chat": run_chat, "generate": run_generate,
-            "slack": run_slack, "discord": run_discord, "status": run_status, "requeue-failed": run_requeue_failed, "discord-invite": run_discord_invite,
-            "demo-model": run_demo_model}
+            "slack": run_slack, "discord": run_discord, "status": run_status, "requeue-failed": run_requeue_failed,
+            "discord-invite": run_discord_invite, "demo-model": run_demo_model}
 
 
 SERVICES = {"up", "worker", "slack", "discord"}
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     from worker.queue.job_queue import Busy
 
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args, settings)
     except Busy as err:
         print(f"xwinbot: {err.message}", file=sys.stderr)
         return 1

@@ -14,8 +14,11 @@ import logging
 import re
 import sys
 
+from worker.settings import DEFAULT_LOG_FORMAT, DEFAULT_LOG_LEVEL
+
 _job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("xwinbot_job_id", default=None)
-TOKEN_LIKE = re.compile(r"(xox[abprs]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|[MNO][A-Za-z\d_-]{23,25}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,})")
+TOKEN_LIKE = re.compile(r"(xox[abprs]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+"
+                        r"|[MNO][A-Za-z\d_-]{23,25}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,})")
 
 
 @contextlib.contextmanager
@@ -46,7 +49,7 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "text", stream=None) -> None:
+def setup_logging(level: str = DEFAULT_LOG_LEVEL, fmt: str = DEFAULT_LOG_FORMAT, stream=None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_JobAndSecrets())
     if fmt == "json":

@@ -14,11 +14,12 @@ from redis import Redis
 
 from worker.ops import metrics
 from worker.ops.health_server import HealthServer, start_health_server
+from worker.ops.status import forget_worker_info, publish_worker_info
+from worker.posters.position_notices import PositionAnnouncer
 from worker.posters.registry import posters_from_settings
 from worker.queue.job_queue import job_queue
-from worker.posters.position_notices import PositionAnnouncer
+from worker.queue.keys import RedisKeys
 from worker.queue.redis_connection import redis_from_settings
-from worker.ops.status import forget_worker_info, publish_worker_info
 from worker.queue.rq_workers import ThreadedWorkers
 from worker.settings import XWIN_MODEL, Settings
 from worker.tasks import WorkerContext, set_context
@@ -26,7 +27,8 @@ from worker.tasks import WorkerContext, set_context
 log = logging.getLogger(__name__)
 
 
-# H200, 32 users: +3-4% tokens/s over CPython's 5 ms in two runs each, about their noise (benchmarks/NOTES.md row 41)
+# Shorter waits for the GIL after the engine's CUDA calls: a gain at 32 users about the size of the runs' noise
+# (benchmarks/NOTES.md row 41)
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -81,8 +83,9 @@ class WorkerProcess:
         )
         self.workers.start()
         health = self.health()
-        publish_worker_info(self.redis, self.workers.name_prefix, model=health["model"], device=health["device"],
-                            max_batch=self.settings.max_batch, context_tokens=self.engine.generator.context_tokens)
+        publish_worker_info(self.redis, context.queue.keys, self.workers.name_prefix, model=health["model"],
+                            device=health["device"], max_batch=self.settings.max_batch,
+                            context_tokens=self.engine.generator.context_tokens)
         log.info("worker ready: %d job threads on queue %r", self.settings.max_batch + 2, self.settings.queue_name)
 
     def stop(self) -> None:
@@ -91,7 +94,7 @@ class WorkerProcess:
             self.announcer.stop()
         if self.workers:
             self.workers.stop()
-            forget_worker_info(self.redis, self.workers.name_prefix)
+            forget_worker_info(self.redis, RedisKeys.for_settings(self.settings), self.workers.name_prefix)
         if self.engine:
             self.engine.stop()
         set_context(None)

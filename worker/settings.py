@@ -9,6 +9,26 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 XWIN_MODEL = "TheBloke/Xwin-LM-13B-V0.1-GPTQ"
 
+# Defaults that code outside ``Settings`` also starts from (a class's own default, a function's keyword): named
+# once here, used by the fields below and imported there.
+DEFAULT_TEMPERATURE = 0.01  # the seed article's sampling settings: temperature, top_p, top_k, answer length
+DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = 40
+DEFAULT_MAX_NEW_TOKENS = 512
+DEFAULT_MAX_BATCH = 8
+DEFAULT_QUEUE_NAME = "xwinbot"  # also the prefix of every Redis key (worker.queue.keys)
+DEFAULT_PER_USER_JOBS = 3
+DEFAULT_QUEUED_JOBS = 200
+DEFAULT_UPDATE_INTERVAL_S = 1.0
+DEFAULT_POSITION_INTERVAL_S = 3.0
+DEFAULT_DELIVERY_RETRY_S = 180.0
+DEFAULT_LOG_FORMAT = "text"
+DEFAULT_LOG_LEVEL = "INFO"
+SLACK_API_URL = "https://slack.com/api/"
+DEFAULT_SLACK_FOLLOWUPS = "any"
+DISCORD_API_URL = "https://discord.com/api/v10"
+DEFAULT_HISTORY_MESSAGES = 100  # Slack's and Discord's alike
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="XWINBOT_", env_file=".env", extra="ignore", protected_namespaces=())
@@ -18,7 +38,9 @@ class Settings(BaseSettings):
         "GPU, the offline demo model (SmolLM2-135M, built locally) on CPU.",
     )
     model_revision: str = Field("main", description="Hub branch or commit, e.g. gptq-4bit-32g-actorder_True.")
-    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: the GPU when one is visible, else the CPU.")
+    device: Literal["auto", "cuda", "cpu"] = Field(
+        "auto", description="auto: the GPU when one is visible, else the CPU."
+    )
     template: Literal["auto", "vicuna", "alpaca", "chat"] = Field(
         "auto", description="auto: the tokenizer's chat template if it has one, else Vicuna (Xwin's format)."
     )
@@ -39,69 +61,122 @@ class Settings(BaseSettings):
         "conversation length in the same budget), slightly less exact attention.",
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the job queue; `xwinbot up` starts a local one (AOF on) if none answers here.")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis for the job queue; `xwinbot up` starts a local one (AOF on) if none answers here.",
+    )
     redis_retry_s: float = Field(
         30.0, ge=0, description="How long a Redis command waits out a Redis outage (restart, failover) before it "
         "fails; answers and questions in progress pause meanwhile. 0: fail at once.",
     )
-    queue_name: str = Field("xwinbot", description="RQ queue name shared by adapters and workers.")
-    data_dir: str = Field("~/.local/share/xwinbot", description="Where `xwinbot up` keeps a local Redis's append-only file.")
-    max_batch: int = Field(8, ge=1, le=64, description="Answers generated together (continuous batching slots) per worker.")
-    per_user_jobs: int = Field(3, ge=1, description="Questions one person may have queued or running at once.")
-    queued_jobs: int = Field(200, ge=1, description="Questions the queue holds before answering 'busy'.")
-    heartbeat_s: int = Field(5, ge=1, description="Worker heartbeat; a worker silent for 3 beats is dead and its answers restart elsewhere.")
-    maintenance_interval_s: int = Field(10, ge=1, description="How often each worker re-queues answers abandoned by dead workers.")
-    update_interval_s: float = Field(1.0, gt=0, description="Least time between streamed edits of a reply.")
-    position_interval_s: float = Field(3.0, gt=0, description="How often queued questions' placeholders get their new queue position.")
-    delivery_retry_s: float = Field(
-        180.0, ge=0, description="How long an answer is retried while the chat platform is down (5xx, 429, no "
-        "connection), with backoff up to 10 s; after it the job fails with the reason.",
+    queue_name: str = Field(
+        DEFAULT_QUEUE_NAME, description="Names this deployment: the RQ queue its adapters and workers share AND the "
+        "prefix of every Redis key it writes, so deployments with different names can share one Redis.",
     )
-    temperature: float = Field(0.01, ge=0.0, le=5.0, description="Sampling temperature (0: greedy); the seed article's 0.01.")
-    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling: keep the likeliest tokens up to this total probability.")
-    top_k: int = Field(40, ge=0, description="Keep only the k likeliest tokens (0: off).")
-    max_new_tokens: int = Field(512, ge=1, description="Longest answer, in tokens.")
+    data_dir: str = Field(
+        "~/.local/share/xwinbot", description="Where `xwinbot up` keeps a local Redis's append-only file."
+    )
+    max_batch: int = Field(
+        DEFAULT_MAX_BATCH, ge=1, le=64, description="Answers generated together (continuous batching slots) per worker."
+    )
+    per_user_jobs: int = Field(
+        DEFAULT_PER_USER_JOBS, ge=1, description="Questions one person may have queued or running at once."
+    )
+    queued_jobs: int = Field(
+        DEFAULT_QUEUED_JOBS, ge=1, description="Questions the queue holds before answering 'busy'."
+    )
+    heartbeat_s: int = Field(
+        5, ge=1, description="Worker heartbeat; a worker silent for 3 beats is dead and its answers restart elsewhere."
+    )
+    maintenance_interval_s: int = Field(
+        10, ge=1, description="How often each worker re-queues answers abandoned by dead workers."
+    )
+    update_interval_s: float = Field(
+        DEFAULT_UPDATE_INTERVAL_S, gt=0, description="Least time between streamed edits of a reply."
+    )
+    position_interval_s: float = Field(
+        DEFAULT_POSITION_INTERVAL_S, gt=0,
+        description="How often queued questions' placeholders get their new queue position.",
+    )
+    delivery_retry_s: float = Field(
+        DEFAULT_DELIVERY_RETRY_S, ge=0, description="How long an answer is retried while the chat platform is down "
+        "(5xx, 429, no connection), with backoff up to 10 s; after it the job fails with the reason.",
+    )
+    temperature: float = Field(
+        DEFAULT_TEMPERATURE, ge=0.0, le=5.0, description="Sampling temperature (0: greedy); the seed article's 0.01."
+    )
+    top_p: float = Field(
+        DEFAULT_TOP_P, gt=0.0, le=1.0,
+        description="Nucleus sampling: keep the likeliest tokens up to this total probability.",
+    )
+    top_k: int = Field(DEFAULT_TOP_K, ge=0, description="Keep only the k likeliest tokens (0: off).")
+    max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="Longest answer, in tokens.")
 
     # Operating (see README "Operating").
     metrics_port: int = Field(9400, ge=0, le=65535, description="This process's /metrics and /healthz port; 0: off.")
     metrics_host: str = Field("0.0.0.0", description="Interface the metrics/health endpoint listens on.")
-    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line (with job ids).")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Least severe log level shown.")
+    log_format: Literal["text", "json"] = Field(
+        DEFAULT_LOG_FORMAT, description="json: one JSON object per log line (with job ids)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        DEFAULT_LOG_LEVEL, description="Least severe log level shown."
+    )
 
     # Slack (see README "Slack"). Secrets are SecretStr: they never show in logs or reprs.
-    slack_bot_token: SecretStr | None = Field(None, description="Bot token (xoxb-…); the Slack adapter and poster need it.")
-    slack_app_token: SecretStr | None = Field(None, description="App-level token (xapp-…, connections:write) for Socket Mode.")
-    slack_signing_secret: SecretStr | None = Field(None, description="Signing secret; HTTP mode verifies every request with it.")
-    slack_mode: Literal["socket", "http"] = Field("socket", description="socket: no public URL needed; http: Slack posts to /slack/events.")
+    slack_bot_token: SecretStr | None = Field(
+        None, description="Bot token (xoxb-…); the Slack adapter and poster need it."
+    )
+    slack_app_token: SecretStr | None = Field(
+        None, description="App-level token (xapp-…, connections:write) for Socket Mode."
+    )
+    slack_signing_secret: SecretStr | None = Field(
+        None, description="Signing secret; HTTP mode verifies every request with it."
+    )
+    slack_mode: Literal["socket", "http"] = Field(
+        "socket", description="socket: no public URL needed; http: Slack posts to /slack/events."
+    )
     slack_http_port: int = Field(3000, ge=1, le=65535, description="Port of the HTTP-mode endpoint.")
-    slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL (tests point it at a fake).")
+    slack_api_url: str = Field(SLACK_API_URL, description="Slack Web API base URL (tests point it at a fake).")
     slack_allowed_channels: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Channel ids the bot answers in, comma-separated; empty: every channel it is in."
+        default_factory=list,
+        description="Channel ids the bot answers in, comma-separated; empty: every channel it is in.",
     )
     slack_allowed_users: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="User ids the bot answers, comma-separated; empty: everyone."
     )
     slack_followups: Literal["any", "mention"] = Field(
-        "any", description="In a thread the bot answered: any: every message continues the conversation; mention: "
-        "only messages that mention the bot.",
+        DEFAULT_SLACK_FOLLOWUPS, description="In a thread the bot answered: any: every message continues the "
+        "conversation; mention: only messages that mention the bot.",
     )
-    slack_history_messages: int = Field(100, ge=1, le=1000, description="Most thread/DM messages read as context.")
+    slack_history_messages: int = Field(
+        DEFAULT_HISTORY_MESSAGES, ge=1, le=1000, description="Most thread/DM messages read as context."
+    )
 
     # Discord (see README "Discord").
     discord_token: SecretStr | None = Field(None, description="Bot token; the Discord adapter and poster need it.")
-    discord_api_url: str = Field("https://discord.com/api/v10", description="Discord REST base URL (tests point it at a fake).")
+    discord_api_url: str = Field(DISCORD_API_URL, description="Discord REST base URL (tests point it at a fake).")
     discord_dev_guild_id: int | None = Field(
         None, description="Sync /ask to this server only (instant, for development); unset: global commands."
     )
-    discord_allowed_guilds: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Server ids, comma-separated; empty: all.")
-    discord_allowed_channels: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Channel ids (their threads too), comma-separated; empty: all.")
-    discord_allowed_roles: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Role ids admitted (besides allowed users); empty with no users: everyone.")
-    discord_allowed_users: Annotated[list[str], NoDecode] = Field(default_factory=list, description="User ids admitted (besides allowed roles).")
+    discord_allowed_guilds: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Server ids, comma-separated; empty: all."
+    )
+    discord_allowed_channels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Channel ids (their threads too), comma-separated; empty: all."
+    )
+    discord_allowed_roles: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Role ids admitted (besides allowed users); empty with no users: everyone."
+    )
+    discord_allowed_users: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="User ids admitted (besides allowed roles)."
+    )
     discord_message_content: bool = Field(
         False, description="Use the privileged Message Content intent (enable it in the Developer Portal too): then "
         "any message in a bot thread continues it; without it only messages that mention the bot do.",
     )
-    discord_history_messages: int = Field(100, ge=1, le=1000, description="Most thread/DM messages read as context.")
+    discord_history_messages: int = Field(
+        DEFAULT_HISTORY_MESSAGES, ge=1, le=1000, description="Most thread/DM messages read as context."
+    )
 
     @field_validator("slack_allowed_channels", "slack_allowed_users", "discord_allowed_guilds",
                      "discord_allowed_channels", "discord_allowed_roles", "discord_allowed_users", mode="before")

@@ -11,22 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from worker.ops import metrics
 from worker.errors import PromptTooLong
-from worker.queue.job import Job, JobRejected, ReplyTarget
-from worker.logs import job_context
-from worker.posters.base import DEFAULT_RETRY_WINDOW_S, DeliveryFailed, Poster, StreamingReply, deliver
-from worker.queue.job_queue import JobQueue
-from worker.queue.positions import mark_started
 from worker.inference.prompt import Turn
 from worker.inference.sampling import GenerationParams
+from worker.logs import job_context
+from worker.ops import metrics
+from worker.posters.base import DeliveryFailed, Poster, StreamingReply, deliver
+from worker.queue.job import Job, JobRejected, ReplyTarget
+from worker.queue.job_queue import JobQueue
+from worker.queue.positions import mark_started
+from worker.settings import DEFAULT_DELIVERY_RETRY_S, DEFAULT_UPDATE_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class WorkerContext:
     redis: Redis
     posters: dict[str, Callable[[], Poster]]
     defaults: GenerationParams = field(default_factory=GenerationParams)
-    update_interval_s: float = 1.0
-    delivery_retry_s: float = DEFAULT_RETRY_WINDOW_S
+    update_interval_s: float = DEFAULT_UPDATE_INTERVAL_S
+    delivery_retry_s: float = DEFAULT_DELIVERY_RETRY_S
 
     def deliver(self, call: Callable[[], None], what: str) -> None:
         """One poster call, retried while the platform is down for up to the delivery retry window."""
@@ -97,11 +98,12 @@ def will_be_retried() -> bool:
 
 
 def answer(context: WorkerContext, job: Job) -> dict:
-    delivered_key = f"xwinbot:delivered:{job.job_id}"
+    keys = context.queue.keys
+    delivered_key = keys.delivered(job.job_id)
     if context.redis.exists(delivered_key):
         return {"status": "already-delivered"}  # a retry after a crash between posting and finishing
     poster = context.poster_for(job.reply_to.platform)
-    if not mark_started(context.redis, job.job_id, DELIVERED_TTL_S):
+    if not mark_started(context.redis, keys, job.job_id, DELIVERED_TTL_S):
         restart = getattr(poster, "restart", None)  # a crashed worker began this answer: start it over
         if restart:
             context.deliver(lambda: restart(job), what="restart notice")

@@ -16,7 +16,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.conversation import build_turns, clean_text, is_blank
+from bot.conversation import EMPTY_QUESTION, build_turns, clean_text, is_blank
 from bot.discord.history import conversation, plain_text, recent_messages
 from bot.discord.questions import DiscordQuestions
 from worker.queue.job import GenerationOverrides, JobTurn, Requester
@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 SHOWN_QUESTION_CHARS = 1800
 THREAD_NAME_CHARS = 90
-EMPTY_QUESTION = "Ask me something after the mention, e.g. “@me what does HTTP 429 mean?”"
+
+
+def could_not_take(err: Exception) -> str:
+    """What the person is told when their question failed before it reached the queue."""
+    return f"⚠️ Sorry, I couldn't take this question ({type(err).__name__}). Please try again in a minute."
 
 
 def thread_name(question: str) -> str:
@@ -47,7 +51,7 @@ class AskCog(commands.Cog):
                            temperature="Randomness, 0 (focused) to 2 (creative); default: the server's setting")
     async def ask(self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 6000],
                   private: bool = False, temperature: app_commands.Range[float, 0.0, 2.0] | None = None) -> None:
-        if refusal := self.questions.refusal(interaction.user, interaction.channel, interaction.guild_id):
+        if refusal := self.questions.count_and_check(interaction.user, interaction.channel, interaction.guild_id):
             await interaction.response.send_message(refusal, ephemeral=True)
             return
         prompt = clean_text(prompt if isinstance(prompt, str) else str(prompt))
@@ -60,7 +64,7 @@ class AskCog(commands.Cog):
                 return
             overrides = GenerationOverrides(temperature=temperature)
             turns = build_turns([("user", prompt)])
-            job_id = f"discord-ask-{interaction.id}"
+            job_id = self.questions.job_id(f"ask-{interaction.id}")
             if private:
                 place = await self.questions.interaction_placeholder(interaction)
                 await self.questions.submit(job_id, turns, requester_of(interaction.user), place, None, overrides)
@@ -73,8 +77,7 @@ class AskCog(commands.Cog):
             await self.questions.submit(job_id, turns, requester_of(interaction.user), place, thread_id, overrides)
         except Exception as err:
             log.exception("/ask failed")
-            await interaction.followup.send(f"⚠️ Sorry, I couldn't take this question ({type(err).__name__}). "
-                                            "Please try again in a minute.", ephemeral=True)
+            await interaction.followup.send(could_not_take(err), ephemeral=True)
 
     async def _thread_for(self, message: discord.Message, question: str) -> discord.abc.Messageable:
         """A new thread from ``message`` in a text channel; the same thread/DM where threads cannot start."""
@@ -109,9 +112,10 @@ class AskCog(commands.Cog):
             await message.reply(EMPTY_QUESTION)
             return
         thread = await message.create_thread(name=thread_name(text))
-        job_id = f"discord-msg-{message.id}"
+        job_id = self.questions.job_id(f"msg-{message.id}")
         place = await self.questions.post_placeholder(thread, job_id)
-        await self.questions.submit(job_id, build_turns([("user", text)]), requester_of(message.author), place, thread.id)
+        await self.questions.submit(job_id, build_turns([("user", text)]), requester_of(message.author), place,
+                                    thread.id)
 
     async def _follow_up(self, message: discord.Message) -> None:
         if not await self._allowed_and_new(message):
@@ -125,7 +129,7 @@ class AskCog(commands.Cog):
             opening = await asyncio.to_thread(self._opening_question, channel.id)
         earlier = await recent_messages(channel, message, self.questions.options.history_messages)
         turns = conversation(opening, earlier, message, self.bot.user.id)
-        job_id = f"discord-msg-{message.id}"
+        job_id = self.questions.job_id(f"msg-{message.id}")
         place = await self.questions.post_placeholder(channel, job_id)
         thread_id = channel.id if isinstance(channel, discord.Thread) else None
         await self.questions.submit(job_id, turns, requester_of(message.author), place, thread_id)
@@ -139,7 +143,7 @@ class AskCog(commands.Cog):
 
     async def _allowed_and_new(self, message: discord.Message) -> bool:
         guild_id = message.guild.id if message.guild else None
-        if refusal := self.questions.refusal(message.author, message.channel, guild_id):
+        if refusal := self.questions.count_and_check(message.author, message.channel, guild_id):
             # a message cannot be answered privately: a reply that pings no one and goes away after a minute
             await message.reply(refusal, delete_after=60)
             return False
@@ -151,7 +155,6 @@ class AskCog(commands.Cog):
         except Exception as err:
             log.exception("could not take a Discord message")
             try:
-                await message.reply(f"⚠️ Sorry, I couldn't take this question ({type(err).__name__}). "
-                                    "Please try again in a minute.")
+                await message.reply(could_not_take(err))
             except discord.HTTPException:
                 log.warning("could not tell the user about the failure", exc_info=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import discord
 
-from worker.posters.discord_controls import AGAIN_ID, CUSTOM_ID_PATTERN, STOP_ID
+from worker.posters.discord_controls import AGAIN_ID, BUTTON_JOB_ID_CHARS, CUSTOM_ID_PATTERN, STOP_ID
 
 
 def _template(custom_id_format: str) -> str:
@@ -50,7 +50,7 @@ class AgainButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templat
 def answer_controls(job_id: str) -> discord.ui.View:
     """The buttons of a placeholder: Stop and Regenerate (the worker drops Stop when the answer is done)."""
     view = discord.ui.View(timeout=None)
-    if len(job_id) <= 80:
+    if len(job_id) <= BUTTON_JOB_ID_CHARS:
         view.add_item(StopButton(job_id))
         view.add_item(AgainButton(job_id))
     return view

@@ -11,8 +11,8 @@ import re
 import discord
 
 from bot.conversation import build_turns
-from worker.queue.job import JobTurn
 from worker.posters.status_text import is_status_text
+from worker.queue.job import JobTurn
 
 USER_MENTION = re.compile(r"<@!?(\d+)>")
 
@@ -38,7 +38,8 @@ def as_pairs(messages: list[discord.Message], bot_user_id: int) -> list[tuple[st
     return pairs
 
 
-async def recent_messages(channel: discord.abc.Messageable, before: discord.Message, keep: int) -> list[discord.Message]:
+async def recent_messages(channel: discord.abc.Messageable, before: discord.Message,
+                          keep: int) -> list[discord.Message]:
     """The channel's newest ``keep`` messages before ``before``, oldest first."""
     messages = [m async for m in channel.history(limit=keep, before=before)]
     return list(reversed(messages))

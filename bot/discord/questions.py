@@ -16,23 +16,24 @@ import discord
 from redis import Redis
 
 from bot.access import Allowlist
+from bot.conversation import ONLY_ASKER_CAN_STOP
 from bot.discord.buttons import answer_controls
 from worker.ops import metrics
-from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
+from worker.posters.discord_rest import ORIGINAL
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
+from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import Busy, DuplicateJob, JobQueue
 from worker.queue.positions import show_unless_started
 from worker.queue.reply_index import ReplyIndex
+from worker.settings import DEFAULT_HISTORY_MESSAGES
 
 log = logging.getLogger(__name__)
-
-ORIGINAL = "@original"  # a private answer lives in the interaction's own (ephemeral) response
 
 
 @dataclass(frozen=True)
 class DiscordOptions:
     message_content: bool = False  # the privileged intent is on: any message in a bot thread continues it
-    history_messages: int = 100
+    history_messages: int = DEFAULT_HISTORY_MESSAGES
 
 
 @dataclass
@@ -48,19 +49,22 @@ class Placeholder:
 class DiscordQuestions:
     def __init__(self, queue: JobQueue, redis: Redis, allowlist: Allowlist, options: DiscordOptions = DiscordOptions()):
         self.queue, self.redis, self.allowlist, self.options = queue, redis, allowlist, options
-        self.index = ReplyIndex(redis)
+        self.index = ReplyIndex(redis, queue.keys)
 
     # -- who may ask -----------------------------------------------------------------------------------
-    def refusal(self, user: discord.abc.User, channel: discord.abc.Messageable | None, guild_id: int | None) -> str | None:
-        """None when ``user`` may ask here, else why not. Every question (``/ask``, mention, follow-up,
-        Regenerate) is checked here first, so this also counts the questions received."""
+    def count_and_check(self, user: discord.abc.User, channel: discord.abc.Messageable | None,
+                        guild_id: int | None) -> str | None:
+        """Count a question received and check who asks it: None when ``user`` may ask here, else the refusal
+        (counted too). Every question (``/ask``, mention, follow-up, Regenerate) comes through here first."""
         metrics.QUESTIONS.labels("discord").inc()
-        refusal = self._refusal(user, channel, guild_id)
+        refusal = self.refusal(user, channel, guild_id)
         if refusal:
             metrics.NOT_ALLOWED.labels("discord").inc()
         return refusal
 
-    def _refusal(self, user: discord.abc.User, channel: discord.abc.Messageable | None, guild_id: int | None) -> str | None:
+    def refusal(self, user: discord.abc.User, channel: discord.abc.Messageable | None,
+                guild_id: int | None) -> str | None:
+        """None when ``user`` may ask here, else why not (the allowlist; nothing counted)."""
         channel_ids = set()
         if channel is not None:
             channel_ids.add(getattr(channel, "id", None))
@@ -72,6 +76,11 @@ class DiscordQuestions:
     async def claim(self, source_id: str) -> bool:
         """True the first time a message/interaction is seen (the gateway may replay events after a resume)."""
         return await asyncio.to_thread(self.index.claim, "discord", source_id)
+
+    def job_id(self, source_id: str) -> str:
+        """This deployment's job id for a Discord question, from ``ask-<interaction>``, ``msg-<message>`` or
+        ``again-<interaction>``: ``discord-ask-<interaction>`` …, after the namespace outside the default deployment."""
+        return self.queue.keys.job_id("discord", source_id)
 
     # -- asking ----------------------------------------------------------------------------------------
     async def post_placeholder(self, channel: discord.abc.Messageable, job_id: str) -> Placeholder:
@@ -120,7 +129,7 @@ class DiscordQuestions:
 
     def _show_position(self, job: Job, place: Placeholder, position: int, loop: asyncio.AbstractEventLoop) -> None:
         """Under the placeholder lock: never after the worker has started answering."""
-        show_unless_started(self.redis, job.job_id, lambda: asyncio.run_coroutine_threadsafe(
+        show_unless_started(self.redis, self.queue.keys, job.job_id, lambda: asyncio.run_coroutine_threadsafe(
             place.edit(content=waiting_text(position)), loop).result(timeout=30))
 
     # -- buttons ---------------------------------------------------------------------------------------
@@ -130,7 +139,7 @@ class DiscordQuestions:
             await interaction.response.send_message("I no longer know this answer.", ephemeral=True)
             return
         if str(interaction.user.id) != job.requester.user_id:
-            await interaction.response.send_message("Only the person who asked can stop this answer.", ephemeral=True)
+            await interaction.response.send_message(ONLY_ASKER_CAN_STOP, ephemeral=True)
             return
         outcome = await asyncio.to_thread(self.queue.cancel, job_id)
         if outcome == "removed":
@@ -145,12 +154,12 @@ class DiscordQuestions:
         if job is None:
             await interaction.response.send_message("I no longer know this question.", ephemeral=True)
             return
-        if refusal := self.refusal(interaction.user, interaction.channel, interaction.guild_id):
+        if refusal := self.count_and_check(interaction.user, interaction.channel, interaction.guild_id):
             await interaction.response.send_message(refusal, ephemeral=True)
             return
         requester = Requester(platform="discord", user_id=str(interaction.user.id),
                               display_name=interaction.user.display_name)
-        new_id = f"discord-again-{interaction.id}"
+        new_id = self.job_id(f"again-{interaction.id}")
         if job.reply_to.placeholder_id == ORIGINAL:  # a private answer: answered again, privately
             await interaction.response.defer(ephemeral=True, thinking=True)
             place = await self.interaction_placeholder(interaction)

@@ -19,11 +19,11 @@ from slack_sdk import WebClient
 from bot.access import Allowlist
 from bot.slack.questions import SlackOptions, SlackQuestions
 from worker.ops.health_server import start_health_server
-from worker.posters.slack import slack_client
 from worker.ops.preflight import raise_if_any, slack_problems
-from worker.queue.reply_index import ReplyIndex
+from worker.posters.slack import slack_client
 from worker.queue.job_queue import job_queue
 from worker.queue.redis_connection import redis_from_settings
+from worker.queue.reply_index import ReplyIndex
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,10 @@ def create_app(settings: Settings, redis: Redis) -> App:
         signing_secret=settings.slack_signing_secret.get_secret_value() if http_mode else "",
         request_verification_enabled=http_mode,
     )
-    app.use(drop_repeated_events(ReplyIndex(redis)))
+    queue = job_queue(settings, redis)
+    app.use(drop_repeated_events(ReplyIndex(redis, queue.keys)))
     questions = SlackQuestions(
-        job_queue(settings, redis), redis,
+        queue, redis,
         Allowlist.of(channels=settings.slack_allowed_channels, users=settings.slack_allowed_users),
         SlackOptions(followups=settings.slack_followups, history_messages=settings.slack_history_messages),
     )

@@ -11,15 +11,18 @@ from collections.abc import Iterable
 from slack_sdk import WebClient
 
 from bot.conversation import build_turns
-from worker.queue.job import JobTurn
 from worker.posters.slack_text import WORD_JOINER
 from worker.posters.status_text import is_status_text
+from worker.queue.job import JobTurn
 
 USER_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|([^>]*))?>")
 LINK = re.compile(r"<((?:https?|mailto|ftp):[^|>]+)(?:\|([^>]*))?>")
 CHANNEL = re.compile(r"<#([CG][A-Z0-9]+)(?:\|([^>]*))?>")
 SPECIAL = re.compile(r"<!([a-z]+)(?:\^[^|>]*)?(?:\|([^>]*))?>")
 PAGE_SIZE = 200
+# Subtypes of a message a person wrote: none, a thread reply also sent to the channel, a file upload. Others are
+# edits, deletions, joins, bot messages…
+USER_MESSAGE_SUBTYPES = (None, "thread_broadcast", "file_share")
 
 
 def plain_text(text: str, bot_user_id: str | None) -> str:
@@ -52,7 +55,7 @@ def turns_from_messages(messages: Iterable[dict], bot_user_id: str | None, bot_i
         if is_from_bot(message, bot_user_id, bot_id):
             if not is_status_text(text):
                 pairs.append(("assistant", plain_text(text, bot_user_id)))
-        elif not message.get("bot_id") and message.get("subtype") in (None, "thread_broadcast", "file_share"):
+        elif not message.get("bot_id") and message.get("subtype") in USER_MESSAGE_SUBTYPES:
             pairs.append(("user", plain_text(text, bot_user_id)))
     return build_turns(pairs)
 

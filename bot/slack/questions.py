@@ -15,40 +15,48 @@ from redis import Redis
 from slack_sdk import WebClient
 
 from bot.access import Allowlist
-from bot.conversation import clean_text, is_blank
-from bot.slack.history import dm_messages, message_text, plain_text, thread_messages, turns_from_messages
+from bot.conversation import EMPTY_QUESTION, ONLY_ASKER_CAN_STOP, clean_text, is_blank
+from bot.slack.history import (
+    USER_MESSAGE_SUBTYPES,
+    dm_messages,
+    message_text,
+    plain_text,
+    thread_messages,
+    turns_from_messages,
+)
 from worker.ops import metrics
-from worker.queue.job import Job, Requester, ReplyTarget, job_id_for
 from worker.posters.slack_text import escape
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
+from worker.queue.job import Job, ReplyTarget, Requester
 from worker.queue.job_queue import Busy, DuplicateJob, JobQueue
 from worker.queue.positions import show_unless_started
 from worker.queue.reply_index import ReplyIndex
+from worker.settings import DEFAULT_HISTORY_MESSAGES, DEFAULT_SLACK_FOLLOWUPS
 
 log = logging.getLogger(__name__)
 
 CANCEL_REACTIONS = {"x", "heavy_multiplication_x", "no_entry_sign", "octagonal_sign"}
 REGENERATE_REACTIONS = {"repeat", "arrows_counterclockwise", "arrows_clockwise"}
-EMPTY_QUESTION = "Ask me something after the mention, e.g. “@me what does HTTP 429 mean?”"
 
 
 @dataclass(frozen=True)
 class SlackOptions:
-    followups: str = "any"  # "any": every message in a bot thread continues it; "mention": only mentions
-    history_messages: int = 100
+    # "any": every message in a bot thread continues it; "mention": only mentions
+    followups: str = DEFAULT_SLACK_FOLLOWUPS
+    history_messages: int = DEFAULT_HISTORY_MESSAGES
 
 
 class SlackQuestions:
     def __init__(self, queue: JobQueue, redis: Redis, allowlist: Allowlist, options: SlackOptions = SlackOptions()):
         self.queue, self.redis, self.allowlist, self.options = queue, redis, allowlist, options
-        self.index = ReplyIndex(redis)
+        self.index = ReplyIndex(redis, queue.keys)
 
     # -- bolt listeners (arguments by name, as bolt passes them) ---------------------------------------
     def on_mention(self, event: dict, client: WebClient, context: dict) -> None:
         self._guarded(self._question, event, client, context)
 
     def on_message(self, event: dict, client: WebClient, context: dict) -> None:
-        if event.get("subtype") not in (None, "thread_broadcast", "file_share") or event.get("bot_id"):
+        if event.get("subtype") not in USER_MESSAGE_SUBTYPES or event.get("bot_id"):
             return  # edits, deletions, joins, other bots (our own messages bolt already drops)
         bot_user_id = context.get("bot_user_id")
         if event.get("channel_type") == "im":
@@ -62,7 +70,8 @@ class SlackQuestions:
 
     def on_reaction(self, event: dict, client: WebClient) -> None:
         name, item = str(event.get("reaction") or "").split("::")[0], event.get("item")
-        if not isinstance(item, dict) or item.get("type") != "message" or name not in CANCEL_REACTIONS | REGENERATE_REACTIONS:
+        if (not isinstance(item, dict) or item.get("type") != "message"
+                or name not in CANCEL_REACTIONS | REGENERATE_REACTIONS):
             return
         if not isinstance(item.get("channel"), str) or not isinstance(item.get("ts"), str):
             return  # a broken payload: no message it could be about
@@ -97,7 +106,7 @@ class SlackQuestions:
         if not turns:  # history unreadable as a conversation: answer the message alone
             turns = turns_from_messages([event], bot_user_id, bot_id)
         requester = Requester(platform="slack", user_id=user)
-        self._submit(client, job_id_for("slack", f"{channel}-{ts}"), turns, requester, channel, thread_ts)
+        self._submit(client, self.queue.keys.job_id("slack", f"{channel}-{ts}"), turns, requester, channel, thread_ts)
 
     def _history(self, client: WebClient, event: dict, thread_ts: str | None, is_dm: bool) -> list[dict]:
         keep = self.options.history_messages
@@ -128,7 +137,7 @@ class SlackQuestions:
             return
         metrics.ENQUEUED.labels("slack").inc()
         if position > 1:
-            show_unless_started(self.redis, job_id, lambda: client.chat_update(
+            show_unless_started(self.redis, self.queue.keys, job_id, lambda: client.chat_update(
                 channel=channel, ts=placeholder["ts"], text=f"_{waiting_text(position)}_"))
 
     # -- reactions -------------------------------------------------------------------------------------
@@ -139,7 +148,7 @@ class SlackQuestions:
         if event.get("user") != job.requester.user_id:
             client.chat_postEphemeral(channel=job.reply_to.channel_id, user=event["user"],
                                       thread_ts=job.reply_to.thread_id,
-                                      text="Only the person who asked can stop this answer.")
+                                      text=ONLY_ASKER_CAN_STOP)
             return
         if self.queue.cancel(job_id) == "removed":
             client.chat_update(channel=job.reply_to.channel_id, ts=job.reply_to.placeholder_id,
@@ -155,7 +164,7 @@ class SlackQuestions:
             metrics.NOT_ALLOWED.labels("slack").inc()
             client.chat_postEphemeral(channel=target.channel_id, user=user, thread_ts=target.thread_id, text=refusal)
             return
-        new_id = job_id_for("slack", f"again-{target.channel_id}-{event.get('event_ts')}-{job_id}")
+        new_id = self.queue.keys.job_id("slack", f"again-{target.channel_id}-{event.get('event_ts')}-{job_id}")
         self._submit(client, new_id, job.turns, Requester(platform="slack", user_id=user), target.channel_id,
                      target.thread_id)
 
@@ -169,7 +178,8 @@ class SlackQuestions:
             channel = event.get("channel") or (event.get("item") or {}).get("channel")
             if not channel:
                 return
-            text = f":warning: Sorry, I couldn't take this request ({type(err).__name__}). Please try again in a minute."
+            text = (f":warning: Sorry, I couldn't take this request ({type(err).__name__}). "
+                    "Please try again in a minute.")
             try:
                 client.chat_postMessage(channel=channel, thread_ts=event.get("thread_ts") or event.get("ts"), text=text)
             except Exception:

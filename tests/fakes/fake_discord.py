@@ -82,15 +82,24 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
 from tests.fakes.fake_discord_client import ClientThread
 from tests.fakes.fake_discord_gateway import GUILD_MEMBERS, GUILDS, INVALID_SESSION, MESSAGE_CONTENT, RECONNECT, Gateway
 from tests.fakes.fake_discord_rest import Request, Rest
+from tests.fakes.fake_discord_world import (
+    BOT_PERMISSIONS,
+    EVERYONE_PERMISSIONS,
+    World,
+    _find_component,
+    _option,
+    _user,
+    _walk,
+)
 from tests.fakes.platform_outage import BURSTS, Outage
-from tests.fakes.fake_discord_world import BOT_PERMISSIONS, EVERYONE_PERMISSIONS, World, _find_component, _option, _user, _walk
 
 __all__ = ["ClientThread", "FakeDiscord", "Request"]
 
@@ -140,7 +149,7 @@ class FakeDiscord(World, Rest):
             self.add_member(uid)
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "FakeDiscord":
+    def start(self) -> FakeDiscord:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-discord", daemon=True)
         self._thread.start()
@@ -173,7 +182,7 @@ class FakeDiscord(World, Rest):
         await self._gateway.close_all(1001)
         await self._runner.cleanup()
 
-    def __enter__(self) -> "FakeDiscord":
+    def __enter__(self) -> FakeDiscord:
         return self.start()
 
     def __exit__(self, *exc) -> None:

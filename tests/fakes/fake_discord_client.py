@@ -28,7 +28,7 @@ class ClientThread:
         self._ready = threading.Event()
         self._handler = _ListHandler(self.errors)
 
-    def start(self, timeout: float = 15) -> "ClientThread":
+    def start(self, timeout: float = 15) -> ClientThread:
         logging.getLogger("discord").addHandler(self._handler)
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
@@ -99,7 +99,7 @@ class ClientThread:
         finally:
             logging.getLogger("discord").removeHandler(self._handler)
 
-    def __enter__(self) -> "ClientThread":
+    def __enter__(self) -> ClientThread:
         return self.start()
 
     def __exit__(self, *exc) -> None:

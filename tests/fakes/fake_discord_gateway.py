@@ -24,8 +24,9 @@ import json
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -44,7 +45,7 @@ class Session:
     intents: int
     seq: int = 0
     log: list = field(default_factory=list)  # every dispatch of this session: (seq, payload)
-    conn: "Connection | None" = None  # the live connection, None while the client is away
+    conn: Connection | None = None  # the live connection, None while the client is away
 
 
 class Connection:

@@ -40,7 +40,7 @@ class _Err(Exception):
 
 
 def _now_iso(t: float | None = None) -> str:
-    return datetime.datetime.fromtimestamp(time.time() if t is None else t, datetime.timezone.utc).isoformat()
+    return datetime.datetime.fromtimestamp(time.time() if t is None else t, datetime.UTC).isoformat()
 
 
 def _user(user_id: int, name: str, bot: bool = False) -> dict:

@@ -15,7 +15,6 @@ from rq.job import JobStatus
 
 from tests.helpers.discord_helpers import bot_messages
 from tests.helpers.slack_helpers import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, bot_replies, mention, unique
-from worker.queue.job import job_id_for
 from worker.posters.discord import DiscordPoster
 from worker.posters.discord_rest import DiscordRest
 from worker.posters.slack import SlackPoster, slack_client
@@ -23,6 +22,7 @@ from worker.posters.slack_text import slack_size, to_slack
 from worker.posters.split import split_message
 from worker.posters.status_text import is_status_text
 from worker.queue.job_queue import SERIALIZER
+from worker.queue.keys import RedisKeys
 from worker.queue.reply_index import ReplyIndex
 from worker.serve import WorkerProcess
 from worker.settings import Settings
@@ -61,13 +61,14 @@ def recording(poster_class: type, finals: dict[str, str]) -> type:
 class SlackSide:
     fake: object
     redis: Redis
+    keys: RedisKeys  # the deployment's (its job ids carry its name)
     limit: int = PART_LIMIT
     threads: dict[str, tuple[str, str]] = field(default_factory=dict)  # job id -> (channel, thread ts)
 
     def ask(self, prompt: str = COUNTING, user: str = "U1") -> str:
         event = mention(self.fake, unique("C"), prompt, user=user)
         self.fake.send_event(event)
-        job_id = job_id_for("slack", f"{event['channel']}-{event['ts']}")
+        job_id = self.keys.job_id("slack", f"{event['channel']}-{event['ts']}")
         self.threads[job_id] = (event["channel"], event["ts"])
         return job_id
 
@@ -97,14 +98,15 @@ class SlackSide:
 class DiscordSide:
     fake: object
     redis: Redis
+    keys: RedisKeys
     limit: int = PART_LIMIT
 
     def ask(self, prompt: str = COUNTING, user: int = 4001) -> str:
         interaction = self.fake.slash_command("ask", {"prompt": prompt}, user_id=user)
-        return f"discord-ask-{interaction['id']}"
+        return self.keys.job_id("discord", f"ask-{interaction['id']}")
 
     def thread_id(self, job_id: str) -> str:
-        job = ReplyIndex(self.redis).job(job_id)
+        job = ReplyIndex(self.redis, self.keys).job(job_id)
         return job.reply_to.thread_id or job.reply_to.channel_id
 
     def visible(self, job_id: str) -> list[str]:
@@ -135,14 +137,14 @@ def streaming(side, job_id: str) -> bool:
     return bool(shown) and not is_status_text(shown[0])
 
 
-def slack_poster_factory(finals: dict[str, str], client, redis: Redis, limit: int = PART_LIMIT):
+def slack_poster_factory(finals: dict[str, str], client, redis: Redis, keys: RedisKeys, limit: int = PART_LIMIT):
     poster_class = recording(SlackPoster, finals)
-    return lambda: poster_class(client, redis, limit=limit)
+    return lambda: poster_class(client, redis, keys, limit=limit)
 
 
-def discord_poster_factory(finals: dict[str, str], rest, redis: Redis, limit: int = PART_LIMIT):
+def discord_poster_factory(finals: dict[str, str], rest, redis: Redis, keys: RedisKeys, limit: int = PART_LIMIT):
     poster_class = recording(DiscordPoster, finals)
-    return lambda: poster_class(rest, redis, limit=limit)
+    return lambda: poster_class(rest, redis, keys, limit=limit)
 
 
 def both_platforms_settings(slack_fake, discord_fake, queue_name: str, demo_dir, **extra) -> Settings:
@@ -160,9 +162,11 @@ def both_platforms_settings(slack_fake, discord_fake, queue_name: str, demo_dir,
 @contextmanager
 def recording_worker(settings: Settings, redis: Redis, slack_fake, discord_fake, finals: dict[str, str]):
     """The worker in this process, with its own posters for both fakes noting every final answer in ``finals``."""
+    keys = RedisKeys.for_settings(settings)
     posters = {
-        "slack": slack_poster_factory(finals, slack_client(BOT_TOKEN, slack_fake.api_url), redis),
-        "discord": discord_poster_factory(finals, DiscordRest(discord_fake.bot_token, discord_fake.api_base), redis),
+        "slack": slack_poster_factory(finals, slack_client(BOT_TOKEN, slack_fake.api_url), redis, keys),
+        "discord": discord_poster_factory(finals, DiscordRest(discord_fake.bot_token, discord_fake.api_base), redis,
+                                          keys),
     }
     process = WorkerProcess(settings, redis, posters=posters, serve_health=False)
     process.start()

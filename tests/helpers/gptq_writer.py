@@ -1,6 +1,6 @@
 """Write small but real GPTQ checkpoints in the AutoGPTQ "v1" layout, plus the fp32 model they should load as.
 
-Written straight from the layout spec (REFERENCE.md §2), independently of ``worker.model.gptq_layout``, and kept
+Written straight from AutoGPTQ's layout (below), independently of ``worker.model.gptq_layout``, and kept
 deliberately naive (explicit loops for the bit packing) so that a packing bug in production code cannot be
 mirrored here. Per quantized Linear with K inputs, N outputs, group size G, per = 32 / bits:
 

@@ -13,8 +13,8 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from tests.helpers.paths import REPO
 
+from tests.helpers.paths import REPO
 
 
 def settings_env(**values) -> dict[str, str]:

@@ -44,7 +44,7 @@ class RedisServer:
     def client(self, **kwargs) -> Redis:
         return Redis(host="127.0.0.1", port=self.port, **kwargs)
 
-    def start(self, timeout: float = 10) -> "RedisServer":
+    def start(self, timeout: float = 10) -> RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("redis-server already running")
         args = [
@@ -93,7 +93,7 @@ class RedisServer:
                 self.proc.wait(10)
         self.proc = None
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow
 
 def test_streamed_answer_names_paris(loaded_demo):
     generator = Generator(loaded_demo, make_template("auto", loaded_demo.tokenizer), max_context_tokens=2048)
-    pieces = list(generator.stream([Turn("user", "What is the capital of France?")], GenerationParams(max_new_tokens=40)))
+    pieces = list(generator.stream([Turn("user", "What is the capital of France?")],
+                                   GenerationParams(max_new_tokens=40)))
     answer = "".join(pieces)
     assert "Paris" in answer, answer
     assert len(pieces) > 1

@@ -4,7 +4,7 @@ the settings of ``worker.settings.Settings`` with their defaults.
 
 .env.example is generated from the Settings object; after changing worker/settings.py, regenerate it with
 
-    .venv/bin/python tests/test_deploy_files.py --write-env-example
+    .venv/bin/python -m tests.system.test_deploy_files --write-env-example
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
 from pydantic import SecretStr
 
 from tests.helpers.paths import REPO as ROOT
@@ -34,7 +33,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 WORKER_DOCKERFILE = ROOT / "docker" / "worker.Dockerfile"
 ADAPTER_DOCKERFILE = ROOT / "docker" / "adapter.Dockerfile"
-REGENERATE = ".venv/bin/python tests/test_deploy_files.py --write-env-example"
+REGENERATE = ".venv/bin/python -m tests.system.test_deploy_files --write-env-example"
 
 # pyproject.toml dependencies only the worker needs (the model side); the adapter image leaves them out.
 MODEL_DEPS = {"torch", "transformers", "accelerate", "safetensors", "huggingface-hub", "tokenizers", "gguf"}
@@ -139,7 +138,7 @@ ENV_HEADER = """\
 # value is not the same as unset). Secrets are empty here: keep them in .env only, never in git.
 #
 # Generated from worker/settings.py by `{regenerate}`;
-# tests/test_deploy_files.py fails when this file and the settings disagree.
+# tests/system/test_deploy_files.py fails when this file and the settings disagree.
 """
 
 ENV_FOOTER = """\
@@ -381,7 +380,8 @@ def test_adapter_image_has_the_adapters_dependencies_and_no_model_side():
     text = ADAPTER_DOCKERFILE.read_text(encoding="utf-8")
     assert re.search(r"^FROM python:3\.11-slim$", text, re.MULTILINE)
     assert "pip install --no-deps ." in text
-    listed = {canonicalize_name(req.name): req for req in map(Requirement, re.findall(r'^\s+"([^"]+)"', text, re.MULTILINE))}
+    listed = {canonicalize_name(req.name): req
+              for req in map(Requirement, re.findall(r'^\s+"([^"]+)"', text, re.MULTILINE))}
     assert listed, "no requirements found in docker/adapter.Dockerfile"
     assert not set(listed) & MODEL_DEPS
     wanted = {name: req for name, req in _pyproject_requirements().items() if name not in MODEL_DEPS}

@@ -9,10 +9,11 @@ import pytest
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
-from tests.helpers.discord_helpers import bot_messages, discord_settings, running_bot, sends_with_content, thread_of
 from tests.fakes.fake_discord import FakeDiscord
+from tests.helpers.discord_helpers import bot_messages, discord_settings, running_bot, sends_with_content, thread_of
 from tests.helpers.redis_server import drop_queue
 from worker.queue.job_queue import SERIALIZER
+from worker.queue.keys import RedisKeys
 from worker.serve import WorkerProcess
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,11 @@ def settings(fake, module_redis, demo_dir):
 
 
 @pytest.fixture(scope="module")
+def keys(settings):
+    return RedisKeys.for_settings(settings)
+
+
+@pytest.fixture(scope="module")
 def bot(fake, settings, module_redis):
     process = WorkerProcess(settings, module_redis)
     process.start()
@@ -67,11 +73,12 @@ def job_turns(redis, job_id) -> list[tuple[str, str]]:
     return [(t["role"], t["text"]) for t in raw["turns"]]
 
 
-def test_ask_streams_the_answer_into_a_thread(fake, module_redis, bot):
+def test_ask_streams_the_answer_into_a_thread(fake, module_redis, keys, bot):
     interaction = fake.slash_command("ask", {"prompt": "What is the capital of France?"})
-    job_id = f"discord-ask-{interaction['id']}"
+    job_id = keys.job_id("discord", f"ask-{interaction['id']}")
     fake.wait_for(lambda: finished(module_redis, job_id), timeout=60)
-    question = next(m for m in bot_messages(fake, fake.channel_id) if m["content"].endswith("What is the capital of France?"))
+    question = next(m for m in bot_messages(fake, fake.channel_id)
+                    if m["content"].endswith("What is the capital of France?"))
     thread = thread_of(fake, question["id"])
     (answer,) = bot_messages(fake, thread["id"])
     assert "Paris" in answer["content"]
@@ -82,15 +89,15 @@ def test_ask_streams_the_answer_into_a_thread(fake, module_redis, bot):
     assert not bot.errors
 
 
-def test_mention_and_follow_up_carry_the_thread_history(fake, module_redis, bot):
+def test_mention_and_follow_up_carry_the_thread_history(fake, module_redis, keys, bot):
     first = fake.user_message(fake.channel_id, 4002, "What is the capital of France?", mentions_bot=True)
-    fake.wait_for(lambda: finished(module_redis, f"discord-msg-{first['id']}"), timeout=60)
+    fake.wait_for(lambda: finished(module_redis, keys.job_id("discord", f"msg-{first['id']}")), timeout=60)
     thread = thread_of(fake, first["id"])
     (answer,) = bot_messages(fake, thread["id"])
     assert "Paris" in answer["content"]
     follow_up = fake.user_message(thread["id"], 4002, "And what is it famous for?", mentions_bot=True)
-    fake.wait_for(lambda: finished(module_redis, f"discord-msg-{follow_up['id']}"), timeout=60)
-    assert job_turns(module_redis, f"discord-msg-{follow_up['id']}") == [
+    fake.wait_for(lambda: finished(module_redis, keys.job_id("discord", f"msg-{follow_up['id']}")), timeout=60)
+    assert job_turns(module_redis, keys.job_id("discord", f"msg-{follow_up['id']}")) == [
         ("user", "What is the capital of France?"),
         ("assistant", answer["content"]),
         ("user", "And what is it famous for?"),
@@ -98,11 +105,11 @@ def test_mention_and_follow_up_carry_the_thread_history(fake, module_redis, bot)
     assert len(bot_messages(fake, thread["id"])) == 2
 
 
-def test_private_answer_moves_to_a_direct_message_when_the_interaction_token_expired(fake, module_redis, bot):
+def test_private_answer_moves_to_a_direct_message_when_the_interaction_token_expired(fake, module_redis, keys, bot):
     interaction = fake.slash_command("ask", {"prompt": COUNTING, "private": True}, user_id=4001)
     fake.wait_for(lambda: fake.interaction_responses(interaction["id"]))  # deferred (ephemeral)
     fake.expire_interaction(interaction["token"])  # as if the answer ran past the token's 15 minutes
-    job_id = f"discord-ask-{interaction['id']}"
+    job_id = keys.job_id("discord", f"ask-{interaction['id']}")
     fake.wait_for(lambda: finished(module_redis, job_id), timeout=60)
     dm = bot_messages(fake, fake.dm_channel(4001))
     assert dm and dm[-1]["content"].startswith("1")  # the whole answer, in a direct message
@@ -110,9 +117,9 @@ def test_private_answer_moves_to_a_direct_message_when_the_interaction_token_exp
     assert not [m for m in bot_messages(fake, fake.channel_id) if "Count from" in m["content"]]  # stayed private
 
 
-def test_stop_button_ends_a_running_answer(fake, module_redis, bot):
+def test_stop_button_ends_a_running_answer(fake, module_redis, keys, bot):
     interaction = fake.slash_command("ask", {"prompt": COUNTING}, user_id=4001)
-    job_id = f"discord-ask-{interaction['id']}"
+    job_id = keys.job_id("discord", f"ask-{interaction['id']}")
     question = fake.wait_for(lambda: next((m for m in bot_messages(fake, fake.channel_id)
                                            if m["content"].endswith(COUNTING)), None))
     thread = fake.wait_for(lambda: thread_of(fake, question["id"]))
@@ -123,20 +130,20 @@ def test_stop_button_ends_a_running_answer(fake, module_redis, bot):
     assert fake.message(placeholder["id"])["content"].endswith("(stopped)")
 
 
-def test_too_long_question_is_told_the_limit(fake, module_redis, bot):
+def test_too_long_question_is_told_the_limit(fake, module_redis, keys, bot):
     interaction = fake.slash_command("ask", {"prompt": "Summarise: " + "blah " * 1100})
-    job_id = f"discord-ask-{interaction['id']}"
+    job_id = keys.job_id("discord", f"ask-{interaction['id']}")
     fake.wait_for(lambda: finished(module_redis, job_id), timeout=60)
     question = next(m for m in bot_messages(fake, fake.channel_id) if "Summarise" in m["content"])
     (reply,) = bot_messages(fake, thread_of(fake, question["id"])["id"])
     assert reply["content"].startswith("⚠️ Your message is too long") and "the limit is" in reply["content"]
 
 
-def test_no_message_of_the_whole_flow_can_ping(fake, module_redis, bot):
+def test_no_message_of_the_whole_flow_can_ping(fake, module_redis, keys, bot):
     interaction = fake.slash_command("ask", {"prompt": "Repeat after me: @everyone @here <@4002> <@&1>"})
     mention = fake.user_message(fake.channel_id, 4002, "Say hello to @here", mentions_bot=True)
-    for job_id in (f"discord-ask-{interaction['id']}", f"discord-msg-{mention['id']}"):
-        fake.wait_for(lambda: finished(module_redis, job_id), timeout=60)
+    for job_id in (keys.job_id("discord", f"ask-{interaction['id']}"), keys.job_id("discord", f"msg-{mention['id']}")):
+        fake.wait_for(lambda job_id=job_id: finished(module_redis, job_id), timeout=60)
     sends = sends_with_content(fake)
     worker_edits = [r for r in sends if r.method == "PATCH" and r.path.startswith("/channels/")]
     assert len(sends) > 6 and worker_edits

@@ -17,14 +17,22 @@ import uuid
 
 import pytest
 
-from tests.helpers.discord_helpers import running_bot
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_slack import FakeSlack
-from tests.helpers.fault_helpers import DiscordSide, SlackSide, both_platforms_settings, finished, recording_worker, \
-    rq_result, streaming
+from tests.helpers.discord_helpers import running_bot
+from tests.helpers.fault_helpers import (
+    DiscordSide,
+    SlackSide,
+    both_platforms_settings,
+    finished,
+    recording_worker,
+    rq_result,
+    streaming,
+)
 from tests.helpers.processes import kill, settings_env, spawn
 from tests.helpers.redis_server import drop_queue
 from tests.helpers.slack_helpers import APP_TOKEN, BOT_TOKEN
+from worker.queue.keys import RedisKeys
 
 pytestmark = pytest.mark.slow
 EVENT_RETRIES = (2.0, 8.0, 20.0)  # Slack: at once, after 1 and 5 minutes (compressed here)
@@ -88,8 +96,9 @@ def assert_answered_once(side, redis, finals, job_id) -> None:
     assert not [text for text in side.shown_ever(job_id) if "starting over" in text]
 
 
-def test_slack_answer_arrives_once_though_the_adapter_is_killed_mid_answer(slack_fake, redis, finals, slack_adapter):
-    slack = SlackSide(slack_fake, redis)
+def test_slack_answer_arrives_once_though_the_adapter_is_killed_mid_answer(slack_fake, settings, redis, finals,
+                                                                           slack_adapter):
+    slack = SlackSide(slack_fake, redis, RedisKeys.for_settings(settings))
     adapter = slack_adapter()
     job_id = slack.ask()
     slack_fake.wait_for(lambda: streaming(slack, job_id), timeout=120)
@@ -108,9 +117,9 @@ def test_slack_answer_arrives_once_though_the_adapter_is_killed_mid_answer(slack
     assert slack.visible(job_id) == shown
 
 
-def test_slack_question_asked_while_the_adapter_is_down_is_answered_once_it_is_back(slack_fake, redis, finals,
-                                                                                    slack_adapter):
-    slack = SlackSide(slack_fake, redis)
+def test_slack_question_asked_while_the_adapter_is_down_is_answered_once_it_is_back(slack_fake, settings, redis,
+                                                                                    finals, slack_adapter):
+    slack = SlackSide(slack_fake, redis, RedisKeys.for_settings(settings))
     assert not slack_fake.connected()
     asked_at = time.time()
     job_id = slack.ask()
@@ -141,7 +150,7 @@ def test_slack_question_asked_while_the_adapter_is_down_is_answered_once_it_is_b
 
 
 def test_discord_answer_arrives_once_though_the_bot_restarts_mid_answer(discord_fake, settings, redis, finals, worker):
-    discord = DiscordSide(discord_fake, redis)
+    discord = DiscordSide(discord_fake, redis, RedisKeys.for_settings(settings))
     with running_bot(discord_fake, settings, redis) as bot:
         job_id = discord.ask()
         discord_fake.wait_for(lambda: streaming(discord, job_id), timeout=120)

@@ -17,15 +17,23 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.job import Job as RQJob
 from rq.results import Result
 
+from bot.console import console_job
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.processes import kill, settings_env, spawn
 from tests.helpers.redis_server import RedisServer
-from tests.helpers.slack_helpers import APP_TOKEN, BOT_TOKEN, bot_replies, connected_app, mention, slack_settings, unique
-from bot.console import console_job
-from worker.queue.job import job_id_for
-from worker.queue.lost_jobs import CHECK_AFTER_S
+from tests.helpers.slack_helpers import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    bot_replies,
+    connected_app,
+    mention,
+    slack_settings,
+    unique,
+)
 from worker.posters.status_text import RESTARTING, is_status_text
 from worker.queue.job_queue import SERIALIZER, JobQueue
+from worker.queue.keys import RedisKeys
+from worker.queue.lost_jobs import CHECK_AFTER_S
 from worker.queue.redis_connection import redis_client, redis_from_settings
 
 # Short questions the demo model answers greedily with a sentence naming the city (then EOS): an answer is
@@ -67,8 +75,8 @@ def worker_processes():
 class Question:
     """One person's question in its own channel, and what its thread shows."""
 
-    def __init__(self, fake, number: int):
-        self.fake = fake
+    def __init__(self, fake, number: int, keys: RedisKeys):
+        self.fake, self.keys = fake, keys  # the deployment's keys: its job ids carry its name
         self.country, self.city = CAPITALS[number % len(CAPITALS)]
         self.channel, self.user = unique("C"), f"U{number:03d}"  # a person each: the per-user cap stays out
         self.ts: str | None = None
@@ -80,7 +88,7 @@ class Question:
 
     @property
     def job_id(self) -> str:
-        return job_id_for("slack", f"{self.channel}-{self.ts}")
+        return self.keys.job_id("slack", f"{self.channel}-{self.ts}")
 
     def replies(self) -> list[dict]:
         return bot_replies(self.fake, self.channel, self.ts)
@@ -149,7 +157,7 @@ def test_worker_killed_with_20_answers_in_flight_answers_each_exactly_once(fake,
     redis = redis_client("redis://127.0.0.1:6379/0", retry_s=10)
     settings = worker_settings(demo_dir, queue_name)
     adapter_settings = slack_settings(fake, queue_name, per_user_jobs=3)
-    questions = [Question(fake, i) for i in range(20)]
+    questions = [Question(fake, i, RedisKeys(queue_name)) for i in range(20)]
     with connected_app(fake, adapter_settings, redis), worker_processes() as workers:
         workers.append(spawn(["worker"], worker_env(fake, settings)))
         for question in questions:
@@ -184,8 +192,9 @@ def test_redis_killed_and_restarted_every_question_is_answered_once(fake, demo_d
     queue_name = unique("crash-").lower()
     adapter_settings = slack_settings(fake, queue_name, redis_url=server.url)
     redis = redis_from_settings(adapter_settings)  # the adapter's client, made as `xwinbot slack` makes it
-    early = [Question(fake, i) for i in range(10)]
-    late = [Question(fake, 100 + i) for i in range(2)]  # queued in the last second before the crash
+    keys = RedisKeys(queue_name)
+    early = [Question(fake, i, keys) for i in range(10)]
+    late = [Question(fake, 100 + i, keys) for i in range(2)]  # queued in the last second before the crash
     try:
         with connected_app(fake, adapter_settings, redis), worker_processes() as workers:
             workers.append(spawn(["worker"], worker_env(fake, worker_settings(demo_dir, queue_name,
@@ -206,7 +215,7 @@ def test_redis_killed_and_restarted_every_question_is_answered_once(fake, demo_d
             print(f"\nkill -9 of Redis: {done} answered, {streaming} streaming, {10 - done - streaming} waiting "
                   f"(+2 queued {killed_at - queued_at:.1f} s after the others, just before the kill)")
             assert done < 10, "everything was answered before the kill: nothing was in flight"
-            during = Question(fake, 150)
+            during = Question(fake, 150, keys)
             during.ask()  # the adapter's Redis calls wait for Redis to come back
             time.sleep(OUTAGE_S)
             server.start()
@@ -216,7 +225,7 @@ def test_redis_killed_and_restarted_every_question_is_answered_once(fake, demo_d
             print(f"all 13 answered {time.monotonic() - killed_at:.1f} s after the kill")
             time.sleep(3)  # a late second copy (a job run twice) would show up here
             assert workers[0].poll() is None, "the worker died with Redis"
-            after = Question(fake, 200)
+            after = Question(fake, 200, keys)
             after.ask()
             wait_until(after.answered, 120, "an answer to a question asked after the outage")
         problems = {q.channel: q.problems() for q in early + late + [during, after] if q.problems()}

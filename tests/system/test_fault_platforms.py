@@ -15,14 +15,22 @@ import uuid
 
 import pytest
 
-from tests.helpers.discord_helpers import running_bot
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_slack import FakeSlack
-from tests.helpers.fault_helpers import DiscordSide, SlackSide, both_platforms_settings, finished, recording_worker, \
-    rq_result, streaming
 from tests.fakes.platform_outage import BURSTS, SERVER_ERRORS
+from tests.helpers.discord_helpers import running_bot
+from tests.helpers.fault_helpers import (
+    DiscordSide,
+    SlackSide,
+    both_platforms_settings,
+    finished,
+    recording_worker,
+    rq_result,
+    streaming,
+)
 from tests.helpers.redis_server import drop_queue
 from tests.helpers.slack_helpers import APP_TOKEN, BOT_TOKEN, connected_app
+from worker.queue.keys import RedisKeys
 
 pytestmark = pytest.mark.slow
 QUESTIONS = 4
@@ -62,13 +70,13 @@ def worker(settings, redis, slack_fake, discord_fake, finals):
 @pytest.fixture(scope="module")
 def slack(slack_fake, settings, redis, worker):
     with connected_app(slack_fake, settings, redis):
-        yield SlackSide(slack_fake, redis)
+        yield SlackSide(slack_fake, redis, RedisKeys.for_settings(settings))
 
 
 @pytest.fixture(scope="module")
 def discord(discord_fake, settings, redis, worker):
     with running_bot(discord_fake, settings, redis) as bot:
-        yield DiscordSide(discord_fake, redis)
+        yield DiscordSide(discord_fake, redis, RedisKeys.for_settings(settings))
         assert not bot.errors
 
 

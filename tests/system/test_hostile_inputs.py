@@ -11,7 +11,6 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import yaml
@@ -20,17 +19,17 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
-from tests.helpers.discord_helpers import running_bot, sends_with_content
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_slack import FakeSlack
+from tests.helpers.discord_helpers import running_bot, sends_with_content
+from tests.helpers.paths import TEST_DATA
 from tests.helpers.redis_server import drop_queue
 from tests.helpers.slack_helpers import connected_app, mention
-from worker.queue.job import job_id_for
 from worker.posters.status_text import is_status_text
 from worker.queue.job_queue import SERIALIZER
+from worker.queue.keys import RedisKeys
 from worker.serve import WorkerProcess
 from worker.settings import Settings
-from tests.helpers.paths import TEST_DATA
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +50,8 @@ def test_the_corpus_is_well_formed():
     assert len(ids) >= 30 and len(set(ids)) == len(ids)
     for case in CORPUS:
         assert case["platform"] in ("slack", "discord") and case["expect"] in ("answer", "refusal", "nothing")
-        assert case["via"] in {"slack": ("mention", "event"), "discord": ("ask", "mention", "gateway")}[case["platform"]]
+        assert case["via"] in {"slack": ("mention", "event"),
+                               "discord": ("ask", "mention", "gateway")}[case["platform"]]
         assert case["expect"] != "refusal" or case.get("phrase"), case["id"]
 
 
@@ -120,29 +120,29 @@ def product(slack, discord, settings, redis):
 
 
 # -- sending ---------------------------------------------------------------------------------------------------
-def send_slack(slack, case: dict, number: int) -> Sent:
+def send_slack(slack, keys: RedisKeys, case: dict, number: int) -> Sent:
     channel = f"CH{uuid.uuid4().hex[:8].upper()}{number:03d}"
     if case["via"] == "mention":
         event = mention(slack, channel, text_of(case, {}), user=f"UH{number:03d}")
         slack.send_event(event)
-        return Sent(case, channel, event["ts"], job_id_for("slack", f"{channel}-{event['ts']}"))
+        return Sent(case, channel, event["ts"], keys.job_id("slack", f"{channel}-{event['ts']}"))
     ts = slack.add_user_message(channel, f"UH{number:03d}", "(a message for the payload to point at)")
     slack.send_event(substitute(case["payload"], {"channel": channel, "user": f"UH{number:03d}", "ts": ts,
                                                   "bot": slack.bot_user_id}))
     return Sent(case, channel, ts)
 
 
-def send_discord(discord, case: dict, number: int) -> Sent:
+def send_discord(discord, keys: RedisKeys, case: dict, number: int) -> Sent:
     channel = discord.add_channel(f"hostile-{number}")
     values = {"channel": channel, "guild": discord.guild_id, "bot": discord.bot_user_id}
     if case["via"] == "ask":
         options = substitute(case["options"], values) if "options" in case else {"prompt": text_of(case, values)}
         interaction = discord.slash_command("ask", options, channel_id=channel)
-        return Sent(case, str(channel), job_id=f"discord-ask-{interaction['id']}",
+        return Sent(case, str(channel), job_id=keys.job_id("discord", f"ask-{interaction['id']}"),
                     extra={"interaction": interaction["id"]})
     if case["via"] == "mention":
         message = discord.user_message(channel, 4001, text_of(case, values), mentions_bot=True)
-        return Sent(case, str(channel), job_id=f"discord-msg-{message['id']}")
+        return Sent(case, str(channel), job_id=keys.job_id("discord", f"msg-{message['id']}"))
     discord.dispatch(case["event"], substitute(case["payload"], {**values, "id": discord._next_id()}))
     return Sent(case, str(channel))
 
@@ -150,7 +150,8 @@ def send_discord(discord, case: dict, number: int) -> Sent:
 # -- what people see -------------------------------------------------------------------------------------------
 def slack_replies(slack, sent: Sent) -> list[str]:
     """Texts of the bot's messages for a case: in its thread (a mention), anywhere in its channel (a payload)."""
-    messages = slack.thread(sent.channel, sent.thread) if sent.case["via"] == "mention" else slack.messages(sent.channel)
+    messages = (slack.thread(sent.channel, sent.thread) if sent.case["via"] == "mention"
+                else slack.messages(sent.channel))
     return [m["text"] for m in messages if m.get("bot_id") == slack.bot_id] + [
         str(c.args.get("text")) for c in slack.calls_to("chat.postEphemeral") if c.args.get("channel") == sent.channel]
 
@@ -193,9 +194,9 @@ def check(sent: Sent, replies: list[str]) -> str | None:
     return None
 
 
-def run_cases(cases: list[dict], slack, discord, redis) -> None:
+def run_cases(cases: list[dict], slack, discord, redis, keys: RedisKeys) -> None:
     started = time.monotonic()
-    sent = [send_slack(slack, case, i) if case["platform"] == "slack" else send_discord(discord, case, i)
+    sent = [send_slack(slack, keys, case, i) if case["platform"] == "slack" else send_discord(discord, keys, case, i)
             for i, case in enumerate(cases)]
 
     def replies_of(item: Sent) -> list[str]:
@@ -225,26 +226,29 @@ def assert_nothing_pinged_or_leaked(slack, discord) -> None:
         assert not any(secret in text for secret in SECRETS)
 
 
-def assert_still_answering(slack, discord, redis) -> None:
+def assert_still_answering(slack, discord, redis, keys: RedisKeys) -> None:
     channel = f"CHAFTER{uuid.uuid4().hex[:8].upper()}"
     event = mention(slack, channel, NORMAL_QUESTION)
     slack.send_event(event)
     interaction = discord.slash_command("ask", {"prompt": NORMAL_QUESTION})
-    for job_id in (job_id_for("slack", f"{channel}-{event['ts']}"), f"discord-ask-{interaction['id']}"):
-        discord.wait_for(lambda: job_done(redis, job_id), timeout=120)
+    for job_id in (keys.job_id("slack", f"{channel}-{event['ts']}"),
+                   keys.job_id("discord", f"ask-{interaction['id']}")):
+        discord.wait_for(lambda job_id=job_id: job_done(redis, job_id), timeout=120)
     assert any("Paris" in m["text"] for m in slack.thread(channel, event["ts"]) if m.get("bot_id"))
     assert any("Paris" in m["content"] for t in discord.threads() for m in discord.messages(t["id"])
                if int(m["author"]["id"]) == discord.bot_user_id)
 
 
-def test_fast_hostile_inputs(product, slack, discord, redis):
-    run_cases([case for case in CORPUS if case.get("fast")], slack, discord, redis)
+def test_fast_hostile_inputs(product, settings, slack, discord, redis):
+    keys = RedisKeys.for_settings(settings)
+    run_cases([case for case in CORPUS if case.get("fast")], slack, discord, redis, keys)
     assert_nothing_pinged_or_leaked(slack, discord)
-    assert_still_answering(slack, discord, redis)
+    assert_still_answering(slack, discord, redis, keys)
 
 
 @pytest.mark.long
-def test_whole_hostile_corpus(product, slack, discord, redis):
-    run_cases(CORPUS, slack, discord, redis)
+def test_whole_hostile_corpus(product, settings, slack, discord, redis):
+    keys = RedisKeys.for_settings(settings)
+    run_cases(CORPUS, slack, discord, redis, keys)
     assert_nothing_pinged_or_leaked(slack, discord)
-    assert_still_answering(slack, discord, redis)
+    assert_still_answering(slack, discord, redis, keys)

@@ -17,8 +17,8 @@ from rq.job import JobStatus
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.processes import kill, memory_mb, settings_env, spawn
 from tests.helpers.slack_helpers import APP_TOKEN, BOT_TOKEN, bot_replies, mention
-from worker.queue.job import job_id_for
 from worker.queue.job_queue import SERIALIZER
+from worker.queue.keys import RedisKeys
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 
@@ -97,6 +97,7 @@ def test_burst_of_500_questions_from_50_people(fake, demo_dir, redis, queue_name
     try:
         fake.wait_connected(timeout=120)
         questions = []  # (channel, ts, job id)
+        keys = RedisKeys(queue_name)
         with PeakMemory({"worker": worker.pid, "slack adapter": adapter.pid}) as memory:
             started = time.monotonic()
             for round_ in range(PER_USER):
@@ -104,7 +105,7 @@ def test_burst_of_500_questions_from_50_people(fake, demo_dir, redis, queue_name
                     channel = f"CLOAD{user % CHANNELS}"
                     event = mention(fake, channel, QUESTIONS[(user + round_) % len(QUESTIONS)], user=f"U{user:03d}")
                     fake.send_event(event)
-                    questions.append((channel, event["ts"], job_id_for("slack", f"{channel}-{event['ts']}")))
+                    questions.append((channel, event["ts"], keys.job_id("slack", f"{channel}-{event['ts']}")))
             sent_in = time.monotonic() - started
 
             def every_question_has_its_reply():

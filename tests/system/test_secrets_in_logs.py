@@ -12,14 +12,14 @@ from pydantic import SecretStr
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
-from tests.helpers.discord_helpers import running_bot
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_slack import FakeSlack
+from tests.helpers.discord_helpers import running_bot
 from tests.helpers.redis_server import drop_queue
 from tests.helpers.slack_helpers import connected_app, mention
-from worker.queue.job import job_id_for
 from worker.logs import setup_logging
 from worker.queue.job_queue import SERIALIZER
+from worker.queue.keys import RedisKeys
 from worker.serve import WorkerProcess
 from worker.settings import Settings
 
@@ -70,8 +70,9 @@ def test_a_debug_log_of_a_whole_run_holds_no_secret(redis, demo_dir, debug_log):
                 event = mention(slack, channel, "What is the capital of France?")
                 slack.send_event(event)
                 interaction = discord.slash_command("ask", {"prompt": "What is the capital of France?"})
-                slack_job = job_id_for("slack", f"{channel}-{event['ts']}")
-                discord_job = f"discord-ask-{interaction['id']}"
+                keys = RedisKeys.for_settings(settings)
+                slack_job = keys.job_id("slack", f"{channel}-{event['ts']}")
+                discord_job = keys.job_id("discord", f"ask-{interaction['id']}")
                 slack.wait_for(lambda: done(redis, slack_job) and done(redis, discord_job), timeout=90)
         finally:
             worker.stop()

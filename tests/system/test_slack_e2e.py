@@ -13,10 +13,18 @@ from rq.job import JobStatus
 
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.redis_server import drop_queue
-from tests.helpers.slack_helpers import APP_TOKEN, BOT_TOKEN, bot_replies, connected_app, mention, message, \
-    slack_settings, unique
-from worker.queue.job import job_id_for
+from tests.helpers.slack_helpers import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    bot_replies,
+    connected_app,
+    mention,
+    message,
+    slack_settings,
+    unique,
+)
 from worker.queue.job_queue import SERIALIZER
+from worker.queue.keys import RedisKeys
 from worker.queue.reply_index import ReplyIndex
 from worker.serve import WorkerProcess
 
@@ -40,6 +48,11 @@ def settings(fake, redis, demo_dir):
 
 
 @pytest.fixture(scope="module")
+def keys(settings):
+    return RedisKeys.for_settings(settings)
+
+
+@pytest.fixture(scope="module")
 def worker(settings, redis):
     process = WorkerProcess(settings, redis)
     process.start()
@@ -53,9 +66,9 @@ def app(fake, settings, redis, worker):
         yield bolt_app
 
 
-def answer_of(fake, redis, channel, thread_ts, timeout=60.0) -> dict:
+def answer_of(fake, redis, keys, channel, thread_ts, timeout=60.0) -> dict:
     """The bot's newest reply in the thread, once the job behind it has finished."""
-    index = ReplyIndex(redis)
+    index = ReplyIndex(redis, keys)
 
     def finished():
         replies = bot_replies(fake, channel, thread_ts)
@@ -80,11 +93,11 @@ def job_turns(redis, job_id) -> list[dict]:
     return json.loads(RQJob.fetch(job_id, connection=redis, serializer=SERIALIZER).args[0])["turns"]
 
 
-def test_mention_gets_a_streamed_answer_in_its_thread(fake, redis, app):
+def test_mention_gets_a_streamed_answer_in_its_thread(fake, redis, keys, app):
     channel = unique("C")
     event = mention(fake, channel, "What is the capital of France?")
     fake.send_event(event)
-    reply = answer_of(fake, redis, channel, event["ts"])
+    reply = answer_of(fake, redis, keys, channel, event["ts"])
     assert "Paris" in reply["text"]
     history = fake.history_of(channel, reply["ts"])
     assert history[0] == "_thinking…_"
@@ -93,12 +106,12 @@ def test_mention_gets_a_streamed_answer_in_its_thread(fake, redis, app):
     assert all(reply["text"].startswith(text.rstrip()) for text in answer_edits)
 
 
-def test_first_streamed_edit_follows_the_first_token_within_a_second(fake, redis, app, settings):
+def test_first_streamed_edit_follows_the_first_token_within_a_second(fake, redis, keys, app, settings):
     channel = unique("C")
     event = mention(fake, channel, "Name three colours.")
     fake.send_event(event)
-    reply = answer_of(fake, redis, channel, event["ts"])
-    first_token_at = rq_result(redis, job_id_for("slack", f"{channel}-{event['ts']}"))["first_token_at"]
+    reply = answer_of(fake, redis, keys, channel, event["ts"])
+    first_token_at = rq_result(redis, keys.job_id("slack", f"{channel}-{event['ts']}"))["first_token_at"]
     edits = [c for c in fake.calls_to("chat.update") if c.args.get("ts") == reply["ts"]
              and not str(c.args.get("text", "")).startswith("_thinking")]
     delay = edits[0].at - first_token_at
@@ -106,17 +119,17 @@ def test_first_streamed_edit_follows_the_first_token_within_a_second(fake, redis
     assert delay <= 1.0, f"first streamed edit came {delay:.2f} s after the first token"
 
 
-def test_follow_up_in_the_thread_carries_the_history(fake, redis, app):
+def test_follow_up_in_the_thread_carries_the_history(fake, redis, keys, app):
     channel = unique("C")
     first = mention(fake, channel, "What is the capital of France?")
     fake.send_event(first)
-    answer = answer_of(fake, redis, channel, first["ts"])
+    answer = answer_of(fake, redis, keys, channel, first["ts"])
     follow_up = message(fake, channel, "And what is it famous for?", thread_ts=first["ts"])
     fake.send_event(follow_up)
     fake.wait_for(lambda: len(bot_replies(fake, channel, first["ts"])) == 2)
-    second = answer_of(fake, redis, channel, first["ts"])
+    second = answer_of(fake, redis, keys, channel, first["ts"])
     assert second["ts"] != answer["ts"] and second["text"]
-    turns = job_turns(redis, job_id_for("slack", f"{channel}-{follow_up['ts']}"))
+    turns = job_turns(redis, keys.job_id("slack", f"{channel}-{follow_up['ts']}"))
     assert [(t["role"], t["text"]) for t in turns] == [
         ("user", "What is the capital of France?"),
         ("assistant", answer["text"]),
@@ -124,7 +137,7 @@ def test_follow_up_in_the_thread_carries_the_history(fake, redis, app):
     ]
 
 
-def test_direct_messages_are_one_conversation(fake, redis, app):
+def test_direct_messages_are_one_conversation(fake, redis, keys, app):
     dm = unique("D")
     first = message(fake, dm, "What is the capital of France?", channel_type="im")
     fake.send_event(first)
@@ -135,19 +148,19 @@ def test_direct_messages_are_one_conversation(fake, redis, app):
                   timeout=60)
     replies = bot_replies(fake, dm)
     assert all("thread_ts" not in m for m in replies)  # top-level in the DM, not in threads
-    roles = [t["role"] for t in job_turns(redis, job_id_for("slack", f"{dm}-{second['ts']}"))]
+    roles = [t["role"] for t in job_turns(redis, keys.job_id("slack", f"{dm}-{second['ts']}"))]
     assert roles == ["user", "assistant", "user"]
 
 
-def test_regenerate_reaction_answers_again_in_the_same_thread(fake, redis, app):
+def test_regenerate_reaction_answers_again_in_the_same_thread(fake, redis, keys, app):
     channel = unique("C")
     event = mention(fake, channel, "What is the capital of France?")
     fake.send_event(event)
-    first = answer_of(fake, redis, channel, event["ts"])
+    first = answer_of(fake, redis, keys, channel, event["ts"])
     fake.send_event({"type": "reaction_added", "user": "U2", "reaction": "repeat", "event_ts": f"{time.time():.6f}",
                      "item": {"type": "message", "channel": channel, "ts": first["ts"]}})
     fake.wait_for(lambda: len(bot_replies(fake, channel, event["ts"])) == 2)
-    again = answer_of(fake, redis, channel, event["ts"])
+    again = answer_of(fake, redis, keys, channel, event["ts"])
     assert again["ts"] != first["ts"] and "Paris" in again["text"]
 
 
@@ -163,10 +176,10 @@ def test_cancel_reaction_stops_a_running_answer(fake, redis, app):
     fake.wait_for(lambda: bot_replies(fake, channel, event["ts"])[0]["text"].endswith("(stopped)"), timeout=30)
 
 
-def test_too_long_question_is_told_the_limit(fake, redis, app):
+def test_too_long_question_is_told_the_limit(fake, redis, keys, app):
     channel = unique("C")
     event = mention(fake, channel, "Summarise this: " + "blah " * 3000)
     fake.send_event(event)
-    reply = answer_of(fake, redis, channel, event["ts"])
+    reply = answer_of(fake, redis, keys, channel, event["ts"])
     assert reply["text"].startswith(":warning: Your message is too long")
     assert "the limit is" in reply["text"]

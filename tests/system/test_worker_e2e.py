@@ -11,23 +11,21 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
+from bot.console import ask, console_job, read_reply
+from tests.helpers.paths import REPO
 from tests.helpers.processes import settings_env, spawn
-from bot.console import ask, console_job
-from bot.console import read_reply
-from worker.posters.console import reply_stream_key
-from worker.queue.job_queue import TASK, JobQueue
-from worker.queue.job_queue import job_queue
+from worker.queue.job_queue import TASK, JobQueue, job_queue
+from worker.queue.keys import RedisKeys
 from worker.serve import WorkerProcess
 from worker.settings import Settings
-from tests.helpers.paths import REPO
 
 pytestmark = pytest.mark.slow
 COUNTING = "Count from 1 to 300, one number per line."
@@ -75,25 +73,25 @@ def test_overlapping_questions_are_batched_together(worker, redis):
     queue = job_queue(worker.settings, redis)
     questions = ["What is the capital of France?", "What is the capital of Japan?",
                  "What is the chemical symbol for gold?", "How many legs does a spider have?"]
-    jobs = [as_user(console_job([("user", q)]), f"user{i}") for i, q in enumerate(questions)]  # 4 people: no cap
+    jobs = [as_user(console_job([("user", q)], queue.keys), f"user{i}") for i, q in enumerate(questions)]  # no cap
     for job in jobs:
         queue.enqueue(job)
     finals = {}
     for job in jobs:
-        for kind, text in read_reply(redis, job.job_id, timeout_s=120):
+        for kind, text in read_reply(redis, queue.keys, job.job_id, timeout_s=120):
             if kind in ("final", "error"):
                 finals[job.job_id] = (kind, text)
     assert all(kind == "final" and text for kind, text in finals.values()), finals
     assert "Paris" in finals[jobs[0].job_id][1] and "Tokyo" in finals[jobs[1].job_id][1]
-    assert worker.inference.engine.stats.max_batch_seen >= 2  # they shared decode steps
+    assert worker.engine.stats.max_batch_seen >= 2  # they shared decode steps
 
 
 def test_cancel_stops_a_running_answer(worker, redis):
     queue = job_queue(worker.settings, redis)
-    job = as_user(console_job([("user", COUNTING)]), "counter", max_new_tokens=400)
+    job = as_user(console_job([("user", COUNTING)], queue.keys), "counter", max_new_tokens=400)
     queue.enqueue(job)
-    entries = read_reply(redis, job.job_id, timeout_s=120)
-    for kind, text in entries:
+    entries = read_reply(redis, queue.keys, job.job_id, timeout_s=120)
+    for kind, _text in entries:
         if kind == "update":
             break
     assert queue.cancel(job.job_id) == "stopping"
@@ -104,17 +102,18 @@ def test_cancel_stops_a_running_answer(worker, redis):
 
 def test_poisoned_jobs_get_clear_replies_and_the_worker_keeps_serving(worker, redis, queue_name):
     rq_queue = Queue(queue_name, connection=redis, serializer=JSONSerializer)
+    keys = RedisKeys(queue_name)
     garbage = rq_queue.enqueue(TASK, "this is not json", job_id=f"garbage-{queue_name}")
     # Valid reply target, invalid conversation (ends with the assistant): the user hears why.
-    bad = console_job([("user", "hi")]).model_dump(mode="json")
+    bad = console_job([("user", "hi")], keys).model_dump(mode="json")
     bad["turns"] = [{"role": "assistant", "text": "hello"}]
     rq_queue.enqueue(TASK, json.dumps(bad), job_id=bad["job_id"])
-    kind, text = list(read_reply(redis, bad["job_id"], timeout_s=60))[-1]
+    kind, text = list(read_reply(redis, keys, bad["job_id"], timeout_s=60))[-1]
     assert kind == "error" and "could not read that request" in text
     # A message far over the context: a clear refusal that names the limit.
-    huge = console_job([("user", "word " * 5000)])
+    huge = console_job([("user", "word " * 5000)], keys)
     job_queue(worker.settings, redis).enqueue(huge)
-    kind, text = list(read_reply(redis, huge.job_id, timeout_s=60))[-1]
+    kind, text = list(read_reply(redis, keys, huge.job_id, timeout_s=60))[-1]
     assert kind == "error" and "limit is" in text and "tokens" in text
     deadline = time.monotonic() + 60
     while garbage.id not in FailedJobRegistry(queue=rq_queue).get_job_ids() and time.monotonic() < deadline:
@@ -134,10 +133,10 @@ def test_killed_worker_mid_answer_another_answers_exactly_once(demo_dir, queue_n
     first = spawn(["worker"], env)
     second = None
     try:
-        jobs = [as_user(console_job([("user", COUNTING)]), f"u{i}", max_new_tokens=150) for i in range(2)]
+        jobs = [as_user(console_job([("user", COUNTING)], queue.keys), f"u{i}", max_new_tokens=150) for i in range(2)]
         for job in jobs:
             queue.enqueue(job)
-        for kind, _ in read_reply(redis, jobs[0].job_id, timeout_s=120):
+        for kind, _ in read_reply(redis, queue.keys, jobs[0].job_id, timeout_s=120):
             if kind == "update":
                 break  # mid-answer
         first.send_signal(signal.SIGKILL)
@@ -145,9 +144,9 @@ def test_killed_worker_mid_answer_another_answers_exactly_once(demo_dir, queue_n
         killed_at = time.monotonic()
         second = spawn(["worker"], env)
         for job in jobs:
-            kinds = [kind for kind, _ in read_reply(redis, job.job_id, timeout_s=180)]
+            kinds = [kind for kind, _ in read_reply(redis, queue.keys, job.job_id, timeout_s=180)]
             assert kinds.count("final") == 1
-        entries = [redis.xrange(reply_stream_key(job.job_id)) for job in jobs]
+        entries = [redis.xrange(queue.keys.reply_stream(job.job_id)) for job in jobs]
         for stream in entries:  # exactly one final answer, nothing after it
             kinds = [fields[b"kind"] for _, fields in stream]
             assert kinds.count(b"final") == 1 and kinds[-1] == b"final"
@@ -180,7 +179,7 @@ def test_up_starts_redis_and_serves_ask(demo_dir, tmp_path):
         assert (tmp_path / "data" / "redis").is_dir()  # its own Redis, with the append-only file there
         up.send_signal(signal.SIGINT)
         assert up.wait(timeout=60) == 0
-        with pytest.raises(Exception):
+        with pytest.raises(RedisConnectionError):
             Redis(port=port, socket_connect_timeout=1).ping()  # the Redis it started is gone too
     finally:
         if up.poll() is None:
@@ -202,8 +201,9 @@ def test_an_undeliverable_answer_ends_in_the_failed_registry_with_the_reason(dem
     process = WorkerProcess(settings, redis, posters={"console": UnreachablePlatform})
     process.start()
     try:
-        job = console_job([("user", "What is the capital of France?")])
-        job_queue(settings, redis).enqueue(job)
+        queue = job_queue(settings, redis)
+        job = console_job([("user", "What is the capital of France?")], queue.keys)
+        queue.enqueue(job)
         registry = FailedJobRegistry(queue=Queue(queue_name, connection=redis, serializer=JSONSerializer))
         deadline = time.monotonic() + 120
         while job.job_id not in registry.get_job_ids() and time.monotonic() < deadline:
@@ -222,7 +222,8 @@ def test_an_undeliverable_answer_ends_in_the_failed_registry_with_the_reason(dem
 def final_answer_with(process, redis) -> str:
     from worker.posters.console import ConsolePoster
 
-    process.posters["console"] = lambda: ConsolePoster(redis)  # the platform is back
+    keys = RedisKeys.for_settings(process.settings)
+    process.posters["console"] = lambda: ConsolePoster(redis, keys)  # the platform is back
     return final_answer(redis, job_queue(process.settings, redis), "What is the capital of France?")
 
 

@@ -9,8 +9,9 @@
 One background thread owns the model. Each turn of its loop admits waiting requests into free cache slots
 and prefills them: several whole prompts together in one forward (rows padded to the longest, at most
 ``PREFILL_TOKENS`` in all, so a burst of questions shares one pass over the weights), or the next
-``PREFILL_CHUNK`` tokens of one long prompt (so it never stalls the others for long); then it runs ONE decode step for every conversation that is decoding, delivers each one's
-text and retires those that finished, failed or were cancelled. A request that arrives while others decode
+``PREFILL_CHUNK`` tokens of one long prompt (so it never stalls the others for long); then it runs ONE decode
+step for every conversation that is decoding, delivers each one's text and retires those that finished, failed
+or were cancelled. A request that arrives while others decode
 joins at the next step; one that finishes frees its slot at once. Decoding conversations always sit in the
 lowest slots (a finished one's slot is filled by moving the last one down), so a step reads one slice of the
 cache and free slots cost nothing. Text comes from the same ``AnswerText`` as ``Generator.stream``.
@@ -24,8 +25,8 @@ in flight is read before the next launch.
 An answer that ends frees its slot before its reader is woken, and readers are woken only once the next step
 is launched (``_wake_ended``). A woken reader finishes its job in the same process (RQ's bookkeeping, the next
 question's pickup): Python work that holds the GIL, which every PyTorch call of the engine's thread must take
-back. Moving a slot while those readers ran measured ~9 ms a release at 32 users on an H200 (the device idle
-meanwhile), ~0.8 ms without them.
+back. Moving a slot while those readers ran took far longer than without them, the device idle
+meanwhile (benchmarks/NOTES.md rows 39-41).
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ import torch
 
 from worker.inference.generate import AnswerText, Generator
 from worker.inference.llama_runtime import PREFILL_CHUNK, LaunchedStep
-
-PREFILL_TOKENS = 4096  # padded prompt tokens prefilled together in one turn (several short prompts at once)
 from worker.inference.prompt import Turn
 from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.settings import DEFAULT_MAX_BATCH
+
+PREFILL_TOKENS = 4096  # padded prompt tokens prefilled together in one turn (several short prompts at once)
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +175,7 @@ class _Launched:
 
 
 class Engine:
-    def __init__(self, generator: Generator, max_batch: int = 8):
+    def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH):
         self.generator = generator
         self.max_batch = max_batch
         self.runtime = generator.build_runtime(max_batch)  # one cache of max_batch slots; graphs captured now

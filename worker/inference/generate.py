@@ -12,14 +12,15 @@ Once an engine serves a generator, its thread owns the runtime: ask the engine, 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+
 from transformers import PreTrainedTokenizerBase
 
 from worker.inference.kv_budget import sized_context
 from worker.inference.llama_runtime import FP8, LlamaRuntime
-from worker.model.loader import LoadedModel
 from worker.inference.prompt import FittedPrompt, PromptTemplate, Turn, fit_conversation
-from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.inference.sampling import DEFAULT_PARAMS, GenerationParams, SamplingTensors
 from worker.inference.stop_text import IncrementalDecoder, StopCutter
+from worker.model.loader import LoadedModel
 
 
 class AnswerText:
@@ -76,7 +77,7 @@ class Generator:
         *,
         system_prompt: str | None = None,
         max_context_tokens: int | None = None,
-        defaults: GenerationParams = GenerationParams(),
+        defaults: GenerationParams = DEFAULT_PARAMS,
         cuda_graphs: bool = False,
         kv_cache_gb: float | None = None,
         kv_cache_dtype: str = "auto",
@@ -131,7 +132,7 @@ class Generator:
         params = params or self.defaults
         answer = self.start_answer(turns, params)
         sampling = SamplingTensors.of([params], self.runtime.device)
-        for token_id in self.runtime.generate(answer.prompt_ids, answer.max_new_tokens, sampling, stop_ids=set()):
+        for token_id in self.runtime.generate(answer.prompt_ids, answer.max_new_tokens, sampling):
             piece = answer.push(token_id)
             if piece:
                 yield piece

@@ -12,6 +12,8 @@ import logging
 
 import torch
 
+from worker.model.loader import head_dim_of
+
 log = logging.getLogger(__name__)
 
 FREE_FRACTION = 0.9  # of the free GPU memory, when no budget is set
@@ -25,9 +27,8 @@ class KVCacheTooSmall(RuntimeError):
 
 
 def bytes_per_token(config, dtype: torch.dtype) -> int:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     element = torch.empty((), dtype=dtype).element_size()
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * element
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim_of(config) * element
 
 
 def free_memory_budget(device: torch.device) -> int:

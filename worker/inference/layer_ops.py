@@ -3,7 +3,7 @@ kernel each (``worker.kernels.layer_kernels``), elsewhere the same math in PyTor
 
     parts = projection_partials(layer.self_attn.qkv_proj, x, ordered=True)   # x already in its input order
     q = rotary_into_cache(parts, cos, sin, positions, cache, ...)             # k, v written into the cache
-    h, x = add_rms_norm(h, delta_parts, norm, order=input_order(next_layer))  # x comes out in that order
+    h, x = add_rms_norm(h, delta_parts, norm, order=act_order_perm(next_layer))  # x comes out in that order
     hidden = silu_mul(gate_up_parts, act_fn, dtype)
 """
 
@@ -21,14 +21,14 @@ def kernels_serve(t: torch.Tensor, dtype: torch.dtype) -> bool:
 
 def projection_partials(layer: nn.Module, x: torch.Tensor, ordered: bool = False) -> torch.Tensor:
     """x [..., K] @ W.T as partial sums [split, rows, N]. ``ordered``: x is already in the layer's input order
-    (``input_order``), so the layer skips its gather."""
+    (``act_order_perm``), so the layer skips its gather."""
     rows = x.reshape(-1, x.shape[-1])
     if hasattr(layer, "partials"):  # our Triton int4 layer
         return layer.partials(rows, ordered)
     return layer(rows)[None]
 
 
-def input_order(layer: nn.Module | None) -> torch.Tensor | None:
+def act_order_perm(layer: nn.Module | None) -> torch.Tensor | None:
     """The act-order permutation a Triton int4 layer gathers its input through: the norm before it applies it."""
     return getattr(layer, "perm", None) if hasattr(layer, "partials") else None
 

@@ -13,6 +13,7 @@ lowest slots, so a step reads a plain slice of the cache and free slots cost not
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -21,8 +22,8 @@ from torch import nn
 
 from worker.inference.decode_graph import DecodeGraphs
 from worker.inference.layer_ops import (
+    act_order_perm,
     add_rms_norm,
-    input_order,
     kernels_serve,
     output_order_for,
     projection_partials,
@@ -30,6 +31,7 @@ from worker.inference.layer_ops import (
     silu_mul,
 )
 from worker.inference.sampling import GenerationParams, SamplingTensors, sample
+from worker.model.loader import head_dim_of
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 PREFILL_CHUNK = 512
@@ -120,12 +122,12 @@ def mlp(block: nn.Module, x: torch.Tensor, ordered: bool) -> torch.Tensor:
 
 def attention_order(layer: nn.Module) -> torch.Tensor | None:
     """The input order (act-order permutation) of the layer's fused q/k/v matmul, if it gathers one."""
-    return input_order(getattr(layer.self_attn, "qkv_proj", None))
+    return act_order_perm(getattr(layer.self_attn, "qkv_proj", None))
 
 
 def mlp_order(layer: nn.Module) -> torch.Tensor | None:
     """The input order of the layer's fused gate/up matmul, if it gathers one."""
-    return input_order(getattr(layer.mlp, "gate_up_proj", None))
+    return act_order_perm(getattr(layer.mlp, "gate_up_proj", None))
 
 
 def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0,
@@ -231,7 +233,7 @@ class LlamaRuntime:
         self.model = model
         self.device = next(model.parameters()).device
         dtype = model.get_input_embeddings().weight.dtype
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = head_dim_of(config)
         self.cache = KVCache(config.num_hidden_layers, max_batch, config.num_key_value_heads, max_seq_len, head_dim,
                              self.device, kv_dtype or dtype)
         self.max_seq_len = max_seq_len
@@ -246,8 +248,8 @@ class LlamaRuntime:
         self.graphs = DecodeGraphs(self._graph_step) if use_graphs else None
         self.pad_to_buckets = use_graphs  # eager steps run exactly the live rows
         head_dim_fits = head_dim & (head_dim - 1) == 0  # the decode attention kernel tiles whole power-of-two heads
-        # Decode steps on the GPU: worker.kernels.decode_attention reads each row's entries only (H200, 13B, window 1,024
-        # at 900 tokens: 6.27 ms a step against SDPA's 6.75 at batch 1); "sdpa" keeps PyTorch's kernel.
+        # Decode steps on the GPU: worker.kernels.decode_attention reads each row's entries only, a faster step
+        # than SDPA's (benchmarks/NOTES.md row 18); "sdpa" keeps PyTorch's kernel.
         self.decode_kernel = attention == "triton" and head_dim_fits
 
     def window_for(self, length: int) -> int:
@@ -374,8 +376,10 @@ class LlamaRuntime:
         return self.read(self.launch(rows, max(positions) + 1))
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingTensors, stop_ids: set[int]):
-        """Batch 1 on slot 0: yield new token ids until a stop id (not yielded), ``max_new_tokens`` or a full cache."""
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingTensors,
+                 stop_ids: Collection[int] = frozenset()):
+        """Batch 1 on slot 0: yield new token ids until a stop id (not yielded), ``max_new_tokens`` or a full cache.
+        The worker passes no stop ids (``AnswerText`` watches for the end of the answer); benchmarks stop at EOS."""
         if len(prompt_ids) + max_new_tokens > self.max_seq_len:
             raise ValueError(f"{len(prompt_ids)} prompt + {max_new_tokens} new tokens exceed {self.max_seq_len}")
         self.set_sampling(0, sampling)

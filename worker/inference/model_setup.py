@@ -8,20 +8,12 @@ import time
 import torch
 
 from worker.inference.generate import Generator
-from worker.model.loader import load_model
 from worker.inference.prompt import make_template
 from worker.inference.sampling import GenerationParams
+from worker.model.loader import load_model, pick_device
 from worker.settings import XWIN_MODEL, Settings
 
 log = logging.getLogger(__name__)
-
-
-def choose_device(settings: Settings) -> torch.device:
-    if settings.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("XWINBOT_DEVICE=cuda but PyTorch sees no CUDA GPU")
-    if settings.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(settings.device)
 
 
 def choose_model_source(settings: Settings, device: torch.device) -> str:
@@ -42,7 +34,7 @@ def generation_defaults(settings: Settings) -> GenerationParams:
 
 
 def load_generator(settings: Settings) -> Generator:
-    device = choose_device(settings)
+    device = pick_device(settings.device)
     source = choose_model_source(settings, device)
     started = time.perf_counter()
     loaded = load_model(source, revision=settings.model_revision, device=device, int4_kernel=settings.int4_kernel)

@@ -9,15 +9,17 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from worker.settings import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+
 
 @dataclass(frozen=True)
 class GenerationParams:
-    """Defaults are the seed article's: temperature 0.01, top_p 0.95, top_k 40, 512 new tokens."""
+    """Defaults are the settings' (``worker.settings``): the seed article's."""
 
-    temperature: float = 0.01
-    top_p: float = 0.95
-    top_k: int = 40
-    max_new_tokens: int = 512
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    top_k: int = DEFAULT_TOP_K
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     def __post_init__(self):
         if not 0.0 <= self.temperature <= 5.0:
@@ -31,6 +33,9 @@ class GenerationParams:
 
     def replace(self, **changes) -> GenerationParams:
         return GenerationParams(**{**asdict(self), **changes})
+
+
+DEFAULT_PARAMS = GenerationParams()  # frozen, so one shared instance serves as every default
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ chunks and writes the output, optionally already in o_proj's act-order (so o_pro
     out = decode_attention(q, keys, values, positions, window, scale, order)   # q [B, Hq, D] -> [B, Hq * D]
 
 ``worker.inference.llama_runtime`` uses it for decode steps on the GPU (its default, ``attention="triton"``;
-``"sdpa"`` takes ``scaled_dot_product_attention``); ``benchmarks/profile_decode.py`` compares the two.
+``"sdpa"`` takes ``scaled_dot_product_attention``); ``benchmarks/speed/profile_decode.py`` compares the two.
 """
 
 from __future__ import annotations

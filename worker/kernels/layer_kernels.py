@@ -4,7 +4,8 @@ dtype) and does the next step in the same pass, so a decode step launches a few 
 
 - ``add_rms_norm``: residual + sum of partials, RMSNorm; the normed output optionally already permuted into
   the next int4 layer's input order (act-order), so that layer skips its gather. Two kernels over column
-  blocks (a one-row norm in a single program took 13 µs, 81 times a step).
+  blocks (a one-row norm in a single program kept one SM busy and the rest waiting: benchmarks/NOTES.md
+  rows 18-19).
 - ``silu_mul``: silu(gate) * up from gate_up's partials.
 - ``rotary_into_cache``: q/k/v from qkv's partials; rotary on q and k; k and v written into the KV cache at
   each row's position; q returned.
@@ -91,7 +92,8 @@ def _add_rms_norm_row_kernel(h_ptr, part_ptr, h_out_ptr, w_ptr, order_ptr, x_out
 
 NORM_BLOCK = 256  # columns per program: a one-row norm spreads over ~20 SMs instead of waiting on one
 # From this many rows (a prefill), add+RMSNorm takes one program a row and the rotary 8 heads a program: with
-# 4,000 rows on an H200 the decode steps' smaller pieces ran at ~1.1 TB/s (norm) and ~0.85 TB/s (rotary).
+# thousands of rows the decode steps' smaller pieces (column blocks, one head a program) moved the bytes well
+# below the GPU's bandwidth (benchmarks/NOTES.md row 42).
 PREFILL_ROWS = 64
 
 

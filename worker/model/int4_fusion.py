@@ -13,7 +13,7 @@ import dataclasses
 
 from torch import nn
 
-from worker.model.tinygemm_linear import Int4Codes, Int4Linear, same_perm
+from worker.model.tinygemm_linear import Int4Codes, TinygemmInt4Linear, same_perm
 
 FUSIONS = {
     "qkv_proj": ("q_proj", "k_proj", "v_proj"),
@@ -34,10 +34,10 @@ def fold_down_proj_order(codes: dict[str, Int4Codes]) -> None:
 
 
 def build_int4_modules(
-    codes: dict[str, Int4Codes], dtype, linear_type: type = Int4Linear
+    codes: dict[str, Int4Codes], dtype, linear_type: type = TinygemmInt4Linear
 ) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
     """(replacement for each quantized prefix, fused layers by their new prefix); ``linear_type`` is
-    ``Int4Linear`` or ``TritonInt4Linear`` (both build from codes and slice their outputs)."""
+    ``TinygemmInt4Linear`` or ``TritonInt4Linear`` (both build from codes and slice their outputs)."""
     fold_down_proj_order(codes)
     modules: dict[str, nn.Module] = {}
     fused_layers: dict[str, nn.Module] = {}

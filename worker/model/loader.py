@@ -3,9 +3,9 @@
     loaded = load_model("TheBloke/Xwin-LM-13B-V0.1-GPTQ")   # or a local directory
     loaded.model(input_ids).logits
 
-The model skeleton is built on the meta device (no memory), each quantized Linear is replaced by an
-``Int4Linear`` built from its GPTQ tensors, and the remaining tensors (embeddings, norms, lm_head) are read
-from the shards straight onto the target device.
+The model skeleton is built on the meta device (no memory), each quantized Linear is replaced by an int4 layer
+(``TritonInt4Linear`` or ``TinygemmInt4Linear``) built from its GPTQ tensors, and the remaining tensors
+(embeddings, norms, lm_head) are read from the shards straight onto the target device.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from accelerate import init_empty_weights
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
-from worker.model.checkpoint import TensorStore, read_config_json, resolve_checkpoint_dir, safetensors_shards
 from worker.errors import CheckpointError, UnsupportedCheckpoint
+from worker.model.checkpoint import TensorStore, read_config_json, resolve_checkpoint_dir, safetensors_shards
 from worker.model.gptq_layout import GPTQTensors, values_per_word
 from worker.model.int4_fusion import build_int4_modules
-from worker.model.tinygemm_linear import Int4Codes, Int4Linear, dequantized_linear, int4_kernel_fits
 from worker.model.quant_config import QuantConfig, read_quant_config
+from worker.model.tinygemm_linear import Int4Codes, TinygemmInt4Linear, dequantized_linear, int4_kernel_fits
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,20 @@ class LoadedModel:
         return int(self.config.max_position_embeddings)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def head_dim_of(config: PretrainedConfig) -> int:
+    """Width of one attention head: the config's ``head_dim`` when it sets one, else hidden size / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def pick_device(requested: str | torch.device | None = "auto") -> torch.device:
+    """"auto" (or None): the GPU when PyTorch sees one, else the CPU; a named device as it is, except that
+    "cuda" without a visible GPU raises RuntimeError."""
+    if requested is None or requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"XWINBOT_DEVICE={requested} but PyTorch sees no CUDA GPU")
+    return device
 
 
 def load_model(
@@ -66,7 +78,7 @@ def load_model(
 ) -> LoadedModel:
     """``int4_kernel``: "triton" (our w4a16 kernels, the GPU default), "tinygemm" (PyTorch's int4 kernels, the
     CPU default) or "auto"."""
-    device = torch.device(device) if device is not None else default_device()
+    device = pick_device(device)
     dtype = dtype or torch.bfloat16  # int4 kernels are fastest with bf16 activations, on CPU too
     int4_kernel = choose_int4_kernel(int4_kernel, device)
     path = resolve_checkpoint_dir(source, revision)
@@ -100,7 +112,7 @@ def int4_linear_type(int4_kernel: str) -> type:
         from worker.model.triton_linear import TritonInt4Linear  # imports triton: only where it is used
 
         return TritonInt4Linear
-    return Int4Linear
+    return TinygemmInt4Linear
 
 
 def int4_layout_fits(int4_kernel: str, in_features: int, out_features: int, group: int, device: torch.device) -> bool:
@@ -168,7 +180,8 @@ def int4_codes_or_none(
 ) -> Int4Codes | None:
     """The layer's codes for the int4 kernels, or None when only the dequantized path can serve it."""
     group = quant.group_for(linear.in_features)
-    if not (quant.int4_kernel_ok and int4_layout_fits(int4_kernel, linear.in_features, linear.out_features, group, device)):
+    if not (quant.int4_kernel_ok
+            and int4_layout_fits(int4_kernel, linear.in_features, linear.out_features, group, device)):
         return None
     try:
         return Int4Codes.from_gptq(tensors, quant.group_for(linear.in_features), quant.zero_offset, device)
@@ -199,7 +212,8 @@ def replace_quantized_linears(
         for prefix in prefixes:
             linear = modules.get(prefix)
             if not isinstance(linear, nn.Linear):
-                raise UnsupportedCheckpoint(f"tensor {prefix}.qweight has no matching Linear layer in {type(model).__name__}")
+                raise UnsupportedCheckpoint(
+                    f"tensor {prefix}.qweight has no matching Linear layer in {type(model).__name__}")
             tensors = read_gptq_tensors(store, prefix, linear, quant)
             layer_codes = int4_codes_or_none(tensors, linear, quant, device, int4_kernel)
             if layer_codes is None:
@@ -232,7 +246,8 @@ def load_plain_tensors(
         if tuple(tensor.shape) != tuple(param.shape):
             raise CheckpointError(f"tensor {name} has shape {tuple(tensor.shape)}, expected {tuple(param.shape)}")
         module_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(module_name), attr, nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False))
+        setattr(model.get_submodule(module_name), attr,
+                nn.Parameter(tensor.to(device=device, dtype=dtype), requires_grad=False))
     if tie and "lm_head.weight" not in store:
         model.lm_head.weight = model.get_input_embeddings().weight
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import CheckpointError, UnsupportedCheckpoint
+from worker.model.checkpoint import read_json
 
 INT4_KERNEL_GROUP_SIZES = (32, 64, 128, 256)
 DEQUANTIZE_BITS = (2, 4, 8)
@@ -34,10 +34,7 @@ def read_quant_config(checkpoint_dir: Path, config_json: dict) -> QuantConfig:
     """quantize_config.json wins; else the ``quantization_config`` entry of config.json."""
     path = checkpoint_dir / "quantize_config.json"
     if path.is_file():
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+        raw = read_json(path)
         source = "quantize_config.json"
     elif isinstance(config_json.get("quantization_config"), dict):
         raw = config_json["quantization_config"]

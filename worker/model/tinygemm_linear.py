@@ -1,4 +1,4 @@
-"""A Linear layer whose weight lives in PyTorch's built-in int4 format (REFERENCE §3).
+"""A Linear layer whose weight lives in PyTorch's built-in int4 format ("tinygemm": its ``_weight_int4pack_mm``).
 
 CUDA: ``_weight_int4pack_mm`` with bf16 activations. CPU: ``_weight_int4pack_mm_for_cpu``. Both compute
 W = (q - 8) * scale + zero per group, so a GPTQ zero code z becomes zero = scale * (8 - z). With act-order
@@ -78,7 +78,8 @@ class Int4Codes:
     def reorder_outputs(self, order: torch.Tensor) -> Int4Codes:
         """The same layer with output feature j being the old feature order[j]."""
         bias = None if self.bias is None else self.bias[order]
-        return Int4Codes(self.codes[order], self.scales[:, order], self.zeros[:, order], self.perm, bias, self.group_size)
+        return Int4Codes(self.codes[order], self.scales[:, order], self.zeros[:, order], self.perm, bias,
+                         self.group_size)
 
     @staticmethod
     def concat(parts: list[Int4Codes]) -> Int4Codes:
@@ -88,7 +89,8 @@ class Int4Codes:
             raise ValueError("only layers with the same input order and group size can be concatenated")
         biases = [p.bias for p in parts]
         if any(b is not None for b in biases):
-            biases = [b if b is not None else torch.zeros(p.out_features, device=p.codes.device) for b, p in zip(biases, parts)]
+            biases = [b if b is not None else torch.zeros(p.out_features, device=p.codes.device)
+                      for b, p in zip(biases, parts)]
             bias = torch.cat([b.float() for b in biases])
         else:
             bias = None
@@ -102,7 +104,9 @@ class Int4Codes:
         )
 
 
-class Int4Linear(nn.Module):
+class TinygemmInt4Linear(nn.Module):
+    """An int4 Linear on PyTorch's tinygemm kernels (the CPU default; ``TritonInt4Linear`` is the GPU one)."""
+
     def __init__(self, in_features, out_features, group_size, packed, scales_and_zeros, perm, bias):
         super().__init__()
         self.in_features = in_features
@@ -114,7 +118,7 @@ class Int4Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
-    def from_codes(cls, c: Int4Codes, dtype: torch.dtype) -> Int4Linear:
+    def from_codes(cls, c: Int4Codes, dtype: torch.dtype) -> TinygemmInt4Linear:
         out_features, in_features = c.codes.shape
         scales_and_zeros = torch.stack([c.scales, c.scales * (8 - c.zeros)], dim=-1).to(dtype).contiguous()
         if c.codes.is_cuda:
@@ -125,11 +129,7 @@ class Int4Linear(nn.Module):
         bias = None if c.bias is None else c.bias.to(dtype)
         return cls(in_features, out_features, c.group_size, packed, scales_and_zeros, c.perm, bias)
 
-    @classmethod
-    def from_gptq(cls, t: GPTQTensors, group_size: int, zero_offset: int, device, dtype) -> Int4Linear:
-        return cls.from_codes(Int4Codes.from_gptq(t, group_size, zero_offset, torch.device(device)), dtype)
-
-    def output_slice(self, start: int, end: int) -> Int4Linear:
+    def output_slice(self, start: int, end: int) -> TinygemmInt4Linear:
         """Outputs start..end as a layer of their own, sharing this layer's packed weight memory.
 
         Its scales are copied out (the kernels want them contiguous) only when the slice is first called:
@@ -141,7 +141,7 @@ class Int4Linear(nn.Module):
         rows = self.packed.shape[0] // (self.out_features // block)  # packed rows per block of outputs
         packed = self.packed[start // block * rows : end // block * rows]
         bias = None if self.bias is None else self.bias[start:end]
-        view = Int4Linear(self.in_features, end - start, self.group_size, packed, None, self.perm, bias)
+        view = TinygemmInt4Linear(self.in_features, end - start, self.group_size, packed, None, self.perm, bias)
         view.scales_source = (self.scales_and_zeros, start, end)
         return view
 
@@ -171,7 +171,8 @@ def describe_int4(layer: nn.Module, kernel: str) -> str:
             f"act_order={layer.perm is not None}, kernel={kernel}")
 
 
-def dequantized_linear(t: GPTQTensors, bits: int, zero_offset: int, device: torch.device, dtype: torch.dtype) -> nn.Linear:
+def dequantized_linear(t: GPTQTensors, bits: int, zero_offset: int, device: torch.device,
+                       dtype: torch.dtype) -> nn.Linear:
     """The fallback for layouts the int4 kernels cannot serve: a plain Linear holding W exactly."""
     t = GPTQTensors(*(x.to(device) if x is not None else None for x in vars(t).values()))
     weight = dequantize(t, bits, zero_offset)

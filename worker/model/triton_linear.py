@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from worker.model.tinygemm_linear import Int4Codes, describe_int4
 from worker.kernels.w4a16 import FUSED_MAX_ROWS, dequantized_matmul, matmul_partials, pack_codes, sum_splits
-
+from worker.model.tinygemm_linear import Int4Codes, describe_int4
 
 
 class TritonInt4Linear(nn.Module):
@@ -52,8 +51,8 @@ class TritonInt4Linear(nn.Module):
         return self._inverse_perm
 
     def partials(self, x: torch.Tensor, ordered: bool = False) -> torch.Tensor:
-        """x [M, K] @ W.T (+ bias) as split-K partial sums [split, M, N] (``worker.inference.layer_ops`` adds them in the
-        next step's kernel). ``ordered``: x is already in this layer's input order (act-order gather done)."""
+        """x [M, K] @ W.T (+ bias) as split-K partial sums [split, M, N] (``worker.inference.layer_ops`` adds them in
+        the next step's kernel). ``ordered``: x is already in this layer's input order (act-order gather done)."""
         if self.perm is not None and not ordered:
             x = x[:, self.perm]
         if x.stride(-1) != 1:

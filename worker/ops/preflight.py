@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from worker.settings import Settings
 
-Role = Literal["worker", "slack", "discord", "up"]
+Role = Literal["worker", "slack", "discord", "up", "client"]  # client: ask, chat, status (Redis only)
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -65,11 +65,12 @@ def _model(settings: Settings) -> list[str]:
 def _device(settings: Settings) -> list[str]:
     if settings.device != "cuda":
         return []
-    import torch
+    from worker.model.loader import pick_device  # torch and transformers: only for a worker that asks for a GPU
 
-    if not torch.cuda.is_available():
-        return ["XWINBOT_DEVICE=cuda but no GPU is visible (torch.cuda.is_available() is False); "
-                "use XWINBOT_DEVICE=auto or cpu, or give the container the GPU"]
+    try:
+        pick_device(settings.device)
+    except RuntimeError as err:
+        return [f"{err}; use XWINBOT_DEVICE=auto or cpu, or give the container the GPU"]
     return []
 
 
@@ -83,7 +84,8 @@ def slack_problems(settings: Settings, required: bool = True) -> list[str]:
                         "or set XWINBOT_SLACK_MODE=http")
     if settings.slack_mode == "http" and not settings.slack_signing_secret:
         problems.append("Slack HTTP mode needs XWINBOT_SLACK_SIGNING_SECRET")
-    for name, secret, prefix in (("BOT", settings.slack_bot_token, "xoxb-"), ("APP", settings.slack_app_token, "xapp-")):
+    for name, secret, prefix in (("BOT", settings.slack_bot_token, "xoxb-"),
+                                 ("APP", settings.slack_app_token, "xapp-")):
         if secret and not secret.get_secret_value().startswith(prefix):
             problems.append(f"XWINBOT_SLACK_{name}_TOKEN does not start with {prefix} (is it the right token?)")
     return problems

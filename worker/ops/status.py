@@ -1,7 +1,8 @@
 """``xwinbot status`` and ``xwinbot requeue-failed``: what the queue and its workers are doing, at a glance.
 
-Workers publish what they serve (model, device, batch size) under ``xwinbot:worker-info`` when they start;
-everything else comes from RQ's own registries.
+Workers publish what they serve (model, device, batch size) under ``<queue name>:worker-info`` when they
+start; everything else comes from RQ's own registries of the queue (``rq:wip:<queue name>`` …) and its
+workers (``rq:workers:<queue name>``), so a deployment sees only its own.
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ from rq.job import Job as RQJob
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
 from worker.queue.job_queue import SERIALIZER, JobQueue
+from worker.queue.keys import RedisKeys
+from worker.queue.redis_connection import as_text
 
-WORKER_INFO_KEY = "xwinbot:worker-info"
 
-
-def publish_worker_info(redis: Redis, process_name: str, **info) -> None:
+def publish_worker_info(redis: Redis, keys: RedisKeys, process_name: str, **info) -> None:
     """A worker process says what it serves (shown by ``xwinbot status``)."""
-    redis.hset(WORKER_INFO_KEY, process_name, json.dumps(dict(info, started_at=time.time())))
+    redis.hset(keys.worker_info(), process_name, json.dumps(dict(info, started_at=time.time())))
 
 
-def forget_worker_info(redis: Redis, process_name: str) -> None:
-    redis.hdel(WORKER_INFO_KEY, process_name)
+def forget_worker_info(redis: Redis, keys: RedisKeys, process_name: str) -> None:
+    redis.hdel(keys.worker_info(), process_name)
 
 
 @dataclass
@@ -54,7 +55,7 @@ def read_status(queue: JobQueue, failed_shown: int = 10) -> QueueStatus:
         queue_name=queue.name, waiting=rq_queue.count, running=StartedJobRegistry(queue=rq_queue).count,
         finished=FinishedJobRegistry(queue=rq_queue).count, failed=failed_registry.count,
     )
-    info = {name.decode(): json.loads(raw) for name, raw in redis.hgetall(WORKER_INFO_KEY).items()}
+    info = {as_text(name): json.loads(raw) for name, raw in redis.hgetall(queue.keys.worker_info()).items()}
     for worker in Worker.all(queue=rq_queue):
         process = worker.name.rsplit(".", 1)[0]  # job threads are named <host>.<pid>.<id>.<slot>
         entry = status.processes.setdefault(process, {"threads": 0, "busy": 0, **info.get(process, {})})
@@ -89,7 +90,8 @@ def render(status: QueueStatus, redis_url: str) -> str:
         device = entry.get("device") or "?"
         cache = (f", {entry['max_batch']} conversations × {entry['context_tokens']} tokens"
                  if entry.get("max_batch") and entry.get("context_tokens") else "")  # what the KV cache holds
-        lines.append(f"  worker {process}: {entry['busy']}/{entry['threads']} job threads busy — {model} on {device}{cache}")
+        lines.append(f"  worker {process}: {entry['busy']}/{entry['threads']} job threads busy — "
+                     f"{model} on {device}{cache}")
     if status.failed_jobs:
         lines.append(f"  failed (newest {len(status.failed_jobs)}; `xwinbot requeue-failed` retries them):")
     for failed in status.failed_jobs:

@@ -14,18 +14,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Protocol
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from worker.ops import metrics
+from worker.settings import DEFAULT_DELIVERY_RETRY_S, DEFAULT_UPDATE_INTERVAL_S
 
 if TYPE_CHECKING:
     from worker.queue.job import Job
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RETRY_WINDOW_S = 180.0  # the delivery_retry_s setting's default
 PERMANENT_ATTEMPTS = 4  # an error that is not the platform being down (a bad request, a bug): ~3.5 s of tries
 MAX_BACKOFF_S = 10.0  # a reply goes out at most this long after the platform is back (or its Retry-After)
 
@@ -48,7 +46,7 @@ class Poster(Protocol):
         """Tell the user, in the thread, why there is no answer."""
 
 
-def deliver(call: Callable[[], None], *, what: str = "reply", window_s: float = DEFAULT_RETRY_WINDOW_S,
+def deliver(call: Callable[[], None], *, what: str = "reply", window_s: float = DEFAULT_DELIVERY_RETRY_S,
             attempts: int | None = None, first_delay: float = 0.5, max_delay: float = MAX_BACKOFF_S,
             clock: Callable[[], float] = time.monotonic) -> None:
     """Run one poster call until it succeeds. While the platform is down it is retried for ``window_s``
@@ -105,8 +103,9 @@ class StreamingReply:
     A refused edit is not retried on the spot: the next one (after a backoff while the platform is down) shows
     the whole text anyway, and only the final answer must arrive."""
 
-    def __init__(self, poster: Poster, job: Job, interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
-                 retry_window_s: float = DEFAULT_RETRY_WINDOW_S, max_backoff_s: float = MAX_BACKOFF_S):
+    def __init__(self, poster: Poster, job: Job, interval: float = DEFAULT_UPDATE_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic, retry_window_s: float = DEFAULT_DELIVERY_RETRY_S,
+                 max_backoff_s: float = MAX_BACKOFF_S):
         self.poster, self.job, self.interval, self.clock = poster, job, interval, clock
         self.retry_window_s, self.max_backoff_s = retry_window_s, max_backoff_s
         self.text = ""

@@ -10,22 +10,20 @@ from typing import TYPE_CHECKING
 
 from redis import Redis
 
+from worker.queue.keys import RedisKeys
+
 if TYPE_CHECKING:
     from worker.queue.job import Job
 
 STREAM_TTL_S = 3600
 
 
-def reply_stream_key(job_id: str) -> str:
-    return f"xwinbot:reply:{job_id}"
-
-
 class ConsolePoster:
-    def __init__(self, redis: Redis):
-        self.redis = redis
+    def __init__(self, redis: Redis, keys: RedisKeys):
+        self.redis, self.keys = redis, keys
 
     def _add(self, job: Job, kind: str, text: str) -> None:
-        key = reply_stream_key(job.job_id)
+        key = self.keys.reply_stream(job.job_id)
         pipe = self.redis.pipeline()
         pipe.xadd(key, {"kind": kind, "text": text}, maxlen=1000)
         pipe.expire(key, STREAM_TTL_S)

@@ -5,7 +5,7 @@ they never depend on the interaction token's 15 minutes. Private answers (``/ask
 interaction's ephemeral response, edited through the interaction webhook; once its token has expired the
 answer moves to a direct message with the person who asked. An answer longer than 2,000 characters goes on
 in further messages (cut by ``split_message``; code blocks closed and reopened; their ids kept by
-``ReplyParts`` for retried jobs). Every message pings no one.
+``ExtraMessages`` for retried jobs). Every message pings no one.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING
 from redis import Redis
 
 from worker.posters.discord_controls import NO_PINGS, answer_buttons
-from worker.posters.discord_rest import DiscordError, DiscordRest
-from worker.posters.extra_messages import ReplyParts
+from worker.posters.discord_rest import ORIGINAL, DiscordError, DiscordRest
+from worker.posters.extra_messages import ExtraMessages
 from worker.posters.split import split_message
 from worker.posters.status_text import RESTARTING, waiting_text
+from worker.queue.keys import RedisKeys
+from worker.queue.redis_connection import as_text
 from worker.queue.reply_index import TTL_S
 
 if TYPE_CHECKING:
@@ -30,15 +32,14 @@ log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 2000
 EPHEMERAL = 64
-ORIGINAL = "@original"
 EXPIRED_TOKEN = {401, 404}  # 50027 Invalid Webhook Token, 10015 Unknown Webhook
 
 
 class DiscordPoster:
     """One job's reply: message 0 is the placeholder; more messages follow it in the same place."""
 
-    def __init__(self, rest: DiscordRest, redis: Redis, limit: int = MESSAGE_LIMIT):
-        self.rest, self.redis, self.limit = rest, redis, limit
+    def __init__(self, rest: DiscordRest, redis: Redis, keys: RedisKeys, limit: int = MESSAGE_LIMIT):
+        self.rest, self.redis, self.keys, self.limit = rest, redis, keys, limit
         self.shown: dict[int, tuple[str, str]] = {}  # message number -> (content, components) it shows now
 
     # -- the Poster interface --------------------------------------------------------------------------
@@ -108,26 +109,25 @@ class DiscordPoster:
         return self._dm_channel(job) or job.reply_to.thread_id or job.reply_to.channel_id
 
     def _dm_channel(self, job: Job) -> str | None:
-        raw = self.redis.get(f"xwinbot:discord:dm:{job.job_id}")
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return as_text(self.redis.get(self.keys.discord_dm(job.job_id)))
 
     def _move_to_dm(self, job: Job) -> None:
         dm = self.rest.open_dm(job.requester.user_id)
-        self.redis.set(f"xwinbot:discord:dm:{job.job_id}", dm, ex=TTL_S)
-        self._parts(job).clear()
+        self.redis.set(self.keys.discord_dm(job.job_id), dm, ex=TTL_S)
+        self._extra_messages(job).clear()
         self.shown.clear()
 
     def _message_id(self, job: Job, number: int) -> str | None:
         if number == 0 and job.reply_to.placeholder_id and not self._dm_channel(job):
             return job.reply_to.placeholder_id
-        return self._parts(job).get(number)
+        return self._extra_messages(job).get(number)
 
     def _remember_part(self, job: Job, number: int, message_id: str) -> None:
-        self._parts(job).remember(number, message_id)
+        self._extra_messages(job).remember(number, message_id)
 
     def _remove_parts_after(self, job: Job, count: int) -> None:
         """Delete messages an earlier, longer attempt at this answer left behind (after a restart)."""
-        parts = self._parts(job)
+        parts = self._extra_messages(job)
         for number, message_id in parts.numbered().items():
             if number < count:
                 continue
@@ -143,5 +143,5 @@ class DiscordPoster:
             parts.forget(number)
             self.shown.pop(number, None)
 
-    def _parts(self, job: Job) -> ReplyParts:
-        return ReplyParts(self.redis, "discord", job.job_id)
+    def _extra_messages(self, job: Job) -> ExtraMessages:
+        return ExtraMessages(self.redis, self.keys, "discord", job.job_id)

@@ -14,9 +14,11 @@ import time
 
 import requests
 
+from worker.settings import DISCORD_API_URL
+
 log = logging.getLogger(__name__)
 
-DISCORD_API = "https://discord.com/api/v10"
+ORIGINAL = "@original"  # the message id of an interaction's own response in webhook routes (a private answer)
 USER_AGENT = "DiscordBot (https://github.com/xwinbot/xwinbot, 0.1) xwinbot"
 
 
@@ -28,7 +30,8 @@ class DiscordError(RuntimeError):
 
 
 class DiscordRest:
-    def __init__(self, token: str, base_url: str = DISCORD_API, max_rate_limit_waits: int = 5, timeout_s: float = 15):
+    def __init__(self, token: str, base_url: str = DISCORD_API_URL, max_rate_limit_waits: int = 5,
+                 timeout_s: float = 15):
         self._token = token
         self.base_url = base_url.rstrip("/")
         self.max_rate_limit_waits = max_rate_limit_waits

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from redis import Redis
 
+from worker.queue.keys import RedisKeys
+from worker.queue.redis_connection import as_text
 from worker.queue.reply_index import TTL_S
 
 
-class ReplyParts:
-    def __init__(self, redis: Redis, platform: str, job_id: str):
+class ExtraMessages:
+    """The ids of one answer's messages by their number (0, 1, …), for the poster of ``platform``."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys, platform: str, job_id: str):
         self.redis = redis
-        self.key = f"xwinbot:{platform}:parts:{job_id}"
+        self.key = keys.reply_parts(platform, job_id)
 
     def get(self, number: int) -> str | None:
-        raw = self.redis.hget(self.key, str(number))
-        return raw.decode() if isinstance(raw, bytes) else raw
+        return as_text(self.redis.hget(self.key, str(number)))
 
     def remember(self, number: int, message_id: str) -> None:
         self.redis.hset(self.key, str(number), message_id)
@@ -26,8 +29,7 @@ class ReplyParts:
 
     def numbered(self) -> dict[int, str]:
         """Every remembered message id by its number."""
-        return {int(field): (raw.decode() if isinstance(raw, bytes) else raw)
-                for field, raw in self.redis.hgetall(self.key).items()}
+        return {int(field): as_text(raw) for field, raw in self.redis.hgetall(self.key).items()}
 
     def forget(self, number: int) -> None:
         self.redis.hdel(self.key, str(number))

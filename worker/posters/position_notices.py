@@ -17,6 +17,7 @@ from worker.posters.base import Poster
 from worker.queue.job import Job, JobRejected
 from worker.queue.job_queue import SERIALIZER, JobQueue
 from worker.queue.positions import show_unless_started
+from worker.settings import DEFAULT_POSITION_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ ANNOUNCED_TTL_S = 3600
 
 class PositionAnnouncer:
     def __init__(self, queue: JobQueue, redis: Redis, poster_for: Callable[[str], Poster],
-                 interval_s: float = 3.0, max_jobs: int = 50):
+                 interval_s: float = DEFAULT_POSITION_INTERVAL_S, max_jobs: int = 50):
         self.queue, self.redis, self.poster_for = queue, redis, poster_for
         self.interval_s, self.max_jobs = interval_s, max_jobs
         self._stop = threading.Event()
@@ -50,7 +51,7 @@ class PositionAnnouncer:
     def announce_once(self) -> int:
         """Tell every queued job whose position changed; returns how many were told."""
         lease_ms = max(100, int(self.interval_s * 900))
-        if not self.redis.set(f"{self.queue.name}:announcer", 1, nx=True, px=lease_ms):
+        if not self.redis.set(self.queue.keys.announcer(), 1, nx=True, px=lease_ms):
             return 0  # another worker does it this round
         job_ids = self.queue.rq.get_job_ids(0, self.max_jobs - 1)
         told = 0
@@ -60,7 +61,7 @@ class PositionAnnouncer:
         return told
 
     def _announce(self, rq_job: RQJob, position: int) -> bool:
-        key = f"xwinbot:announced:{rq_job.id}"
+        key = self.queue.keys.announced(rq_job.id)
         if self.redis.get(key) == str(position).encode():
             return False
         try:
@@ -71,7 +72,7 @@ class PositionAnnouncer:
             poster = self.poster_for(job.reply_to.platform)
         except Exception:
             return False
-        if not show_unless_started(self.redis, job.job_id, lambda: poster.waiting(job, position)):
+        if not show_unless_started(self.redis, self.queue.keys, job.job_id, lambda: poster.waiting(job, position)):
             return False
         self.redis.set(key, position, ex=ANNOUNCED_TTL_S)
         return True

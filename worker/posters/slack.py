@@ -1,8 +1,9 @@
 """The Slack reply poster: streams an answer into the placeholder the adapter posted, via ``chat.update``.
 
 An answer longer than one Slack message continues in further thread messages (cut on paragraph/code-block
-boundaries by ``split_message``; their ids kept by ``ReplyParts`` for retried jobs). Slack's 429s are waited out (slack_sdk's
-``RateLimitErrorRetryHandler`` honours ``Retry-After``); ``msg_too_long`` makes the poster cut smaller.
+boundaries by ``split_message``; their ids kept by ``ExtraMessages`` for retried jobs). Slack's 429s are waited
+out (slack_sdk's ``RateLimitErrorRetryHandler`` honours ``Retry-After``); ``msg_too_long`` makes the poster cut
+smaller.
 
 Retries come in two layers that add up in time, not in number: within one call the WebClient waits out up to
 ``rate_limit_retries`` 429s and retries a dropped connection once (slack_sdk's ``ServerErrorRetryHandler`` is
@@ -20,11 +21,13 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
+from worker.posters.extra_messages import ExtraMessages
 from worker.posters.slack_text import escape, slack_size, to_slack
 from worker.posters.split import split_message
 from worker.posters.status_text import RESTARTING, waiting_text
-from worker.posters.extra_messages import ReplyParts
+from worker.queue.keys import RedisKeys
 from worker.queue.reply_index import ReplyIndex
+from worker.settings import SLACK_API_URL
 
 if TYPE_CHECKING:
     from worker.queue.job import Job
@@ -35,7 +38,7 @@ MESSAGE_LIMIT = 3500  # characters of Slack text per message; Slack answers msg_
 SMALLEST_LIMIT = 500
 
 
-def slack_client(token: str, base_url: str = "https://slack.com/api/", rate_limit_retries: int = 5) -> WebClient:
+def slack_client(token: str, base_url: str = SLACK_API_URL, rate_limit_retries: int = 5) -> WebClient:
     """A WebClient that waits out 429s (Retry-After) and retries dropped connections."""
     return WebClient(
         token=token,
@@ -47,9 +50,9 @@ def slack_client(token: str, base_url: str = "https://slack.com/api/", rate_limi
 class SlackPoster:
     """One job's reply: message 0 is the placeholder, more messages are posted in the thread as needed."""
 
-    def __init__(self, client: WebClient, redis: Redis, limit: int = MESSAGE_LIMIT):
-        self.client, self.redis, self.limit = client, redis, limit
-        self.index = ReplyIndex(redis)
+    def __init__(self, client: WebClient, redis: Redis, keys: RedisKeys, limit: int = MESSAGE_LIMIT):
+        self.client, self.redis, self.keys, self.limit = client, redis, keys, limit
+        self.index = ReplyIndex(redis, keys)
         self.shown: dict[int, str] = {}  # message number -> Slack text it shows now (saves repeat edits)
 
     # -- the Poster interface --------------------------------------------------------------------------
@@ -103,15 +106,15 @@ class SlackPoster:
     def _message_ts(self, job: Job, number: int) -> str | None:
         if number == 0 and job.reply_to.placeholder_id:
             return job.reply_to.placeholder_id
-        return self._parts(job).get(number)
+        return self._extra_messages(job).get(number)
 
     def _remember_part(self, job: Job, number: int, ts: str) -> None:
-        self._parts(job).remember(number, ts)
+        self._extra_messages(job).remember(number, ts)
         self.index.link_message("slack", job.reply_to.channel_id, ts, job.job_id)
 
     def _remove_parts_after(self, job: Job, count: int) -> None:
         """Delete messages an earlier, longer attempt at this answer left behind (after a restart)."""
-        parts = self._parts(job)
+        parts = self._extra_messages(job)
         for number, ts in parts.numbered().items():
             if number < count or (number == 0 and job.reply_to.placeholder_id):
                 continue
@@ -123,5 +126,5 @@ class SlackPoster:
             parts.forget(number)
             self.shown.pop(number, None)
 
-    def _parts(self, job: Job) -> ReplyParts:
-        return ReplyParts(self.redis, "slack", job.job_id)
+    def _extra_messages(self, job: Job) -> ExtraMessages:
+        return ExtraMessages(self.redis, self.keys, "slack", job.job_id)

@@ -125,18 +125,35 @@ def _describe(err: ValidationError) -> str:
     return f"invalid job: {where}: {message}{more}"
 
 
-def job_id_for(platform: str, source_id: str) -> str:
+def job_id_for(platform: str, source_id: str, namespace: str | None = None) -> str:
     """A deterministic RQ job id for a platform's message/event id: the same event always gets the same id.
 
     Characters outside ``[A-Za-z0-9_-]`` become '-' and a hash of the original is appended, so different
-    ids never collide; ids too long for RQ are replaced by their hash.
+    ids never collide; ids too long for RQ are replaced by their hash. ``namespace`` (a deployment's queue
+    name, see ``worker.queue.keys``) goes first, so deployments sharing one Redis never share a job id
+    (RQ's ``rq:job:<id>`` is global); None (the default deployment): the id carries no namespace.
     """
     if not source_id:
         raise ValueError("source_id must not be empty")
-    prefix = re.sub(r"[^A-Za-z0-9_-]", "-", platform)[:20] or "job"
+    prefix = _safe(platform)[:20] or "job"
     digest = hashlib.sha256(f"{platform}\x00{source_id}".encode("utf-8", "surrogatepass")).hexdigest()
-    safe = re.sub(r"[^A-Za-z0-9_-]", "-", source_id)
+    safe = _safe(source_id)
     if safe != source_id:
         safe = f"{safe}-{digest[:12]}"
     job_id = f"{prefix}-{safe}"
-    return job_id if len(job_id) <= 100 else f"{prefix}-h{digest[:64]}"
+    if namespace is None:
+        return job_id if len(job_id) <= 100 else f"{prefix}-h{digest[:64]}"
+    if not namespace:
+        raise ValueError("namespace must not be empty")
+    ns = _safe(namespace)
+    if ns != namespace:  # "a.b" and "a-b" are different deployments
+        ns = f"{ns}-{hashlib.sha256(namespace.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+    job_id = f"{ns}-{job_id}"
+    if len(job_id) <= 100:
+        return job_id
+    digest = hashlib.sha256(f"{namespace}\x00{platform}\x00{source_id}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{ns[:24]}-{prefix}-h{digest[:48]}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "-", text)

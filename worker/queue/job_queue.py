@@ -1,13 +1,16 @@
 """One enqueue API for every adapter: an RQ queue with JSON-serialized jobs, duplicate and busy checks, cancel.
 
 Each RQ job calls ``worker.tasks.answer_job(job_json)`` (named by its dotted path, so this module never imports
-torch). Our own keys live under ``{queue name}:``:
+torch). The queue's name is the deployment's namespace: its keys (``self.keys``, see ``worker.queue.keys``)
+live under ``{queue name}:``:
 
 - ``{name}:dedupe:{job_id}`` (24 h): set once a job id is accepted, so a redelivered event never runs twice,
   even after the first answer finished and RQ forgot the job;
 - ``{name}:active:{platform}:{user_id}``: a sorted set of the person's queued and running job ids (score: the
   time it was accepted), emptied by ``release``;
 - ``{name}:cancel:{job_id}`` (1 h): a cancel request for a running job, polled by the worker.
+
+The name, the caps' defaults and every other default are named once, in ``worker.settings``.
 
 A job Redis loses in a crash (queued in the last second before it, see ``worker.queue.lost_jobs``) is queued again by
 the process that queued it, a few seconds later.
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from redis import Redis
 from rq import Queue, Retry, Worker
@@ -31,14 +34,13 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
 from worker.queue.job import Job
+from worker.queue.keys import DEFAULT_NAMESPACE, RedisKeys
 from worker.queue.lost_jobs import LostJobWatch
-
-if TYPE_CHECKING:
-    from worker.settings import Settings
+from worker.queue.redis_connection import as_text
+from worker.settings import DEFAULT_PER_USER_JOBS, DEFAULT_QUEUED_JOBS, Settings
 
 log = logging.getLogger(__name__)
 
-QUEUE_NAME = "xwinbot"
 TASK = "worker.tasks.answer_job"
 SERIALIZER = JSONSerializer  # workers must read the queue with the same serializer
 DEDUPE_TTL_S = 24 * 3600
@@ -63,8 +65,8 @@ return 0
 
 @dataclass
 class QueueLimits:
-    per_user: int = 3  # queued + running jobs per person
-    total: int = 200  # queued jobs
+    per_user: int = DEFAULT_PER_USER_JOBS  # queued + running jobs per person
+    total: int = DEFAULT_QUEUED_JOBS  # queued jobs
     job_timeout_s: int = 600
     retries: int = 3  # an abandoned (worker died) or failed job is re-queued this many times
     # Waits between retries. RQ parks a retry with a wait in its ScheduledJobRegistry, which only a worker
@@ -92,19 +94,20 @@ class Enqueued:
 
 
 class JobQueue:
-    def __init__(self, redis: Redis, limits: QueueLimits | None = None, name: str = QUEUE_NAME):
+    def __init__(self, redis: Redis, limits: QueueLimits | None = None, name: str = DEFAULT_NAMESPACE):
         self.redis = redis
         self.limits = limits or QueueLimits()
         self.name = name
+        self.keys = RedisKeys(name)  # the queue's name is the namespace of every key of this deployment
         self.rq = Queue(name, connection=redis, serializer=SERIALIZER, default_timeout=self.limits.job_timeout_s)
         self._reserve = redis.register_script(RESERVE)
         self._lost = LostJobWatch(redis, self._enqueue_again)
 
     def enqueue(self, job: Job) -> Enqueued:
         """Queue a job; raises DuplicateJob for an id seen in the last 24 h, Busy when a limit is reached."""
-        active = self._active_key(job.requester.key)
+        active = self.keys.active(job.requester.key)
         self._drop_stale(active)
-        keys = [self._key("dedupe", job.job_id), active, self.rq.key]
+        keys = [self.keys.dedupe(job.job_id), active, self.rq.key]
         args = [job.job_id, self.limits.per_user, self.limits.total, DEDUPE_TTL_S, time.time()]
         verdict = int(self._reserve(keys=keys, args=args))
         if verdict == 1:
@@ -131,15 +134,15 @@ class JobQueue:
             raise DuplicateJob(job.job_id) from None
         except BaseException:
             self.redis.zrem(active, job.job_id)
-            self.redis.delete(self._key("dedupe", job.job_id))
+            self.redis.delete(self.keys.dedupe(job.job_id))
             raise
         self._lost.watch(job)
         return Enqueued(job.job_id, self.position(job.job_id) or 1)
 
     def _enqueue_again(self, job: Job) -> None:
         """``job`` was lost with whatever else Redis lost (its reservation included): queue it anew."""
-        self.redis.delete(self._key("dedupe", job.job_id))
-        self.redis.zrem(self._active_key(job.requester.key), job.job_id)
+        self.redis.delete(self.keys.dedupe(job.job_id))
+        self.redis.zrem(self.keys.active(job.requester.key), job.job_id)
         try:
             self.enqueue(job)
         except (Busy, DuplicateJob) as err:
@@ -147,7 +150,7 @@ class JobQueue:
 
     def release(self, job: Job) -> None:
         """The job is finished, failed or cancelled: its requester's slot frees (its id stays a duplicate)."""
-        self.redis.zrem(self._active_key(job.requester.key), job.job_id)
+        self.redis.zrem(self.keys.active(job.requester.key), job.job_id)
 
     def position(self, job_id: str) -> int | None:
         """1-based place among the queued jobs; None once a worker took it (or it never was queued)."""
@@ -165,16 +168,16 @@ class JobQueue:
                 rq_job.cancel()
                 requester = rq_job.get_meta(refresh=False).get("requester")
                 if requester:
-                    self.redis.zrem(self._active_key(requester), job_id)
+                    self.redis.zrem(self.keys.active(requester), job_id)
                 return "removed"
             status = JobStatus.STARTED
         if status == JobStatus.STARTED:
-            self.redis.set(self._key("cancel", job_id), 1, ex=CANCEL_TTL_S)
+            self.redis.set(self.keys.cancel(job_id), 1, ex=CANCEL_TTL_S)
             return "stopping"
         return "unknown"
 
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.redis.exists(self._key("cancel", job_id)))
+        return bool(self.redis.exists(self.keys.cancel(job_id)))
 
     def workers(self) -> int:
         """Workers currently registered on this queue (0: questions wait until one starts)."""
@@ -189,12 +192,6 @@ class JobQueue:
             return None
         return Retry(max=self.limits.retries, interval=list(self.limits.retry_intervals_s) or 0)
 
-    def _key(self, kind: str, job_id: str) -> str:
-        return f"{self.name}:{kind}:{job_id}"
-
-    def _active_key(self, requester_key: str) -> str:
-        return f"{self.name}:active:{requester_key}"
-
     def _user_busy_message(self) -> str:
         n = self.limits.per_user
         waiting = "a question" if n == 1 else f"{n} questions"
@@ -203,7 +200,7 @@ class JobQueue:
     def _drop_stale(self, active: str) -> None:
         """Forget entries whose job ended without ``release`` (e.g. its worker was killed on the last retry)."""
         for raw in self.redis.zrangebyscore(active, "-inf", time.time() - STALE_AFTER_S):
-            job_id = raw.decode() if isinstance(raw, bytes) else raw
+            job_id = as_text(raw)
             try:
                 status = RQJob.fetch(job_id, connection=self.redis, serializer=SERIALIZER).get_status(refresh=False)
             except NoSuchJobError:

@@ -12,31 +12,27 @@ from contextlib import contextmanager
 
 from redis import Redis
 
-
-
-
-def _started_key(job_id: str) -> str:
-    return f"xwinbot:started:{job_id}"
+from worker.queue.keys import RedisKeys
 
 
 @contextmanager
-def _placeholder_lock(redis: Redis, job_id: str):
+def _placeholder_lock(redis: Redis, keys: RedisKeys, job_id: str):
     """Serialises "show the queue position" with "the answer starts" for one job."""
-    with redis.lock(f"xwinbot:placeholder-lock:{job_id}", timeout=30, blocking_timeout=30):
+    with redis.lock(keys.placeholder_lock(job_id), timeout=30, blocking_timeout=30):
         yield
 
 
-def mark_started(redis: Redis, job_id: str, ttl_s: int) -> bool:
+def mark_started(redis: Redis, keys: RedisKeys, job_id: str, ttl_s: int) -> bool:
     """The worker starts answering: True the first time (False: an earlier attempt began it). No position
     notice is shown after this returns."""
-    with _placeholder_lock(redis, job_id):
-        return bool(redis.set(_started_key(job_id), 1, nx=True, ex=ttl_s))
+    with _placeholder_lock(redis, keys, job_id):
+        return bool(redis.set(keys.started(job_id), 1, nx=True, ex=ttl_s))
 
 
-def show_unless_started(redis: Redis, job_id: str, show: Callable[[], object]) -> bool:
+def show_unless_started(redis: Redis, keys: RedisKeys, job_id: str, show: Callable[[], object]) -> bool:
     """Run ``show`` (a queue-position notice) only while the answer has not started; True if it ran."""
-    with _placeholder_lock(redis, job_id):
-        if redis.exists(_started_key(job_id)):
+    with _placeholder_lock(redis, keys, job_id):
+        if redis.exists(keys.started(job_id)):
             return False
         show()
         return True

@@ -33,6 +33,11 @@ def outage_retry(wait_s: float) -> Retry:
     return Retry(backoff, retries, supported_errors=(ConnectionError, TimeoutError))
 
 
+def as_text(raw: bytes | str | None) -> str | None:
+    """A Redis reply as text: clients without ``decode_responses`` answer bytes; None (no such key) stays None."""
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
 def redis_client(url: str, retry_s: float) -> Redis:
     return Redis.from_url(url, retry=outage_retry(retry_s), socket_connect_timeout=CONNECT_TIMEOUT_S)
 

@@ -69,12 +69,9 @@ function returned but before rq recorded the result runs again).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 from uuid import uuid4
@@ -89,6 +86,8 @@ from rq.registry import StartedJobRegistry, clean_registries
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
+
+from worker.queue.redis_connection import as_text
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +252,11 @@ class ThreadedWorkers:
         """Ask every thread to stop after its current job; returns at once (safe in a signal handler)."""
         self._stop_event.set()
 
+    def wait_for_stop_request(self, poll_s: float = 0.5) -> None:
+        """Block until ``request_stop`` is called (e.g. by a signal handler: the short waits let it run)."""
+        while not self._stop_event.wait(poll_s):
+            pass
+
     def stop(self, timeout: float = 30) -> None:
         """Graceful stop: no new job is taken, running jobs finish (up to ``timeout`` s), threads end.
 
@@ -365,52 +369,7 @@ class ThreadedWorkers:
             if worker is not None:  # needed to fail/retry jobs stuck in the intermediate list
                 queue.intermediate_queue.cleanup(worker, queue)
         finally:
-            held = self.redis.get(lock_key)
-            if held is not None and held.decode() == token:
+            if as_text(self.redis.get(lock_key)) == token:
                 self.redis.delete(lock_key)
         return True
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description='Run N rq workers as threads of one process (no fork).')
-    parser.add_argument('--redis', default=os.environ.get('REDIS_URL', 'redis://127.0.0.1:6379/0'))
-    parser.add_argument('--queue', required=True)
-    parser.add_argument('--concurrency', type=int, default=8)
-    parser.add_argument('--heartbeat', type=int, default=5, help='heartbeat period, s (job TTL = 3x)')
-    parser.add_argument('--maintenance-interval', type=int, default=10, help='registry cleanup period, s')
-    parser.add_argument('--name-prefix', default=None)
-    parser.add_argument('--stop-timeout', type=float, default=30)
-    parser.add_argument('--log-level', default='INFO')
-    args = parser.parse_args(argv)
-
-    logging.basicConfig(level=args.log_level.upper(), format='%(asctime)s %(threadName)s %(name)s %(message)s')
-    logging.getLogger('rq.worker').setLevel(args.log_level.upper())  # rq sets it to INFO on import
-    workers = ThreadedWorkers(
-        Redis.from_url(args.redis),
-        args.queue,
-        args.concurrency,
-        name_prefix=args.name_prefix,
-        maintenance_interval_s=args.maintenance_interval,
-        heartbeat_s=args.heartbeat,
-    )
-    signals = {'n': 0}
-
-    def on_signal(signum, frame):
-        signals['n'] += 1
-        if signals['n'] > 1:  # second Ctrl-C: leave now; unfinished jobs are requeued by maintenance
-            log.warning('second signal: exiting without waiting for running jobs')
-            os._exit(1)
-        log.info('signal %s: stopping after the running jobs (Ctrl-C again to quit now)', signum)
-        workers.request_stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    workers.start()
-    while not workers._stop_event.is_set():
-        workers._stop_event.wait(0.5)
-    workers.stop(args.stop_timeout)
-    return 0 if workers.alive() == 0 else 1
-
-
-if __name__ == '__main__':
-    sys.exit(main())

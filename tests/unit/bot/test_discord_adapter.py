@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.helpers.discord_helpers import bot_messages, discord_settings, running_bot, sends_with_content, thread_of
 from tests.fakes.fake_discord import FakeDiscord
+from tests.helpers.discord_helpers import bot_messages, discord_settings, running_bot, sends_with_content, thread_of
 from worker.queue.job import Job
 from worker.queue.job_queue import job_queue
 
@@ -124,7 +124,8 @@ def test_allowlists_refuse_privately(fake, redis, queue_name):
     with running_bot(fake, settings, redis):
         wrong_channel = fake.slash_command("ask", {"prompt": "hi"}, user_id=4003, channel_id=other_channel)
         wrong_person = fake.slash_command("ask", {"prompt": "hi"}, user_id=4001)
-        fake.wait_for(lambda: fake.interaction_responses(wrong_channel["id"]) and fake.interaction_responses(wrong_person["id"]))
+        fake.wait_for(lambda: fake.interaction_responses(wrong_channel["id"])
+                      and fake.interaction_responses(wrong_person["id"]))
         allowed = fake.slash_command("ask", {"prompt": "may I?"}, user_id=4003)
         fake.wait_for(lambda: queued_jobs(redis, settings))
     for interaction, why in ((wrong_channel, "in this channel"), (wrong_person, "your questions")):
@@ -140,7 +141,7 @@ def test_follow_ups_without_a_mention_need_the_message_content_intent(fake, redi
         with running_bot(fake, settings, redis):
             before = len(queued_jobs(redis, settings))
             message = fake.user_message(fake.channel_id, 4001, "start a thread", mentions_bot=True)
-            fake.wait_for(lambda: len(queued_jobs(redis, settings)) == before + 1)
+            fake.wait_for(lambda settings=settings, before=before: len(queued_jobs(redis, settings)) == before + 1)
             thread = thread_of(fake, message["id"])
             fake.user_message(thread["id"], 4001, "and a follow-up without mentioning the bot")
             time.sleep(1.0)

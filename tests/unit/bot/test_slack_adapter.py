@@ -18,11 +18,20 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from bot.slack.app import create_app
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.redis_server import free_port
-from tests.helpers.slack_helpers import (APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, bot_replies, connected_app,
-                                 mention, message, slack_settings, unique)
-from worker.queue.job import Job
-from worker.posters.registry import posters_from_settings
+from tests.helpers.slack_helpers import (
+    APP_TOKEN,
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    bot_replies,
+    connected_app,
+    mention,
+    message,
+    slack_settings,
+    unique,
+)
 from worker.posters.position_notices import PositionAnnouncer
+from worker.posters.registry import posters_from_settings
+from worker.queue.job import Job
 from worker.queue.job_queue import job_queue
 from worker.settings import Settings
 
@@ -95,7 +104,8 @@ def test_queue_position_is_shown_and_updated_while_waiting(fake, redis, queue_na
         assert placeholder_text(events[0]) == "_thinking…_"
         # the first question is cancelled with ❌: the others move up, and their placeholders say so
         fake.send_event({"type": "reaction_added", "user": "U1", "reaction": "x", "event_ts": f"{time.time():.6f}",
-                         "item": {"type": "message", "channel": channel, "ts": jobs[events[0]["ts"]].reply_to.placeholder_id}})
+                         "item": {"type": "message", "channel": channel,
+                                  "ts": jobs[events[0]["ts"]].reply_to.placeholder_id}})
         fake.wait_for(lambda: placeholder_text(events[0]) == "_(stopped before it started)_")
         announcer = PositionAnnouncer(job_queue(settings, redis), redis,
                                       lambda platform: posters_from_settings(settings, redis)[platform]())

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import worker.inference.engine as engine_module
-from worker.inference.engine import AnswerStream, Engine, EngineStopped
 from worker.errors import PromptTooLong
+from worker.inference.engine import AnswerStream, Engine, EngineStopped
 from worker.inference.generate import AnswerText, Generator
 from worker.inference.llama_runtime import attention_windows
-from worker.model.loader import load_model
 from worker.inference.prompt import VICUNA, Turn
 from worker.inference.sampling import GenerationParams
+from worker.model.loader import load_model
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=60)
 QUESTIONS = [
@@ -251,13 +251,6 @@ def test_stop_ends_unfinished_answers_with_an_error(make_engine):
         assert stream.finished
     with pytest.raises(EngineStopped):
         engine.submit(ask("Hi"), GREEDY)
-
-
-def test_generator_stream_queues_on_its_engine(make_engine, alone):
-    engine = make_engine(max_batch=2)
-    engine.start()
-    assert engine.generator.answer(ask(QUESTIONS[5]), GREEDY) == alone[QUESTIONS[5]]
-    assert engine.stats.steps > 0
 
 
 def test_batched_reading_gets_what_came_while_it_rested_and_the_end_without_waiting():

@@ -8,9 +8,9 @@ import torch
 from worker.errors import PromptTooLong
 from worker.inference.generate import Generator
 from worker.inference.llama_runtime import KVCache, forward
-from worker.model.loader import load_model
 from worker.inference.prompt import VICUNA, Turn
 from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.model.loader import load_model
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
 
@@ -40,7 +40,8 @@ def test_runtime_logits_match_transformers_forward(loaded):
         expected = loaded.model(ids).logits
         pieces = [forward(loaded.model, cache, ids[:, :20], torch.arange(20), 64, last_only=False)]
         for pos in range(20, 30):  # one token at a time against the cache
-            pieces.append(forward(loaded.model, cache, ids[:, pos : pos + 1], torch.tensor([pos]), 32 if pos < 32 else 64, last_only=False))
+            pieces.append(forward(loaded.model, cache, ids[:, pos : pos + 1], torch.tensor([pos]),
+                                  32 if pos < 32 else 64, last_only=False))
     got = torch.cat(pieces, dim=1)
     assert (got - expected).abs().max() / expected.abs().max() < 1e-4
 
@@ -49,7 +50,7 @@ def test_greedy_tokens_match_full_recompute(loaded):
     generator = Generator(loaded, VICUNA)
     prompt = generator.fit([Turn("user", "What is the capital of France?")], GREEDY).token_ids
     sampling = SamplingTensors.of([GREEDY], torch.device("cpu"))
-    tokens = list(generator.runtime.generate(prompt, 16, sampling, stop_ids=set()))
+    tokens = list(generator.runtime.generate(prompt, 16, sampling))
     assert tokens == reference_greedy(loaded.model, prompt, 16)
 
 
@@ -137,6 +138,6 @@ def test_generation_crossing_attention_windows_matches_full_recompute(loaded):
     assert generator.runtime.windows[:4] == [16, 32, 64, 128]
     prompt = generator.fit([Turn("user", "Hi there")], GREEDY).token_ids
     sampling = SamplingTensors.of([GREEDY], torch.device("cpu"))
-    tokens = list(generator.runtime.generate(prompt, 60, sampling, stop_ids=set()))
+    tokens = list(generator.runtime.generate(prompt, 60, sampling))
     assert 16 < len(prompt) < 32 and len(prompt) + 60 > 64  # prefill in the second window, decoding crosses two more
     assert tokens == reference_greedy(loaded.model, prompt, 60)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.model.tinygemm_linear import Int4Linear
 from worker.inference.kv_budget import bytes_per_token
 from worker.inference.model_setup import load_generator
 from worker.inference.prompt import Turn
 from worker.inference.sampling import GenerationParams
+from worker.model.tinygemm_linear import TinygemmInt4Linear
 from worker.settings import Settings
 
 
@@ -21,7 +21,7 @@ def test_cpu_defaults_to_pytorch_int4_and_a_whole_context(gptq_checkpoint):
     ckpt = gptq_checkpoint(bits=4, group_size=32, seed=21)
     generator = load_generator(Settings(_env_file=None, model=str(ckpt.path), device="cpu", max_context_tokens=128))
 
-    assert int4_layers(generator) == {Int4Linear}
+    assert int4_layers(generator) == {TinygemmInt4Linear}
     assert generator.runtime.max_seq_len == 128 and generator.runtime.cache.keys.dtype == torch.bfloat16
 
 

@@ -1,8 +1,8 @@
 """The shared prompt template: exact formats, multi-turn, stop sequences and the context budget."""
 
 import pytest
-from tests.helpers.tiny_tokenizer import build_tiny_tokenizer
 
+from tests.helpers.tiny_tokenizer import build_tiny_tokenizer
 from worker.errors import PromptTooLong
 from worker.inference.prompt import ALPACA, VICUNA, VICUNA_SYSTEM, ChatTemplate, Turn, fit_conversation, make_template
 

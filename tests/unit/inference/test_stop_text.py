@@ -1,8 +1,8 @@
 """Streaming text: stop sequences are cut cleanly even when split across pieces; no broken characters."""
 
 import pytest
-from tests.helpers.tiny_tokenizer import build_tiny_tokenizer
 
+from tests.helpers.tiny_tokenizer import build_tiny_tokenizer
 from worker.inference.stop_text import IncrementalDecoder, StopCutter
 
 

@@ -13,8 +13,8 @@ from torch import nn
 pytest.importorskip("triton")
 
 from worker.inference import layer_ops  # noqa: E402
-from worker.kernels import layer_kernels  # noqa: E402
 from worker.inference.llama_runtime import KVCache  # noqa: E402
+from worker.kernels import layer_kernels  # noqa: E402
 from worker.model.loader import load_model  # noqa: E402
 
 GEN = torch.Generator().manual_seed(21)

@@ -1,7 +1,7 @@
 """Our Triton w4a16 kernels compute x @ W.T for the GPTQ weight W exactly as the dequantized reference does.
 
 On a machine without a GPU they run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so
-these are the same kernel programs the GPU compiles. ``benchmarks/gpu_inference.py`` repeats the checks on
+these are the same kernel programs the GPU compiles. ``benchmarks/speed/gpu_inference.py`` repeats the checks on
 the GPU in bf16 (the interpreter's bf16 ``tl.dot`` is not usable, so the batched CPU cases use fp16 / fp32).
 """
 
@@ -104,7 +104,8 @@ def bf16_word_sums_reference(x: torch.Tensor, layer: TritonInt4Linear) -> torch.
     codes = (layer.packed[:, None, :] >> shifts[None, :, None]) & 0xF  # [K/8, 8, N]: word w's code j
     group_words = layer.group_size // 8
     zeros = layer.zeros.float().repeat_interleave(group_words, 0)[:, None, :]  # per word row
-    x_of_codes = x[w4a16_kernels.input_order(layer.in_features, layer.group_size)]  # the input each code multiplies
+    # the input each code multiplies
+    x_of_codes = x[w4a16_kernels.code_position_inputs(layer.in_features, layer.group_size)]
     products = (codes.float() - zeros) * x_of_codes.float().view(-1, 8, 1)  # exact in fp32
     word_sums = torch.zeros(products[:, 0].shape, dtype=torch.bfloat16)
     for j in range(8):

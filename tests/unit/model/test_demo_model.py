@@ -85,7 +85,7 @@ def decoder_linears(model: nn.Module) -> dict[str, nn.Module]:
 
 @pytest.mark.slow
 def test_built_directory_is_a_gptq_checkpoint(demo_dir, loaded_demo):
-    from worker.model.tinygemm_linear import Int4Linear
+    from worker.model.tinygemm_linear import TinygemmInt4Linear
 
     quantize_config = json.loads((demo_dir / "quantize_config.json").read_text())
     assert quantize_config["bits"] == 4 and quantize_config["group_size"] == 64
@@ -93,7 +93,7 @@ def test_built_directory_is_a_gptq_checkpoint(demo_dir, loaded_demo):
     assert json.loads((demo_dir / "config.json").read_text())["quantization_config"]["group_size"] == 64
     linears = decoder_linears(loaded_demo.model)
     assert len(linears) == 30 * 7
-    assert all(isinstance(m, Int4Linear) for m in linears.values()), {k: type(m) for k, m in linears.items()}
+    assert all(isinstance(m, TinygemmInt4Linear) for m in linears.values()), {k: type(m) for k, m in linears.items()}
     assert loaded_demo.tokenizer.chat_template, "the tokenizer lost its chat template"
 
 

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from worker.model.tinygemm_linear import Int4Linear
-from worker.model.loader import load_model
+from worker.model.loader import head_dim_of, load_model
+from worker.model.tinygemm_linear import TinygemmInt4Linear
 
 QUANTIZED_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -80,10 +80,10 @@ def test_4bit_logits_match_reference(gptq_checkpoint, group_size, desc_act, sym,
     assert not loaded.model.training
     modules = dict(loaded.model.named_modules())
     for name in decoder_linear_names(ckpt.config.num_hidden_layers):
-        assert isinstance(modules[name], Int4Linear), f"{name} is {type(modules[name]).__name__}, not Int4Linear"
+        assert isinstance(modules[name], TinygemmInt4Linear), f"{name} is {type(modules[name]).__name__}"
     fused = {name for name in modules if name.endswith((".qkv_proj", ".gate_up_proj"))}
     assert len(fused) == 2 * ckpt.config.num_hidden_layers  # q/k/v and gate/up share their input order
-    assert sum(isinstance(m, Int4Linear) for m in modules.values()) == 9 * ckpt.config.num_hidden_layers
+    assert sum(isinstance(m, TinygemmInt4Linear) for m in modules.values()) == 9 * ckpt.config.num_hidden_layers
     assert_unquantized_ends(loaded)
     assert_logits_match(ckpt, loaded)
 
@@ -95,7 +95,7 @@ def test_8bit_loads_through_dequantize_fallback(gptq_checkpoint, group_size, des
 
     assert loaded.quant.bits == 8
     modules = dict(loaded.model.named_modules())
-    assert not any(isinstance(m, Int4Linear) for m in modules.values())
+    assert not any(isinstance(m, TinygemmInt4Linear) for m in modules.values())
     for name in decoder_linear_names(ckpt.config.num_hidden_layers):
         assert type(modules[name]) is nn.Linear and modules[name].weight.dtype == torch.float32
     assert_unquantized_ends(loaded)
@@ -114,7 +114,7 @@ def test_attention_bias_is_loaded(gptq_checkpoint):
     reference = dict(ckpt.model.named_modules())
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
         name = f"model.layers.1.self_attn.{proj}"
-        assert isinstance(modules[name], Int4Linear)
+        assert isinstance(modules[name], TinygemmInt4Linear)
         assert modules[name].bias is not None, f"{name}.bias was dropped"
         torch.testing.assert_close(modules[name].bias.float(), reference[name].bias, rtol=0, atol=0)
     assert_logits_match(ckpt, loaded)
@@ -224,8 +224,8 @@ def test_our_runtime_on_triton_layers_gives_the_reference_logits(gptq_checkpoint
     layer = loaded.model.model.layers[0]
     assert attention_order(layer) is not None and mlp_order(layer) is not None  # the ordered path is taken
     config = ckpt.config
-    head_dim = config.hidden_size // config.num_attention_heads
-    cache = KVCache(config.num_hidden_layers, 1, config.num_key_value_heads, 64, head_dim, "cpu", torch.float32)
+    cache = KVCache(config.num_hidden_layers, 1, config.num_key_value_heads, 64, head_dim_of(config), "cpu",
+                    torch.float32)
     ids = torch.randint(3, config.vocab_size, (1, 22), generator=torch.Generator().manual_seed(14))
 
     with torch.no_grad():

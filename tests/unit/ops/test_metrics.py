@@ -14,7 +14,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -22,18 +21,17 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.access import Allowlist
+from bot.console import ask
 from bot.discord.questions import DiscordQuestions
 from tests.fakes.fake_slack import FakeSlack
+from tests.helpers.paths import REPO
 from tests.helpers.redis_server import RedisServer, free_port
 from tests.helpers.slack_helpers import APP_TOKEN, BOT_TOKEN, connected_app, mention, slack_settings, unique
-from bot.console import ask
 from worker.ops.health_server import start_health_server
 from worker.posters.base import DeliveryFailed, deliver
 from worker.queue.job_queue import job_queue
 from worker.serve import WorkerProcess
 from worker.settings import Settings
-from tests.helpers.paths import REPO
-
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -129,8 +127,8 @@ def test_discord_questions_are_counted_where_the_allowlist_is_checked(redis, que
     questions = DiscordQuestions(job_queue(Settings(queue_name=queue_name), redis), redis, Allowlist.of(users=["1"]))
     received = REGISTRY.get_sample_value("xwinbot_questions_received_total", {"platform": "discord"}) or 0
     refused = REGISTRY.get_sample_value("xwinbot_allowlist_refusals_total", {"platform": "discord"}) or 0
-    assert questions.refusal(SimpleNamespace(id=1, roles=[]), None, None) is None
-    assert questions.refusal(SimpleNamespace(id=2, roles=[]), None, None)
+    assert questions.count_and_check(SimpleNamespace(id=1, roles=[]), None, None) is None
+    assert questions.count_and_check(SimpleNamespace(id=2, roles=[]), None, None)
     assert REGISTRY.get_sample_value("xwinbot_questions_received_total", {"platform": "discord"}) == received + 2
     assert REGISTRY.get_sample_value("xwinbot_allowlist_refusals_total", {"platform": "discord"}) == refused + 1
 

@@ -10,10 +10,10 @@ from pydantic import SecretStr
 from tests.helpers.console_job import question
 from worker.cli import main
 from worker.ops.preflight import SettingsProblem, check
+from worker.ops.status import publish_worker_info, read_status, render, requeue_failed
 from worker.queue.job_queue import JobQueue, QueueLimits
 from worker.queue.rq_workers import ThreadedWorkers
 from worker.settings import Settings
-from worker.ops.status import publish_worker_info, read_status, render, requeue_failed
 
 
 def test_status_shows_failed_jobs_with_reasons_and_the_workers_model(redis, queue_name, capsys, monkeypatch):
@@ -28,17 +28,18 @@ def test_status_shows_failed_jobs_with_reasons_and_the_workers_model(redis, queu
             assert time.monotonic() < deadline, "the job never failed"
             time.sleep(0.1)
         process = workers.worker_names[0].rsplit(".", 1)[0]
-        publish_worker_info(redis, process, model="TheBloke/Xwin-LM-13B-V0.1-GPTQ", device="cuda", max_batch=32,
-                            context_tokens=512)
+        publish_worker_info(redis, queue.keys, process, model="TheBloke/Xwin-LM-13B-V0.1-GPTQ", device="cuda",
+                            max_batch=32, context_tokens=512)
         status = read_status(queue)
         monkeypatch.setenv("XWINBOT_QUEUE_NAME", queue_name)
         assert main(["status"]) == 0
     finally:
         workers.stop()
         if process:
-            redis.hdel("xwinbot:worker-info", process)
+            redis.hdel(queue.keys.worker_info(), process)
     shown = capsys.readouterr().out
-    assert status.failed == 1 and status.failed_jobs[0].reason.startswith("RuntimeError: this process has no xwinbot engine")
+    assert status.failed == 1
+    assert status.failed_jobs[0].reason.startswith("RuntimeError: this process has no xwinbot engine")
     assert (f"worker {process}: 0/2 job threads busy — TheBloke/Xwin-LM-13B-V0.1-GPTQ on cuda, 32 conversations × "
             "512 tokens") in render(status, "redis://x")
     assert "0 waiting, 0 being answered" in shown and "1 failed" in shown

@@ -7,9 +7,10 @@ import time
 import pytest
 
 from tests.fakes.fake_discord import FakeDiscord
-from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
 from worker.posters.discord import DiscordPoster
 from worker.posters.discord_rest import DiscordRest
+from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
+from worker.queue.keys import RedisKeys
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def bot_texts(fake, channel_id) -> list[str]:
 
 def test_streaming_edits_the_placeholder_and_ends_with_only_regenerate(fake, redis):
     job = thread_job(fake, f"discord-test-{time.time_ns()}")
-    poster = DiscordPoster(rest(fake), redis)
+    poster = DiscordPoster(rest(fake), redis, RedisKeys())
     poster.waiting(job, 2)
     poster.update(job, "Paris")
     poster.finish(job, "Paris is the capital of France.")
@@ -54,8 +55,9 @@ def test_streaming_edits_the_placeholder_and_ends_with_only_regenerate(fake, red
 def test_a_long_answer_is_split_at_2000_characters_with_code_fences_closed_and_reopened(fake, redis):
     job = thread_job(fake, f"discord-test-{time.time_ns()}")
     code = "\n".join(f"    total += values[{i}]  # step {i}" for i in range(120))
-    answer = "Here is the loop:\n\n```python\ndef add(values):\n    total = 0\n" + code + "\n    return total\n```\n\nDone."
-    DiscordPoster(rest(fake), redis).finish(job, answer)
+    answer = ("Here is the loop:\n\n```python\ndef add(values):\n    total = 0\n" + code
+              + "\n    return total\n```\n\nDone.")
+    DiscordPoster(rest(fake), redis, RedisKeys()).finish(job, answer)
     texts = bot_texts(fake, job.reply_to.thread_id)
     assert len(texts) >= 3 and all(len(t) <= 2000 for t in texts)
     for text in texts:
@@ -68,8 +70,9 @@ def test_a_long_answer_is_split_at_2000_characters_with_code_fences_closed_and_r
 
 def test_every_message_pings_no_one(fake, redis):
     job = thread_job(fake, f"discord-test-{time.time_ns()}")
-    DiscordPoster(rest(fake), redis).finish(job, "@everyone @here <@&2> <@4002> look! " + "x" * 2100)
-    sends = [r for r in fake.requests if r.method in ("POST", "PATCH") and r.path.startswith(f"/channels/{job.reply_to.thread_id}")]
+    DiscordPoster(rest(fake), redis, RedisKeys()).finish(job, "@everyone @here <@&2> <@4002> look! " + "x" * 2100)
+    sends = [r for r in fake.requests
+             if r.method in ("POST", "PATCH") and r.path.startswith(f"/channels/{job.reply_to.thread_id}")]
     assert len(sends) >= 3
     assert all(r.json["allowed_mentions"] == {"parse": []} for r in sends)
 
@@ -78,7 +81,7 @@ def test_rate_limited_edit_waits_for_retry_after(fake, redis):
     job = thread_job(fake, f"discord-test-{time.time_ns()}")
     fake.rate_limit("PATCH", rf"/channels/{job.reply_to.thread_id}/messages/", times=1, retry_after=0.8)
     started = time.monotonic()
-    DiscordPoster(rest(fake), redis).update(job, "Paris")
+    DiscordPoster(rest(fake), redis, RedisKeys()).update(job, "Paris")
     assert time.monotonic() - started >= 0.8
     edits = fake.requests_to("PATCH", rf"/channels/{job.reply_to.thread_id}/messages/")
     assert [r.status for r in edits[-2:]] == [429, 200]
@@ -87,8 +90,8 @@ def test_rate_limited_edit_waits_for_retry_after(fake, redis):
 
 def test_a_restarted_answer_reuses_its_messages_and_removes_extra_ones(fake, redis):
     job = thread_job(fake, f"discord-test-{time.time_ns()}")
-    DiscordPoster(rest(fake), redis).update(job, "\n\n".join(["y" * 1500] * 3))
-    retry = DiscordPoster(rest(fake), redis)
+    DiscordPoster(rest(fake), redis, RedisKeys()).update(job, "\n\n".join(["y" * 1500] * 3))
+    retry = DiscordPoster(rest(fake), redis, RedisKeys())
     retry.restart(job)
     retry.finish(job, "Short.")
     assert bot_texts(fake, job.reply_to.thread_id) == ["Short."]

@@ -9,9 +9,10 @@ from redis import Redis
 
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.slack_helpers import BOT_TOKEN, unique
-from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
 from worker.posters.slack import SlackPoster, slack_client
 from worker.posters.slack_text import WORD_JOINER
+from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
+from worker.queue.keys import RedisKeys
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def posted_job(fake, thread=True) -> Job:
 
 
 def poster(fake, redis, **kwargs) -> SlackPoster:
-    return SlackPoster(slack_client(BOT_TOKEN, fake.api_url), redis, **kwargs)
+    return SlackPoster(slack_client(BOT_TOKEN, fake.api_url), redis, RedisKeys(), **kwargs)
 
 
 def test_streamed_updates_edit_the_placeholder(fake, redis):

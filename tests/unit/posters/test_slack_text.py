@@ -1,8 +1,8 @@
 """Model output shown in Slack exactly as written, pinging no one; Slack markup read back as plain text."""
 
 from bot.slack.history import plain_text, turns_from_messages
-from worker.posters.slack_text import WORD_JOINER, to_slack
 from tests.helpers.paths import REPO
+from worker.posters.slack_text import WORD_JOINER, to_slack
 
 
 def test_broadcast_and_user_mentions_are_neutralised():
@@ -51,7 +51,6 @@ def test_thread_history_becomes_alternating_turns():
 
 
 def test_the_manifest_subscribes_exactly_the_events_the_app_listens_to():
-    from pathlib import Path
 
     import yaml
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
+from pydantic import ValidationError
 
 from worker.queue.job import (
     MAX_TEXT_CHARS,
@@ -57,7 +56,7 @@ def test_defaults_and_frozen():
     job = Job(job_id="x", turns=[JobTurn(role="user", text="q")], requester=Requester(platform="console", user_id="me"),
               reply_to=ReplyTarget(platform="console"))
     assert job.created_at > 1.6e9 and job.overrides == GenerationOverrides()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="Instance is frozen"):
         job.job_id = "y"
 
 
@@ -168,9 +167,3 @@ def test_job_id_for_is_deterministic_and_rq_safe():
     assert job_id_for("slack", "Ev1") != job_id_for("discord", "Ev1")
     with pytest.raises(ValueError):
         job_id_for("slack", "")
-
-
-def test_no_torch_or_transformers_import():
-    code = "import sys, worker.queue.job, worker.queue.job_queue; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"

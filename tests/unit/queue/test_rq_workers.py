@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -18,10 +17,9 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from worker.queue.rq_workers import ThreadedWorkers
-
-from tests.helpers.redis_server import RedisServer
 from tests.helpers.paths import REPO
+from tests.helpers.redis_server import RedisServer
+from worker.queue.rq_workers import ThreadedWorkers
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -68,7 +66,8 @@ def procs():
 def enqueue(conn, qname, fn, arg, job_id, retry=3, timeout=60):
     q = Queue(qname, connection=conn, serializer=JSONSerializer)
     return q.enqueue(
-        f"tests.helpers.rq_tasks.{fn}", arg, job_id=job_id, retry=Retry(max=retry) if retry else None, job_timeout=timeout
+        f"tests.helpers.rq_tasks.{fn}", arg, job_id=job_id, retry=Retry(max=retry) if retry else None,
+        job_timeout=timeout,
     )
 
 
@@ -88,7 +87,7 @@ def wait_for(pred, timeout, interval=0.05, what="condition"):
 def spawn_worker_process(qname, concurrency, *, heartbeat, maintenance, prefix, url=REDIS_URL):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     cmd = [
-        sys.executable, "-m", "worker.queue.rq_workers", "--redis", url, "--queue", qname,
+        sys.executable, "-m", "tests.helpers.rq_worker_process", "--redis", url, "--queue", qname,
         "--concurrency", str(concurrency), "--heartbeat", str(heartbeat),
         "--maintenance-interval", str(maintenance), "--name-prefix", prefix, "--log-level", "WARNING",
     ]
@@ -115,7 +114,8 @@ def test_concurrent_jobs_in_one_process(r, uniq, workers_to_stop):
     assert {d["pid"] for d in done} == {os.getpid()}  # no fork: everything ran in this process
     assert len({d["thread"] for d in done}) == 8
     wait_for(
-        lambda: all(Job.fetch(j, connection=r, serializer=JSONSerializer).get_status() == JobStatus.FINISHED for j in ids),
+        lambda: all(Job.fetch(j, connection=r, serializer=JSONSerializer).get_status() == JobStatus.FINISHED
+                    for j in ids),
         5, what="FINISHED status",
     )
     assert Job.fetch(ids[0], connection=r, serializer=JSONSerializer).return_value() == ids[0]
@@ -161,7 +161,8 @@ def test_killed_worker_process_jobs_are_rerun_exactly_once(r, uniq, procs):
     repickup = max(restarts.values()) - kill_wall
     print(
         f"kill -9 -> abandoned jobs restarted after {min(restarts.values()) - kill_wall:.1f}..{repickup:.1f} s "
-        f"(heartbeat {heartbeat} s, ttl {3 * heartbeat} s, maintenance {maintenance} s); all done after {t_all_done:.1f} s"
+        f"(heartbeat {heartbeat} s, ttl {3 * heartbeat} s, maintenance {maintenance} s); "
+        f"all done after {t_all_done:.1f} s"
     )
     assert repickup < 3 * heartbeat + maintenance + 3
     for jid in ids:
