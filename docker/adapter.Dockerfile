@@ -5,7 +5,7 @@
 # The adapters only put questions on the queue and talk to Slack/Discord: no torch, transformers or model here.
 # `pip install .` would pull torch through pyproject.toml's dependencies, so xwinbot goes in with --no-deps and
 # the adapters' runtime dependencies are listed below, with the same version ranges as pyproject.toml
-# (tests/test_deploy_files.py checks that they agree).
+# (tests/system/test_deploy_files.py checks that they agree).
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -25,7 +25,9 @@ RUN pip install \
       "waitress>=3.0" \
       "discord.py>=2.4" \
       "requests>=2.31" \
-      "prometheus-client>=0.20"
+      "prometheus-client>=0.20" \
+      "pypdf>=5" \
+      "pyyaml>=6"
 
 # 2. xwinbot itself, without its model-side dependencies.
 COPY pyproject.toml README.md ./

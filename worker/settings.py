@@ -112,6 +112,23 @@ class Settings(BaseSettings):
     top_k: int = Field(DEFAULT_TOP_K, ge=0, description="Keep only the k likeliest tokens (0: off).")
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="Longest answer, in tokens.")
 
+    # Files and channels (see README "Files, messages and channels").
+    attachment_max_bytes: int = Field(
+        5_000_000, ge=1, description="Largest file on a question that is downloaded and read (bytes); larger ones "
+        "are skipped and the reply says so.",
+    )
+    attachment_timeout_s: float = Field(
+        10.0, gt=0, description="How long downloading one file may wait for the platform before it is skipped.",
+    )
+    attachment_max_chars: int = Field(
+        60_000, ge=0, description="Characters of file text one question may carry, all its files together (the "
+        "worker cuts further to fit the model's context, and says so).",
+    )
+    channels_file: str | None = Field(
+        None, description="YAML or TOML file giving Slack channels and Discord channels or servers their own system "
+        "prompt, sampling settings and answer length; checked at start, reloaded when it changes.",
+    )
+
     # Operating (see README "Operating").
     metrics_port: int = Field(9400, ge=0, le=65535, description="This process's /metrics and /healthz port; 0: off.")
     metrics_host: str = Field("0.0.0.0", description="Interface the metrics/health endpoint listens on.")

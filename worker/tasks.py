@@ -19,8 +19,8 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 
 from worker.errors import PromptTooLong
-from worker.inference.prompt import Turn
 from worker.inference.sampling import GenerationParams
+from worker.job_context import params_for, reply_footer, submit_fitting
 from worker.logs import job_context
 from worker.ops import metrics
 from worker.posters.base import DeliveryFailed, Poster, StreamingReply, deliver
@@ -32,7 +32,6 @@ from worker.settings import DEFAULT_DELIVERY_RETRY_S, DEFAULT_UPDATE_INTERVAL_S
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.25
-CANCELLED_NOTE = "\n\n(stopped)"
 DELIVERED_TTL_S = 24 * 3600
 
 
@@ -109,7 +108,8 @@ def answer(context: WorkerContext, job: Job) -> dict:
             context.deliver(lambda: restart(job), what="restart notice")
     context.deliver(lambda: poster.waiting(job, None), what="thinking notice")
     try:
-        stream = context.engine.submit(conversation_of(job), params_for(job, context.defaults))
+        params = params_for(job, context.defaults)
+        stream, notes = submit_fitting(lambda turns: context.engine.submit(turns, params, job.system_prompt), job)
     except (PromptTooLong, ValueError) as err:
         reason = str(err)
         context.deliver(lambda: poster.fail(job, reason), what="error reply")
@@ -136,23 +136,13 @@ def answer(context: WorkerContext, job: Job) -> dict:
     finally:
         metrics.observe_stream(stream)
     cancelled = cancelled or getattr(stream, "cancelled", False)
-    reply.finish(CANCELLED_NOTE if cancelled else "")
+    reply.finish(reply_footer([*job.notes, *notes], cancelled))
     context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
     return {
         "status": "cancelled" if cancelled else "answered",
         "tokens": getattr(stream, "tokens", None),
         "first_token_at": unix_time(getattr(stream, "first_token_at", None)),
     }
-
-
-def conversation_of(job: Job) -> list[Turn]:
-    """The job's messages as the prompt template's turns."""
-    return [Turn(t.role, t.text) for t in job.turns]
-
-
-def params_for(job: Job, defaults: GenerationParams) -> GenerationParams:
-    """The worker's generation defaults with every override the job sets replacing its value."""
-    return defaults.replace(**job.overrides.model_dump(exclude_none=True))
 
 
 def cancel_requested(context: WorkerContext, job: Job) -> bool:

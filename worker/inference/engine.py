@@ -213,11 +213,12 @@ class Engine:
         if thread is None:  # never started: nobody else will end the queued ones
             self._end_all(EngineStopped("engine stopped"))
 
-    def submit(self, turns: Sequence[Turn], params: GenerationParams | None = None) -> AnswerStream:
+    def submit(self, turns: Sequence[Turn], params: GenerationParams | None = None,
+               system_prompt: str | None = None) -> AnswerStream:
         """Queue a conversation; raises PromptTooLong / ValueError here when it cannot be answered."""
         params = params or self.generator.defaults
         with self._tokenizer_lock:
-            answer = self.generator.start_answer(turns, params)
+            answer = self.generator.start_answer(turns, params, system_prompt)
         request = _Request(AnswerStream(), answer, SamplingTensors.of([params], self.runtime.device))
         with self._cond:
             if self._stopping:

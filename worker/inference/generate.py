@@ -115,14 +115,17 @@ class Generator:
         self._runtime = runtime
         return runtime
 
-    def fit(self, turns: Sequence[Turn], params: GenerationParams) -> FittedPrompt:
-        """The conversation as prompt tokens, oldest turns dropped to leave room for the answer."""
+    def fit(self, turns: Sequence[Turn], params: GenerationParams, system_prompt: str | None = None) -> FittedPrompt:
+        """The conversation as prompt tokens, oldest turns dropped to leave room for the answer. ``system_prompt``
+        (a channel's persona) replaces the configured one."""
         budget = self.context_tokens - min(params.max_new_tokens, self.context_tokens // 2)
-        return fit_conversation(self.template, self.tokenizer, turns, budget, self.system_prompt)
+        system = self.system_prompt if system_prompt is None else system_prompt
+        return fit_conversation(self.template, self.tokenizer, turns, budget, system)
 
-    def start_answer(self, turns: Sequence[Turn], params: GenerationParams) -> AnswerText:
+    def start_answer(self, turns: Sequence[Turn], params: GenerationParams,
+                     system_prompt: str | None = None) -> AnswerText:
         """Fit the prompt (PromptTooLong if the newest message alone does not fit) and set up its answer."""
-        prompt = self.fit(turns, params)
+        prompt = self.fit(turns, params, system_prompt)
         max_new = min(params.max_new_tokens, self.context_tokens - len(prompt.token_ids))
         return AnswerText(prompt.token_ids, max_new, self.tokenizer, self.template.stop_sequences,
                           self.loaded.eos_token_ids)

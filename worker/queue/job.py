@@ -17,6 +17,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 SCHEMA_VERSION = 1
 MAX_TEXT_CHARS = 100_000
 MAX_TURNS = 200
+MAX_ATTACHMENTS = 20  # files (and a chosen message) one question may carry
+MAX_NOTE_CHARS = 500
+MAX_SYSTEM_PROMPT_CHARS = 8000
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"  # RQ's job id rule, with a length bound
 Platform = Literal["slack", "discord", "console"]
 
@@ -75,6 +78,13 @@ class GenerationOverrides(_Model):
     max_new_tokens: int | None = Field(None, ge=1, le=4096)
 
 
+class Attachment(_Model):
+    """A file (or a chosen message) the question is about, already read as text by the adapter."""
+
+    name: Annotated[Text, Field(min_length=1, max_length=300)]
+    text: Annotated[Text, Field(max_length=MAX_TEXT_CHARS)]
+
+
 class Job(_Model):
     schema_version: Literal[1] = SCHEMA_VERSION
     job_id: str = Field(pattern=JOB_ID_PATTERN)
@@ -82,6 +92,10 @@ class Job(_Model):
     requester: Requester
     reply_to: ReplyTarget
     overrides: GenerationOverrides = GenerationOverrides()
+    # Context of the newest question: its files' text, and what the adapter could not read (said in the reply).
+    attachments: tuple[Attachment, ...] = Field((), max_length=MAX_ATTACHMENTS)
+    notes: tuple[Annotated[Text, Field(max_length=MAX_NOTE_CHARS)], ...] = Field((), max_length=2 * MAX_ATTACHMENTS)
+    system_prompt: Annotated[Text, Field(max_length=MAX_SYSTEM_PROMPT_CHARS)] | None = None  # the channel's persona
     created_at: float = Field(default_factory=time.time, ge=0, allow_inf_nan=False)
 
     @field_validator("turns")
