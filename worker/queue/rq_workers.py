@@ -200,6 +200,11 @@ class _ThreadWorker(SimpleWorker):
         return None
 
 
+def process_name() -> str:
+    """A name for this worker process, unique on the queue; its job threads are named ``<it>.<slot>``."""
+    return f'{socket.gethostname()}.{os.getpid()}.{uuid4().hex[:6]}'
+
+
 class ThreadedWorkers:
     """``concurrency`` rq workers as threads of this process, consuming one queue.
 
@@ -224,7 +229,7 @@ class ThreadedWorkers:
         self.redis = redis
         self.queue_name = queue_name
         self.concurrency = int(concurrency)
-        self.name_prefix = name_prefix or f'{socket.gethostname()}.{os.getpid()}.{uuid4().hex[:6]}'
+        self.name_prefix = name_prefix or process_name()
         self.maintenance_interval_s = int(maintenance_interval_s)
         self.heartbeat_s = int(heartbeat_s)
         self.heartbeat_ttl = 3 * self.heartbeat_s
