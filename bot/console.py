@@ -23,9 +23,8 @@ from worker.queue.job_queue import JobQueue
 from worker.queue.keys import RedisKeys
 from worker.queue.redis_connection import as_text
 
-# Each XREAD blocks at most this long: far below the client's socket timeout (redis-py's default, 5 s), which
-# would otherwise end a longer block with a TimeoutError; it is also how soon the waiting message follows the
-# queue.
+# Each XREAD blocks at most this long: far below the client's socket timeout (SOCKET_TIMEOUT_S), which would end
+# a longer block with a TimeoutError; it is also how soon the waiting message follows the queue.
 READ_SLICE_S = 1.0
 # The console's own wording of the adapters' "ask me something" (bot.conversation.EMPTY_QUESTION names a mention).
 EMPTY_QUESTION = 'ask me something, e.g. xwinbot ask "What does HTTP 429 mean?"'

@@ -92,7 +92,9 @@ from worker.queue.redis_connection import as_text
 log = logging.getLogger(__name__)
 
 DEQUEUE_POLL_S = 2
-"""Blocking-dequeue timeout of each worker thread: an idle thread notices a stop request within this time."""
+"""Blocking-dequeue timeout of each worker thread: an idle thread notices a stop request within this time. Well
+under the client's socket timeout (``SOCKET_TIMEOUT_S``; RQ also raises a client's timeout above its own
+dequeue timeout), so an idle dequeue never ends in a TimeoutError."""
 
 
 class _ThreadWorker(SimpleWorker):
