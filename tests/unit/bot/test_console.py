@@ -125,3 +125,18 @@ def test_chat_goes_on_after_a_bad_line(capsys, monkeypatch):
         f"xwinbot: {EMPTY_QUESTION}",
         f"xwinbot: the question is too long: {MAX_TEXT_CHARS + 1:,} characters; the limit is {MAX_TEXT_CHARS:,}",
     ]
+
+
+def test_the_reader_waits_out_a_redis_restart(tmp_path):
+    from tests.helpers.redis_server import RedisServer
+
+    keys, job_id = RedisKeys("restart-test"), "restart-test-console-1"
+    with RedisServer(tmp_path / "redis") as server:
+        reader = redis_client(server.url, retry_s=15)
+        replies = read_reply(reader, keys, job_id, timeout_s=None, idle=lambda: "waiting")
+        assert next(replies) == ("idle", "waiting")
+        server.kill()
+        threading.Timer(2, server.start).start()  # back after 2 s, without the stream: the answer comes later
+        assert next(replies) == ("idle", "waiting")  # the read that met the outage was retried, not raised
+        server.client().xadd(keys.reply_stream(job_id), {"kind": "final", "text": "Paris"})
+        assert next(replies) == ("final", "Paris")
