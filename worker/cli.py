@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 from worker.errors import CheckpointError, PromptTooLong
@@ -95,27 +96,27 @@ def client_redis(settings: Settings) -> Redis:
 
 
 def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None:
-    """Ask through the queue, print the answer as it streams; the answer, or None when there is none."""
+    """Ask through the queue, say on stderr what the question waits for, print the answer as it streams; the
+    answer, or None when there is none. Ctrl-C (KeyboardInterrupt) cancels the question on its way out."""
     from bot.console import ask
     from worker.queue.job_queue import job_queue
 
     redis = client_redis(settings)
     answer = ""
-    for kind, text in ask(redis, job_queue(settings, redis), turns):
-        if kind == "queued" and text != "1":
-            print(f"(#{text} in the queue)", file=sys.stderr, flush=True)
-        elif kind == "note":
-            print(f"xwinbot: {text}", file=sys.stderr, flush=True)
-        elif kind == "restart":
-            sys.stdout.write("\n(restarting the answer)\n")
-            answer = ""
-        elif kind == "text":
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            answer += text
-        elif kind == "error":
-            print(f"xwinbot: {text}", file=sys.stderr)
-            return None
+    with closing(ask(redis, job_queue(settings, redis), turns)) as replies:  # closed at once, even on Ctrl-C
+        for kind, text in replies:
+            if kind == "waiting":
+                print(f"xwinbot: {text}", file=sys.stderr, flush=True)
+            elif kind == "restart":
+                sys.stdout.write("\n(restarting the answer)\n")
+                answer = ""
+            elif kind == "text":
+                sys.stdout.write(text)
+                sys.stdout.flush()
+                answer += text
+            elif kind == "error":
+                print(f"xwinbot: {text}", file=sys.stderr)
+                return None
     sys.stdout.write("\n")
     return answer
 
@@ -138,19 +139,29 @@ def run_requeue_failed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_ask(args: argparse.Namespace, settings: Settings) -> int:
-    return 0 if print_answer(settings, [("user", args.question)]) is not None else 1
+    from bot.console import checked_question
+
+    question = checked_question(args.question)  # BadQuestion: one line, exit code 2 (see main)
+    return 0 if print_answer(settings, [("user", question)]) is not None else 1
 
 
 def run_chat(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.console import BadQuestion, checked_question
+
     turns = []
-    print("xwinbot chat — an empty line or Ctrl-D ends it")
+    print("xwinbot chat — an empty line or Ctrl-D ends it; Ctrl-C cancels a question and ends it")
     while True:
         try:
-            question = input("> ").strip()
+            line = input("> ")
         except EOFError:
             return 0
-        if not question:
+        if not line:
             return 0
+        try:
+            question = checked_question(line)
+        except BadQuestion as err:  # say why and keep the conversation going
+            print(f"xwinbot: {err}", file=sys.stderr)
+            continue
         turns.append(("user", question))
         answer = print_answer(settings, turns)
         if answer is None:
@@ -223,6 +234,8 @@ COMMANDS = {"up": run_up, "worker": run_worker, "ask": run_ask, "chat": run_chat
 
 
 SERVICES = {"up", "worker", "slack", "discord"}
+USAGE_ERROR = 2  # argparse's exit code for a bad command line; a question with nothing to ask is one too
+INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,15 +255,25 @@ def main(argv: list[str] | None = None) -> int:
     level = "DEBUG" if args.verbose else settings.log_level if args.command in SERVICES else "WARNING"
     setup_logging(level, settings.log_format)
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from bot.console import BadQuestion
     from worker.queue.job_queue import Busy
 
     try:
         return COMMANDS[args.command](args, settings)
+    except KeyboardInterrupt:
+        if args.command in SERVICES:
+            raise
+        print("\nxwinbot: cancelled", file=sys.stderr)  # the question, if any, was cancelled on the way here
+        return INTERRUPTED
+    except BadQuestion as err:
+        print(f"xwinbot: {err}", file=sys.stderr)
+        return USAGE_ERROR
     except Busy as err:
         print(f"xwinbot: {err.message}", file=sys.stderr)
         return 1
-    except RedisConnectionError as err:
+    except (RedisConnectionError, RedisTimeoutError) as err:  # Redis away for longer than XWINBOT_REDIS_RETRY_S
         print(f"xwinbot: cannot reach Redis ({err}); is `xwinbot up` running?", file=sys.stderr)
         return 1
     except (CheckpointError, PromptTooLong, ValueError, RuntimeError, TimeoutError) as err:

@@ -14,13 +14,13 @@ from redis import Redis
 
 from worker.ops import metrics
 from worker.ops.health_server import HealthServer, start_health_server
-from worker.ops.status import forget_worker_info, publish_worker_info
+from worker.ops.status import forget_worker_info, loading_announced, publish_worker_info
 from worker.posters.position_notices import PositionAnnouncer
 from worker.posters.registry import posters_from_settings
 from worker.queue.job_queue import job_queue
 from worker.queue.keys import RedisKeys
 from worker.queue.redis_connection import redis_from_settings
-from worker.queue.rq_workers import ThreadedWorkers
+from worker.queue.rq_workers import ThreadedWorkers, process_name
 from worker.settings import XWIN_MODEL, Settings
 from worker.tasks import WorkerContext, set_context
 
@@ -38,6 +38,7 @@ class WorkerProcess:
         self.settings = settings
         self.posters = posters
         self.redis = redis or redis_from_settings(settings)
+        self.name = process_name()  # known before the model loads: "loading" and then "ready" under one name
         self.serve_health = serve_health  # False: the process's owner serves /healthz (``xwinbot up``)
         self.engine = None
         self.workers: ThreadedWorkers | None = None
@@ -48,7 +49,10 @@ class WorkerProcess:
         if self.serve_health:  # up while the model loads: /healthz says 503 (engine_running false) until ready
             self.health_server = start_health_server(self.settings, "worker", self.health, self.collectors())
         try:
-            self._start()
+            # Building or downloading the model can take minutes: waiting clients say so instead of "no worker
+            # is running" (the claim ends once the job threads have registered with RQ and count as workers).
+            with loading_announced(self.redis, RedisKeys.for_settings(self.settings), self.name):
+                self._start()
         except BaseException:
             self._stop_health_server()
             raise
@@ -78,12 +82,12 @@ class WorkerProcess:
         self.announcer.start()
         # One job thread per batch slot, plus a few so a finished answer's posting never idles a slot.
         self.workers = ThreadedWorkers(
-            self.redis, self.settings.queue_name, concurrency=self.settings.max_batch + 2,
+            self.redis, self.settings.queue_name, concurrency=self.settings.max_batch + 2, name_prefix=self.name,
             heartbeat_s=self.settings.heartbeat_s, maintenance_interval_s=self.settings.maintenance_interval_s,
         )
         self.workers.start()
         health = self.health()
-        publish_worker_info(self.redis, context.queue.keys, self.workers.name_prefix, model=health["model"],
+        publish_worker_info(self.redis, context.queue.keys, self.name, model=health["model"],
                             device=health["device"], max_batch=self.settings.max_batch,
                             context_tokens=self.engine.generator.context_tokens)
         log.info("worker ready: %d job threads on queue %r", self.settings.max_batch + 2, self.settings.queue_name)
@@ -94,7 +98,7 @@ class WorkerProcess:
             self.announcer.stop()
         if self.workers:
             self.workers.stop()
-            forget_worker_info(self.redis, RedisKeys.for_settings(self.settings), self.workers.name_prefix)
+            forget_worker_info(self.redis, RedisKeys.for_settings(self.settings), self.name)
         if self.engine:
             self.engine.stop()
         set_context(None)

@@ -8,7 +8,11 @@ workers (``rq:workers:<queue name>``), so a deployment sees only its own.
 from __future__ import annotations
 
 import json
+import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -20,6 +24,13 @@ from worker.queue.job_queue import SERIALIZER, JobQueue
 from worker.queue.keys import RedisKeys
 from worker.queue.redis_connection import as_text
 
+log = logging.getLogger(__name__)
+
+# A worker loading its model says so for this long and renews it every third of it, so a worker killed while
+# loading stops counting as "loading" within this time (it registers with RQ, and counts as alive, only once
+# the model is loaded).
+LOADING_CLAIM_S = 15.0
+
 
 def publish_worker_info(redis: Redis, keys: RedisKeys, process_name: str, **info) -> None:
     """A worker process says what it serves (shown by ``xwinbot status``)."""
@@ -28,6 +39,44 @@ def publish_worker_info(redis: Redis, keys: RedisKeys, process_name: str, **info
 
 def forget_worker_info(redis: Redis, keys: RedisKeys, process_name: str) -> None:
     redis.hdel(keys.worker_info(), process_name)
+
+
+@contextmanager
+def loading_announced(redis: Redis, keys: RedisKeys, process_name: str,
+                      claim_s: float = LOADING_CLAIM_S) -> Iterator[None]:
+    """While the block runs (the worker builds or loads its model), ``workers_loading`` counts this process;
+    clients waiting for an answer show "the worker is loading the model" instead of "no worker is running"."""
+    done = threading.Event()
+
+    def renew() -> None:
+        while True:
+            try:
+                now = time.time()
+                pipe = redis.pipeline()
+                pipe.zremrangebyscore(keys.workers_loading(), "-inf", now)  # claims of workers killed while loading
+                pipe.zadd(keys.workers_loading(), {process_name: now + claim_s})
+                pipe.execute()
+            except Exception:  # Redis away: the claim lapses, which only changes what a waiting client shows
+                log.warning("could not say that the model is loading", exc_info=True)
+            if done.wait(claim_s / 3):
+                return
+
+    thread = threading.Thread(target=renew, name="xwinbot-loading", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        try:
+            redis.zrem(keys.workers_loading(), process_name)
+        except Exception:  # the claim lapses on its own
+            log.warning("could not clear the loading claim", exc_info=True)
+
+
+def workers_loading(redis: Redis, keys: RedisKeys) -> int:
+    """Worker processes loading their model now (not yet taking questions)."""
+    return int(redis.zcount(keys.workers_loading(), time.time(), "+inf"))
 
 
 @dataclass
@@ -44,6 +93,7 @@ class QueueStatus:
     running: int
     finished: int
     failed: int
+    loading: int = 0  # worker processes still loading their model
     processes: dict[str, dict] = field(default_factory=dict)  # process -> {"threads", "busy", "model", ...}
     failed_jobs: list[FailedJob] = field(default_factory=list)
 
@@ -54,6 +104,7 @@ def read_status(queue: JobQueue, failed_shown: int = 10) -> QueueStatus:
     status = QueueStatus(
         queue_name=queue.name, waiting=rq_queue.count, running=StartedJobRegistry(queue=rq_queue).count,
         finished=FinishedJobRegistry(queue=rq_queue).count, failed=failed_registry.count,
+        loading=workers_loading(redis, queue.keys),
     )
     info = {as_text(name): json.loads(raw) for name, raw in redis.hgetall(queue.keys.worker_info()).items()}
     for worker in Worker.all(queue=rq_queue):
@@ -83,7 +134,9 @@ def render(status: QueueStatus, redis_url: str) -> str:
         f"  questions: {status.waiting} waiting, {status.running} being answered, "
         f"{status.finished} answered recently, {status.failed} failed",
     ]
-    if not status.processes:
+    if status.loading:
+        lines.append(f"  workers loading the model: {status.loading} (they take questions once it is loaded)")
+    if not status.processes and not status.loading:
         lines.append("  workers: none alive — questions wait until `xwinbot worker` (or `up`) runs")
     for process, entry in sorted(status.processes.items()):
         model = entry.get("model") or "model unknown"

@@ -51,6 +51,7 @@ class RedisKeys:
     DISCORD_DM = "{ns}:discord:dm:{job_id}"  # the DM a private answer moved to when its interaction expired
     # Operating (worker.ops.status).
     WORKER_INFO = "{ns}:worker-info"  # hash: worker process -> what it serves
+    WORKERS_LOADING = "{ns}:workers-loading"  # sorted set: worker process -> when its "loading the model" lapses
 
     @classmethod
     def for_settings(cls, settings: Settings) -> RedisKeys:
@@ -112,3 +113,6 @@ class RedisKeys:
 
     def worker_info(self) -> str:
         return self.WORKER_INFO.format(ns=self.namespace)
+
+    def workers_loading(self) -> str:
+        return self.WORKERS_LOADING.format(ns=self.namespace)

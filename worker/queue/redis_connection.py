@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
 CONNECT_TIMEOUT_S = 5.0  # an unreachable host (not just a closed port) fails each attempt this fast
+# A reply that takes longer means a dead connection (the command is retried on a new one). So every blocking read
+# (the console's XREAD, RQ's dequeue) blocks for well under this; redis-py's own default, made explicit.
+SOCKET_TIMEOUT_S = 5.0
 
 
 def outage_retry(wait_s: float) -> Retry:
@@ -39,7 +42,8 @@ def as_text(raw: bytes | str | None) -> str | None:
 
 
 def redis_client(url: str, retry_s: float) -> Redis:
-    return Redis.from_url(url, retry=outage_retry(retry_s), socket_connect_timeout=CONNECT_TIMEOUT_S)
+    return Redis.from_url(url, retry=outage_retry(retry_s), socket_connect_timeout=CONNECT_TIMEOUT_S,
+                          socket_timeout=SOCKET_TIMEOUT_S)
 
 
 def redis_from_settings(settings: Settings) -> Redis:

@@ -92,7 +92,9 @@ from worker.queue.redis_connection import as_text
 log = logging.getLogger(__name__)
 
 DEQUEUE_POLL_S = 2
-"""Blocking-dequeue timeout of each worker thread: an idle thread notices a stop request within this time."""
+"""Blocking-dequeue timeout of each worker thread: an idle thread notices a stop request within this time. Well
+under the client's socket timeout (``SOCKET_TIMEOUT_S``; RQ also raises a client's timeout above its own
+dequeue timeout), so an idle dequeue never ends in a TimeoutError."""
 
 
 class _ThreadWorker(SimpleWorker):
@@ -200,6 +202,11 @@ class _ThreadWorker(SimpleWorker):
         return None
 
 
+def process_name() -> str:
+    """A name for this worker process, unique on the queue; its job threads are named ``<it>.<slot>``."""
+    return f'{socket.gethostname()}.{os.getpid()}.{uuid4().hex[:6]}'
+
+
 class ThreadedWorkers:
     """``concurrency`` rq workers as threads of this process, consuming one queue.
 
@@ -224,7 +231,7 @@ class ThreadedWorkers:
         self.redis = redis
         self.queue_name = queue_name
         self.concurrency = int(concurrency)
-        self.name_prefix = name_prefix or f'{socket.gethostname()}.{os.getpid()}.{uuid4().hex[:6]}'
+        self.name_prefix = name_prefix or process_name()
         self.maintenance_interval_s = int(maintenance_interval_s)
         self.heartbeat_s = int(heartbeat_s)
         self.heartbeat_ttl = 3 * self.heartbeat_s

@@ -22,7 +22,7 @@ def every_key(keys: RedisKeys) -> dict[str, str]:
         "message": keys.message("slack", "C1", "1.5"), "thread": keys.thread("discord", "7", "8"),
         "seen": keys.seen("slack-event", "Ev1"), "reply_stream": keys.reply_stream("console-ab"),
         "reply_parts": keys.reply_parts("slack", "slack-C1-1"), "discord_dm": keys.discord_dm("discord-ask-9"),
-        "worker_info": keys.worker_info(),
+        "worker_info": keys.worker_info(), "workers_loading": keys.workers_loading(),
     }
 
 
@@ -35,7 +35,7 @@ DEFAULT_NAMES = {
     "message": "xwinbot:message:slack:C1:1.5", "thread": "xwinbot:thread:discord:7:8",
     "seen": "xwinbot:seen:slack-event:Ev1", "reply_stream": "xwinbot:reply:console-ab",
     "reply_parts": "xwinbot:slack:parts:slack-C1-1", "discord_dm": "xwinbot:discord:dm:discord-ask-9",
-    "worker_info": "xwinbot:worker-info",
+    "worker_info": "xwinbot:worker-info", "workers_loading": "xwinbot:workers-loading",
 }
 
 
