@@ -10,6 +10,7 @@ Bolt acknowledges every event before our listeners run. A global middleware drop
 from __future__ import annotations
 
 import logging
+import re
 
 from redis import Redis
 from slack_bolt import App
@@ -60,7 +61,14 @@ def create_app(settings: Settings, redis: Redis) -> App:
     shortcut = MessageShortcut(questions)
     app.shortcut(CALLBACK_ID)(shortcut.on_shortcut)
     app.view(CALLBACK_ID)(shortcut.on_submit)
+    # Registered last, so it only gets what no listener above takes: events we do not act on (reaction_removed,
+    # assistant_thread_started, types Slack adds later) are acknowledged quietly, not logged as unhandled.
+    app.event(re.compile(".*"))(ignore_event)
     return app
+
+
+def ignore_event() -> None:
+    pass
 
 
 def drop_repeated_events(index: ReplyIndex):
