@@ -10,6 +10,7 @@ Bolt acknowledges every event before our listeners run. A global middleware drop
 from __future__ import annotations
 
 import logging
+import re
 
 from redis import Redis
 from slack_bolt import App
@@ -17,9 +18,12 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
 
 from bot.access import Allowlist
+from bot.channel_config import ChannelRules, ChannelsFileError
+from bot.slack.files import SlackFiles
 from bot.slack.questions import SlackOptions, SlackQuestions
+from bot.slack.shortcut import CALLBACK_ID, MessageShortcut
 from worker.ops.health_server import start_health_server
-from worker.ops.preflight import raise_if_any, slack_problems
+from worker.ops.preflight import SettingsProblem, raise_if_any, slack_problems
 from worker.posters.slack import slack_client
 from worker.queue.job_queue import job_queue
 from worker.queue.redis_connection import redis_from_settings
@@ -33,6 +37,10 @@ EVENT_ID_TTL_S = 3600
 
 def create_app(settings: Settings, redis: Redis) -> App:
     raise_if_any(slack_problems(settings))
+    try:
+        rules = ChannelRules(settings.channels_file)  # read once here; reloaded on change by ChannelRules itself
+    except ChannelsFileError as err:
+        raise SettingsProblem(f"cannot start:\n  - {err}") from None
     http_mode = settings.slack_mode == "http"
     app = App(
         client=slack_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url),
@@ -44,12 +52,23 @@ def create_app(settings: Settings, redis: Redis) -> App:
     questions = SlackQuestions(
         queue, redis,
         Allowlist.of(channels=settings.slack_allowed_channels, users=settings.slack_allowed_users),
+        SlackFiles.from_settings(settings), rules,
         SlackOptions(followups=settings.slack_followups, history_messages=settings.slack_history_messages),
     )
     app.event("app_mention")(questions.on_mention)
     app.event("message")(questions.on_message)
     app.event("reaction_added")(questions.on_reaction)
+    shortcut = MessageShortcut(questions)
+    app.shortcut(CALLBACK_ID)(shortcut.on_shortcut)
+    app.view(CALLBACK_ID)(shortcut.on_submit)
+    # Registered last, so it only gets what no listener above takes: events we do not act on (reaction_removed,
+    # assistant_thread_started, types Slack adds later) are acknowledged quietly, not logged as unhandled.
+    app.event(re.compile(".*"))(ignore_event)
     return app
+
+
+def ignore_event() -> None:
+    pass
 
 
 def drop_repeated_events(index: ReplyIndex):

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 
 from slack_sdk import WebClient
 
-from bot.conversation import build_turns
+from bot.conversation import build_turns, clean_text, is_blank
+from bot.slack.files import FILE_QUESTION, has_files
 from worker.posters.slack_text import WORD_JOINER
 from worker.posters.status_text import is_status_text
 from worker.queue.job import JobTurn
@@ -56,8 +57,16 @@ def turns_from_messages(messages: Iterable[dict], bot_user_id: str | None, bot_i
             if not is_status_text(text):
                 pairs.append(("assistant", plain_text(text, bot_user_id)))
         elif not message.get("bot_id") and message.get("subtype") in USER_MESSAGE_SUBTYPES:
-            pairs.append(("user", plain_text(text, bot_user_id)))
+            pairs.append(("user", user_text(message, bot_user_id)))
     return build_turns(pairs)
+
+
+def user_text(message: dict, bot_user_id: str | None) -> str:
+    """A person's message as the model reads it; a file shared without words asks about the file."""
+    text = plain_text(message_text(message), bot_user_id)
+    if is_blank(clean_text(text)) and has_files(message):
+        return FILE_QUESTION
+    return text
 
 
 def thread_messages(client: WebClient, channel: str, thread_ts: str, up_to_ts: str, keep: int) -> list[dict]:

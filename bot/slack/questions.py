@@ -9,13 +9,16 @@ bot inside a thread. Bad input gets a clear reply in the thread; nothing here ra
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis import Redis
 from slack_sdk import WebClient
 
 from bot.access import Allowlist
+from bot.channel_config import ChannelRules
 from bot.conversation import EMPTY_QUESTION, ONLY_ASKER_CAN_STOP, clean_text, is_blank
+from bot.slack.files import SlackFiles, has_files
 from bot.slack.history import (
     USER_MESSAGE_SUBTYPES,
     dm_messages,
@@ -27,7 +30,7 @@ from bot.slack.history import (
 from worker.ops import metrics
 from worker.posters.slack_text import escape
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
-from worker.queue.job import Job, ReplyTarget, Requester
+from worker.queue.job import Attachment, Job, ReplyTarget, Requester
 from worker.queue.job_queue import Busy, DuplicateJob, JobQueue
 from worker.queue.positions import show_unless_started
 from worker.queue.reply_index import ReplyIndex
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 
 CANCEL_REACTIONS = {"x", "heavy_multiplication_x", "no_entry_sign", "octagonal_sign"}
 REGENERATE_REACTIONS = {"repeat", "arrows_counterclockwise", "arrows_clockwise"}
+# What a job carries besides the conversation; an answer asked again keeps the original's.
+JOB_CONTEXT = ("attachments", "notes", "system_prompt", "overrides")
+Place = tuple[str | None, str | None]  # (channel, thread ts) a failure notice goes to
 
 
 @dataclass(frozen=True)
@@ -47,26 +53,28 @@ class SlackOptions:
 
 
 class SlackQuestions:
-    def __init__(self, queue: JobQueue, redis: Redis, allowlist: Allowlist, options: SlackOptions = SlackOptions()):
+    def __init__(self, queue: JobQueue, redis: Redis, allowlist: Allowlist, files: SlackFiles,
+                 rules: ChannelRules, options: SlackOptions = SlackOptions()):
         self.queue, self.redis, self.allowlist, self.options = queue, redis, allowlist, options
+        self.files, self.rules = files, rules
         self.index = ReplyIndex(redis, queue.keys)
 
     # -- bolt listeners (arguments by name, as bolt passes them) ---------------------------------------
     def on_mention(self, event: dict, client: WebClient, context: dict) -> None:
-        self._guarded(self._question, event, client, context)
+        self.guarded(self._question, event, client, context, where=lambda: question_place(event))
 
     def on_message(self, event: dict, client: WebClient, context: dict) -> None:
         if event.get("subtype") not in USER_MESSAGE_SUBTYPES or event.get("bot_id"):
             return  # edits, deletions, joins, other bots (our own messages bolt already drops)
         bot_user_id = context.get("bot_user_id")
         if event.get("channel_type") == "im":
-            self._guarded(self._question, event, client, context)
+            self.guarded(self._question, event, client, context, where=lambda: question_place(event))
             return
         thread_ts = event.get("thread_ts")
         if not thread_ts or (bot_user_id and f"<@{bot_user_id}" in message_text(event)):
             return  # top-level chatter; or a mention, which the app_mention listener answers
         if self.options.followups == "any" and self.index.is_bot_thread("slack", str(event.get("channel")), thread_ts):
-            self._guarded(self._question, event, client, context)
+            self.guarded(self._question, event, client, context, where=lambda: question_place(event))
 
     def on_reaction(self, event: dict, client: WebClient) -> None:
         name, item = str(event.get("reaction") or "").split("::")[0], event.get("item")
@@ -78,10 +86,8 @@ class SlackQuestions:
         job_id = self.index.job_id_for_message("slack", item["channel"], item["ts"])
         if job_id is None:
             return  # not one of our answers
-        if name in CANCEL_REACTIONS:
-            self._guarded(self._cancel, event, client, job_id)
-        else:
-            self._guarded(self._regenerate, event, client, job_id)
+        handler = self._cancel if name in CANCEL_REACTIONS else self._regenerate
+        self.guarded(handler, event, client, job_id, where=lambda: self._answer_place(item, job_id))
 
     # -- questions -------------------------------------------------------------------------------------
     def _question(self, event: dict, client: WebClient, context: dict) -> None:
@@ -99,14 +105,16 @@ class SlackQuestions:
             client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=refusal)
             return
         bot_user_id, bot_id = context.get("bot_user_id"), context.get("bot_id")
-        if is_blank(clean_text(plain_text(message_text(event), bot_user_id))):
+        if is_blank(clean_text(plain_text(message_text(event), bot_user_id))) and not has_files(event):
             client.chat_postMessage(channel=channel, thread_ts=thread_ts or ts, text=EMPTY_QUESTION)
             return
         turns = turns_from_messages(self._history(client, event, thread_ts, is_dm), bot_user_id, bot_id)
         if not turns:  # history unreadable as a conversation: answer the message alone
             turns = turns_from_messages([event], bot_user_id, bot_id)
+        attachments, notes = self.files.read(event)  # bolt runs us after the ack: downloads may take their time
         requester = Requester(platform="slack", user_id=user)
-        self._submit(client, self.queue.keys.job_id("slack", f"{channel}-{ts}"), turns, requester, channel, thread_ts)
+        self.submit(client, self.queue.keys.job_id("slack", f"{channel}-{ts}"), turns, requester, channel, thread_ts,
+                    self.job_context(channel, attachments, notes))
 
     def _history(self, client: WebClient, event: dict, thread_ts: str | None, is_dm: bool) -> list[dict]:
         keep = self.options.history_messages
@@ -116,13 +124,21 @@ class SlackQuestions:
             return dm_messages(client, event["channel"], event["ts"], keep)
         return [event]
 
-    def _submit(self, client: WebClient, job_id: str, turns, requester: Requester, channel: str,
-                thread_ts: str | None) -> None:
+    def job_context(self, channel: str, attachments: list[Attachment], notes: list[str]) -> dict:
+        """The job's fields besides the conversation: the question's files, and the channel's rule."""
+        rule = self.rules.current().for_slack(channel)
+        return {"attachments": tuple(attachments), "notes": tuple(notes), "system_prompt": rule.system_prompt,
+                "overrides": rule.overrides()}
+
+    def submit(self, client: WebClient, job_id: str, turns, requester: Requester, channel: str,
+               thread_ts: str | None, job_context: dict) -> None:
+        """Post the placeholder in the thread, then queue the job that will answer into it."""
         placeholder = client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=f"_{waiting_text(None)}_")
         job = Job(
             job_id=job_id, turns=turns, requester=requester,
             reply_to=ReplyTarget(platform="slack", channel_id=channel, thread_id=thread_ts,
                                  placeholder_id=placeholder["ts"]),
+            **job_context,
         )
         self.index.remember_question(job)
         self.index.link_message("slack", channel, placeholder["ts"], job_id)
@@ -145,8 +161,11 @@ class SlackQuestions:
         job = self.index.job(job_id)
         if job is None:
             return
-        if event.get("user") != job.requester.user_id:
-            client.chat_postEphemeral(channel=job.reply_to.channel_id, user=event["user"],
+        user = event.get("user")
+        if not user:
+            return  # a broken payload: no one reacted
+        if user != job.requester.user_id:
+            client.chat_postEphemeral(channel=job.reply_to.channel_id, user=user,
                                       thread_ts=job.reply_to.thread_id,
                                       text=ONLY_ASKER_CAN_STOP)
             return
@@ -165,22 +184,36 @@ class SlackQuestions:
             client.chat_postEphemeral(channel=target.channel_id, user=user, thread_ts=target.thread_id, text=refusal)
             return
         new_id = self.queue.keys.job_id("slack", f"again-{target.channel_id}-{event.get('event_ts')}-{job_id}")
-        self._submit(client, new_id, job.turns, Requester(platform="slack", user_id=user), target.channel_id,
-                     target.thread_id)
+        self.submit(client, new_id, job.turns, Requester(platform="slack", user_id=user), target.channel_id,
+                    target.thread_id, {name: getattr(job, name) for name in JOB_CONTEXT})
 
     # -- failures --------------------------------------------------------------------------------------
-    def _guarded(self, handler, event: dict, client: WebClient, *rest) -> None:
-        """Run a listener; on a failure tell the user in the thread instead of failing silently."""
+    def _answer_place(self, item: dict, job_id: str) -> Place:
+        """Where a failure about a reaction on an answer goes: the answer's thread (the reaction event has
+        neither ``ts`` nor ``thread_ts`` of its own)."""
+        try:
+            job = self.index.job(job_id)
+        except Exception:  # the failure being reported may be Redis itself
+            job = None
+        return item["channel"], (job.reply_to.thread_id if job else None) or item["ts"]
+
+    def guarded(self, handler, event: dict, client: WebClient, *rest, where: Callable[[], Place]) -> None:
+        """Run a listener; on a failure tell the user in the thread ``where`` names instead of failing silently."""
         try:
             handler(event, client, *rest)
         except Exception as err:
             log.exception("could not handle a Slack event")
-            channel = event.get("channel") or (event.get("item") or {}).get("channel")
+            channel, thread_ts = where()
             if not channel:
                 return
             text = (f":warning: Sorry, I couldn't take this request ({type(err).__name__}). "
                     "Please try again in a minute.")
             try:
-                client.chat_postMessage(channel=channel, thread_ts=event.get("thread_ts") or event.get("ts"), text=text)
+                client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
             except Exception:
                 log.warning("could not tell the user about the failure", exc_info=True)
+
+
+def question_place(event: dict) -> Place:
+    """A question's failure notice goes into its thread (a new thread under it when it had none)."""
+    return event.get("channel"), event.get("thread_ts") or event.get("ts")

@@ -64,6 +64,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -172,9 +173,14 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
+        for path, handler in self._extra_routes():
+            app.router.add_get(path, handler)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
+
+    def _extra_routes(self) -> list[tuple[str, Callable]]:
+        return []  # GET routes a subclass serves besides the Web API and the socket
 
     async def _shutdown(self) -> None:
         for redelivery in self._redeliveries:
@@ -601,3 +607,117 @@ class FakeSlack:
         digest = hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
         return {"X-Slack-Request-Timestamp": str(timestamp), "X-Slack-Signature": f"v0={digest}",
                 "Content-Type": "application/json"}
+
+
+class FakeSlackFiles(FakeSlack):
+    """``FakeSlack`` that also serves files and interactivity (kept apart from the base for easy merging):
+
+    * ``share_file(...)`` stores a message with a Slack file object whose ``url_private`` /
+      ``url_private_download`` point at the fake's own HTTP server (``/files-pri/<team>-<id>/…``), and returns
+      the ``message`` event (subtype ``file_share``) Slack sends for it. A download needs the bot token as
+      ``Authorization: Bearer``: without it 403, an unknown file 404 (``file_downloads`` records each request).
+    * ``views.open`` (recorded in ``views``), and ``send_message_shortcut`` / ``send_view_submission``, which
+      send the ``message_action`` and ``view_submission`` interactive payloads over Socket Mode.
+    """
+
+    @cached_property
+    def shared_files(self) -> dict[str, tuple[dict, bytes]]:  # file id -> (file object, bytes)
+        return {}
+
+    @cached_property
+    def file_downloads(self) -> list[tuple[str, str | None]]:  # (path, bearer token or None)
+        return []
+
+    @cached_property
+    def views(self) -> list[dict]:  # every views.open call's view, with the id the fake gave it
+        return []
+
+    def file_object(self, name: str, content: bytes, mimetype: str = "text/plain", filetype: str = "text",
+                    user: str = "U1") -> dict:
+        """A file as files.info and message events describe it (the fields the docs list for a file object)."""
+        with self._cond:
+            file_id = f"F{next(self._ids):08d}"
+            base = f"http://127.0.0.1:{self.port}/files-pri/{self.team_id}-{file_id}"
+            file = {"id": file_id, "created": int(time.time()), "timestamp": int(time.time()), "name": name,
+                    "title": name, "mimetype": mimetype, "filetype": filetype, "pretty_type": filetype.title(),
+                    "user": user, "user_team": self.team_id, "editable": False, "size": len(content),
+                    "mode": "hosted", "is_external": False, "external_type": "", "is_public": True,
+                    "public_url_shared": False, "display_as_bot": False, "username": "",
+                    "url_private": f"{base}/{name}", "url_private_download": f"{base}/download/{name}",
+                    "permalink": f"https://xwin-test.slack.com/files/{user}/{file_id}/{name}",
+                    "is_starred": False, "has_rich_preview": False, "file_access": "visible"}
+            self.shared_files[file_id] = (file, content)
+            return copy.deepcopy(file)
+
+    def share_file(self, channel: str, user: str, name: str, content: bytes, mimetype: str = "text/plain",
+                   filetype: str = "text", text: str = "", thread_ts: str | None = None,
+                   channel_type: str = "channel", files: list[dict] | None = None) -> dict:
+        """A person uploads a file (or ``files``) with ``text``: stored, and the message event Slack sends."""
+        files = files if files is not None else [self.file_object(name, content, mimetype, filetype, user)]
+        with self._cond:
+            msg = {"type": "message", "subtype": "file_share", "ts": self._new_ts(), "text": text, "user": user,
+                   "team": self.team_id, "files": copy.deepcopy(files), "upload": False, "display_as_bot": False}
+            if thread_ts:
+                msg["thread_ts"] = thread_ts
+            self._store(channel, msg)
+        event = {**copy.deepcopy(msg), "channel": channel, "event_ts": msg["ts"], "channel_type": channel_type}
+        return event
+
+    def _extra_routes(self) -> list[tuple[str, Callable]]:
+        return [("/files-pri/{file_key}/{tail:.*}", self._file_download)]
+
+    async def _file_download(self, request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        token = header[len("Bearer "):] if header.startswith("Bearer ") else None
+        file_id = request.match_info["file_key"].removeprefix(f"{self.team_id}-")
+        with self._cond:
+            self.file_downloads.append((request.path, token))
+            stored = self.shared_files.get(file_id)
+        if token != self.bot_token:
+            return web.Response(status=403, text="forbidden")
+        if stored is None:
+            return web.Response(status=404, text="not found")
+        file, content = stored
+        return web.Response(body=content, content_type=file["mimetype"].split(";")[0])
+
+    def _m_views_open(self, args: dict) -> dict:
+        self._arg(args, "trigger_id", "invalid_trigger_id")
+        view = args.get("view")
+        view = json.loads(view) if isinstance(view, str) else view
+        if not isinstance(view, dict) or view.get("type") != "modal":
+            raise _ApiError("invalid_arguments")
+        view = {**copy.deepcopy(view), "id": f"V{next(self._ids):08d}", "team_id": self.team_id,
+                "app_id": self.api_app_id, "bot_id": self.bot_id, "state": {"values": {}}, "hash": uuid.uuid4().hex}
+        view.setdefault("private_metadata", "")
+        view.setdefault("callback_id", "")
+        self.views.append(view)
+        self._cond.notify_all()
+        return {"view": copy.deepcopy(view)}
+
+    def send_message_shortcut(self, channel: str, message: dict, user: str = "U1",
+                              callback_id: str = "ask_about_message") -> str:
+        """Someone picks the app's message shortcut on ``message`` (as conversations.history returns it)."""
+        trigger = f"{next(self._ids)}.{uuid.uuid4().int % 10**12}.{uuid.uuid4().hex[:32]}"
+        return self.send_interactive({
+            "type": "message_action", "callback_id": callback_id, "trigger_id": trigger,
+            "action_ts": f"{time.time():.6f}", "message_ts": message["ts"],
+            "response_url": f"https://hooks.slack.com/app/{self.team_id}/1/fake",
+            "user": {"id": user, "username": f"user-{user.lower()}", "name": f"user-{user.lower()}",
+                     "team_id": self.team_id},
+            "channel": {"id": channel, "name": f"channel-{channel.lower()}"},
+            "message": copy.deepcopy(message)})
+
+    def send_view_submission(self, view: dict, user: str = "U1", values: dict | None = None) -> str:
+        """``user`` presses the modal's submit button; ``values``: block id -> action id -> typed value."""
+        state = {block: {action: {"type": "plain_text_input", "value": value} for action, value in actions.items()}
+                 for block, actions in (values or {}).items()}
+        return self.send_interactive({
+            "type": "view_submission", "trigger_id": f"{next(self._ids)}.{uuid.uuid4().hex[:12]}",
+            "user": {"id": user, "username": f"user-{user.lower()}", "name": f"user-{user.lower()}",
+                     "team_id": self.team_id},
+            "view": {**copy.deepcopy(view), "state": {"values": state}}, "response_urls": []})
+
+    def wait_view(self, count: int = 1, timeout: float = 5) -> dict:
+        """The ``count``-th view opened (waits for it)."""
+        self.wait_for(lambda: len(self.views) >= count, timeout)
+        return copy.deepcopy(self.views[count - 1])

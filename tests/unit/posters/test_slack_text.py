@@ -58,5 +58,8 @@ def test_the_manifest_subscribes_exactly_the_events_the_app_listens_to():
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
     assert events == {"app_mention", "message.channels", "message.groups", "message.im", "reaction_added"}
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == {
-        "app_mentions:read", "chat:write", "channels:history", "groups:history", "im:history", "reactions:read"}
+        "app_mentions:read", "chat:write", "channels:history", "groups:history", "im:history", "reactions:read",
+        "files:read", "commands"}
+    assert [(s["type"], s["callback_id"]) for s in manifest["features"]["shortcuts"]] == [
+        ("message", "ask_about_message")]
     assert manifest["settings"]["socket_mode_enabled"] is True
