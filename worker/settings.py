@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     top_k: int = Field(DEFAULT_TOP_K, ge=0, description="Keep only the k likeliest tokens (0: off).")
     max_new_tokens: int = Field(DEFAULT_MAX_NEW_TOKENS, ge=1, description="Longest answer, in tokens.")
 
-    # Files and channels (see README "Files, messages and channels").
+    # Files on questions and the channels file (see README "Slack" and "Discord").
     attachment_max_bytes: int = Field(
         5_000_000, ge=1, description="Largest file on a question that is downloaded and read (bytes); larger ones "
         "are skipped and the reply says so.",
