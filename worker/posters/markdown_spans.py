@@ -66,7 +66,26 @@ def hold_back_unfinished(text: str) -> str:
     ticks = [m.start() for m in SINGLE_TICK.finditer(text, last_line)]
     if len(ticks) % 2:  # an odd tick on the last line opens a code span that has not closed
         cut = min(cut, ticks[-1])
+    cut = min(cut, _table_tail_start(text))
     return text if cut == len(text) else text[:cut].rstrip(" ")
+
+
+def _table_tail_start(text: str) -> int:
+    """Where a table row still being written starts, or a header row whose delimiter row has not come yet
+    (either shows as raw pipes until the table is whole enough to be rewritten); else len(text)."""
+    lines = text.split("\n")
+    starts = [0]
+    for line in lines[:-1]:
+        starts.append(starts[-1] + len(line) + 1)
+    run = 0  # table-looking lines just before the last, unfinished line
+    while run < len(lines) - 1 and lines[-2 - run].lstrip().startswith("|"):
+        run += 1
+    lone_header = run == 1
+    if lines[-1].lstrip().startswith("|"):
+        return starts[-2] if lone_header else starts[-1]
+    if lines[-1] == "" and lone_header:
+        return starts[-2]
+    return len(text)
 
 
 def close_open_fence(text: str) -> str:
