@@ -3,8 +3,9 @@
 A link ``[text](url)`` cut in two shows as raw brackets in both messages; an inline code span cut in two
 turns the rest of the message into code; a Slack entity (``<https://…|label>``, ``<@U…>``) or an HTML entity
 (``&amp;``) cut in two shows as garbage. ``spans`` lists where they are, for ``split_message``;
-``hold_back_unfinished`` keeps a streamed answer from showing one that has started but not yet closed (the
-next edit shows it whole); ``close_open_fence`` closes a code block the answer has opened but not closed, so a
+``hold_back_unfinished`` keeps a streamed answer from showing one that has started but not yet closed, or a
+table row still being written (the next edit shows it whole; the final answer is never held back);
+``close_open_fence`` closes a code block the answer has opened but not closed, so a
 streamed (or unterminated) code block renders as code, not as a stray fence.
 """
 
@@ -19,10 +20,11 @@ HTML_ENTITY = r"&#?\w{1,10};"
 WHOLE = re.compile("|".join((LINK, CODE_SPAN, SLACK_ENTITY, HTML_ENTITY)))
 
 # An answer that ends inside one of them: a link still being written, an open code span, an entity.
+# Bounded, so a stray "[" or "<" in prose holds back at most a label's length of the line, not the rest of it.
 UNFINISHED = re.compile(
-    r"(?:!?\[[^\[\]\n]{0,500}(?:\]\((?:[^()\s]|\([^()\s]*\)){0,2000})?\]?"
-    r"|<[^<>\s][^<>\n]{0,500}"
-    r"|&#?\w{0,10})$")
+    r"(?:!?\[[^\[\]\n]{0,200}(?:\]\((?:[^()\s]|\([^()\s]*\)){0,2000})?\]?"
+    r"|<[!@#a-z][^<>\s|]{0,500}(?:\|[^<>\n]{0,200})?"
+    r"|&#?\w{0,10})$", re.IGNORECASE)
 SINGLE_TICK = re.compile(r"(?<!`)`(?!`)")
 FENCE = re.compile(r"^\s*```(\S*)", re.MULTILINE)
 
@@ -49,9 +51,9 @@ def _outside_code_blocks(text: str) -> list[tuple[int, int]]:
     return stretches
 
 
-def inside(spans_: list[tuple[int, int]], at: int) -> tuple[int, int] | None:
-    """The span that a cut at ``at`` would break (strictly inside it), if any."""
-    return next(((start, end) for start, end in spans_ if start < at < end), None)
+def inside(found: list[tuple[int, int]], at: int) -> tuple[int, int] | None:
+    """The span of ``found`` that a cut at ``at`` would break (strictly inside it), if any."""
+    return next(((start, end) for start, end in found if start < at < end), None)
 
 
 def hold_back_unfinished(text: str) -> str:

@@ -92,3 +92,8 @@ def test_every_part_of_a_long_table_is_a_closed_code_block():
     parts = split_message(close_open_fence(tables_to_code(f"| k | v |\n|---|---|\n{rows}")), 500)
     assert len(parts) > 3
     assert all(len(re.findall(r"^```", p, re.MULTILINE)) % 2 == 0 for p in parts)
+
+
+def test_a_stray_bracket_in_prose_does_not_hold_back_the_rest_of_the_line():
+    assert hold_back_unfinished("if a <b then c is bigger") == "if a <b then c is bigger"
+    assert hold_back_unfinished("See <https://example.com|the site") == "See"
