@@ -146,7 +146,8 @@ class SlackQuestions:
             position = self.queue.enqueue(job).position
         except Busy as err:
             metrics.BUSY.labels("slack", err.reason).inc()
-            client.chat_update(channel=channel, ts=placeholder["ts"], text=f":hourglass: {escape(err.message)}")
+            client.chat_update(channel=channel, ts=placeholder["ts"], text=f":hourglass: {escape(err.message)}",
+                               blocks=[])
             return
         except DuplicateJob:
             client.chat_delete(channel=channel, ts=placeholder["ts"])
@@ -154,7 +155,7 @@ class SlackQuestions:
         metrics.ENQUEUED.labels("slack").inc()
         if position > 1:
             show_unless_started(self.redis, self.queue.keys, job_id, lambda: client.chat_update(
-                channel=channel, ts=placeholder["ts"], text=f"_{waiting_text(position)}_"))
+                channel=channel, ts=placeholder["ts"], text=f"_{waiting_text(position)}_", blocks=[]))
 
     # -- reactions -------------------------------------------------------------------------------------
     def _cancel(self, event: dict, client: WebClient, job_id: str) -> None:
@@ -169,9 +170,9 @@ class SlackQuestions:
                                       thread_ts=job.reply_to.thread_id,
                                       text=ONLY_ASKER_CAN_STOP)
             return
-        if self.queue.cancel(job_id) == "removed":
+        if self.queue.cancel(job_id) == "removed":  # blocks=[]: a requeued job's placeholder may show an answer
             client.chat_update(channel=job.reply_to.channel_id, ts=job.reply_to.placeholder_id,
-                               text=f"_{STOPPED_BEFORE_START}_")
+                               text=f"_{STOPPED_BEFORE_START}_", blocks=[])
 
     def _regenerate(self, event: dict, client: WebClient, job_id: str) -> None:
         job, user = self.index.job(job_id), event.get("user")

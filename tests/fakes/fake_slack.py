@@ -39,6 +39,12 @@ Web API notes: requests are POSTs (slack_sdk ignores ``http_verb``), form-encode
 update / postEphemeral); both are accepted, plus the query string. The token is taken from ``Authorization:
 Bearer`` (else a ``token`` arg) and kept out of ``ApiCall.args``. Form values stay strings except ``blocks`` /
 ``attachments`` / ``metadata``, which are JSON-decoded. Message ts come from the wall clock, strictly increasing.
+``markdown_text`` (chat.postMessage / update) is kept as Slack shows it: a ``markdown`` block holding it, and the
+message's ``text`` set to it; it may not come with ``text`` or ``blocks`` ("should not be used in conjunction with
+blocks or text": the fake answers ``invalid_arguments``) and is limited to 12,000 characters (``msg_too_long``).
+chat.update without ``blocks`` keeps the message's blocks, as Slack documents ("To remove previous blocks, include
+an empty array"), so a ``text`` edit of a markdown message changes only its fallback text. ``history_of`` and
+``shown`` give what a person sees: the markdown blocks' text when there are any, else ``text``.
 ``rate_limit()`` / ``fail_next()`` refuse the next calls of one method; ``outage()`` refuses every Web API call
 for a while (bursts of 5xx and of 429 with Retry-After, unprocessed; see ``platform_outage.py``).
 
@@ -106,6 +112,7 @@ def _flag(value: Any) -> bool:
 
 class FakeSlack:
     max_text_chars: int = 4000  # longer chat.postMessage / chat.update text answers msg_too_long
+    max_markdown_chars: int = 12_000  # likewise for markdown_text (its documented limit)
 
     def __init__(self, bot_token="xoxb-test", app_token="xapp-test", bot_user_id="UBOT", bot_id="BBOT",
                  team_id="T0001", api_app_id="A0001", *, server_ping_interval: float | None = 0.5,
@@ -256,13 +263,17 @@ class FakeSlack:
         return {"url": f"ws://127.0.0.1:{self.port}/socket"}
 
     def _m_chat_postMessage(self, args: dict) -> dict:
-        channel, text = self._arg(args, "channel", "channel_not_found"), self._text(args)
+        channel = self._arg(args, "channel", "channel_not_found")
+        markdown = self._markdown(args)
+        text = markdown if markdown is not None else self._text(args)
         msg = {"type": "message", "ts": self._new_ts(), "text": text, "user": self.bot_user_id,
                "bot_id": self.bot_id, "app_id": self.api_app_id, "team": self.team_id}
         if args.get("thread_ts"):
             msg["thread_ts"] = str(args["thread_ts"])
         if args.get("blocks"):
             msg["blocks"] = args["blocks"]
+        if markdown is not None:
+            msg["blocks"] = [{"type": "markdown", "text": markdown}]
         self._store(channel, msg)
         return {"channel": channel, "ts": msg["ts"], "message": copy.deepcopy(msg)}
 
@@ -270,12 +281,17 @@ class FakeSlack:
         channel, msg = self._find(args)
         if msg.get("bot_id") != self.bot_id:
             raise _ApiError("cant_update_message")
-        text = self._text(args, required=False)
-        msg["text"] = text if "text" in args else msg["text"]
+        markdown = self._markdown(args)
+        text = markdown if markdown is not None else self._text(args, required=False)
+        msg["text"] = text if "text" in args or markdown is not None else msg["text"]
         if "blocks" in args:
             msg["blocks"] = args["blocks"]
+        if markdown is not None:
+            msg["blocks"] = [{"type": "markdown", "text": markdown}]
+        if not msg.get("blocks"):
+            msg.pop("blocks", None)
         msg["edited"] = {"user": self.bot_user_id, "ts": self._new_ts()}
-        self._texts[(channel, msg["ts"])].append(msg["text"])
+        self._texts[(channel, msg["ts"])].append(self._shown(msg))
         return {"channel": channel, "ts": msg["ts"], "text": msg["text"], "message": copy.deepcopy(msg)}
 
     def _m_chat_delete(self, args: dict) -> dict:
@@ -335,6 +351,25 @@ class FakeSlack:
             raise _ApiError("msg_too_long")
         return text
 
+    def _markdown(self, args: dict) -> str | None:
+        """The ``markdown_text`` argument (None without it), refused with ``text`` or ``blocks`` or too long."""
+        if "markdown_text" not in args:
+            return None
+        if args.get("text") or args.get("blocks"):
+            raise _ApiError("invalid_arguments")
+        markdown = str(args["markdown_text"] or "")
+        if not markdown.strip():
+            raise _ApiError("no_text")
+        if len(markdown) > self.max_markdown_chars:
+            raise _ApiError("msg_too_long")
+        return markdown
+
+    @staticmethod
+    def _shown(msg: dict) -> str:
+        """What a person sees of a message: its markdown blocks' text, else its text."""
+        markdown = [b["text"] for b in msg.get("blocks") or [] if isinstance(b, dict) and b.get("type") == "markdown"]
+        return "\n".join(markdown) if markdown else msg["text"]
+
     def _find(self, args: dict) -> tuple[str, dict]:
         channel = self._arg(args, "channel", "channel_not_found")
         msg = self._channels.get(channel, {}).get(str(args.get("ts")))
@@ -360,7 +395,7 @@ class FakeSlack:
             if msg["user"] not in parent["reply_users"]:
                 parent["reply_users"].append(msg["user"])
         stored[msg["ts"]] = msg
-        self._texts[(channel, msg["ts"])] = [msg["text"]]
+        self._texts[(channel, msg["ts"])] = [self._shown(msg)]
         self._cond.notify_all()
 
     def _page(self, msgs: list[dict], args: dict, default_limit: int, newest_first: bool) -> dict:
@@ -400,6 +435,11 @@ class FakeSlack:
 
     def thread(self, channel: str, thread_ts: str) -> list[dict]:
         return [m for m in self.messages(channel) if m["ts"] == thread_ts or m.get("thread_ts") == thread_ts]
+
+    def shown(self, channel: str, ts: str) -> str:
+        """What a person sees of a message now (its markdown when it was sent as markdown_text)."""
+        with self._cond:
+            return self._shown(self._channels[channel][ts])
 
     def history_of(self, channel: str, ts: str) -> list[str]:
         with self._cond:

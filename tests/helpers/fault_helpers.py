@@ -16,10 +16,10 @@ from rq.job import JobStatus
 from tests.helpers.discord_helpers import bot_messages
 from tests.helpers.slack_helpers import APP_TOKEN, BOT_TOKEN, SIGNING_SECRET, bot_replies, mention, unique
 from worker.posters.discord import DiscordPoster
+from worker.posters.discord import message_parts as discord_parts
 from worker.posters.discord_rest import DiscordRest
 from worker.posters.slack import SlackPoster, slack_client
-from worker.posters.slack_text import slack_size, to_slack
-from worker.posters.split import split_message
+from worker.posters.slack_text import message_parts
 from worker.posters.status_text import is_status_text
 from worker.queue.job_queue import SERIALIZER
 from worker.queue.keys import RedisKeys
@@ -83,7 +83,7 @@ class SlackSide:
                 for text in self.fake.history_of(channel, m["ts"])]
 
     def expected(self, final: str) -> list[str]:
-        return [to_slack(part) for part in split_message(final, self.limit, measure=slack_size)]
+        return message_parts(final, self.limit)
 
     def deletions(self) -> int:
         return len([c for c in self.fake.calls_to("chat.delete") if c.status == 200])
@@ -117,7 +117,7 @@ class DiscordSide:
         return [text for m in bot_messages(self.fake, thread) for text in self.fake.history_of(thread, m["id"])]
 
     def expected(self, final: str) -> list[str]:
-        return split_message(final, self.limit)
+        return discord_parts(final, self.limit)
 
     def deletions(self) -> int:
         return len([r for r in self.fake.requests if r.method == "DELETE" and r.status in (200, 204)])

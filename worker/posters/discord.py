@@ -6,6 +6,9 @@ interaction's ephemeral response, edited through the interaction webhook; once i
 answer moves to a direct message with the person who asked. An answer longer than 2,000 characters goes on
 in further messages (cut by ``split_message``; code blocks closed and reopened; their ids kept by
 ``ExtraMessages`` for retried jobs). Every message pings no one.
+
+Discord renders the model's Markdown except tables, which become aligned code blocks (``markdown_tables``); a
+streamed edit holds back a link or code span still being written, and a code block still open is closed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from redis import Redis
 from worker.posters.discord_controls import NO_PINGS, answer_buttons
 from worker.posters.discord_rest import ORIGINAL, DiscordError, DiscordRest
 from worker.posters.extra_messages import ExtraMessages
+from worker.posters.markdown_spans import close_open_fence, hold_back_unfinished
+from worker.posters.markdown_tables import tables_to_code
 from worker.posters.split import split_message
 from worker.posters.status_text import RESTARTING, waiting_text
 from worker.queue.keys import RedisKeys
@@ -35,6 +40,11 @@ EPHEMERAL = 64
 EXPIRED_TOKEN = {401, 404}  # 50027 Invalid Webhook Token, 10015 Unknown Webhook
 
 
+def message_parts(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """The content of each message that shows ``text``: tables rewritten, code blocks closed, cut to ``limit``."""
+    return split_message(close_open_fence(tables_to_code(text)), limit)
+
+
 class DiscordPoster:
     """One job's reply: message 0 is the placeholder; more messages follow it in the same place."""
 
@@ -47,7 +57,9 @@ class DiscordPoster:
         self._edit(job, 0, waiting_text(position), answer_buttons(job.job_id, running=True))
 
     def update(self, job: Job, text: str) -> None:
-        self._show(job, text, running=True)
+        text = hold_back_unfinished(text)
+        if text.strip():
+            self._show(job, text, running=True)
 
     def finish(self, job: Job, text: str) -> None:
         self._remove_parts_after(job, self._show(job, text, running=False))
@@ -61,7 +73,7 @@ class DiscordPoster:
 
     # -- messages --------------------------------------------------------------------------------------
     def _show(self, job: Job, text: str, running: bool) -> int:
-        parts = split_message(text, self.limit)
+        parts = message_parts(text, self.limit)
         for number, part in enumerate(parts):
             last = number == len(parts) - 1
             self._edit(job, number, part, answer_buttons(job.job_id, running) if last else [])

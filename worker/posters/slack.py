@@ -1,5 +1,11 @@
 """The Slack reply poster: streams an answer into the placeholder the adapter posted, via ``chat.update``.
 
+Answers go as ``markdown_text`` (Slack renders the model's Markdown; see ``slack_text`` for why and how it pings
+no one); a streamed edit holds back a link or code span still being written, and a code block still open is
+closed, so every edit renders. Status texts go as mrkdwn ``text`` with ``blocks=[]``: chat.update keeps a
+message's previous blocks unless given an empty array (Slack's chat.update reference), and markdown_text is
+shown as blocks, so without it an error would stay hidden behind the partial answer.
+
 An answer longer than one Slack message continues in further thread messages (cut on paragraph/code-block
 boundaries by ``split_message``; their ids kept by ``ExtraMessages`` for retried jobs). Slack's 429s are waited
 out (slack_sdk's ``RateLimitErrorRetryHandler`` honours ``Retry-After``); ``msg_too_long`` makes the poster cut
@@ -22,8 +28,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
 
 from worker.posters.extra_messages import ExtraMessages
-from worker.posters.slack_text import escape, slack_size, to_slack
-from worker.posters.split import split_message
+from worker.posters.markdown_spans import hold_back_unfinished
+from worker.posters.slack_text import escape, message_parts
 from worker.posters.status_text import RESTARTING, waiting_text
 from worker.queue.keys import RedisKeys
 from worker.queue.reply_index import ReplyIndex
@@ -34,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MESSAGE_LIMIT = 3500  # characters of Slack text per message; Slack answers msg_too_long near 4,000
+MESSAGE_LIMIT = 12_000  # markdown_text's documented limit, counted by slack_size
 SMALLEST_LIMIT = 500
 
 
@@ -53,14 +59,16 @@ class SlackPoster:
     def __init__(self, client: WebClient, redis: Redis, keys: RedisKeys, limit: int = MESSAGE_LIMIT):
         self.client, self.redis, self.keys, self.limit = client, redis, keys, limit
         self.index = ReplyIndex(redis, keys)
-        self.shown: dict[int, str] = {}  # message number -> Slack text it shows now (saves repeat edits)
+        self.shown: dict[int, tuple[bool, str]] = {}  # message number -> (markdown?, text) it shows now
 
     # -- the Poster interface --------------------------------------------------------------------------
     def waiting(self, job: Job, position: int | None) -> None:
         self._edit(job, 0, f"_{waiting_text(position)}_")
 
     def update(self, job: Job, text: str) -> None:
-        self._show(job, text)
+        text = hold_back_unfinished(text)
+        if text.strip():
+            self._show(job, text)
 
     def finish(self, job: Job, text: str) -> None:
         count = self._show(job, text)
@@ -77,10 +85,10 @@ class SlackPoster:
     def _show(self, job: Job, text: str) -> int:
         """Show ``text`` across as many messages as it needs; returns how many."""
         while True:
-            parts = split_message(text, self.limit, measure=slack_size)
+            parts = message_parts(text, self.limit)
             try:
                 for number, part in enumerate(parts):
-                    self._edit(job, number, to_slack(part))
+                    self._edit(job, number, part, markdown=True)
                 return len(parts)
             except SlackApiError as err:
                 if err.response.get("error") != "msg_too_long" or self.limit <= SMALLEST_LIMIT:
@@ -88,20 +96,21 @@ class SlackPoster:
                 self.limit = max(SMALLEST_LIMIT, self.limit // 2)
                 log.warning("Slack said msg_too_long; cutting answers at %d characters", self.limit)
 
-    def _edit(self, job: Job, number: int, slack_text: str) -> None:
-        if self.shown.get(number) == slack_text:
+    def _edit(self, job: Job, number: int, content: str, markdown: bool = False) -> None:
+        """Show ``content`` in message ``number``: Markdown as markdown_text, else mrkdwn text (blocks cleared)."""
+        if self.shown.get(number) == (markdown, content):
             return
         ts = self._message_ts(job, number)
         target = job.reply_to
+        body = {"markdown_text": content} if markdown else {"text": content}
         if ts is None:
             response = self.client.chat_postMessage(
-                channel=target.channel_id, thread_ts=target.thread_id, text=slack_text,
-                unfurl_links=False, unfurl_media=False,
+                channel=target.channel_id, thread_ts=target.thread_id, unfurl_links=False, unfurl_media=False, **body,
             )
             self._remember_part(job, number, response["ts"])
         else:
-            self.client.chat_update(channel=target.channel_id, ts=ts, text=slack_text)
-        self.shown[number] = slack_text
+            self.client.chat_update(channel=target.channel_id, ts=ts, **(body if markdown else dict(body, blocks=[])))
+        self.shown[number] = (markdown, content)
 
     def _message_ts(self, job: Job, number: int) -> str | None:
         if number == 0 and job.reply_to.placeholder_id:

@@ -2,8 +2,10 @@
 
 Boundaries, best first: a blank line (paragraph), a line break, a space, and only then anywhere. A code block
 that is open where a message ends is closed there and reopened (with its language) at the start of the next
-message, so every message renders on its own. ``measure`` gives a text's size as the platform counts it (Slack
-counts the escaped text), so a cut never exceeds the platform's limit.
+message, so every message renders on its own. A cut never falls inside a link, an inline code span or an
+entity (``markdown_spans.spans``): it moves to the boundary before it, unless that would leave a tiny message (a
+"link" longer than most of a message is cut like any text). ``measure`` gives a text's size as the platform
+counts it (Slack counts the text it is sent, word joiners included), so a cut never exceeds the limit.
 
 Cuts are stable as an answer grows: once a message is full, the text that streams in after it never changes
 where it was cut, so a streaming poster edits only the last message.
@@ -11,10 +13,10 @@ where it was cut, so a streaming poster edits only the last message.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
-FENCE = re.compile(r"^\s*```(\S*)", re.MULTILINE)
+from worker.posters.markdown_spans import inside, open_fence_language, spans
+
 BOUNDARIES = ("\n\n", "\n", " ")
 
 
@@ -33,7 +35,7 @@ def split_message(text: str, limit: int, measure: Callable[[str], int] = len) ->
         cut = _cut_point(reopen, rest, limit, measure)
         head, rest = rest[:cut], rest[cut:].lstrip("\n") if rest[cut:cut + 1] == "\n" else rest[cut:].lstrip(" ")
         body = reopen + head.rstrip()
-        language = _open_fence_language(body)
+        language = open_fence_language(body)
         if language is not None:
             body += "\n```"
             reopen = f"```{language}\n"
@@ -47,11 +49,24 @@ def _cut_point(reopen: str, rest: str, limit: int, measure: Callable[[str], int]
     room = limit - len("\n```")  # always keep room to close a code block
     fits = _longest_fitting_prefix(reopen, rest, room, measure)
     window = rest[:fits]
+    # (a span that starts in the window ends within a link's length of it; the reopened fence tells code apart)
+    whole = [(start - len(reopen), end - len(reopen)) for start, end in spans(reopen + rest[: fits + 2500])]
     for boundary in BOUNDARIES:
-        at = window.rfind(boundary)
+        at = _latest_outside(window, boundary, whole)
         if at > fits // 4:  # a boundary too early would leave a tiny message: fall back to the next kind
             return at
+    broken = inside(whole, fits)
+    if broken is not None and broken[0] > fits // 4:
+        return broken[0]
     return max(fits, 1)
+
+
+def _latest_outside(window: str, boundary: str, whole: list[tuple[int, int]]) -> int:
+    """The last place ``boundary`` occurs in ``window`` that is not inside a span (-1 if none)."""
+    at = window.rfind(boundary)
+    while at > 0 and (span := inside(whole, at)) is not None:
+        at = window.rfind(boundary, 0, span[0])
+    return at
 
 
 def _longest_fitting_prefix(reopen: str, rest: str, room: int, measure: Callable[[str], int]) -> int:
@@ -65,10 +80,3 @@ def _longest_fitting_prefix(reopen: str, rest: str, room: int, measure: Callable
             high = mid - 1
     return low
 
-
-def _open_fence_language(text: str) -> str | None:
-    """The language of a code block left open at the end of ``text`` ('' for none), or None if all closed."""
-    language = None
-    for match in FENCE.finditer(text):
-        language = match.group(1) if language is None else None
-    return language

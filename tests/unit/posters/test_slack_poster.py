@@ -58,31 +58,47 @@ def test_streamed_updates_edit_the_placeholder(fake, redis):
 
 def test_model_output_pings_no_one(fake, redis):
     job = posted_job(fake)
-    poster(fake, redis).finish(job, "Attention <!channel> <!here> <!everyone> <@U123> <!subteam^S1|@oncall> @here!")
+    answer = "Attention <!channel> <!here> <!everyone> <@U123> <!subteam^S1|@oncall> @here!"
+    poster(fake, redis).finish(job, answer)
     text = fake.history_of(job.reply_to.channel_id, job.reply_to.placeholder_id)[-1]
     assert "<!" not in text and "<@" not in text
-    assert "&lt;!channel&gt;" in text and f"@{WORD_JOINER}here!" in text
+    assert f"<{WORD_JOINER}!channel>" in text and f"@{WORD_JOINER}here!" in text
+    assert text.replace(WORD_JOINER, "") == answer  # shown exactly as written
+
+
+def test_answers_go_as_markdown_and_statuses_as_text(fake, redis):
+    job = posted_job(fake)
+    p = poster(fake, redis)
+    p.update(job, "**Paris** is [the capital](https://en.wikipedia.org/wiki/Paris")  # a link still being written
+    p.finish(job, "**Paris** is [the capital](https://en.wikipedia.org/wiki/Paris).")
+    edits = [c.args for c in fake.calls_to("chat.update") if c.args.get("ts") == job.reply_to.placeholder_id]
+    assert [e.get("markdown_text") for e in edits] == [
+        "**Paris** is", "**Paris** is [the capital](https://en.wikipedia.org/wiki/Paris)."]
+    assert not any("text" in e for e in edits)  # Slack refuses text with markdown_text
+    p.fail(job, "the worker crashed")  # a status after an answer replaces the answer's blocks
+    assert fake.calls_to("chat.update")[-1].args["blocks"] == []
+    assert fake.shown(job.reply_to.channel_id, job.reply_to.placeholder_id) == ":warning: the worker crashed"
 
 
 def test_a_long_answer_continues_in_further_thread_messages(fake, redis):
     job = posted_job(fake)
-    paragraphs = [f"Part {i}. " + "All work and no play makes Jack a dull boy. " * 20 for i in range(12)]
+    paragraphs = [f"Part {i}. " + "All work and no play makes Jack a dull boy. " * 20 for i in range(30)]
     answer = "\n\n".join(p.strip() for p in paragraphs)
     poster(fake, redis).finish(job, answer)
     replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
-    assert len(replies) == 4  # ~11,000 characters in messages of at most 3,500
+    assert len(replies) == 3  # ~27,000 characters in messages of at most 12,000
     assert replies[0]["ts"] == job.reply_to.placeholder_id
-    assert all(len(m["text"]) <= 3500 for m in replies)
+    assert all(len(m["text"]) <= 12_000 for m in replies)
     assert "\n\n".join(m["text"] for m in replies) == answer
 
 
 def test_msg_too_long_makes_the_poster_cut_smaller(fake, redis):
     job = posted_job(fake)
-    fake.max_text_chars = 2000  # a workspace whose limit is lower than we assumed
+    fake.max_markdown_chars = 2000  # a workspace whose limit is lower than we assumed
     try:
         poster(fake, redis).finish(job, " ".join(["word"] * 1200))  # 5,999 characters
     finally:
-        fake.max_text_chars = 4000
+        fake.max_markdown_chars = 12_000
     replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
     assert len(replies) >= 4 and all(len(m["text"]) <= 2000 for m in replies)
     assert " ".join(m["text"] for m in replies) == " ".join(["word"] * 1200)
@@ -101,7 +117,7 @@ def test_rate_limited_update_waits_for_retry_after(fake, redis):
 
 def test_a_restarted_answer_reuses_its_messages_and_removes_extra_ones(fake, redis):
     job = posted_job(fake)
-    long_answer = "\n\n".join(["x" * 3000] * 3)
+    long_answer = "\n\n".join(["x" * 11_000] * 3)
     poster(fake, redis).update(job, long_answer)  # the first attempt streamed 3 messages, then its worker died
     second = poster(fake, redis)  # the retry on another worker
     second.restart(job)

@@ -2,28 +2,50 @@
 
 from bot.slack.history import plain_text, turns_from_messages
 from tests.helpers.paths import REPO
-from worker.posters.slack_text import WORD_JOINER, to_slack
+from worker.posters.slack_text import WORD_JOINER, escape, message_parts, no_pings, slack_size
 
 
 def test_broadcast_and_user_mentions_are_neutralised():
-    out = to_slack("Hey <!channel> and <!here|here> and <!everyone>, ping <@U123ABC> and <!subteam^S999|@devs>")
-    assert "<" not in out and ">" not in out  # no Slack link/mention syntax survives
-    assert "&lt;!channel&gt;" in out and "&lt;@U123ABC&gt;" in out and "&lt;!subteam^S999|@devs&gt;" in out
+    text = "Hey <!channel> and <!here|here> and <!everyone>, ping <@U123ABC> and <!subteam^S999|@devs>, see <#C1>"
+    out = no_pings(text)
+    assert "<!" not in out and "<@" not in out and "<#" not in out  # no Slack mention token survives
+    assert out.replace(WORD_JOINER, "") == text  # and the person reads exactly what the model wrote
+
+
+def test_entity_spelled_mentions_are_neutralised_too():
+    """In case Slack decodes HTML entities in markdown_text before it looks for mentions."""
+    out = no_pings("&lt;!channel&gt; &#60;@U1&gt; &#x3C;!here&gt;")
+    assert "&lt;!" not in out and "&#60;@" not in out and "&#x3C;!" not in out
+    assert out.replace(WORD_JOINER, "") == "&lt;!channel&gt; &#60;@U1&gt; &#x3C;!here&gt;"
 
 
 def test_bare_at_here_gets_a_word_joiner():
-    out = to_slack("@here @channel @Everyone but not @herein or email@here.com")
+    out = no_pings("@here @channel @Everyone but not @herein or email@here.com")
     assert out.count("@" + WORD_JOINER) == 4  # includes email@here: harmless, and cannot ping
     assert "@herein" in out
 
 
-def test_ampersands_and_angle_brackets_round_trip():
-    text = "if a < b && b > c: print('<tag>') &amp;"
-    assert plain_text(to_slack(text), None) == text
+def test_markdown_is_left_for_slack_to_render():
+    text = "# Title\n\n**bold**, *italic*, ~~strike~~, [a link](https://example.com), `a < b && c > d`"
+    assert message_parts(text, 12_000) == [text]
 
 
-def test_bold_becomes_slack_bold():
-    assert to_slack("This is **very** important") == "This is *very* important"
+def test_links_and_autolinks_are_kept():
+    assert no_pings("<https://example.com> and <mailto:a@b.c>") == "<https://example.com> and <mailto:a@b.c>"
+
+
+def test_size_counts_word_joiners_and_utf16_units():
+    assert slack_size("@here") == 6
+    assert slack_size("\U0001F600") == 2
+
+
+def test_status_text_escaping_for_mrkdwn():
+    assert escape("a < b & <!channel>") == "a &lt; b &amp; &lt;!channel&gt;"
+
+
+def test_ampersands_and_angle_brackets_round_trip_through_history():
+    text = "if a < b && b > c: print('<tag>') <!channel>"
+    assert plain_text(no_pings(text), None) == text
 
 
 def test_plain_text_strips_the_bot_mention_and_reads_markup():

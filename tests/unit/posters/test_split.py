@@ -44,7 +44,7 @@ def test_a_word_longer_than_the_limit_is_cut_hard():
 
 
 def test_the_measure_counts_what_the_platform_counts():
-    text = ("a < b & c > d. " * 300).strip()  # each of <, >, & triples or more when escaped
+    text = ("say @here or <!channel>. " * 300).strip()  # each ping gets an invisible word joiner
     from worker.posters.slack_text import slack_size
 
     parts = split_message(text, 1000, measure=slack_size)
