@@ -45,6 +45,8 @@ def intents(settings: Settings) -> discord.Intents:
 
 class XwinBot(commands.Bot):
     def __init__(self, settings: Settings, redis: Redis, **kwargs):
+        # The bot never joins voice: discord.py's start-up warnings about missing voice libraries are noise.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(settings),
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None, **kwargs)
         self.interaction_channels = InteractionChannels()

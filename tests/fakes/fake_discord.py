@@ -88,6 +88,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.fake_discord_client import ClientThread
+from tests.fakes.fake_discord_files import FilesAndMenus
 from tests.fakes.fake_discord_gateway import GUILD_MEMBERS, GUILDS, INVALID_SESSION, MESSAGE_CONTENT, RECONNECT, Gateway
 from tests.fakes.fake_discord_rest import Request, Rest
 from tests.fakes.fake_discord_world import (
@@ -104,7 +105,7 @@ from tests.fakes.platform_outage import BURSTS, Outage
 __all__ = ["ClientThread", "FakeDiscord", "Request"]
 
 
-class FakeDiscord(World, Rest):
+class FakeDiscord(World, Rest, FilesAndMenus):
     def __init__(self, bot_token="test-token", bot_user_id=1000, application_id=1000, guild_id=2000,
                  channel_id=3000, member_ids=(4001, 4002)):
         self.bot_token, self.bot_user_id, self.application_id = bot_token, bot_user_id, application_id
@@ -159,6 +160,7 @@ class FakeDiscord(World, Rest):
     async def _astart(self):
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/ws", self._gateway.handle)
+        self.cdn_route(app)
         app.router.add_route("*", "/{tail:.*}", self._handle_http)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
