@@ -31,6 +31,8 @@ SHOWN_QUESTION_CHARS = 1800
 THREAD_NAME_CHARS = 90
 ABOUT_THE_FILES = "Please look at the attached file."  # the question of a message that is only files
 ANSWER_LENGTHS = {"short": 150, "normal": None, "long": 1500}  # /ask length: → max_new_tokens (None: the default)
+FALLBACK_NOTICE_SECONDS = 60  # a notice that could not go into a thread deletes itself after this long
+THREAD_ALREADY_CREATED = 160004  # Discord's error code: the message already has a thread
 
 
 def could_not_take(err: Exception) -> str:
@@ -82,6 +84,7 @@ class AskCog(commands.Cog):
             await interaction.response.send_message(EMPTY_QUESTION, ephemeral=True)
             return
         await interaction.response.defer(thinking=True, ephemeral=private)
+        shown = False  # the public "thinking…" response became the question
         try:
             if not await self.questions.claim(f"interaction:{interaction.id}"):
                 return
@@ -95,8 +98,9 @@ class AskCog(commands.Cog):
                 await self.questions.submit(job_id, turns, requester_of(interaction.user), place, None, asked,
                                             context)
                 return
-            shown = prompt if len(prompt) <= SHOWN_QUESTION_CHARS else prompt[:SHOWN_QUESTION_CHARS] + "…"
-            question = await interaction.edit_original_response(content=f"{interaction.user.mention} asked: {shown}")
+            text = prompt if len(prompt) <= SHOWN_QUESTION_CHARS else prompt[:SHOWN_QUESTION_CHARS] + "…"
+            question = await interaction.edit_original_response(content=f"{interaction.user.mention} asked: {text}")
+            shown = True
             where = await self._thread_for(question, prompt, channel)
             place = await self.questions.post_placeholder(where, job_id)
             thread_id = where.id if isinstance(where, discord.Thread) else None
@@ -104,7 +108,18 @@ class AskCog(commands.Cog):
                                         context)
         except Exception as err:
             log.exception("/ask failed")
-            await interaction.followup.send(could_not_take(err), ephemeral=True)
+            await self._apologise(interaction, err, public_thinking=not private and not shown)
+
+    @staticmethod
+    async def _apologise(interaction: discord.Interaction, err: Exception, public_thinking: bool) -> None:
+        """Privately. Discord turns the first followup after a deferral into the deferred "thinking…" message,
+        keeping its visibility: a public one is deleted first so the apology is a private message of its own."""
+        if public_thinking:
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException:
+                log.warning("could not remove the /ask response before apologising", exc_info=True)
+        await interaction.followup.send(could_not_take(err), ephemeral=True)
 
     async def _thread_for(self, message: discord.Message, question: str,
                           channel: discord.abc.Messageable | None) -> discord.abc.Messageable:
@@ -179,10 +194,10 @@ class AskCog(commands.Cog):
             return
         text = question_or_files(clean_text(plain_text(message, self.bot.user.id)), message.attachments)
         if is_blank(text):
-            await message.reply(EMPTY_QUESTION)
+            await self._notice(message, EMPTY_QUESTION)
             return
         context = await self._message_context(message)
-        thread = await message.create_thread(name=thread_name(text))
+        thread = await self._thread_of_message(message, text)
         job_id = self.questions.job_id(f"msg-{message.id}")
         place = await self.questions.post_placeholder(thread, job_id)
         await self.questions.submit(job_id, build_turns([("user", text)]), requester_of(message.author), place,
@@ -193,7 +208,7 @@ class AskCog(commands.Cog):
             return
         text = question_or_files(clean_text(plain_text(message, self.bot.user.id)), message.attachments)
         if is_blank(text):
-            await message.reply(EMPTY_QUESTION)
+            await self._notice(message, EMPTY_QUESTION)
             return
         channel = message.channel
         opening: list[JobTurn] = []
@@ -221,8 +236,9 @@ class AskCog(commands.Cog):
     async def _allowed_and_new(self, message: discord.Message) -> bool:
         guild_id = message.guild.id if message.guild else None
         if refusal := self.questions.count_and_check(message.author, message.channel, guild_id):
-            # a message cannot be answered privately: a reply that pings no one and goes away after a minute
-            await message.reply(refusal, delete_after=60)
+            # a message cannot be answered privately: in a thread from it (in a channel), else a reply in the
+            # thread/DM that goes away after a minute; either way it pings no one
+            await self._notice(message, refusal, delete_after=FALLBACK_NOTICE_SECONDS)
             return False
         return await self.questions.claim(f"message:{message.id}")
 
@@ -232,6 +248,41 @@ class AskCog(commands.Cog):
         except Exception as err:
             log.exception("could not take a Discord message")
             try:
-                await message.reply(could_not_take(err))
+                await self._notice(message, could_not_take(err))
             except discord.HTTPException:
                 log.warning("could not tell the user about the failure", exc_info=True)
+
+    # -- notices about a message -----------------------------------------------------------------------
+    async def _notice(self, message: discord.Message, text: str, delete_after: float | None = None) -> None:
+        """Tell the person about ``message`` (refused, no question, could not take it) where it belongs.
+
+        In a text channel: in the thread started from the message (the one its question already has, else a new
+        one), so nothing lands in the channel itself; the notice stays there (deleting it would leave an empty
+        thread). Only where no thread can be started (missing permission, Discord refusing) it falls back to a
+        reply in the channel that deletes itself after a minute. In a thread or a DM: a reply in place
+        (``delete_after``, when given, removes it later)."""
+        if not isinstance(message.channel, discord.TextChannel):
+            await message.reply(text, delete_after=delete_after)
+            return
+        try:
+            thread = await self._thread_of_message(message, plain_text(message, self.bot.user.id))
+        except discord.HTTPException as err:
+            log.info("no thread for a notice on message %s (%s): a reply that deletes itself", message.id, err)
+            await message.reply(text, delete_after=FALLBACK_NOTICE_SECONDS)
+            return
+        await thread.send(text)
+
+    async def _thread_of_message(self, message: discord.Message, question: str) -> discord.Thread:
+        """The thread started from ``message``: the one it has (a notice after a failure), else a new one."""
+        existing = message.thread or message.guild and message.guild.get_thread(message.id)
+        if existing is not None:
+            return existing
+        try:
+            return await message.create_thread(name=thread_name(clean_text(question)))
+        except discord.HTTPException as err:
+            if err.code != THREAD_ALREADY_CREATED:
+                raise
+            thread = await self.bot.fetch_channel(message.id)  # a thread's id is its starter message's
+            if not isinstance(thread, discord.Thread):
+                raise
+            return thread
