@@ -308,8 +308,9 @@ class FakeDiscord(World, Rest, FilesAndMenus):
         return None, False
 
     def slash_command(self, name, options: dict | list | None = None, user_id=4001, channel_id=None,
-                      guild_id=None) -> dict:
-        """A person runs ``/name`` ("parent sub" for subcommands); options as {name: value} (or Discord's list)."""
+                      guild_id=None, resolved: dict | None = None) -> dict:
+        """A person runs ``/name`` ("parent sub" for subcommands); options as {name: value} (or Discord's list);
+        ``resolved`` becomes ``data.resolved`` (see ``slash_command_with_files``)."""
         channel_id = int(channel_id or self.channel_id)
         with self._change():
             parts = name.split()
@@ -325,6 +326,8 @@ class FakeDiscord(World, Rest, FilesAndMenus):
             data = {"id": (cmd or {}).get("id", str(self._next_id())), "name": parts[0], "type": 1, "options": opts}
             if guild_scoped:
                 data["guild_id"] = cmd["guild_id"]
+            if resolved:
+                data["resolved"] = resolved
             payload["data"] = data
             self._interactions[int(payload["id"])]["name"] = name
             self._emit("INTERACTION_CREATE", copy.deepcopy(payload))

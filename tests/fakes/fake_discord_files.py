@@ -13,7 +13,7 @@ import secrets
 
 from aiohttp import web
 
-from tests.fakes.fake_discord_world import _user
+from tests.fakes.fake_discord_world import _option, _user
 
 
 class FilesAndMenus:
@@ -26,6 +26,9 @@ class FilesAndMenus:
     async def _h_cdn(self, request: web.Request) -> web.Response:
         with self._lock:
             self.cdn_requests = [*getattr(self, "cdn_requests", []), dict(request.headers)]
+            loose = getattr(self, "_loose_files", {}).get(request.match_info["attachment"])
+            if loose and loose[0] == request.match_info["filename"]:
+                return web.Response(body=loose[1])
             for (mid, name), data in self._attachments.items():
                 msg = self._by_id.get(mid) or {}
                 ids = {a["id"] for a in msg.get("attachments", []) if a["filename"] == name}
@@ -44,6 +47,35 @@ class FilesAndMenus:
         if content_type and content_type.startswith("image/"):
             obj.update(width=64, height=64, placeholder="", placeholder_version=1)
         return obj
+
+    def hosted_file(self, channel_id, filename: str, data: bytes, content_type: str | None) -> dict:
+        """A file uploaded with a command (``/ask file:``) or put into a payload by hand: its attachment object,
+        its URL served by the CDN route (it belongs to no message)."""
+        with self._lock:
+            obj = self.attachment_object(int(channel_id), filename, data, content_type)
+            self._loose_files = {**getattr(self, "_loose_files", {}), obj["id"]: (filename, data)}
+            return obj
+
+    def slash_command_with_files(self, name, options: dict, files: dict[str, tuple[str, bytes, str | None]],
+                                 **kwargs) -> dict:
+        """``/name`` with attachment options: ``files`` maps an option to ``(filename, bytes, content_type)``. As
+        Discord sends it: the option (type 11) holds the attachment's id, ``data.resolved.attachments`` maps that
+        id to the attachment object (docs: interaction object, resolved data structure)."""
+        channel_id = kwargs.get("channel_id") or self.channel_id
+        resolved, opts = {}, [_option(k, v) for k, v in options.items()]
+        for option, (filename, data, ctype) in files.items():
+            obj = self.hosted_file(channel_id, filename, data, ctype)
+            resolved[obj["id"]] = obj
+            opts.append({"name": option, "type": 11, "value": obj["id"]})
+        return self.slash_command(name, opts, resolved={"attachments": resolved}, **kwargs)
+
+    def documented_interaction(self, itype: int, user_id, channel_id, name: str | None = None) -> dict:
+        """Ids for an interaction payload written by hand (tests/data/discord_payloads): the fake knows its id and
+        token, so the bot's responses to it are accepted. Returns ``{"ID": id, "TOKEN": token}``."""
+        with self._lock:
+            base = self._interaction_base(itype, int(user_id), int(channel_id))
+            self._interactions[int(base["id"])]["name"] = name
+            return {"ID": base["id"], "TOKEN": base["token"]}
 
     def user_message_with_files(self, channel_id, author_id, content, files: dict[str, tuple[bytes, str | None]],
                                 mentions_bot=False) -> dict:

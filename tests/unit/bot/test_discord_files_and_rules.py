@@ -151,3 +151,20 @@ def test_a_mention_of_the_bots_role_is_a_mention(fake, redis, queue_name):
         fake.wait_for(lambda: queued_jobs(redis, settings))
     (job,) = queued_jobs(redis, settings)
     assert job.turns[-1].text == "what is DNS?" and thread_of(fake, message["id"])
+
+
+def test_a_file_given_to_ask_goes_with_the_question(fake, redis, queue_name, loud):
+    """``/ask file:`` as Discord sends it: the option holds the attachment id, data.resolved.attachments the object."""
+    settings = discord_settings(fake, queue_name)
+    with running_bot(fake, settings, redis) as bot:
+        ask = fake.slash_command_with_files("ask", {"prompt": "which city is bigger?"},
+                                            {"file": ("cities.csv", CSV, "text/csv; charset=utf-8")})
+        fake.wait_for(lambda: queued_jobs(redis, settings))
+        assert not bot.errors
+    (option,) = [o for o in ask["data"]["options"] if o["name"] == "file"]
+    assert option["type"] == 11 and option["value"] in ask["data"]["resolved"]["attachments"]
+    (job,) = queued_jobs(redis, settings)
+    assert [(a.name, a.text) for a in job.attachments] == [("cities.csv", CSV.decode())] and job.notes == ()
+    assert job.turns[-1].text == "which city is bigger?" and job.reply_to.thread_id
+    assert all("Authorization" not in h for h in fake.cdn_requests)
+    assert loud() == []
