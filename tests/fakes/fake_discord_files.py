@@ -77,6 +77,13 @@ class FilesAndMenus:
             self._interactions[int(base["id"])]["name"] = name
             return {"ID": base["id"], "TOKEN": base["token"]}
 
+    def stored_message_id(self, channel_id, author_id, content: str) -> str:
+        """A message the fake keeps (threads can start from it, REST finds it) but sends nowhere: its id is for
+        a hand-written MESSAGE_CREATE payload (tests/data/discord_payloads) dispatched as-is."""
+        with self._lock:
+            self._users.setdefault(author_id, _user(author_id, f"user{author_id}"))
+            return self._new_message(int(channel_id), author_id, {"content": content})["id"]
+
     def user_message_with_files(self, channel_id, author_id, content, files: dict[str, tuple[bytes, str | None]],
                                 mentions_bot=False) -> dict:
         """A person's message with files: ``{filename: (bytes, content_type or None)}``."""
