@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from worker.queue.redis_connection import redis_from_settings
@@ -27,13 +28,24 @@ class RunningAdapters:
 
 
 def start_adapters(settings: Settings) -> RunningAdapters:
+    """Each configured adapter, started; an adapter that cannot start (a bad channels file, …) raises here, in the
+    caller's thread, after the ones already started were stopped: ``xwinbot up`` then prints one clear message and
+    exits non-zero instead of running on without it."""
     running = RunningAdapters()
-    if settings.slack_bot_token:
-        running.names.append(f"Slack ({settings.slack_mode} mode)")
-        running.stoppers.append(start_slack(settings))
-    if settings.discord_token:
-        running.names.append("Discord")
-        running.stoppers.append(start_discord(settings))
+    try:
+        if settings.channels_file:
+            from bot.channel_config import ChannelRules
+
+            ChannelRules(settings.channels_file)  # ChannelsFileError naming every problem, before anything starts
+        if settings.slack_bot_token:
+            running.stoppers.append(start_slack(settings))
+            running.names.append(f"Slack ({settings.slack_mode} mode)")
+        if settings.discord_token:
+            running.stoppers.append(start_discord(settings))
+            running.names.append("Discord")
+    except Exception:
+        running.stop()
+        raise
     return running
 
 
@@ -57,9 +69,15 @@ def start_discord(settings: Settings) -> Callable[[], None]:
 
     loop = asyncio.new_event_loop()
     stopping = asyncio.Event()
+    created: Future[None] = Future()  # the bot was made, or why not (raised in the caller, not in the thread)
 
     async def serve() -> None:
-        bot = create_bot(settings, redis_from_settings(settings))
+        try:
+            bot = create_bot(settings, redis_from_settings(settings))
+        except Exception as err:
+            created.set_exception(err)
+            return
+        created.set_result(None)
         running = asyncio.create_task(bot.start(settings.discord_token.get_secret_value()))
         stop = asyncio.create_task(stopping.wait())
         await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -69,6 +87,13 @@ def start_discord(settings: Settings) -> Callable[[], None]:
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), name="xwinbot-discord", daemon=True)
     thread.start()
+    try:
+        created.result(timeout=60)
+    except BaseException:
+        thread.join(timeout=15)
+        if not thread.is_alive():
+            loop.close()
+        raise
 
     def stop() -> None:
         if not loop.is_closed():

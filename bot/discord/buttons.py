@@ -44,7 +44,8 @@ class AgainButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templat
     custom_id_format, label, style, emoji = AGAIN_ID, "Regenerate", discord.ButtonStyle.secondary, "🔁"
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await interaction.client.questions.again(interaction, self.job_id)
+        client = interaction.client
+        await client.questions.again(interaction, self.job_id, client.channel_of(interaction))
 
 
 def answer_controls(job_id: str) -> discord.ui.View:

@@ -17,9 +17,11 @@ from discord.ext import commands
 from redis import Redis
 
 from bot.access import Allowlist
+from bot.attachments import FileLimits
+from bot.channel_config import ChannelRules
 from bot.discord.ask_cog import AskCog
 from bot.discord.buttons import AgainButton, StopButton
-from bot.discord.gateway_events import drop_unreadable_events
+from bot.discord.gateway_events import InteractionChannels, drop_unreadable_events
 from bot.discord.questions import DiscordOptions, DiscordQuestions
 from worker.ops.health_server import start_health_server
 from worker.ops.preflight import discord_problems, raise_if_any
@@ -43,8 +45,12 @@ def intents(settings: Settings) -> discord.Intents:
 
 class XwinBot(commands.Bot):
     def __init__(self, settings: Settings, redis: Redis, **kwargs):
+        # The bot never joins voice: discord.py's start-up warnings about missing voice libraries are noise.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(settings),
                          allowed_mentions=discord.AllowedMentions.none(), help_command=None, **kwargs)
+        self.interaction_channels = InteractionChannels()
+        self.interaction_channels.watch(self._connection.parsers)
         drop_unreadable_events(self._connection.parsers)
         self.settings = settings
         self.questions = DiscordQuestions(
@@ -53,7 +59,16 @@ class XwinBot(commands.Bot):
                          users=settings.discord_allowed_users, roles=settings.discord_allowed_roles),
             DiscordOptions(message_content=settings.discord_message_content,
                            history_messages=settings.discord_history_messages),
+            ChannelRules(settings.channels_file),  # a bad file stops the start here, with every problem named
+            FileLimits.from_settings(settings),
         )
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """No prefix commands: the ask cog's listener reads messages. commands.Bot's default would hand the
+        word after every mention to process_commands, which logs CommandNotFound as an ERROR."""
+
+    def channel_of(self, interaction: discord.Interaction) -> discord.abc.Messageable | None:
+        return self.interaction_channels.channel_of(self, interaction)
 
     async def setup_hook(self) -> None:
         await self.add_cog(AskCog(self, self.questions))

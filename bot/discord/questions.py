@@ -16,16 +16,18 @@ import discord
 from redis import Redis
 
 from bot.access import Allowlist
+from bot.attachments import FileLimits, RemoteFile, read_files
+from bot.channel_config import NO_RULE, ChannelRule, ChannelRules
 from bot.conversation import ONLY_ASKER_CAN_STOP
 from bot.discord.buttons import answer_controls
 from worker.ops import metrics
 from worker.posters.discord_rest import ORIGINAL
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
-from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
+from worker.queue.job import MAX_ATTACHMENTS, Attachment, GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import Busy, DuplicateJob, JobQueue
 from worker.queue.positions import show_unless_started
 from worker.queue.reply_index import ReplyIndex
-from worker.settings import DEFAULT_HISTORY_MESSAGES
+from worker.settings import DEFAULT_HISTORY_MESSAGES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,20 @@ log = logging.getLogger(__name__)
 class DiscordOptions:
     message_content: bool = False  # the privileged intent is on: any message in a bot thread continues it
     history_messages: int = DEFAULT_HISTORY_MESSAGES
+
+
+@dataclass(frozen=True)
+class Context:
+    """What comes with a question besides its turns: its files' text, what could not be read, the channel's rule."""
+
+    attachments: tuple[Attachment, ...] = ()
+    notes: tuple[str, ...] = ()
+    rule: ChannelRule = NO_RULE
+
+
+def remote_file(attachment: discord.Attachment) -> RemoteFile:
+    """No auth header: Discord's attachment URLs are signed CDN links anyone holding them may fetch."""
+    return RemoteFile(attachment.filename, attachment.url, attachment.size, attachment.content_type)
 
 
 @dataclass
@@ -47,9 +63,12 @@ class Placeholder:
 
 
 class DiscordQuestions:
-    def __init__(self, queue: JobQueue, redis: Redis, allowlist: Allowlist, options: DiscordOptions = DiscordOptions()):
+    def __init__(self, queue: JobQueue, redis: Redis, allowlist: Allowlist, options: DiscordOptions = DiscordOptions(),
+                 rules: ChannelRules | None = None, file_limits: FileLimits | None = None):
         self.queue, self.redis, self.allowlist, self.options = queue, redis, allowlist, options
         self.index = ReplyIndex(redis, queue.keys)
+        self.rules = rules or ChannelRules(None)
+        self.file_limits = file_limits or FileLimits.from_settings(Settings.model_construct())  # the defaults
 
     # -- who may ask -----------------------------------------------------------------------------------
     def count_and_check(self, user: discord.abc.User, channel: discord.abc.Messageable | None,
@@ -82,6 +101,23 @@ class DiscordQuestions:
         ``again-<interaction>``: ``discord-ask-<interaction>`` …, after the namespace outside the default deployment."""
         return self.queue.keys.job_id("discord", source_id)
 
+    # -- what comes with a question ------------------------------------------------------------------
+    async def context(self, channel: discord.abc.Messageable | None, guild_id: int | None,
+                      files: Sequence[discord.Attachment] = (), leading: Sequence[Attachment] = ()) -> Context:
+        """The channel's rule and the files read as text (off the event loop: both may touch disk or network);
+        ``leading`` (a chosen message) comes first and counts toward the files a question may carry."""
+        rule = await asyncio.to_thread(self.rule_for, channel, guild_id)
+        room = MAX_ATTACHMENTS - len(leading)
+        read, notes = await asyncio.to_thread(read_files, [remote_file(f) for f in files[:room]], self.file_limits)
+        notes += [f"`{f.filename}` was skipped: only {MAX_ATTACHMENTS} files are read per question."
+                  for f in files[room:]]
+        return Context(tuple(leading) + tuple(read), tuple(notes), rule)
+
+    def rule_for(self, channel: discord.abc.Messageable | None, guild_id: int | None) -> ChannelRule:
+        """A thread follows its channel's rule unless it has its own; a server's rule covers the rest."""
+        return self.rules.current().for_discord(getattr(channel, "id", None), getattr(channel, "parent_id", None),
+                                                guild_id)
+
     # -- asking ----------------------------------------------------------------------------------------
     async def post_placeholder(self, channel: discord.abc.Messageable, job_id: str) -> Placeholder:
         message = await channel.send(waiting_text(None), view=answer_controls(job_id))
@@ -91,19 +127,22 @@ class DiscordQuestions:
 
         return Placeholder(channel.id, str(message.id), edit)
 
-    async def interaction_placeholder(self, interaction: discord.Interaction) -> Placeholder:
+    async def interaction_placeholder(self, interaction: discord.Interaction, channel_id: int | None) -> Placeholder:
         """The deferred response of ``interaction`` becomes the (private) placeholder."""
         async def edit(**fields):
             await interaction.edit_original_response(**fields)
 
-        return Placeholder(interaction.channel_id, ORIGINAL, edit, interaction)
+        return Placeholder(channel_id, ORIGINAL, edit, interaction)
 
     async def submit(self, job_id: str, turns: Sequence[JobTurn], requester: Requester, place: Placeholder,
-                     thread_id: int | None, overrides: GenerationOverrides | None = None) -> None:
-        """Enqueue the question and keep the placeholder telling the truth (position, busy, duplicate)."""
+                     thread_id: int | None, asked: GenerationOverrides | None = None,
+                     context: Context = Context()) -> None:
+        """Enqueue the question and keep the placeholder telling the truth (position, busy, duplicate). What the
+        person ``asked`` for wins over the channel's rule."""
         interaction = place.interaction
         job = Job(
-            job_id=job_id, turns=tuple(turns), requester=requester, overrides=overrides or GenerationOverrides(),
+            job_id=job_id, turns=tuple(turns), requester=requester, overrides=context.rule.overrides(asked),
+            attachments=context.attachments, notes=context.notes, system_prompt=context.rule.system_prompt,
             reply_to=ReplyTarget(
                 platform="discord", channel_id=str(place.channel_id), thread_id=str(thread_id) if thread_id else None,
                 placeholder_id=place.message_id,
@@ -149,12 +188,14 @@ class DiscordQuestions:
         else:
             await interaction.response.send_message("This answer has already finished.", ephemeral=True)
 
-    async def again(self, interaction: discord.Interaction, job_id: str) -> None:
+    async def again(self, interaction: discord.Interaction, job_id: str,
+                    channel: discord.abc.Messageable | None) -> None:
+        """Ask ``job``'s question again where it was asked, with its files, under the channel's rule as it is now."""
         job = await asyncio.to_thread(self.index.job, job_id)
         if job is None:
             await interaction.response.send_message("I no longer know this question.", ephemeral=True)
             return
-        if refusal := self.count_and_check(interaction.user, interaction.channel, interaction.guild_id):
+        if refusal := self.count_and_check(interaction.user, channel, interaction.guild_id):
             await interaction.response.send_message(refusal, ephemeral=True)
             return
         requester = Requester(platform="discord", user_id=str(interaction.user.id),
@@ -162,9 +203,11 @@ class DiscordQuestions:
         new_id = self.job_id(f"again-{interaction.id}")
         if job.reply_to.placeholder_id == ORIGINAL:  # a private answer: answered again, privately
             await interaction.response.defer(ephemeral=True, thinking=True)
-            place = await self.interaction_placeholder(interaction)
+            place = await self.interaction_placeholder(interaction, int(job.reply_to.channel_id))
         else:
             await interaction.response.defer()
-            place = await self.post_placeholder(interaction.channel, new_id)
+            place = await self.post_placeholder(channel, new_id)
         thread_id = int(job.reply_to.thread_id) if job.reply_to.thread_id else None
-        await self.submit(new_id, job.turns, requester, place, thread_id, job.overrides)
+        context = Context(job.attachments, job.notes, await asyncio.to_thread(self.rule_for, channel,
+                                                                             interaction.guild_id))
+        await self.submit(new_id, job.turns, requester, place, thread_id, job.overrides, context)

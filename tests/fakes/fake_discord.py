@@ -88,6 +88,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.fakes.fake_discord_client import ClientThread
+from tests.fakes.fake_discord_files import FilesAndMenus
 from tests.fakes.fake_discord_gateway import GUILD_MEMBERS, GUILDS, INVALID_SESSION, MESSAGE_CONTENT, RECONNECT, Gateway
 from tests.fakes.fake_discord_rest import Request, Rest
 from tests.fakes.fake_discord_world import (
@@ -104,7 +105,7 @@ from tests.fakes.platform_outage import BURSTS, Outage
 __all__ = ["ClientThread", "FakeDiscord", "Request"]
 
 
-class FakeDiscord(World, Rest):
+class FakeDiscord(World, Rest, FilesAndMenus):
     def __init__(self, bot_token="test-token", bot_user_id=1000, application_id=1000, guild_id=2000,
                  channel_id=3000, member_ids=(4001, 4002)):
         self.bot_token, self.bot_user_id, self.application_id = bot_token, bot_user_id, application_id
@@ -159,6 +160,7 @@ class FakeDiscord(World, Rest):
     async def _astart(self):
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/ws", self._gateway.handle)
+        self.cdn_route(app)
         app.router.add_route("*", "/{tail:.*}", self._handle_http)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -306,8 +308,9 @@ class FakeDiscord(World, Rest):
         return None, False
 
     def slash_command(self, name, options: dict | list | None = None, user_id=4001, channel_id=None,
-                      guild_id=None) -> dict:
-        """A person runs ``/name`` ("parent sub" for subcommands); options as {name: value} (or Discord's list)."""
+                      guild_id=None, resolved: dict | None = None) -> dict:
+        """A person runs ``/name`` ("parent sub" for subcommands); options as {name: value} (or Discord's list);
+        ``resolved`` becomes ``data.resolved`` (see ``slash_command_with_files``)."""
         channel_id = int(channel_id or self.channel_id)
         with self._change():
             parts = name.split()
@@ -323,6 +326,8 @@ class FakeDiscord(World, Rest):
             data = {"id": (cmd or {}).get("id", str(self._next_id())), "name": parts[0], "type": 1, "options": opts}
             if guild_scoped:
                 data["guild_id"] = cmd["guild_id"]
+            if resolved:
+                data["resolved"] = resolved
             payload["data"] = data
             self._interactions[int(payload["id"])]["name"] = name
             self._emit("INTERACTION_CREATE", copy.deepcopy(payload))

@@ -327,7 +327,7 @@ class Rest:
         inter = self._webhook_interaction(app_id, token)
         body = rec.json or {}
         original = self._by_id.get(inter["original"] or 0)
-        if inter["acked"] == 5 and original is not None and original["flags"] & LOADING:
+        if inter["acked"] == 5 and original is not None and not original.get("deleted") and original["flags"] & LOADING:
             # Discord: the first followup after a deferral edits the "thinking" message (keeping its ephemerality)
             msg = self._edit(original, {k: v for k, v in body.items() if k != "flags"}, rec.files)
             self._announce("MESSAGE_UPDATE", msg)

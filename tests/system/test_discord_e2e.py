@@ -150,3 +150,24 @@ def test_no_message_of_the_whole_flow_can_ping(fake, module_redis, keys, bot):
     for request in sends:
         body = request.json.get("data", request.json)
         assert body.get("allowed_mentions") == {"parse": []}, (request.method, request.path)
+
+
+def test_a_csv_on_a_mention_goes_to_the_model_and_the_answer_arrives_in_the_thread(fake, module_redis, keys, bot):
+    csv = b"city,population\nParis,2102650\nLyon,522250\n"
+    channel_before = [m["id"] for m in bot_messages(fake, fake.channel_id)]
+    message = fake.user_message_with_files(fake.channel_id, 4002, "Which city in the file is bigger?",
+                                           {"cities.csv": (csv, "text/csv"), "photo.png": (b"\x89PNG", "image/png")},
+                                           mentions_bot=True)
+    job_id = keys.job_id("discord", f"msg-{message['id']}")
+    fake.wait_for(lambda: finished(module_redis, job_id), timeout=90)
+    raw = json.loads(RQJob.fetch(job_id, connection=module_redis, serializer=SERIALIZER).args[0])
+    assert [(a["name"], a["text"]) for a in raw["attachments"]] == [("cities.csv", csv.decode())]
+    assert RQJob.fetch(job_id, connection=module_redis, serializer=SERIALIZER).return_value()["status"] == "answered"
+    thread = thread_of(fake, message["id"])
+    (answer,) = bot_messages(fake, thread["id"])
+    assert raw["reply_to"]["thread_id"] == thread["id"] and answer["id"] == raw["reply_to"]["placeholder_id"]
+    assert not answer["content"].startswith("thinking")
+    last_line = answer["content"].rstrip().splitlines()[-1]  # the skip note ends the answer
+    assert last_line.startswith("_`photo.png` was skipped: images are not read") and last_line.endswith("_"), last_line
+    assert [m["id"] for m in bot_messages(fake, fake.channel_id)] == channel_before  # nothing outside the thread
+    assert not bot.errors
