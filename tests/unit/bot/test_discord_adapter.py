@@ -11,8 +11,7 @@ import pytest
 
 from tests.fakes.fake_discord import FakeDiscord
 from tests.helpers.discord_helpers import bot_messages, discord_settings, running_bot, sends_with_content, thread_of
-from worker.queue.job import Job
-from worker.queue.job_queue import job_queue
+from tests.helpers.queued import queued_jobs
 
 EPHEMERAL = 64
 
@@ -21,11 +20,6 @@ EPHEMERAL = 64
 def fake():
     with FakeDiscord() as server:
         yield server
-
-
-def queued_jobs(redis, settings) -> list[Job]:
-    queue = job_queue(settings, redis)
-    return [Job.from_json(queue.rq.fetch_job(job_id).args[0]) for job_id in queue.rq.get_job_ids()]
 
 
 def labels(message: dict) -> list[str]:

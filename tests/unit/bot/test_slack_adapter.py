@@ -17,6 +17,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.slack.app import create_app
 from tests.fakes.fake_slack import FakeSlack
+from tests.helpers.queued import queued_jobs
 from tests.helpers.redis_server import free_port
 from tests.helpers.slack_helpers import (
     APP_TOKEN,
@@ -31,7 +32,6 @@ from tests.helpers.slack_helpers import (
 )
 from worker.posters.position_notices import PositionAnnouncer
 from worker.posters.registry import posters_from_settings
-from worker.queue.job import Job
 from worker.queue.job_queue import job_queue
 from worker.settings import Settings
 
@@ -40,11 +40,6 @@ from worker.settings import Settings
 def fake():
     with FakeSlack(bot_token=BOT_TOKEN, app_token=APP_TOKEN) as server:
         yield server
-
-
-def queued_jobs(redis, settings) -> list[Job]:
-    queue = job_queue(settings, redis)
-    return [Job.from_json(queue.rq.fetch_job(job_id).args[0]) for job_id in queue.rq.get_job_ids()]
 
 
 def test_mention_is_acknowledged_at_once_and_queued_with_a_placeholder_in_its_thread(fake, redis, queue_name):

@@ -16,6 +16,7 @@ from bot.slack.files import FILE_QUESTION, token_allowed
 from bot.slack.shortcut import DEFAULT_QUESTION
 from tests.fakes.fake_slack import FakeSlackFiles
 from tests.helpers.files import FileServer, pdf_with_text
+from tests.helpers.queued import queued_jobs
 from tests.helpers.slack_helpers import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -27,18 +28,12 @@ from tests.helpers.slack_helpers import (
 )
 from worker.ops.preflight import SettingsProblem
 from worker.queue.job import Job
-from worker.queue.job_queue import job_queue
 
 
 @pytest.fixture(scope="module")
 def fake():
     with FakeSlackFiles(bot_token=BOT_TOKEN, app_token=APP_TOKEN) as server:
         yield server
-
-
-def queued_jobs(redis, settings) -> list[Job]:
-    queue = job_queue(settings, redis)
-    return [Job.from_json(queue.rq.fetch_job(job_id).args[0]) for job_id in queue.rq.get_job_ids()]
 
 
 def one_job(fake, redis, settings, count: int = 1) -> Job:

@@ -20,6 +20,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.slack.app import create_app
 from tests.fakes.fake_slack import FakeSlack, FakeSlackFiles
+from tests.helpers.queued import queued_jobs
 from tests.helpers.redis_server import drop_queue, free_port
 from tests.helpers.slack_helpers import (
     APP_TOKEN,
@@ -31,7 +32,6 @@ from tests.helpers.slack_helpers import (
     unique,
 )
 from worker.queue.job import Job
-from worker.queue.job_queue import job_queue
 
 PAYLOADS = Path(__file__).parents[2] / "data" / "slack_payloads"
 EVENT_FILES = sorted(p for p in PAYLOADS.glob("*.json") if "event" in json.loads(p.read_text()))
@@ -57,9 +57,7 @@ def app(fake, settings, redis):
 
 
 def jobs_in(redis, settings, channel: str) -> list[Job]:
-    queue = job_queue(settings, redis)
-    jobs = [Job.from_json(queue.rq.fetch_job(job_id).args[0]) for job_id in queue.rq.get_job_ids()]
-    return [job for job in jobs if job.reply_to.channel_id == channel]
+    return [job for job in queued_jobs(redis, settings) if job.reply_to.channel_id == channel]
 
 
 def filled_in(fake, template: dict, values: dict) -> dict:
