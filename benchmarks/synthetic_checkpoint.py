@@ -2,6 +2,14 @@
 
 Random codes are enough to measure speed and memory: every byte the kernels read is real. Tensors are made on
 the GPU when there is one (the 13B shape has 280 quantized layers) and saved in one shard per few layers.
+
+Shapes (``SHAPES``, by the benchmarks' ``--shape`` names):
+
+- ``xwin13b``: Xwin-LM-13B (Llama-2 13B: 40 heads, no GQA, 32k vocabulary, 4k positions);
+- ``llama3-8b``: Llama-3.1-8B (GQA with 8 KV heads, 128,256-token vocabulary, rope_theta 500k with the "llama3"
+  rope scaling, 131,072 positions in the config; the benchmarks still size their KV cache themselves, 4k);
+- ``tiny`` and ``tiny-llama3``: the same two families at a size the CPU runs (the latter keeps GQA, the llama3
+  rope scaling and a vocabulary over 64k, so the CPU checks the code paths the 8B takes).
 """
 
 from __future__ import annotations
@@ -23,6 +31,18 @@ XWIN_13B = dict(
 )
 TINY = dict(XWIN_13B, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=4, vocab_size=1000)
+LLAMA3_8B = dict(
+    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+    rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                      original_max_position_embeddings=8192),
+    bos_token_id=128000, eos_token_id=[128001, 128008, 128009], tie_word_embeddings=False,
+)
+# GQA (4 query heads a KV head), llama3 rope scaling, a vocabulary over 64k (ids past int16, a wide lm_head)
+TINY_LLAMA3 = dict(LLAMA3_8B, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                   num_key_value_heads=2, head_dim=32, vocab_size=70000, bos_token_id=69990,
+                   eos_token_id=[69991, 69992, 69993])
+SHAPES = {"xwin13b": XWIN_13B, "llama3-8b": LLAMA3_8B, "tiny": TINY, "tiny-llama3": TINY_LLAMA3}
 SHARED_INPUT = {"self_attn.q_proj": "attn", "self_attn.k_proj": "attn", "self_attn.v_proj": "attn",
                 "mlp.gate_proj": "mlp", "mlp.up_proj": "mlp"}
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -46,10 +66,22 @@ def random_gptq_linear(k: int, n: int, group: int, g_idx: torch.Tensor, device) 
     }
 
 
-def write_tokenizer(path: Path, vocab_size: int) -> None:
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+def special_ids(shape: dict) -> tuple[int, int]:
+    """(bos, eos) of a shape; with several EOS ids (Llama-3.1's), the first is the tokenizer's."""
+    eos = shape.get("eos_token_id", 2)
+    return shape.get("bos_token_id", 1), eos[0] if isinstance(eos, list) else eos
+
+
+def write_tokenizer(path: Path, vocab_size: int, bos: int = 1, eos: int = 2) -> None:
+    """A word-level tokenizer: "w5 w17 ..." is one token a word (id i is "w{i}"), with <unk> at 0 and <s>, </s>
+    at the shape's BOS and EOS ids (1 and 2 for Llama-2; 128000 and 128001 for Llama-3)."""
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    specials = {0: "<unk>", bos: "<s>", eos: "</s>"}
+    for i, name in specials.items():
+        del vocab[f"w{i}"]
+        vocab[name] = i
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # "w5 w17 ..." is one token a word
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     fast.save_pretrained(path)
 
@@ -59,8 +91,10 @@ def write_synthetic_checkpoint(path: Path, shape: dict = XWIN_13B, group: int = 
     device = pick_device()
     config = LlamaConfig(**shape)
     h, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-    sizes = {"self_attn.q_proj": (h, h), "self_attn.k_proj": (h, h), "self_attn.v_proj": (h, h),
-             "self_attn.o_proj": (h, h), "mlp.gate_proj": (h, inter), "mlp.up_proj": (h, inter),
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q_out, kv_out = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim  # GQA: kv < q
+    sizes = {"self_attn.q_proj": (h, q_out), "self_attn.k_proj": (h, kv_out), "self_attn.v_proj": (h, kv_out),
+             "self_attn.o_proj": (q_out, h), "mlp.gate_proj": (h, inter), "mlp.up_proj": (h, inter),
              "mlp.down_proj": (inter, h)}
     weight_map: dict[str, str] = {}
     n_layers = config.num_hidden_layers
@@ -92,7 +126,7 @@ def write_synthetic_checkpoint(path: Path, shape: dict = XWIN_13B, group: int = 
     quant = {"bits": 4, "group_size": group, "desc_act": True, "sym": True, "damp_percent": 0.01,
              "true_sequential": True, "model_file_base_name": "model"}
     (path / "quantize_config.json").write_text(json.dumps(quant))
-    write_tokenizer(path, vocab)
+    write_tokenizer(path, vocab, *special_ids(shape))
     return path
 
 
