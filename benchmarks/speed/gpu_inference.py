@@ -1,12 +1,20 @@
 """Inference-core benchmark (run by hand on the GPU machine; ``--shape tiny`` runs anywhere).
 
-Writes a synthetic GPTQ checkpoint in the Xwin-LM-13B shape (4-bit, g128, act-order), loads it through the
-loader and reports: load time, GPU memory, time to first token for a 500-token prompt, batch-1 decode
-tokens/s with a 4k-token KV cache, and in the same run the seed-style baseline (plain HF ``generate``, eager).
-First it checks the int4 kernel path on this device against dequantized fp32 references.
+Writes a synthetic GPTQ checkpoint in a model's shape (4-bit, g128, act-order; Xwin-LM-13B by default,
+``benchmarks.synthetic_checkpoint.SHAPES``), loads it through the loader and reports: load time, GPU memory,
+time to first token for a 500-token prompt, batch-1 decode tokens/s with a 4k-token KV cache, and in the same
+run the seed-style baseline (plain HF ``generate``, eager). First it checks the int4 kernel path on this device
+against dequantized fp32 references, and a tiny model of each family (Llama-2, and Llama-3 with GQA and its rope
+scaling) through the whole runtime against fp32 on the CPU.
+
+Several shapes, comma-separated, run one after the other in the same call, each in its own child process (a
+clean GPU: no memory, caches or compiled kernels left by the shape before), and the report puts them side by
+side with each one's decode speed over the first's:
 
     python -m benchmarks.speed.gpu_inference            # 13B shape on the GPU
+    python -m benchmarks.speed.gpu_inference --shape xwin13b,llama3-8b --no-hf-baseline llama3-8b
     python -m benchmarks.speed.gpu_inference --shape tiny
+    python -m benchmarks.speed.gpu_inference --shape tiny-llama3 --kernels triton   # GQA, llama3 rope, 70k vocab
 """
 
 from __future__ import annotations
@@ -15,6 +23,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,11 +32,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.kernels.int4_kernels import check as check_kernels
-from benchmarks.result_json import write_result
-from benchmarks.synthetic_checkpoint import TINY, XWIN_13B, write_synthetic_checkpoint
+from benchmarks.result_json import ROOT, write_result
+from benchmarks.synthetic_checkpoint import SHAPES, TINY, TINY_LLAMA3, write_synthetic_checkpoint
 from worker.inference.llama_runtime import KVCache, LlamaRuntime, forward
 from worker.inference.sampling import GenerationParams, SamplingTensors
-from worker.model.loader import load_model, pick_device
+from worker.model.loader import head_dim_of, load_model, pick_device
 
 GIB = 1024**3
 KERNELS = ("triton", "tinygemm")
@@ -37,16 +47,36 @@ def sync():
         torch.cuda.synchronize()
 
 
-def check_model(device: torch.device, dtype: torch.dtype, int4_kernel: str) -> float:
-    """A small synthetic checkpoint through the whole loader and runtime on this device vs fp32 on the CPU."""
-    path = write_synthetic_checkpoint(Path(tempfile.mkdtemp()) / "tiny", TINY)
-    ids = torch.randint(3, TINY["vocab_size"], (1, 40))
+def check_model(device: torch.device, dtype: torch.dtype, int4_kernel: str, shape: dict = TINY) -> float:
+    """A small synthetic checkpoint through the whole loader and runtime on this device vs fp32 on the CPU
+    (transformers' own forward: its attention, GQA and rotary scaling)."""
+    path = write_synthetic_checkpoint(Path(tempfile.mkdtemp()) / "tiny", shape)
+    ids = torch.randint(3, shape["vocab_size"], (1, 40))
     with torch.inference_mode():
         ref = load_model(path, device="cpu", dtype=torch.float32).model(ids).logits
         loaded = load_model(path, device=device, dtype=dtype, int4_kernel=int4_kernel)
-        cache = KVCache(TINY["num_hidden_layers"], 1, TINY["num_key_value_heads"], 256, 64, device, dtype)
+        config = loaded.config
+        cache = KVCache(config.num_hidden_layers, 1, config.num_key_value_heads, 256, head_dim_of(config), device,
+                        dtype)
         got = forward(loaded.model, cache, ids.to(device), torch.arange(40, device=device), 256, last_only=False)
     return float((got.float().cpu() - ref).norm() / ref.norm())
+
+
+def decode_check(device: torch.device, dtype: torch.dtype, shape: dict) -> float:
+    """Decode steps (one token at a time: the decode attention kernel on the GPU, GQA, rotary at each position)
+    against transformers' forward of the whole sequence in fp32 on the CPU: the last 8 positions' logits."""
+    path = write_synthetic_checkpoint(Path(tempfile.mkdtemp()) / "tiny", shape)
+    ids = torch.randint(3, shape["vocab_size"], (1, 48))
+    with torch.inference_mode():
+        ref = load_model(path, device="cpu", dtype=torch.float32).model(ids).logits[0, -8:]
+        loaded = load_model(path, device=device, dtype=dtype)
+        runtime = LlamaRuntime(loaded.model, 256, cuda_graphs=False)
+        model, cache = loaded.model, runtime.cache
+        forward(model, cache, ids[:, :40].to(device), torch.arange(40, device=device), 256, last_only=True)
+        got = [forward(model, cache, ids[:, i : i + 1].to(device), torch.tensor([i], device=device), 256,
+                       last_only=True, decode_kernel=runtime.decode_kernel)[0, -1] for i in range(40, 48)]
+    got = torch.stack(got).float().cpu()
+    return float((got - ref).norm() / ref.norm())
 
 
 def attention_variant(loaded, args, prompt: list[int], kernel_tokens: list[int]) -> dict:
@@ -94,13 +124,28 @@ def hf_generate(model, prompt: list[int], new_tokens: int) -> tuple[float, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=["xwin13b", "tiny"], default="xwin13b")
+    parser.add_argument("--shape", default="xwin13b",
+                        help=f"one of {', '.join(SHAPES)}, or several comma-separated (each in its own process)")
     parser.add_argument("--dir", help="where to write the checkpoint (default: /dev/shm or a temp dir)")
     parser.add_argument("--prompt-tokens", type=int, default=500)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--context", type=int, default=4096, help="KV cache length")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--kernels", default=",".join(KERNELS),
+                        help="int4 kernels to run the model with, comma-separated (default: triton,tinygemm)")
+    parser.add_argument("--no-hf-baseline", default="", metavar="SHAPES",
+                        help="comma-separated shapes (or 'all') that skip the eager transformers baseline")
     args = parser.parse_args()
+    shapes = args.shape.split(",")
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape(s) {unknown}: choose from {list(SHAPES)}")
+    if len(shapes) > 1:
+        return compare_shapes(shapes, args)
+    shape = SHAPES[args.shape]
+    kernels = [k for k in args.kernels.split(",") if k]
+    skip_hf = args.no_hf_baseline.split(",")
+    hf_baseline = not ({"all", args.shape} & set(skip_hf))
 
     device = pick_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -112,20 +157,22 @@ def main() -> None:
     checks = check_kernels(device)
     report["kernel_check_max_rel_err"] = max(r["rel_err"] for r in checks)
     print(f"int4 kernel check ({len(checks)} cases): max relative error {report['kernel_check_max_rel_err']:.2e}")
-    for kernel in KERNELS:
+    for kernel in kernels:
         report[f"tiny_model_logits_rel_err_{kernel}"] = check_model(device, dtype, kernel)
-    print("tiny model vs fp32 CPU:", {k: report[f"tiny_model_logits_rel_err_{k}"] for k in KERNELS})
+        report[f"tiny_llama3_logits_rel_err_{kernel}"] = check_model(device, dtype, kernel, TINY_LLAMA3)
+    report["tiny_llama3_decode_steps_rel_err"] = decode_check(device, dtype, TINY_LLAMA3)
+    print("tiny models vs fp32 CPU:", {k: v for k, v in report.items() if k.startswith("tiny_")})
 
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     start = time.perf_counter()
-    path = write_synthetic_checkpoint(base / "ckpt", XWIN_13B if args.shape == "xwin13b" else TINY)
+    path = write_synthetic_checkpoint(base / "ckpt", shape)
     report["write_s"] = time.perf_counter() - start
     print(f"wrote synthetic checkpoint in {report['write_s']:.1f} s")
 
-    vocab = XWIN_13B["vocab_size"] if args.shape == "xwin13b" else TINY["vocab_size"]
+    vocab = shape["vocab_size"]
     prompt = torch.randint(3, vocab, (args.prompt_tokens,)).tolist()
     tokens: dict[str, list[int]] = {}  # greedy tokens of each variant: they should agree
-    for kernel in KERNELS:
+    for kernel in kernels:
         name = f"runtime_{kernel}"
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -166,29 +213,79 @@ def main() -> None:
         if kernel == "triton" and device.type == "cuda":  # the same model with SDPA for decode attention
             report["decode_attention_sdpa"] = attention_variant(loaded, args, prompt, tokens[name])
             print("decode_attention_sdpa", json.dumps(report["decode_attention_sdpa"]), flush=True)
-        if kernel != KERNELS[-1]:
+        if kernel != kernels[-1]:
             del loaded
 
-    same = sum(a == b for a, b in zip(tokens["runtime_triton"], tokens["runtime_tinygemm"]))
-    report["greedy_tokens_triton_matching_tinygemm"] = same / len(tokens["runtime_tinygemm"])
-    hf_generate(loaded.model, prompt[:32], 8)  # warm-up
-    runs = [hf_generate(loaded.model, prompt, args.new_tokens) for _ in range(args.repeats)]
-    report["hf_generate_eager"] = dict(
-        ttft_ms=statistics.median(r[0] for r in runs) * 1000, decode_tok_s=statistics.median(r[1] for r in runs)
-    )
-    print("hf_generate_eager", json.dumps(report["hf_generate_eager"]))
-    report["speedup_vs_eager_hf"] = (report["runtime_triton"]["decode_tok_s"]
-                                     / report["hf_generate_eager"]["decode_tok_s"])
+    if "runtime_triton" in tokens and "runtime_tinygemm" in tokens:
+        same = sum(a == b for a, b in zip(tokens["runtime_triton"], tokens["runtime_tinygemm"]))
+        report["greedy_tokens_triton_matching_tinygemm"] = same / len(tokens["runtime_tinygemm"])
+    if hf_baseline:
+        hf_generate(loaded.model, prompt[:32], 8)  # warm-up
+        runs = [hf_generate(loaded.model, prompt, args.new_tokens) for _ in range(args.repeats)]
+        report["hf_generate_eager"] = dict(
+            ttft_ms=statistics.median(r[0] for r in runs) * 1000, decode_tok_s=statistics.median(r[1] for r in runs)
+        )
+        print("hf_generate_eager", json.dumps(report["hf_generate_eager"]))
+        if "runtime_triton" in report:
+            report["speedup_vs_eager_hf"] = (report["runtime_triton"]["decode_tok_s"]
+                                             / report["hf_generate_eager"]["decode_tok_s"])
+    else:
+        report["hf_generate_eager"] = "skipped (--no-hf-baseline)"
 
     print("\n| metric | value |\n|---|---|")
-    for key in ("device", "torch", "transformers", "kernel_check_max_rel_err", "tiny_model_logits_rel_err_triton",
-                "greedy_tokens_triton_matching_tinygemm", "speedup_vs_eager_hf"):
+    for key in ("device", "torch", "transformers", "shape", "kernel_check_max_rel_err",
+                "tiny_model_logits_rel_err_triton", "tiny_llama3_logits_rel_err_triton",
+                "tiny_llama3_decode_steps_rel_err", "greedy_tokens_triton_matching_tinygemm", "speedup_vs_eager_hf"):
         if key in report:
             value = report[key]
             print(f"| {key} | {value:.3g} |" if isinstance(value, float) else f"| {key} | {value} |")
     for name in ("runtime_triton", "runtime_tinygemm", "hf_generate_eager"):
-        for key, value in report.get(name, {}).items():
-            print(f"| {name}.{key} | {value:.2f} |")
+        if isinstance(report.get(name), dict):
+            for key, value in report[name].items():
+                print(f"| {name}.{key} | {value:.2f} |")
+    write_result("gpu_inference", report)
+
+
+def compare_shapes(shapes: list[str], args) -> None:
+    """Each shape in its own child process, one after the other (the same card, the same call); one report with
+    every shape's and the decode speed of each over the first's."""
+    passed = ["--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--context",
+              str(args.context), "--repeats", str(args.repeats), "--kernels", args.kernels,
+              "--no-hf-baseline", args.no_hf_baseline]
+    report: dict = {"shapes": shapes, "per_shape": {}}
+    for shape in shapes:
+        out = tempfile.mkdtemp()
+        command = [sys.executable, "-u", "-m", "benchmarks.speed.gpu_inference", "--shape", shape, *passed]
+        if args.dir:
+            command += ["--dir", str(Path(args.dir) / shape)]
+        print(f"== {shape}: {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        child = subprocess.run(command, cwd=ROOT, env={**os.environ, "OUT": out})
+        result = Path(out, "gpu_inference.json")
+        if child.returncode != 0 or not result.exists():
+            report["per_shape"][shape] = f"failed: exit {child.returncode}"
+            continue
+        report["per_shape"][shape] = json.loads(result.read_text())
+        report["per_shape"][shape]["process_s"] = time.perf_counter() - start
+    first = report["per_shape"].get(shapes[0])
+    summary = {}
+    for shape in shapes:
+        row = report["per_shape"].get(shape)
+        triton = row.get("runtime_triton") if isinstance(row, dict) else None
+        if not triton:
+            continue
+        summary[shape] = dict(decode_tok_s=triton["decode_tok_s"], ttft_ms=triton["ttft_ms"],
+                              long_decode_tok_s=triton["long_decode_tok_s"], weights_gib=triton.get("weights_gib"),
+                              peak_gb=triton.get("peak_gb"))
+        if isinstance(first, dict) and first.get("runtime_triton"):
+            summary[shape]["decode_vs_" + shapes[0]] = triton["decode_tok_s"] / first["runtime_triton"]["decode_tok_s"]
+    report["summary"] = summary
+    print("\n| shape | decode tok/s | vs " + shapes[0] + " | TTFT ms | 3.7k-token decode tok/s | weights GiB | peak GB |")
+    print("|---|---|---|---|---|---|---|")
+    for shape, row in summary.items():
+        print(f"| {shape} | {row['decode_tok_s']:.1f} | {row.get('decode_vs_' + shapes[0], float('nan')):.3f} | "
+              f"{row['ttft_ms']:.1f} | {row['long_decode_tok_s']:.1f} | {row['weights_gib'] or 0:.2f} | "
+              f"{row['peak_gb'] or 0:.2f} |")
     write_result("gpu_inference", report)
 
 
