@@ -4,9 +4,11 @@ Reports, for 1, 8 and 32 concurrent users (500-token prompts, 128 new tokens): t
 enqueue → picked-up time (queue overhead), enqueue → first token, and time in the poster; the same for 32 users
 with 64-token prompts (the speed-anchor workload, ``--anchor-prompt-tokens``); GPU memory; a warm
 restart's time to ready; and, in the same run, the eager transformers ``generate`` baseline for both prompt
-lengths. ``--shape demo`` runs small on the CPU.
+lengths. ``--shape demo`` runs small on the CPU; ``--shape llama3-8b`` (Llama-3.1-8B: GQA, 128k vocabulary)
+or any shape of ``benchmarks.synthetic_checkpoint.SHAPES`` writes that synthetic checkpoint instead of the 13B.
 
     python -m benchmarks.speed.queue_e2e --redis-server /path/to/redis-server          # 13B shape on the GPU
+    python -m benchmarks.speed.queue_e2e --shape llama3-8b --concurrency 32 --no-hf-baseline --no-restart
 """
 
 from __future__ import annotations
@@ -66,8 +68,14 @@ def prompt_text(shape: str, n_tokens: int, seed: int) -> str:
         return f"Question {seed}: write a long story about a dragon who learns to count. " * (n_tokens // 16)
     import random
 
+    from benchmarks.synthetic_checkpoint import SHAPES
+
     rng = random.Random(seed)
-    return " ".join(f"w{rng.randrange(3, 32000)}" for _ in range(n_tokens))
+    spec = SHAPES.get(shape, {})
+    top, bos = spec.get("vocab_size", 32000), spec.get("bos_token_id", 1)
+    if bos > 3:  # Llama-3's special tokens sit at the top of its vocabulary (from 128000): words stay below
+        top = min(top, bos)
+    return " ".join(f"w{rng.randrange(3, top)}" for _ in range(n_tokens))
 
 
 def make_job(shape: str, prompt_tokens: int, new_tokens: int, user: int, tag: str) -> Job:
@@ -193,7 +201,9 @@ def hf_baseline(model: str, args, prompt_tokens: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=["xwin13b", "demo"], default="xwin13b")
+    from benchmarks.synthetic_checkpoint import SHAPES
+
+    parser.add_argument("--shape", choices=["demo", *SHAPES], default="xwin13b")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3, help="questions each user asks, one after the other")
     parser.add_argument("--prompt-tokens", type=int, default=500)
@@ -206,6 +216,8 @@ def main() -> None:
     parser.add_argument("--redis-server", default="redis-server")
     parser.add_argument("--model", help="an existing checkpoint directory (default: write a synthetic one)")
     parser.add_argument("--restart-only", action="store_true", help="only time a worker start (a warm restart)")
+    parser.add_argument("--no-hf-baseline", action="store_true", help="skip the eager transformers baseline")
+    parser.add_argument("--no-restart", action="store_true", help="skip timing a warm restart")
     args = parser.parse_args()
 
     port = 6390
@@ -220,7 +232,7 @@ def main() -> None:
     else:
         from benchmarks.synthetic_checkpoint import write_synthetic_checkpoint
 
-        model = str(write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt"))
+        model = str(write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", SHAPES[args.shape]))
     settings = worker_settings(args, model, port)
     started = time.perf_counter()
     process = WorkerProcess(settings, redis, posters={"console": TimingPoster})
@@ -254,13 +266,21 @@ def main() -> None:
     finally:
         process.stop()
         redis_proc.kill()
-    report["hf_generate_eager"] = hf_baseline(model, args, args.prompt_tokens)
-    print("baseline, transformers generate (eager, batch 1, one question after another):",
-          json.dumps(report["hf_generate_eager"]), flush=True)
-    if args.anchor_prompt_tokens:
+    if args.no_hf_baseline:
+        report["hf_generate_eager"] = "skipped (--no-hf-baseline)"
+    else:
+        report["hf_generate_eager"] = hf_baseline(model, args, args.prompt_tokens)
+        print("baseline, transformers generate (eager, batch 1, one question after another):",
+              json.dumps(report["hf_generate_eager"]), flush=True)
+    if args.anchor_prompt_tokens and not args.no_hf_baseline:
         base = hf_baseline(model, args, args.anchor_prompt_tokens)
         report[f"hf_generate_eager_prompt{args.anchor_prompt_tokens}"] = base
         print(f"baseline with {args.anchor_prompt_tokens}-token prompts:", json.dumps(base), flush=True)
+    if args.no_restart:
+        report["warm_restart_s"] = "skipped (--no-restart)"
+        write_result("queue_e2e", report)
+        print(json.dumps(report, indent=1))
+        return
     restart = subprocess.run([sys.executable, "-m", "benchmarks.speed.queue_e2e", "--restart-only", "--model", model,
                               "--shape", args.shape, "--context", str(args.context), "--redis-server",
                               args.redis_server, "--concurrency", *map(str, args.concurrency)],
