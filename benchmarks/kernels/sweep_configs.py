@@ -6,6 +6,7 @@ current config's output and timed as a CUDA graph of calls cycling over layer co
 
     python -m benchmarks.kernels.sweep_configs --rows 1 32 [--seconds-per-shape 40] [--write]
     # the table for this GPU into $OUT/w4a16_configs.json, or worker/kernels/w4a16_configs.json with --write
+    python -m benchmarks.kernels.sweep_configs --model llama3-8b --rows 1   # the Llama-3-8B layer shapes
 """
 
 from __future__ import annotations
@@ -18,10 +19,18 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels.int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, random_layer
+from benchmarks.kernels.int4_kernels import SHAPES as XWIN_13B_SHAPES
+from benchmarks.kernels.int4_kernels import copies_beyond_l2, cycling, graph_time_us, random_layer
 from benchmarks.result_json import write_result
 from worker.kernels import w4a16 as w4a16_kernels
 from worker.model.triton_linear import TritonInt4Linear
+
+
+# (K, N) of each fused matmul, and the layers a step runs it in
+MODELS = {
+    "xwin13b": (XWIN_13B_SHAPES, 40),
+    "llama3-8b": ({"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}, 32),
+}
 
 
 def candidates(rows: int, k: int, n: int, sms: int):
@@ -81,21 +90,24 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 32, 16])
     parser.add_argument("--seconds-per-shape", type=float, default=40)
     parser.add_argument("--write", action="store_true", help="update worker/kernels/w4a16_configs.json itself")
+    parser.add_argument("--model", choices=list(MODELS), default="xwin13b", help="whose layer shapes to sweep")
     args = parser.parse_args()
+    shapes, layers = MODELS[args.model]
     device = torch.device("cuda")
     device_name = torch.cuda.get_device_name()
     table = w4a16_kernels.tuned_configs(device_name)
-    report = {"device": device_name}
+    report = {"device": device_name, "model": args.model}
     for rows in args.rows:
-        for name, (k, n) in SHAPES.items():
+        for name, (k, n) in shapes.items():
             result = report[f"{name}/{rows}"] = sweep_shape(rows, k, n, device, args.seconds_per_shape)
             table[f"{w4a16_kernels.rows_bucket(rows)},{n},{k},128"] = result["best"]
             print(f"{name} rows {rows}: {result['current_us']:.2f} -> {result['best_us']:.2f} us with {result['best']} "
                   f"({result['timed']} configs timed)", flush=True)
             torch.cuda.empty_cache()
-        step = {key: sum(report[f"{name}/{rows}"][f"{key}_us"] for name in SHAPES) * 40 / 1000
+        step = {key: sum(report[f"{name}/{rows}"][f"{key}_us"] for name in shapes) * layers / 1000
                 for key in ("current", "best")}
-        print(f"rows {rows}: matmul ms per 40-layer step {step['current']:.3f} -> {step['best']:.3f}", flush=True)
+        report[f"step_ms/{rows}"] = step
+        print(f"rows {rows}: matmul ms per {layers}-layer step {step['current']:.3f} -> {step['best']:.3f}", flush=True)
     target = w4a16_kernels.TUNED_CONFIGS if args.write else Path(os.environ.get("OUT", "."), "w4a16_configs.json")
     w4a16_kernels.write_tuned_configs(device_name, table, target)
     write_result("sweep_configs", report, indent=1)
