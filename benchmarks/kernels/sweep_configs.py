@@ -25,7 +25,6 @@ from benchmarks.result_json import write_result
 from worker.kernels import w4a16 as w4a16_kernels
 from worker.model.triton_linear import TritonInt4Linear
 
-
 # (K, N) of each fused matmul, and the layers a step runs it in
 MODELS = {
     "xwin13b": (XWIN_13B_SHAPES, 40),

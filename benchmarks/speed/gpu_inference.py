@@ -278,9 +278,10 @@ def compare_shapes(shapes: list[str], args) -> None:
                               long_decode_tok_s=triton["long_decode_tok_s"], weights_gib=triton.get("weights_gib"),
                               peak_gb=triton.get("peak_gb"))
         if isinstance(first, dict) and first.get("runtime_triton"):
-            summary[shape]["decode_vs_" + shapes[0]] = triton["decode_tok_s"] / first["runtime_triton"]["decode_tok_s"]
+            ratio = triton["decode_tok_s"] / first["runtime_triton"]["decode_tok_s"]
+            summary[shape]["decode_vs_" + shapes[0]] = ratio
     report["summary"] = summary
-    print("\n| shape | decode tok/s | vs " + shapes[0] + " | TTFT ms | 3.7k-token decode tok/s | weights GiB | peak GB |")
+    print(f"\n| shape | decode tok/s | vs {shapes[0]} | TTFT ms | long-prompt decode tok/s | weights GiB | peak GB |")
     print("|---|---|---|---|---|---|---|")
     for shape, row in summary.items():
         print(f"| {shape} | {row['decode_tok_s']:.1f} | {row.get('decode_vs_' + shapes[0], float('nan')):.3f} | "
