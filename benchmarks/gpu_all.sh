@@ -7,8 +7,8 @@
 #                                  # benchmark
 #   benchmarks/gpu_all.sh roofline # ~6 min: the one-row kernel against a plain read of its bytes, per shape
 #   benchmarks/gpu_all.sh configs  # ~8 min: sweep the kernel configs with each kernel alone ($OUT/w4a16_configs.json)
-#   benchmarks/gpu_all.sh 8b       # ~9 min: 13B and Llama-3-8B batch 1 in one run (each its own process), the 8B at
-#                                  # 32 users through the queue, then the 8B's layer shapes' kernel configs
+#   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
+#                                  # run (each its own process), the 8B at 32 users through the queue
 # Needs redis-server on PATH (or REDIS_SERVER=...) for the queue benchmark. Each benchmark runs as a module from the
 # repository root; its JSON records the commit (or $XWINBOT_COMMIT where the copy has no .git), command and GPU.
 set -uo pipefail
@@ -28,11 +28,15 @@ if [ "${1:-}" = "roofline" ]; then
 elif [ "${1:-}" = "configs" ]; then
   step sweep_configs 560 python3 -u -m benchmarks.kernels.sweep_configs --rows 1 32 16 --seconds-per-shape 35
 elif [ "${1:-}" = "8b" ]; then
-  step gpu_inference_13b_8b 330 python3 -u -m benchmarks.speed.gpu_inference --shape xwin13b,llama3-8b \
+  # The 8B's layer shapes first get configs of their own (the 13B's are kept), written into this copy's table
+  # and into $OUT, so both shapes run tuned in the same run.
+  step sweep_configs_8b 100 python3 -u -m benchmarks.kernels.sweep_configs --model llama3-8b --rows 1 32 \
+    --seconds-per-shape 6 --write
+  cp worker/kernels/w4a16_configs.json "$OUT/"
+  step gpu_inference_13b_8b 300 python3 -u -m benchmarks.speed.gpu_inference --shape xwin13b,llama3-8b \
     --no-hf-baseline llama3-8b
   step queue_e2e_8b 170 python3 -u -m benchmarks.speed.queue_e2e --shape llama3-8b --concurrency 32 --no-hf-baseline \
     --no-restart --redis-server "${REDIS_SERVER:-redis-server}"
-  step sweep_configs_8b 60 python3 -u -m benchmarks.kernels.sweep_configs --model llama3-8b --rows 1 --seconds-per-shape 8
 elif [ "${1:-}" = "sweep" ]; then
   step profile_decode 120 python3 -u -m benchmarks.speed.profile_decode
   step tune_in_step 400 python3 -u -m benchmarks.kernels.tune_in_step --seconds 330
