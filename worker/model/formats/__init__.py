@@ -54,7 +54,7 @@ def expand_single_group(t: GPTQTensors, in_features: int) -> GPTQTensors:
     """One group over all K inputs -> K/G groups holding the same scale and zero (exactly the same weights)."""
     if t.scales.shape[0] != 1:
         return t
-    group = next((g for g in EXPANDED_GROUP_SIZES if in_features % g == 0 and g < in_features), None)
+    group = next((g for g in EXPANDED_GROUP_SIZES if in_features % g == 0), None)
     if group is None:
         return t
     n = in_features // group
