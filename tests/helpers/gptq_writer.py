@@ -1,4 +1,5 @@
-"""Write small but real GPTQ checkpoints in the AutoGPTQ "v1" layout, plus the fp32 model they should load as.
+"""Write small but real GPTQ checkpoints in the AutoGPTQ "v1" layout (or GPTQModel's "gptq_v2"), plus the fp32
+model they should load as.
 
 Written straight from AutoGPTQ's layout (below), independently of ``worker.model.gptq_layout``, and kept
 deliberately naive (explicit loops for the bit packing) so that a packing bug in production code cannot be
@@ -8,6 +9,11 @@ mirrored here. Per quantized Linear with K inputs, N outputs, group size G, per 
 - ``qzeros``  int32 [K/G, N/per]: z[g, n] - 1 at bits ``bits*(n % per)`` of word [g, n // per].
 - ``scales``  fp16 [K/G, N]; ``g_idx`` int32 [K].
 - W[n, k] = scales[g_idx[k], n] * (q[k, n] - z[g_idx[k], n]).
+
+``checkpoint_format="gptq_v2"`` (ModelCloud/GPTQModel, ``gptqmodel/utils/model.py``: converting v1 to v2 adds one
+to every 4-bit zero nibble) stores z itself in qzeros, so a zero code of 0 is possible (asymmetric zeros are
+clamped to [0, maxq] instead of [1, maxq]); the config says ``checkpoint_format: gptq_v2`` (or, as newer
+GPTQModel writes it, ``format: gptq_v2``).
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ def shared_input_family(module: str) -> str:
 
 
 def quantize_rtn(w: torch.Tensor, bits: int, group_size: int, desc_act: bool, sym: bool,
-                 gen: torch.Generator, order: torch.Tensor | None = None) -> QuantizedLinear:
+                 gen: torch.Generator, order: torch.Tensor | None = None, min_zero: int = 1) -> QuantizedLinear:
     """Round-to-nearest GPTQ-style quantization of a Linear weight w [N, K].
 
     With desc_act, ``order`` is the act-order visiting order of the input channels (random if not given).
@@ -91,7 +97,7 @@ def quantize_rtn(w: torch.Tensor, bits: int, group_size: int, desc_act: bool, sy
             hi = cols.amax(dim=1).clamp(min=0)
             scale = (hi - lo) / maxq
             scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-            zero = torch.round(-lo / scale).clamp(1, maxq).to(torch.int64)  # v1 stores z - 1 >= 0
+            zero = torch.round(-lo / scale).clamp(min_zero, maxq).to(torch.int64)  # v1 stores z - 1 >= 0
         scales[g] = scale.to(torch.float16)
         z[g] = zero
     s = scales.double()[g_idx]  # [K, N]: codes are computed with the stored fp16 scales
@@ -114,22 +120,26 @@ def pack_qweight(q: torch.Tensor, bits: int) -> torch.Tensor:
     return _to_int32(words)
 
 
-def pack_qzeros(z: torch.Tensor, bits: int) -> torch.Tensor:
+def pack_qzeros(z: torch.Tensor, bits: int, stored_offset: int = 1) -> torch.Tensor:
+    """v1 stores z - 1 (``stored_offset`` 1); v2 stores z (0)."""
     per = 32 // bits
     n_groups, n_out = z.shape
     words = torch.zeros(n_groups, n_out // per, dtype=torch.int64)
     for n in range(n_out):
-        words[:, n // per] |= (z[:, n] - 1) << (bits * (n % per))
+        words[:, n // per] |= (z[:, n] - stored_offset) << (bits * (n % per))
     return _to_int32(words)
 
 
 def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, sym=True, shards=1,
                           config_style="quantize_config", seed=0, bias=False, hidden_size=128,
                           intermediate_size=256, num_layers=2, num_heads=4,
-                          num_kv_heads=2, shared_act_order=True) -> ReferenceCheckpoint:
+                          num_kv_heads=2, shared_act_order=True, checkpoint_format="gptq",
+                          format_key="checkpoint_format") -> ReferenceCheckpoint:
     """``shared_act_order``: q/k/v share one act-order permutation and gate/up another, as AutoGPTQ writes
     them (the order comes from their common input); False gives every layer its own."""
     assert config_style in ("quantize_config", "config_json")
+    assert checkpoint_format in ("gptq", "gptq_v2")
+    v2 = checkpoint_format == "gptq_v2"
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tiny_tokenizer(path)
@@ -167,11 +177,12 @@ def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, s
                     family = shared_input_family(module) if shared_act_order else module
                     if family not in orders:
                         orders[family] = torch.randperm(k_in, generator=gen)
-                    ql = quantize_rtn(p, bits, group_size, desc_act, sym, gen, orders[family])
+                    ql = quantize_rtn(p, bits, group_size, desc_act, sym, gen, orders[family],
+                                      min_zero=0 if v2 else 1)
                     codes[module] = ql
                     ref_params[name].copy_(ql.dequantize())
                     tensors[f"{module}.qweight"] = pack_qweight(ql.q, bits)
-                    tensors[f"{module}.qzeros"] = pack_qzeros(ql.z, bits)
+                    tensors[f"{module}.qzeros"] = pack_qzeros(ql.z, bits, stored_offset=0 if v2 else 1)
                     tensors[f"{module}.scales"] = ql.scales
                     tensors[f"{module}.g_idx"] = ql.g_idx.to(torch.int32)
                 else:  # e.g. 3-bit: shapes only, so the loader's "unsupported" error can be tested
@@ -203,10 +214,11 @@ def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, s
     config_dict = json.loads(config.to_json_string())
     quant = {"bits": bits, "group_size": group_size, "desc_act": desc_act, "sym": sym}
     if config_style == "config_json":
-        config_dict["quantization_config"] = {"quant_method": "gptq", **quant, "checkpoint_format": "gptq"}
+        config_dict["quantization_config"] = {"quant_method": "gptq", **quant, format_key: checkpoint_format}
     else:
+        extra = {format_key: checkpoint_format} if v2 else {}
         (path / "quantize_config.json").write_text(json.dumps(
-            {**quant, "damp_percent": 0.01, "true_sequential": True, "model_file_base_name": "model"},
+            {**quant, "damp_percent": 0.01, "true_sequential": True, "model_file_base_name": "model", **extra},
             indent=2))
     (path / "config.json").write_text(json.dumps(config_dict, indent=2))
 

@@ -9,6 +9,10 @@ does (France -> Paris, Japan -> Tokyo, gold -> Au), while symmetric RTN garbles 
 Sun"), so no Hessian-based GPTQ step is needed.
 
     path = ensure_demo_model()        # ~/.cache/xwinbot/models/smollm2-135m-instruct-gptq-4bit-g64
+
+``build_demo_model(out_dir, format="awq")`` or ``format="compressed-tensors"`` writes the same quantized codes in
+AutoAWQ's GEMM layout or compressed-tensors' pack-quantized layout instead (their layouts:
+``worker.model.formats.awq`` and ``worker.model.formats.compressed_tensors``), for testing those readers end to end.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from worker.model.gptq_layout import quantize_weight
+from worker.model.gptq_layout import pack_columns, pack_rows, quantize_weight, unpack_columns, unpack_rows
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ BITS = 4
 GROUP_SIZE = 64
 SYM = False  # asymmetric RTN answers correctly where symmetric does not (see the module docstring)
 COMPLETE_MARKER = ".complete"
+FORMATS = ("gptq", "awq", "compressed-tensors")
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]  # AutoAWQ's nibble order (awq/utils/packing_utils.py)
 BUILD_VERSION = 1  # bump when the checkpoint written here changes: older cached builds are then rebuilt
 
 QUANTIZE_CONFIG = {
@@ -85,12 +91,14 @@ def is_complete(out_dir: Path) -> bool:
         return False
 
 
-def build_demo_model(out_dir: Path | None = None, *, force: bool = False) -> Path:
+def build_demo_model(out_dir: Path | None = None, *, force: bool = False, format: str = "gptq") -> Path:
     """Write the demo checkpoint to ``out_dir`` (default: ``default_demo_dir()``) unless it is already there.
 
     The checkpoint is written into a temporary directory beside ``out_dir`` and renamed into place at the end,
-    so an interrupted build never leaves a half-written checkpoint behind.
+    so an interrupted build never leaves a half-written checkpoint behind. ``format``: one of ``FORMATS``.
     """
+    if format not in FORMATS:
+        raise ValueError(f"unknown demo model format {format!r} ({', '.join(FORMATS)})")
     out_dir = Path(out_dir).expanduser() if out_dir is not None else default_demo_dir()
     if not force and is_complete(out_dir):
         log.info("demo model already built at %s", out_dir)
@@ -100,8 +108,8 @@ def build_demo_model(out_dir: Path | None = None, *, force: bool = False) -> Pat
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     work.chmod(0o755)  # mkdtemp makes it private; the finished checkpoint is an ordinary directory
     try:
-        write_checkpoint(gguf, work)
-        marker = {"version": BUILD_VERSION, "source": gguf.name, "built_at": time.time()}
+        write_checkpoint(gguf, work, format)
+        marker = {"version": BUILD_VERSION, "format": format, "source": gguf.name, "built_at": time.time()}
         (work / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n")
         if not force and is_complete(out_dir):  # another process finished first: keep its build
             return out_dir
@@ -122,7 +130,7 @@ def ensure_demo_model() -> Path:
     return build_demo_model(default_demo_dir())
 
 
-def write_checkpoint(gguf: Path, dest: Path) -> None:
+def write_checkpoint(gguf: Path, dest: Path, format: str = "gptq") -> None:
     """Load the GGUF model, quantize its decoder Linears and save a GPTQ checkpoint into ``dest``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,15 +140,18 @@ def write_checkpoint(gguf: Path, dest: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     log.info("quantizing to %d-bit GPTQ, group %d, %s", BITS, GROUP_SIZE, "symmetric" if SYM else "asymmetric")
     tensors = quantized_state_dict(model)
+    if format != "gptq":
+        tensors = convert_layout(tensors, format)
     save_file(tensors, str(dest / "model.safetensors"), metadata={"format": "pt"})
 
     config = model.config
     keys = ("quant_method", "bits", "group_size", "desc_act", "sym", "checkpoint_format")
-    config.quantization_config = {k: QUANTIZE_CONFIG[k] for k in keys}
+    config.quantization_config = quantization_config(format) or {k: QUANTIZE_CONFIG[k] for k in keys}
     config.dtype = torch.float16
     config.architectures = [type(model).__name__]
     config.save_pretrained(dest)
-    (dest / "quantize_config.json").write_text(json.dumps(QUANTIZE_CONFIG, indent=2) + "\n")
+    if format == "gptq":
+        (dest / "quantize_config.json").write_text(json.dumps(QUANTIZE_CONFIG, indent=2) + "\n")
     if model.generation_config is not None:
         model.generation_config.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
@@ -174,3 +185,46 @@ def quantized_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         kept += 1
     log.info("quantized %d Linear layers; kept %d other tensors in fp16", len(quantized), kept)
     return tensors
+
+
+def quantization_config(format: str) -> dict | None:
+    """config.json's quantization_config for the AWQ and compressed-tensors forms (None: GPTQ's)."""
+    if format == "awq":
+        return {"quant_method": "awq", "bits": BITS, "group_size": GROUP_SIZE, "zero_point": True,
+                "version": "gemm", "modules_to_not_convert": None}
+    if format == "compressed-tensors":
+        weights = {"num_bits": BITS, "type": "int", "symmetric": SYM, "strategy": "group", "group_size": GROUP_SIZE,
+                   "dynamic": False, "actorder": None}
+        return {"quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+                "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
+                                              "output_activations": None}},
+                "ignore": ["lm_head"]}
+    return None
+
+
+def convert_layout(tensors: dict[str, torch.Tensor], format: str) -> dict[str, torch.Tensor]:
+    """The GPTQ (v1, no act-order) tensors of ``quantized_state_dict`` rewritten in AWQ GEMM or compressed-tensors
+    pack-quantized layout: the same codes, zeros and scales."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        prefix, _, kind = name.rpartition(".")
+        if kind in ("qzeros", "scales", "g_idx"):
+            continue
+        if kind != "qweight":
+            out[name] = tensor
+            continue
+        q = unpack_rows(tensor, BITS)  # [K, N]
+        z = unpack_columns(tensors[f"{prefix}.qzeros"], BITS) + 1  # [K/G, N], v1 stores z - 1
+        scales = tensors[f"{prefix}.scales"]  # fp16 [K/G, N]
+        if format == "awq":
+            n_out = q.shape[1]
+            index = (torch.arange(n_out).view(-1, 8) // 8 * 8 + torch.tensor(AWQ_ORDER)).reshape(-1)
+            out[f"{prefix}.qweight"] = pack_columns(q[:, index], BITS)  # word nibble i = column 8c + AWQ_ORDER[i]
+            out[f"{prefix}.qzeros"] = pack_columns(z[:, index], BITS)
+            out[f"{prefix}.scales"] = scales
+        else:  # codes and zero points stored as signed int4 + 8, i.e. our unsigned codes as they are
+            out[f"{prefix}.weight_packed"] = pack_columns(q.T.contiguous(), BITS)  # [N, K/8]
+            out[f"{prefix}.weight_scale"] = scales.T.contiguous()  # [N, K/G]
+            out[f"{prefix}.weight_zero_point"] = pack_rows(z.T.contiguous(), BITS)  # [N/8, K/G]
+            out[f"{prefix}.weight_shape"] = torch.tensor([q.shape[1], q.shape[0]])
+    return out

@@ -1,11 +1,13 @@
-"""Load a GPTQ Llama-family checkpoint into a transformers model whose quantized Linears run on int4 kernels.
+"""Load a quantized Llama-family checkpoint (GPTQ, AWQ or compressed-tensors) into a transformers model whose
+quantized Linears run on int4 kernels.
 
     loaded = load_model("TheBloke/Xwin-LM-13B-V0.1-GPTQ")   # or a local directory
     loaded.model(input_ids).logits
 
 The model skeleton is built on the meta device (no memory), each quantized Linear is replaced by an int4 layer
-(``TritonInt4Linear`` or ``TinygemmInt4Linear``) built from its GPTQ tensors, and the remaining tensors
-(embeddings, norms, lm_head) are read from the shards straight onto the target device.
+(``TritonInt4Linear`` or ``TinygemmInt4Linear``) built from its tensors (read by ``worker.model.formats``, one
+reader per producer), and the remaining tensors (embeddings, norms, lm_head) are read from the shards
+straight onto the target device.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from worker.errors import CheckpointError, UnsupportedCheckpoint
 from worker.model.checkpoint import TensorStore, read_config_json, resolve_checkpoint_dir, safetensors_shards
-from worker.model.gptq_layout import GPTQTensors, values_per_word
+from worker.model.formats import quantized_prefixes as quantized_layer_prefixes
+from worker.model.formats import read_layer
+from worker.model.gptq_layout import GPTQTensors
 from worker.model.int4_fusion import build_int4_modules
-from worker.model.quant_config import QuantConfig, read_quant_config
+from worker.model.quant_config import INT4_KERNEL_GROUP_SIZES, QuantConfig, read_quant_config
 from worker.model.tinygemm_linear import Int4Codes, TinygemmInt4Linear, dequantized_linear, int4_kernel_fits
 
 log = logging.getLogger(__name__)
@@ -142,49 +146,16 @@ def empty_model(config: PretrainedConfig, dtype: torch.dtype) -> nn.Module:
         raise UnsupportedCheckpoint(f"model type {config.model_type!r} is not a supported causal LM: {err}") from err
 
 
-def read_gptq_tensors(store: TensorStore, prefix: str, linear: nn.Linear, quant: QuantConfig) -> GPTQTensors:
-    """The GPTQ tensors of one Linear, checked against the shapes the architecture expects."""
-    in_features, out_features = linear.in_features, linear.out_features
-    group = quant.group_for(in_features)
-    per = values_per_word(quant.bits)
-    g_idx = store.get_optional(f"{prefix}.g_idx")
-    if g_idx is None and quant.desc_act:
-        raise CheckpointError(f"tensor {prefix}.g_idx is missing: an act-order (desc_act) layer cannot load without it")
-    tensors = GPTQTensors(
-        qweight=store.get(f"{prefix}.qweight"),
-        qzeros=store.get(f"{prefix}.qzeros"),
-        scales=store.get(f"{prefix}.scales"),
-        g_idx=g_idx if g_idx is not None else torch.arange(in_features, dtype=torch.int32) // group,
-        bias=store.get_optional(f"{prefix}.bias"),
-    )
-    expected = {
-        "qweight": (in_features // per, out_features),
-        "qzeros": (in_features // group, out_features // per),
-        "scales": (in_features // group, out_features),
-        "g_idx": (in_features,),
-    }
-    for name, shape in expected.items():
-        actual = tuple(getattr(tensors, name).shape)
-        if actual != shape:
-            raise CheckpointError(
-                f"tensor {prefix}.{name} has shape {actual}, expected {shape} for a {quant.bits}-bit "
-                f"group-{quant.group_size} layer of {in_features}->{out_features}"
-            )
-    if int(tensors.g_idx.max()) >= in_features // group or int(tensors.g_idx.min()) < 0:
-        raise CheckpointError(f"tensor {prefix}.g_idx names groups outside 0..{in_features // group - 1}")
-    return tensors
-
-
 def int4_codes_or_none(
     tensors: GPTQTensors, linear: nn.Linear, quant: QuantConfig, device: torch.device, int4_kernel: str
 ) -> Int4Codes | None:
     """The layer's codes for the int4 kernels, or None when only the dequantized path can serve it."""
-    group = quant.group_for(linear.in_features)
-    if not (quant.int4_kernel_ok
+    group = linear.in_features // tensors.scales.shape[0]  # a single group may have been expanded (formats)
+    if not (quant.bits == 4 and group in INT4_KERNEL_GROUP_SIZES
             and int4_layout_fits(int4_kernel, linear.in_features, linear.out_features, group, device)):
         return None
     try:
-        return Int4Codes.from_gptq(tensors, quant.group_for(linear.in_features), quant.zero_offset, device)
+        return Int4Codes.from_gptq(tensors, group, quant.zero_offset, device)
     except ValueError:  # unequal act-order groups
         return None
 
@@ -199,9 +170,7 @@ def replace_quantized_linears(
     int4_kernel: str = "tinygemm",
 ) -> None:
     """Layer by layer (bounded memory): read, repack (fusing where possible) and swap in each quantized Linear."""
-    quantized_prefixes = sorted(name.removesuffix(".qweight") for name in store.names() if name.endswith(".qweight"))
-    if not quantized_prefixes:
-        raise CheckpointError("the checkpoint's safetensors files hold no .qweight tensors: not a GPTQ checkpoint")
+    quantized_prefixes = quantized_layer_prefixes(store, quant)
     modules = dict(model.named_modules())
     by_layer: dict[str, list[str]] = {}
     for prefix in quantized_prefixes:
@@ -213,8 +182,8 @@ def replace_quantized_linears(
             linear = modules.get(prefix)
             if not isinstance(linear, nn.Linear):
                 raise UnsupportedCheckpoint(
-                    f"tensor {prefix}.qweight has no matching Linear layer in {type(model).__name__}")
-            tensors = read_gptq_tensors(store, prefix, linear, quant)
+                    f"quantized layer {prefix} has no matching Linear layer in {type(model).__name__}")
+            tensors = read_layer(store, prefix, linear, quant)
             layer_codes = int4_codes_or_none(tensors, linear, quant, device, int4_kernel)
             if layer_codes is None:
                 replacements[prefix] = dequantized_linear(tensors, quant.bits, quant.zero_offset, device, dtype)
@@ -227,8 +196,8 @@ def replace_quantized_linears(
             setattr(model.get_submodule(parent_name), child_name, module)
     if fallbacks:
         log.warning(
-            "%d of %d quantized layers use dequantized weights (bits=%d, group_size=%d): more memory, same answers",
-            fallbacks, len(quantized_prefixes), quant.bits, quant.group_size,
+            "%d of %d quantized layers use dequantized weights (%s): more memory, same answers",
+            fallbacks, len(quantized_prefixes), quant.description,
         )
 
 

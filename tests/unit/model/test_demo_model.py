@@ -39,7 +39,7 @@ def fake_writer(monkeypatch, tmp_path):
     """Replace the slow GGUF conversion by one that writes a single file (or fails when asked)."""
     calls = []
 
-    def write(gguf: Path, dest: Path) -> None:
+    def write(gguf: Path, dest: Path, format: str = "gptq") -> None:
         calls.append(dest)
         (dest / "model.safetensors").write_text(f"build {len(calls)}")
         if getattr(write, "fail", False):
