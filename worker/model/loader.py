@@ -29,6 +29,21 @@ from worker.model.tinygemm_linear import Int4Codes, TinygemmInt4Linear, dequanti
 
 log = logging.getLogger(__name__)
 
+# The architectures the runtime (``worker.inference.llama_runtime``) computes exactly as transformers does:
+# Llama 2/3.x (rope scaling, tied embeddings), Mistral (sliding window or none), Qwen2/2.5 (q/k/v bias),
+# Qwen3 (q/k RMSNorm). Checked from config.json before any weight is read.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def unsupported_model_type(model_type) -> str:
+    return f"unsupported model type {model_type}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+
+
+def check_model_type(model_type) -> None:
+    """UnsupportedCheckpoint (one line: the type and the supported ones) unless the runtime serves it."""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedCheckpoint(unsupported_model_type(model_type))
+
 
 @dataclass
 class LoadedModel:
@@ -83,6 +98,7 @@ def load_model(
     int4_kernel = choose_int4_kernel(int4_kernel, device)
     path = resolve_checkpoint_dir(source, revision)
     config_json = read_config_json(path)
+    check_model_type(config_json.get("model_type"))  # before the quantization settings or any weight
     quant = read_quant_config(path, config_json)
     config = read_model_config(path)
     store = TensorStore(safetensors_shards(path))
