@@ -10,7 +10,9 @@ The model skeleton is built on the meta device (no memory), each quantized Linea
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,16 +57,27 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
-    @property
+    @functools.cached_property
     def eos_token_ids(self) -> set[int]:
+        """Ids that end an answer: the tokenizer's EOS, and config.json's and generation_config.json's
+        ``eos_token_id`` (each an id or a list: Llama 3.1 Instruct lists <|end_of_text|>, <|eom_id|>, <|eot_id|>;
+        Qwen2.5 Instruct <|im_end|>, <|endoftext|>)."""
         ids = {self.tokenizer.eos_token_id}
-        configured = self.config.eos_token_id
-        ids.update(configured if isinstance(configured, list) else [configured])
+        for configured in (self.config.eos_token_id, generation_eos_ids(self.path)):
+            ids.update(configured if isinstance(configured, list) else [configured])
         return {i for i in ids if i is not None}
 
     @property
     def max_positions(self) -> int:
         return int(self.config.max_position_embeddings)
+
+
+def generation_eos_ids(path: Path) -> int | list[int] | None:
+    """``eos_token_id`` of the checkpoint's generation_config.json, if it has one (unreadable: ignored)."""
+    try:
+        return json.loads((Path(path) / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def head_dim_of(config: PretrainedConfig) -> int:
