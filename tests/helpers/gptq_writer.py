@@ -9,11 +9,15 @@ mirrored here. Per quantized Linear with K inputs, N outputs, group size G, per 
 - ``qzeros``  int32 [K/G, N/per]: z[g, n] - 1 at bits ``bits*(n % per)`` of word [g, n // per].
 - ``scales``  fp16 [K/G, N]; ``g_idx`` int32 [K].
 - W[n, k] = scales[g_idx[k], n] * (q[k, n] - z[g_idx[k], n]).
+- A Linear's bias (Qwen2's q/k/v) is stored as a plain fp16 ``bias`` next to its ``qweight``, as AutoGPTQ does.
+- With ``tie_word_embeddings`` there is no ``lm_head.weight`` (as in Llama 3.2's checkpoints).
 
 ``checkpoint_format="gptq_v2"`` (ModelCloud/GPTQModel, ``gptqmodel/utils/model.py``: converting v1 to v2 adds one
 to every 4-bit zero nibble) stores z itself in qzeros, so a zero code of 0 is possible (asymmetric zeros are
 clamped to [0, maxq] instead of [1, maxq]); the config says ``checkpoint_format: gptq_v2`` (or, as newer
 GPTQModel writes it, ``format: gptq_v2``).
+
+``config``: any transformers causal-LM config (Llama, Mistral, Qwen2, Qwen3, ...) instead of the default Llama.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig
 
 from tests.helpers.tiny_tokenizer import write_tiny_tokenizer
 
@@ -49,8 +54,8 @@ class QuantizedLinear:
 @dataclass
 class ReferenceCheckpoint:
     path: Path
-    config: LlamaConfig
-    model: LlamaForCausalLM | None  # fp32 reference (None when the bit width cannot be packed)
+    config: PretrainedConfig
+    model: nn.Module | None  # fp32 reference (None when the bit width cannot be packed)
     tokenizer: object
     bits: int
     group_size: int
@@ -134,23 +139,27 @@ def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, s
                           config_style="quantize_config", seed=0, bias=False, hidden_size=128,
                           intermediate_size=256, num_layers=2, num_heads=4,
                           num_kv_heads=2, shared_act_order=True, checkpoint_format="gptq",
-                          format_key="checkpoint_format") -> ReferenceCheckpoint:
+                          format_key="checkpoint_format",
+                          config: PretrainedConfig | None = None) -> ReferenceCheckpoint:
     """``shared_act_order``: q/k/v share one act-order permutation and gate/up another, as AutoGPTQ writes
-    them (the order comes from their common input); False gives every layer its own."""
+    them (the order comes from their common input); False gives every layer its own. ``config``: the
+    architecture to write (its sizes win over the size arguments; a Llama of those sizes when None)."""
     assert config_style in ("quantize_config", "config_json")
     assert checkpoint_format in ("gptq", "gptq_v2")
     v2 = checkpoint_format == "gptq_v2"
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = write_tiny_tokenizer(path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-        max_position_embeddings=256, tie_word_embeddings=False, attention_bias=bias, mlp_bias=False,
-        bos_token_id=1, eos_token_id=2,
-    )
+    if config is None:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+            max_position_embeddings=256, tie_word_embeddings=False, attention_bias=bias, mlp_bias=False,
+            bos_token_id=1, eos_token_id=2,
+        )
+    num_layers = config.num_hidden_layers
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).float().eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).float().eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():  # non-trivial norms and biases, so a loader that skips them is caught
         for name, p in model.named_parameters():
@@ -158,7 +167,8 @@ def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, s
                 p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
             elif name.endswith(".bias"):
                 p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    config.architectures = ["LlamaForCausalLM"]
+    config.architectures = [type(model).__name__]
+    tied = bool(getattr(config, "tie_word_embeddings", False))
     config.dtype = torch.float16
 
     packable = 32 % bits == 0
@@ -171,6 +181,8 @@ def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, s
     with torch.no_grad():
         for name, p in model.state_dict().items():
             module = name.rsplit(".", 1)[0]
+            if tied and name == "lm_head.weight":  # tied checkpoints leave it out; the reference stays tied
+                continue
             if module in quantized and name.endswith(".weight"):
                 n_out, k_in = p.shape
                 if packable:

@@ -83,12 +83,29 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
+def normed_qk(partials: torch.Tensor, q_norm: nn.Module, k_norm: nn.Module, q_heads: int, kv_heads: int,
+              head_dim: int, dtype: torch.dtype) -> torch.Tensor:
+    """qkv's partial sums -> qkv as one split [1, rows, N] in ``dtype``, each q head through ``q_norm`` and each
+    k head through ``k_norm`` (Qwen3's RMSNorm over head_dim, before the rotary), v as it is. The norms are
+    the model's own modules, so this is transformers' math on either device; the rotary step then reads it."""
+    qkv = summed(partials, dtype)
+    heads = qkv.view(qkv.shape[0], -1, head_dim)
+    q = q_norm(heads[:, :q_heads]).to(dtype)
+    k = k_norm(heads[:, q_heads : q_heads + kv_heads]).to(dtype)
+    return torch.cat([q, k, heads[:, q_heads + kv_heads :]], dim=1).reshape(1, qkv.shape[0], -1)
+
+
 def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_row: int, q_heads: int,
-                      kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
+                      kv_heads: int, dtype: torch.dtype, q_norm: nn.Module | None = None,
+                      k_norm: nn.Module | None = None) -> torch.Tensor:
     """qkv's partial sums [split, B*T, (q + 2 kv heads) * D] -> q [B, q_heads, T, D] with rotary applied;
-    k (rotated) and v written into ``cache`` for slots first_row.. at positions [B, T]."""
+    k (rotated) and v written into ``cache`` for slots first_row.. at positions [B, T]. ``q_norm``/``k_norm``
+    (Qwen3): per-head RMSNorms applied to q and k before the rotary (``normed_qk``)."""
     batch, length = positions.shape
     head_dim = cache.keys.shape[-1]
+    if q_norm is not None or k_norm is not None:
+        partials = normed_qk(partials, q_norm or nn.Identity(), k_norm or nn.Identity(), q_heads, kv_heads,
+                             head_dim, dtype)
     if kernels_serve(partials, dtype):
         from worker.kernels import layer_kernels
 

@@ -1,5 +1,11 @@
 """A gpt-fast style runtime for Llama-family models: static KV cache, ``prefill`` and ``decode_one_token``.
 
+The families (``SUPPORTED_MODEL_TYPES``) differ only in what the model's own modules and config hold, which
+the runtime takes from them: rotary tables with any rope scaling (Llama 3.1's ``llama3``) from ``rotary_emb``;
+q/k/v bias (Qwen2) inside the projections; per-head q/k RMSNorm (Qwen3's ``q_norm``/``k_norm``) before the
+rotary; a sliding window (Mistral, windowed Qwen layers) in the attention mask and the decode kernel; tied
+embeddings through ``lm_head``.
+
 It runs the loaded transformers model's own modules (embeddings, norms, MLPs, int4 projections, rotary
 tables) but does attention against a KV cache allocated once, so a decode step has fixed shapes and replays
 as a CUDA graph. Attention reads a window of the cache (a power of two covering the conversation so far),
@@ -31,9 +37,8 @@ from worker.inference.layer_ops import (
     silu_mul,
 )
 from worker.inference.sampling import GenerationParams, SamplingTensors, sample
-from worker.model.loader import head_dim_of
+from worker.model.loader import SUPPORTED_MODEL_TYPES, head_dim_of, unsupported_model_type
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 PREFILL_CHUNK = 512
 MIN_WINDOW = 256
 
@@ -84,11 +89,20 @@ class KVCache(nn.Module):
         self.values[:, dst, :, :length].copy_(self.values[:, src, :, :length])
 
 
+def sliding_window_of(attn: nn.Module, config) -> int | None:
+    """How many entries (its own included) a layer's queries see, or None for all: Qwen2/Qwen3 set it per
+    layer (``attn.sliding_window``, from ``layer_types``), Mistral for every layer (``config.sliding_window``)."""
+    if hasattr(attn, "sliding_window"):
+        return attn.sliding_window
+    return getattr(config, "sliding_window", None)
+
+
 def attention(attn: nn.Module, x, ordered: bool, cos, sin, mask, cache: KVCache, layer: int, first_row: int,
-              positions, window: int, decode_kernel: bool = False) -> torch.Tensor:
+              positions, window: int, decode_kernel: bool = False, sliding_window: int | None = None) -> torch.Tensor:
     """Self-attention of x [B, T, H] (in qkv's input order when ``ordered``) -> o_proj's partial sums.
-    ``decode_kernel``: one-token steps on the GPU use ``worker.kernels.decode_attention`` (which also writes its output
-    in o_proj's input order) instead of ``scaled_dot_product_attention``."""
+    ``mask`` already limits each query to its sliding window when the layer has one; ``decode_kernel``: one-token
+    steps on the GPU use ``worker.kernels.decode_attention`` (which also writes its output in o_proj's input order
+    and takes ``sliding_window`` itself) instead of ``scaled_dot_product_attention``."""
     batch, length, _ = x.shape
     head_dim = attn.head_dim
     q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
@@ -96,14 +110,15 @@ def attention(attn: nn.Module, x, ordered: bool, cos, sin, mask, cache: KVCache,
         qkv = projection_partials(attn.qkv_proj, x, ordered)
     else:
         qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1).reshape(1, batch * length, -1)
-    q = rotary_into_cache(qkv, cos, sin, positions, cache, layer, first_row, q_heads, kv_heads, x.dtype)
+    q = rotary_into_cache(qkv, cos, sin, positions, cache, layer, first_row, q_heads, kv_heads, x.dtype,
+                          getattr(attn, "q_norm", None), getattr(attn, "k_norm", None))  # Qwen3's q/k norms
     keys, values = cache.window(layer, first_row, batch, window)
     if decode_kernel and length == 1 and kernels_serve(q, q.dtype):
         from worker.kernels.decode_attention import decode_attention  # Triton: only where it runs
 
         order = output_order_for(attn.o_proj)
         out = decode_attention(q[:, :, 0].contiguous(), keys, values, positions.reshape(-1), window, attn.scaling,
-                               order)
+                               order, sliding_window)
         return projection_partials(attn.o_proj, out, ordered=order is not None)
     out = F.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
@@ -143,15 +158,21 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
     inner = model.model
     h = inner.embed_tokens(tokens)
     cos, sin = inner.rotary_emb(h, positions)
-    slots = torch.arange(window, device=tokens.device)
-    mask = slots.view(1, 1, 1, window) <= positions.view(batch, 1, length, 1)  # [B, 1, T, window], causal per row
+    slots = torch.arange(window, device=tokens.device).view(1, 1, 1, window)
+    mask = slots <= positions.view(batch, 1, length, 1)  # [B, 1, T, window], causal per row
+    masks = {None: mask}  # by sliding window: a query sees entries position - window + 1 .. position
     layers = list(inner.layers)
     # Each norm hands the next int4 layer its input already in that layer's act-order (None: no reordering).
     h, x = add_rms_norm(h, None, layers[0].input_layernorm, attention_order(layers[0]))
     for index, layer in enumerate(layers):
         following = layers[index + 1] if index + 1 < len(layers) else None
-        delta = attention(layer.self_attn, x, attention_order(layer) is not None, cos, sin, mask, cache, index,
-                          first_row, positions, window, decode_kernel)
+        sliding = sliding_window_of(layer.self_attn, model.config)
+        if sliding is not None and sliding >= window:  # every entry read is inside the sliding window
+            sliding = None
+        if sliding not in masks:
+            masks[sliding] = mask & (slots > positions.view(batch, 1, length, 1) - sliding)
+        delta = attention(layer.self_attn, x, attention_order(layer) is not None, cos, sin, masks[sliding], cache,
+                          index, first_row, positions, window, decode_kernel, sliding)
         h, x = add_rms_norm(h, delta, layer.post_attention_layernorm, mlp_order(layer))
         delta = mlp(layer.mlp, x, mlp_order(layer) is not None)
         if following is None:  # the final norm feeds lm_head, which gathers nothing
@@ -225,7 +246,7 @@ class LlamaRuntime:
                  kv_dtype: torch.dtype | None = None, attention: str = "triton"):
         config = model.config
         if config.model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(f"model type {config.model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
+            raise ValueError(unsupported_model_type(config.model_type))
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if attention not in ("sdpa", "triton"):

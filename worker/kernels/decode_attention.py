@@ -1,6 +1,7 @@
 """Decode attention (one new token per row) as two Triton kernels, flash-decoding style.
 
-Each row attends to its own cache entries 0..position (rows are at different lengths; no mask tensor). The
+Each row attends to its own cache entries 0..position (rows are at different lengths; no mask tensor), or with
+a sliding window (Mistral) to its last ``sliding_window`` entries only (position - sliding_window + 1..position). The
 window is cut into chunks so that a batch of one still fills the GPU: ``_chunk_kernel`` gives each
 (row, head, chunk) its running max, sum of exponentials and weighted values; ``_combine_kernel`` merges the
 chunks and writes the output, optionally already in o_proj's act-order (so o_proj skips its gather).
@@ -22,13 +23,18 @@ CHUNK = 128  # cache entries per program
 
 @triton.jit
 def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, chunks, stride_slot, stride_head, stride_pos,
-                  scale, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr):
-    """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries."""
+                  scale, sliding_window, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
+                  SLIDING: tl.constexpr):
+    """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries
+    (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0)."""
     row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
     d = tl.arange(0, HEAD_DIM)
     t = chunk * CHUNK + tl.arange(0, CHUNK)
-    valid = t <= tl.load(pos_ptr + row)
+    position = tl.load(pos_ptr + row)
+    valid = t <= position
+    if SLIDING:
+        valid = valid & (t > position - sliding_window)  # transformers' sliding_window_overlay
     kv = row * stride_slot + (head // GROUP) * stride_head
     q = tl.load(q_ptr + (row * heads + head) * HEAD_DIM + d).to(tl.float32)
     keys = tl.load(k_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
@@ -53,7 +59,7 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
     d = tl.arange(0, HEAD_DIM)
     base = (row * heads + head) * chunks
     tops = tl.load(m_ptr + base + c, mask=c < chunks, other=float("-inf"))
-    top = tl.max(tops, axis=0)  # finite: chunk 0 always holds entry 0
+    top = tl.max(tops, axis=0)  # finite: the chunk holding the row's own position has a valid entry
     factors = tl.exp(tops - top)
     total = tl.sum(tl.load(l_ptr + base + c, mask=c < chunks, other=0.0) * factors, axis=0)
     acc = tl.load(acc_ptr + (base + c)[:, None] * HEAD_DIM + d[None, :], mask=(c < chunks)[:, None], other=0.0)
@@ -65,10 +71,12 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
-                     window: int, scale: float, order_inverse: torch.Tensor | None = None) -> torch.Tensor:
+                     window: int, scale: float, order_inverse: torch.Tensor | None = None,
+                     sliding_window: int | None = None) -> torch.Tensor:
     """q [B, Hq, D] (row b is cache slot b of ``keys``/``values`` [slots, Hkv, max_len, D]) attends to entries
-    0..positions[b] (all < ``window``) -> [B, Hq * D] in q's dtype; with ``order_inverse``, channel c is
-    written at column order_inverse[c] (the input order of the next matmul)."""
+    0..positions[b] (all < ``window``), only the last ``sliding_window`` of them when given -> [B, Hq * D] in
+    q's dtype; with ``order_inverse``, channel c is written at column order_inverse[c] (the input order of the
+    next matmul)."""
     batch, heads, head_dim = q.shape
     chunks = triton.cdiv(window, CHUNK)
     m = torch.empty((batch, heads, chunks), device=q.device, dtype=torch.float32)
@@ -76,7 +84,8 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     acc = torch.empty((batch, heads, chunks, head_dim), device=q.device, dtype=torch.float32)
     _chunk_kernel[(batch, heads, chunks)](
         q, keys, values, positions, m, l_sum, acc, chunks, keys.stride(0), keys.stride(1), keys.stride(2), scale,
-        GROUP=heads // keys.shape[1], HEAD_DIM=head_dim, CHUNK=CHUNK, num_warps=4,
+        sliding_window or 0, GROUP=heads // keys.shape[1], HEAD_DIM=head_dim, CHUNK=CHUNK,
+        SLIDING=sliding_window is not None and sliding_window < window, num_warps=4,
     )
     out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](

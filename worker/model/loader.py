@@ -12,7 +12,9 @@ straight onto the target device.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,21 @@ from worker.model.tinygemm_linear import Int4Codes, TinygemmInt4Linear, dequanti
 
 log = logging.getLogger(__name__)
 
+# The architectures the runtime (``worker.inference.llama_runtime``) computes exactly as transformers does:
+# Llama 2/3.x (rope scaling, tied embeddings), Mistral (sliding window or none), Qwen2/2.5 (q/k/v bias),
+# Qwen3 (q/k RMSNorm). Checked from config.json before any weight is read.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def unsupported_model_type(model_type) -> str:
+    return f"unsupported model type {model_type}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+
+
+def check_model_type(model_type) -> None:
+    """UnsupportedCheckpoint (one line: the type and the supported ones) unless the runtime serves it."""
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedCheckpoint(unsupported_model_type(model_type))
+
 
 @dataclass
 class LoadedModel:
@@ -44,16 +61,27 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
-    @property
+    @functools.cached_property
     def eos_token_ids(self) -> set[int]:
+        """Ids that end an answer: the tokenizer's EOS, and config.json's and generation_config.json's
+        ``eos_token_id`` (each an id or a list: Llama 3.1 Instruct lists <|end_of_text|>, <|eom_id|>, <|eot_id|>;
+        Qwen2.5 Instruct <|im_end|>, <|endoftext|>)."""
         ids = {self.tokenizer.eos_token_id}
-        configured = self.config.eos_token_id
-        ids.update(configured if isinstance(configured, list) else [configured])
+        for configured in (self.config.eos_token_id, generation_eos_ids(self.path)):
+            ids.update(configured if isinstance(configured, list) else [configured])
         return {i for i in ids if i is not None}
 
     @property
     def max_positions(self) -> int:
         return int(self.config.max_position_embeddings)
+
+
+def generation_eos_ids(path: Path) -> int | list[int] | None:
+    """``eos_token_id`` of the checkpoint's generation_config.json, if it has one (unreadable: ignored)."""
+    try:
+        return json.loads((Path(path) / "generation_config.json").read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def head_dim_of(config: PretrainedConfig) -> int:
@@ -87,6 +115,7 @@ def load_model(
     int4_kernel = choose_int4_kernel(int4_kernel, device)
     path = resolve_checkpoint_dir(source, revision)
     config_json = read_config_json(path)
+    check_model_type(config_json.get("model_type"))  # before the quantization settings or any weight
     quant = read_quant_config(path, config_json)
     config = read_model_config(path)
     store = TensorStore(safetensors_shards(path))

@@ -52,3 +52,27 @@ def test_entries_after_a_rows_position_do_not_count():
 
     torch.testing.assert_close(after, before)
     assert torch.isfinite(after).all()
+
+
+@pytest.mark.parametrize("window", [256, 300])
+def test_a_sliding_window_keeps_only_each_rows_last_entries(window):
+    """Mistral: a row at position p sees entries p - sliding + 1 .. p (transformers' sliding_window_overlay),
+    whole chunks before them included in the skipping."""
+    gen = torch.Generator().manual_seed(32)
+    q_heads, kv_heads, dim, max_len, sliding = 4, 2, 16, 300, 40
+    keys = torch.randn(4, kv_heads, max_len, dim, generator=gen)
+    values = torch.randn(4, kv_heads, max_len, dim, generator=gen)
+    q = torch.randn(4, q_heads, dim, generator=gen)
+    positions = torch.tensor([0, 30, 150, 255])  # inside the window; at its edge; across a chunk; chunk 0 unseen
+
+    got = decode_attention(q, keys, values, positions, window, 0.25, sliding_window=sliding)
+
+    rows = []
+    for b, position in enumerate(positions.tolist()):
+        first = max(0, position - sliding + 1)
+        k, v = keys[b, :, first : position + 1], values[b, :, first : position + 1]
+        rows.append(F.scaled_dot_product_attention(q[b : b + 1, :, None], k[None], v[None], scale=0.25,
+                                                   enable_gqa=True)[0, :, 0])
+    want = torch.stack(rows).reshape(len(rows), -1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, reference(q, keys, values, positions, 0.25))  # the window changed rows 2 and 3

@@ -106,3 +106,39 @@ def test_rotary_into_cache_rotates_q_and_k_and_writes_each_row_at_its_own_positi
     torch.testing.assert_close(caches[0].values, caches[1].values, **tolerance(dtype))
     assert not torch.equal(caches[0].keys[1, 1, :, 5], before[1, 1, :, 5])  # layer 1, slot 1 (first_row), position 5
     assert torch.equal(caches[0].keys[1, 1, :, 5 + length:], before[1, 1, :, 5 + length:])  # after its last: untouched
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("split", [1, 2])
+def test_qwen3_q_k_norms_come_before_the_rotary_kernel(dtype, split):
+    """Qwen3: q and k heads each through their RMSNorm over head_dim before the rotary. On the GPU ``normed_qk``
+    (the model's own norm modules, plain PyTorch) hands the rotary kernel one split in the model dtype; here the
+    kernel's result is compared with the CPU path and with transformers' Qwen3 math written out."""
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm, apply_rotary_pos_emb
+
+    q_heads, kv_heads, dim, batch, length = 4, 2, 16, 2, 5
+    norms = [Qwen3RMSNorm(dim, eps=1e-6).to(dtype) for _ in range(2)]
+    for norm in norms:
+        norm.weight.data.copy_(1 + 0.3 * randn(dim, dtype=dtype))
+    partials = randn(split, batch * length, (q_heads + 2 * kv_heads) * dim, dtype=torch.float32 if split > 1 else dtype)
+    angles = randn(batch, length, dim // 2)
+    cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(dtype) for f in (torch.cos, torch.sin))
+    positions = torch.stack([torch.arange(3, 3 + length), torch.arange(length)])
+    caches = [KVCache(1, 2, kv_heads, 16, dim, "cpu", dtype) for _ in range(2)]
+
+    normed = layer_ops.normed_qk(partials, norms[0], norms[1], q_heads, kv_heads, dim, dtype)
+    q = layer_kernels.rotary_into_cache(normed, cos.reshape(-1, dim), sin.reshape(-1, dim), positions.reshape(-1),
+                                        caches[0].keys[0], caches[0].values[0], 0, length, q_heads, kv_heads, dtype)
+    cpu_q = layer_ops.rotary_into_cache(partials, cos, sin, positions, caches[1], 0, 0, q_heads, kv_heads, dtype,
+                                        norms[0], norms[1])
+
+    qkv = layer_ops.summed(partials, dtype).view(batch, length, -1, dim).transpose(1, 2)  # [B, heads, T, D]
+    want_q, want_k = apply_rotary_pos_emb(norms[0](qkv[:, :q_heads]), norms[1](qkv[:, q_heads : q_heads + kv_heads]),
+                                          cos, sin)
+    got_q = q.view(batch, length, q_heads, dim).transpose(1, 2)
+    torch.testing.assert_close(got_q, want_q, **tolerance(dtype))
+    torch.testing.assert_close(cpu_q, want_q, **tolerance(dtype))
+    for cache in caches:
+        for b in range(batch):
+            written = cache.keys[0, b][:, positions[b]]  # [kv_heads, T, D]
+            torch.testing.assert_close(written, want_k[b], **tolerance(dtype))
