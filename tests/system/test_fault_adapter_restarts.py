@@ -120,7 +120,8 @@ def test_slack_answer_arrives_once_though_the_adapter_is_killed_mid_answer(slack
 def test_slack_question_asked_while_the_adapter_is_down_is_answered_once_it_is_back(slack_fake, settings, redis,
                                                                                     finals, slack_adapter):
     slack = SlackSide(slack_fake, redis, RedisKeys.for_settings(settings))
-    assert not slack_fake.connected()
+    # the previous test's adapter was killed at its teardown; the fake notices the closed socket soon after
+    slack_fake.wait_for(lambda: not slack_fake.connected(), timeout=30)
     asked_at = time.time()
     job_id = slack.ask()
     channel, ts = slack.threads[job_id]

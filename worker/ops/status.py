@@ -48,19 +48,21 @@ def loading_announced(redis: Redis, keys: RedisKeys, process_name: str,
     clients waiting for an answer show "the worker is loading the model" instead of "no worker is running"."""
     done = threading.Event()
 
-    def renew() -> None:
-        while True:
-            try:
-                now = time.time()
-                pipe = redis.pipeline()
-                pipe.zremrangebyscore(keys.workers_loading(), "-inf", now)  # claims of workers killed while loading
-                pipe.zadd(keys.workers_loading(), {process_name: now + claim_s})
-                pipe.execute()
-            except Exception:  # Redis away: the claim lapses, which only changes what a waiting client shows
-                log.warning("could not say that the model is loading", exc_info=True)
-            if done.wait(claim_s / 3):
-                return
+    def claim() -> None:
+        try:
+            now = time.time()
+            pipe = redis.pipeline()
+            pipe.zremrangebyscore(keys.workers_loading(), "-inf", now)  # claims of workers killed while loading
+            pipe.zadd(keys.workers_loading(), {process_name: now + claim_s})
+            pipe.execute()
+        except Exception:  # Redis away: the claim lapses, which only changes what a waiting client shows
+            log.warning("could not say that the model is loading", exc_info=True)
 
+    def renew() -> None:
+        while not done.wait(claim_s / 3):
+            claim()
+
+    claim()  # in place before the block starts, not whenever the thread first runs
     thread = threading.Thread(target=renew, name="xwinbot-loading", daemon=True)
     thread.start()
     try:

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
 
+from tests.helpers.awq_writer import write_awq_checkpoint
+from tests.helpers.compressed_tensors_writer import write_compressed_tensors_checkpoint
 from tests.helpers.gptq_writer import write_gptq_checkpoint
 from worker.errors import UnsupportedCheckpoint
 from worker.inference.engine import Engine
@@ -72,8 +74,21 @@ def write_gptq(directory: Path, config: PretrainedConfig) -> Written:
     return Written(ckpt.path, ckpt.model)
 
 
+def write_awq(directory: Path, config: PretrainedConfig) -> Written:
+    ckpt = write_awq_checkpoint(directory, config=config, group_size=32, seed=7)
+    return Written(ckpt.path, ckpt.model)
+
+
+def write_compressed_tensors(directory: Path, config: PretrainedConfig) -> Written:
+    ckpt = write_compressed_tensors_checkpoint(directory, config=config, strategy="group", group_size=32, sym=False,
+                                               seed=7)
+    return Written(ckpt.path, ckpt.model)
+
+
 # format -> writer(directory, config): a checkpoint in that format plus the float reference it should load as.
-CHECKPOINT_WRITERS: dict[str, Callable[[Path, PretrainedConfig], Written]] = {"gptq": write_gptq}
+CHECKPOINT_WRITERS: dict[str, Callable[[Path, PretrainedConfig], Written]] = {
+    "gptq": write_gptq, "awq": write_awq, "compressed-tensors": write_compressed_tensors,
+}
 
 CASES = [(arch, fmt) for arch in architectures() for fmt in CHECKPOINT_WRITERS]
 
