@@ -5,7 +5,7 @@ rotary kernel), the decode attention kernel (sliding window, GQA) and CUDA graph
 bf16 cannot match transformers' fp32 model to the last bit, so the check is teacher-forced: our logits at every
 prefill and decode position (fed transformers' own greedy tokens) stay within ``BF16_REL_TOL`` of the reference's
 max |logit|, and where the reference's best token leads its second by more than ``CLEAR_MARGIN`` of that, ours is
-the same token. Then the captured-graph runtime's own greedy answer is compared token by token.
+the same token. Then the captured-graph runtime's greedy answers are compared with the same steps run eagerly.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU c
 
 BF16_REL_TOL = 0.03  # bf16 activations and int4 kernels against fp32: a few parts in a hundred of max |logit|
 CLEAR_MARGIN = 0.05  # a best token this far ahead of the second must be ours too
-MIN_GREEDY_AGREEMENT = 0.8  # free-running bf16 greedy may part ways after a near tie; most of it must agree
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +78,18 @@ def test_teacher_forced_logits_on_the_gpu_kernels(gpu_case, arch, fmt):
 
 
 @pytest.mark.parametrize("arch,fmt", CASES)
-def test_cuda_graph_greedy_answers_follow_transformers(gpu_case, arch, fmt):
-    reference, loaded = gpu_case(arch, fmt)
-    runtime = LlamaRuntime(loaded.model, 128, cuda_graphs=True)
-    runtime.windows = attention_windows(128, smallest=16)  # decoding crosses windows, as on the CPU
-    runtime.warm_up()
-    greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
-    for prompt in prompts(2).tolist():
-        got = list(runtime.generate(prompt, NEW_TOKENS, greedy, stop_ids={2}))
-        want = reference_greedy(reference.cpu(), prompt, NEW_TOKENS)
-        reference.cuda()
-        same = sum(a == b for a, b in zip(got, want)) / max(len(want), 1)
-        print(f"{arch}/{fmt}: greedy agreement {same:.2f} over {len(want)} tokens")
-        assert same >= MIN_GREEDY_AGREEMENT, f"{arch}/{fmt}: greedy answer agrees on only {same:.0%}"
+def test_cuda_graphs_give_the_eager_steps_tokens(gpu_case, arch, fmt):
+    """Free-running greedy answers of random tiny models hit near ties within a few tokens, where bf16 and fp32
+    part ways (the test above checks every position against transformers); replaying captured graphs must give
+    exactly the tokens of the same steps run eagerly."""
+    _, loaded = gpu_case(arch, fmt)
+    greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], "cuda")
+    answers = {}
+    for graphs in (False, True):
+        runtime = LlamaRuntime(loaded.model, 128, cuda_graphs=graphs)
+        runtime.windows = attention_windows(128, smallest=16)  # decoding crosses windows, as on the CPU
+        runtime.warm_up()
+        answers[graphs] = [list(runtime.generate(prompt, NEW_TOKENS, greedy)) for prompt in prompts(2).tolist()]
+        del runtime
+    assert answers[True] == answers[False], f"{arch}/{fmt}: graph replay differs from eager steps"
+    assert all(len(answer) == NEW_TOKENS for answer in answers[True])
