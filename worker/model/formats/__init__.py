@@ -19,19 +19,20 @@ from torch import nn
 
 from worker.errors import CheckpointError, UnsupportedCheckpoint
 from worker.model.checkpoint import TensorStore
+from worker.model.formats import awq, compressed_tensors, gptq
 from worker.model.gptq_layout import GPTQTensors
 from worker.model.quant_config import QuantConfig
 
 EXPANDED_GROUP_SIZES = (128, 256, 64, 32)  # for a single group over all inputs: the first that divides K
 
 
-def _reader(quant: QuantConfig):
-    from worker.model.formats import awq, compressed_tensors, gptq
+READERS = {"gptq": gptq, "awq": awq, "compressed-tensors": compressed_tensors}  # quant_method -> its reader
 
-    readers = {"gptq": gptq, "awq": awq, "compressed-tensors": compressed_tensors}
-    if quant.method not in readers:
+
+def _reader(quant: QuantConfig):
+    if quant.method not in READERS:
         raise UnsupportedCheckpoint(f"no reader for quant_method {quant.method!r}")
-    return readers[quant.method]
+    return READERS[quant.method]
 
 
 def quantized_prefixes(store: TensorStore, quant: QuantConfig) -> list[str]:
@@ -60,26 +61,3 @@ def expand_single_group(t: GPTQTensors, in_features: int) -> GPTQTensors:
     n = in_features // group
     g_idx = torch.arange(in_features, dtype=torch.int32) // group
     return GPTQTensors(t.qweight, t.qzeros.repeat(n, 1), t.scales.repeat(n, 1), g_idx, t.bias)
-
-
-def check_shapes(prefix: str, tensors: dict[str, torch.Tensor], expected: dict[str, tuple],
-                 what: str) -> None:
-    for name, shape in expected.items():
-        actual = tuple(tensors[name].shape)
-        if actual != tuple(shape):
-            raise CheckpointError(f"tensor {prefix}.{name} has shape {actual}, expected {tuple(shape)} for {what}")
-
-
-def check_g_idx(prefix: str, g_idx: torch.Tensor, n_groups: int, name: str = "g_idx") -> None:
-    if int(g_idx.max()) >= n_groups or int(g_idx.min()) < 0:
-        raise CheckpointError(f"tensor {prefix}.{name} names groups outside 0..{n_groups - 1}")
-
-
-def reverse_columns(values: torch.Tensor, order: list[int]) -> torch.Tensor:
-    """Columns stored in blocks of len(order) with stored column i of a block being true column order[i]:
-    the columns in their true order."""
-    per = len(order)
-    inverse = [order.index(j) for j in range(per)]
-    cols = values.shape[1]
-    index = (torch.arange(cols).view(-1, per) // per * per + torch.tensor(inverse)).reshape(-1)
-    return values[:, index]

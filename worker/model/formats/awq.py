@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from worker.model.checkpoint import TensorStore
-from worker.model.formats import check_shapes, reverse_columns
+from worker.model.formats.common import check_shapes, reverse_columns
 from worker.model.gptq_layout import GPTQTensors, pack_columns, pack_rows, unpack_columns
 from worker.model.quant_config import QuantConfig
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from worker.errors import CheckpointError
 from worker.model.checkpoint import TensorStore
-from worker.model.formats import check_g_idx, check_shapes
+from worker.model.formats.common import check_g_idx, check_shapes
 from worker.model.gptq_layout import GPTQTensors, pack_columns, pack_rows, unpack_columns, unpack_rows
 from worker.model.quant_config import QuantConfig
 
