@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="run Redis (if none answers), the worker and the adapters on this machine")
-    commands.add_parser("worker", help="run one worker process on the queue at XWINBOT_REDIS_URL")
+    worker = commands.add_parser("worker", help="run one worker process on the queue at XWINBOT_REDIS_URL")
+    worker.add_argument("--gpus", metavar="all|N|0,2,3",
+                        help="one worker process per GPU (all, the first N, or these indices), each seeing only "
+                             "its own GPU; /metrics on XWINBOT_METRICS_PORT + 0, 1, …")
     ask = commands.add_parser("ask", help="ask one question through the queue and print the streamed answer")
     ask.add_argument("question")
     commands.add_parser("chat", help="an interactive conversation through the queue")
@@ -180,6 +183,14 @@ def run_up(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if args.gpus:
+        import os
+
+        from worker.gpu_workers import CHILD_COMMAND, GpuWorkers, choose_gpus, visible_gpu_count
+
+        devices = choose_gpus(args.gpus, visible_gpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        command = [*CHILD_COMMAND[:3], *(["-v"] if args.verbose else []), *CHILD_COMMAND[3:]]
+        return GpuWorkers(devices, command, metrics_port=settings.metrics_port).run()
     from worker.ops.preflight import check
     from worker.serve import WorkerProcess, run_until_stopped
 

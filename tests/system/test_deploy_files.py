@@ -37,7 +37,7 @@ REGENERATE = ".venv/bin/python -m tests.system.test_deploy_files --write-env-exa
 
 # pyproject.toml dependencies only the worker needs (the model side); the adapter image leaves them out.
 MODEL_DEPS = {"torch", "transformers", "accelerate", "safetensors", "huggingface-hub", "tokenizers", "gguf"}
-ALL_PROFILES = ("slack", "discord", "rq-dashboard")
+ALL_PROFILES = ("slack", "discord", "rq-dashboard", "gpu1")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ ENV_FOOTER = """\
 # Hugging Face token, for private or gated models (huggingface_hub reads it in the worker).
 # HF_TOKEN=
 
-# Compose profiles a plain `docker compose up` starts too, comma-separated: slack, discord, rq-dashboard.
+# Compose profiles a plain `docker compose up` starts too, comma-separated: slack, discord, rq-dashboard, gpu1.
 # COMPOSE_PROFILES=
 """
 
@@ -245,7 +245,9 @@ def test_compose_profiles_choose_the_services():
     assert started("slack") == {"redis", "worker", "slack"}
     assert started("discord") == {"redis", "worker", "discord"}
     assert started("rq-dashboard") == {"redis", "worker", "rq-dashboard"}
-    assert started(*ALL_PROFILES) == set(services) == {"redis", "worker", *ALL_PROFILES}
+    assert started("gpu1") == {"redis", "worker", "worker-gpu1"}
+    assert started(*ALL_PROFILES) == set(services) == {"redis", "worker", "worker-gpu1", "slack", "discord",
+                                                       "rq-dashboard"}
 
 
 def test_compose_reads_the_env_file_it_is_given(tmp_path):
@@ -307,7 +309,8 @@ def test_worker_gets_the_gpu_and_keeps_the_model(compose):
     assert worker["command"] == ["xwinbot", "worker"]
     assert "profiles" not in worker
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # pinned by id: `count: 1` and `--scale` would let Docker hand two replicas the same GPU
+    assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
     env = _environment(worker)
     assert env["XWINBOT_REDIS_URL"] == "redis://redis:6379/0"
     assert env["XWINBOT_DEVICE"] == "${XWINBOT_DEVICE:-cuda}", "no GPU must stop the worker, not fall back to CPU"
@@ -319,6 +322,24 @@ def test_worker_gets_the_gpu_and_keeps_the_model(compose):
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert ".env" in worker["env_file"]
     assert worker["build"]["dockerfile"] == "docker/worker.Dockerfile"
+
+
+def test_each_worker_service_has_its_own_gpu(compose):
+    """worker-gpu1 is the worker on GPU 1 (same image, command, settings, cache and health check), in its
+    profile; no two worker services reserve the same GPU or a GPU by count."""
+    services = compose["services"]
+    worker, second = services["worker"], services["worker-gpu1"]
+    assert second["profiles"] == ["gpu1"]
+    for key in ("image", "build", "command", "environment", "volumes", "healthcheck", "restart", "env_file",
+                "depends_on", "stop_grace_period"):
+        assert second[key] == worker[key], key
+    assert second["ports"] == ["127.0.0.1:9410:9400"]
+    reserved = [device for service in services.values()
+                for device in service.get("deploy", {}).get("resources", {}).get("reservations", {})
+                .get("devices", [])]
+    assert all("count" not in device for device in reserved)
+    ids = [gpu for device in reserved for gpu in device["device_ids"]]
+    assert sorted(ids) == ["0", "1"]
 
 
 @pytest.mark.parametrize("name, port", [("slack", 9401), ("discord", 9402)])
@@ -353,9 +374,14 @@ def test_rq_dashboard_is_optional(compose):
 
 
 def test_metrics_ports_differ(compose):
-    ports = [_environment(service)["XWINBOT_METRICS_PORT"] for service in compose["services"].values()
-             if "XWINBOT_METRICS_PORT" in _environment(service)]
-    assert len(ports) == 3 and len(set(ports)) == 3
+    """Within a container each process has its port; on the host no two services publish the same one."""
+    ports = {name: _environment(service)["XWINBOT_METRICS_PORT"] for name, service in compose["services"].items()
+             if "XWINBOT_METRICS_PORT" in _environment(service)}
+    assert ports["worker"] == ports["worker-gpu1"] == "9400"
+    assert len({ports["worker"], ports["slack"], ports["discord"]}) == 3
+    published = [str(port).rsplit(":", 1)[0] for service in compose["services"].values()
+                 for port in service.get("ports", [])]
+    assert len(published) == len(set(published)), published
 
 
 # ---------------------------------------------------------------------------------------------------------------
