@@ -37,7 +37,7 @@ REGENERATE = ".venv/bin/python -m tests.system.test_deploy_files --write-env-exa
 
 # pyproject.toml dependencies only the worker needs (the model side); the adapter image leaves them out.
 MODEL_DEPS = {"torch", "transformers", "accelerate", "safetensors", "huggingface-hub", "tokenizers", "gguf"}
-ALL_PROFILES = ("slack", "discord", "rq-dashboard")
+ALL_PROFILES = ("slack", "discord", "rq-dashboard", "api")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,6 +245,7 @@ def test_compose_profiles_choose_the_services():
     assert started("slack") == {"redis", "worker", "slack"}
     assert started("discord") == {"redis", "worker", "discord"}
     assert started("rq-dashboard") == {"redis", "worker", "rq-dashboard"}
+    assert started("api") == {"redis", "worker", "api"}
     assert started(*ALL_PROFILES) == set(services) == {"redis", "worker", *ALL_PROFILES}
 
 
