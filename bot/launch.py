@@ -43,6 +43,11 @@ def start_adapters(settings: Settings) -> RunningAdapters:
         if settings.discord_token:
             running.stoppers.append(start_discord(settings))
             running.names.append("Discord")
+        if settings.api_keys:
+            from bot.api.app import start_in_thread
+
+            running.stoppers.append(start_in_thread(settings))
+            running.names.append(f"HTTP API (http://{settings.api_host}:{settings.api_port}/v1)")
     except Exception:
         running.stop()
         raise

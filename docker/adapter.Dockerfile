@@ -27,14 +27,16 @@ RUN pip install \
       "requests>=2.31" \
       "prometheus-client>=0.20" \
       "pypdf>=5" \
-      "pyyaml>=6"
+      "pyyaml>=6" \
+      "starlette>=0.40" \
+      "uvicorn>=0.30"
 
 # 2. xwinbot itself, without its model-side dependencies.
 COPY pyproject.toml README.md ./
 COPY worker ./worker
 COPY bot ./bot
 RUN pip install --no-deps . \
- && python -c "import bot.slack.app, bot.discord.client" \
+ && python -c "import bot.slack.app, bot.discord.client, bot.api.app" \
  && ! python -c "import torch" 2>/dev/null \
  && xwinbot --help >/dev/null
 
@@ -42,6 +44,6 @@ RUN useradd --create-home --uid 10001 xwinbot
 USER xwinbot
 
 # /metrics and /healthz (XWINBOT_METRICS_PORT: 9401 for Slack, 9402 for Discord in docker-compose.yml);
-# the Slack HTTP-mode endpoint (XWINBOT_SLACK_HTTP_PORT).
-EXPOSE 9401 9402 3000
+# the Slack HTTP-mode endpoint (XWINBOT_SLACK_HTTP_PORT); the HTTP API (XWINBOT_API_PORT).
+EXPOSE 9401 9402 3000 8000
 CMD ["xwinbot", "--help"]

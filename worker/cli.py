@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("chat", help="an interactive conversation through the queue")
     commands.add_parser("slack", help="run the Slack adapter (Socket Mode, or HTTP with XWINBOT_SLACK_MODE=http)")
     commands.add_parser("discord", help="run the Discord adapter (XWINBOT_DISCORD_TOKEN)")
+    commands.add_parser("api", help="serve the OpenAI-compatible HTTP API (XWINBOT_API_KEYS, XWINBOT_API_PORT)")
     commands.add_parser("status", help="queue, workers, running and failed jobs at a glance")
     requeue = commands.add_parser("requeue-failed", help="put failed jobs back on the queue")
     requeue.add_argument("job_ids", nargs="*", help="only these (default: every failed job)")
@@ -217,6 +218,15 @@ def run_discord(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def run_api(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.api.app import run
+    from worker.ops.preflight import check
+
+    check(settings, "api")
+    run(settings)
+    return 0
+
+
 def run_discord_invite(args: argparse.Namespace, settings: Settings) -> int:
     from bot.discord.client import application_id_from_token, invite_url
 
@@ -240,11 +250,11 @@ def run_demo_model(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"up": run_up, "worker": run_worker, "ask": run_ask, "chat": run_chat, "generate": run_generate,
-            "slack": run_slack, "discord": run_discord, "status": run_status, "requeue-failed": run_requeue_failed,
-            "discord-invite": run_discord_invite, "demo-model": run_demo_model}
+            "slack": run_slack, "discord": run_discord, "api": run_api, "status": run_status,
+            "requeue-failed": run_requeue_failed, "discord-invite": run_discord_invite, "demo-model": run_demo_model}
 
 
-SERVICES = {"up", "worker", "slack", "discord"}
+SERVICES = {"up", "worker", "slack", "discord", "api"}
 USAGE_ERROR = 2  # argparse's exit code for a bad command line; a question with nothing to ask is one too
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 

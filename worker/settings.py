@@ -195,6 +195,16 @@ class Settings(BaseSettings):
         DEFAULT_HISTORY_MESSAGES, ge=1, le=1000, description="Most thread/DM messages read as context."
     )
 
+    # The OpenAI-compatible HTTP API (see README "Use it from your tools").
+    api_keys: SecretStr | None = Field(
+        None, description="Bearer keys of `xwinbot api`, comma-separated name:key pairs (e.g. ci:sk-…,alice:sk-…); "
+        "the name is the requester (per-key caps). Set: `xwinbot up` serves the API too.",
+    )
+    api_host: str = Field(
+        "127.0.0.1", description="Interface `xwinbot api` listens on (0.0.0.0 in its container).",
+    )
+    api_port: int = Field(8000, ge=1, le=65535, description="Port of `xwinbot api` (/v1/chat/completions).")
+
     @field_validator("slack_allowed_channels", "slack_allowed_users", "discord_allowed_guilds",
                      "discord_allowed_channels", "discord_allowed_roles", "discord_allowed_users", mode="before")
     @classmethod
@@ -203,3 +213,20 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_are_named(cls, value: SecretStr | None) -> SecretStr | None:
+        """name:key pairs with distinct names; the message never repeats a key."""
+        if value is None or not value.get_secret_value().strip():
+            return None
+        names = []
+        for pair in value.get_secret_value().split(","):
+            name, _, key = pair.strip().partition(":")
+            if not name.strip() or not key.strip():
+                raise ValueError(f"expected comma-separated name:key pairs; pair {len(names) + 1} has no "
+                                 f"{'name' if not name.strip() else 'key'}")
+            names.append(name.strip())
+        if len(set(names)) != len(names):
+            raise ValueError("each key needs a name of its own (the names repeat)")
+        return value

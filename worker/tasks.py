@@ -141,6 +141,7 @@ def answer(context: WorkerContext, job: Job) -> dict:
     return {
         "status": "cancelled" if cancelled else "answered",
         "tokens": getattr(stream, "tokens", None),
+        "prompt_tokens": getattr(stream, "prompt_tokens", None),
         "first_token_at": unix_time(getattr(stream, "first_token_at", None)),
     }
 

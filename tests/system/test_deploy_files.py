@@ -37,7 +37,7 @@ REGENERATE = ".venv/bin/python -m tests.system.test_deploy_files --write-env-exa
 
 # pyproject.toml dependencies only the worker needs (the model side); the adapter image leaves them out.
 MODEL_DEPS = {"torch", "transformers", "accelerate", "safetensors", "huggingface-hub", "tokenizers", "gguf"}
-ALL_PROFILES = ("slack", "discord", "rq-dashboard", "gpu1")
+ALL_PROFILES = ("slack", "discord", "rq-dashboard", "gpu1", "api")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,8 +246,9 @@ def test_compose_profiles_choose_the_services():
     assert started("discord") == {"redis", "worker", "discord"}
     assert started("rq-dashboard") == {"redis", "worker", "rq-dashboard"}
     assert started("gpu1") == {"redis", "worker", "worker-gpu1"}
+    assert started("api") == {"redis", "worker", "api"}
     assert started(*ALL_PROFILES) == set(services) == {"redis", "worker", "worker-gpu1", "slack", "discord",
-                                                       "rq-dashboard"}
+                                                       "rq-dashboard", "api"}
 
 
 def test_compose_reads_the_env_file_it_is_given(tmp_path):

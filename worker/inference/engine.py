@@ -78,6 +78,7 @@ class AnswerStream:
         self._reader_waiting = False  # a reader waits for the next piece (a resting one is not woken by pieces)
         self.text = ""  # everything delivered so far
         self.tokens = 0  # answer tokens generated so far
+        self.prompt_tokens: int | None = None  # tokens of the prompt the answer follows (set by Engine.submit)
         self.cancelled = False
         self.finished = False  # no more text will come: answered, failed, or the cancel took effect
         self.error: BaseException | None = None
@@ -220,6 +221,7 @@ class Engine:
         with self._tokenizer_lock:
             answer = self.generator.start_answer(turns, params, system_prompt)
         request = _Request(AnswerStream(), answer, SamplingTensors.of([params], self.runtime.device))
+        request.stream.prompt_tokens = len(answer.prompt_ids)
         with self._cond:
             if self._stopping:
                 raise EngineStopped("engine stopped")

@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 
 from worker.settings import Settings
 
-Role = Literal["worker", "slack", "discord", "up", "client"]  # client: ask, chat, status (Redis only)
+Role = Literal["worker", "slack", "discord", "api", "up", "client"]  # client: ask, chat, status (Redis only)
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -29,6 +29,8 @@ def check(settings: Settings, role: Role, redis_must_answer: bool = True) -> Non
         problems += slack_problems(settings, required=role == "slack")
     if role in ("discord", "up"):
         problems += discord_problems(settings, required=role == "discord")
+    if role == "api" and not settings.api_keys:
+        problems.append("XWINBOT_API_KEYS is not set: give the API comma-separated name:key pairs")
     raise_if_any(problems)
 
 

@@ -13,9 +13,11 @@ from worker.settings import Settings
 
 
 def posters_from_settings(settings: Settings, redis: Redis) -> dict[str, Callable[[], Poster]]:
-    """platform -> a factory making one job's poster. Console always; Slack and Discord when their tokens are set."""
+    """platform -> a factory making one job's poster. Console and the HTTP API (``xwinbot api`` reads the same
+    per-job reply stream as the console) always; Slack and Discord when their tokens are set."""
     keys = RedisKeys.for_settings(settings)
-    posters: dict[str, Callable[[], Poster]] = {"console": lambda: ConsolePoster(redis, keys)}
+    posters: dict[str, Callable[[], Poster]] = {"console": lambda: ConsolePoster(redis, keys),
+                                                "api": lambda: ConsolePoster(redis, keys)}
     if settings.slack_bot_token:
         from worker.posters.slack import SlackPoster, slack_client
 

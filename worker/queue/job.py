@@ -21,7 +21,7 @@ MAX_ATTACHMENTS = 20  # files (and a chosen message) one question may carry
 MAX_NOTE_CHARS = 500
 MAX_SYSTEM_PROMPT_CHARS = 8000
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,100}$"  # RQ's job id rule, with a length bound
-Platform = Literal["slack", "discord", "console"]
+Platform = Literal["slack", "discord", "console", "api"]
 
 
 class JobRejected(ValueError):
