@@ -3,7 +3,8 @@
 Starts a worker (the demo model on CPU unless XWINBOT_MODEL/--device say otherwise) and the API in this process
 on a private queue in the local Redis, then for each prompt: the engine's own TTFT (``Engine.submit`` directly,
 same prompt, nothing else running) and the API's (the `openai` client, streaming, time from sending the request
-to the first content chunk). ``--concurrency`` sends that many requests at once (on a GPU: 32).
+to the first content chunk). ``--concurrency`` sends that many requests at once and reports their total
+tokens/s (on a GPU: 32 streams of ``--max-tokens 128``).
 
     .venv/bin/python -m benchmarks.speed.api_overhead --requests 20
 """
@@ -38,18 +39,24 @@ def engine_ttft(engine, question: str, max_tokens: int) -> float:
 
 
 def api_ttft(client: openai.OpenAI, question: str, max_tokens: int) -> float:
+    return api_stream(client, question, max_tokens)[0]
+
+
+def api_stream(client: openai.OpenAI, question: str, max_tokens: int) -> tuple[float, float, int]:
+    """One streamed request: (seconds to the first content chunk, seconds to the end, completion tokens)."""
     start = time.perf_counter()
+    first, tokens = None, 0
     with client.chat.completions.create(model="xwinbot", messages=[{"role": "user", "content": question}],
-                                        max_tokens=max_tokens, stream=True) as stream:
+                                        max_tokens=max_tokens, stream=True,
+                                        stream_options={"include_usage": True}) as stream:
         for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
+            if first is None and chunk.choices and chunk.choices[0].delta.content:
                 first = time.perf_counter() - start
-                break
-        else:
-            raise RuntimeError("no content streamed")
-        for _ in stream:
-            pass
-    return first
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+    if first is None:
+        raise RuntimeError("no content streamed")
+    return first, time.perf_counter() - start, tokens
 
 
 def main() -> None:
@@ -73,18 +80,24 @@ def main() -> None:
         questions = [PROMPTS[i % len(PROMPTS)] for i in range(args.requests)]
         api_ttft(client, "warm up", args.max_tokens)
         engine = [engine_ttft(worker.engine, q, args.max_tokens) for q in questions]
+        began = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
-            api = list(pool.map(lambda q: api_ttft(client, q, args.max_tokens), questions))
+            streams = list(pool.map(lambda q: api_stream(client, q, args.max_tokens), questions))
+        wall = time.perf_counter() - began
     finally:
         stop_api()
         worker.stop()
         for key in redis.scan_iter(f"{queue_name}*"):
             redis.delete(key)
+    api = [first for first, _, _ in streams]
     overhead = [a - e for a, e in zip(api, engine)]
     report = {"requests": args.requests, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
               "device": args.device, "engine_ttft_median_s": statistics.median(engine),
               "api_ttft_median_s": statistics.median(api), "overhead_median_s": statistics.median(overhead),
-              "overhead_p90_s": sorted(overhead)[int(0.9 * (len(overhead) - 1))]}
+              "overhead_p90_s": sorted(overhead)[int(0.9 * (len(overhead) - 1))],
+              "api_ttft_p95_s": sorted(api)[int(0.95 * (len(api) - 1))],
+              "completion_tokens": sum(tokens for _, _, tokens in streams), "wall_s": wall,
+              "total_tok_s": sum(tokens for _, _, tokens in streams) / wall}
     for name, value in report.items():
         print(f"{name}: {value:.4f}" if isinstance(value, float) else f"{name}: {value}")
     write_result("api_overhead", report)
