@@ -19,3 +19,13 @@ class PromptTooLong(ValueError):
             f"Your message is too long: {prompt_tokens} tokens with the prompt template; the limit is {limit} "
             "tokens. Please shorten it."
         )
+
+
+class BackendUnavailable(RuntimeError):
+    """The external engine (``XWINBOT_BACKEND=openai``) did not answer: a 5xx, a timeout, a dropped connection.
+    The job raises it so RQ retries the job; on the last attempt the user is told instead. Never holds the key."""
+
+
+class BackendRefused(ValueError):
+    """The external engine refused the request for a reason another attempt does not fix (our key, the model
+    name, a request it rejects, still rate-limited after waiting); the message is the reply the user gets."""

@@ -1,4 +1,5 @@
-"""The worker process: the model loaded once, one engine, many RQ job threads feeding it.
+"""The worker process: the model loaded once, one engine, many RQ job threads feeding it (or, with
+XWINBOT_BACKEND=openai, no model: the job threads stream from an external OpenAI-compatible server).
 
     xwinbot worker      # join the queue at XWINBOT_REDIS_URL; start as many as you have GPUs/machines
 """
@@ -12,6 +13,7 @@ import threading
 
 from redis import Redis
 
+from worker.backends import BackendInfo, build_backend, describe
 from worker.ops import metrics
 from worker.ops.health_server import HealthServer, start_health_server
 from worker.ops.status import forget_worker_info, loading_announced, publish_worker_info
@@ -21,7 +23,7 @@ from worker.queue.job_queue import job_queue
 from worker.queue.keys import RedisKeys
 from worker.queue.redis_connection import redis_from_settings
 from worker.queue.rq_workers import ThreadedWorkers, process_name
-from worker.settings import XWIN_MODEL, Settings
+from worker.settings import Settings
 from worker.tasks import WorkerContext, set_context
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ class WorkerProcess:
         self.redis = redis or redis_from_settings(settings)
         self.name = process_name()  # known before the model loads: "loading" and then "ready" under one name
         self.serve_health = serve_health  # False: the process's owner serves /healthz (``xwinbot up``)
-        self.engine = None
+        self.engine = None  # the backend: our Engine, or worker.backends.openai_backend.OpenAIBackend
+        self.info: BackendInfo | None = None
         self.workers: ThreadedWorkers | None = None
         self.announcer: PositionAnnouncer | None = None
         self.health_server: HealthServer | None = None
@@ -58,11 +61,9 @@ class WorkerProcess:
             raise
 
     def _start(self) -> None:
-        from worker.inference.engine import Engine
-        from worker.inference.model_setup import load_generator
-
-        self.engine = Engine(load_generator(self.settings), max_batch=self.settings.max_batch)
-        if self.engine.runtime.device.type == "cuda":
+        self.engine = build_backend(self.settings)
+        self.info = describe(self.engine, self.settings)
+        if self.info.gpu is not None:
             # The engine's thread gives up the GIL at every CUDA call and waits to take it back while the job
             # threads run Python (RQ's bookkeeping, posting): at most this long, instead of CPython's 5 ms.
             sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -72,7 +73,7 @@ class WorkerProcess:
             queue=job_queue(self.settings, self.redis),
             redis=self.redis,
             posters=self.posters or posters_from_settings(self.settings, self.redis),
-            defaults=self.engine.generator.defaults,
+            defaults=self.info.defaults,
             update_interval_s=self.settings.update_interval_s,
             delivery_retry_s=self.settings.delivery_retry_s,
         )
@@ -80,17 +81,18 @@ class WorkerProcess:
         self.announcer = PositionAnnouncer(context.queue, self.redis, context.poster_for,
                                            interval_s=self.settings.position_interval_s)
         self.announcer.start()
-        # One job thread per batch slot, plus a few so a finished answer's posting never idles a slot.
+        # One job thread per batch slot, plus a few so a finished answer's posting never idles a slot. With an
+        # external backend each job thread holds one streaming request: XWINBOT_MAX_BATCH answers at once.
         self.workers = ThreadedWorkers(
             self.redis, self.settings.queue_name, concurrency=self.settings.max_batch + 2, name_prefix=self.name,
             heartbeat_s=self.settings.heartbeat_s, maintenance_interval_s=self.settings.maintenance_interval_s,
         )
         self.workers.start()
-        health = self.health()
-        publish_worker_info(self.redis, context.queue.keys, self.name, model=health["model"],
-                            device=health["device"], max_batch=self.settings.max_batch,
-                            context_tokens=self.engine.generator.context_tokens)
-        log.info("worker ready: %d job threads on queue %r", self.settings.max_batch + 2, self.settings.queue_name)
+        publish_worker_info(self.redis, context.queue.keys, self.name, model=self.info.model,
+                            device=self.info.device, max_batch=self.settings.max_batch,
+                            context_tokens=self.info.context_tokens, backend=self.info.name)
+        log.info("worker ready: %d job threads on queue %r, backend %s (%s on %s)", self.settings.max_batch + 2,
+                 self.settings.queue_name, self.info.name, self.info.model, self.info.device)
 
     def stop(self) -> None:
         """Running answers finish; queued questions stay queued for the next worker."""
@@ -106,22 +108,19 @@ class WorkerProcess:
 
     def health(self) -> dict:
         """The worker's part of /healthz."""
-        engine = self.engine
+        engine, info, settings = self.engine, self.info, self.settings
+        configured = settings.backend_model if settings.backend == "openai" else settings.model
         return {
             "engine_running": bool(engine and engine.running),
-            "model": self.settings.model or (self._default_model(engine) if engine else None),
-            "device": str(engine.runtime.device) if engine else None,
+            "backend": settings.backend,
+            "model": info.model if info else configured,
+            "device": info.device if info else None,
             "jobs_running": metrics.jobs_running(),
         }
 
     def collectors(self) -> list:
         """The worker's collectors for /metrics (the engine's batch, tokens and GPU memory)."""
-        return [metrics.EngineCollector(lambda: self.engine)]
-
-    @staticmethod
-    def _default_model(engine) -> str:
-        """What ``choose_model_source`` picked with no model configured: Xwin on a GPU, else the demo model."""
-        return XWIN_MODEL if engine.runtime.device.type == "cuda" else str(engine.generator.loaded.path)
+        return [metrics.EngineCollector(lambda: self.engine, lambda: self.info.gpu if self.info else None)]
 
     def _stop_health_server(self) -> None:
         if self.health_server:

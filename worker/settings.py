@@ -16,6 +16,7 @@ DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = 40
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_MAX_BATCH = 8
+DEFAULT_BACKEND_TIMEOUT_S = 60.0
 DEFAULT_QUEUE_NAME = "xwinbot"  # also the prefix of every Redis key (worker.queue.keys)
 DEFAULT_PER_USER_JOBS = 3
 DEFAULT_QUEUED_JOBS = 200
@@ -61,6 +62,28 @@ class Settings(BaseSettings):
         "conversation length in the same budget), slightly less exact attention.",
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
+    # An external engine instead of our own (see README "An external engine as the backend").
+    backend: Literal["own", "openai"] = Field(
+        "own", description="own: load the model and generate on this machine; openai: stream answers from an "
+        "OpenAI-compatible server (vLLM, llama.cpp, another xwinbot's api) at XWINBOT_BACKEND_URL, no model loaded.",
+    )
+    backend_url: str | None = Field(
+        None, description="The openai backend's base URL, /v1 included, e.g. http://vllm:8000/v1.",
+    )
+    backend_key: SecretStr | None = Field(
+        None, description="Bearer key of the openai backend (vLLM's --api-key); unset: the placeholder EMPTY is sent.",
+    )
+    backend_model: str | None = Field(
+        None, description="The model the openai backend serves, as its /v1/models names it.",
+    )
+    backend_timeout_s: float = Field(
+        DEFAULT_BACKEND_TIMEOUT_S, gt=0, description="How long the openai backend may stay silent (connecting, "
+        "before the first token, between tokens) before the attempt fails and the job is retried.",
+    )
+    backend_top_k: bool = Field(
+        False, description="Send top_k to the openai backend too (an extra parameter vLLM accepts; OpenAI's own "
+        "API refuses it).",
+    )
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis for the job queue; `xwinbot up` starts a local one (AOF on) if none answers here.",
@@ -77,7 +100,8 @@ class Settings(BaseSettings):
         "~/.local/share/xwinbot", description="Where `xwinbot up` keeps a local Redis's append-only file."
     )
     max_batch: int = Field(
-        DEFAULT_MAX_BATCH, ge=1, le=64, description="Answers generated together (continuous batching slots) per worker."
+        DEFAULT_MAX_BATCH, ge=1, le=64, description="Answers generated together (continuous batching slots) per "
+        "worker; with XWINBOT_BACKEND=openai, answers streamed from the server at once.",
     )
     per_user_jobs: int = Field(
         DEFAULT_PER_USER_JOBS, ge=1, description="Questions one person may have queued or running at once."

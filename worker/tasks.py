@@ -18,7 +18,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from worker.errors import PromptTooLong
+from worker.errors import BackendUnavailable, PromptTooLong
 from worker.inference.sampling import GenerationParams
 from worker.job_context import params_for, reply_footer, submit_fitting
 from worker.logs import job_context
@@ -110,11 +110,13 @@ def answer(context: WorkerContext, job: Job) -> dict:
     try:
         params = params_for(job, context.defaults)
         stream, notes = submit_fitting(lambda turns: context.engine.submit(turns, params, job.system_prompt), job)
-    except (PromptTooLong, ValueError) as err:
+    except (PromptTooLong, ValueError) as err:  # BackendRefused too: its message is the reply
         reason = str(err)
         context.deliver(lambda: poster.fail(job, reason), what="error reply")
         context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
         return {"status": "refused", "reason": reason}
+    except BackendUnavailable as err:
+        return unavailable(context, job, poster, err)
     reply = StreamingReply(poster, job, context.update_interval_s, retry_window_s=context.delivery_retry_s)
     cancelled, last_poll = False, 0.0
     try:
@@ -127,6 +129,8 @@ def answer(context: WorkerContext, job: Job) -> dict:
                 if cancel_requested(context, job):
                     stream.cancel()
                     cancelled = True
+    except BackendUnavailable as err:  # the external server failed mid-answer: RQ runs the job again
+        return unavailable(context, job, poster, err)
     except Exception as err:  # the engine failed this one request: say so in the thread, once
         log.exception("job %s failed while generating", job.job_id)
         notice = f"Sorry, generating the answer failed ({type(err).__name__})."
@@ -144,6 +148,19 @@ def answer(context: WorkerContext, job: Job) -> dict:
         "prompt_tokens": getattr(stream, "prompt_tokens", None),
         "first_token_at": unix_time(getattr(stream, "first_token_at", None)),
     }
+
+
+def unavailable(context: WorkerContext, job: Job, poster: Poster, err: BackendUnavailable) -> dict:
+    """The external backend did not answer: raise, so RQ runs the job again (its reply starts over), while the
+    job's Retry has attempts left; on the last attempt tell the user, without a traceback."""
+    if will_be_retried():
+        log.warning("job %s: %s; the job will be retried", job.job_id, err)
+        raise err
+    log.warning("job %s: %s; no retries left", job.job_id, err)
+    notice = f"Sorry, {err}. Please ask again in a little while."
+    context.deliver(lambda: poster.fail(job, notice), what="error reply")
+    context.redis.set(context.queue.keys.delivered(job.job_id), 1, ex=DELIVERED_TTL_S)
+    return {"status": "failed", "reason": str(err)}
 
 
 def cancel_requested(context: WorkerContext, job: Job) -> bool:

@@ -36,7 +36,8 @@ ADAPTER_DOCKERFILE = ROOT / "docker" / "adapter.Dockerfile"
 REGENERATE = ".venv/bin/python -m tests.system.test_deploy_files --write-env-example"
 
 # pyproject.toml dependencies only the worker needs (the model side); the adapter image leaves them out.
-MODEL_DEPS = {"torch", "transformers", "accelerate", "safetensors", "huggingface-hub", "tokenizers", "gguf"}
+MODEL_DEPS = {"torch", "transformers", "accelerate", "safetensors", "huggingface-hub", "tokenizers", "gguf",
+              "openai"}  # openai: the worker's client of an external backend (XWINBOT_BACKEND=openai)
 ALL_PROFILES = ("slack", "discord", "rq-dashboard", "gpu1", "api")
 
 

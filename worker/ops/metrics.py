@@ -78,8 +78,9 @@ class QueueCollector:
 class EngineCollector:
     """The engine's batch, waiting requests, tokens and GPU memory, read at every scrape (nothing before it runs)."""
 
-    def __init__(self, engine_of: Callable[[], object]):
+    def __init__(self, engine_of: Callable[[], object], gpu_of: Callable[[], object] | None = None):
         self.engine_of = engine_of
+        self.gpu_of = gpu_of or (lambda: None)  # the torch.device to report memory of (None: no GPU of ours)
 
     def collect(self):
         engine = self.engine_of()
@@ -91,8 +92,8 @@ class EngineCollector:
         yield _gauge("xwinbot_batch_slots", "Conversations the engine can batch (XWINBOT_MAX_BATCH)", engine.max_batch)
         yield _gauge("xwinbot_engine_waiting", "Requests waiting in the engine for a batch slot", stats.waiting)
         yield CounterMetricFamily("xwinbot_tokens_generated", "Tokens the engine generated", stats.tokens_generated)
-        device = engine.runtime.device
-        if device.type == "cuda":
+        device = self.gpu_of()
+        if device is not None and device.type == "cuda":
             import torch
 
             yield _gauge("xwinbot_gpu_memory_allocated_bytes", "GPU memory held by tensors now",

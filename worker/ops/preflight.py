@@ -24,7 +24,7 @@ def check(settings: Settings, role: Role, redis_must_answer: bool = True) -> Non
     if redis_must_answer:
         problems += _redis(settings)
     if role in ("worker", "up"):
-        problems += _model(settings) + _device(settings)
+        problems += backend_problems(settings) if settings.backend == "openai" else _model(settings) + _device(settings)
     if role in ("slack", "up"):
         problems += slack_problems(settings, required=role == "slack")
     if role in ("discord", "up"):
@@ -45,6 +45,21 @@ def _redis(settings: Settings) -> list[str]:
     except (RedisError, ValueError) as err:
         return [f"cannot reach Redis at XWINBOT_REDIS_URL={settings.redis_url} ({err})"]
     return []
+
+
+def backend_problems(settings: Settings) -> list[str]:
+    """XWINBOT_BACKEND=openai: no model is loaded here, the external server's URL and model name are needed."""
+    problems = []
+    url = settings.backend_url
+    if not url:
+        problems.append("XWINBOT_BACKEND=openai needs XWINBOT_BACKEND_URL, the server's base URL with /v1 "
+                        "(e.g. http://vllm:8000/v1)")
+    elif not url.startswith(("http://", "https://")):
+        problems.append(f"XWINBOT_BACKEND_URL={url}: not an http:// or https:// URL")
+    if not settings.backend_model:
+        problems.append("XWINBOT_BACKEND=openai needs XWINBOT_BACKEND_MODEL, the model name the server serves "
+                        "(its /v1/models lists them)")
+    return problems
 
 
 def _model(settings: Settings) -> list[str]:

@@ -82,6 +82,17 @@ def test_settings_problems_are_all_named_at_start(tmp_path):
     check(Settings(model="TheBloke/Xwin-LM-13B-V0.1-GPTQ"), "worker")  # a Hub id is fine without a download
 
 
+def test_the_openai_backend_needs_a_url_and_a_model_and_no_model_files():
+    with pytest.raises(SettingsProblem) as raised:
+        check(Settings(backend="openai", model="not a repo id", device="cuda"), "worker")
+    lines = str(raised.value).splitlines()[1:]
+    assert len(lines) == 2  # the model and the device are not this worker's business
+    assert "needs XWINBOT_BACKEND_URL" in lines[0] and "needs XWINBOT_BACKEND_MODEL" in lines[1]
+    with pytest.raises(SettingsProblem, match="not an http"):
+        check(Settings(backend="openai", backend_url="vllm:8000", backend_model="m"), "worker")
+    check(Settings(backend="openai", backend_url="http://vllm:8000/v1", backend_model="m"), "worker")
+
+
 def test_adapter_settings_problems(redis):
     with pytest.raises(SettingsProblem) as err:
         check(Settings(slack_bot_token=None), "slack")
