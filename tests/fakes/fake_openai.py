@@ -46,6 +46,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.loopback_server import LoopbackServer
+
 
 @dataclass
 class FakeRequest:
@@ -63,7 +65,7 @@ class _Failure:
     after_words: int = 0
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     def __init__(self, api_key: str | None = "sk-test", model: str = "fake-model", *, answer: str | None = None,
                  word_delay_s: float = 0.0, context_tokens: int = 4096):
         self.api_key = api_key
@@ -79,43 +81,14 @@ class FakeOpenAI:
         self._in_flight = 0
         self.max_in_flight = 0  # most streams served at once
         self._stopping: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> FakeOpenAI:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-openai", daemon=True)
-        self._thread.start()
-        self._run(self._serve(sock))
-        return self
+    thread_name = "fake-openai"
 
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            self._run(self._shutdown())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._loop.close()
-            self._loop = self._thread = None
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _run(self, coro, timeout: float = 10):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+    def _on_port(self, port: int) -> None:
+        self.base_url = f"http://127.0.0.1:{port}/v1"
 
     async def _serve(self, sock: socket.socket) -> None:
         self._stopping = asyncio.Event()

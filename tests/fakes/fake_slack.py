@@ -75,6 +75,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes.loopback_server import LoopbackServer
 from tests.fakes.platform_outage import BURSTS, Outage
 
 JSON_ARGS = ("blocks", "attachments", "metadata")
@@ -110,7 +111,7 @@ def _flag(value: Any) -> bool:
     return str(value).lower() in ("1", "true")
 
 
-class FakeSlack:
+class FakeSlack(LoopbackServer):
     max_text_chars: int = 4000  # longer chat.postMessage / chat.update text answers msg_too_long
     max_markdown_chars: int = 12_000  # likewise for markdown_text (its documented limit)
 
@@ -138,43 +139,14 @@ class FakeSlack:
         self._connections: list[_Connection] = []
         self._last_micros = 0
         self._ids = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> FakeSlack:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.api_url = f"http://127.0.0.1:{self.port}/api/"
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-slack", daemon=True)
-        self._thread.start()
-        self._run(self._serve(sock))
-        return self
+    thread_name = "fake-slack"
 
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            self._run(self._shutdown())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._loop.close()
-            self._loop = self._thread = None
-
-    def __enter__(self) -> FakeSlack:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def _run(self, coro, timeout: float = 10):
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+    def _on_port(self, port: int) -> None:
+        self.api_url = f"http://127.0.0.1:{port}/api/"
 
     async def _serve(self, sock: socket.socket) -> None:
         app = web.Application()
