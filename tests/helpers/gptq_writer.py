@@ -135,6 +135,34 @@ def pack_qzeros(z: torch.Tensor, bits: int, stored_offset: int = 1) -> torch.Ten
     return _to_int32(words)
 
 
+def build_tiny_model(path: Path, *, seed: int, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
+                     num_kv_heads=2, bias=False, config: PretrainedConfig | None = None):
+    """(config, fp32 model with non-trivial norms and biases, tokenizer saved into ``path``, the generator that
+    randomised them, for the writer's further draws). ``config``: another architecture (its sizes win over the
+    size arguments; a Llama of those sizes when None). Every format's writer quantizes this same model."""
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = write_tiny_tokenizer(path)
+    if config is None:
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+            max_position_embeddings=256, tie_word_embeddings=False, attention_bias=bias, mlp_bias=False,
+            bos_token_id=1, eos_token_id=2,
+        )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).float().eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # non-trivial norms and biases, so a loader that skips them is caught
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".bias"):
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    config.architectures = [type(model).__name__]
+    config.dtype = torch.float16
+    return config, model, tokenizer, gen
+
+
 def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, sym=True, shards=1,
                           config_style="quantize_config", seed=0, bias=False, hidden_size=128,
                           intermediate_size=256, num_layers=2, num_heads=4,
@@ -148,28 +176,11 @@ def write_gptq_checkpoint(directory, *, bits=4, group_size=32, desc_act=False, s
     assert checkpoint_format in ("gptq", "gptq_v2")
     v2 = checkpoint_format == "gptq_v2"
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = write_tiny_tokenizer(path)
-    if config is None:
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-            max_position_embeddings=256, tie_word_embeddings=False, attention_bias=bias, mlp_bias=False,
-            bos_token_id=1, eos_token_id=2,
-        )
+    config, model, tokenizer, gen = build_tiny_model(
+        path, seed=seed, hidden_size=hidden_size, intermediate_size=intermediate_size, num_layers=num_layers,
+        num_heads=num_heads, num_kv_heads=num_kv_heads, bias=bias, config=config)
     num_layers = config.num_hidden_layers
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).float().eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():  # non-trivial norms and biases, so a loader that skips them is caught
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".bias"):
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    config.architectures = [type(model).__name__]
     tied = bool(getattr(config, "tie_word_embeddings", False))
-    config.dtype = torch.float16
 
     packable = 32 % bits == 0
     reference = copy.deepcopy(model).requires_grad_(False) if packable else None

@@ -15,46 +15,17 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig
 
-from tests.helpers.gptq_writer import QUANTIZED_LINEARS, ReferenceCheckpoint
-from tests.helpers.tiny_tokenizer import write_tiny_tokenizer
+from tests.helpers.gptq_writer import QUANTIZED_LINEARS, ReferenceCheckpoint, build_tiny_model
 
 Quantize = Callable[[str, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
-
-
-def build_tiny_llama(path: Path, *, seed: int, hidden_size=128, intermediate_size=256, num_layers=2,
-                     num_heads=4, num_kv_heads=2, bias=False, config: PretrainedConfig | None = None):
-    """(config, fp32 model with non-trivial norms and biases, tokenizer saved into ``path``). ``config``: another
-    architecture to build (its sizes win over the size arguments)."""
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = write_tiny_tokenizer(path)
-    if config is None:
-        config = LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-            max_position_embeddings=256, tie_word_embeddings=False, attention_bias=bias, mlp_bias=False,
-            bos_token_id=1, eos_token_id=2,
-        )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).float().eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".bias"):
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-    config.architectures = [type(model).__name__]
-    config.dtype = torch.float16
-    return config, model, tokenizer
 
 
 def write_quantized_checkpoint(directory, quantize: Quantize, quantization_config: dict, *, seed: int,
                                bits: int, group_size: int, sym: bool, desc_act: bool = False,
                                **model_kwargs) -> ReferenceCheckpoint:
     path = Path(directory)
-    config, model, tokenizer = build_tiny_llama(path, seed=seed, **model_kwargs)
+    config, model, tokenizer, _ = build_tiny_model(path, seed=seed, **model_kwargs)
     reference = copy.deepcopy(model).requires_grad_(False)
     ref_params = dict(reference.named_parameters())
     quantized = {f"model.layers.{i}.{lin}" for i in range(config.num_hidden_layers) for lin in QUANTIZED_LINEARS}
