@@ -3,7 +3,8 @@
 Writes a synthetic GPTQ checkpoint in a model's shape (4-bit, g128, act-order; Xwin-LM-13B by default,
 ``benchmarks.synthetic_checkpoint.SHAPES``), loads it through the loader and reports: load time, GPU memory,
 time to first token for a 500-token prompt, batch-1 decode tokens/s with a 4k-token KV cache, and in the same
-run the seed-style baseline (plain HF ``generate``, eager). First it checks the int4 kernel path on this device
+run the seed-style baseline (plain HF ``generate``, eager, in a process of its own: ``benchmarks.speed.hf_baseline``).
+First it checks the int4 kernel path on this device
 against dequantized fp32 references, and a tiny model of each family (Llama-2, and Llama-3 with GQA and its rope
 scaling) through the whole runtime against fp32 on the CPU.
 
@@ -33,6 +34,7 @@ import torch
 
 from benchmarks.kernels.int4_kernels import check as check_kernels
 from benchmarks.result_json import ROOT, write_result
+from benchmarks.speed.hf_baseline import measure_in_clean_process
 from benchmarks.synthetic_checkpoint import SHAPES, TINY, TINY_LLAMA3, write_synthetic_checkpoint
 from worker.inference.llama_runtime import KVCache, LlamaRuntime, forward
 from worker.inference.sampling import GenerationParams, SamplingTensors
@@ -104,22 +106,6 @@ def timed_generation(runtime: LlamaRuntime, prompt: list[int], new_tokens: int) 
     sync()
     end = time.perf_counter()
     return first - start, (count - 1) / (end - first)
-
-
-def hf_generate(model, prompt: list[int], new_tokens: int) -> tuple[float, float]:
-    ids = torch.tensor([prompt], device=model.device)
-    kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
-    with torch.inference_mode():
-        sync()
-        start = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
-        sync()
-        ttft = time.perf_counter() - start
-        start = time.perf_counter()
-        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-        sync()
-        total = time.perf_counter() - start
-    return ttft, (new_tokens - 1) / (total - ttft)
 
 
 def main() -> None:
@@ -219,14 +205,10 @@ def main() -> None:
     if "runtime_triton" in tokens and "runtime_tinygemm" in tokens:
         same = sum(a == b for a, b in zip(tokens["runtime_triton"], tokens["runtime_tinygemm"]))
         report["greedy_tokens_triton_matching_tinygemm"] = same / len(tokens["runtime_tinygemm"])
-    if hf_baseline:
-        hf_generate(loaded.model, prompt[:32], 8)  # warm-up
-        runs = [hf_generate(loaded.model, prompt, args.new_tokens) for _ in range(args.repeats)]
-        report["hf_generate_eager"] = dict(
-            ttft_ms=statistics.median(r[0] for r in runs) * 1000, decode_tok_s=statistics.median(r[1] for r in runs)
-        )
-        print("hf_generate_eager", json.dumps(report["hf_generate_eager"]))
-        if "runtime_triton" in report:
+    if hf_baseline:  # in a fresh process: nothing of this one (threads, caches, graphs) beside it
+        report["hf_generate_eager"] = measure_in_clean_process(str(path), prompt, args.new_tokens, args.repeats)
+        print("hf_generate_eager", json.dumps(report["hf_generate_eager"]), flush=True)
+        if "runtime_triton" in report and "decode_tok_s" in report["hf_generate_eager"]:
             report["speedup_vs_eager_hf"] = (report["runtime_triton"]["decode_tok_s"]
                                              / report["hf_generate_eager"]["decode_tok_s"])
     else:

@@ -4,7 +4,7 @@ Reports, for 1, 8 and 32 concurrent users (500-token prompts, 128 new tokens): t
 enqueue → picked-up time (queue overhead), enqueue → first token, and time in the poster; the same for 32 users
 with 64-token prompts (the speed-anchor workload, ``--anchor-prompt-tokens``); GPU memory; a warm
 restart's time to ready; and, in the same run, the eager transformers ``generate`` baseline for both prompt
-lengths. ``--shape demo`` runs small on the CPU; ``--shape llama3-8b`` (Llama-3.1-8B: GQA, 128k vocabulary)
+lengths, each in a process of its own before the worker starts (``benchmarks.speed.hf_baseline``). ``--shape demo`` runs small on the CPU; ``--shape llama3-8b`` (Llama-3.1-8B: GQA, 128k vocabulary)
 or any shape of ``benchmarks.synthetic_checkpoint.SHAPES`` writes that synthetic checkpoint instead of the 13B.
 
     python -m benchmarks.speed.queue_e2e --redis-server /path/to/redis-server          # 13B shape on the GPU
@@ -26,6 +26,7 @@ from pathlib import Path
 from redis import Redis
 
 from benchmarks.result_json import ROOT, write_result
+from benchmarks.speed.hf_baseline import measure_in_clean_process
 from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import job_queue
 from worker.serve import WorkerProcess
@@ -182,21 +183,25 @@ def worker_settings(args, model: str, port: int) -> Settings:
 
 def hf_baseline(model: str, args, prompt_tokens: int) -> dict:
     """The seed's way, in the same run: plain transformers ``generate`` (eager) on the same checkpoint and
-    prompt length, one question at a time: what every user count gets in total without the engine."""
-    import torch
+    prompt length, one question at a time (what every user count gets in total without the engine), in a fresh
+    process started before the worker (``benchmarks.speed.hf_baseline``)."""
+    from transformers import AutoTokenizer
 
-    from benchmarks.speed.gpu_inference import hf_generate
-    from worker.model.loader import load_model
+    prompt = AutoTokenizer.from_pretrained(model)(prompt_text(args.shape, prompt_tokens, 1)).input_ids
+    return measure_in_clean_process(model, prompt, args.new_tokens, repeats=1)
 
-    loaded = load_model(model)
-    prompt = loaded.tokenizer(prompt_text(args.shape, prompt_tokens, 1)).input_ids
-    hf_generate(loaded.model, prompt[:32], 4)  # warm-up
-    ttft, decode = hf_generate(loaded.model, prompt, args.new_tokens)
-    total = args.new_tokens / (ttft + (args.new_tokens - 1) / decode)
-    del loaded
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return dict(ttft_ms=ttft * 1000, decode_tok_s=decode, total_tok_s_any_user_count=total, prompt_tokens=len(prompt))
+
+def baselines_before_worker(model: str, args) -> dict:
+    """The eager baseline for the benchmark's prompt length (and the anchor's), each in a clean process, run before
+    the worker starts so that nothing else holds the GPU or the CPU meanwhile."""
+    found = {"hf_generate_eager": hf_baseline(model, args, args.prompt_tokens)}
+    print("baseline, transformers generate (eager, batch 1, one question after another, own process):",
+          json.dumps(found["hf_generate_eager"]), flush=True)
+    if args.anchor_prompt_tokens:
+        found[f"hf_generate_eager_prompt{args.anchor_prompt_tokens}"] = base = hf_baseline(
+            model, args, args.anchor_prompt_tokens)
+        print(f"baseline with {args.anchor_prompt_tokens}-token prompts:", json.dumps(base), flush=True)
+    return found
 
 
 def main() -> None:
@@ -234,6 +239,7 @@ def main() -> None:
 
         model = str(write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", SHAPES[args.shape]))
     settings = worker_settings(args, model, port)
+    baselines = {} if args.restart_only or args.no_hf_baseline else baselines_before_worker(model, args)
     started = time.perf_counter()
     process = WorkerProcess(settings, redis, posters={"console": TimingPoster})
     process.start()
@@ -268,14 +274,7 @@ def main() -> None:
         redis_proc.kill()
     if args.no_hf_baseline:
         report["hf_generate_eager"] = "skipped (--no-hf-baseline)"
-    else:
-        report["hf_generate_eager"] = hf_baseline(model, args, args.prompt_tokens)
-        print("baseline, transformers generate (eager, batch 1, one question after another):",
-              json.dumps(report["hf_generate_eager"]), flush=True)
-    if args.anchor_prompt_tokens and not args.no_hf_baseline:
-        base = hf_baseline(model, args, args.anchor_prompt_tokens)
-        report[f"hf_generate_eager_prompt{args.anchor_prompt_tokens}"] = base
-        print(f"baseline with {args.anchor_prompt_tokens}-token prompts:", json.dumps(base), flush=True)
+    report.update(baselines)
     if args.no_restart:
         report["warm_restart_s"] = "skipped (--no-restart)"
         write_result("queue_e2e", report)
