@@ -18,19 +18,15 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.kernels.pdl import launch_options, let_next_start, wait_for_previous
-
 CHUNK = 128  # cache entries per program
 
 
 @triton.jit
 def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, chunks, stride_slot, stride_head, stride_pos,
                   scale, sliding_window, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
-                  SLIDING: tl.constexpr, PDL: tl.constexpr = False):
+                  SLIDING: tl.constexpr):
     """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries
     (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0)."""
-    let_next_start(PDL)  # tiny: let the next kernel's programs in at once (worker.kernels.pdl)
-    wait_for_previous(PDL)
     row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
     d = tl.arange(0, HEAD_DIM)
@@ -55,10 +51,8 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, chunks, s
 
 @triton.jit
 def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
-                    HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr, ORDERED: tl.constexpr, PDL: tl.constexpr = False):
+                    HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr, ORDERED: tl.constexpr):
     """Program (row, head): merge the chunks; channel head * HEAD_DIM + d goes to column order_inverse[...]."""
-    let_next_start(PDL)  # tiny: let the next kernel's programs in at once (worker.kernels.pdl)
-    wait_for_previous(PDL)
     row, head = tl.program_id(0), tl.program_id(1)
     heads = tl.num_programs(1)
     c = tl.arange(0, BLOCK_C)
@@ -91,12 +85,11 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     _chunk_kernel[(batch, heads, chunks)](
         q, keys, values, positions, m, l_sum, acc, chunks, keys.stride(0), keys.stride(1), keys.stride(2), scale,
         sliding_window or 0, GROUP=heads // keys.shape[1], HEAD_DIM=head_dim, CHUNK=CHUNK,
-        SLIDING=sliding_window is not None and sliding_window < window, num_warps=4, **launch_options(q),
+        SLIDING=sliding_window is not None and sliding_window < window, num_warps=4,
     )
     out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](
         m, l_sum, acc, order_inverse if order_inverse is not None else out, out, chunks,
         HEAD_DIM=head_dim, BLOCK_C=triton.next_power_of_2(chunks), ORDERED=order_inverse is not None, num_warps=4,
-        **launch_options(q),
     )
     return out

@@ -20,8 +20,6 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.kernels.pdl import launch_options, let_next_start, wait_for_previous
-
 
 @triton.jit
 def _summed(part_ptr, offs, mask, part_stride, SPLIT: tl.constexpr):
@@ -33,11 +31,9 @@ def _summed(part_ptr, offs, mask, part_stride, SPLIT: tl.constexpr):
 
 @triton.jit
 def _add_residual_kernel(h_ptr, part_ptr, h_out_ptr, sumsq_ptr, width, part_stride, SPLIT: tl.constexpr,
-                         BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+                         BLOCK: tl.constexpr):
     """Program (row, block): h_out = h + sum of partials (rounded to h's dtype) on BLOCK columns, and their sum
     of squares into sumsq[row, block]. SPLIT == 0: no delta (h_out is h, nothing written)."""
-    let_next_start(PDL)  # tiny: let the next kernel's programs in at once (worker.kernels.pdl)
-    wait_for_previous(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < width
@@ -51,11 +47,9 @@ def _add_residual_kernel(h_ptr, part_ptr, h_out_ptr, sumsq_ptr, width, part_stri
 
 @triton.jit
 def _rms_scale_kernel(h_ptr, sumsq_ptr, w_ptr, order_ptr, x_out_ptr, width, eps, BLOCKS: tl.constexpr,
-                      BLOCKS_P2: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+                      BLOCKS_P2: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr):
     """Program (row, block): x_out = RMSNorm(h) * w on BLOCK columns, column j holding column order[j] when
     ORDERED; the row's sum of squares is the sum of sumsq[row, :BLOCKS]."""
-    let_next_start(PDL)  # tiny: let the next kernel's programs in at once (worker.kernels.pdl)
-    wait_for_previous(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     parts = tl.arange(0, BLOCKS_P2)
     sumsq = tl.sum(tl.load(sumsq_ptr + row * BLOCKS + parts, mask=parts < BLOCKS, other=0.0), axis=0)
@@ -123,21 +117,17 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     sumsq = torch.empty((rows, blocks), device=h.device, dtype=torch.float32)
     _add_residual_kernel[(rows, blocks)](
         h2, delta if delta is not None else h2, h_out, sumsq, width, h2.numel(),
-        SPLIT=0 if delta is None else delta.shape[0], BLOCK=NORM_BLOCK, num_warps=2, **launch_options(h2),
+        SPLIT=0 if delta is None else delta.shape[0], BLOCK=NORM_BLOCK, num_warps=2,
     )
     _rms_scale_kernel[(rows, blocks)](
         h_out, sumsq, weight, order if order is not None else h2, x_out, width, eps, BLOCKS=blocks,
         BLOCKS_P2=triton.next_power_of_2(blocks), ORDERED=order is not None, BLOCK=NORM_BLOCK, num_warps=2,
-        **launch_options(h2),
     )
     return h_out.view(h.shape), x_out.view(h.shape)
 
 
 @triton.jit
-def _silu_mul_kernel(part_ptr, out_ptr, width, part_stride, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr = False):
-    let_next_start(PDL)  # tiny: let the next kernel's programs in at once (worker.kernels.pdl)
-    wait_for_previous(PDL)
+def _silu_mul_kernel(part_ptr, out_ptr, width, part_stride, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
     row, block = tl.program_id(0), tl.program_id(1)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < width
@@ -153,7 +143,7 @@ def silu_mul(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     split, rows, both = partials.shape
     out = torch.empty((rows, both // 2), device=partials.device, dtype=dtype)
     _silu_mul_kernel[(rows, triton.cdiv(both // 2, 1024))](partials, out, both // 2, rows * both, SPLIT=split,
-                                                          BLOCK=1024, num_warps=4, **launch_options(out))
+                                                          BLOCK=1024, num_warps=4)
     return out
 
 
@@ -162,13 +152,11 @@ def _rotary_into_cache_kernel(
     part_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
     part_stride, length, first_slot, stride_slot, stride_head, stride_pos,
     Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
-    HEADS: tl.constexpr, FP8: tl.constexpr, PDL: tl.constexpr = False,
+    HEADS: tl.constexpr, FP8: tl.constexpr,
 ):
     """Program (row, block of HEADS heads) of qkv [rows, (Q_HEADS + 2 KV_HEADS) * HEAD_DIM]: rotary on q and k
     heads (rotate-half convention: each head's two halves), q into q_ptr [rows, Q_HEADS, HEAD_DIM], k and v
     into the cache of slot first_slot + row // length at position pos[row]."""
-    let_next_start(PDL)  # tiny: let the next kernel's programs in at once (worker.kernels.pdl)
-    wait_for_previous(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
     all_heads: tl.constexpr = Q_HEADS + 2 * KV_HEADS
@@ -217,6 +205,6 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
         partials, cos, sin, positions, q, keys, values, partials[0].numel(), length, first_slot,
         keys.stride(0), keys.stride(1), keys.stride(2),
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, SPLIT=split, HEADS=heads,
-        FP8=keys.dtype == torch.float8_e4m3fn, num_warps=4 if heads > 1 else 1, **launch_options(q),
+        FP8=keys.dtype == torch.float8_e4m3fn, num_warps=4 if heads > 1 else 1,
     )
     return q

@@ -43,8 +43,6 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.kernels.pdl import launch_options, let_next_start, prefetch_rows, wait_for_previous
-
 FUSED_MAX_ROWS = 64
 CODE_SPREAD = 16  # inputs between a word's consecutive codes, groups of 128 or more (a word row per input of 16)
 MAGIC = 0x4B000000  # the bits of 2.0**23 (``_code_in_mantissa``)
@@ -201,7 +199,7 @@ def _round_to_bf16(value):
 def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, iters_per_split, magic,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
-    BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True, PDL: tl.constexpr = False,
+    BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True,
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
@@ -209,8 +207,7 @@ def _gemv_kernel(
     spread: a group of 256 is two tiles): a [GROUPS, ROWS, BLOCK_N] tile, whose zeros and scales are loaded
     once per (tile, column); kept per element and summed once at the end. BF16_WORDS (x in bf16): each word's 8
     products summed in bf16x2 (``_bf16_word_sums``: fp32 arithmetic bounded the kernel by instruction issue;
-    benchmarks/NOTES.md rows 26-27), else in fp32. PDL: launched early (``worker.kernels.pdl``), the first K block's
-    words are fetched into L2 while the kernel before finishes."""
+    benchmarks/NOTES.md rows 26-27), else in fp32."""
     GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -219,8 +216,6 @@ def _gemv_kernel(
     word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
     running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
     k_first = pid_k * iters_per_split * BLOCK_K
-    prefetch_rows(w_ptr, k_first // 8, stride_w, pid_n * BLOCK_N, N, BLOCK_K // 8, BLOCK_N, 4, PDL)
-    wait_for_previous(PDL)
     for it in range(0, iters_per_split):
         k0 = k_first + it * BLOCK_K
         words, zeros, scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s,
@@ -231,7 +226,6 @@ def _gemv_kernel(
             running += sums * scales[:, None, :]
         else:
             running = _gemv_block(running, words, zeros, scales, xs, magic)
-    let_next_start(PDL)
     acc = tl.sum(tl.sum(running, axis=1), axis=0)
     tl.store(out_ptr + pid_k * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
 
@@ -240,7 +234,7 @@ def _gemv_kernel(
 def _swap_dot_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
-    ASM: tl.constexpr = True, PDL: tl.constexpr = False,
+    ASM: tl.constexpr = True,
 ):
     """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
     transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word r and its input: such groups
@@ -254,9 +248,6 @@ def _swap_dot_kernel(
     mask_n, mask_m = offs_n < N, offs_m < M
     rows = tl.arange(0, BLOCK_K // 8)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    prefetch_rows(w_ptr, pid_k * iters_per_split * BLOCK_K // 8, stride_w, pid_n * BLOCK_N, N, BLOCK_K // 8, BLOCK_N,
-                  4, PDL)  # the weights: not written by the kernel before (worker.kernels.pdl)
-    wait_for_previous(PDL)
     for it in range(0, iters_per_split):
         k0 = (pid_k * iters_per_split + it) * BLOCK_K
         tile = offs_n[:, None] + (k0 // 8 + rows)[None, :] * stride_w
@@ -276,7 +267,6 @@ def _swap_dot_kernel(
                 w_j = _code_minus_zero(words, high, zeros, 0x4B000000, j).to(x_j.dtype)
             block = tl.dot(w_j, x_j, block)
         acc += block * scales
-    let_next_start(PDL)
     out = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
 
@@ -465,14 +455,14 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
         tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
         _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
                            ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
-                           ASM=not INTERPRETING, **config, **launch_options(x))
+                           ASM=not INTERPRETING, **config)
         return out
     grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
     args = (x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides)
     spread = code_spread(group_size)
     if kernel == "swap":
         _swap_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, ASM=not INTERPRETING,
-                               **config, **launch_options(x))
+                               **config)
     else:
         _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, **config)
     return out
