@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import logging
 import uuid
+import zlib
 from dataclasses import dataclass, field
 
 import pytest
@@ -295,7 +296,18 @@ def redis_dump(redis: Redis, queue_name: str) -> str:
             parts.extend(redis.smembers(key) if kind == "set" else redis.zrange(key, 0, -1))
         elif kind == "stream":
             parts.extend(str(entry).encode() for entry in redis.xrange(key))
-    return "\n".join(p.decode("utf-8", "replace") if isinstance(p, bytes) else str(p) for p in parts)
+    return "\n".join(readable(p) for p in parts)
+
+
+def readable(value) -> str:
+    """A stored value as text; RQ keeps a job's arguments zlib-compressed (its hash's ``data`` field)."""
+    if not isinstance(value, bytes):
+        return str(value)
+    try:
+        value = zlib.decompress(value)
+    except zlib.error:
+        pass
+    return value.decode("utf-8", "replace")
 
 
 def rendered_prompts(jobs: list[Job]) -> list[str]:
@@ -330,6 +342,7 @@ def test_injection_cannot_move_read_or_reveal(product, fakes, settings, private_
     prompts = rendered_prompts(jobs) + [str(r.body["messages"]) for r in model.requests]
     assert all(any(item.marker in p for p in prompts) for item in sent)  # the model saw every question
     stored, sent_texts = redis_dump(redis, settings.queue_name), message_texts(slack, discord)
+    assert all(item.marker in stored for item in sent)  # the dump holds the jobs as stored
     for where, text in {"Redis": stored, "prompts": "\n".join(prompts), "messages": sent_texts}.items():
         leaked = [name for name, value in SECRETS.items() if value in text] + (
             ["the decoy's message"] if DECOY_SECRET in text else [])
