@@ -16,7 +16,6 @@ Runs in about 15 s (no model is loaded)."""
 from __future__ import annotations
 
 import io
-import logging
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -33,11 +32,11 @@ from tests.fakes.fake_openai import FakeOpenAI
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.discord_helpers import running_bot, sends_with_content
 from tests.helpers.hostile import SLACK_PINGS, cases, substitute
+from tests.helpers.log_capture import product_log
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.slack_helpers import connected_app, mention, message
 from worker.inference.prompt import ALPACA, VICUNA
 from worker.job_context import conversation_of
-from worker.logs import setup_logging
 from worker.queue.job import Job
 from worker.queue.job_queue import SERIALIZER
 from worker.queue.keys import RedisKeys
@@ -95,15 +94,8 @@ def test_the_section_is_well_formed():
 @pytest.fixture(scope="module")
 def info_log():
     """Every process's log (adapters and worker run in this process) at INFO, as operators run it."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    stream = io.StringIO()
-    setup_logging("INFO", "text", stream)
-    try:
+    with product_log(io.StringIO(), "INFO", "text") as stream:
         yield stream
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
