@@ -13,7 +13,6 @@ import uuid
 from dataclasses import dataclass, field
 
 import pytest
-import yaml
 from redis import Redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -22,7 +21,7 @@ from rq.job import JobStatus
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.discord_helpers import running_bot, sends_with_content
-from tests.helpers.paths import TEST_DATA
+from tests.helpers.hostile import SLACK_PINGS, cases, substitute
 from tests.helpers.redis_server import drop_queue
 from tests.helpers.slack_helpers import connected_app, mention
 from worker.posters.status_text import is_status_text
@@ -33,13 +32,12 @@ from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 
-CORPUS = yaml.safe_load((TEST_DATA / "hostile_inputs.yaml").read_text(encoding="utf-8"))
+CORPUS = cases(None)  # the injection/privacy section runs in test_injection_privacy.py
 SLACK_BOT_TOKEN = "xoxb-hostile-" + uuid.uuid4().hex
 SLACK_APP_TOKEN = "xapp-hostile-" + uuid.uuid4().hex
 SLACK_SIGNING_SECRET = "signing-hostile-" + uuid.uuid4().hex
 DISCORD_TOKEN = "discord-hostile-" + uuid.uuid4().hex
 SECRETS = (SLACK_BOT_TOKEN, SLACK_APP_TOKEN, SLACK_SIGNING_SECRET, DISCORD_TOKEN)
-SLACK_PINGS = re.compile(r"<[!@]|(?<![\w\u2060])@(?:everyone|here|channel)\b", re.IGNORECASE)
 QUESTION_SHOWN = re.compile(r"<@\d+> asked: ", re.DOTALL)  # /ask shows the question; the reply is in its thread
 ANSWER_TIMEOUT_S = 240
 NORMAL_QUESTION = "What is the capital of France?"
@@ -57,18 +55,6 @@ def test_the_corpus_is_well_formed():
 
 def text_of(case: dict, values: dict) -> str:
     return substitute(case.get("text", ""), values) + case.get("repeat", "") * case.get("times", 0)
-
-
-def substitute(value, values: dict):
-    """``$name`` placeholders of a payload replaced by the case's own ids (a whole ``$name`` keeps its type)."""
-    if isinstance(value, dict):
-        return {key: substitute(item, values) for key, item in value.items()}
-    if isinstance(value, list):
-        return [substitute(item, values) for item in value]
-    if isinstance(value, str):
-        for name, replacement in values.items():
-            value = value.replace(f"${name}", str(replacement))
-    return value
 
 
 @dataclass

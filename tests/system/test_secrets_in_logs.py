@@ -15,9 +15,9 @@ from rq.job import JobStatus
 from tests.fakes.fake_discord import FakeDiscord
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.discord_helpers import running_bot
+from tests.helpers.log_capture import product_log
 from tests.helpers.redis_server import drop_queue
 from tests.helpers.slack_helpers import connected_app, mention
-from worker.logs import setup_logging
 from worker.queue.job_queue import SERIALIZER
 from worker.queue.keys import RedisKeys
 from worker.serve import WorkerProcess
@@ -32,16 +32,9 @@ DISCORD = "MTAwMDAwMDAwMDAwMDAwMDAw.GsEcRt.SecretDiscordTokenxxxxxxxxxxxxxxxx42"
 
 @pytest.fixture
 def debug_log(tmp_path):
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
     path = tmp_path / "xwinbot.log"
-    with path.open("w") as stream:
-        setup_logging("DEBUG", "json", stream)
-        try:
-            yield path
-        finally:
-            root.handlers[:], level = saved
-            root.setLevel(level)
+    with path.open("w") as stream, product_log(stream, "DEBUG", "json"):
+        yield path
 
 
 def done(redis, job_id) -> bool:
