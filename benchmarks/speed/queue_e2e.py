@@ -4,8 +4,9 @@ Reports, for 1, 8 and 32 concurrent users (500-token prompts, 128 new tokens): t
 enqueue → picked-up time (queue overhead), enqueue → first token, and time in the poster; the same for 32 users
 with 64-token prompts (the speed-anchor workload, ``--anchor-prompt-tokens``); GPU memory; a warm
 restart's time to ready; and, in the same run, the eager transformers ``generate`` baseline for both prompt
-lengths, each in a process of its own before the worker starts (``benchmarks.speed.hf_baseline``). ``--shape demo`` runs small on the CPU; ``--shape llama3-8b`` (Llama-3.1-8B: GQA, 128k vocabulary)
-or any shape of ``benchmarks.synthetic_checkpoint.SHAPES`` writes that synthetic checkpoint instead of the 13B.
+lengths, each in a process of its own before the worker starts (``benchmarks.speed.hf_baseline``).
+``--shape demo`` runs small on the CPU; ``--shape llama3-8b`` (Llama-3.1-8B: GQA, 128k vocabulary) or any
+shape of ``benchmarks.synthetic_checkpoint.SHAPES`` writes that synthetic checkpoint instead of the 13B.
 
     python -m benchmarks.speed.queue_e2e --redis-server /path/to/redis-server          # 13B shape on the GPU
     python -m benchmarks.speed.queue_e2e --shape llama3-8b --concurrency 32 --no-hf-baseline --no-restart
