@@ -152,6 +152,7 @@ class FakeSlack(LoopbackServer):
         self.api_url = f"http://127.0.0.1:{port}/api/"
 
     async def _serve(self, sock: socket.socket) -> None:
+        self._stopping = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
@@ -165,6 +166,7 @@ class FakeSlack(LoopbackServer):
         return []  # GET routes a subclass serves besides the Web API and the socket
 
     async def _shutdown(self) -> None:
+        self._stopping.set()
         for redelivery in self._redeliveries:
             redelivery.cancel()
         with self._cond:
@@ -205,7 +207,11 @@ class FakeSlack(LoopbackServer):
             if pause:
                 self.delayed.append((method, at))
                 self._cond.notify_all()
-        await asyncio.sleep(pause)
+        if pause:  # cut short when the fake stops (no request left pending on a closed loop)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), pause)
+            except TimeoutError:
+                pass
         with self._cond:
             status, body, headers = self._dispatch(method, args, token)
             self.calls.append(ApiCall(method, args, at, status, token))
