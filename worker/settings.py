@@ -29,6 +29,7 @@ SLACK_API_URL = "https://slack.com/api/"
 DEFAULT_SLACK_FOLLOWUPS = "any"
 DISCORD_API_URL = "https://discord.com/api/v10"
 DEFAULT_HISTORY_MESSAGES = 100  # Slack's and Discord's alike
+DEFAULT_SLACK_QUESTION_RETRY_S = 24 * 3600.0
 
 
 class Settings(BaseSettings):
@@ -191,6 +192,11 @@ class Settings(BaseSettings):
     )
     slack_history_messages: int = Field(
         DEFAULT_HISTORY_MESSAGES, ge=1, le=1000, description="Most thread/DM messages read as context."
+    )
+    slack_question_retry_s: float = Field(
+        DEFAULT_SLACK_QUESTION_RETRY_S, gt=0, description="How long a question that arrived while Slack's Web API "
+        "was down (5xx, 429, no connection) keeps being retried, with backoff up to 10 s, before it is given up "
+        "(logged).",
     )
 
     # Discord (see README "Discord").

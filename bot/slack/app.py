@@ -3,14 +3,18 @@
     xwinbot slack        # XWINBOT_SLACK_BOT_TOKEN + XWINBOT_SLACK_APP_TOKEN (Socket Mode)
                          # or XWINBOT_SLACK_MODE=http + XWINBOT_SLACK_SIGNING_SECRET (POST /slack/events)
 
-Bolt acknowledges every event before our listeners run. A global middleware drops events whose
-``event_id`` was already seen (Slack retries an event it thinks was not acknowledged in time).
+Bolt acknowledges every event before our listeners run, so a global middleware first records the event in the
+adapter's inbox (``bot.slack.inbox``), or refuses to acknowledge it when it cannot; an ``event_id`` already
+seen is acknowledged and dropped (Slack retries an event it thinks was not acknowledged in time). Every event
+listener clears the event's inbox entry once it is handled; ``run`` starts the inbox's recovery, which handles
+again what a crashed adapter, or Slack's Web API being down, left there.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 from redis import Redis
 from slack_bolt import App
@@ -20,6 +24,7 @@ from slack_sdk import WebClient
 from bot.access import Allowlist
 from bot.channel_config import ChannelRules, ChannelsFileError
 from bot.slack.files import SlackFiles
+from bot.slack.inbox import Inbox
 from bot.slack.questions import SlackOptions, SlackQuestions
 from bot.slack.shortcut import CALLBACK_ID, MessageShortcut
 from worker.ops.health_server import start_health_server
@@ -27,15 +32,22 @@ from worker.ops.preflight import SettingsProblem, raise_if_any, slack_problems
 from worker.posters.slack import slack_client
 from worker.queue.job_queue import job_queue
 from worker.queue.redis_connection import redis_from_settings
-from worker.queue.reply_index import ReplyIndex
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EVENT_ID_TTL_S = 3600
+
+@dataclass(frozen=True)
+class SlackAdapter:
+    app: App
+    inbox: Inbox
 
 
 def create_app(settings: Settings, redis: Redis) -> App:
+    return create_adapter(settings, redis).app
+
+
+def create_adapter(settings: Settings, redis: Redis) -> SlackAdapter:
     raise_if_any(slack_problems(settings))
     try:
         rules = ChannelRules(settings.channels_file)  # read once here; reloaded on change by ChannelRules itself
@@ -48,40 +60,28 @@ def create_app(settings: Settings, redis: Redis) -> App:
         request_verification_enabled=http_mode,
     )
     queue = job_queue(settings, redis)
-    app.use(drop_repeated_events(ReplyIndex(redis, queue.keys)))
+    inbox = Inbox(redis, queue.keys, app.client, give_up_s=settings.slack_question_retry_s)
+    app.use(inbox.middleware)
     questions = SlackQuestions(
         queue, redis,
         Allowlist.of(channels=settings.slack_allowed_channels, users=settings.slack_allowed_users),
         SlackFiles.from_settings(settings), rules,
         SlackOptions(followups=settings.slack_followups, history_messages=settings.slack_history_messages),
     )
-    app.event("app_mention")(questions.on_mention)
-    app.event("message")(questions.on_message)
-    app.event("reaction_added")(questions.on_reaction)
+    for event_type, handler in {"app_mention": questions.on_mention, "message": questions.on_message,
+                                "reaction_added": questions.on_reaction}.items():
+        app.event(event_type)(inbox.listener(event_type, handler))
     shortcut = MessageShortcut(questions)
     app.shortcut(CALLBACK_ID)(shortcut.on_shortcut)
     app.view(CALLBACK_ID)(shortcut.on_submit)
     # Registered last, so it only gets what no listener above takes: events we do not act on (reaction_removed,
     # assistant_thread_started, types Slack adds later) are acknowledged quietly, not logged as unhandled.
-    app.event(re.compile(".*"))(ignore_event)
-    return app
+    app.event(re.compile(".*"))(inbox.listener(None, ignore_event))
+    return SlackAdapter(app, inbox)
 
 
-def ignore_event() -> None:
+def ignore_event(event: dict, client: WebClient, context: dict) -> None:
     pass
-
-
-def drop_repeated_events(index: ReplyIndex):
-    """Bolt middleware: acknowledge an event id seen before and stop there."""
-
-    def middleware(body: dict, context, next):  # noqa: A002 - bolt passes it by this name
-        event_id = body.get("event_id")
-        if event_id and not index.claim("slack-event", event_id, ttl_s=EVENT_ID_TTL_S):
-            log.info("dropping repeated Slack event %s", event_id)
-            return context.ack()
-        return next()
-
-    return middleware
 
 
 def socket_mode_handler(app: App, settings: Settings) -> SocketModeHandler:
@@ -100,7 +100,9 @@ def serve_http(app: App, settings: Settings, host: str = "0.0.0.0") -> None:
 
 def run(settings: Settings) -> None:
     """Run the Slack adapter until interrupted (with its /metrics and /healthz)."""
-    app = create_app(settings, redis_from_settings(settings))
+    adapter = create_adapter(settings, redis_from_settings(settings))
+    app = adapter.app
+    adapter.inbox.start_recovery()  # what a crashed adapter or a Slack outage left, now and every second
     health = start_health_server(settings, "slack")
     try:
         if settings.slack_mode == "http":

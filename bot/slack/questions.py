@@ -1,9 +1,11 @@
 """What the Slack adapter does with each event: questions become jobs, reactions cancel or regenerate.
 
 Bolt calls these listeners after it has acknowledged the event (Slack wants that within 3 s), so the Slack
-API calls and the enqueue here may take their time. Every question is claimed once by its channel and
-message ts, which drops Slack's retries and the second event Slack sends for a message that mentions the
-bot inside a thread. Bad input gets a clear reply in the thread; nothing here raises into bolt.
+API calls and the enqueue here may take their time; the event is safe in the inbox (``bot.slack.inbox``)
+meanwhile. Every question is claimed once by its channel and message ts, which drops the second event Slack
+sends for a message that mentions the bot inside a thread (the same event handled again after a crash keeps its
+claim). Bad input gets a clear reply in the thread. Nothing here raises, except an error that means Slack's Web
+API is down: the inbox then keeps the event and handles it again later.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from bot.slack.history import (
     thread_messages,
     turns_from_messages,
 )
+from bot.slack.inbox import EVENT_ID, RECOVERED, claim_once
 from worker.ops import metrics
+from worker.posters.base import platform_down
+from worker.posters.slack import post_once
 from worker.posters.slack_text import escape
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
 from worker.queue.job import Attachment, Job, ReplyTarget, Requester
@@ -76,7 +81,7 @@ class SlackQuestions:
         if self.options.followups == "any" and self.index.is_bot_thread("slack", str(event.get("channel")), thread_ts):
             self.guarded(self._question, event, client, context, where=lambda: question_place(event))
 
-    def on_reaction(self, event: dict, client: WebClient) -> None:
+    def on_reaction(self, event: dict, client: WebClient, context: dict) -> None:
         name, item = str(event.get("reaction") or "").split("::")[0], event.get("item")
         if (not isinstance(item, dict) or item.get("type") != "message"
                 or name not in CANCEL_REACTIONS | REGENERATE_REACTIONS):
@@ -87,7 +92,7 @@ class SlackQuestions:
         if job_id is None:
             return  # not one of our answers
         handler = self._cancel if name in CANCEL_REACTIONS else self._regenerate
-        self.guarded(handler, event, client, job_id, where=lambda: self._answer_place(item, job_id))
+        self.guarded(handler, event, client, job_id, context, where=lambda: self._answer_place(item, job_id))
 
     # -- questions -------------------------------------------------------------------------------------
     def _question(self, event: dict, client: WebClient, context: dict) -> None:
@@ -95,8 +100,8 @@ class SlackQuestions:
         if not all(isinstance(value, str) and value for value in (channel, ts, user)):
             log.warning("ignoring a Slack message event without a channel, ts or user")
             return  # nowhere to answer, or no one to answer (Slack always sends these; a broken payload)
-        if not self.index.claim("slack", f"{channel}:{ts}"):
-            return  # a retry, or the second event for the same message
+        if not claim_once(self.redis, self.queue.keys, f"{channel}:{ts}", context.get(EVENT_ID)):
+            return  # the second event for the same message
         metrics.QUESTIONS.labels("slack").inc()
         is_dm = event.get("channel_type") == "im" or channel.startswith("D")
         thread_ts = event.get("thread_ts") or (None if is_dm else ts)
@@ -105,16 +110,18 @@ class SlackQuestions:
             client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=refusal)
             return
         bot_user_id, bot_id = context.get("bot_user_id"), context.get("bot_id")
+        job_id = self.queue.keys.job_id("slack", f"{channel}-{ts}")
         if is_blank(clean_text(plain_text(message_text(event), bot_user_id))) and not has_files(event):
-            client.chat_postMessage(channel=channel, thread_ts=thread_ts or ts, text=EMPTY_QUESTION)
+            post_once(client, channel=channel, thread_ts=thread_ts or ts, job_id=job_id, part=0,
+                      look_first=bool(context.get(RECOVERED)), text=EMPTY_QUESTION)
             return
         turns = turns_from_messages(self._history(client, event, thread_ts, is_dm), bot_user_id, bot_id)
         if not turns:  # history unreadable as a conversation: answer the message alone
             turns = turns_from_messages([event], bot_user_id, bot_id)
         attachments, notes = self.files.read(event)  # bolt runs us after the ack: downloads may take their time
         requester = Requester(platform="slack", user_id=user)
-        self.submit(client, self.queue.keys.job_id("slack", f"{channel}-{ts}"), turns, requester, channel, thread_ts,
-                    self.job_context(channel, attachments, notes))
+        self.submit(client, job_id, turns, requester, channel, thread_ts, self.job_context(channel, attachments, notes),
+                    look_first=bool(context.get(RECOVERED)))
 
     def _history(self, client: WebClient, event: dict, thread_ts: str | None, is_dm: bool) -> list[dict]:
         keep = self.options.history_messages
@@ -131,9 +138,12 @@ class SlackQuestions:
                 "overrides": rule.overrides()}
 
     def submit(self, client: WebClient, job_id: str, turns, requester: Requester, channel: str,
-               thread_ts: str | None, job_context: dict) -> None:
-        """Post the placeholder in the thread, then queue the job that will answer into it."""
-        placeholder = client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=f"_{waiting_text(None)}_")
+               thread_ts: str | None, job_context: dict, look_first: bool = False) -> None:
+        """Post the placeholder in the thread, then queue the job that will answer into it. ``look_first``: the
+        question is handled again (a crash or Slack outage cut the first try short), so its placeholder may be
+        there already: it is used, and a job already queued keeps it."""
+        placeholder = {"ts": post_once(client, channel=channel, thread_ts=thread_ts, job_id=job_id, part=0,
+                                       look_first=look_first, text=f"_{waiting_text(None)}_")}
         job = Job(
             job_id=job_id, turns=turns, requester=requester,
             reply_to=ReplyTarget(platform="slack", channel_id=channel, thread_id=thread_ts,
@@ -150,7 +160,8 @@ class SlackQuestions:
                                blocks=[])
             return
         except DuplicateJob:
-            client.chat_delete(channel=channel, ts=placeholder["ts"])
+            if not look_first:  # handled again, the job already queued answers into this very placeholder
+                client.chat_delete(channel=channel, ts=placeholder["ts"])
             return
         metrics.ENQUEUED.labels("slack").inc()
         if position > 1:
@@ -158,7 +169,7 @@ class SlackQuestions:
                 channel=channel, ts=placeholder["ts"], text=f"_{waiting_text(position)}_", blocks=[]))
 
     # -- reactions -------------------------------------------------------------------------------------
-    def _cancel(self, event: dict, client: WebClient, job_id: str) -> None:
+    def _cancel(self, event: dict, client: WebClient, job_id: str, context: dict) -> None:
         job = self.index.job(job_id)
         if job is None:
             return
@@ -174,9 +185,11 @@ class SlackQuestions:
             client.chat_update(channel=job.reply_to.channel_id, ts=job.reply_to.placeholder_id,
                                text=f"_{STOPPED_BEFORE_START}_", blocks=[])
 
-    def _regenerate(self, event: dict, client: WebClient, job_id: str) -> None:
+    def _regenerate(self, event: dict, client: WebClient, job_id: str, context: dict) -> None:
         job, user = self.index.job(job_id), event.get("user")
-        if job is None or not user or not self.index.claim("slack", f"reaction:{event.get('event_ts')}:{job_id}"):
+        if job is None or not user or not claim_once(self.redis, self.queue.keys,
+                                                     f"reaction:{event.get('event_ts')}:{job_id}",
+                                                     context.get(EVENT_ID)):
             return
         metrics.QUESTIONS.labels("slack").inc()  # the same question, asked again
         target = job.reply_to
@@ -186,7 +199,8 @@ class SlackQuestions:
             return
         new_id = self.queue.keys.job_id("slack", f"again-{target.channel_id}-{event.get('event_ts')}-{job_id}")
         self.submit(client, new_id, job.turns, Requester(platform="slack", user_id=user), target.channel_id,
-                    target.thread_id, {name: getattr(job, name) for name in JOB_CONTEXT})
+                    target.thread_id, {name: getattr(job, name) for name in JOB_CONTEXT},
+                    look_first=bool(context.get(RECOVERED)))
 
     # -- failures --------------------------------------------------------------------------------------
     def _answer_place(self, item: dict, job_id: str) -> Place:
@@ -198,11 +212,15 @@ class SlackQuestions:
             job = None
         return item["channel"], (job.reply_to.thread_id if job else None) or item["ts"]
 
-    def guarded(self, handler, event: dict, client: WebClient, *rest, where: Callable[[], Place]) -> None:
-        """Run a listener; on a failure tell the user in the thread ``where`` names instead of failing silently."""
+    def guarded(self, handler, event: dict, client: WebClient, *rest, where: Callable[[], Place],
+                retry_when_down: bool = True) -> None:
+        """Run a listener; on a failure tell the user in the thread ``where`` names instead of failing silently.
+        ``retry_when_down``: Slack's Web API being down is raised instead, for the inbox to try again later."""
         try:
             handler(event, client, *rest)
         except Exception as err:
+            if retry_when_down and platform_down(err):
+                raise
             log.exception("could not handle a Slack event")
             channel, thread_ts = where()
             if not channel:

@@ -108,7 +108,9 @@ class MessageShortcut:
             log.info("ignoring a shortcut submission without its message or user")
             return
         where = (meta["channel"], meta.get("thread_ts") or meta["ts"])
-        self.questions.guarded(self._ask, meta, client, user, view, context, where=lambda: where)
+        # A modal submission is not redelivered and not in the inbox: Slack being down is reported like any failure.
+        self.questions.guarded(self._ask, meta, client, user, view, context, where=lambda: where,
+                               retry_when_down=False)
 
     # -- the question ----------------------------------------------------------------------------------
     def _ask(self, meta: dict, client: WebClient, user: str, view: dict, context: dict) -> None:

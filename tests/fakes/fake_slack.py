@@ -135,6 +135,9 @@ class FakeSlack(LoopbackServer):
         self._texts: dict[tuple[str, str], list[str]] = {}
         self._rate_limits: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._failures: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._drops: collections.Counter[str] = collections.Counter()  # see take_then_drop
+        self._delays: dict[str, collections.deque] = collections.defaultdict(collections.deque)  # see delay
+        self.delayed: list[tuple[str, float]] = []  # (method, when it arrived) of each delayed call
         self._outage: Outage | None = None
         self._connections: list[_Connection] = []
         self._last_micros = 0
@@ -149,6 +152,7 @@ class FakeSlack(LoopbackServer):
         self.api_url = f"http://127.0.0.1:{port}/api/"
 
     async def _serve(self, sock: socket.socket) -> None:
+        self._stopping = asyncio.Event()
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_get("/socket", self._socket)
@@ -162,6 +166,7 @@ class FakeSlack(LoopbackServer):
         return []  # GET routes a subclass serves besides the Web API and the socket
 
     async def _shutdown(self) -> None:
+        self._stopping.set()
         for redelivery in self._redeliveries:
             redelivery.cancel()
         with self._cond:
@@ -198,9 +203,24 @@ class FakeSlack(LoopbackServer):
         args.pop("token", None)
         method = request.match_info["method"]
         with self._cond:
+            pause = self._delays[method].popleft() if self._delays[method] else 0.0
+            if pause:
+                self.delayed.append((method, at))
+                self._cond.notify_all()
+        if pause:  # cut short when the fake stops (no request left pending on a closed loop)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), pause)
+            except TimeoutError:
+                pass
+        with self._cond:
             status, body, headers = self._dispatch(method, args, token)
             self.calls.append(ApiCall(method, args, at, status, token))
+            drop = status == 200 and body.get("ok") and self._drops[method] > 0
+            self._drops[method] -= 1 if drop else 0
             self._cond.notify_all()
+        if drop:  # taken, but the client never hears so: a connection reset after Slack processed the call
+            request.transport.abort()
+            raise asyncio.CancelledError
         return web.json_response(body, status=status, headers=headers)
 
     def _dispatch(self, method: str, args: dict, token: str | None) -> tuple[int, dict, dict]:
@@ -246,6 +266,9 @@ class FakeSlack(LoopbackServer):
             msg["blocks"] = args["blocks"]
         if markdown is not None:
             msg["blocks"] = [{"type": "markdown", "text": markdown}]
+        if isinstance(args.get("metadata"), dict):
+            msg["metadata"] = {"event_type": str(args["metadata"].get("event_type", "")),
+                               "event_payload": args["metadata"].get("event_payload") or {}}
         self._store(channel, msg)
         return {"channel": channel, "ts": msg["ts"], "message": copy.deepcopy(msg)}
 
@@ -393,7 +416,11 @@ class FakeSlack(LoopbackServer):
         limit = int(args.get("limit") or default_limit) or default_limit
         page, rest = msgs[start:start + limit], msgs[start + limit:]
         cursor = base64.b64encode(f"next_ts:{rest[0]['ts']}".encode()).decode() if rest else ""
-        return {"messages": copy.deepcopy(page), "has_more": bool(rest), "response_metadata": {"next_cursor": cursor}}
+        page = copy.deepcopy(page)
+        if not _flag(args.get("include_all_metadata", "0")):  # Slack returns metadata only when asked to
+            for msg in page:
+                msg.pop("metadata", None)
+        return {"messages": page, "has_more": bool(rest), "response_metadata": {"next_cursor": cursor}}
 
     # ------------------------------------------------------------------ Web API state, for tests
 
@@ -432,6 +459,18 @@ class FakeSlack(LoopbackServer):
     def fail_next(self, method: str, error: str, times: int = 1) -> None:
         with self._cond:
             self._failures[method].extend([error] * times)
+
+    def take_then_drop(self, method: str, times: int = 1) -> None:
+        """The next ``times`` successful calls of ``method`` are processed (a post is stored), then the connection
+        is dropped without a response: what a reset after Slack took the call looks like to the client."""
+        with self._cond:
+            self._drops[method] += times
+
+    def delay(self, method: str, seconds: float, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` wait ``seconds`` before they are processed (noted in
+        ``delayed`` when they arrive): a slow Slack, to hold a listener at a known point."""
+        with self._cond:
+            self._delays[method].extend([seconds] * times)
 
     def outage(self, seconds: float, burst_s: float = 3.0, retry_after: int = 1,
                bursts: tuple[int, ...] = BURSTS) -> Outage:

@@ -153,3 +153,30 @@ def test_signed_headers_pass_slacks_signature_verifier():
     assert not SignatureVerifier("other").is_valid_request(body, headers)
     stale = FakeSlack.signed_headers(body, "s3cret", timestamp=int(time.time()) - 600)
     assert not SignatureVerifier("s3cret").is_valid_request(body, stale)
+
+
+def test_metadata_is_returned_only_when_asked_for_and_a_dropped_post_is_stored(fake, client):
+    metadata = {"event_type": "xwinbot_message", "event_payload": {"job_id": "slack-job", "part": 1}}
+    parent = fake.add_user_message("CMETA", "U1", "a question")
+    fake.take_then_drop("chat.postMessage")
+    with pytest.raises(OSError):  # the connection dropped before any response (the plain client, no retry)
+        WebClient(token=fake.bot_token, base_url=fake.api_url, retry_handlers=[]).chat_postMessage(
+            channel="CMETA", thread_ts=parent, text="part 1", metadata=metadata)
+    replies = client.conversations_replies(channel="CMETA", ts=parent)["messages"]
+    assert [m["text"] for m in replies] == ["a question", "part 1"] and "metadata" not in replies[1]
+    with_metadata = client.conversations_replies(channel="CMETA", ts=parent, include_all_metadata=True)["messages"]
+    assert with_metadata[1]["metadata"] == metadata
+    top = client.chat_postMessage(channel="CMETA", text="top", metadata=metadata)["ts"]
+    history = client.conversations_history(channel="CMETA", include_all_metadata=True)["messages"]
+    assert history[0]["ts"] == top and history[0]["metadata"] == metadata
+
+
+def test_a_delayed_call_waits_and_is_noted(fake, client):
+    fake.delay("auth.test", 0.5)
+    began = time.monotonic()
+    assert client.auth_test()["ok"]
+    assert time.monotonic() - began >= 0.5
+    assert fake.delayed[-1][0] == "auth.test"
+    began = time.monotonic()
+    client.auth_test()
+    assert time.monotonic() - began < 0.5  # only the next call

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from contextlib import contextmanager
 
 from redis import Redis
 
-from bot.slack.app import create_app, socket_mode_handler
+from bot.slack.app import create_adapter, socket_mode_handler
 from worker.settings import Settings
 
 BOT_TOKEN, APP_TOKEN, SIGNING_SECRET = "xoxb-test", "xapp-test", "test-signing-secret"
@@ -26,15 +27,19 @@ def slack_settings(fake, queue_name: str, **extra) -> Settings:
 
 @contextmanager
 def connected_app(fake, settings: Settings, redis: Redis):
-    """Our real bolt app on the real Socket Mode client, connected to ``fake``."""
-    app = create_app(settings, redis)
-    handler = socket_mode_handler(app, settings)
+    """Our real bolt app on the real Socket Mode client, connected to ``fake``, with its inbox's recovery running
+    (as ``xwinbot slack`` runs it)."""
+    adapter, stop = create_adapter(settings, redis), threading.Event()
+    handler = socket_mode_handler(adapter.app, settings)
+    recovery = adapter.inbox.start_recovery(stop)
     handler.connect()
     fake.wait_connected()
     try:
-        yield app
+        yield adapter.app
     finally:
         handler.close()
+        stop.set()
+        recovery.join(5)
 
 
 def mention(fake, channel: str, text: str, user: str = "U1", thread_ts: str | None = None) -> dict:

@@ -15,6 +15,12 @@ Retries come in two layers that add up in time, not in number: within one call t
 ``rate_limit_retries`` 429s and retries a dropped connection once (slack_sdk's ``ServerErrorRetryHandler`` is
 deliberately not used); a 5xx, or a 429 still refused, goes to ``deliver()``, which retries for the delivery
 retry window, a deadline in time however long each call took.
+
+Never a message twice: a dropped connection is retried blindly for every method but ``chat.postMessage``, where
+Slack may have taken the post before the connection broke. Every message we post carries our message
+``metadata`` (the job id and part number); after a dropped or timed-out post ``post_once`` looks for that
+message in the thread (or channel) and posts again only when it is not there. The adapter's placeholder goes
+through the same function.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from redis import Redis
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.http_retry.request import HttpRequest
 
 from worker.posters.extra_messages import ExtraMessages
 from worker.posters.markdown_spans import hold_back_unfinished
@@ -42,15 +49,69 @@ log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 12_000  # markdown_text's documented limit, counted by slack_size
 SMALLEST_LIMIT = 500
+METADATA_EVENT_TYPE = "xwinbot_message"  # the event_type of the metadata on every message we post
+POST_ATTEMPTS = 3  # posts tried by post_once while the connection drops and the message is not there
+LOOKUP_PAGES = 10  # pages of 200 messages post_once reads looking for a post that may have been taken
+
+
+class ConnectionRetryExceptPosts(ConnectionErrorRetryHandler):
+    """slack_sdk's retry of a dropped connection, except for chat.postMessage: Slack may have taken that post
+    before the connection broke, and a blind retry would show the message twice (post_once checks first)."""
+
+    def _can_retry(self, *, state, request: HttpRequest, response=None, error=None) -> bool:
+        if request.url.rstrip("/").endswith("/chat.postMessage"):
+            return False
+        return super()._can_retry(state=state, request=request, response=response, error=error)
 
 
 def slack_client(token: str, base_url: str = SLACK_API_URL, rate_limit_retries: int = 5) -> WebClient:
-    """A WebClient that waits out 429s (Retry-After) and retries dropped connections."""
+    """A WebClient that waits out 429s (Retry-After) and retries dropped connections (but not posts)."""
     return WebClient(
         token=token,
         base_url=base_url,
-        retry_handlers=[ConnectionErrorRetryHandler(), RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries)],
+        retry_handlers=[ConnectionRetryExceptPosts(), RateLimitErrorRetryHandler(max_retry_count=rate_limit_retries)],
     )
+
+
+def message_metadata(job_id: str, part: int) -> dict:
+    """Slack message metadata naming the job and part a message shows (Slack's shape: event_type, event_payload)."""
+    return {"event_type": METADATA_EVENT_TYPE, "event_payload": {"job_id": job_id, "part": part}}
+
+
+def post_once(client: WebClient, *, channel: str, thread_ts: str | None, job_id: str, part: int,
+              look_first: bool = False, **body) -> str:
+    """chat.postMessage ``body`` as part ``part`` of ``job_id``'s reply, at most once; returns the message's ts.
+
+    A dropped connection or a timeout leaves us not knowing whether Slack took the post, so the thread is read
+    (metadata included) before posting again. ``look_first``: the same check before the first post, for a
+    caller that may have posted it already (a question handled again after a crash)."""
+    metadata = message_metadata(job_id, part)
+    if look_first and (found := find_posted(client, channel, thread_ts, metadata)):
+        return found
+    for _ in range(POST_ATTEMPTS - 1):
+        try:
+            return client.chat_postMessage(channel=channel, thread_ts=thread_ts, metadata=metadata, **body)["ts"]
+        except OSError as err:  # reset, refused, timed out (TimeoutError and urllib's URLError are OSErrors)
+            log.warning("posting part %d of %s failed (%s); checking whether Slack took it", part, job_id, err)
+            if found := find_posted(client, channel, thread_ts, metadata):
+                return found
+    return client.chat_postMessage(channel=channel, thread_ts=thread_ts, metadata=metadata, **body)["ts"]
+
+
+def find_posted(client: WebClient, channel: str, thread_ts: str | None, metadata: dict) -> str | None:
+    """The ts of our message carrying ``metadata`` in the thread (or, with no thread, among the channel's newest
+    messages), or None. Slack returns message metadata only with ``include_all_metadata``."""
+    if thread_ts:
+        pages = client.conversations_replies(channel=channel, ts=thread_ts, include_all_metadata=True, limit=200)
+    else:
+        pages = client.conversations_history(channel=channel, include_all_metadata=True, limit=200)
+    for number, page in enumerate(pages):
+        for message in page.get("messages") or []:
+            if message.get("metadata") == metadata:
+                return message.get("ts")
+        if number + 1 >= LOOKUP_PAGES:
+            break
+    return None
 
 
 class SlackPoster:
@@ -60,6 +121,7 @@ class SlackPoster:
         self.client, self.redis, self.keys, self.limit = client, redis, keys, limit
         self.index = ReplyIndex(redis, keys)
         self.shown: dict[int, tuple[bool, str]] = {}  # message number -> (markdown?, text) it shows now
+        self.unsure: set[int] = set()  # message numbers whose post failed in a way that may have posted them
 
     # -- the Poster interface --------------------------------------------------------------------------
     def waiting(self, job: Job, position: int | None) -> None:
@@ -104,10 +166,15 @@ class SlackPoster:
         target = job.reply_to
         body = {"markdown_text": content} if markdown else {"text": content}
         if ts is None:
-            response = self.client.chat_postMessage(
-                channel=target.channel_id, thread_ts=target.thread_id, unfurl_links=False, unfurl_media=False, **body,
-            )
-            self._remember_part(job, number, response["ts"])
+            try:
+                ts = post_once(self.client, channel=target.channel_id, thread_ts=target.thread_id, job_id=job.job_id,
+                               part=number, look_first=number in self.unsure, unfurl_links=False, unfurl_media=False,
+                               **body)
+            except OSError:
+                self.unsure.add(number)  # deliver() will call again: look before posting then
+                raise
+            self.unsure.discard(number)
+            self._remember_part(job, number, ts)
         else:
             self.client.chat_update(channel=target.channel_id, ts=ts, **(body if markdown else dict(body, blocks=[])))
         self.shown[number] = (markdown, content)

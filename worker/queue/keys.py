@@ -49,6 +49,10 @@ class RedisKeys:
     REPLY_STREAM = "{ns}:reply:{job_id}"  # the console's reply stream, read by `xwinbot ask`
     REPLY_PARTS = "{ns}:{platform}:parts:{job_id}"  # the platform messages one long answer is spread over
     DISCORD_DM = "{ns}:discord:dm:{job_id}"  # the DM a private answer moved to when its interaction expired
+    # The Slack adapter's inbox (bot.slack.inbox): events recorded before Slack is told they arrived.
+    SLACK_INBOX = "{ns}:slack:inbox"  # hash: event id -> the event's body, when it came, failed tries
+    SLACK_INBOX_DUE = "{ns}:slack:inbox-due"  # sorted set: event id -> when recovery may handle it (again)
+    SLACK_INBOX_LEASE = "{ns}:slack:inbox-lease:{event_id}"  # (seconds) the adapter process handling it now
     # Operating (worker.ops.status).
     WORKER_INFO = "{ns}:worker-info"  # hash: worker process -> what it serves
     WORKERS_LOADING = "{ns}:workers-loading"  # sorted set: worker process -> when its "loading the model" lapses
@@ -110,6 +114,15 @@ class RedisKeys:
 
     def discord_dm(self, job_id: str) -> str:
         return self.DISCORD_DM.format(ns=self.namespace, job_id=job_id)
+
+    def slack_inbox(self) -> str:
+        return self.SLACK_INBOX.format(ns=self.namespace)
+
+    def slack_inbox_due(self) -> str:
+        return self.SLACK_INBOX_DUE.format(ns=self.namespace)
+
+    def slack_inbox_lease(self, event_id: str) -> str:
+        return self.SLACK_INBOX_LEASE.format(ns=self.namespace, event_id=event_id)
 
     def worker_info(self) -> str:
         return self.WORKER_INFO.format(ns=self.namespace)
