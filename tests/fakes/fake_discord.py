@@ -111,7 +111,7 @@ __all__ = ["ClientThread", "FakeDiscord", "Request"]
 
 class FakeDiscord(World, Rest, FilesAndMenus):
     def __init__(self, bot_token="test-token", bot_user_id=1000, application_id=1000, guild_id=2000,
-                 channel_id=3000, member_ids=(4001, 4002)):
+                 channel_id=3000, member_ids=(4001, 4002), heartbeat_interval_ms=41250):
         self.bot_token, self.bot_user_id, self.application_id = bot_token, bot_user_id, application_id
         self.guild_id, self.channel_id = guild_id, channel_id
         self.allowed_privileged_intents = GUILD_MEMBERS | MESSAGE_CONTENT  # what the developer portal allows
@@ -143,7 +143,7 @@ class FakeDiscord(World, Rest, FilesAndMenus):
         self._drops: list[list] = []  # [method, path regex, times]: processed, then the connection is dropped
         self._nonces: dict[tuple[int, int, str], tuple[float, int]] = {}  # (channel, author, nonce) -> (when, id)
         self._dms: dict[int, int] = {}
-        self._gateway = Gateway(self)
+        self._gateway = Gateway(self, heartbeat_interval_ms)  # Discord's is 41.25 s; a test may ask for less
         self._loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self._roles[guild_id] = {"id": str(guild_id), "name": "@everyone", "permissions": str(EVERYONE_PERMISSIONS),
