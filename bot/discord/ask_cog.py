@@ -12,7 +12,6 @@ system prompt and sampling, and what the person asked for (``temperature``, ``le
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import discord
@@ -85,9 +84,8 @@ class AskCog(commands.Cog):
             return
         await interaction.response.defer(thinking=True, ephemeral=private)
         shown = False  # the public "thinking…" response became the question
+        claim = f"interaction:{interaction.id}"
         try:
-            if not await self.questions.claim(f"interaction:{interaction.id}"):
-                return
             asked = GenerationOverrides(temperature=temperature,
                                         max_new_tokens=ANSWER_LENGTHS[length.value] if length else None)
             context = await self.questions.context(channel, interaction.guild_id, [file] if file else [])
@@ -95,6 +93,8 @@ class AskCog(commands.Cog):
             job_id = self.questions.job_id(f"ask-{interaction.id}")
             if private:
                 place = await self.questions.interaction_placeholder(interaction, getattr(channel, "id", None))
+                if not await self.questions.claim(claim, place):
+                    return
                 await self.questions.submit(job_id, turns, requester_of(interaction.user), place, None, asked,
                                             context)
                 return
@@ -103,6 +103,8 @@ class AskCog(commands.Cog):
             shown = True
             where = await self._thread_for(question, prompt, channel)
             place = await self.questions.post_placeholder(where, job_id)
+            if not await self.questions.claim(claim, place):  # everything the person sees comes before Redis
+                return
             thread_id = where.id if isinstance(where, discord.Thread) else None
             await self.questions.submit(job_id, turns, requester_of(interaction.user), place, thread_id, asked,
                                         context)
@@ -145,8 +147,6 @@ class AskCog(commands.Cog):
         """The modal was submitted: answer in a thread from the message (or its thread/DM), privately say where."""
         await interaction.response.defer(thinking=True, ephemeral=True)
         try:
-            if not await self.questions.claim(f"interaction:{interaction.id}"):
-                return
             channel = message.channel if message.channel is not None else self.bot.channel_of(interaction)
             about = message_as_attachment(message, self.bot.user.id)
             context = await self.questions.context(channel, interaction.guild_id, message.attachments,
@@ -154,6 +154,8 @@ class AskCog(commands.Cog):
             where = await self._thread_from(message, question, channel)
             job_id = self.questions.job_id(f"ctx-{interaction.id}")
             place = await self.questions.post_placeholder(where, job_id)
+            if not await self.questions.claim(f"interaction:{interaction.id}", place):
+                return
             thread_id = where.id if isinstance(where, discord.Thread) else None
             await self.questions.submit(job_id, build_turns([("user", question)]), requester_of(interaction.user),
                                         place, thread_id, None, context)
@@ -187,38 +189,37 @@ class AskCog(commands.Cog):
             await self._guarded(message, self._new_thread(message))
 
     async def _is_bot_thread(self, thread_id: int) -> bool:
-        return await asyncio.to_thread(self.questions.index.is_bot_thread, "discord", str(thread_id), str(thread_id))
+        return await self.questions.calls.until_reachable(self.questions.index.is_bot_thread, "discord",
+                                                          str(thread_id), str(thread_id))
 
     async def _new_thread(self, message: discord.Message) -> None:
-        if not await self._allowed_and_new(message):
-            return
-        text = question_or_files(clean_text(plain_text(message, self.bot.user.id)), message.attachments)
-        if is_blank(text):
-            await self._notice(message, EMPTY_QUESTION)
+        text = await self._question_in(message)
+        if text is None:
             return
         context = await self._message_context(message)
         thread = await self._thread_of_message(message, text)
         job_id = self.questions.job_id(f"msg-{message.id}")
         place = await self.questions.post_placeholder(thread, job_id)
+        if not await self.questions.claim(f"message:{message.id}", place):
+            return
         await self.questions.submit(job_id, build_turns([("user", text)]), requester_of(message.author), place,
                                     thread.id, None, context)
 
     async def _follow_up(self, message: discord.Message) -> None:
-        if not await self._allowed_and_new(message):
-            return
-        text = question_or_files(clean_text(plain_text(message, self.bot.user.id)), message.attachments)
-        if is_blank(text):
-            await self._notice(message, EMPTY_QUESTION)
+        text = await self._question_in(message)
+        if text is None:
             return
         channel = message.channel
+        job_id = self.questions.job_id(f"msg-{message.id}")
+        place = await self.questions.post_placeholder(channel, job_id)
+        if not await self.questions.claim(f"message:{message.id}", place):
+            return
         opening: list[JobTurn] = []
         if isinstance(channel, discord.Thread):
-            opening = await asyncio.to_thread(self._opening_question, channel.id)
+            opening = await self.questions.calls.until_reachable(self._opening_question, channel.id)
         earlier = await recent_messages(channel, message, self.questions.options.history_messages)
         turns = conversation(opening, earlier, message, self.bot.user.id, text)
         context = await self._message_context(message)
-        job_id = self.questions.job_id(f"msg-{message.id}")
-        place = await self.questions.post_placeholder(channel, job_id)
         thread_id = channel.id if isinstance(channel, discord.Thread) else None
         await self.questions.submit(job_id, turns, requester_of(message.author), place, thread_id, None, context)
 
@@ -233,14 +234,21 @@ class AskCog(commands.Cog):
         job = index.job(origin) if origin else None
         return list(job.turns[:1]) if job else []
 
-    async def _allowed_and_new(self, message: discord.Message) -> bool:
+    async def _question_in(self, message: discord.Message) -> str | None:
+        """The question ``message`` asks, or None when it was refused or asks nothing (the person is told). The
+        claim of a question comes once its placeholder shows (a blank one's here, before the notice)."""
         guild_id = message.guild.id if message.guild else None
         if refusal := self.questions.count_and_check(message.author, message.channel, guild_id):
             # a message cannot be answered privately: in a thread from it (in a channel), else a reply in the
             # thread/DM that goes away after a minute; either way it pings no one
             await self._notice(message, refusal, delete_after=FALLBACK_NOTICE_SECONDS)
-            return False
-        return await self.questions.claim(f"message:{message.id}")
+            return None
+        text = question_or_files(clean_text(plain_text(message, self.bot.user.id)), message.attachments)
+        if is_blank(text):
+            if await self.questions.claim(f"message:{message.id}"):
+                await self._notice(message, EMPTY_QUESTION)
+            return None
+        return text
 
     async def _guarded(self, message: discord.Message, work) -> None:
         try:

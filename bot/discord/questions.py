@@ -1,8 +1,11 @@
 """What the Discord adapter does with a question: a placeholder with buttons, a job, the queue.
 
 Every place a question comes from (``/ask``, a mention, a follow-up in a bot thread, Regenerate) ends in
-``submit``. Redis calls run in a worker thread so the gateway's event loop never waits on them. Every message
-the bot sends pings no one (the client's ``allowed_mentions``; the worker's poster sets the same).
+``submit``. Every Redis call goes through ``RedisCalls`` (its own thread pool), so the gateway's event loop never
+waits on Redis; during a Redis outage the placeholder says the question waits for the queue, and it is queued
+once Redis is back. The placeholder carries a nonce derived from the job, so posting it again (a retried send, a
+replayed event) returns the same message. Every message the bot sends pings no one (the client's
+``allowed_mentions``; the worker's poster sets the same).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from bot.attachments import FileLimits, RemoteFile, read_files
 from bot.channel_config import NO_RULE, ChannelRule, ChannelRules
 from bot.conversation import ONLY_ASKER_CAN_STOP
 from bot.discord.buttons import answer_controls
+from bot.discord.redis_calls import UNREACHABLE, RedisCalls
 from worker.ops import metrics
-from worker.posters.discord_rest import ORIGINAL
+from worker.posters.discord_rest import ORIGINAL, message_nonce
 from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
 from worker.queue.job import MAX_ATTACHMENTS, Attachment, GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import Busy, DuplicateJob, JobQueue
@@ -30,6 +34,10 @@ from worker.queue.reply_index import ReplyIndex
 from worker.settings import DEFAULT_HISTORY_MESSAGES, Settings
 
 log = logging.getLogger(__name__)
+
+WAITING_FOR_QUEUE = "⏳ waiting for the queue: it cannot be reached right now. Your question is kept and goes in as " \
+                    "soon as the queue is back."
+QUEUE_UNREACHABLE = "The queue cannot be reached right now; please try again in a minute."
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class DiscordQuestions:
                  rules: ChannelRules | None = None, file_limits: FileLimits | None = None):
         self.queue, self.redis, self.allowlist, self.options = queue, redis, allowlist, options
         self.index = ReplyIndex(redis, queue.keys)
+        self.calls = RedisCalls()
         self.rules = rules or ChannelRules(None)
         self.file_limits = file_limits or FileLimits.from_settings(Settings.model_construct())  # the defaults
 
@@ -92,9 +101,19 @@ class DiscordQuestions:
         return self.allowlist.refusal(channel_ids=channel_ids - {None}, user_id=user.id, server_id=guild_id,
                                       role_ids=roles)
 
-    async def claim(self, source_id: str) -> bool:
-        """True the first time a message/interaction is seen (the gateway may replay events after a resume)."""
-        return await asyncio.to_thread(self.index.claim, "discord", source_id)
+    async def claim(self, source_id: str, place: Placeholder | None = None) -> bool:
+        """True the first time a message/interaction is seen (the gateway may replay events after a resume).
+        Waits for Redis as long as it takes; ``place`` then says so. A replay that finds the question claimed
+        posted no second placeholder: it carries the same nonce, so Discord returned the first one."""
+        on_wait = self.tell_waiting(place) if place is not None else None
+        return await self.calls.until_reachable(self.index.claim, "discord", source_id, on_wait=on_wait)
+
+    @staticmethod
+    def tell_waiting(place: Placeholder):
+        async def tell() -> None:
+            await place.edit(content=WAITING_FOR_QUEUE)
+
+        return tell
 
     def job_id(self, source_id: str) -> str:
         """This deployment's job id for a Discord question, from ``ask-<interaction>``, ``msg-<message>`` or
@@ -120,7 +139,8 @@ class DiscordQuestions:
 
     # -- asking ----------------------------------------------------------------------------------------
     async def post_placeholder(self, channel: discord.abc.Messageable, job_id: str) -> Placeholder:
-        message = await channel.send(waiting_text(None), view=answer_controls(job_id))
+        message = await channel.send(waiting_text(None), view=answer_controls(job_id),
+                                     nonce=message_nonce(job_id, str(channel.id), "placeholder"))
 
         async def edit(**fields):
             await message.edit(**fields)
@@ -151,7 +171,7 @@ class DiscordQuestions:
             ),
         )
         try:
-            position = await asyncio.to_thread(self._enqueue, job)
+            position = await self.calls.until_reachable(self._enqueue, job, on_wait=self.tell_waiting(place))
         except Busy as err:
             metrics.BUSY.labels("discord", err.reason).inc()
             await place.edit(content=f"⏳ {err.message}", view=None)
@@ -160,7 +180,10 @@ class DiscordQuestions:
             return
         metrics.ENQUEUED.labels("discord").inc()
         if position > 1:
-            await asyncio.to_thread(self._show_position, job, place, position, asyncio.get_running_loop())
+            try:
+                await self.calls.once(self._show_position, job, place, position, asyncio.get_running_loop())
+            except UNREACHABLE as err:  # queued all the same: the worker's own notices take over
+                log.info("no position notice for job %s: %s", job.job_id, err)
 
     def _enqueue(self, job: Job) -> int:
         self.index.remember_question(job)
@@ -172,15 +195,30 @@ class DiscordQuestions:
             place.edit(content=waiting_text(position)), loop).result(timeout=30))
 
     # -- buttons ---------------------------------------------------------------------------------------
+    async def _job_for_click(self, interaction: discord.Interaction, job_id: str) -> Job | None | bool:
+        """The job a button acts on (None: forgotten); False when Redis does not answer within the seconds
+        Discord gives a click (the person is told to try again)."""
+        try:
+            return await self.calls.soon(self.index.job, job_id)
+        except (TimeoutError, *UNREACHABLE):
+            await interaction.response.send_message(QUEUE_UNREACHABLE, ephemeral=True)
+            return False
+
     async def stop(self, interaction: discord.Interaction, job_id: str) -> None:
-        job = await asyncio.to_thread(self.index.job, job_id)
+        job = await self._job_for_click(interaction, job_id)
+        if job is False:
+            return
         if job is None:
             await interaction.response.send_message("I no longer know this answer.", ephemeral=True)
             return
         if str(interaction.user.id) != job.requester.user_id:
             await interaction.response.send_message(ONLY_ASKER_CAN_STOP, ephemeral=True)
             return
-        outcome = await asyncio.to_thread(self.queue.cancel, job_id)
+        try:
+            outcome = await self.calls.soon(self.queue.cancel, job_id)
+        except (TimeoutError, *UNREACHABLE):
+            await interaction.response.send_message(QUEUE_UNREACHABLE, ephemeral=True)
+            return
         if outcome == "removed":
             await interaction.response.edit_message(content=STOPPED_BEFORE_START, view=None)
         elif outcome == "stopping":
@@ -191,7 +229,9 @@ class DiscordQuestions:
     async def again(self, interaction: discord.Interaction, job_id: str,
                     channel: discord.abc.Messageable | None) -> None:
         """Ask ``job``'s question again where it was asked, with its files, under the channel's rule as it is now."""
-        job = await asyncio.to_thread(self.index.job, job_id)
+        job = await self._job_for_click(interaction, job_id)
+        if job is False:
+            return
         if job is None:
             await interaction.response.send_message("I no longer know this question.", ephemeral=True)
             return

@@ -56,6 +56,10 @@ Behaviour modelled on Discord's, because bot code depends on it:
   with empty content/embeds/attachments/components, unless it mentions the bot or is a DM (REST reads are
   blanked too when ``allowed_privileged_intents`` lacks it); intents gate MESSAGE_*/THREAD_*/GUILD_MEMBER_*.
 * content over 2000 characters -> 400 (50035), empty message -> 400 (50006).
+* a message create with ``nonce`` and ``enforce_nonce: true`` that the same author already sent to the channel
+  in the last few minutes returns that message (200) and creates none (``drop_after_processing()`` resets the
+  connection after a request was carried out, so a client's retry meets this).
+* every payload a client sends is kept with its arrival time (``gateway_received``; ``heartbeat_times()``).
 * interactions: one callback only (second -> 400 40060); a callback for an expired interaction (or, with
   ``ack_deadline`` set, one later than that many seconds) -> 404 10062 "Unknown interaction"; webhook calls
   with an expired token -> 401 50027; a deferred (type 5) response is a "thinking" message (flag 128) and
@@ -107,7 +111,7 @@ __all__ = ["ClientThread", "FakeDiscord", "Request"]
 
 class FakeDiscord(World, Rest, FilesAndMenus):
     def __init__(self, bot_token="test-token", bot_user_id=1000, application_id=1000, guild_id=2000,
-                 channel_id=3000, member_ids=(4001, 4002)):
+                 channel_id=3000, member_ids=(4001, 4002), heartbeat_interval_ms=41250):
         self.bot_token, self.bot_user_id, self.application_id = bot_token, bot_user_id, application_id
         self.guild_id, self.channel_id = guild_id, channel_id
         self.allowed_privileged_intents = GUILD_MEMBERS | MESSAGE_CONTENT  # what the developer portal allows
@@ -136,8 +140,10 @@ class FakeDiscord(World, Rest, FilesAndMenus):
         self._commands: dict[int | None, list[dict]] = {}
         self._rate_limits: list[list] = []
         self._outage: Outage | None = None
+        self._drops: list[list] = []  # [method, path regex, times]: processed, then the connection is dropped
+        self._nonces: dict[tuple[int, int, str], tuple[float, int]] = {}  # (channel, author, nonce) -> (when, id)
         self._dms: dict[int, int] = {}
-        self._gateway = Gateway(self)
+        self._gateway = Gateway(self, heartbeat_interval_ms)  # Discord's is 41.25 s; a test may ask for less
         self._loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
         self._roles[guild_id] = {"id": str(guild_id), "name": "@everyone", "permissions": str(EVERYONE_PERMISSIONS),
@@ -372,6 +378,12 @@ class FakeDiscord(World, Rest, FilesAndMenus):
         with self._lock:
             self._rate_limits.append([method.upper(), re.compile(path_regex), times, retry_after, is_global])
 
+    def drop_after_processing(self, method: str, path_regex: str, times=1) -> None:
+        """The next ``times`` requests ``method`` whose path matches are carried out (a message is created), then
+        their connection is closed before the answer: the client sees a reset and cannot tell it was taken."""
+        with self._lock:
+            self._drops.append([method.upper(), re.compile(path_regex), times])
+
     def outage(self, seconds: float, burst_s: float = 3.0, retry_after: float = 1.0,
                bursts: tuple[int, ...] = BURSTS) -> Outage:
         """From now on, for ``seconds``, every REST request is refused unprocessed: bursts of ``burst_s`` s with the
@@ -423,6 +435,14 @@ class FakeDiscord(World, Rest, FilesAndMenus):
     @property
     def gateway_received(self) -> list[dict]:
         return self._gateway.received
+
+    def heartbeat_times(self) -> list[float]:
+        """When each heartbeat (op 1) arrived, ``time.time()``, in order."""
+        return [p["at"] for p in list(self._gateway.received) if p.get("op") == 1]
+
+    def logins(self) -> list[int]:
+        """The op of every IDENTIFY (2) and RESUME (6) clients sent, in order: one 2 for a connection that held."""
+        return [p["op"] for p in list(self._gateway.received) if p.get("op") in (2, 6)]
 
     def wait_ready(self, timeout=10) -> None:
         self.wait_for(lambda: self.ready_count > 0, timeout, "the client to IDENTIFY and get READY + GUILD_CREATE")

@@ -38,6 +38,10 @@ class Request:
 
 
 
+# Discord: "the nonce is checked for uniqueness in the past few minutes" (Create Message, enforce_nonce)
+NONCE_WINDOW_S = 300.0
+
+
 class Rest:
     """The REST API of ``FakeDiscord`` (a mixin): ``_handle_http`` and the ``_h_*`` route handlers."""
 
@@ -65,6 +69,9 @@ class Rest:
             self.server_errors.append(traceback.format_exc())
             status, payload = 400, {"message": "fake discord crashed, see fake.server_errors", "code": 0}
         rec.status = status
+        if self._take_drop(rec):  # processed, but the client never hears back (a reset connection)
+            status = rec.status = 0
+            request.transport.close()
         pending, self._local.pending = self._local.pending, None
         for event, data in pending:
             await self._gateway.dispatch(event, data, self._filter)
@@ -81,6 +88,33 @@ class Rest:
         if status == 429:
             return _rate_limited(float(outage.retry_after), "outage", is_global=False)
         return _json_response({"message": f"{status}: Service Unavailable", "code": 0}, status)
+
+    def _take_drop(self, rec: Request) -> bool:
+        """A request ``drop_after_processing()`` matches: it was done, and its connection is closed unanswered."""
+        with self._lock:
+            for rule in self._drops:
+                method, rx, times = rule
+                if times > 0 and method == rec.method and rx.search(rec.path):
+                    rule[2] -= 1
+                    return True
+        return False
+
+    def _nonce_message(self, channel_id: int, author_id: int, body: dict) -> dict | None:
+        """Discord's message-create idempotency: with ``enforce_nonce``, a message the same author created in the
+        channel with the same nonce within the last few minutes (and not deleted since)."""
+        if body.get("nonce") is None or not body.get("enforce_nonce"):
+            return None
+        key = (channel_id, author_id, str(body["nonce"]))
+        found = self._nonces.get(key)
+        if found is None or time.monotonic() - found[0] > NONCE_WINDOW_S:
+            return None
+        earlier = self._by_id.get(found[1])
+        return None if earlier is None or earlier.get("deleted") else earlier
+
+    def _remember_nonce(self, msg: dict, body: dict) -> None:
+        if body.get("nonce") is not None and body.get("enforce_nonce"):
+            key = (int(msg["channel_id"]), int(msg["author"]["id"]), str(body["nonce"]))
+            self._nonces[key] = (time.monotonic(), int(msg["id"]))
 
     def _take_rate_limit(self, rec: Request) -> web.Response | None:
         with self._lock:
@@ -157,7 +191,12 @@ class Rest:
         if rec.method == "POST":
             if ch["type"] in (11, 12) and ch["thread_metadata"]["locked"]:
                 raise _Err(403, "Missing Permissions", 50013)
-            msg = self._new_message(int(cid), self.bot_user_id, rec.json or {}, files=rec.files)
+            body = rec.json or {}
+            earlier = self._nonce_message(int(cid), self.bot_user_id, body)
+            if earlier is not None:  # Discord returns the message created before and creates none
+                return 200, self._wire(earlier)
+            msg = self._new_message(int(cid), self.bot_user_id, body, files=rec.files)
+            self._remember_nonce(msg, body)
             self._announce("MESSAGE_CREATE", msg)
             return 200, self._wire(msg)
         q = rec.query

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from redis import Redis
 
 from worker.posters.discord_controls import NO_PINGS, answer_buttons
-from worker.posters.discord_rest import ORIGINAL, DiscordError, DiscordRest
+from worker.posters.discord_rest import ORIGINAL, DiscordError, DiscordRest, message_nonce
 from worker.posters.extra_messages import ExtraMessages
 from worker.posters.markdown_spans import close_open_fence, hold_back_unfinished
 from worker.posters.markdown_tables import tables_to_code
@@ -109,7 +109,8 @@ class DiscordPoster:
             return
         channel_id = self._channel_id(job)
         if message_id is None:
-            self._remember_part(job, number, self.rest.send(channel_id, payload)["id"])
+            nonce = message_nonce(job.job_id, channel_id, str(number))  # a retried send returns the same message
+            self._remember_part(job, number, self.rest.send(channel_id, payload, nonce)["id"])
         else:
             self.rest.edit(channel_id, message_id, payload)
 

@@ -5,10 +5,16 @@ Every call waits out a 429 for as long as Discord's ``retry_after`` says, then t
 code and message (and ``retry_after`` for a 429 still refused), and ``deliver()`` decides whether to retry. The
 bot token is sent only to bot routes (interaction webhooks are authorised by their token in the URL) and never
 logged.
+
+A new message carries a ``nonce`` with ``enforce_nonce``: when the connection drops after Discord took a message,
+``deliver()``'s retry sends the same nonce and Discord answers with the message it already created (it dedupes a
+nonce from the same author for a few minutes) instead of posting it twice. The nonce is derived from what the
+message is (``message_nonce``), so a worker that crashed and runs the job again reuses it too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -19,7 +25,13 @@ from worker.settings import DISCORD_API_URL
 log = logging.getLogger(__name__)
 
 ORIGINAL = "@original"  # the message id of an interaction's own response in webhook routes (a private answer)
+NONCE_CHARS = 25  # Discord's longest nonce
 USER_AGENT = "DiscordBot (https://github.com/xwinbot/xwinbot, 0.1) xwinbot"
+
+
+def message_nonce(*what: str) -> str:
+    """A nonce for the message that shows ``what`` (e.g. a job id and a part number): the same on every try."""
+    return hashlib.sha256("\x1f".join(what).encode()).hexdigest()[:NONCE_CHARS]
 
 
 class DiscordError(RuntimeError):
@@ -43,7 +55,10 @@ class DiscordRest:
         return f"DiscordRest({self.base_url!r})"  # no token
 
     # -- bot routes ------------------------------------------------------------------------------------
-    def send(self, channel_id: str, payload: dict) -> dict:
+    def send(self, channel_id: str, payload: dict, nonce: str | None = None) -> dict:
+        """A new message; with ``nonce``, sent again it returns the message the first send created."""
+        if nonce is not None:
+            payload = dict(payload, nonce=nonce, enforce_nonce=True)
         return self.request("POST", f"/channels/{channel_id}/messages", payload)
 
     def edit(self, channel_id: str, message_id: str, payload: dict) -> dict:
