@@ -92,6 +92,18 @@ class Settings(BaseSettings):
         30.0, ge=0, description="How long a Redis command waits out a Redis outage (restart, failover) before it "
         "fails; answers and questions in progress pause meanwhile. 0: fail at once.",
     )
+    # Securing Redis (see README "Securing Redis"): the password and the ACL user go in XWINBOT_REDIS_URL
+    # (redis://user:password@host:port/db); TLS is rediss:// with these files.
+    redis_ca_file: str | None = Field(
+        None, description="rediss://: the CA certificate (PEM) that signed Redis's certificate; unset: the system's "
+        "CAs.",
+    )
+    redis_cert_file: str | None = Field(
+        None, description="rediss:// with mutual TLS: this client's certificate (PEM), with XWINBOT_REDIS_KEY_FILE.",
+    )
+    redis_key_file: str | None = Field(
+        None, description="rediss:// with mutual TLS: this client's private key (PEM).",
+    )
     queue_name: str = Field(
         DEFAULT_QUEUE_NAME, description="Names this deployment: the RQ queue its adapters and workers share AND the "
         "prefix of every Redis key it writes, so deployments with different names can share one Redis.",
