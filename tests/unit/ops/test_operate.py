@@ -114,5 +114,5 @@ def test_the_cli_says_which_setting_is_wrong(capsys, monkeypatch):
     assert "XWINBOT_MAX_BATCH: Input should be a valid integer" in capsys.readouterr().err
     monkeypatch.delenv("XWINBOT_MAX_BATCH")
     monkeypatch.setenv("XWINBOT_REDIS_URL", "redis://127.0.0.1:1/0")
-    assert main(["worker"]) == 1
+    assert main(["worker"]) == 2  # one line, as a bad setting
     assert "cannot reach Redis at XWINBOT_REDIS_URL=redis://127.0.0.1:1/0" in capsys.readouterr().err
