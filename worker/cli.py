@@ -194,9 +194,10 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         command = [*CHILD_COMMAND[:3], *(["-v"] if args.verbose else []), *CHILD_COMMAND[3:]]
         return GpuWorkers(devices, command, metrics_port=settings.metrics_port).run()
     from worker.ops.preflight import check
+
+    check(settings, "worker")  # before importing the engine (torch): a wrong setting is said at once
     from worker.serve import WorkerProcess, run_until_stopped
 
-    check(settings, "worker")
     run_until_stopped(WorkerProcess(settings))
     return 0
 

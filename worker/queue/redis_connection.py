@@ -47,7 +47,8 @@ class RedisTls:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisTls:
-        return cls(settings.redis_ca_file, settings.redis_cert_file, settings.redis_key_file)
+        # an empty variable (``XWINBOT_REDIS_CA_FILE=``) is unset: the system's CAs
+        return cls(settings.redis_ca_file or None, settings.redis_cert_file or None, settings.redis_key_file or None)
 
     def client_options(self, url: str) -> dict:
         """redis-py's keywords for this URL; none for ``redis://`` (its plain connection class takes no ssl_*)."""
