@@ -92,11 +92,9 @@ class Settings(BaseSettings):
         30.0, ge=0, description="How long a Redis command waits out a Redis outage (restart, failover) before it "
         "fails; answers and questions in progress pause meanwhile. 0: fail at once.",
     )
-    # Securing Redis (see README "Securing Redis"): the password and the ACL user go in XWINBOT_REDIS_URL
-    # (redis://user:password@host:port/db); TLS is rediss:// with these files.
     redis_ca_file: str | None = Field(
-        None, description="rediss://: the CA certificate (PEM) that signed Redis's certificate; unset: the system's "
-        "CAs.",
+        None, description="TLS (XWINBOT_REDIS_URL=rediss://…): the CA certificate (PEM) that signed Redis's "
+        "certificate; unset: the system's CAs. The password and ACL user go in the URL: redis://user:password@host/0.",
     )
     redis_cert_file: str | None = Field(
         None, description="rediss:// with mutual TLS: this client's certificate (PEM), with XWINBOT_REDIS_KEY_FILE.",
