@@ -189,8 +189,10 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         import os
 
         from worker.gpu_workers import CHILD_COMMAND, GpuWorkers, choose_gpus, visible_gpu_count
+        from worker.ops.preflight import check_redis
 
         devices = choose_gpus(args.gpus, visible_gpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        check_redis(settings)  # one line here, rather than every child exiting 2 and being restarted forever
         command = [*CHILD_COMMAND[:3], *(["-v"] if args.verbose else []), *CHILD_COMMAND[3:]]
         return GpuWorkers(devices, command, metrics_port=settings.metrics_port).run()
     from worker.ops.preflight import check
