@@ -20,7 +20,7 @@ import sys
 from contextlib import closing
 from typing import TYPE_CHECKING
 
-from worker.errors import CheckpointError, PromptTooLong
+from worker.errors import CheckpointError, PromptTooLong, RedisUnavailable
 from worker.settings import Settings
 
 if TYPE_CHECKING:
@@ -128,8 +128,9 @@ def print_answer(settings: Settings, turns: list[tuple[str, str]]) -> str | None
 def run_status(args: argparse.Namespace, settings: Settings) -> int:
     from worker.ops.status import read_status, render
     from worker.queue.job_queue import job_queue
+    from worker.queue.redis_connection import masked_url
 
-    print(render(read_status(job_queue(settings, client_redis(settings))), settings.redis_url))
+    print(render(read_status(job_queue(settings, client_redis(settings))), masked_url(settings.redis_url)))
     return 0
 
 
@@ -188,14 +189,17 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         import os
 
         from worker.gpu_workers import CHILD_COMMAND, GpuWorkers, choose_gpus, visible_gpu_count
+        from worker.ops.preflight import check_redis
 
         devices = choose_gpus(args.gpus, visible_gpu_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+        check_redis(settings)  # one line here, rather than every child exiting 2 and being restarted forever
         command = [*CHILD_COMMAND[:3], *(["-v"] if args.verbose else []), *CHILD_COMMAND[3:]]
         return GpuWorkers(devices, command, metrics_port=settings.metrics_port).run()
     from worker.ops.preflight import check
+
+    check(settings, "worker")  # before importing the engine (torch): a wrong setting is said at once
     from worker.serve import WorkerProcess, run_until_stopped
 
-    check(settings, "worker")
     run_until_stopped(WorkerProcess(settings))
     return 0
 
@@ -256,6 +260,7 @@ COMMANDS = {"up": run_up, "worker": run_worker, "ask": run_ask, "chat": run_chat
 
 SERVICES = {"up", "worker", "slack", "discord", "api"}
 USAGE_ERROR = 2  # argparse's exit code for a bad command line; a question with nothing to ask is one too
+REDIS_UNUSABLE = 2  # as a bad setting: the command cannot do anything until XWINBOT_REDIS_URL (or Redis) is fixed
 INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGINT)
 
 
@@ -275,8 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     # services log at XWINBOT_LOG_LEVEL; ask/chat/generate print answers, and only warnings besides
     level = "DEBUG" if args.verbose else settings.log_level if args.command in SERVICES else "WARNING"
     setup_logging(level, settings.log_format)
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.exceptions import RedisError
 
     from bot.console import BadQuestion
     from worker.queue.job_queue import Busy
@@ -294,9 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     except Busy as err:
         print(f"xwinbot: {err.message}", file=sys.stderr)
         return 1
-    except (RedisConnectionError, RedisTimeoutError) as err:  # Redis away for longer than XWINBOT_REDIS_RETRY_S
-        print(f"xwinbot: cannot reach Redis ({err}); is `xwinbot up` running?", file=sys.stderr)
-        return 1
+    except RedisUnavailable as err:  # at start: nothing answers, the password or the user refused, TLS failed
+        print(f"xwinbot {args.command}: {err}", file=sys.stderr)
+        return REDIS_UNUSABLE
+    except RedisError as err:  # later: Redis away for longer than XWINBOT_REDIS_RETRY_S, or it refused a command
+        from worker.queue.redis_connection import describe_failure
+
+        print(f"xwinbot {args.command}: {describe_failure(err, settings)}", file=sys.stderr)
+        return REDIS_UNUSABLE
     except (CheckpointError, PromptTooLong, ValueError, RuntimeError, TimeoutError) as err:
         print(f"xwinbot: {err}", file=sys.stderr)
         return 1

@@ -29,3 +29,8 @@ class BackendUnavailable(RuntimeError):
 class BackendRefused(ValueError):
     """The external engine refused the request for a reason another attempt does not fix (our key, the model
     name, a request it rejects, still rate-limited after waiting); the message is the reply the user gets."""
+
+
+class RedisUnavailable(RuntimeError):
+    """Redis cannot be used at start: nothing answers, the password or ACL user is refused, TLS fails. The
+    message is one line naming the setting to check (never the password); the command exits 2."""

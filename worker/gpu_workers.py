@@ -4,7 +4,8 @@ The parent never touches CUDA beyond counting the GPUs. Each child is ``python -
 ``CUDA_VISIBLE_DEVICES`` set to one GPU (so it serves on ``cuda:0``) and its own ``/metrics`` port (the
 parent's ``XWINBOT_METRICS_PORT`` + the child's position). The parent forwards SIGINT/SIGTERM to every child
 and waits for them (answers in progress finish first), restarts a child that dies, with a backoff that doubles
-while it keeps dying soon after starting, and exits 0 once every child has stopped.
+while it keeps dying soon after starting (jittered, so children that died together do not restart together),
+and exits 0 once every child has stopped.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+
+from redis.backoff import EqualJitterBackoff
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +80,15 @@ class GpuWorkers:
         self.command = list(command)
         self.metrics_port = metrics_port
         self.env = dict(os.environ if env is None else env)
-        self.first_backoff, self.max_backoff = backoff_s
+        first_backoff, max_backoff = backoff_s
+        # the n-th quick death in a row waits between half and all of first * 2^(n-1), capped at max
+        self.restart_backoff = EqualJitterBackoff(cap=max_backoff, base=first_backoff / 2)
         self.stable_s = stable_s
         self.clock = clock
         self.children: list[subprocess.Popen | None] = [None] * len(self.devices)
         self.started_at = [0.0] * len(self.devices)
-        self.backoff = [0.0] * len(self.devices)
+        self.backoff = [0.0] * len(self.devices)  # the wait before each child's latest restart
+        self.quick_deaths = [0] * len(self.devices)  # in a row, each within stable_s of its start
         self.restart_at: list[float | None] = [None] * len(self.devices)
         self.restarts = [0] * len(self.devices)
         self.stop_signal: int | None = None
@@ -109,8 +115,8 @@ class GpuWorkers:
         if child is not None and child.poll() is not None:
             lived = now - self.started_at[position]
             quick = lived < self.stable_s
-            self.backoff[position] = (min(self.max_backoff, max(self.first_backoff, 2 * self.backoff[position]))
-                                      if quick else self.first_backoff)
+            self.quick_deaths[position] = self.quick_deaths[position] + 1 if quick else 1
+            self.backoff[position] = self.restart_backoff.compute(self.quick_deaths[position])
             log.warning("worker %d on GPU %s exited with %s after %.0f s; restarting in %.0f s", position,
                         self.devices[position], child.returncode, lived, self.backoff[position])
             self.children[position] = None

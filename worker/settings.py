@@ -93,6 +93,16 @@ class Settings(BaseSettings):
         30.0, ge=0, description="How long a Redis command waits out a Redis outage (restart, failover) before it "
         "fails; answers and questions in progress pause meanwhile. 0: fail at once.",
     )
+    redis_ca_file: str | None = Field(
+        None, description="TLS (XWINBOT_REDIS_URL=rediss://…): the CA certificate (PEM) that signed Redis's "
+        "certificate; unset: the system's CAs. The password and ACL user go in the URL: redis://user:password@host/0.",
+    )
+    redis_cert_file: str | None = Field(
+        None, description="rediss:// with mutual TLS: this client's certificate (PEM), with XWINBOT_REDIS_KEY_FILE.",
+    )
+    redis_key_file: str | None = Field(
+        None, description="rediss:// with mutual TLS: this client's private key (PEM).",
+    )
     queue_name: str = Field(
         DEFAULT_QUEUE_NAME, description="Names this deployment: the RQ queue its adapters and workers share AND the "
         "prefix of every Redis key it writes, so deployments with different names can share one Redis.",

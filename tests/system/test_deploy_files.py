@@ -39,6 +39,10 @@ REGENERATE = ".venv/bin/python -m tests.system.test_deploy_files --write-env-exa
 MODEL_DEPS = {"torch", "transformers", "accelerate", "safetensors", "huggingface-hub", "tokenizers", "gguf",
               "openai"}  # openai: the worker's client of an external backend (XWINBOT_BACKEND=openai)
 ALL_PROFILES = ("slack", "discord", "rq-dashboard", "gpu1", "api")
+COMPOSE_PASSWORD = "0123abcd"  # REDIS_PASSWORD as an operator's .env gives it
+COMPOSE_REDIS_URL = f"redis://:{COMPOSE_PASSWORD}@redis:6379/0"
+# as docker-compose.yml writes it: the password required, never a silent default
+RAW_REDIS_URL = "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD in .env (e.g. openssl rand -hex 24)}@redis:6379/0"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -151,6 +155,10 @@ ENV_FOOTER = """\
 
 # Compose profiles a plain `docker compose up` starts too, comma-separated: slack, discord, rq-dashboard, gpu1.
 # COMPOSE_PROFILES=
+
+# docker-compose.yml: Redis's password (required; hex, it goes into every service's XWINBOT_REDIS_URL), e.g.
+# the output of `openssl rand -hex 24`.
+# REDIS_PASSWORD=
 """
 
 
@@ -217,7 +225,7 @@ def run_compose(*args: str, profiles: tuple[str, ...] = (), env: dict[str, str] 
                     "(as root it installs Debian's docker-compose package), or apt-get install docker-compose")
     # Neither the caller's shell nor a developer's .env may change the result: only .env.example (all comments).
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "XWINBOT_"))}
-    clean.update({"XWINBOT_ENV_FILE": ".env.example", **(env or {})})
+    clean.update({"XWINBOT_ENV_FILE": ".env.example", "REDIS_PASSWORD": COMPOSE_PASSWORD, **(env or {})})
     command = [executable, "--env-file", ".env.example", "-f", "docker-compose.yml"]
     command += [arg for profile in profiles for arg in ("--profile", profile)]
     return subprocess.run([*command, *args], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120)
@@ -259,8 +267,19 @@ def test_compose_reads_the_env_file_it_is_given(tmp_path):
     assert result.returncode == 0, result.stderr
     worker = yaml.safe_load(result.stdout)["services"]["worker"]
     assert worker["environment"]["XWINBOT_LOG_FORMAT"] == "json"
-    assert worker["environment"]["XWINBOT_REDIS_URL"] == "redis://redis:6379/0", "compose's own values win"
+    assert worker["environment"]["XWINBOT_REDIS_URL"] == COMPOSE_REDIS_URL, "compose's own values win"
     assert worker["environment"]["XWINBOT_DEVICE"] == "cuda"
+
+
+def test_compose_will_not_start_redis_without_a_password():
+    result = run_compose("config", "-q", env={"REDIS_PASSWORD": ""})
+    assert result.returncode != 0 and "set REDIS_PASSWORD in .env" in result.stderr
+    resolved = yaml.safe_load(run_compose("config").stdout)["services"]
+    assert resolved["redis"]["command"][-2:] == ["--requirepass", COMPOSE_PASSWORD]
+    assert resolved["redis"]["environment"]["REDISCLI_AUTH"] == COMPOSE_PASSWORD  # its health check logs in
+    assert {name: service["environment"].get("XWINBOT_REDIS_URL", service["environment"].get("RQ_DASHBOARD_REDIS_URL"))
+            for name, service in resolved.items() if name != "redis"} == dict.fromkeys(set(resolved) - {"redis"},
+                                                                                       COMPOSE_REDIS_URL)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -314,7 +333,7 @@ def test_worker_gets_the_gpu_and_keeps_the_model(compose):
     # pinned by id: `count: 1` and `--scale` would let Docker hand two replicas the same GPU
     assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
     env = _environment(worker)
-    assert env["XWINBOT_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["XWINBOT_REDIS_URL"] == RAW_REDIS_URL
     assert env["XWINBOT_DEVICE"] == "${XWINBOT_DEVICE:-cuda}", "no GPU must stop the worker, not fall back to CPU"
     assert any(env["HF_HOME"] == target or env["HF_HOME"].startswith(target.rstrip("/") + "/")
                for target in _named_volume_targets(compose, worker)), "HF_HOME must be on a named volume"
@@ -352,7 +371,7 @@ def test_adapters_start_only_in_their_profile(compose, name, port):
     assert adapter["build"]["dockerfile"] == "docker/adapter.Dockerfile"
     env = _environment(adapter)
     assert env["XWINBOT_METRICS_PORT"] == str(port)
-    assert env["XWINBOT_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["XWINBOT_REDIS_URL"] == RAW_REDIS_URL
     assert f"127.0.0.1:{port}/healthz" in _healthcheck(adapter)
     assert adapter["restart"] == "unless-stopped"
     assert adapter["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -371,7 +390,7 @@ def test_rq_dashboard_is_optional(compose):
     dashboard = compose["services"]["rq-dashboard"]
     assert dashboard["image"].split(":")[0] == "eoranged/rq-dashboard"
     assert dashboard["profiles"] == ["rq-dashboard"]
-    assert _environment(dashboard)["RQ_DASHBOARD_REDIS_URL"] == "redis://redis:6379/0"
+    assert _environment(dashboard)["RQ_DASHBOARD_REDIS_URL"] == RAW_REDIS_URL
     assert any(str(port).endswith("9181:9181") for port in dashboard["ports"])
 
 

@@ -129,7 +129,15 @@ def test_a_child_that_keeps_dying_is_restarted_with_growing_backoff():
         workers.stop()
         runner.join(timeout=30)
     assert not runner.is_alive()
-    assert workers.backoff[0] == 0.2, "doubled from 0.05 up to the cap"
+    assert 0.1 <= workers.backoff[0] <= 0.2, "doubled from 0.05 up to the cap (jittered: half to all of it)"
+
+
+def test_restart_waits_of_children_that_died_together_are_spread_and_bounded():
+    workers = GpuWorkers([str(i) for i in range(8)], backoff_s=(1.0, 60.0), env={})
+    for deaths, nominal in ((1, 1.0), (3, 4.0), (10, 60.0)):
+        waits = [workers.restart_backoff.compute(deaths) for _ in workers.devices]
+        assert all(nominal / 2 <= w <= nominal for w in waits)
+        assert len(set(waits)) == len(waits), "no two children restart at the same moment"
 
 
 def test_children_without_metrics_keep_them_off():

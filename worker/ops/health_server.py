@@ -18,18 +18,14 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from redis import Redis
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from worker.ops.metrics import QueueCollector
 from worker.queue.job_queue import job_queue
+from worker.queue.redis_connection import probe_client
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
-
-PROBE_TIMEOUT_S = 2
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -57,8 +53,7 @@ class HealthServer:
                  collectors: Iterable = ()):
         self.process, self.details = process, details or dict
         # Its own client: no retries and short timeouts, so a Redis outage shows at once instead of hanging.
-        self.redis = Redis.from_url(settings.redis_url, socket_timeout=PROBE_TIMEOUT_S,
-                                    socket_connect_timeout=PROBE_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        self.redis = probe_client(settings)  # the process's password, ACL user and TLS
         self.registry = _Registry([QueueCollector(job_queue(settings, self.redis)), *collectors])
         server_class = type("Server", (_ThreadingServer,), {
             "address_family": socket.AF_INET6 if ":" in settings.metrics_host else socket.AF_INET})

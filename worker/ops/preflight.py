@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
-from redis import Redis
 from redis.exceptions import RedisError
 
+from worker.errors import RedisUnavailable
+from worker.queue.redis_connection import TLS_SCHEMES, describe_failure, probe_client
 from worker.settings import Settings
 
 Role = Literal["worker", "slack", "discord", "api", "up", "client"]  # client: ask, chat, status (Redis only)
@@ -20,9 +22,9 @@ class SettingsProblem(ValueError):
 
 
 def check(settings: Settings, role: Role, redis_must_answer: bool = True) -> None:
-    problems = []
-    if redis_must_answer:
-        problems += _redis(settings)
+    problems = redis_settings_problems(settings)
+    if redis_must_answer and not problems:
+        check_redis(settings)
     if role in ("worker", "up"):
         problems += backend_problems(settings) if settings.backend == "openai" else _model(settings) + _device(settings)
     if role in ("slack", "up"):
@@ -39,12 +41,36 @@ def raise_if_any(problems: list[str]) -> None:
         raise SettingsProblem("cannot start:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _redis(settings: Settings) -> list[str]:
+def check_redis(settings: Settings) -> None:
+    """RedisUnavailable, one line, when Redis does not answer this process as configured: nothing else matters
+    then, so it is said alone and at once."""
+    client = probe_client(settings)
     try:
-        Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2).ping()
-    except (RedisError, ValueError) as err:
-        return [f"cannot reach Redis at XWINBOT_REDIS_URL={settings.redis_url} ({err})"]
-    return []
+        client.ping()
+    except RedisError as err:
+        raise RedisUnavailable(describe_failure(err, settings)) from None
+    finally:
+        client.close()
+
+
+def redis_settings_problems(settings: Settings) -> list[str]:
+    """The URL parses, and TLS files come with a TLS URL (a CA file on redis:// would quietly not be used)."""
+    try:
+        parsed = urlparse(settings.redis_url)
+        parsed.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as err:
+        return [f"XWINBOT_REDIS_URL: {err}"]
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        return ["XWINBOT_REDIS_URL must start with redis://, rediss:// (TLS) or unix://"]
+    files = {"XWINBOT_REDIS_CA_FILE": settings.redis_ca_file, "XWINBOT_REDIS_CERT_FILE": settings.redis_cert_file,
+             "XWINBOT_REDIS_KEY_FILE": settings.redis_key_file}
+    problems = [f"{name} is set but XWINBOT_REDIS_URL is not rediss:// (TLS)"
+                for name, value in files.items() if value and parsed.scheme not in TLS_SCHEMES]
+    problems += [f"{name}={value}: no such file" for name, value in files.items()
+                 if value and not Path(value).expanduser().is_file()]
+    if bool(settings.redis_cert_file) != bool(settings.redis_key_file):
+        problems.append("mutual TLS needs both XWINBOT_REDIS_CERT_FILE and XWINBOT_REDIS_KEY_FILE")
+    return problems
 
 
 def backend_problems(settings: Settings) -> list[str]:

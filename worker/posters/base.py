@@ -4,7 +4,8 @@ A poster receives the whole text so far on every call (platforms edit a placehol
 or repeated call is harmless. ``StreamingReply`` calls ``update`` at most once per interval (about a second,
 as chat platforms expect) and simply skips edits the platform refuses (the next one carries the whole text);
 the final answer goes through ``deliver``, which retries a platform that is down (5xx, 429, a dropped
-connection) with capped exponential backoff, honouring Retry-After, for the whole delivery retry window, and
+connection) with capped exponential backoff, jittered so that the answers waiting out one outage do not all
+hit the platform at the moment it is back, honouring Retry-After, for the whole delivery retry window, and
 raises ``DeliveryFailed`` after it: the job then ends in RQ's failed registry with that reason.
 """
 
@@ -15,6 +16,8 @@ import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
+
+from redis.backoff import EqualJitterBackoff
 
 from worker.ops import metrics
 from worker.settings import DEFAULT_DELIVERY_RETRY_S, DEFAULT_UPDATE_INTERVAL_S
@@ -50,8 +53,10 @@ def deliver(call: Callable[[], None], *, what: str = "reply", window_s: float = 
             attempts: int | None = None, first_delay: float = 0.5, max_delay: float = MAX_BACKOFF_S,
             clock: Callable[[], float] = time.monotonic) -> None:
     """Run one poster call until it succeeds. While the platform is down it is retried for ``window_s``
-    seconds; any other error ``PERMANENT_ATTEMPTS`` times; ``attempts`` caps both. DeliveryFailed after that."""
-    started, delay, attempt = clock(), first_delay, 0
+    seconds; any other error ``PERMANENT_ATTEMPTS`` times; ``attempts`` caps both. DeliveryFailed after that.
+    The n-th wait is drawn between half and all of ``first_delay`` * 2^(n-1), capped at ``max_delay``."""
+    started, attempt = clock(), 0
+    backoff = EqualJitterBackoff(cap=max_delay, base=first_delay / 2)
     while True:
         attempt += 1
         try:
@@ -60,7 +65,7 @@ def deliver(call: Callable[[], None], *, what: str = "reply", window_s: float = 
         except Exception as err:  # a poster may raise anything its platform client raises
             down = platform_down(err)
             wait = platform_retry_after(err) if down else None
-            wait = delay if wait is None else wait
+            wait = backoff.compute(attempt) if wait is None else wait
             limit = attempts or (None if down else PERMANENT_ATTEMPTS)
             elapsed = clock() - started
             if (limit is not None and attempt >= limit) or (down and elapsed + wait > window_s):
@@ -71,7 +76,6 @@ def deliver(call: Callable[[], None], *, what: str = "reply", window_s: float = 
                         what, attempt, elapsed, err, wait)
             metrics.POSTING_RETRIES.labels(what).inc()
             time.sleep(wait)
-            delay = min(delay * 2, max_delay)
 
 
 def platform_down(err: Exception) -> bool:
@@ -107,7 +111,9 @@ class StreamingReply:
                  clock: Callable[[], float] = time.monotonic, retry_window_s: float = DEFAULT_DELIVERY_RETRY_S,
                  max_backoff_s: float = MAX_BACKOFF_S):
         self.poster, self.job, self.interval, self.clock = poster, job, interval, clock
-        self.retry_window_s, self.max_backoff_s = retry_window_s, max_backoff_s
+        self.retry_window_s = retry_window_s
+        # after the n-th refusal in a row, no edit for between half and all of interval * 2^n (capped)
+        self.backoff = EqualJitterBackoff(cap=max_backoff_s, base=interval)
         self.text = ""
         self.shown = ""
         self.next_update_at = -math.inf
@@ -122,7 +128,7 @@ class StreamingReply:
             self.poster.update(self.job, self.text)
         except Exception as err:
             self.refused += 1
-            backoff = min(self.max_backoff_s, self.interval * 2 ** self.refused)
+            backoff = self.backoff.compute(self.refused)
             self.next_update_at = now + max(backoff, platform_retry_after(err) or 0.0)
             log.warning("a streamed update was refused (%s); skipping edits for %.1f s", err,
                         self.next_update_at - now)

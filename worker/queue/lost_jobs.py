@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from redis import Redis
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import RedisError
 from rq.job import Job as RQJob
 
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 
 CHECK_AFTER_S = 3.0  # everysec: on disk within about a second (two when the disk is slow)
 GIVE_UP_AFTER_S = 3600.0  # Redis unreachable for this long: the process's owner has bigger problems
+# Still unreachable (after the client's own XWINBOT_REDIS_RETRY_S): look again after between half and all of 3 s,
+# 6 s, 12 s, 15 s…; jittered, so the adapters that queued questions during one outage do not all look at the moment
+# Redis is back. Capped low: the jobs are looked at in order, and a later one waits behind this one.
+RETRY_BACKOFF = EqualJitterBackoff(cap=15.0, base=CHECK_AFTER_S / 2)
 
 
 class LostJobWatch:
@@ -33,13 +38,15 @@ class LostJobWatch:
 
     def __init__(self, redis: Redis, requeue: Callable[[Job], object], check_after_s: float = CHECK_AFTER_S):
         self.redis, self.requeue, self.check_after_s = redis, requeue, check_after_s
-        self._pending: queue.Queue[tuple[float, str | None, Job]] = queue.Queue()
+        # (when to look, when it was queued, Redis's run id then, the job, failed looks so far)
+        self._pending: queue.Queue[tuple[float, float, str | None, Job, int]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def watch(self, job: Job) -> None:
         """Call right after ``job`` was queued."""
-        self._pending.put((time.monotonic(), self.run_id(), job))
+        now = time.monotonic()
+        self._pending.put((now + self.check_after_s, now, self.run_id(), job, 0))
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="xwinbot-lost-jobs", daemon=True)
@@ -54,13 +61,14 @@ class LostJobWatch:
 
     def _run(self) -> None:
         while True:
-            queued_at, run_id, job = self._pending.get()
-            time.sleep(max(0.0, queued_at + self.check_after_s - time.monotonic()))
+            due, queued_at, run_id, job, failures = self._pending.get()
+            time.sleep(max(0.0, due - time.monotonic()))
             try:
                 self.check(job, run_id)
             except RedisError as err:  # still unreachable after the client's own retries: look again later
                 if time.monotonic() - queued_at < GIVE_UP_AFTER_S:
-                    self._pending.put((time.monotonic(), run_id, job))
+                    wait = RETRY_BACKOFF.compute(failures + 1)
+                    self._pending.put((time.monotonic() + wait, queued_at, run_id, job, failures + 1))
                 else:
                     log.error("could not make sure job %s survived a Redis outage: %s", job.job_id, err)
             except Exception:

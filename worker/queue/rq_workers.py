@@ -78,6 +78,7 @@ from uuid import uuid4
 
 import redis.exceptions
 from redis import Redis
+from redis.backoff import EqualJitterBackoff
 from rq import Queue, worker_registration
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
@@ -88,6 +89,10 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
 from worker.queue.redis_connection import as_text
+
+# Jittered (between half and all of 1 s, 2 s, 4 s, …), so the job threads of every worker that lost Redis together
+# do not all knock at the moment it is back.
+RESTART_BACKOFF = EqualJitterBackoff(cap=30.0, base=0.5)  # a job thread whose loop ended
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +176,8 @@ class _ThreadWorker(SimpleWorker):
     # -- dequeue that gives up when a stop is requested --------------------------------------------------
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         self.set_state(WorkerStatus.IDLE)
-        wait = 1.0
+        failures = 0
+        reconnect = EqualJitterBackoff(cap=self.max_connection_wait_time, base=0.5)
         while not self._stop_requested:
             try:
                 self.heartbeat()
@@ -184,13 +190,15 @@ class _ThreadWorker(SimpleWorker):
                     death_penalty_class=self.death_penalty_class,
                 )
             except DequeueTimeout:
-                wait = 1.0
+                failures = 0
                 continue
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                self.log.error('Worker %s: Redis unreachable (%s), retrying in %.0f s', self.name, exc, wait)
+                failures += 1
+                wait = reconnect.compute(failures)
+                self.log.error('Worker %s: Redis unreachable (%s), retrying in %.1f s', self.name, exc, wait)
                 self._stop_event.wait(wait)
-                wait = min(wait * 2, self.max_connection_wait_time)
                 continue
+            failures = 0
             if result is None:
                 continue
             job, queue = result
@@ -304,7 +312,6 @@ class ThreadedWorkers:
 
     def _run_slot(self, i: int) -> None:
         generation = 0
-        backoff = 1.0
         while not self._stop_event.is_set():
             name = f'{self.name_prefix}.{i}' + (f'.r{generation}' if generation else '')
             try:
@@ -315,10 +322,10 @@ class ThreadedWorkers:
                 log.exception('rq worker thread %s crashed', name)
             if self._stop_event.is_set():
                 break
-            log.warning('rq worker thread %s ended without a stop request; restarting in %.0f s', name, backoff)
-            self._stop_event.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
             generation += 1
+            backoff = RESTART_BACKOFF.compute(generation)
+            log.warning('rq worker thread %s ended without a stop request; restarting in %.1f s', name, backoff)
+            self._stop_event.wait(backoff)
 
     def _heartbeat_loop(self) -> None:
         # Runs until every worker thread has ended (a job still running after a stop keeps its heartbeat).

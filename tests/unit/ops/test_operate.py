@@ -9,6 +9,7 @@ from pydantic import SecretStr
 
 from tests.helpers.console_job import question
 from worker.cli import main
+from worker.errors import RedisUnavailable
 from worker.ops.preflight import SettingsProblem, check
 from worker.ops.status import publish_worker_info, read_status, render, requeue_failed
 from worker.queue.job_queue import JobQueue, QueueLimits
@@ -71,7 +72,6 @@ def test_requeue_failed_puts_jobs_back(redis, queue_name, capsys, monkeypatch):
 def test_settings_problems_are_all_named_at_start(tmp_path):
     (tmp_path / "empty").mkdir()
     cases = {
-        "cannot reach Redis at XWINBOT_REDIS_URL=redis://127.0.0.1:1/0": dict(redis_url="redis://127.0.0.1:1/0"),
         f"XWINBOT_MODEL={tmp_path}/missing: no such directory": dict(model=str(tmp_path / "missing")),
         "not a model directory (no config.json in it)": dict(model=str(tmp_path / "empty")),
         "neither an existing directory nor a Hub repo id": dict(model="not a repo id"),
@@ -80,6 +80,8 @@ def test_settings_problems_are_all_named_at_start(tmp_path):
         with pytest.raises(SettingsProblem, match=expected.replace("(", r"\(").replace(")", r"\)")):
             check(Settings(**overrides), "worker")
     check(Settings(model="TheBloke/Xwin-LM-13B-V0.1-GPTQ"), "worker")  # a Hub id is fine without a download
+    with pytest.raises(RedisUnavailable, match=r"cannot reach Redis at XWINBOT_REDIS_URL=redis://127\.0\.0\.1:1/0"):
+        check(Settings(redis_url="redis://127.0.0.1:1/0"), "worker")  # alone and at once: nothing else matters
 
 
 def test_the_openai_backend_needs_a_url_and_a_model_and_no_model_files():
@@ -112,5 +114,5 @@ def test_the_cli_says_which_setting_is_wrong(capsys, monkeypatch):
     assert "XWINBOT_MAX_BATCH: Input should be a valid integer" in capsys.readouterr().err
     monkeypatch.delenv("XWINBOT_MAX_BATCH")
     monkeypatch.setenv("XWINBOT_REDIS_URL", "redis://127.0.0.1:1/0")
-    assert main(["worker"]) == 1
+    assert main(["worker"]) == 2  # one line, as a bad setting
     assert "cannot reach Redis at XWINBOT_REDIS_URL=redis://127.0.0.1:1/0" in capsys.readouterr().err
