@@ -59,8 +59,10 @@ class Settings(BaseSettings):
         "after loading the model, minus 2 GB; each conversation's context shrinks to fit.",
     )
     kv_cache_dtype: Literal["auto", "fp8"] = Field(
-        "auto", description="auto: the model's dtype (bf16); fp8: half the memory per token (twice the "
-        "conversation length in the same budget), slightly less exact attention.",
+        "auto", description="auto: the model's dtype (bf16); fp8: e4m3 with per-(layer, KV head) scales set at "
+        "load, half the memory per token (twice the conversation length in the same budget), less exact attention: "
+        "94% next-token agreement with bf16 on the demo model (benchmarks/NOTES.md row 51), below the 99% that a "
+        "default needs, so opt-in.",
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
     # An external engine instead of our own (see README "An external engine as the backend").

@@ -1,13 +1,15 @@
 """What an fp8 KV cache does to a real instruct model's answers, on the CPU: the offline demo model
-(SmolLM2-135M-Instruct, 4-bit), greedy answers with the K/V cache in the model's dtype against e4m3 fp8.
+(SmolLM2-135M-Instruct, 4-bit), greedy answers with the K/V cache in the model's dtype against e4m3 fp8, unscaled
+(every scale 1.0: values only clamped to ±448) and with the per-(layer, kv head) scales the runtime calibrates at
+load (``worker.inference.llama_runtime.calibrate_kv_scales``, what ``XWINBOT_KV_CACHE_DTYPE=fp8`` serves).
 
 Reports the answers that came out identical, where the others first diverged, and, with the reference answer
 fed back token by token (teacher forcing), how often the next-token choice agrees and the mean KL divergence
-of the next-token distribution from the reference; the same for the whole model in fp32, as the floor that
-bf16's own rounding gives (a greedy answer of a small model flips at near-ties). A proxy for the 13B model
-(whose weights cannot be fetched here): different heads and outliers, same cache code.
+of the next-token distribution from the reference; with ``--floor`` the same for the whole model in fp32, as the
+floor that bf16's own rounding gives (a greedy answer of a small model flips at near-ties; NOTES row 25: 96.3%).
+A proxy for the 13B model (whose weights cannot be fetched here): different heads and outliers, same cache code.
 
-    python -m benchmarks.quality.fp8_kv_quality [--new-tokens 48]     # ~6 min on 2 cores; JSON into $OUT when set
+    python -m benchmarks.quality.fp8_kv_quality [--new-tokens 48] [--floor]   # ~6 min on 2 cores; JSON into $OUT
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.result_json import write_result
-from worker.inference.llama_runtime import FP8, KVCache, LlamaRuntime, forward
+from worker.inference.llama_runtime import FP8, KVCache, LlamaRuntime, calibrate_kv_scales, forward
 from worker.inference.prompt import Turn, make_template
 from worker.inference.sampling import GenerationParams, SamplingTensors
 from worker.model.demo_model import ensure_demo_model
@@ -39,18 +41,23 @@ QUESTIONS = [
 ]
 
 
-def greedy_answer(loaded, prompt: list[int], new_tokens: int, kv_dtype) -> list[int]:
+def greedy_answer(loaded, prompt: list[int], new_tokens: int, kv_dtype, scaled: bool = True) -> list[int]:
     runtime = LlamaRuntime(loaded.model, len(prompt) + new_tokens + 1, kv_dtype=kv_dtype)
+    if not scaled:
+        runtime.cache.scales.fill_(1.0)  # the e4m3 cache as it was before scales: values clamped, not scaled
     greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
     return list(runtime.generate(prompt, new_tokens, greedy, stop_ids=loaded.eos_token_ids))
 
 
-def teacher_forced_logits(loaded, ids: list[int], kv_dtype) -> torch.Tensor:
-    """Logits at every position of ``ids``, fed one token at a time through the cache (as decoding does)."""
+def teacher_forced_logits(loaded, ids: list[int], kv_dtype, scaled: bool = True) -> torch.Tensor:
+    """Logits at every position of ``ids``, fed one token at a time through the cache (as decoding does); an
+    fp8 cache calibrated as the runtime does unless ``scaled`` is False."""
     config = loaded.model.config
     head_dim = head_dim_of(config)
     cache = KVCache(config.num_hidden_layers, 1, config.num_key_value_heads, len(ids), head_dim, "cpu",
                     kv_dtype or loaded.dtype)
+    if cache.quantized and scaled:
+        calibrate_kv_scales(loaded.model, cache)
     tokens = torch.tensor([ids])
     with torch.inference_mode():
         return torch.cat([forward(loaded.model, cache, tokens[:, t : t + 1], torch.tensor([t]), len(ids), True)[0]
@@ -79,32 +86,37 @@ def agreement(ref_answers, answers, ref_logits, logits) -> dict:
                 teacher_forced_top1_agreement=sum(agree) / len(agree), mean_kl=sum(kl) / len(kl))
 
 
-def compare(loaded, other_model, new_tokens: int, kv_dtype) -> dict:
-    """``other_model`` with its K/V cache in ``kv_dtype`` (None: its own dtype) against ``loaded`` with its
-    own, over QUESTIONS."""
-    ref_answers, answers, ref_logits, logits = [], [], [], []
+def compare(loaded, variants: dict, new_tokens: int) -> dict:
+    """Each variant (name -> (model, kv_dtype or None for the model's own, scaled)) against ``loaded`` with its
+    own K/V dtype, over QUESTIONS; the reference is computed once."""
+    ref_answers, ref_logits = [], []
+    answers, logits = {name: [] for name in variants}, {name: [] for name in variants}
     for prompt in question_prompts(loaded):
         reference = greedy_answer(loaded, prompt, new_tokens, None)
         ref_answers.append(reference)
-        answers.append(greedy_answer(other_model, prompt, new_tokens, kv_dtype))
         ids = prompt + reference
         ref_logits.append(teacher_forced_logits(loaded, ids, None)[len(prompt) - 1 : -1].float())
-        logits.append(teacher_forced_logits(other_model, ids, kv_dtype)[len(prompt) - 1 : -1].float())
-    return agreement(ref_answers, answers, ref_logits, logits)
+        for name, (model, kv_dtype, scaled) in variants.items():
+            answers[name].append(greedy_answer(model, prompt, new_tokens, kv_dtype, scaled))
+            logits[name].append(teacher_forced_logits(model, ids, kv_dtype, scaled)[len(prompt) - 1 : -1].float())
+    return {name: agreement(ref_answers, answers[name], ref_logits, logits[name]) for name in variants}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--floor", action="store_true", help="also the whole model in fp32 against bf16")
     args = parser.parse_args()
     loaded = load_model(ensure_demo_model(), device="cpu", dtype=torch.bfloat16)
     report = dict(model="SmolLM2-135M-Instruct 4-bit (demo), bf16, K/V cache in bf16 as the reference",
                   questions=len(QUESTIONS), new_tokens=args.new_tokens)
-    # The floor: the same model run in fp32 throughout (bf16 is what every user already gets from it)
-    in_fp32 = load_model(ensure_demo_model(), device="cpu", dtype=torch.float32)
-    for name, model, kv_dtype in (("fp32_model_vs_bf16", in_fp32, None), ("fp8_e4m3_kv", loaded, FP8)):
-        report[name] = compare(loaded, model, args.new_tokens, kv_dtype)
-        print(name, json.dumps(report[name]), flush=True)
+    variants = {"fp8_e4m3_kv_unscaled": (loaded, FP8, False), "fp8_e4m3_kv_scaled": (loaded, FP8, True)}
+    if args.floor:  # the same model run in fp32 throughout (bf16 is what every user already gets from it)
+        variants["fp32_model_vs_bf16"] = (load_model(ensure_demo_model(), device="cpu", dtype=torch.float32), None,
+                                          True)
+    for name, result in compare(loaded, variants, args.new_tokens).items():
+        report[name] = result
+        print(name, json.dumps(result), flush=True)
     write_result("fp8_kv_quality", report)
 
 

@@ -112,7 +112,7 @@ def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_ro
         q = layer_kernels.rotary_into_cache(
             partials, cos.reshape(-1, head_dim).contiguous(), sin.reshape(-1, head_dim).contiguous(),
             positions.reshape(-1).contiguous(), cache.keys[layer], cache.values[layer], first_row, length,
-            q_heads, kv_heads, dtype,
+            q_heads, kv_heads, dtype, cache.scales[layer],
         )
         return q.view(batch, length, q_heads, head_dim).transpose(1, 2)
     heads = summed(partials, dtype).view(batch, length, -1, head_dim)  # [B, T, q + k + v heads, D]

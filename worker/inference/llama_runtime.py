@@ -45,13 +45,22 @@ MIN_WINDOW = 256
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
+# An fp8 cache stores value / scale, with one scale per (layer, K or V, kv head) fixed once at load (see
+# ``calibrate_kv_scales``): the calibration's largest magnitude lands at FP8_MAX / FP8_HEADROOM, so entries up to
+# FP8_HEADROOM times larger still fit unclipped. e4m3's relative precision is the same across its normal range
+# (2^-6 .. 448, a span of ~2^15), so the headroom costs nothing but pushing values 2^15 below the largest into
+# subnormals.
+FP8_HEADROOM = 4.0
+CALIBRATION_TOKENS = 256
 
 
 class KVCache(nn.Module):
     """Keys and values of every layer: [layers, slots, kv_heads, max_len, head_dim], allocated once.
 
-    In fp8 (e4m3, ``XWINBOT_KV_CACHE_DTYPE=fp8``) each entry takes half the memory of bf16: values are clamped
-    to fp8's range when written and widened again when attention reads them.
+    In fp8 (e4m3, ``XWINBOT_KV_CACHE_DTYPE=fp8``) each entry takes half the memory of bf16: values are divided
+    by their head's scale (``scales`` [layers, 2 (K, V), kv_heads], fp32) and clamped to fp8's range when
+    written, and multiplied by it when attention reads them. Scales stay 1.0 (unscaled e4m3) until
+    ``set_scales``; a cache in the model's dtype keeps them at 1.0 and never reads them.
     """
 
     def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
@@ -59,10 +68,23 @@ class KVCache(nn.Module):
         shape = (layers, batch, kv_heads, max_len, head_dim)
         self.register_buffer("keys", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("values", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("scales", torch.ones((layers, 2, kv_heads), device=device, dtype=torch.float32),
+                             persistent=False)
         self.max_len = max_len
         if self.keys.is_cuda:  # fixed addresses: CUDA graphs replay in-place updates of these buffers
             torch._dynamo.mark_static_address(self.keys)
             torch._dynamo.mark_static_address(self.values)
+            torch._dynamo.mark_static_address(self.scales)
+
+    @property
+    def quantized(self) -> bool:
+        return self.keys.dtype == FP8
+
+    def set_scales(self, amax: torch.Tensor) -> None:
+        """Scales from the largest |K| and |V| seen per (layer, kv head): ``amax`` [layers, 2, kv_heads]. In place
+        (captured CUDA graphs read this buffer); an all-zero head keeps a tiny scale rather than dividing by 0."""
+        scales = amax.float().to(self.scales.device) * FP8_HEADROOM / FP8_MAX
+        self.scales.copy_(scales.clamp(min=torch.finfo(torch.float32).tiny))
 
     def write(self, layer: int, first_row: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k/v [B, H, T, D] of slots first_row.. at their positions [B, T]."""
@@ -70,8 +92,10 @@ class KVCache(nn.Module):
         keys = self.keys[layer, first_row : first_row + batch]
         values = self.values[layer, first_row : first_row + batch]
         index = positions.view(batch, 1, length, 1).expand(batch, heads, length, dim)
-        if self.keys.dtype == FP8:  # scatter has no fp8 kernels: move the bytes as uint8
-            as_bytes = [t.clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8) for t in (k, v)]
+        if self.quantized:  # scatter has no fp8 kernels: move the bytes as uint8
+            scales = self.scales[layer].view(2, 1, heads, 1, 1)
+            as_bytes = [(t.float() / s).clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8)
+                        for t, s in ((k, scales[0]), (v, scales[1]))]
             keys.view(torch.uint8).scatter_(2, index, as_bytes[0])
             values.view(torch.uint8).scatter_(2, index, as_bytes[1])
         else:
@@ -79,14 +103,47 @@ class KVCache(nn.Module):
             values.scatter_(2, index, v.to(values.dtype))
 
     def window(self, layer: int, first_row: int, batch: int, window: int):
-        """Slots first_row.. first ``window`` entries of keys and values (all a step may attend to)."""
+        """Slots first_row.. first ``window`` entries of keys and values (all a step may attend to), as stored."""
         rows = slice(first_row, first_row + batch)
         return self.keys[layer, rows, :, :window], self.values[layer, rows, :, :window]
+
+    def read(self, layer: int, first_row: int, batch: int, window: int, dtype: torch.dtype):
+        """``window``'s keys and values in ``dtype``, fp8 entries multiplied back by their head's scale (in fp32,
+        as the decode kernel does, then rounded once)."""
+        keys, values = self.window(layer, first_row, batch, window)
+        if not self.quantized:
+            return keys.to(dtype), values.to(dtype)
+        scales = self.scales[layer].view(2, 1, -1, 1, 1)
+        return (keys.float() * scales[0]).to(dtype), (values.float() * scales[1]).to(dtype)
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` entries of slot ``src`` into slot ``dst`` (all layers)."""
         self.keys[:, dst, :, :length].copy_(self.keys[:, src, :, :length])
         self.values[:, dst, :, :length].copy_(self.values[:, src, :, :length])
+
+
+def calibration_tokens(config, length: int = CALIBRATION_TOKENS) -> torch.Tensor:
+    """[1, length] token ids for ``calibrate_kv_scales``: the model's BOS (the first position's keys are often
+    the odd ones out) then ids drawn with a fixed seed, so every start of a model gets the same scales."""
+    ids = torch.randint(0, config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+    if getattr(config, "bos_token_id", None) is not None:
+        ids[0, 0] = config.bos_token_id
+    return ids
+
+
+@torch.inference_mode()
+def calibrate_kv_scales(model: nn.Module, cache: KVCache) -> None:
+    """Per (layer, kv head) scales for ``cache`` from one forward of ``calibration_tokens`` into a scratch cache
+    in the model's dtype: static, so they suit the fixed buffers CUDA graphs replay (as vLLM's per-layer
+    k_scale/v_scale are static), and computed at load, so no checkpoint has to ship them."""
+    layers, _, kv_heads, _, head_dim = cache.keys.shape
+    tokens = calibration_tokens(model.config).to(cache.keys.device)
+    length = tokens.shape[1]
+    scratch = KVCache(layers, 1, kv_heads, length, head_dim, cache.keys.device,
+                      model.get_input_embeddings().weight.dtype)
+    forward(model, scratch, tokens, torch.arange(length, device=tokens.device), length, last_only=True)
+    amax = [t[:, 0].abs().amax(dim=(-1, -2)).float() for t in (scratch.keys, scratch.values)]  # [layers, kv_heads]
+    cache.set_scales(torch.stack(amax, dim=1))
 
 
 def sliding_window_of(attn: nn.Module, config) -> int | None:
@@ -112,16 +169,17 @@ def attention(attn: nn.Module, x, ordered: bool, cos, sin, mask, cache: KVCache,
         qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1).reshape(1, batch * length, -1)
     q = rotary_into_cache(qkv, cos, sin, positions, cache, layer, first_row, q_heads, kv_heads, x.dtype,
                           getattr(attn, "q_norm", None), getattr(attn, "k_norm", None))  # Qwen3's q/k norms
-    keys, values = cache.window(layer, first_row, batch, window)
     if decode_kernel and length == 1 and kernels_serve(q, q.dtype):
         from worker.kernels.decode_attention import decode_attention  # Triton: only where it runs
 
+        keys, values = cache.window(layer, first_row, batch, window)
         order = output_order_for(attn.o_proj)
         out = decode_attention(q[:, :, 0].contiguous(), keys, values, positions.reshape(-1), window, attn.scaling,
-                               order, sliding_window)
+                               order, sliding_window, cache.scales[layer] if cache.quantized else None)
         return projection_partials(attn.o_proj, out, ordered=order is not None)
+    keys, values = cache.read(layer, first_row, batch, window, q.dtype)
     out = F.scaled_dot_product_attention(
-        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, scale=attn.scaling,
+        q, keys, values, attn_mask=mask, scale=attn.scaling,
         enable_gqa=q_heads != kv_heads,
     )
     return projection_partials(attn.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
@@ -257,6 +315,8 @@ class LlamaRuntime:
         head_dim = head_dim_of(config)
         self.cache = KVCache(config.num_hidden_layers, max_batch, config.num_key_value_heads, max_seq_len, head_dim,
                              self.device, kv_dtype or dtype)
+        if self.cache.quantized:
+            calibrate_kv_scales(model, self.cache)
         self.max_seq_len = max_seq_len
         self.max_batch = max_batch
         self.windows = attention_windows(max_seq_len)

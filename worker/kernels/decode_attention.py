@@ -8,6 +8,9 @@ chunks and writes the output, optionally already in o_proj's act-order (so o_pro
 
     out = decode_attention(q, keys, values, positions, window, scale, order)   # q [B, Hq, D] -> [B, Hq * D]
 
+An fp8 cache (``kv_scales`` given) holds each head's entries divided by that head's scale: the kernel multiplies the
+head's scores by its K scale and its weighted values by its V scale (per head, so once a chunk, not per entry).
+
 ``worker.inference.llama_runtime`` uses it for decode steps on the GPU (its default, ``attention="triton"``;
 ``"sdpa"`` takes ``scaled_dot_product_attention``); ``benchmarks/speed/profile_decode.py`` compares the two.
 """
@@ -22,11 +25,12 @@ CHUNK = 128  # cache entries per program
 
 
 @triton.jit
-def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, chunks, stride_slot, stride_head, stride_pos,
-                  scale, sliding_window, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
-                  SLIDING: tl.constexpr):
+def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_ptr, chunks, stride_slot,
+                  stride_head, stride_pos, scale, sliding_window, kv_heads, GROUP: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, SLIDING: tl.constexpr, SCALED: tl.constexpr):
     """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries
-    (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0)."""
+    (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0). SCALED: keys
+    and values are stored divided by kv_scale_ptr[kv head] and kv_scale_ptr[kv_heads + kv head]."""
     row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
     d = tl.arange(0, HEAD_DIM)
@@ -36,6 +40,10 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, chunks, s
     if SLIDING:
         valid = valid & (t > position - sliding_window)  # transformers' sliding_window_overlay
     kv = row * stride_slot + (head // GROUP) * stride_head
+    v_scale = 1.0
+    if SCALED:
+        scale = scale * tl.load(kv_scale_ptr + head // GROUP)
+        v_scale = tl.load(kv_scale_ptr + kv_heads + head // GROUP)
     q = tl.load(q_ptr + (row * heads + head) * HEAD_DIM + d).to(tl.float32)
     keys = tl.load(k_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
     scores = tl.where(valid, tl.sum(keys * q[None, :], axis=1) * scale, float("-inf"))
@@ -46,7 +54,7 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, chunks, s
     at = (row * heads + head) * chunks + chunk
     tl.store(m_ptr + at, top)
     tl.store(l_ptr + at, tl.sum(weights, axis=0))
-    tl.store(acc_ptr + at * HEAD_DIM + d, tl.sum(values * weights[:, None], axis=0))
+    tl.store(acc_ptr + at * HEAD_DIM + d, tl.sum(values * weights[:, None], axis=0) * v_scale)
 
 
 @triton.jit
@@ -72,20 +80,21 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                      window: int, scale: float, order_inverse: torch.Tensor | None = None,
-                     sliding_window: int | None = None) -> torch.Tensor:
+                     sliding_window: int | None = None, kv_scales: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Hq, D] (row b is cache slot b of ``keys``/``values`` [slots, Hkv, max_len, D]) attends to entries
     0..positions[b] (all < ``window``), only the last ``sliding_window`` of them when given -> [B, Hq * D] in
     q's dtype; with ``order_inverse``, channel c is written at column order_inverse[c] (the input order of the
-    next matmul)."""
+    next matmul); ``kv_scales`` [2, Hkv] fp32: the K and V scales of an fp8 cache's heads (None: unscaled)."""
     batch, heads, head_dim = q.shape
     chunks = triton.cdiv(window, CHUNK)
     m = torch.empty((batch, heads, chunks), device=q.device, dtype=torch.float32)
     l_sum = torch.empty_like(m)
     acc = torch.empty((batch, heads, chunks, head_dim), device=q.device, dtype=torch.float32)
     _chunk_kernel[(batch, heads, chunks)](
-        q, keys, values, positions, m, l_sum, acc, chunks, keys.stride(0), keys.stride(1), keys.stride(2), scale,
-        sliding_window or 0, GROUP=heads // keys.shape[1], HEAD_DIM=head_dim, CHUNK=CHUNK,
-        SLIDING=sliding_window is not None and sliding_window < window, num_warps=4,
+        q, keys, values, positions, m, l_sum, acc, kv_scales if kv_scales is not None else m, chunks, keys.stride(0),
+        keys.stride(1), keys.stride(2), scale, sliding_window or 0, keys.shape[1], GROUP=heads // keys.shape[1],
+        HEAD_DIM=head_dim, CHUNK=CHUNK, SLIDING=sliding_window is not None and sliding_window < window,
+        SCALED=kv_scales is not None, num_warps=4,
     )
     out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](

@@ -149,14 +149,16 @@ def silu_mul(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 @triton.jit(do_not_specialize=["length", "first_slot"])  # one program for any prompt length and slot
 def _rotary_into_cache_kernel(
-    part_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr,
+    part_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr, scale_ptr,
     part_stride, length, first_slot, stride_slot, stride_head, stride_pos,
     Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
     HEADS: tl.constexpr, FP8: tl.constexpr,
 ):
     """Program (row, block of HEADS heads) of qkv [rows, (Q_HEADS + 2 KV_HEADS) * HEAD_DIM]: rotary on q and k
     heads (rotate-half convention: each head's two halves), q into q_ptr [rows, Q_HEADS, HEAD_DIM], k and v
-    into the cache of slot first_slot + row // length at position pos[row]."""
+    into the cache of slot first_slot + row // length at position pos[row]. FP8: k and v divided by their
+    head's scale first (scale_ptr [2 * KV_HEADS]: K's, then V's; so cache head j of both is scale_ptr[head -
+    Q_HEADS]) and clamped to e4m3's range."""
     row, block = tl.program_id(0), tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
     all_heads: tl.constexpr = Q_HEADS + 2 * KV_HEADS
@@ -179,8 +181,10 @@ def _rotary_into_cache_kernel(
     tl.store(q_at, y1.to(q_ptr.dtype.element_ty), mask=is_q)
     tl.store(q_at + half, y2.to(q_ptr.dtype.element_ty), mask=is_q)
     if FP8:
-        y1 = tl.minimum(tl.maximum(y1, -448.0), 448.0)
-        y2 = tl.minimum(tl.maximum(y2, -448.0), 448.0)
+        is_kv = (head >= Q_HEADS) & (head < all_heads)
+        scale = tl.load(scale_ptr + head - Q_HEADS, mask=is_kv, other=1.0)[:, None]
+        y1 = tl.minimum(tl.maximum(y1 / scale, -448.0), 448.0)  # a division, as KVCache.write's: same bytes
+        y2 = tl.minimum(tl.maximum(y2 / scale, -448.0), 448.0)
     slot_at = (first_slot + row // length) * stride_slot + tl.load(pos_ptr + row) * stride_pos + d[None, :]
     is_k = valid & ((head >= Q_HEADS) & (head < Q_HEADS + KV_HEADS))[:, None]
     k_at = k_cache_ptr + slot_at + (head - Q_HEADS)[:, None] * stride_head
@@ -193,18 +197,22 @@ def _rotary_into_cache_kernel(
 
 
 def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: int, length: int, q_heads: int,
-                      kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
+                      kv_heads: int, dtype: torch.dtype, scales: torch.Tensor | None = None) -> torch.Tensor:
     """partials [split, B*T, (q + 2 kv heads) * D] of qkv; cos/sin [B*T, D]; positions [B*T] (row b*T + t is
-    slot first_slot + b; T = ``length``); keys/values: one layer's cache [slots, kv_heads, max_len, D].
+    slot first_slot + b; T = ``length``); keys/values: one layer's cache [slots, kv_heads, max_len, D];
+    scales: that layer's [2, kv_heads] fp32 (K, V) an fp8 cache stores values divided by (None: 1.0).
     Writes k and v; returns q [B*T, q_heads, D] in ``dtype``."""
     split, rows, _ = partials.shape
     head_dim = keys.shape[-1]
     heads = 8 if rows >= PREFILL_ROWS else 1
     q = torch.empty((rows, q_heads, head_dim), device=partials.device, dtype=dtype)
+    fp8 = keys.dtype == torch.float8_e4m3fn
+    if scales is None and fp8:
+        scales = torch.ones((2, kv_heads), device=keys.device, dtype=torch.float32)
     _rotary_into_cache_kernel[(rows, triton.cdiv(q_heads + 2 * kv_heads, heads))](
-        partials, cos, sin, positions, q, keys, values, partials[0].numel(), length, first_slot,
+        partials, cos, sin, positions, q, keys, values, scales if fp8 else q, partials[0].numel(), length, first_slot,
         keys.stride(0), keys.stride(1), keys.stride(2),
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, SPLIT=split, HEADS=heads,
-        FP8=keys.dtype == torch.float8_e4m3fn, num_warps=4 if heads > 1 else 1,
+        FP8=fp8, num_warps=4 if heads > 1 else 1,
     )
     return q

@@ -76,3 +76,21 @@ def test_a_sliding_window_keeps_only_each_rows_last_entries(window):
     want = torch.stack(rows).reshape(len(rows), -1)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, reference(q, keys, values, positions, 0.25))  # the window changed rows 2 and 3
+
+
+def test_an_fp8_cache_is_read_times_each_heads_k_and_v_scale():
+    """An fp8 cache stores entries divided by their head's scale (worker.inference.llama_runtime.KVCache): the
+    kernel's result is attention over the entries multiplied back, here heads of very different sizes."""
+    gen = torch.Generator().manual_seed(33)
+    q_heads, kv_heads, dim, max_len = 4, 2, 16, 200
+    stored_keys = (torch.randn(2, kv_heads, max_len, dim, generator=gen) * 100).to(torch.float8_e4m3fn)
+    stored_values = (torch.randn(2, kv_heads, max_len, dim, generator=gen) * 100).to(torch.float8_e4m3fn)
+    scales = torch.tensor([[0.02, 3.0], [1e-4, 0.5]])  # [K, V] x kv heads
+    q = torch.randn(2, q_heads, dim, generator=gen)
+    positions = torch.tensor([40, 199])
+
+    got = decode_attention(q, stored_keys, stored_values, positions, max_len, 0.25, kv_scales=scales)
+
+    keys = stored_keys.float() * scales[0].view(1, -1, 1, 1)
+    values = stored_values.float() * scales[1].view(1, -1, 1, 1)
+    torch.testing.assert_close(got, reference(q, keys, values, positions, 0.25), rtol=1e-4, atol=1e-3)  # ~900s

@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 from worker.inference import layer_ops  # noqa: E402
 from worker.inference.llama_runtime import KVCache  # noqa: E402
 from worker.kernels import layer_kernels  # noqa: E402
+from worker.kernels.w4a16 import INTERPRETING  # noqa: E402
 from worker.model.loader import load_model  # noqa: E402
 
 GEN = torch.Generator().manual_seed(21)
@@ -142,3 +143,32 @@ def test_qwen3_q_k_norms_come_before_the_rotary_kernel(dtype, split):
         for b in range(batch):
             written = cache.keys[0, b][:, positions[b]]  # [kv_heads, T, D]
             torch.testing.assert_close(written, want_k[b], **tolerance(dtype))
+
+
+@pytest.mark.parametrize("length", [3, 32], ids=["decode-rows", "prefill-rows"])  # 64 rows: 8 heads a program
+def test_rotary_into_cache_writes_fp8_k_and_v_divided_by_each_heads_scale(length):
+    """An fp8 cache (KVCache.scales): the kernel stores what the PyTorch path (KVCache.write) stores, k and v of
+    each head divided by its own scale, here heads ~100x apart, one of them past e4m3's 448 unscaled."""
+    q_heads, kv_heads, dim, batch = 6, 2, 16, 2
+    partials = randn(1, batch * length, (q_heads + 2 * kv_heads) * dim)
+    partials[..., q_heads * dim :] *= torch.tensor([1000.0, 10.0] * 2).repeat_interleave(dim)  # k0 k1 v0 v1
+    angles = randn(batch, length, dim // 2)
+    cos, sin = (torch.cat([f(angles)] * 2, dim=-1) for f in (torch.cos, torch.sin))
+    positions = torch.stack([torch.arange(5, 5 + length), torch.arange(length)])
+    caches = [KVCache(2, 4, kv_heads, 64, dim, "cpu", torch.float8_e4m3fn) for _ in range(2)]
+    for cache in caches:
+        cache.set_scales(torch.tensor([[[4000.0, 40.0]] * 2] * 2))  # [layers, K/V, heads]: amax ~4x the entries
+
+    layer_kernels.rotary_into_cache(partials, cos.reshape(-1, dim), sin.reshape(-1, dim), positions.reshape(-1),
+                                    caches[0].keys[1], caches[0].values[1], 1, length, q_heads, kv_heads,
+                                    torch.float32, caches[0].scales[1])
+    layer_ops.rotary_into_cache(partials, cos, sin, positions, caches[1], 1, 1, q_heads, kv_heads, torch.float32)
+
+    kernel, pytorch = (cache.read(1, 1, batch, 64, torch.float32) for cache in caches)
+    for got, want, scale in zip(kernel, pytorch, caches[0].scales[1].view(2, 1, kv_heads, 1, 1)):
+        # fp32 rounding may differ by one e4m3 step (2^-3 of the value, or 2^-9 of the scale among subnormals)
+        same = (got - want).abs() <= 2.0**-3 * want.abs() + 2.0**-9 * scale
+        if INTERPRETING:  # Triton 3.9's interpreter rounds fp32 -> e4m3 wrongly where the mantissa carries into
+            same |= got * 2 == want  # the exponent (31.9 -> 16, not 32); the GPU converts in hardware, as PyTorch
+        assert same.all()
+        assert got.abs().amax() > 448  # the large head kept its size: scaled, not clamped
