@@ -1,9 +1,9 @@
 """The baseline every speed figure is compared with: plain transformers ``generate`` (eager, batch 1, greedy) on
 the same int4 checkpoint and prompt, in a process of its own.
 
-It runs in a fresh child process so that nothing of ours is alive beside it: measured inside the queue benchmark's
-process (the worker's threads running and its 0.5 ms GIL switch interval set) it decoded at 9.3 tok/s, in a process
-of its own on the same card at 28.5 (benchmarks/NOTES.md row 51), and every ratio quoted against it was inflated.
+It runs in a fresh child process so that nothing of ours is alive beside it: measured inside another benchmark's
+process it depended on what ran there before (9.3 tok/s inside the queue benchmark beside the worker's threads,
+28.5 inside the batch-1 benchmark, same card); benchmarks/NOTES.md row 52 has the clean-process figure.
 
     python -m benchmarks.speed.hf_baseline --model DIR --prompt-ids FILE [--new-tokens 128] [--repeats 3]
     measure_in_clean_process(model_dir, prompt_ids, new_tokens)   # from another benchmark: the same, as a dict
