@@ -44,5 +44,5 @@ else
   step int4_check 90 python3 -u -m benchmarks.kernels.int4_kernels --check
   step check_fp8_cache 60 python3 -u -m benchmarks.quality.check_fp8_cache
   step gpu_inference 180 python3 -u -m benchmarks.speed.gpu_inference
-  step queue_e2e 240 python3 -u -m benchmarks.speed.queue_e2e --redis-server "${REDIS_SERVER:-redis-server}"
+  step queue_e2e 330 python3 -u -m benchmarks.speed.queue_e2e --redis-server "${REDIS_SERVER:-redis-server}"
 fi
