@@ -3,7 +3,7 @@ the same int4 checkpoint and prompt, in a process of its own.
 
 It runs in a fresh child process so that nothing of ours is alive beside it: measured inside another benchmark's
 process it depended on what ran there before (9.3 tok/s inside the queue benchmark beside the worker's threads,
-28.5 inside the batch-1 benchmark, same card); benchmarks/NOTES.md row 52 has the clean-process figure.
+28.5 inside the batch-1 benchmark, same card); benchmarks/NOTES.md row 53 has the clean-process figure.
 
     python -m benchmarks.speed.hf_baseline --model DIR --prompt-ids FILE [--new-tokens 128] [--repeats 3]
     measure_in_clean_process(model_dir, prompt_ids, new_tokens)   # from another benchmark: the same, as a dict
