@@ -122,6 +122,8 @@ class SlackPoster:
         self.index = ReplyIndex(redis, keys)
         self.shown: dict[int, tuple[bool, str]] = {}  # message number -> (markdown?, text) it shows now
         self.unsure: set[int] = set()  # message numbers whose post failed in a way that may have posted them
+        # A crashed worker began this answer: it may have posted a part and died before recording it.
+        self.restarted = False
 
     # -- the Poster interface --------------------------------------------------------------------------
     def waiting(self, job: Job, position: int | None) -> None:
@@ -141,6 +143,7 @@ class SlackPoster:
         self._remove_parts_after(job, 1)
 
     def restart(self, job: Job) -> None:
+        self.restarted = True
         self._edit(job, 0, f"_{RESTARTING}_")
 
     # -- messages --------------------------------------------------------------------------------------
@@ -168,10 +171,11 @@ class SlackPoster:
         if ts is None:
             try:
                 ts = post_once(self.client, channel=target.channel_id, thread_ts=target.thread_id, job_id=job.job_id,
-                               part=number, look_first=number in self.unsure, unfurl_links=False, unfurl_media=False,
-                               **body)
-            except OSError:
-                self.unsure.add(number)  # deliver() will call again: look before posting then
+                               part=number, look_first=self.restarted or number in self.unsure, unfurl_links=False,
+                               unfurl_media=False, **body)
+            except (OSError, SlackApiError) as err:
+                if isinstance(err, OSError) or err.response.status_code >= 500:
+                    self.unsure.add(number)  # Slack may have taken it; deliver() calls again: look before posting
                 raise
             self.unsure.discard(number)
             self._remember_part(job, number, ts)

@@ -9,7 +9,7 @@ from redis import Redis
 
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.slack_helpers import BOT_TOKEN, unique
-from worker.posters.slack import SlackPoster, slack_client
+from worker.posters.slack import SlackPoster, post_once, slack_client
 from worker.posters.slack_text import WORD_JOINER
 from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
 from worker.queue.keys import RedisKeys
@@ -124,6 +124,19 @@ def test_a_restarted_answer_reuses_its_messages_and_removes_extra_ones(fake, red
     second.finish(job, "Short answer.")
     replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
     assert [m["text"] for m in replies] == ["Short answer."]
+
+
+def test_a_part_posted_by_a_worker_that_died_before_recording_it_is_not_posted_again(fake, redis):
+    job = posted_job(fake)
+    answer = "\n\n".join(["y" * 11_000] * 2)
+    target = job.reply_to  # the first worker posted part 1, then died before remembering its ts
+    post_once(slack_client(BOT_TOKEN, fake.api_url), channel=target.channel_id, thread_ts=target.thread_id,
+              job_id=job.job_id, part=1, markdown_text="y" * 11_000)
+    second = poster(fake, redis)  # the retry on another worker
+    second.restart(job)
+    second.finish(job, answer)
+    replies = [m for m in fake.thread(target.channel_id, target.thread_id) if m.get("bot_id")]
+    assert [m["text"] for m in replies] == ["y" * 11_000] * 2
 
 
 def test_failure_is_shown_in_the_placeholder(fake, redis):
