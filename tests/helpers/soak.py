@@ -44,6 +44,7 @@ from worker.queue.reply_index import ReplyIndex
 COUNTRIES = ["France", "Japan", "Italy", "Germany", "England", "Russia", "Egypt", "China", "Canada"]
 FOLLOW_UP = "Repeat the name of that city."
 RESTARTED = "(restarting the answer)"  # what `xwinbot ask` prints when the answer starts over
+STARTED_S = 5.0  # a process's "start" memory: past Python's start-up and imports, before any work
 
 
 @dataclass
@@ -239,18 +240,19 @@ class MemoryLog:
         self._thread.join(5)
 
     def report(self, warm_up_s: float) -> dict[str, dict]:
-        """Per incarnation: RSS at start, once warm (``warm_up_s`` after its start: model loaded, first answers
-        given), at the end, and the growth from warm to end in MB and as MB per hour."""
+        """Per incarnation: RSS at start (``STARTED_S`` in), once warm (``warm_up_s`` in: model loaded, first
+        answers given), at the end, and the growth from warm to end in MB and as MB per hour."""
         out = {}
         for label, samples in self.series.items():
             if not samples:
                 continue
             start_t = samples[0][0]
+            start = next((rss for t, rss in samples if t - start_t >= STARTED_S), samples[-1][1])
             warm = next(((t, rss) for t, rss in samples if t - start_t >= warm_up_s), samples[-1])
             end = samples[-1]
             measured_s = end[0] - warm[0]
             out[label] = dict(
-                rss_start_mb=round(samples[0][1], 1), rss_warm_mb=round(warm[1], 1), rss_end_mb=round(end[1], 1),
+                rss_start_mb=round(start, 1), rss_warm_mb=round(warm[1], 1), rss_end_mb=round(end[1], 1),
                 lived_s=round(end[0] - start_t), measured_s=round(measured_s),
                 growth_mb=round(end[1] - warm[1], 1),
                 growth_mb_per_h=round((end[1] - warm[1]) * 3600 / measured_s, 1) if measured_s > 0 else None)

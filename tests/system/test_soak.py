@@ -165,13 +165,16 @@ class Soak:
                 (0.50, lambda: self.outage("slack")), (0.62, lambda: self.outage("discord")),
                 (0.74, self.slack_kill)]
 
-    def chaos(self, errors: list) -> None:
+    def chaos(self, errors: list, done: threading.Event) -> None:
+        """Runs the faults, then stays until ``done``: the processes it restarted die with the thread that
+        started them (``PR_SET_PDEATHSIG`` follows the thread, not the process)."""
         try:
             for fraction, fault in self.schedule():
                 time.sleep(max(0.0, self.started + fraction * SOAK_S - time.monotonic()))
                 fault()
         except Exception as error:  # noqa: BLE001 - handed to the test's thread, which fails with it
             errors.append(error)
+        done.wait()
 
     # ------------------------------------------------------------------ questions
     def down(self, platform: str) -> bool:
@@ -247,6 +250,7 @@ def test_soak_mixed_questions_through_faults(demo_dir, tmp_path):
             discord_api_url=discord.api_base, discord_dev_guild_id=discord.guild_id),
             "SOAK_DISCORD_GATEWAY": discord.gateway_url}
         soak = Soak(slack, discord, server, env, tmp_path)
+        done = threading.Event()
         with soak.memory:
             try:
                 soak.fleet.start("worker")
@@ -254,18 +258,19 @@ def test_soak_mixed_questions_through_faults(demo_dir, tmp_path):
                 soak.start_discord()
                 soak.started = time.monotonic()
                 errors: list = []
-                chaos = threading.Thread(target=soak.chaos, args=(errors,), daemon=True)
+                chaos = threading.Thread(target=soak.chaos, args=(errors, done), daemon=True)
                 chaos.start()
                 n = 0
                 while time.monotonic() - soak.started < SOAK_S:
                     soak.ask_one(n)
                     n += 1
                     time.sleep(max(0.0, soak.started + n * EVERY_S - time.monotonic()))
-                chaos.join(120)
                 assert not errors, errors
                 report = soak.report(soak.settle())
+                assert not errors, errors
             finally:
                 soak.fleet.stop_all()
+                done.set()
     print("\n" + json.dumps(report, indent=1))
     if RECORD:
         day = datetime.date.today().isoformat()
