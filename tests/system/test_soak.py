@@ -183,11 +183,11 @@ class Soak:
 
     def ask_one(self, n: int) -> None:
         platform = ("slack", "discord", "console")[n % 3]
-        if self.down(platform) and not KNOWN_GAPS:
-            self.skipped[platform] += 1
-            return
         questions = self.platforms[platform]
-        with self.lock:
+        with self.lock:  # an outage begins with the lock held: checked inside it
+            if self.down(platform) and not KNOWN_GAPS:
+                self.skipped[platform] += 1
+                return
             first = self.followable(platform) if platform != "console" and (n // 3) % 3 == 2 else None
             asked = questions.follow_up(first) if first else questions.ask(n)
             if first:
