@@ -27,11 +27,12 @@ def settings_env(**values) -> dict[str, str]:
     return env
 
 
-def spawn(command: list[str], env_extra: dict, **popen_kwargs) -> subprocess.Popen:
+def spawn(command: list[str], env_extra: dict, module: str = "worker.cli", **popen_kwargs) -> subprocess.Popen:
     """``xwinbot <command>`` as a child process, with this environment plus ``env_extra``. It is killed when
-    the test process dies, even by ``kill -9`` (a timed-out CI run leaves no worker behind)."""
+    the test process dies, even by ``kill -9`` (a timed-out CI run leaves no worker behind). ``module``: another
+    entry point that ends in ``worker.cli`` (e.g. one that first points discord.py at a fake's gateway)."""
     env = {**os.environ, **{key: str(value) for key, value in env_extra.items()}}
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", *command], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", module, *command], cwd=REPO, env=env,
                             preexec_fn=die_with_parent, **popen_kwargs)
 
 
