@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 # Shorter waits for the GIL after the engine's CUDA calls: a gain at 32 users about the size of the runs' noise
 # (benchmarks/NOTES.md row 41)
 GIL_SWITCH_INTERVAL_S = 0.0005
+# Job threads beyond one per batch slot: a thread whose answer just ended is still finishing RQ's bookkeeping
+# when its user's next question arrives, and a spare one picks that question up meanwhile.
+SPARE_JOB_THREADS = 2
 
 
 class WorkerProcess:
@@ -83,15 +86,16 @@ class WorkerProcess:
         self.announcer.start()
         # One job thread per batch slot, plus a few so a finished answer's posting never idles a slot. With an
         # external backend each job thread holds one streaming request: XWINBOT_MAX_BATCH answers at once.
+        threads = self.settings.max_batch + SPARE_JOB_THREADS
         self.workers = ThreadedWorkers(
-            self.redis, self.settings.queue_name, concurrency=self.settings.max_batch + 2, name_prefix=self.name,
+            self.redis, self.settings.queue_name, concurrency=threads, name_prefix=self.name,
             heartbeat_s=self.settings.heartbeat_s, maintenance_interval_s=self.settings.maintenance_interval_s,
         )
         self.workers.start()
         publish_worker_info(self.redis, context.queue.keys, self.name, model=self.info.model,
                             device=self.info.device, max_batch=self.settings.max_batch,
                             context_tokens=self.info.context_tokens, backend=self.info.name)
-        log.info("worker ready: %d job threads on queue %r, backend %s (%s on %s)", self.settings.max_batch + 2,
+        log.info("worker ready: %d job threads on queue %r, backend %s (%s on %s)", threads,
                  self.settings.queue_name, self.info.name, self.info.model, self.info.device)
 
     def stop(self) -> None:

@@ -28,6 +28,7 @@ from redis import Redis
 
 from benchmarks.result_json import ROOT, write_result
 from benchmarks.speed.hf_baseline import measure_in_clean_process
+from worker import serve
 from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import job_queue
 from worker.serve import WorkerProcess
@@ -225,6 +226,8 @@ def main() -> None:
     parser.add_argument("--restart-only", action="store_true", help="only time a worker start (a warm restart)")
     parser.add_argument("--no-hf-baseline", action="store_true", help="skip the eager transformers baseline")
     parser.add_argument("--no-restart", action="store_true", help="skip timing a warm restart")
+    parser.add_argument("--spare-threads", type=int, help="job threads beyond max_batch (default: the worker's "
+                        "SPARE_JOB_THREADS)")
     args = parser.parse_args()
 
     port = 6390
@@ -241,12 +244,15 @@ def main() -> None:
 
         model = str(write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", SHAPES[args.shape]))
     settings = worker_settings(args, model, port)
+    if args.spare_threads is not None:
+        serve.SPARE_JOB_THREADS = args.spare_threads
     baselines = {} if args.restart_only or args.no_hf_baseline else baselines_before_worker(model, args)
     started = time.perf_counter()
     process = WorkerProcess(settings, redis, posters={"console": TimingPoster})
     process.start()
     report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "settings": dict(
-        max_batch=settings.max_batch, context=settings.max_context_tokens, rounds=args.rounds,
+        max_batch=settings.max_batch, job_threads=settings.max_batch + serve.SPARE_JOB_THREADS,
+        context=settings.max_context_tokens, rounds=args.rounds,
         prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, anchor_prompt_tokens=args.anchor_prompt_tokens)}
     if args.restart_only:
         process.stop()

@@ -24,7 +24,7 @@ from tests.helpers.paths import REPO
 from tests.helpers.processes import settings_env, spawn
 from worker.queue.job_queue import TASK, JobQueue, job_queue
 from worker.queue.keys import RedisKeys
-from worker.serve import WorkerProcess
+from worker.serve import SPARE_JOB_THREADS, WorkerProcess
 from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -233,5 +233,5 @@ def test_status_shows_the_running_worker_with_its_model_and_device(worker, redis
     status = read_status(job_queue(worker.settings, redis))
     (entry,) = status.processes.values()
     assert entry["model"] == str(demo_dir) and entry["device"] == "cpu"
-    assert entry["threads"] == worker.settings.max_batch + 2
+    assert entry["threads"] == worker.settings.max_batch + SPARE_JOB_THREADS
     assert f"{str(demo_dir)} on cpu" in render(status, worker.settings.redis_url)
