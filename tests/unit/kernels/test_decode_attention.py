@@ -129,3 +129,46 @@ def test_an_fp8_cache_is_read_times_each_heads_k_and_v_scale():
     keys = stored_keys.float() * scales[0].view(1, -1, 1, 1)
     values = stored_values.float() * scales[1].view(1, -1, 1, 1)
     torch.testing.assert_close(got, reference(q, keys, values, positions, 0.25), rtol=1e-4, atol=1e-3)  # ~900s
+
+
+def merges_every_time(device, batch, q_heads, kv_heads, window, launches):
+    """``launches`` one-launch calls, each output starting as NaN, against the two launches' output: equal bit
+    for bit every time, and the counters back at 0 after. Returns the inputs for more calls."""
+    gen = torch.Generator(device=device).manual_seed(35)
+    keys = torch.randn(batch, kv_heads, window, 128, device=device, generator=gen).bfloat16()
+    values = torch.randn(batch, kv_heads, window, 128, device=device, generator=gen).bfloat16()
+    q = torch.randn(batch, q_heads, 128, device=device, generator=gen).bfloat16()
+    positions = torch.randint(window // 2, window, (batch,), device=device, generator=gen)
+    order_inverse = torch.argsort(torch.randperm(q_heads * 128, device=device, generator=gen))
+    args = (q, keys, values, positions, window, 128**-0.5, order_inverse)
+    want = decode_attention(*args, two_pass=True)
+    for _ in range(launches):
+        assert torch.equal(decode_attention(*args), want)
+    assert not decode_attention_module._tickets[q.device].any()
+    return args, want
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="programs race only on the GPU")
+def test_on_the_gpu_the_last_ticket_merges_every_chunk_every_time(monkeypatch):
+    """On the GPU a (row, head)'s 32 chunk programs run at once: whichever draws the last ticket must see every
+    other's stores (the barrier and the atomic's release/acquire), and leave the counter at 0. 200 launches,
+    then 20 replays of a CUDA graph of 10 calls, outputs NaN before each."""
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
+    args, want = merges_every_time(torch.device("cuda"), 8, 40, 8, 4096, 200)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        decode_attention(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = [decode_attention(*args) for _ in range(10)]
+    for _ in range(20):
+        for out in outs:
+            out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(out, want) for out in outs)
+    assert not decode_attention_module._tickets[want.device].any()

@@ -198,3 +198,28 @@ def test_rotary_into_cache_writes_fp8_k_and_v_divided_by_each_heads_scale(length
             same |= got * 2 == want  # the exponent (31.9 -> 16, not 32); the GPU converts in hardware, as PyTorch
         assert same.all()
         assert got.abs().amax() > 448  # the large head kept its size: scaled, not clamped
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="programs race only on the GPU")
+@pytest.mark.parametrize("rows", [1, 32])
+@pytest.mark.parametrize("split", [1, 4])
+def test_on_the_gpu_the_one_launch_norm_gives_what_the_two_launches_gave(rows, split):
+    """The 13B's width on the GPU: no program of the one launch may depend on another's writes (all run at once),
+    so h bit for bit and x within a bf16 step of the two launches', and both within bf16 of PyTorch's."""
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(22)
+    h = torch.randn(rows, 5120, device=device, generator=gen).bfloat16()
+    delta = torch.randn(split, rows, 5120, device=device, generator=gen)
+    delta = delta if split > 1 else delta.bfloat16()
+    norm = Norm(5120, torch.bfloat16).to(device)
+    order = torch.randperm(5120, device=device, generator=gen)
+
+    one_h, one_x = layer_kernels.add_rms_norm(h, delta, norm.weight, 1e-5, order)
+    two_h, two_x = layer_kernels.add_rms_norm(h, delta, norm.weight, 1e-5, order, two_pass=True)
+    want_h = h + layer_ops.summed(delta, h.dtype)  # PyTorch (layer_ops would hand CUDA tensors to the kernel)
+    want_x = torch.nn.functional.rms_norm(want_h, (5120,), norm.weight, 1e-5)[:, order]
+
+    assert torch.equal(one_h, two_h)
+    torch.testing.assert_close(one_x, two_x, rtol=2.0**-7, atol=2.0**-7)
+    torch.testing.assert_close(one_h, want_h, **tolerance(torch.bfloat16))
+    torch.testing.assert_close(one_x, want_x, **tolerance(torch.bfloat16))
