@@ -39,13 +39,10 @@ SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", 
              eps="fp32", BLOCKS="constexpr", BLOCKS_P2="constexpr", ORDERED="constexpr", BLOCK="constexpr")
 ROW_NORM = dict(h_ptr="*bf16", part_ptr="*bf16", h_out_ptr="*bf16", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16",
                 width="i32", part_stride="i32", eps="fp32", SPLIT="constexpr", ORDERED="constexpr", BLOCK="constexpr")
-NORM = dict(ROW_NORM, part_ptr="*fp32", ROW="constexpr")
 CHUNK = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", m_ptr="*fp32", l_ptr="*fp32",
-             acc_ptr="*fp32", kv_scale_ptr="*fp32", ticket_ptr="*i32", order_ptr="*i64", out_ptr="*bf16", chunks="i32",
-             stride_slot="i32", stride_head="i32", stride_pos="i32", scale="fp32", sliding_window="i32", kv_heads="i32",
-             GROUP="constexpr", HEAD_DIM="constexpr", CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr",
-             ONE_LAUNCH="constexpr", BLOCK_C="constexpr", ORDERED="constexpr")
-ONE_LAUNCH = dict(ONE_LAUNCH=True, BLOCK_C=32, ORDERED=True)
+             acc_ptr="*fp32", kv_scale_ptr="*fp32", chunks="i32", stride_slot="i32", stride_head="i32",
+             stride_pos="i32", scale="fp32", sliding_window="i32", kv_heads="i32", GROUP="constexpr",
+             HEAD_DIM="constexpr", CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV,
      dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
@@ -66,9 +63,6 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
                                     stride_w="i32", stride_s="i32", stride_z="i32", GROUP="constexpr",
                                     BLOCK_N="constexpr", BLOCK_K="constexpr", SPREAD="constexpr"),
      dict(GROUP=128, BLOCK_N=64, BLOCK_K=128, SPREAD=16), 4, 3),
-    (layers._add_rms_norm_kernel, NORM, dict(SPLIT=4, ORDERED=True, BLOCK=256, ROW=8192), 8, 3),
-    (layers._add_rms_norm_kernel, dict(NORM, part_ptr="*bf16"), dict(SPLIT=0, ORDERED=False, BLOCK=2048, ROW=8192),
-     8, 3),
     (layers._add_residual_kernel, RESIDUAL, dict(SPLIT=0, BLOCK=256), 2, 3),
     (layers._add_residual_kernel, RESIDUAL, dict(SPLIT=4, BLOCK=256), 2, 3),
     (layers._rms_scale_kernel, SCALE, dict(BLOCKS=20, BLOCKS_P2=32, ORDERED=True, BLOCK=256), 2, 3),
@@ -82,13 +76,9 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
      dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=1, HEADS=8, FP8=False), 4, 3),
     (layers._rotary_into_cache_kernel, dict(ROTARY, k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv"),
      dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=True), 1, 3),
-    (attention._chunk_kernel, CHUNK,
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, **ONE_LAUNCH), 4, 3),
+    (attention._chunk_kernel, CHUNK, dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False), 4, 3),
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*fp8e4nv", v_ptr="*fp8e4nv"),
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True, **ONE_LAUNCH), 4, 3),
-    (attention._chunk_kernel, CHUNK,  # two_pass: the launch_fusions benchmark's baseline
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, ONE_LAUNCH=False, BLOCK_C=32,
-          ORDERED=True), 4, 3),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True), 4, 3),
     (attention._combine_kernel, dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", order_ptr="*i64", out_ptr="*bf16",
                                      chunks="i32", HEAD_DIM="constexpr", BLOCK_C="constexpr", ORDERED="constexpr"),
      dict(HEAD_DIM=128, BLOCK_C=32, ORDERED=True), 4, 3),

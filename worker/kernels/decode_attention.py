@@ -1,16 +1,10 @@
-"""Decode attention (one new token per row) in one Triton launch, flash-decoding style.
+"""Decode attention (one new token per row) as two Triton kernels, flash-decoding style.
 
 Each row attends to its own cache entries 0..position (rows are at different lengths; no mask tensor), or with
 a sliding window (Mistral) to its last ``sliding_window`` entries only (position - sliding_window + 1..position). The
 window is cut into chunks so that a batch of one still fills the GPU: ``_chunk_kernel`` gives each
-(row, head, chunk) its running max, sum of exponentials and weighted values, then draws a ticket from its
-(row, head)'s counter; the program drawing the last one merges the chunks (``_merge``) and writes the output,
-optionally already in o_proj's act-order (so o_proj skips its gather). The counters sit in one zeroed buffer per
-device, kept for good (CUDA graphs replay its address), that each launch leaves zeroed again. A second launch
-merging the chunks (``_combine_kernel``) was 40 of a 13B step's launches (benchmarks/results/
-2026-11-28-h200-step-profile-bf16-words.json); it stays only as the baseline of
-benchmarks/kernels/launch_fusions.py (``two_pass=True``). One launch at a time per device: two concurrent
-launches (two streams) would share counters.
+(row, head, chunk) its running max, sum of exponentials and weighted values; ``_combine_kernel`` merges the
+chunks and writes the output, optionally already in o_proj's act-order (so o_proj skips its gather).
 
     out = decode_attention(q, keys, values, positions, window, scale, order)   # q [B, Hq, D] -> [B, Hq * D]
 
@@ -28,28 +22,15 @@ import triton
 import triton.language as tl
 
 CHUNK = 128  # cache entries per program
-# Ticket counters allocated at least (int32s, 256 KiB): more than rows x heads of any batch a runtime captures, so
-# the buffer is made once, before the first capture, and keeps its address (``_tickets_for``).
-TICKETS_MIN = 1 << 16
-_tickets: dict[torch.device, torch.Tensor] = {}
-_outgrown: list[torch.Tensor] = []  # buffers replaced by larger ones: graphs captured on them still replay them
 
 
 @triton.jit
-def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_ptr, ticket_ptr, order_ptr, out_ptr,
-                  chunks, stride_slot, stride_head, stride_pos, scale, sliding_window, kv_heads, GROUP: tl.constexpr,
-                  HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, SLIDING: tl.constexpr, SCALED: tl.constexpr,
-                  ONE_LAUNCH: tl.constexpr, BLOCK_C: tl.constexpr, ORDERED: tl.constexpr):
+def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_ptr, chunks, stride_slot,
+                  stride_head, stride_pos, scale, sliding_window, kv_heads, GROUP: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, SLIDING: tl.constexpr, SCALED: tl.constexpr):
     """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries
     (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0). SCALED: keys
-    and values are stored divided by kv_scale_ptr[kv head] and kv_scale_ptr[kv_heads + kv head].
-
-    ONE_LAUNCH: then a ticket from the (row, head)'s counter ticket_ptr[row * heads + head]; the program that
-    draws the last one (all the others' chunks are written) merges them all (``_merge``: in chunk order, so the
-    result does not depend on which program merges) and sets the counter back to 0 for the next launch or
-    graph replay. The barrier puts every thread's stores before the ticket's release; the merge's loads come
-    after its acquire (Triton hands a scalar atomic's result to all threads through shared memory, after a
-    barrier)."""
+    and values are stored divided by kv_scale_ptr[kv head] and kv_scale_ptr[kv_heads + kv head]."""
     row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
     d = tl.arange(0, HEAD_DIM)
@@ -74,28 +55,22 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
     tl.store(m_ptr + at, top)
     tl.store(l_ptr + at, tl.sum(weights, axis=0))
     tl.store(acc_ptr + at * HEAD_DIM + d, tl.sum(values * weights[:, None], axis=0) * v_scale)
-    if ONE_LAUNCH:
-        tl.debug_barrier()
-        ticket = tl.atomic_add(ticket_ptr + row * heads + head, 1, sem="acq_rel", scope="gpu")
-        if ticket == chunks - 1:
-            _merge(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, row, head, heads, chunks, HEAD_DIM, BLOCK_C, ORDERED)
-            tl.store(ticket_ptr + row * heads + head, 0)
 
 
 @triton.jit
-def _merge(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, row, head, heads, chunks, HEAD_DIM: tl.constexpr,
-           BLOCK_C: tl.constexpr, ORDERED: tl.constexpr):
-    """Merge the chunks of (row, head); channel head * HEAD_DIM + d goes to column order_inverse[...]. Loads
-    through L2 only (``.cg``): the chunks were written by other SMs, whose stores no L1 but their own holds."""
+def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
+                    HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr, ORDERED: tl.constexpr):
+    """Program (row, head): merge the chunks; channel head * HEAD_DIM + d goes to column order_inverse[...]."""
+    row, head = tl.program_id(0), tl.program_id(1)
+    heads = tl.num_programs(1)
     c = tl.arange(0, BLOCK_C)
     d = tl.arange(0, HEAD_DIM)
     base = (row * heads + head) * chunks
-    tops = tl.load(m_ptr + base + c, mask=c < chunks, other=float("-inf"), cache_modifier=".cg")
+    tops = tl.load(m_ptr + base + c, mask=c < chunks, other=float("-inf"))
     top = tl.max(tops, axis=0)  # finite: the chunk holding the row's own position has a valid entry
     factors = tl.exp(tops - top)
-    total = tl.sum(tl.load(l_ptr + base + c, mask=c < chunks, other=0.0, cache_modifier=".cg") * factors, axis=0)
-    acc = tl.load(acc_ptr + (base + c)[:, None] * HEAD_DIM + d[None, :], mask=(c < chunks)[:, None], other=0.0,
-                  cache_modifier=".cg")
+    total = tl.sum(tl.load(l_ptr + base + c, mask=c < chunks, other=0.0) * factors, axis=0)
+    acc = tl.load(acc_ptr + (base + c)[:, None] * HEAD_DIM + d[None, :], mask=(c < chunks)[:, None], other=0.0)
     out = tl.sum(acc * factors[:, None], axis=0) / total
     channel = head * HEAD_DIM + d
     if ORDERED:
@@ -103,51 +78,27 @@ def _merge(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, row, head, heads, chunks, 
     tl.store(out_ptr + row * heads * HEAD_DIM + channel, out.to(out_ptr.dtype.element_ty))
 
 
-@triton.jit
-def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
-                    HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr, ORDERED: tl.constexpr):
-    """Program (row, head): ``_merge`` as a second launch (``two_pass``)."""
-    _merge(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, tl.program_id(0), tl.program_id(1), tl.num_programs(1), chunks,
-           HEAD_DIM, BLOCK_C, ORDERED)
-
-
-def _tickets_for(device: torch.device, count: int) -> torch.Tensor:
-    """The device's zeroed ticket counters, at least ``count``: one buffer kept for good (CUDA graphs replay its
-    address; every launch leaves it zeroed again). Made outside any capture: the runtime runs each step before
-    capturing it (worker.inference.decode_graph)."""
-    buffer = _tickets.get(device)
-    if buffer is None or buffer.numel() < count:
-        if buffer is not None:
-            _outgrown.append(buffer)
-        buffer = _tickets[device] = torch.zeros(max(count, TICKETS_MIN), device=device, dtype=torch.int32)
-    return buffer
-
-
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                      window: int, scale: float, order_inverse: torch.Tensor | None = None,
-                     sliding_window: int | None = None, kv_scales: torch.Tensor | None = None,
-                     two_pass: bool = False) -> torch.Tensor:
+                     sliding_window: int | None = None, kv_scales: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Hq, D] (row b is cache slot b of ``keys``/``values`` [slots, Hkv, max_len, D]) attends to entries
     0..positions[b] (all < ``window``), only the last ``sliding_window`` of them when given -> [B, Hq * D] in
     q's dtype; with ``order_inverse``, channel c is written at column order_inverse[c] (the input order of the
-    next matmul); ``kv_scales`` [2, Hkv] fp32: the K and V scales of an fp8 cache's heads (None: unscaled).
-    One launch; ``two_pass``: the chunks merged by a second launch instead, kept only as the baseline
-    benchmarks/kernels/launch_fusions.py times the one launch against."""
+    next matmul); ``kv_scales`` [2, Hkv] fp32: the K and V scales of an fp8 cache's heads (None: unscaled)."""
     batch, heads, head_dim = q.shape
     chunks = triton.cdiv(window, CHUNK)
     m = torch.empty((batch, heads, chunks), device=q.device, dtype=torch.float32)
     l_sum = torch.empty_like(m)
     acc = torch.empty((batch, heads, chunks, head_dim), device=q.device, dtype=torch.float32)
-    out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
-    order = order_inverse if order_inverse is not None else out
-    merge = dict(BLOCK_C=triton.next_power_of_2(chunks), ORDERED=order_inverse is not None)
     _chunk_kernel[(batch, heads, chunks)](
-        q, keys, values, positions, m, l_sum, acc, kv_scales if kv_scales is not None else m,
-        m if two_pass else _tickets_for(q.device, batch * heads), order, out, chunks, keys.stride(0),
+        q, keys, values, positions, m, l_sum, acc, kv_scales if kv_scales is not None else m, chunks, keys.stride(0),
         keys.stride(1), keys.stride(2), scale, sliding_window or 0, keys.shape[1], GROUP=heads // keys.shape[1],
         HEAD_DIM=head_dim, CHUNK=CHUNK, SLIDING=sliding_window is not None and sliding_window < window,
-        SCALED=kv_scales is not None, ONE_LAUNCH=not two_pass, **merge, num_warps=4,
+        SCALED=kv_scales is not None, num_warps=4,
     )
-    if two_pass:
-        _combine_kernel[(batch, heads)](m, l_sum, acc, order, out, chunks, HEAD_DIM=head_dim, **merge, num_warps=4)
+    out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
+    _combine_kernel[(batch, heads)](
+        m, l_sum, acc, order_inverse if order_inverse is not None else out, out, chunks,
+        HEAD_DIM=head_dim, BLOCK_C=triton.next_power_of_2(chunks), ORDERED=order_inverse is not None, num_warps=4,
+    )
     return out

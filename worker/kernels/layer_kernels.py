@@ -3,12 +3,9 @@ matmul before it (``worker.kernels.w4a16.matmul_partials``: [split, rows, N], fp
 dtype) and does the next step in the same pass, so a decode step launches a few kernels per layer, not ~25.
 
 - ``add_rms_norm``: residual + sum of partials, RMSNorm; the normed output optionally already permuted into
-  the next int4 layer's input order (act-order), so that layer skips its gather. A decode step's norm is one
-  launch over column blocks (a one-row norm in a single program kept one SM busy and the rest waiting:
-  benchmarks/NOTES.md rows 18-19): each program sums the squares of its whole row itself, reading the row
-  again from L2 (it was just written), instead of a second launch waiting on every block's sum (two launches a norm
-  were 162 launches and 0.31 ms of a 3.55 ms 13B step on an H200: benchmarks/results/
-  2026-11-28-h200-step-profile-bf16-words.json). A prefill's norm is one program a row.
+  the next int4 layer's input order (act-order), so that layer skips its gather. Two kernels over column
+  blocks (a one-row norm in a single program kept one SM busy and the rest waiting: benchmarks/NOTES.md
+  rows 18-19).
 - ``silu_mul``: silu(gate) * up from gate_up's partials.
 - ``rotary_into_cache``: q/k/v from qkv's partials; rotary on q and k; k and v written into the KV cache at
   each row's position; q returned.
@@ -30,41 +27,6 @@ def _summed(part_ptr, offs, mask, part_stride, SPLIT: tl.constexpr):
     for s in tl.static_range(1, SPLIT):
         total += tl.load(part_ptr + s * part_stride + offs, mask=mask, other=0.0).to(tl.float32)
     return total
-
-
-@triton.jit
-def _residual(h_ptr, part_ptr, at, mask, part_stride, SPLIT: tl.constexpr):
-    """h + sum of partials at ``at``, rounded to h's dtype (as transformers' residual add); h itself with SPLIT 0."""
-    h = tl.load(h_ptr + at, mask=mask, other=0.0)
-    if SPLIT > 0:
-        h = (h.to(tl.float32) + _summed(part_ptr, at, mask, part_stride, SPLIT)).to(h.dtype)
-    return h
-
-
-@triton.jit
-def _add_rms_norm_kernel(h_ptr, part_ptr, h_out_ptr, w_ptr, order_ptr, x_out_ptr, width, part_stride, eps,
-                         SPLIT: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr, ROW: tl.constexpr):
-    """Program (row, block): h_out = h + sum of partials and x_out = RMSNorm(h_out) * w on BLOCK columns, column
-    j holding column order[j] when ORDERED. Each program sums the squares of the whole row itself (ROW >= width
-    columns in one load, so all of them are in flight at once) and computes the h of the columns it needs from
-    the inputs, not from h_out: no program reads another's writes, so one launch needs no barrier between the
-    add and the scaling. SPLIT == 0: no delta (h_out is h, nothing written)."""
-    row, block = tl.program_id(0), tl.program_id(1)
-    everything = tl.arange(0, ROW)
-    hf = _residual(h_ptr, part_ptr, row * width + everything, everything < width, part_stride, SPLIT).to(tl.float32)
-    scale = 1.0 / tl.sqrt(tl.sum(hf * hf, axis=0) / width + eps)
-    offs = block * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < width
-    h = _residual(h_ptr, part_ptr, row * width + offs, mask, part_stride, SPLIT)
-    if SPLIT > 0:
-        tl.store(h_out_ptr + row * width + offs, h, mask=mask)
-    cols = offs
-    if ORDERED:
-        cols = tl.load(order_ptr + offs, mask=mask, other=0)
-        h = _residual(h_ptr, part_ptr, row * width + cols, mask, part_stride, SPLIT)
-    normed = (h.to(tl.float32) * scale).to(x_out_ptr.dtype.element_ty).to(tl.float32)
-    weight = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(x_out_ptr + row * width + offs, (normed * weight).to(x_out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -129,58 +91,38 @@ def _add_rms_norm_row_kernel(h_ptr, part_ptr, h_out_ptr, w_ptr, order_ptr, x_out
 
 
 NORM_BLOCK = 256  # columns per program: a one-row norm spreads over ~20 SMs instead of waiting on one
-# The one-launch norm's programs each read their whole row: with more rows its column blocks widen so that
-# rows x blocks stays near this many programs (about one per SM), else 32 rows of 20 blocks would read every row
-# 20 times over.
-NORM_PROGRAMS = 128
 # From this many rows (a prefill), add+RMSNorm takes one program a row and the rotary 8 heads a program: with
 # thousands of rows the decode steps' smaller pieces (column blocks, one head a program) moved the bytes well
 # below the GPU's bandwidth (benchmarks/NOTES.md row 42).
 PREFILL_ROWS = 64
 
 
-def norm_block(rows: int, width: int) -> int:
-    """Columns per program of the one-launch norm for ``rows`` rows: NORM_BLOCK for a decode step of a few rows,
-    wider with more rows (``NORM_PROGRAMS``)."""
-    blocks = max(1, NORM_PROGRAMS // rows)
-    return min(triton.next_power_of_2(width), max(NORM_BLOCK, triton.next_power_of_2(triton.cdiv(width, blocks))))
-
-
 def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float,
-                 order: torch.Tensor | None = None, two_pass: bool = False):
+                 order: torch.Tensor | None = None):
     """(h + delta, RMSNorm of it): h [..., W]; delta None or partial sums [split, rows, W]; x's columns in
-    ``order`` when given. With delta None, h itself comes back. Under PREFILL_ROWS rows one launch over column
-    blocks, each program summing its whole row's squares itself (``_add_rms_norm_kernel``). ``two_pass``: the
-    previous two launches instead (the residual add with each block's sum of squares, then the scaling), kept
-    only as the baseline benchmarks/kernels/launch_fusions.py times the one launch against."""
+    ``order`` when given. With delta None, h itself comes back. Two passes over column blocks: the residual
+    add (and each block's sum of squares), then the scaling (reading the whole row's sum)."""
     width = h.shape[-1]
     h2 = h.reshape(-1, width)
-    rows = h2.shape[0]
+    rows, blocks = h2.shape[0], triton.cdiv(width, NORM_BLOCK)
     h_out = torch.empty_like(h2) if delta is not None else h2
     x_out = torch.empty_like(h2)
-    split = 0 if delta is None else delta.shape[0]
-    part = delta if delta is not None else h2
-    ordering = order if order is not None else h2
     if rows >= PREFILL_ROWS:
         _add_rms_norm_row_kernel[(rows,)](
-            h2, part, h_out, weight, ordering, x_out, width, h2.numel(), eps, SPLIT=split, ORDERED=order is not None,
+            h2, delta if delta is not None else h2, h_out, weight, order if order is not None else h2, x_out, width,
+            h2.numel(), eps, SPLIT=0 if delta is None else delta.shape[0], ORDERED=order is not None,
             BLOCK=triton.next_power_of_2(width), num_warps=8,
         )
-    elif two_pass:
-        blocks = triton.cdiv(width, NORM_BLOCK)
-        sumsq = torch.empty((rows, blocks), device=h.device, dtype=torch.float32)
-        _add_residual_kernel[(rows, blocks)](h2, part, h_out, sumsq, width, h2.numel(), SPLIT=split, BLOCK=NORM_BLOCK,
-                                             num_warps=2)
-        _rms_scale_kernel[(rows, blocks)](
-            h_out, sumsq, weight, ordering, x_out, width, eps, BLOCKS=blocks, BLOCKS_P2=triton.next_power_of_2(blocks),
-            ORDERED=order is not None, BLOCK=NORM_BLOCK, num_warps=2,
-        )
-    else:
-        block = norm_block(rows, width)
-        _add_rms_norm_kernel[(rows, triton.cdiv(width, block))](
-            h2, part, h_out, weight, ordering, x_out, width, h2.numel(), eps, SPLIT=split, ORDERED=order is not None,
-            BLOCK=block, ROW=triton.next_power_of_2(width), num_warps=8,
-        )
+        return h_out.view(h.shape), x_out.view(h.shape)
+    sumsq = torch.empty((rows, blocks), device=h.device, dtype=torch.float32)
+    _add_residual_kernel[(rows, blocks)](
+        h2, delta if delta is not None else h2, h_out, sumsq, width, h2.numel(),
+        SPLIT=0 if delta is None else delta.shape[0], BLOCK=NORM_BLOCK, num_warps=2,
+    )
+    _rms_scale_kernel[(rows, blocks)](
+        h_out, sumsq, weight, order if order is not None else h2, x_out, width, eps, BLOCKS=blocks,
+        BLOCKS_P2=triton.next_power_of_2(blocks), ORDERED=order is not None, BLOCK=NORM_BLOCK, num_warps=2,
+    )
     return h_out.view(h.shape), x_out.view(h.shape)
 
 

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from worker.kernels import decode_attention as decode_attention_module  # noqa: E402
 from worker.kernels.decode_attention import decode_attention  # noqa: E402
 
 
@@ -25,9 +24,8 @@ def reference(q, keys, values, positions, scale):
     return torch.stack(rows).reshape(len(rows), -1)
 
 
-@pytest.mark.parametrize("two_pass", [False, True], ids=["one-launch", "two-pass"])  # two: the benchmark's baseline
 @pytest.mark.parametrize("ordered", [False, True])
-def test_each_row_attends_to_its_own_entries_across_chunks(ordered, two_pass):
+def test_each_row_attends_to_its_own_entries_across_chunks(ordered):
     gen = torch.Generator().manual_seed(31)
     q_heads, kv_heads, dim, max_len = 4, 2, 16, 300
     keys = torch.randn(4, kv_heads, max_len, dim, generator=gen)
@@ -36,43 +34,10 @@ def test_each_row_attends_to_its_own_entries_across_chunks(ordered, two_pass):
     positions = torch.tensor([0, 150, 299])  # one entry; across the first chunk boundary; the whole window
     perm = torch.randperm(q_heads * dim, generator=gen)
 
-    got = decode_attention(q, keys, values, positions, max_len, 0.25, torch.argsort(perm) if ordered else None,
-                           two_pass=two_pass)
+    got = decode_attention(q, keys, values, positions, max_len, 0.25, torch.argsort(perm) if ordered else None)
 
     want = reference(q, keys, values, positions, 0.25)
     torch.testing.assert_close(got, want[:, perm] if ordered else want, rtol=1e-5, atol=1e-5)
-
-
-def test_one_launch_leaves_its_tickets_at_zero_so_the_next_call_merges_again(monkeypatch):
-    """The one-launch kernel's last program of each (row, head) merges and sets its counter back to 0: the same
-    call twice gives the same output, bit for bit the two launches' (the same merge of the same chunks), and a
-    third call on other queries merges those (a counter left over would leave no program drawing the last ticket,
-    and the output unwritten). Scratch and output start as NaN, so every value read must have been written by
-    the call (a merge before the last chunk would read NaN)."""
-    empty, empty_like = torch.empty, torch.empty_like
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: empty_like(*a, **k).fill_(float("nan")))
-    gen = torch.Generator().manual_seed(34)
-    q_heads, kv_heads, dim, max_len = 4, 2, 16, 400  # 4 chunks
-    keys = torch.randn(3, kv_heads, max_len, dim, generator=gen)
-    values = torch.randn(3, kv_heads, max_len, dim, generator=gen)
-    q = torch.randn(3, q_heads, dim, generator=gen)
-    positions = torch.tensor([399, 7, 260])
-    order_inverse = torch.argsort(torch.randperm(q_heads * dim, generator=gen))
-    tickets = decode_attention_module._tickets_for(torch.device("cpu"), 3 * q_heads)
-
-    first = decode_attention(q, keys, values, positions, max_len, 0.25, order_inverse)
-    assert not tickets.any()
-    second = decode_attention(q, keys, values, positions, max_len, 0.25, order_inverse)
-    assert not tickets.any()
-    two_launches = decode_attention(q, keys, values, positions, max_len, 0.25, order_inverse, two_pass=True)
-
-    assert torch.equal(first, second)
-    assert torch.equal(first, two_launches)
-    other_q = torch.randn(3, q_heads, dim, generator=gen)
-    third = decode_attention(other_q, keys, values, positions, max_len, 0.25)
-    torch.testing.assert_close(third, reference(other_q, keys, values, positions, 0.25), rtol=1e-5, atol=1e-5)
-    assert not tickets.any()
 
 
 def test_entries_after_a_rows_position_do_not_count():
@@ -129,46 +94,3 @@ def test_an_fp8_cache_is_read_times_each_heads_k_and_v_scale():
     keys = stored_keys.float() * scales[0].view(1, -1, 1, 1)
     values = stored_values.float() * scales[1].view(1, -1, 1, 1)
     torch.testing.assert_close(got, reference(q, keys, values, positions, 0.25), rtol=1e-4, atol=1e-3)  # ~900s
-
-
-def merges_every_time(device, batch, q_heads, kv_heads, window, launches):
-    """``launches`` one-launch calls, each output starting as NaN, against the two launches' output: equal bit
-    for bit every time, and the counters back at 0 after. Returns the inputs for more calls."""
-    gen = torch.Generator(device=device).manual_seed(35)
-    keys = torch.randn(batch, kv_heads, window, 128, device=device, generator=gen).bfloat16()
-    values = torch.randn(batch, kv_heads, window, 128, device=device, generator=gen).bfloat16()
-    q = torch.randn(batch, q_heads, 128, device=device, generator=gen).bfloat16()
-    positions = torch.randint(window // 2, window, (batch,), device=device, generator=gen)
-    order_inverse = torch.argsort(torch.randperm(q_heads * 128, device=device, generator=gen))
-    args = (q, keys, values, positions, window, 128**-0.5, order_inverse)
-    want = decode_attention(*args, two_pass=True)
-    for _ in range(launches):
-        assert torch.equal(decode_attention(*args), want)
-    assert not decode_attention_module._tickets[q.device].any()
-    return args, want
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="programs race only on the GPU")
-def test_on_the_gpu_the_last_ticket_merges_every_chunk_every_time(monkeypatch):
-    """On the GPU a (row, head)'s 32 chunk programs run at once: whichever draws the last ticket must see every
-    other's stores (the barrier and the atomic's release/acquire), and leave the counter at 0. 200 launches,
-    then 20 replays of a CUDA graph of 10 calls, outputs NaN before each."""
-    empty = torch.empty
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
-    args, want = merges_every_time(torch.device("cuda"), 8, 40, 8, 4096, 200)
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        decode_attention(*args)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = [decode_attention(*args) for _ in range(10)]
-    for _ in range(20):
-        for out in outs:
-            out.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        assert all(torch.equal(out, want) for out in outs)
-    assert not decode_attention_module._tickets[want.device].any()
