@@ -7,20 +7,34 @@
         print(piece, end="")
 
 One background thread owns the model. Each turn of its loop admits waiting requests into free cache slots
-and prefills them: several whole prompts together in one forward (rows padded to the longest, at most
-``PREFILL_TOKENS`` in all, so a burst of questions shares one pass over the weights), or the next
-``PREFILL_CHUNK`` tokens of one long prompt (so it never stalls the others for long); then it runs ONE decode
-step for every conversation that is decoding, delivers each one's text and retires those that finished, failed
-or were cancelled. A request that arrives while others decode
-joins at the next step; one that finishes frees its slot at once. Decoding conversations always sit in the
-lowest slots (a finished one's slot is filled by moving the last one down), so a step reads one slice of the
-cache and free slots cost nothing. Text comes from the same ``AnswerText`` as ``Generator.stream``.
+and prefills them, runs ONE decode step for every conversation that is decoding, delivers each one's text and
+retires those that finished, failed or were cancelled. How the prompts get in depends on who is decoding:
+
+- nobody: several whole prompts together in one forward (rows padded to the longest, at most ``PREFILL_TOKENS``
+  in all, so a burst of questions shares one pass over the weights: the best time to first token when
+  everyone arrives together), or the next ``PREFILL_CHUNK`` tokens of one long prompt;
+- someone (``mix_prefill``, the default): the decode step itself prefills the next ``PREFILL_CHUNK`` prompt
+  tokens (``LlamaRuntime.launch_mixed``: one forward, decoding rows and prompt segments sharing every matmul):
+  the prompt a step cut goes on first, then waiting ones whole while they fit, the last one cut at the
+  budget. A decoding answer never waits for more than one chunk of someone else's prompt
+  (``EngineStats.longest_decode_pause_tokens``), and a prompt whose last tokens ran joins decoding with the
+  token that step sampled. A mixed step that fails to launch ends its prompts (as a failed prefill does) and
+  the decoding rows take the next step alone. Off, a grouped prefill runs between two decode steps, decoding
+  rows waiting for it.
+
+A request that arrives while others decode joins at a later step; one that finishes frees its slot at once.
+Decoding conversations always sit in the lowest slots (a finished one's slot is filled by moving the last one
+down), so a step reads one slice of the cache and free slots cost nothing; prompts being prefilled sit just
+above them, in the order they came (at most one part-way in: the highest), so each joins by moving down to
+the slot above the decoding ones without touching another's. Text comes from the same ``AnswerText`` as
+``Generator.stream``.
 
 Decoding runs one step ahead: a step feeds its sampled tokens back as the next step's inputs on the device
 (``LlamaRuntime.launch``), so step N+1 is launched before the host reads step N's tokens and turns them into
 text, and the GPU does not wait for that host work. Step N+1 then also computed a token for the requests that
 ended at N; those tokens are dropped. When the rows change (someone ended, was cancelled or joins), the step
-in flight is read before the next launch.
+in flight is read before the next launch. A mixed step is launched ahead like any step; one that ended
+prompts is read at the start of the next turn, before anything else, so they join before the next launch.
 
 An answer that ends frees its slot before its reader is woken, and readers are woken only once the next step
 is launched (``_wake_ended``). A woken reader finishes its job in the same process (RQ's bookkeeping, the next
@@ -41,7 +55,7 @@ from dataclasses import dataclass, field
 import torch
 
 from worker.inference.generate import AnswerText, Generator
-from worker.inference.llama_runtime import PREFILL_CHUNK, LaunchedStep
+from worker.inference.llama_runtime import PREFILL_CHUNK, LaunchedStep, Segment
 from worker.inference.prompt import Turn
 from worker.inference.sampling import GenerationParams, SamplingTensors
 from worker.settings import DEFAULT_MAX_BATCH
@@ -66,7 +80,10 @@ class EngineStats:
     decoding: int = 0  # conversations in the current decode batch
     prefill_group_histogram: dict[int, int] = field(default_factory=dict)  # prompts prefilled together -> times
     prefill_s: float = 0.0  # seconds in the model's prefill calls (GPU work, waited for)
-    decode_s: float = 0.0  # seconds launching decode steps and waiting for their tokens (host work between excluded)
+    decode_s: float = 0.0  # seconds launching decode (and mixed) steps and waiting for their tokens (host work
+    # between excluded)
+    mixed_steps: int = 0  # decode steps that also prefilled (part of) prompts, in one forward (``mix_prefill``)
+    longest_decode_pause_tokens: int = 0  # most prefill tokens run between two tokens of one decoding answer
 
 
 class AnswerStream:
@@ -165,6 +182,7 @@ class _Request:
     prefilled: int = 0  # prompt tokens already in the cache
     over: bool = False  # the engine is done with it (its reader may not have been told yet)
     position: int = 0  # cache entries written, by a step launched and not yet read too: where the next step feeds
+    prefill_mark: int = 0  # the engine's prefill tokens run when this one's latest token was launched
 
 
 @dataclass(frozen=True)
@@ -173,12 +191,14 @@ class _Launched:
 
     step: LaunchedStep
     rows: list[_Request]  # the one in slot i when it was launched is rows[i]
+    joining: tuple[tuple[int, _Request], ...] = ()  # (index in the tokens, request): prompts a mixed step ended
 
 
 class Engine:
-    def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH):
+    def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH, mix_prefill: bool = True):
         self.generator = generator
         self.max_batch = max_batch
+        self.mix_prefill = mix_prefill  # prefill inside decode steps while others decode (off: A/B benchmarks)
         self.runtime = generator.build_runtime(max_batch)  # one cache of max_batch slots; graphs captured now
         self._cond = threading.Condition()  # guards the queue, the stopping flag and the stats
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads
@@ -191,6 +211,9 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._steps = self._tokens = self._max_batch_seen = 0
         self._prefill_s = self._decode_s = 0.0
+        self._mixed_steps = self._longest_pause = 0
+        self._prefill_tokens_run = 0  # prompt tokens (padding included) the model has been given so far
+        self._decode_only_next = False  # a mixed step failed: the decoding rows step on their own once
         self._histogram: collections.Counter[int] = collections.Counter()
         self._prefill_groups: collections.Counter[int] = collections.Counter()
 
@@ -242,7 +265,8 @@ class Engine:
                 active=len(self._decoding) + len(self._prefilling), waiting=len(self._waiting),
                 max_batch_seen=self._max_batch_seen, batch_size_histogram=dict(self._histogram),
                 decoding=len(self._decoding), prefill_group_histogram=dict(self._prefill_groups),
-                prefill_s=self._prefill_s, decode_s=self._decode_s,
+                prefill_s=self._prefill_s, decode_s=self._decode_s, mixed_steps=self._mixed_steps,
+                longest_decode_pause_tokens=self._longest_pause,
             )
 
     # ----- the engine's thread -----------------------------------------------------------------------------
@@ -252,14 +276,31 @@ class Engine:
         with torch.inference_mode():
             while self._wait_for_work():
                 try:
-                    self._drop_cancelled()
-                    self._prefill_some()
-                    self._decode_step()
-                    self._wake_ended()
+                    self._turn()
                 except Exception as err:  # a fault of the engine itself: end what is running, keep serving
                     log.exception("generation step failed")
                     self._end_running(err)
         self._end_all(EngineStopped("engine stopped"))
+
+    def _turn(self) -> None:
+        """One turn: a mixed step while some decode and prompts wait (or one is part-way in); else today's
+        grouped prefill (nobody decodes: a burst shares one big pass) then a decode step."""
+        self._drop_cancelled()
+        if self._in_flight is not None and self._in_flight.joining:
+            self._read_in_flight()  # prompts it ended join the decoding rows before anything else
+        if self._decode_only_next:
+            self._decode_only_next = False
+            self._decode_step()
+        elif self._mixing():
+            self._mixed_step()
+        else:
+            self._prefill_some()
+            self._decode_step()
+        self._wake_ended()
+
+    def _mixing(self) -> bool:
+        with self._cond:
+            return self.mix_prefill and bool(self._decoding) and bool(self._prefilling or self._waiting)
 
     def _wait_for_work(self) -> bool:
         with self._cond:
@@ -320,12 +361,15 @@ class Engine:
             self._start_decoding(request, token)
 
     def _prefill_group(self, group: list[_Request]) -> list[int] | None:
-        """The token after each prompt; None while a long prompt still has chunks to go."""
+        """The token after each prompt; None while a long prompt still has chunks to go. A prompt a mixed step
+        began (``prefilled`` > 0) goes on from there, in chunks."""
         prompts = [r.answer.prompt_ids for r in group]
-        if len(group) > 1 or len(prompts[0]) <= PREFILL_CHUNK:
+        if len(group) > 1 or (len(prompts[0]) <= PREFILL_CHUNK and not group[0].prefilled):
+            self._prefill_tokens_run += len(group) * max(len(p) for p in prompts)  # rows padded to the longest
             return self.runtime.prefill_prompts(group[0].slot, prompts)
         request = group[0]
         chunk = prompts[0][request.prefilled : request.prefilled + PREFILL_CHUNK]
+        self._prefill_tokens_run += len(chunk)
         token = self.runtime.prefill_chunk(request.slot, chunk, request.prefilled)
         request.prefilled += len(chunk)
         return [token] if request.prefilled == len(prompts[0]) else None
@@ -341,6 +385,7 @@ class Engine:
             self._decoding.append(request)
             self._tokens += 1
         request.position = prompt_length
+        request.prefill_mark = self._prefill_tokens_run
         with self._tokenizer_lock:
             going_on = self._accept(request, token)
         if going_on:
@@ -373,9 +418,108 @@ class Engine:
         started = time.perf_counter()
         step = self.runtime.launch(len(rows), max(r.position for r in rows) + 1)
         self._decode_s += time.perf_counter() - started
+        self._stepped(rows)
+        return _Launched(step, rows)
+
+    def _stepped(self, rows: list[_Request]) -> None:
+        """Rows launched one token on: each one's position moves on at once (so a slot move covers the entry
+        the step writes), and the prefill run since its previous token is its pause."""
         for request in rows:
             request.position += 1
-        return _Launched(step, rows)
+            self._longest_pause = max(self._longest_pause, self._prefill_tokens_run - request.prefill_mark)
+            request.prefill_mark = self._prefill_tokens_run
+
+    def _mixed_step(self) -> None:
+        """Launch one step for the decoding rows that also prefills the next PREFILL_CHUNK prompt tokens, then
+        read the step launched before it: the rows pause for at most one chunk, not for a whole group. The
+        step is left in flight; one that ended prompts is read at the start of the next turn, when they join."""
+        try:
+            if self._in_flight is not None and self._in_flight.rows != self._decoding:
+                self._read_in_flight()
+            if not self._decoding:
+                return  # they ended meanwhile: the next turn prefills the grouped way
+            planned = self._next_segments()
+            if not planned:  # no free slot: decode only
+                self._decode_step()
+                return
+            try:
+                launched = self._launch_mixed(planned)
+            except Exception as err:  # like a failed prefill: its prompts end; the rows step alone next turn
+                log.exception("mixed step failed for %d prompts", len(planned))
+                self._end_prefilling([request for request, _ in planned], err)
+                self._decode_only_next = True
+                return
+            previous, self._in_flight = self._in_flight, launched
+            self._wake_ended()  # their readers run while the device computes
+            if previous is not None:
+                self._finish(previous)
+        except Exception as err:  # the batch as a whole failed: its requests end, the engine goes on
+            log.exception("mixed step failed for %d requests", len(self._decoding))
+            self._end_running(err)
+
+    def _next_segments(self) -> list[tuple[_Request, Segment]]:
+        """This mixed step's prefill, at most PREFILL_CHUNK tokens: the prompt an earlier step cut goes on
+        first, then waiting prompts are admitted into the slots above, whole while they fit, the last one cut
+        at the budget (so at most one prompt is ever part-way in, in the highest prefilling slot)."""
+        self._compact_prefilling()
+        planned, budget = [], PREFILL_CHUNK
+        with self._cond:
+            going_on = collections.deque(self._prefilling)
+        while budget > 0 and (request := going_on.popleft() if going_on else self._admit_one()) is not None:
+            piece = request.answer.prompt_ids[request.prefilled : request.prefilled + budget]
+            planned.append((request, Segment(request.slot, request.prefilled, piece)))
+            budget -= len(piece)
+        return planned
+
+    def _compact_prefilling(self) -> None:
+        """Prompts part-way in move down next to the decoding rows (rows that ended left a gap), so every prompt
+        admitted after them sits above them and joins after them: a prompt joining moves to the slot just
+        above the decoding ones, which must not hold a prompt still being prefilled."""
+        with self._cond:
+            for index, request in enumerate(sorted(self._prefilling, key=lambda r: r.slot)):
+                slot = len(self._decoding) + index
+                if request.slot != slot:
+                    self.runtime.move_slot(request.slot, slot, request.prefilled)
+                    request.slot = slot
+
+    def _admit_one(self) -> _Request | None:
+        """The next waiting request, given the slot above the decoding and prefilling ones; None when none
+        waits or no slot is free."""
+        with self._cond:
+            while self._waiting and len(self._decoding) + len(self._prefilling) < self.max_batch:
+                request = self._waiting.popleft()
+                if request.stream.cancelled:
+                    request.stream._end()
+                    continue
+                request.slot = len(self._decoding) + len(self._prefilling)
+                self._prefilling.append(request)
+                self.runtime.set_sampling(request.slot, request.sampling)
+                return request
+        return None
+
+    def _launch_mixed(self, planned: list[tuple[_Request, Segment]]) -> _Launched:
+        """Enqueue the mixed step; a prompt whose last tokens it holds joins the rows when its token is read."""
+        rows = list(self._decoding)
+        segments = [segment for _, segment in planned]
+        started = time.perf_counter()
+        step = self.runtime.launch_mixed(len(rows), max(r.position for r in rows) + 1, segments)
+        self._decode_s += time.perf_counter() - started
+        self._prefill_tokens_run += sum(len(segment.token_ids) for segment in segments)
+        self._stepped(rows)
+        joining = []
+        for index, (request, segment) in enumerate(planned):
+            request.prefilled = segment.end
+            if segment.end == len(request.answer.prompt_ids):
+                joining.append((len(rows) + index, request))
+        with self._cond:
+            self._mixed_steps += 1
+        return _Launched(step, rows, tuple(joining))
+
+    def _end_prefilling(self, requests: list[_Request], error: BaseException) -> None:
+        with self._cond:
+            self._prefilling = [r for r in self._prefilling if r not in requests]
+        for request in requests:
+            request.stream._end(error)
 
     def _read_in_flight(self) -> None:
         """Read the step launched ahead, if any."""
@@ -402,6 +546,12 @@ class Engine:
                     done.append(request)
         for request in done:
             self._release(request)
+        for index, request in launched.joining:  # in slot order: each moves down to the next row's slot
+            with self._cond:
+                if request not in self._prefilling:  # cancelled meanwhile
+                    continue
+                self._prefilling.remove(request)
+            self._start_decoding(request, tokens[index])
 
     def _accept(self, request: _Request, token: int) -> bool:
         """Turn a sampled token into the request's text; False when the request is over: failed or cancelled
@@ -442,10 +592,9 @@ class Engine:
             for request in [r for r in self._waiting if r.stream.cancelled]:
                 self._waiting.remove(request)
                 request.stream._end()
-            if any(r.stream.cancelled for r in self._prefilling):  # only a long prompt stays across turns
-                for request in self._prefilling:
-                    request.stream._end()
-                self._prefilling = []
+            for request in [r for r in self._prefilling if r.stream.cancelled]:  # its slot is free again
+                self._prefilling.remove(request)
+                request.stream._end()
         for request in [r for r in self._decoding if r.stream.cancelled]:
             request.stream._end()
             self._release(request)

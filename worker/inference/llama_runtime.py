@@ -19,8 +19,9 @@ lowest slots, so a step reads a plain slice of the cache and free slots cost not
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -154,35 +155,97 @@ def sliding_window_of(attn: nn.Module, config) -> int | None:
     return getattr(config, "sliding_window", None)
 
 
-def attention(attn: nn.Module, x, ordered: bool, cos, sin, mask, cache: KVCache, layer: int, first_row: int,
-              positions, window: int, decode_kernel: bool = False, sliding_window: int | None = None) -> torch.Tensor:
-    """Self-attention of x [B, T, H] (in qkv's input order when ``ordered``) -> o_proj's partial sums.
-    ``mask`` already limits each query to its sliding window when the layer has one; ``decode_kernel``: one-token
-    steps on the GPU use ``worker.kernels.decode_attention`` (which also writes its output in o_proj's input order
-    and takes ``sliding_window`` itself) instead of ``scaled_dot_product_attention``."""
-    batch, length, _ = x.shape
+@dataclass
+class AttentionPart:
+    """Rows of a forward that attend as one batch: ``batch`` cache slots from ``first_row``, ``length`` tokens
+    each at ``positions`` [batch, length], reading the first ``window`` entries of their slots. A decode step is
+    one part; a mixed step (``LlamaRuntime.launch_mixed``) is the decoding rows' part then one part a prefill
+    segment, all sharing every matmul. ``decode_kernel``: one-token rows on the GPU attend with
+    ``worker.kernels.decode_attention`` instead of ``scaled_dot_product_attention``."""
+
+    first_row: int
+    positions: torch.Tensor
+    window: int
+    decode_kernel: bool = False
+    cos: torch.Tensor | None = None  # rotary tables of these rows [batch, length, D], set by ``run_layers``
+    sin: torch.Tensor | None = None
+    masks: dict = field(default_factory=dict)  # by sliding window: built on first use, shared by the layers
+
+    @property
+    def rows(self) -> int:
+        return self.positions.numel()
+
+    def sliding(self, sliding_window: int | None) -> int | None:
+        """The layer's sliding window as this part sees it: None when every entry read is inside it."""
+        return None if sliding_window is None or sliding_window >= self.window else sliding_window
+
+    def mask(self, sliding: int | None) -> torch.Tensor:
+        """[batch, 1, length, window]: causal per row; with ``sliding``, a query sees entries position - sliding
+        + 1 .. position."""
+        if sliding not in self.masks:
+            batch, length = self.positions.shape
+            slots = torch.arange(self.window, device=self.positions.device).view(1, 1, 1, self.window)
+            query = self.positions.view(batch, 1, length, 1)
+            mask = slots <= query
+            self.masks[sliding] = mask if sliding is None else mask & (slots > query - sliding)
+        return self.masks[sliding]
+
+
+def part_attention(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cache: KVCache, layer: int,
+                   dtype: torch.dtype, sliding_window: int | None,
+                   order: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
+    """One part's attention from its rows of qkv's partial sums: rotary and its K/V write into its slots, then
+    attention over its window -> (out [rows, q_heads * D], whether out is in ``order``, o_proj's input order:
+    only the decode kernel writes it so)."""
     head_dim = attn.head_dim
     q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
+    batch, length = part.positions.shape
+    q = rotary_into_cache(qkv, part.cos, part.sin, part.positions, cache, layer, part.first_row, q_heads, kv_heads,
+                          dtype, getattr(attn, "q_norm", None), getattr(attn, "k_norm", None))  # Qwen3's q/k norms
+    sliding = part.sliding(sliding_window)
+    if part.decode_kernel and length == 1 and kernels_serve(q, q.dtype):
+        from worker.kernels.decode_attention import decode_attention  # Triton: only where it runs
+
+        keys, values = cache.window(layer, part.first_row, batch, part.window)
+        out = decode_attention(q[:, :, 0].contiguous(), keys, values, part.positions.reshape(-1), part.window,
+                               attn.scaling, order, sliding, cache.scales[layer] if cache.quantized else None)
+        return out, order is not None
+    keys, values = cache.read(layer, part.first_row, batch, part.window, q.dtype)
+    out = F.scaled_dot_product_attention(
+        q, keys, values, attn_mask=part.mask(sliding), scale=attn.scaling,
+        enable_gqa=q_heads != kv_heads,
+    )
+    return out.transpose(1, 2).reshape(batch * length, -1), False
+
+
+def rows_of(partials: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """Rows first.. of split-K partial sums [split, rows, N], contiguous (the kernels index splits by
+    ``partials[0].numel()``): a view with one split, a copy with more."""
+    if first == 0 and count == partials.shape[1]:
+        return partials
+    return partials[:, first : first + count].contiguous()
+
+
+def attention(attn: nn.Module, x, ordered: bool, parts: list[AttentionPart], cache: KVCache, layer: int,
+              sliding_window: int | None = None) -> torch.Tensor:
+    """Self-attention of x (its rows are the parts' rows, in order; in qkv's input order when ``ordered``)
+    -> o_proj's partial sums. q/k/v are projected for all rows at once; each part then attends on its own."""
     if hasattr(attn, "qkv_proj"):  # fused at load time (worker.model.int4_fusion)
         qkv = projection_partials(attn.qkv_proj, x, ordered)
     else:
-        qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1).reshape(1, batch * length, -1)
-    q = rotary_into_cache(qkv, cos, sin, positions, cache, layer, first_row, q_heads, kv_heads, x.dtype,
-                          getattr(attn, "q_norm", None), getattr(attn, "k_norm", None))  # Qwen3's q/k norms
-    if decode_kernel and length == 1 and kernels_serve(q, q.dtype):
-        from worker.kernels.decode_attention import decode_attention  # Triton: only where it runs
-
-        keys, values = cache.window(layer, first_row, batch, window)
-        order = output_order_for(attn.o_proj)
-        out = decode_attention(q[:, :, 0].contiguous(), keys, values, positions.reshape(-1), window, attn.scaling,
-                               order, sliding_window, cache.scales[layer] if cache.quantized else None)
-        return projection_partials(attn.o_proj, out, ordered=order is not None)
-    keys, values = cache.read(layer, first_row, batch, window, q.dtype)
-    out = F.scaled_dot_product_attention(
-        q, keys, values, attn_mask=mask, scale=attn.scaling,
-        enable_gqa=q_heads != kv_heads,
-    )
-    return projection_partials(attn.o_proj, out.transpose(1, 2).reshape(batch, length, -1))
+        qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+        qkv = qkv.reshape(1, -1, qkv.shape[-1])
+    # One part (a decode step, a prefill) may have the decode kernel write o_proj's input order; several
+    # parts' outputs are concatenated, so each keeps the plain order.
+    order = output_order_for(attn.o_proj) if len(parts) == 1 else None
+    outs, first, out_ordered = [], 0, False
+    for part in parts:
+        out, out_ordered = part_attention(attn, rows_of(qkv, first, part.rows), part, cache, layer, x.dtype,
+                                          sliding_window, order)
+        outs.append(out)
+        first += part.rows
+    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return projection_partials(attn.o_proj, out, ordered=out_ordered)
 
 
 def mlp(block: nn.Module, x: torch.Tensor, ordered: bool) -> torch.Tensor:
@@ -203,6 +266,35 @@ def mlp_order(layer: nn.Module) -> torch.Tensor | None:
     return act_order_perm(getattr(layer.mlp, "gate_up_proj", None))
 
 
+def run_layers(model: nn.Module, cache: KVCache, h: torch.Tensor, parts: list[AttentionPart]) -> torch.Tensor:
+    """The decoder layers on embeddings h (rows: the parts' rows in order, as [B, T, H] or [rows, H]) -> the
+    final norm's output, h's shape; writes each part's K/V into its cache slots. Matmuls, norms and MLPs run
+    once on all rows; attention per part (``attention``)."""
+    inner = model.model
+    positions = torch.cat([part.positions.reshape(1, -1) for part in parts], dim=1) if len(parts) > 1 \
+        else parts[0].positions.reshape(1, -1)
+    cos, sin = inner.rotary_emb(h, positions)  # [1, rows, D]
+    first = 0
+    for part in parts:
+        part.cos, part.sin = (t[0, first : first + part.rows].view(*part.positions.shape, -1) for t in (cos, sin))
+        first += part.rows
+    layers = list(inner.layers)
+    # Each norm hands the next int4 layer its input already in that layer's act-order (None: no reordering).
+    h, x = add_rms_norm(h, None, layers[0].input_layernorm, attention_order(layers[0]))
+    for index, layer in enumerate(layers):
+        following = layers[index + 1] if index + 1 < len(layers) else None
+        delta = attention(layer.self_attn, x, attention_order(layer) is not None, parts, cache, index,
+                          sliding_window_of(layer.self_attn, model.config))
+        h, x = add_rms_norm(h, delta, layer.post_attention_layernorm, mlp_order(layer))
+        delta = mlp(layer.mlp, x, mlp_order(layer) is not None)
+        if following is None:  # the final norm feeds lm_head, which gathers nothing
+            next_norm, next_order = inner.norm, None
+        else:
+            next_norm, next_order = following.input_layernorm, attention_order(following)
+        h, x = add_rms_norm(h, delta, next_norm, next_order)
+    return x
+
+
 def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0,
             last_index: torch.Tensor | None = None, decode_kernel: bool = False):
     """tokens [B, T] of cache slots first_row.. at positions input_pos ([T] shared, or [B, T] per row)
@@ -213,31 +305,8 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
     """
     batch, length = tokens.shape
     positions = input_pos.expand(batch, length) if input_pos.dim() == 1 else input_pos
-    inner = model.model
-    h = inner.embed_tokens(tokens)
-    cos, sin = inner.rotary_emb(h, positions)
-    slots = torch.arange(window, device=tokens.device).view(1, 1, 1, window)
-    mask = slots <= positions.view(batch, 1, length, 1)  # [B, 1, T, window], causal per row
-    masks = {None: mask}  # by sliding window: a query sees entries position - window + 1 .. position
-    layers = list(inner.layers)
-    # Each norm hands the next int4 layer its input already in that layer's act-order (None: no reordering).
-    h, x = add_rms_norm(h, None, layers[0].input_layernorm, attention_order(layers[0]))
-    for index, layer in enumerate(layers):
-        following = layers[index + 1] if index + 1 < len(layers) else None
-        sliding = sliding_window_of(layer.self_attn, model.config)
-        if sliding is not None and sliding >= window:  # every entry read is inside the sliding window
-            sliding = None
-        if sliding not in masks:
-            masks[sliding] = mask & (slots > positions.view(batch, 1, length, 1) - sliding)
-        delta = attention(layer.self_attn, x, attention_order(layer) is not None, cos, sin, masks[sliding], cache,
-                          index, first_row, positions, window, decode_kernel, sliding)
-        h, x = add_rms_norm(h, delta, layer.post_attention_layernorm, mlp_order(layer))
-        delta = mlp(layer.mlp, x, mlp_order(layer) is not None)
-        if following is None:  # the final norm feeds lm_head, which gathers nothing
-            next_norm, next_order = inner.norm, None
-        else:
-            next_norm, next_order = following.input_layernorm, attention_order(following)
-        h, x = add_rms_norm(h, delta, next_norm, next_order)
+    part = AttentionPart(first_row, positions, window, decode_kernel)
+    x = run_layers(model, cache, model.model.embed_tokens(tokens), [part])
     if last_index is not None:
         x = x[torch.arange(batch, device=x.device), last_index].unsqueeze(1)
     elif last_only:
@@ -275,6 +344,19 @@ def batch_buckets(max_batch: int) -> list[int]:
         buckets.append(size)
         size *= 2
     return buckets + [max_batch]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Part of a prompt to prefill in a mixed step: ``token_ids`` at positions start.. of cache ``slot``."""
+
+    slot: int
+    start: int
+    token_ids: list[int]
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.token_ids)
 
 
 @dataclass(frozen=True)
@@ -435,13 +517,60 @@ class LlamaRuntime:
         if batch > rows:  # padded rows touch only the last cache entry (see the class)
             self.step_input[1, rows:batch].fill_(self.max_seq_len - 1)
         out = graph.replay() if graph is not None else self._step(batch, window)
+        return self._launched(out[:rows])
+
+    def _launched(self, out: torch.Tensor) -> LaunchedStep:
+        """A step's sampled tokens on their way to the host: copied (on CUDA into pinned memory, before the next
+        replay overwrites a graph's output) behind the step, with an event to wait for that copy alone."""
         if self.device.type != "cuda":
-            return LaunchedStep(out[:rows], None)
-        tokens = torch.empty(rows, dtype=torch.long, pin_memory=True)
-        tokens.copy_(out[:rows], non_blocking=True)  # before the next replay overwrites the graph's output
+            return LaunchedStep(out, None)
+        tokens = torch.empty(out.shape[0], dtype=torch.long, pin_memory=True)
+        tokens.copy_(out, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
         return LaunchedStep(tokens, done)
+
+    @torch.inference_mode()
+    def launch_mixed(self, rows: int, longest: int, segments: list[Segment]) -> LaunchedStep:
+        """Enqueue ONE forward for slots 0..rows-1 one token on from ``step_input`` (as ``launch`` does; ``longest``
+        likewise) and prefill ``segments`` (parts of prompts into their slots), without waiting for it. The
+        matmuls read the weights once for all of them, so decoding rows go on while a prompt is prefilled
+        instead of pausing for it. Eager (the shapes vary). The step's tokens: one a decoding row (fed back
+        into ``step_input`` as ``launch``'s are) then one a segment, sampled after its last token with its
+        slot's settings (meaningful when the segment ends its prompt)."""
+        for segment in segments:
+            if not segment.token_ids:
+                raise ValueError(f"an empty prefill segment for slot {segment.slot}")
+            if not rows <= segment.slot < self.max_batch:
+                raise ValueError(f"segment slot {segment.slot} is not a free slot above the {rows} decoding ones")
+            if segment.end > self.max_seq_len:
+                raise ValueError(f"{segment.end} tokens exceed the {self.max_seq_len}-token cache")
+        lengths = [len(segment.token_ids) for segment in segments]
+        prefill = sum(lengths)
+        logit_rows = list(range(rows)) + [rows + end - 1 for end in itertools.accumulate(lengths)]
+        slots = list(range(rows)) + [segment.slot for segment in segments]
+        host = torch.tensor([t for segment in segments for t in segment.token_ids]
+                            + [p for segment in segments for p in range(segment.start, segment.end)]
+                            + logit_rows + slots, dtype=torch.long)
+        if self.device.type == "cuda":  # a pinned copy queues behind the step in flight; a pageable one waits
+            host = host.pin_memory()
+        ids, positions, logit_rows, slots = host.to(self.device, non_blocking=True).split(
+            [prefill, prefill, len(logit_rows), len(slots)])
+        parts, first = [], rows
+        if rows:
+            parts.append(AttentionPart(0, self.step_input[1, :rows].view(rows, 1), self.window_for(longest),
+                                       self.decode_kernel))
+        for segment, length in zip(segments, lengths):
+            parts.append(AttentionPart(segment.slot, positions[first - rows : first - rows + length].view(1, length),
+                                       self.window_for(segment.end)))
+            first += length
+        tokens = torch.cat([self.step_input[0, :rows], ids])
+        x = run_layers(self.model, self.cache, self.model.model.embed_tokens(tokens), parts)
+        logits = self.model.lm_head(x[logit_rows])
+        out = sample(logits, *(t[slots] for t in self.sampling.as_args()))
+        self.step_input[0, :rows].copy_(out[:rows])
+        self.step_input[1, :rows].add_(1).clamp_(max=self.max_seq_len - 1)
+        return self._launched(out)
 
     def read(self, step: LaunchedStep) -> list[int]:
         """The tokens a launched step sampled, one per row; waits for that step only, not for later ones."""

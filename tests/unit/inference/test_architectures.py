@@ -28,13 +28,14 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, MistralConfig, PretrainedConfig, Qwen2Config, Qwen3Config
 
+import worker.inference.llama_runtime as llama_runtime
 from tests.helpers.awq_writer import write_awq_checkpoint
 from tests.helpers.compressed_tensors_writer import write_compressed_tensors_checkpoint
 from tests.helpers.gptq_writer import write_gptq_checkpoint
 from worker.errors import UnsupportedCheckpoint
 from worker.inference.engine import Engine
 from worker.inference.generate import AnswerText, Generator
-from worker.inference.llama_runtime import LlamaRuntime, attention_windows, forward
+from worker.inference.llama_runtime import LlamaRuntime, Segment, attention_windows, forward
 from worker.inference.prompt import TextTemplate, Turn
 from worker.inference.sampling import GenerationParams, SamplingTensors
 from worker.model.loader import SUPPORTED_MODEL_TYPES, load_model
@@ -162,6 +163,51 @@ def test_greedy_tokens_match_transformers_generate(built, arch, fmt):
         want = reference_greedy(case.reference, prompt, NEW_TOKENS)
         assert got == want, f"{arch}/{fmt}: greedy tokens differ from transformers' generate"
         assert len(got) > PROMPT_LENGTH // 4  # long enough to say something (no early EOS)
+
+
+def mixed_and_separate_logits(model: nn.Module, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(mixed, separate) logits of the same rows: two conversations decoding while a long prompt (in two
+    chunks) and a short one are prefilled inside their steps (``LlamaRuntime.launch_mixed``), against the same
+    decode steps and prefills run apart. The parts read different attention windows, the long prompt runs past
+    Mistral's 16-entry sliding window, and the rows take any split-K path."""
+    sampled: list[torch.Tensor] = []
+
+    def recording_greedy(logits, *settings):  # every sampling call's logits, in order
+        sampled.append(logits.float())
+        return logits.argmax(dim=-1)
+
+    monkeypatch.setattr(llama_runtime, "sample", recording_greedy)
+    ids = prompts(1, 100)[0].tolist()
+    decoding, long, short = [ids[:30], ids[30:50]], ids[50:90], ids[90:99]
+    runs = []
+    for mixed in (True, False):
+        runtime = LlamaRuntime(model, 128, max_batch=4)
+        runtime.windows = attention_windows(128, smallest=16)
+        sampled.clear()
+        with torch.inference_mode():
+            first = runtime.prefill_prompts(0, decoding)
+            runtime.step_input[:, :2].copy_(torch.tensor([first, [30, 20]]))
+            if mixed:
+                runtime.read(runtime.launch_mixed(2, 31, [Segment(2, 0, long[:24])]))
+                runtime.read(runtime.launch_mixed(2, 32, [Segment(2, 24, long[24:]), Segment(3, 0, short)]))
+                runs.append(torch.cat(sampled[1:]))  # [rows 0-1, long's first chunk, rows 0-1, long, short]
+            else:
+                runtime.read(runtime.launch(2, 31))
+                runtime.prefill_chunk(2, long[:24], 0)
+                runtime.read(runtime.launch(2, 32))
+                runtime.prefill_chunk(2, long[24:], 24)
+                runtime.prefill_chunk(3, short, 0)
+                runs.append(torch.cat(sampled[1:]))
+    return [(runs[0], runs[1])]
+
+
+@pytest.mark.parametrize("arch,fmt", CASES)
+def test_a_mixed_step_gives_the_logits_of_its_decode_step_and_prefills_apart(built, arch, fmt, monkeypatch):
+    case = built(arch, fmt)
+    for got, want in mixed_and_separate_logits(case.loaded.model, monkeypatch):
+        assert got.shape == want.shape == (7, case.loaded.config.vocab_size)
+        rel = float((got - want).abs().max() / want.abs().max())
+        assert rel < REL_TOL, f"{arch}/{fmt}: mixed logits differ from separate steps' by {rel:.2e}"
 
 
 PLAIN = TextTemplate("plain", "{system}", "{text} ", "{text} ", "", ())  # no stop text: the tokens decide

@@ -5,7 +5,8 @@ rotary kernel), the decode attention kernel (sliding window, GQA) and CUDA graph
 bf16 cannot match transformers' fp32 model to the last bit, so the check is teacher-forced: our logits at every
 prefill and decode position (fed transformers' own greedy tokens) stay within ``BF16_REL_TOL`` of the reference's
 max |logit|, and where the reference's best token leads its second by more than ``CLEAR_MARGIN`` of that, ours is
-the same token. Then the captured-graph runtime's greedy answers are compared with the same steps run eagerly.
+the same token. Then the captured-graph runtime's greedy answers are compared with the same steps run eagerly,
+and a mixed step (decode rows and prefill segments in one forward) with its decode step and prefills run apart.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tests.unit.inference.test_architectures import (
     CHECKPOINT_WRITERS,
     NEW_TOKENS,
     architectures,
+    mixed_and_separate_logits,
     prompts,
     reference_greedy,
 )
@@ -93,3 +95,17 @@ def test_cuda_graphs_give_the_eager_steps_tokens(gpu_case, arch, fmt):
         del runtime
     assert answers[True] == answers[False], f"{arch}/{fmt}: graph replay differs from eager steps"
     assert all(len(answer) == NEW_TOKENS for answer in answers[True])
+
+
+@pytest.mark.parametrize("arch,fmt", CASES)
+def test_a_mixed_step_on_the_gpu_kernels_gives_the_logits_of_its_steps_apart(gpu_case, arch, fmt, monkeypatch):
+    """The decode kernel (plain output order) beside SDPA parts, the rotary kernel on row slices of split-K
+    partials, one o_proj for all: the same logits as the decode step and prefills run on their own, to bf16."""
+    _, loaded = gpu_case(arch, fmt)
+    for got, want in mixed_and_separate_logits(loaded.model, monkeypatch):
+        scale = want.abs().max()
+        rel = float((got - want).abs().max() / scale)
+        top2 = want.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]) > CLEAR_MARGIN * scale
+        assert rel < BF16_REL_TOL, f"{arch}/{fmt}: mixed logits {rel:.2e} of max |logit| from the separate steps'"
+        assert bool((got.argmax(-1) == want.argmax(-1))[clear].all()), f"{arch}/{fmt}: a clearly best token differs"

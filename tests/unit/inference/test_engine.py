@@ -56,15 +56,19 @@ def alone(loaded):
 def make_engine(loaded, alone):
     engines = []
 
-    def make(max_batch: int, step_delay: float = 0.002, model=loaded) -> Engine:
-        engine = Engine(Generator(model, VICUNA, system_prompt=""), max_batch=max_batch)
-        launch = engine.runtime.launch
+    def make(max_batch: int, step_delay: float = 0.002, model=loaded, mix_prefill: bool = True) -> Engine:
+        engine = Engine(Generator(model, VICUNA, system_prompt=""), max_batch=max_batch, mix_prefill=mix_prefill)
+        launch, launch_mixed = engine.runtime.launch, engine.runtime.launch_mixed
 
         def paced(rows, longest):  # a few ms a step, as on a real model, so requests surely overlap
             time.sleep(step_delay)
             return launch(rows, longest)
 
-        engine.runtime.launch = paced
+        def paced_mixed(rows, longest, segments):
+            time.sleep(step_delay)
+            return launch_mixed(rows, longest, segments)
+
+        engine.runtime.launch, engine.runtime.launch_mixed = paced, paced_mixed
         engines.append(engine)
         return engine
 
@@ -86,9 +90,10 @@ def answered_alone(model, requests: list[tuple[str, GenerationParams]]) -> list[
     return [generator.answer(ask(question), params) for question, params in requests]
 
 
+@pytest.mark.parametrize("mix", [True, False], ids=["mixed", "unmixed"])
 @pytest.mark.parametrize("padded", [False, True], ids=["exact-rows", "padded-rows-chunked-prefill"])
-def test_overlapping_requests_answer_exactly_as_alone(make_engine, alone, monkeypatch, padded):
-    engine = make_engine(max_batch=8)
+def test_overlapping_requests_answer_exactly_as_alone(make_engine, alone, monkeypatch, padded, mix):
+    engine = make_engine(max_batch=8, mix_prefill=mix)
     if padded:  # as with CUDA graphs: 3 rows run as a batch of 4, the extra row in a free or half-prefilled slot
         engine.runtime.pad_to_buckets = True
         monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 8)  # prompts prefill over several steps
@@ -109,6 +114,7 @@ def test_overlapping_requests_answer_exactly_as_alone(make_engine, alone, monkey
     assert sum(steps for rows, steps in stats.batch_size_histogram.items() if rows > 1) > 0
     assert stats.steps == sum(stats.batch_size_histogram.values())
     assert stats.prefill_s > 0 and stats.decode_s > 0  # the time split a benchmark or operator reads
+    assert (stats.mixed_steps > 0) == mix  # each later question was prefilled inside the others' decode steps
     wait_until(lambda: engine.stats.active == 0)
 
 
@@ -163,16 +169,20 @@ def test_questions_arriving_together_prefill_in_one_pass_and_answer_as_alone(mak
     assert engine.stats.prefill_group_histogram == {len(QUESTIONS): 1}
 
 
-def test_a_burst_larger_than_the_prefill_budget_is_split(make_engine, alone, monkeypatch):
+@pytest.mark.parametrize("mix", [False, True], ids=["unmixed", "mixed"])
+def test_a_burst_larger_than_the_prefill_budget_is_split(make_engine, alone, monkeypatch, mix):
     longest = max(len(make_engine(1).generator.fit(ask(q), GREEDY).token_ids) for q in QUESTIONS)
     monkeypatch.setattr(engine_module, "PREFILL_TOKENS", 2 * longest)  # two prompts a pass
-    engine = make_engine(max_batch=8)
+    engine = make_engine(max_batch=8, mix_prefill=mix)
     streams = {question: engine.submit(ask(question), GREEDY) for question in QUESTIONS}
     engine.start()
     for question, stream in streams.items():
         assert "".join(stream) == alone[question]
     groups = engine.stats.prefill_group_histogram
-    assert max(groups) <= 2 and sum(size * times for size, times in groups.items()) == len(QUESTIONS)
+    if mix:  # the first pass is grouped (nobody decodes yet); the others join inside its answers' steps
+        assert groups == {2: 1} and engine.stats.mixed_steps > 0
+    else:
+        assert max(groups) <= 2 and sum(size * times for size, times in groups.items()) == len(QUESTIONS)
 
 
 def test_more_requests_than_slots_take_turns(make_engine, alone):
@@ -236,6 +246,107 @@ def test_a_failing_request_fails_alone(make_engine, alone, monkeypatch):
     for question, stream in streams.items():
         assert "".join(stream) == alone[question]
     assert "".join(engine.submit(ask(QUESTIONS[0]), GREEDY)) == alone[QUESTIONS[0]]  # the engine still serves
+
+
+LONG_QUESTION = "Tell me about the lazy dog. " * 6  # 150 prompt tokens: several chunks of a small PREFILL_CHUNK
+
+
+def start_decoding(engine: Engine, question: str, params: GenerationParams) -> AnswerStream:
+    """A request already decoding (its first token out) when the next ones arrive."""
+    stream = engine.submit(ask(question), params)
+    wait_until(lambda: stream.tokens > 0)
+    return stream
+
+
+@pytest.mark.parametrize("mix", [True, False], ids=["mixed", "unmixed"])
+def test_prompts_arriving_while_others_decode_answer_as_alone_and_pause_them_at_most_a_chunk(
+        make_engine, loaded, monkeypatch, mix):
+    """A long prompt (four chunks) and short ones (grouped when not mixed) arrive together while one answer
+    decodes. Mixed, they are prefilled inside its decode steps: between two of its tokens at most one chunk of
+    prompt runs. Unmixed, the short prompts' grouped pass (rows padded, over a chunk) runs between two."""
+    chunk = 40  # under the short prompts together (20-33 tokens each), over each alone
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", chunk)
+    requests = [(QUESTIONS[1], GREEDY), (LONG_QUESTION, GREEDY), (QUESTIONS[0], GREEDY),
+                (QUESTIONS[5], GREEDY), (QUESTIONS[3], GREEDY.replace(max_new_tokens=5))]
+    expected = answered_alone(loaded, requests)
+    engine = make_engine(max_batch=6, mix_prefill=mix)
+    engine.runtime.windows = attention_windows(engine.runtime.max_seq_len, smallest=16)  # parts in other windows
+    engine.start()
+    streams = [start_decoding(engine, *requests[0])]
+    streams += [engine.submit(ask(question), params) for question, params in requests[1:]]
+    for stream, answer in zip(streams, expected):
+        assert "".join(stream) == answer and stream.error is None
+    wait_until(lambda: engine.stats.active == 0)
+    stats = engine.stats
+    assert stats.max_batch_seen >= 3
+    if mix:
+        assert stats.mixed_steps >= 4  # the long prompt's 150 tokens alone take four
+        assert 0 < stats.longest_decode_pause_tokens <= chunk
+    else:
+        assert stats.mixed_steps == 0 and stats.longest_decode_pause_tokens > chunk
+
+
+def test_cancelling_a_prompt_part_way_through_mixed_prefill_ends_only_it(make_engine, loaded, alone, monkeypatch):
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 8)  # the long prompt takes ~19 mixed steps
+    engine = make_engine(max_batch=3, step_delay=0.01)
+    engine.start()
+    decoding = start_decoding(engine, QUESTIONS[1], GREEDY)
+    long = engine.submit(ask(LONG_QUESTION), GREEDY)
+    wait_until(lambda: engine.stats.mixed_steps >= 3)
+    long.cancel()
+    after = engine.submit(ask(QUESTIONS[0]), GREEDY)  # prefilled into the slot the cancel freed
+    assert list(long) == []
+    wait_until(lambda: long.finished)
+    assert long.tokens == 0 and long.error is None
+    assert "".join(decoding) == alone[QUESTIONS[1]]
+    assert "".join(after) == alone[QUESTIONS[0]]
+    wait_until(lambda: engine.stats.active == 0)
+
+
+def test_a_request_failing_as_it_joins_from_a_mixed_step_fails_alone(make_engine, alone, monkeypatch):
+    engine = make_engine(max_batch=4)
+    bad_prompt = engine.generator.fit(ask(QUESTIONS[3]), GREEDY).token_ids
+    push = AnswerText.push
+
+    def faulty_push(self, token_id):  # its first token, sampled by the mixed step that ended its prompt
+        if self.prompt_ids == bad_prompt:
+            raise RuntimeError("detokenizer broke")
+        return push(self, token_id)
+
+    monkeypatch.setattr(AnswerText, "push", faulty_push)
+    engine.start()
+    decoding = start_decoding(engine, QUESTIONS[1], GREEDY)
+    bad, good = (engine.submit(ask(q), GREEDY) for q in (QUESTIONS[3], QUESTIONS[4]))
+    with pytest.raises(RuntimeError, match="detokenizer broke"):
+        list(bad)
+    assert bad.tokens == 0
+    assert "".join(good) == alone[QUESTIONS[4]] and "".join(decoding) == alone[QUESTIONS[1]]
+    assert engine.stats.mixed_steps > 0
+
+
+def test_a_failing_mixed_step_ends_its_prompts_and_the_decoding_answers_go_on(make_engine, alone):
+    engine = make_engine(max_batch=4)
+    launch_mixed = engine.runtime.launch_mixed
+    failures = []
+
+    def fails_once(rows, longest, segments):
+        if not failures:
+            failures.append(segments)
+            raise RuntimeError("out of memory in the prefill")
+        return launch_mixed(rows, longest, segments)
+
+    engine.runtime.launch_mixed = fails_once
+    engine.start()
+    decoding = start_decoding(engine, QUESTIONS[1], GREEDY)
+    failed = engine.submit(ask(QUESTIONS[0]), GREEDY)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(failed)
+    assert failures and failed.tokens == 0
+    later = engine.submit(ask(QUESTIONS[2]), GREEDY)  # mixed again, into the slot the failure freed
+    assert "".join(later) == alone[QUESTIONS[2]]
+    assert "".join(decoding) == alone[QUESTIONS[1]] and decoding.error is None
+    assert engine.stats.mixed_steps > 0
+    wait_until(lambda: engine.stats.active == 0)
 
 
 def test_stop_ends_unfinished_answers_with_an_error(make_engine):
