@@ -116,6 +116,10 @@ class Settings(BaseSettings):
         DEFAULT_MAX_BATCH, ge=1, le=64, description="Answers generated together (continuous batching slots) per "
         "worker; with XWINBOT_BACKEND=openai, answers streamed from the server at once.",
     )
+    mix_prefill: bool = Field(
+        True, description="Prefill new questions inside the decode steps of answers already streaming (they keep "
+        "streaming while a question is read in); off: each new question's prefill runs between two steps.",
+    )
     per_user_jobs: int = Field(
         DEFAULT_PER_USER_JOBS, ge=1, description="Questions one person may have queued or running at once."
     )

@@ -37,6 +37,7 @@ import torch
 
 from benchmarks.result_json import ROOT, write_result
 from benchmarks.synthetic_checkpoint import SHAPES, write_synthetic_checkpoint
+from worker.inference import engine as engine_module
 from worker.inference.engine import AnswerStream, Engine
 from worker.inference.generate import Generator
 from worker.inference.prompt import VICUNA, Turn
@@ -175,6 +176,8 @@ def main() -> None:
     parser.add_argument("--short-prompt-tokens", type=int, help="words of a short arrival (default 120; CPU 30)")
     parser.add_argument("--decoding-prompt-tokens", type=int, default=100)
     parser.add_argument("--context", type=int, help="tokens a conversation may hold (default 2048; CPU 1024)")
+    parser.add_argument("--mixed-prefill-tokens", type=int,
+                        help="prompt tokens a mixed step carries (default: the engine's MIXED_PREFILL_TOKENS)")
     parser.add_argument("--mode", choices=list(MODES), help="run one mode in this process (the parent's child)")
     parser.add_argument("--checkpoint", help="an existing checkpoint (default: write a synthetic one)")
     args = parser.parse_args()
@@ -185,6 +188,8 @@ def main() -> None:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.mixed_prefill_tokens:
+        engine_module.MIXED_PREFILL_TOKENS = args.mixed_prefill_tokens
     if args.mode:
         print(json.dumps(run_mode(args)), flush=True)
         return
@@ -194,11 +199,12 @@ def main() -> None:
         args.checkpoint = str(write_synthetic_checkpoint(base / "ckpt", SHAPES[args.shape]))
         print(f"wrote the synthetic {args.shape} checkpoint in {time.perf_counter() - started:.1f} s", flush=True)
     report: dict = dict(device=args.device, shape=args.shape, decoding=args.decoding, arrivals=args.arrivals,
-                        modes={})
+                        mixed_prefill_tokens=engine_module.MIXED_PREFILL_TOKENS, modes={})
     passed = ["--device", args.device, "--checkpoint", args.checkpoint, "--decoding", str(args.decoding),
               "--arrivals", str(args.arrivals), "--arrival-prompt-tokens", str(args.arrival_prompt_tokens),
               "--short-prompt-tokens", str(args.short_prompt_tokens), "--decoding-prompt-tokens",
-              str(args.decoding_prompt_tokens), "--context", str(args.context)]
+              str(args.decoding_prompt_tokens), "--context", str(args.context),
+              "--mixed-prefill-tokens", str(engine_module.MIXED_PREFILL_TOKENS)]
     for mode in MODES:  # each in a fresh process: no memory, caches or compiled kernels of the other
         command = [sys.executable, "-u", "-m", "benchmarks.speed.mixed_prefill", *passed, "--mode", mode]
         child = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)

@@ -29,6 +29,7 @@ from redis import Redis
 from benchmarks.result_json import ROOT, write_result
 from benchmarks.speed.hf_baseline import measure_in_clean_process
 from worker import serve
+from worker.inference import engine as engine_module
 from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import job_queue
 from worker.serve import WorkerProcess
@@ -180,7 +181,7 @@ def start_redis(redis_server: str, port: int) -> subprocess.Popen:
 def worker_settings(args, model: str, port: int) -> Settings:
     return Settings(model=model, redis_url=f"redis://127.0.0.1:{port}/0", template="vicuna", system_prompt="",
                     max_batch=max(args.concurrency), max_context_tokens=args.context, temperature=0.0,
-                    per_user_jobs=1000, queued_jobs=1000, metrics_port=0)
+                    per_user_jobs=1000, queued_jobs=1000, metrics_port=0, mix_prefill=not args.mix_off)
 
 
 def hf_baseline(model: str, args, prompt_tokens: int) -> dict:
@@ -226,6 +227,9 @@ def main() -> None:
     parser.add_argument("--restart-only", action="store_true", help="only time a worker start (a warm restart)")
     parser.add_argument("--no-hf-baseline", action="store_true", help="skip the eager transformers baseline")
     parser.add_argument("--no-restart", action="store_true", help="skip timing a warm restart")
+    parser.add_argument("--mixed-prefill-tokens", type=int,
+                        help="prompt tokens a mixed step carries (default: the engine's MIXED_PREFILL_TOKENS)")
+    parser.add_argument("--mix-off", action="store_true", help="no mixed steps: prefill between decode steps")
     parser.add_argument("--spare-threads", type=int, help="job threads beyond max_batch (default: the worker's "
                         "SPARE_JOB_THREADS)")
     args = parser.parse_args()
@@ -246,12 +250,15 @@ def main() -> None:
     settings = worker_settings(args, model, port)
     if args.spare_threads is not None:
         serve.SPARE_JOB_THREADS = args.spare_threads
+    if args.mixed_prefill_tokens:
+        engine_module.MIXED_PREFILL_TOKENS = args.mixed_prefill_tokens
     baselines = {} if args.restart_only or args.no_hf_baseline else baselines_before_worker(model, args)
     started = time.perf_counter()
     process = WorkerProcess(settings, redis, posters={"console": TimingPoster})
     process.start()
     report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "settings": dict(
         max_batch=settings.max_batch, job_threads=settings.max_batch + serve.SPARE_JOB_THREADS,
+        mixed_prefill_tokens=0 if args.mix_off else engine_module.MIXED_PREFILL_TOKENS,
         context=settings.max_context_tokens, rounds=args.rounds,
         prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, anchor_prompt_tokens=args.anchor_prompt_tokens)}
     if args.restart_only:

@@ -33,7 +33,7 @@ def build_backend(settings: Settings):
     from worker.inference.engine import Engine
     from worker.inference.model_setup import load_generator
 
-    return Engine(load_generator(settings), max_batch=settings.max_batch)
+    return Engine(load_generator(settings), max_batch=settings.max_batch, mix_prefill=settings.mix_prefill)
 
 
 def describe(backend, settings: Settings) -> BackendInfo:

@@ -13,8 +13,8 @@ retires those that finished, failed or were cancelled. How the prompts get in de
 - nobody: several whole prompts together in one forward (rows padded to the longest, at most ``PREFILL_TOKENS``
   in all, so a burst of questions shares one pass over the weights: the best time to first token when
   everyone arrives together), or the next ``PREFILL_CHUNK`` tokens of one long prompt;
-- someone (``mix_prefill``, the default): the decode step itself prefills the next ``PREFILL_CHUNK`` prompt
-  tokens (``LlamaRuntime.launch_mixed``: one forward, decoding rows and prompt segments sharing every matmul):
+- someone (``mix_prefill``, the default): the decode step itself prefills the next ``MIXED_PREFILL_TOKENS``
+  prompt tokens (``LlamaRuntime.launch_mixed``: one forward, decoding rows and prompt segments sharing every matmul):
   the prompt a step cut goes on first, then waiting ones whole while they fit, the last one cut at the
   budget. A decoding answer never waits for more than one chunk of someone else's prompt
   (``EngineStats.longest_decode_pause_tokens``), and a prompt whose last tokens ran joins decoding with the
@@ -61,6 +61,10 @@ from worker.inference.sampling import GenerationParams, SamplingTensors
 from worker.settings import DEFAULT_MAX_BATCH
 
 PREFILL_TOKENS = 4096  # padded prompt tokens prefilled together in one turn (several short prompts at once)
+# Prompt tokens one mixed step carries. Every forward over more than 64 rows rebuilds the bf16 weights from the
+# int4 codes (worker.kernels.w4a16.dequantized_matmul), a fixed ~25 ms on the 13B: with 512-token steps that
+# cost came back at every step and 32 users got 740 tok/s against 1,640 unmixed (benchmarks/NOTES.md row 59).
+MIXED_PREFILL_TOKENS = 4096
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +434,7 @@ class Engine:
             request.prefill_mark = self._prefill_tokens_run
 
     def _mixed_step(self) -> None:
-        """Launch one step for the decoding rows that also prefills the next PREFILL_CHUNK prompt tokens, then
+        """Launch one step for the decoding rows that also prefills the next MIXED_PREFILL_TOKENS prompt tokens, then
         read the step launched before it: the rows pause for at most one chunk, not for a whole group. The
         step is left in flight; one that ended prompts is read at the start of the next turn, when they join."""
         try:
@@ -458,11 +462,11 @@ class Engine:
             self._end_running(err)
 
     def _next_segments(self) -> list[tuple[_Request, Segment]]:
-        """This mixed step's prefill, at most PREFILL_CHUNK tokens: the prompt an earlier step cut goes on
+        """This mixed step's prefill, at most MIXED_PREFILL_TOKENS tokens: the prompt an earlier step cut goes on
         first, then waiting prompts are admitted into the slots above, whole while they fit, the last one cut
         at the budget (so at most one prompt is ever part-way in, in the highest prefilling slot)."""
         self._compact_prefilling()
-        planned, budget = [], PREFILL_CHUNK
+        planned, budget = [], MIXED_PREFILL_TOKENS
         with self._cond:
             going_on = collections.deque(self._prefilling)
         while budget > 0 and (request := going_on.popleft() if going_on else self._admit_one()) is not None:

@@ -97,6 +97,7 @@ def test_overlapping_requests_answer_exactly_as_alone(make_engine, alone, monkey
     if padded:  # as with CUDA graphs: 3 rows run as a batch of 4, the extra row in a free or half-prefilled slot
         engine.runtime.pad_to_buckets = True
         monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 8)  # prompts prefill over several steps
+        monkeypatch.setattr(engine_module, "MIXED_PREFILL_TOKENS", 8)
         engine.runtime.windows = attention_windows(engine.runtime.max_seq_len, smallest=16)  # rows in different windows
     engine.start()
     requests = []
@@ -248,7 +249,7 @@ def test_a_failing_request_fails_alone(make_engine, alone, monkeypatch):
     assert "".join(engine.submit(ask(QUESTIONS[0]), GREEDY)) == alone[QUESTIONS[0]]  # the engine still serves
 
 
-LONG_QUESTION = "Tell me about the lazy dog. " * 6  # 150 prompt tokens: several chunks of a small PREFILL_CHUNK
+LONG_QUESTION = "Tell me about the lazy dog. " * 6  # 150 prompt tokens: several steps of a small mixed-prefill budget
 
 
 def start_decoding(engine: Engine, question: str, params: GenerationParams) -> AnswerStream:
@@ -266,6 +267,7 @@ def test_prompts_arriving_while_others_decode_answer_as_alone_and_pause_them_at_
     prompt runs. Unmixed, the short prompts' grouped pass (rows padded, over a chunk) runs between two."""
     chunk = 40  # under the short prompts together (20-33 tokens each), over each alone
     monkeypatch.setattr(engine_module, "PREFILL_CHUNK", chunk)
+    monkeypatch.setattr(engine_module, "MIXED_PREFILL_TOKENS", chunk)
     requests = [(QUESTIONS[1], GREEDY), (LONG_QUESTION, GREEDY), (QUESTIONS[0], GREEDY),
                 (QUESTIONS[5], GREEDY), (QUESTIONS[3], GREEDY.replace(max_new_tokens=5))]
     expected = answered_alone(loaded, requests)
@@ -287,7 +289,7 @@ def test_prompts_arriving_while_others_decode_answer_as_alone_and_pause_them_at_
 
 
 def test_cancelling_a_prompt_part_way_through_mixed_prefill_ends_only_it(make_engine, loaded, alone, monkeypatch):
-    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", 8)  # the long prompt takes ~19 mixed steps
+    monkeypatch.setattr(engine_module, "MIXED_PREFILL_TOKENS", 8)  # the long prompt takes ~19 mixed steps
     engine = make_engine(max_batch=3, step_delay=0.01)
     engine.start()
     decoding = start_decoding(engine, QUESTIONS[1], GREEDY)
