@@ -16,7 +16,8 @@ retires those that finished, failed or were cancelled. How the prompts get in de
 - someone (``mix_prefill``, the default): the decode step itself prefills the next ``MIXED_PREFILL_TOKENS``
   prompt tokens (``LlamaRuntime.launch_mixed``: one forward, decoding rows and prompt segments sharing every matmul):
   the prompt a step cut goes on first, then waiting ones whole while they fit, the last one cut at the
-  budget. A decoding answer never waits for more than one chunk of someone else's prompt
+  budget; a prompt longer than ``PREFILL_CHUNK`` goes in ``PREFILL_CHUNK`` tokens a step. A decoding answer
+  never waits for more than one such step of someone else's prompts
   (``EngineStats.longest_decode_pause_tokens``), and a prompt whose last tokens ran joins decoding with the
   token that step sampled. A mixed step that fails to launch ends its prompts (as a failed prefill does) and
   the decoding rows take the next step alone. Off, a grouped prefill runs between two decode steps, decoding
@@ -464,15 +465,21 @@ class Engine:
     def _next_segments(self) -> list[tuple[_Request, Segment]]:
         """This mixed step's prefill, at most MIXED_PREFILL_TOKENS tokens: the prompt an earlier step cut goes on
         first, then waiting prompts are admitted into the slots above, whole while they fit, the last one cut
-        at the budget (so at most one prompt is ever part-way in, in the highest prefilling slot)."""
+        at the budget (so at most one prompt is ever part-way in, in the highest prefilling slot). A prompt
+        longer than PREFILL_CHUNK goes in PREFILL_CHUNK tokens a step, as unmixed: the answers streaming
+        meanwhile pause for one chunk of it, not for 4096 tokens (benchmarks/NOTES.md row 59)."""
         self._compact_prefilling()
         planned, budget = [], MIXED_PREFILL_TOKENS
         with self._cond:
             going_on = collections.deque(self._prefilling)
         while budget > 0 and (request := going_on.popleft() if going_on else self._admit_one()) is not None:
-            piece = request.answer.prompt_ids[request.prefilled : request.prefilled + budget]
+            rest = len(request.answer.prompt_ids) - request.prefilled
+            take = min(budget, PREFILL_CHUNK if rest > PREFILL_CHUNK else rest)
+            piece = request.answer.prompt_ids[request.prefilled : request.prefilled + take]
             planned.append((request, Segment(request.slot, request.prefilled, piece)))
-            budget -= len(piece)
+            budget -= take
+            if take < rest:
+                break  # cut: it goes on next step, and nothing is admitted above a prompt part-way in
         return planned
 
     def _compact_prefilling(self) -> None:

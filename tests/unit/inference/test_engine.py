@@ -288,6 +288,25 @@ def test_prompts_arriving_while_others_decode_answer_as_alone_and_pause_them_at_
         assert stats.mixed_steps == 0 and stats.longest_decode_pause_tokens > chunk
 
 
+def test_a_long_prompt_goes_in_a_chunk_a_step_while_short_ones_pack_up_to_the_budget(make_engine, loaded,
+                                                                                       monkeypatch):
+    """Mixed steps carry up to MIXED_PREFILL_TOKENS of whole short prompts, but a long one only PREFILL_CHUNK a
+    step: the answer streaming meanwhile pauses for one chunk of it, and everyone's answer is as alone."""
+    chunk = 16
+    monkeypatch.setattr(engine_module, "PREFILL_CHUNK", chunk)
+    monkeypatch.setattr(engine_module, "MIXED_PREFILL_TOKENS", 4 * chunk)
+    requests = [(QUESTIONS[1], GREEDY), (LONG_QUESTION, GREEDY)]
+    expected = answered_alone(loaded, requests)
+    engine = make_engine(max_batch=3)
+    engine.start()
+    streams = [start_decoding(engine, *requests[0]), engine.submit(ask(LONG_QUESTION), GREEDY)]
+    for stream, answer in zip(streams, expected):
+        assert "".join(stream) == answer and stream.error is None
+    stats = engine.stats
+    assert stats.mixed_steps >= streams[1].prompt_tokens // chunk  # ~150 tokens: ten steps, not three
+    assert 0 < stats.longest_decode_pause_tokens <= chunk
+
+
 def test_cancelling_a_prompt_part_way_through_mixed_prefill_ends_only_it(make_engine, loaded, alone, monkeypatch):
     monkeypatch.setattr(engine_module, "MIXED_PREFILL_TOKENS", 8)  # the long prompt takes ~19 mixed steps
     engine = make_engine(max_batch=3, step_delay=0.01)
