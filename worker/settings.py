@@ -16,6 +16,9 @@ DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = 40
 DEFAULT_MAX_NEW_TOKENS = 512
 DEFAULT_MAX_BATCH = 8
+# Off: on the H200 mixing gave new questions their first words sooner under load but slowed the answers already
+# streaming, and cost 6% of the 32-user throughput with 64-token prompts (benchmarks/NOTES.md row 59).
+DEFAULT_MIX_PREFILL = False
 DEFAULT_BACKEND_TIMEOUT_S = 60.0
 DEFAULT_QUEUE_NAME = "xwinbot"  # also the prefix of every Redis key (worker.queue.keys)
 DEFAULT_PER_USER_JOBS = 3
@@ -117,8 +120,9 @@ class Settings(BaseSettings):
         "worker; with XWINBOT_BACKEND=openai, answers streamed from the server at once.",
     )
     mix_prefill: bool = Field(
-        True, description="Prefill new questions inside the decode steps of answers already streaming (they keep "
-        "streaming while a question is read in); off: each new question's prefill runs between two steps.",
+        DEFAULT_MIX_PREFILL, description="Prefill new questions inside the decode steps of answers already "
+        "streaming: new questions get their first words sooner under load, the answers streaming meanwhile go "
+        "slower (measured trade-off in README's Speed section); off: each prefill runs between two steps.",
     )
     per_user_jobs: int = Field(
         DEFAULT_PER_USER_JOBS, ge=1, description="Questions one person may have queued or running at once."

@@ -181,7 +181,7 @@ def start_redis(redis_server: str, port: int) -> subprocess.Popen:
 def worker_settings(args, model: str, port: int) -> Settings:
     return Settings(model=model, redis_url=f"redis://127.0.0.1:{port}/0", template="vicuna", system_prompt="",
                     max_batch=max(args.concurrency), max_context_tokens=args.context, temperature=0.0,
-                    per_user_jobs=1000, queued_jobs=1000, metrics_port=0, mix_prefill=not args.mix_off)
+                    per_user_jobs=1000, queued_jobs=1000, metrics_port=0, mix_prefill=args.mix_prefill)
 
 
 def hf_baseline(model: str, args, prompt_tokens: int) -> dict:
@@ -229,7 +229,8 @@ def main() -> None:
     parser.add_argument("--no-restart", action="store_true", help="skip timing a warm restart")
     parser.add_argument("--mixed-prefill-tokens", type=int,
                         help="prompt tokens a mixed step carries (default: the engine's MIXED_PREFILL_TOKENS)")
-    parser.add_argument("--mix-off", action="store_true", help="no mixed steps: prefill between decode steps")
+    parser.add_argument("--mix-prefill", action="store_true",
+                        help="prefill inside decode steps (XWINBOT_MIX_PREFILL; off by default)")
     parser.add_argument("--spare-threads", type=int, help="job threads beyond max_batch (default: the worker's "
                         "SPARE_JOB_THREADS)")
     args = parser.parse_args()
@@ -258,7 +259,7 @@ def main() -> None:
     process.start()
     report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "settings": dict(
         max_batch=settings.max_batch, job_threads=settings.max_batch + serve.SPARE_JOB_THREADS,
-        mixed_prefill_tokens=0 if args.mix_off else engine_module.MIXED_PREFILL_TOKENS,
+        mixed_prefill_tokens=engine_module.MIXED_PREFILL_TOKENS if args.mix_prefill else 0,
         context=settings.max_context_tokens, rounds=args.rounds,
         prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, anchor_prompt_tokens=args.anchor_prompt_tokens)}
     if args.restart_only:

@@ -13,8 +13,9 @@ retires those that finished, failed or were cancelled. How the prompts get in de
 - nobody: several whole prompts together in one forward (rows padded to the longest, at most ``PREFILL_TOKENS``
   in all, so a burst of questions shares one pass over the weights: the best time to first token when
   everyone arrives together), or the next ``PREFILL_CHUNK`` tokens of one long prompt;
-- someone (``mix_prefill``, the default): the decode step itself prefills the next ``MIXED_PREFILL_TOKENS``
-  prompt tokens (``LlamaRuntime.launch_mixed``: one forward, decoding rows and prompt segments sharing every matmul):
+- someone, with ``mix_prefill`` (``XWINBOT_MIX_PREFILL``, off by default): the decode step itself prefills the
+  next ``MIXED_PREFILL_TOKENS`` prompt tokens (``LlamaRuntime.launch_mixed``: one forward, decoding rows and
+  prompt segments sharing every matmul):
   the prompt a step cut goes on first, then waiting ones whole while they fit, the last one cut at the
   budget; a prompt longer than ``PREFILL_CHUNK`` goes in ``PREFILL_CHUNK`` tokens a step. A decoding answer
   never waits for more than one such step of someone else's prompts
@@ -59,7 +60,7 @@ from worker.inference.generate import AnswerText, Generator
 from worker.inference.llama_runtime import PREFILL_CHUNK, LaunchedStep, Segment
 from worker.inference.prompt import Turn
 from worker.inference.sampling import GenerationParams, SamplingTensors
-from worker.settings import DEFAULT_MAX_BATCH
+from worker.settings import DEFAULT_MAX_BATCH, DEFAULT_MIX_PREFILL
 
 PREFILL_TOKENS = 4096  # padded prompt tokens prefilled together in one turn (several short prompts at once)
 # Prompt tokens one mixed step carries. Every forward over more than 64 rows rebuilds the bf16 weights from the
@@ -200,10 +201,11 @@ class _Launched:
 
 
 class Engine:
-    def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH, mix_prefill: bool = True):
+    def __init__(self, generator: Generator, max_batch: int = DEFAULT_MAX_BATCH,
+                 mix_prefill: bool = DEFAULT_MIX_PREFILL):
         self.generator = generator
         self.max_batch = max_batch
-        self.mix_prefill = mix_prefill  # prefill inside decode steps while others decode (off: A/B benchmarks)
+        self.mix_prefill = mix_prefill  # prefill inside decode steps while others decode (XWINBOT_MIX_PREFILL)
         self.runtime = generator.build_runtime(max_batch)  # one cache of max_batch slots; graphs captured now
         self._cond = threading.Condition()  # guards the queue, the stopping flag and the stats
         self._tokenizer_lock = threading.Lock()  # fast tokenizers are not safe to share across threads

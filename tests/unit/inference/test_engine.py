@@ -297,7 +297,7 @@ def test_a_long_prompt_goes_in_a_chunk_a_step_while_short_ones_pack_up_to_the_bu
     monkeypatch.setattr(engine_module, "MIXED_PREFILL_TOKENS", 4 * chunk)
     requests = [(QUESTIONS[1], GREEDY), (LONG_QUESTION, GREEDY)]
     expected = answered_alone(loaded, requests)
-    engine = make_engine(max_batch=3)
+    engine = make_engine(mix_prefill=True, max_batch=3)
     engine.start()
     streams = [start_decoding(engine, *requests[0]), engine.submit(ask(LONG_QUESTION), GREEDY)]
     for stream, answer in zip(streams, expected):
@@ -309,7 +309,7 @@ def test_a_long_prompt_goes_in_a_chunk_a_step_while_short_ones_pack_up_to_the_bu
 
 def test_cancelling_a_prompt_part_way_through_mixed_prefill_ends_only_it(make_engine, loaded, alone, monkeypatch):
     monkeypatch.setattr(engine_module, "MIXED_PREFILL_TOKENS", 8)  # the long prompt takes ~19 mixed steps
-    engine = make_engine(max_batch=3, step_delay=0.01)
+    engine = make_engine(mix_prefill=True, max_batch=3, step_delay=0.01)
     engine.start()
     decoding = start_decoding(engine, QUESTIONS[1], GREEDY)
     long = engine.submit(ask(LONG_QUESTION), GREEDY)
@@ -325,7 +325,7 @@ def test_cancelling_a_prompt_part_way_through_mixed_prefill_ends_only_it(make_en
 
 
 def test_a_request_failing_as_it_joins_from_a_mixed_step_fails_alone(make_engine, alone, monkeypatch):
-    engine = make_engine(max_batch=4)
+    engine = make_engine(mix_prefill=True, max_batch=4)
     bad_prompt = engine.generator.fit(ask(QUESTIONS[3]), GREEDY).token_ids
     push = AnswerText.push
 
@@ -346,7 +346,7 @@ def test_a_request_failing_as_it_joins_from_a_mixed_step_fails_alone(make_engine
 
 
 def test_a_failing_mixed_step_ends_its_prompts_and_the_decoding_answers_go_on(make_engine, alone):
-    engine = make_engine(max_batch=4)
+    engine = make_engine(mix_prefill=True, max_batch=4)
     launch_mixed = engine.runtime.launch_mixed
     failures = []
 

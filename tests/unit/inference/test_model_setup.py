@@ -45,3 +45,15 @@ def test_triton_kernels_fp8_cache_and_budget_from_settings(gptq_checkpoint):
     assert runtime.max_seq_len == 256 and runtime.cache.keys.dtype == torch.float8_e4m3fn
     generator.answer([Turn("user", "Hi")], GenerationParams(temperature=0.0, max_new_tokens=4))
     assert generator.runtime.cache.keys.view(torch.uint8)[:, 0].any()  # the conversation went through the fp8 cache
+
+
+@pytest.mark.parametrize("env, mixing", [({}, False), ({"XWINBOT_MIX_PREFILL": "true"}, True)])
+def test_mixed_prefill_is_off_unless_the_setting_turns_it_on(gptq_checkpoint, monkeypatch, env, mixing):
+    """The worker's engine prefills inside decode steps only when XWINBOT_MIX_PREFILL says so."""
+    from worker.backends import build_backend
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ckpt = gptq_checkpoint(bits=4, group_size=32, seed=23)
+    engine = build_backend(Settings(_env_file=None, model=str(ckpt.path), device="cpu", max_context_tokens=128))
+    assert engine.mix_prefill is mixing
