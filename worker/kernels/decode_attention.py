@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 CHUNK = 128  # cache entries per program
+CHUNK_WARPS = 4  # warps per chunk program
 
 
 @triton.jit
@@ -80,21 +81,25 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                      window: int, scale: float, order_inverse: torch.Tensor | None = None,
-                     sliding_window: int | None = None, kv_scales: torch.Tensor | None = None) -> torch.Tensor:
+                     sliding_window: int | None = None, kv_scales: torch.Tensor | None = None,
+                     chunk: int | None = None, num_warps: int | None = None) -> torch.Tensor:
     """q [B, Hq, D] (row b is cache slot b of ``keys``/``values`` [slots, Hkv, max_len, D]) attends to entries
     0..positions[b] (all < ``window``), only the last ``sliding_window`` of them when given -> [B, Hq * D] in
     q's dtype; with ``order_inverse``, channel c is written at column order_inverse[c] (the input order of the
-    next matmul); ``kv_scales`` [2, Hkv] fp32: the K and V scales of an fp8 cache's heads (None: unscaled)."""
+    next matmul); ``kv_scales`` [2, Hkv] fp32: the K and V scales of an fp8 cache's heads (None: unscaled).
+    ``chunk``/``num_warps``: the chunk programs' shape, CHUNK and CHUNK_WARPS unless given
+    (``benchmarks/kernels/decode_attention_configs.py`` sweeps them)."""
+    chunk, num_warps = chunk or CHUNK, num_warps or CHUNK_WARPS
     batch, heads, head_dim = q.shape
-    chunks = triton.cdiv(window, CHUNK)
+    chunks = triton.cdiv(window, chunk)
     m = torch.empty((batch, heads, chunks), device=q.device, dtype=torch.float32)
     l_sum = torch.empty_like(m)
     acc = torch.empty((batch, heads, chunks, head_dim), device=q.device, dtype=torch.float32)
     _chunk_kernel[(batch, heads, chunks)](
         q, keys, values, positions, m, l_sum, acc, kv_scales if kv_scales is not None else m, chunks, keys.stride(0),
         keys.stride(1), keys.stride(2), scale, sliding_window or 0, keys.shape[1], GROUP=heads // keys.shape[1],
-        HEAD_DIM=head_dim, CHUNK=CHUNK, SLIDING=sliding_window is not None and sliding_window < window,
-        SCALED=kv_scales is not None, num_warps=4,
+        HEAD_DIM=head_dim, CHUNK=chunk, SLIDING=sliding_window is not None and sliding_window < window,
+        SCALED=kv_scales is not None, num_warps=num_warps,
     )
     out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](

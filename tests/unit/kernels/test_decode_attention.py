@@ -40,6 +40,18 @@ def test_each_row_attends_to_its_own_entries_across_chunks(ordered):
     torch.testing.assert_close(got, want[:, perm] if ordered else want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk, warps", [(32, 2), (64, 8), (256, 4)])
+def test_any_chunk_shape_gives_the_same_attention(chunk, warps):
+    """The chunk programs' shape (entries, warps) is a speed setting: every shape gives the same answer."""
+    gen = torch.Generator().manual_seed(33)
+    keys, values = torch.randn(2, 2, 300, 16, generator=gen), torch.randn(2, 2, 300, 16, generator=gen)
+    q, positions = torch.randn(2, 4, 16, generator=gen), torch.tensor([40, 299])
+
+    got = decode_attention(q, keys, values, positions, 300, 0.25, chunk=chunk, num_warps=warps)
+
+    torch.testing.assert_close(got, reference(q, keys, values, positions, 0.25), rtol=1e-5, atol=1e-5)
+
+
 def test_entries_after_a_rows_position_do_not_count():
     gen = torch.Generator().manual_seed(32)
     keys, values = torch.randn(2, 1, 256, 8, generator=gen), torch.randn(2, 1, 256, 8, generator=gen)

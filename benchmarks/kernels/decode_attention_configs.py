@@ -1,0 +1,99 @@
+"""Decode attention's chunk programs: which (cache entries a program, warps) reads the KV cache fastest.
+
+The chunk kernel holds a [chunk, head_dim] tile of keys and one of values in fp32 registers; at 128 entries and 4
+warps it uses 255 registers a thread and spills to the stack. This times every (chunk, warps) pair on the 13B's
+attention shape (40 heads of 128) for batch 1 and 32 at several windows, each as a CUDA graph of 20 calls over
+caches large enough that each call reads from memory rather than L2, checks each pair's output against the
+shipped one, and prints µs a call with the best pair per case.
+
+    python -m benchmarks.kernels.decode_attention_configs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from benchmarks.result_json import write_result
+from worker.kernels import decode_attention as attention
+
+HEADS, HEAD_DIM = 40, 128
+CHUNKS = (32, 64, 128, 256)
+WARPS = (2, 4, 8)
+CASES = ((1, 256), (1, 1024), (1, 4096), (32, 256), (32, 1024), (32, 4096))
+CALLS = 20  # per graph: a step's worth of layers, launch overhead amortised
+CACHE_BYTES = 512 * 1024**2  # per copy of the cache set: far over the H200's 50 MB of L2
+
+
+def caches_for(batch: int, window: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Enough distinct K/V caches that a graph of CALLS calls cycles through memory, not L2."""
+    one = 2 * batch * HEADS * window * HEAD_DIM * 2
+    copies = max(1, min(CALLS, CACHE_BYTES // one))
+    shape = (batch, HEADS, window, HEAD_DIM)
+    return [(torch.randn(shape, device=device, dtype=torch.bfloat16),
+             torch.randn(shape, device=device, dtype=torch.bfloat16)) for _ in range(copies)]
+
+
+def time_config(q, caches, positions, window, chunk, warps) -> tuple[float, torch.Tensor]:
+    """µs a call (median of 5 graph replays) and the output of the first call."""
+    scale = HEAD_DIM ** -0.5
+
+    def calls():
+        return [attention.decode_attention(q, *caches[i % len(caches)], positions, window, scale, chunk=chunk,
+                                           num_warps=warps) for i in range(CALLS)]
+
+    first = calls()[0].clone()  # compiles, and the output to compare
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        calls()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / CALLS)
+    return sorted(times)[2], first
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    if not torch.cuda.is_available():
+        print("decode_attention_configs needs a CUDA GPU")
+        sys.exit(1)
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    report: dict = {"device": torch.cuda.get_device_name(), "shipped": [attention.CHUNK, attention.CHUNK_WARPS],
+                    "cases": {}}
+    for batch, window in CASES:
+        q = torch.randn((batch, HEADS, HEAD_DIM), device=device, dtype=torch.bfloat16)
+        positions = torch.randint(window // 2, window, (batch,), device=device, dtype=torch.int64)
+        caches = caches_for(batch, window, device)
+        shipped_us, reference = time_config(q, caches, positions, window, attention.CHUNK, attention.CHUNK_WARPS)
+        row = {}
+        for chunk in CHUNKS:
+            for warps in WARPS:
+                try:
+                    us, out = time_config(q, caches, positions, window, chunk, warps)
+                except Exception as err:  # e.g. out of registers or shared memory for this shape
+                    row[f"{chunk}x{warps}"] = {"us": float("inf"), "agree": False, "error": type(err).__name__}
+                    continue
+                agree = torch.allclose(out.float(), reference.float(), atol=2e-2, rtol=2e-2)
+                row[f"{chunk}x{warps}"] = {"us": round(us, 2), "agree": agree}
+        best = min((v["us"], k) for k, v in row.items() if v["agree"])
+        report["cases"][f"batch {batch} window {window}"] = {"shipped_us": round(shipped_us, 2), "configs": row,
+                                                              "best": best[1], "best_us": best[0]}
+        print(f"batch {batch:2} window {window:4}: shipped {attention.CHUNK}x{attention.CHUNK_WARPS} "
+              f"{shipped_us:7.2f} us, best {best[1]:>6} {best[0]:7.2f} us | "
+              + " ".join(f"{k} {v['us']:.1f}{'' if v['agree'] else '!'}" for k, v in row.items()), flush=True)
+        del caches
+        torch.cuda.empty_cache()
+    write_result("decode_attention_configs", report)
+
+
+if __name__ == "__main__":
+    main()
