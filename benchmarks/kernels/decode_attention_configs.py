@@ -4,9 +4,11 @@ The chunk kernel holds a [chunk, head_dim] tile of keys and one of values in fp3
 warps it uses 255 registers a thread and spills to the stack. This times every (chunk, warps) pair on the 13B's
 attention shape (40 heads of 128) for batch 1 and 32 at several windows, each as a CUDA graph of 20 calls over
 caches large enough that each call reads from memory rather than L2, checks each pair's output against the
-shipped one, and prints µs a call with the best pair per case.
+shipped one, and prints µs a call with the best pair per case. Then (``--step``) the whole decode step of a 13B
+synthetic checkpoint, batch 1 and 32 with 900 tokens in (window 1024), with the shipped pair and the best ones,
+each captured as the CUDA graph the worker replays, in this one process.
 
-    python -m benchmarks.kernels.decode_attention_configs
+    python -m benchmarks.kernels.decode_attention_configs [--step]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 
 import torch
 
+from benchmarks.kernels.int4_kernels import replay_ms
 from benchmarks.result_json import write_result
 from worker.kernels import decode_attention as attention
 
@@ -60,8 +63,37 @@ def time_config(q, caches, positions, window, chunk, warps) -> tuple[float, torc
     return sorted(times)[2], first
 
 
+def step_ms(pairs: set[tuple[int, int]]) -> dict:
+    """The 13B's decode step (ms) at batch 1 and 32, 900 tokens in, for each (chunk, warps) pair."""
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks.synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint
+    from worker.inference.llama_runtime import LlamaRuntime
+    from worker.model.loader import load_model
+
+    model = load_model(write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B),
+                       device="cuda").model
+    shipped = attention.CHUNK, attention.CHUNK_WARPS
+    found = {}
+    for chunk, warps in sorted(pairs):
+        attention.CHUNK, attention.CHUNK_WARPS = chunk, warps  # what the captured step's calls read
+        for batch in (1, 32):
+            runtime = LlamaRuntime(model, 2048, max_batch=batch, cuda_graphs=True, attention="triton")
+            graph = runtime.graphs.get(batch, 1024)
+            runtime.step_input[1, :batch].fill_(900)
+            found[f"{chunk}x{warps} batch {batch}"] = ms = replay_ms(graph, 50)
+            print(f"decode step, attention {chunk}x{warps}, batch {batch:2}: {ms:.3f} ms", flush=True)
+            del runtime, graph
+            torch.cuda.empty_cache()
+    attention.CHUNK, attention.CHUNK_WARPS = shipped
+    return found
+
+
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--step", action="store_true", help="also time the whole 13B decode step with the best pairs")
+    args = parser.parse_args()
     if not torch.cuda.is_available():
         print("decode_attention_configs needs a CUDA GPU")
         sys.exit(1)
@@ -92,6 +124,10 @@ def main() -> None:
               + " ".join(f"{k} {v['us']:.1f}{'' if v['agree'] else '!'}" for k, v in row.items()), flush=True)
         del caches
         torch.cuda.empty_cache()
+    if args.step:
+        pairs = {(attention.CHUNK, attention.CHUNK_WARPS)} | {
+            tuple(map(int, report["cases"][f"batch {b} window 1024"]["best"].split("x"))) for b in (1, 32)}
+        report["step_ms"] = step_ms(pairs)
     write_result("decode_attention_configs", report)
 
 
