@@ -20,6 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
+from worker.inference.kv_quant import INT8_MAX, TINY_SCALE, KVQuant
+
+# kv_quant's constants as the kernels see them (one place for the value: the PyTorch path uses the same)
+CODE_MAX = tl.constexpr(INT8_MAX)
+ZERO_VECTOR_SCALE = tl.constexpr(TINY_SCALE)
+
 
 @triton.jit
 def _summed(part_ptr, offs, mask, part_stride, SPLIT: tl.constexpr):
@@ -154,9 +160,9 @@ def _int8_codes(y1, y2, store_dtype: tl.constexpr):
     y1 = y1.to(store_dtype).to(tl.float32)
     y2 = y2.to(store_dtype).to(tl.float32)
     absmax = tl.maximum(tl.max(tl.abs(y1), axis=1), tl.max(tl.abs(y2), axis=1))
-    scale = tl.maximum(absmax / 127.0, 1.1754943508222875e-38)  # kv_quant.TINY_SCALE: a zero row's codes are 0
-    c1 = tl.minimum(tl.maximum(tl.floor(y1 / scale[:, None] + 0.5), -127.0), 127.0)
-    c2 = tl.minimum(tl.maximum(tl.floor(y2 / scale[:, None] + 0.5), -127.0), 127.0)
+    scale = tl.maximum(absmax / CODE_MAX, ZERO_VECTOR_SCALE)  # a zero row: codes 0, no division by 0
+    c1 = tl.minimum(tl.maximum(tl.floor(y1 / scale[:, None] + 0.5), -CODE_MAX), CODE_MAX)
+    c2 = tl.minimum(tl.maximum(tl.floor(y2 / scale[:, None] + 0.5), -CODE_MAX), CODE_MAX)
     return c1, c2, scale
 
 
@@ -232,7 +238,8 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
     head_dim = keys.shape[-1]
     heads = 8 if rows >= PREFILL_ROWS else 1
     q = torch.empty((rows, q_heads, head_dim), device=partials.device, dtype=dtype)
-    fp8, int8 = keys.dtype == torch.float8_e4m3fn, keys.dtype == torch.int8
+    quant = KVQuant.of(keys.dtype)
+    fp8, int8 = quant is KVQuant.PER_HEAD, quant is KVQuant.PER_TOKEN
     if scales is None and fp8:
         scales = torch.ones((2, kv_heads), device=keys.device, dtype=torch.float32)
     if int8 and token_scales is None:
