@@ -3,7 +3,7 @@
 # benchmarks/results/latest) as they go, so a call cut short still returns what finished:
 #   benchmarks/gpu_all.sh sweep    # ~8 min: profile whole decode steps and prefills (where the time goes), then
 #                                  # tune the kernel configs inside the step ($OUT/w4a16_configs.json)
-#   benchmarks/gpu_all.sh          # ~6 min: kernel and fp8 cache checks, batch-1 inference vs tinygemm and HF, the queue
+#   benchmarks/gpu_all.sh          # ~6 min: kernel and quantized (fp8, int8) cache checks, batch-1 inference vs tinygemm and HF, the queue
 #                                  # benchmark
 #   benchmarks/gpu_all.sh roofline # ~6 min: the one-row kernel against a plain read of its bytes, per shape
 #   benchmarks/gpu_all.sh configs  # ~8 min: sweep the kernel configs with each kernel alone ($OUT/w4a16_configs.json)
@@ -20,7 +20,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/
   shift 2
   timeout "$seconds" "$@" > "$OUT/$name.log" 2>&1
   echo "== $name: exit $?"
-  grep -E "^qkv|^o:|^o rows|^gate_up|^down|^prefill|^correctness|^matmul ms|^fp8|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |^\| |^rows|Error" \
+  grep -E "^qkv|^o:|^o rows|^gate_up|^down|^prefill|^correctness|^matmul ms|^fp8|^quantized|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |^\| |^rows|Error" \
     "$OUT/$name.log" | cut -c1-600
 }
 if [ "${1:-}" = "roofline" ]; then
@@ -42,7 +42,7 @@ elif [ "${1:-}" = "sweep" ]; then
   step tune_in_step 400 python3 -u -m benchmarks.kernels.tune_in_step --seconds 330
 else
   step int4_check 90 python3 -u -m benchmarks.kernels.int4_kernels --check
-  step check_fp8_cache 60 python3 -u -m benchmarks.quality.check_fp8_cache
+  step check_kv_cache 60 python3 -u -m benchmarks.quality.check_kv_cache
   step gpu_inference 180 python3 -u -m benchmarks.speed.gpu_inference
   step queue_e2e 330 python3 -u -m benchmarks.speed.queue_e2e --redis-server "${REDIS_SERVER:-redis-server}"
 fi

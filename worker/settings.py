@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -19,6 +19,8 @@ DEFAULT_MAX_BATCH = 8
 # Off: on the H200 mixing gave new questions their first words sooner under load but slowed the answers already
 # streaming, and cost 6% of the 32-user throughput with 64-token prompts (benchmarks/NOTES.md row 59).
 DEFAULT_MIX_PREFILL = False
+KVCacheDtype = Literal["auto", "fp8", "int8"]  # XWINBOT_KV_CACHE_DTYPE (worker.inference.kv_quant)
+KV_CACHE_DTYPES = get_args(KVCacheDtype)  # for the benchmarks' --kv-cache-dtype
 DEFAULT_BACKEND_TIMEOUT_S = 60.0
 DEFAULT_QUEUE_NAME = "xwinbot"  # also the prefix of every Redis key (worker.queue.keys)
 DEFAULT_PER_USER_JOBS = 3
@@ -61,11 +63,14 @@ class Settings(BaseSettings):
         None, gt=0, description="GPU memory for the KV cache (max_batch conversations). Unset: 90% of what is free "
         "after loading the model, minus 2 GB; each conversation's context shrinks to fit.",
     )
-    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+    kv_cache_dtype: KVCacheDtype = Field(
         "auto", description="auto: the model's dtype (bf16); fp8: e4m3 with per-(layer, KV head) scales set at "
         "load, half the memory per token (twice the conversation length in the same budget), less exact attention: "
         "94% next-token agreement with bf16 on the demo model (benchmarks/NOTES.md row 51), below the 99% that a "
-        "default needs, so opt-in.",
+        "default needs, so opt-in. int8: codes with a scale per (token, KV head) set as each is written, fp8's "
+        "memory plus 3%: 95.9% next-token agreement with bf16 on the demo model (the whole model in fp32 against "
+        "bf16: 96.3%) and a fifth of fp8's KL divergence (benchmarks/quality/kv_cache_quality.py); below 99% too, "
+        "so opt-in until measured on the GPU.",
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
     # An external engine instead of our own (see README "An external engine as the backend").

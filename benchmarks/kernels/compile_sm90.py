@@ -31,8 +31,9 @@ GEMV = dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", iters
             BF16_WORDS="constexpr", ASM="constexpr")
 ROTARY = dict(part_ptr="*fp32", cos_ptr="*bf16", sin_ptr="*bf16", pos_ptr="*i64", q_ptr="*bf16", k_cache_ptr="*bf16",
               v_cache_ptr="*bf16", scale_ptr="*fp32", part_stride="i32", length="i32", first_slot="i32",
-              stride_slot="i32", stride_head="i32", stride_pos="i32", Q_HEADS="constexpr", KV_HEADS="constexpr",
-              HEAD_DIM="constexpr", SPLIT="constexpr", HEADS="constexpr", FP8="constexpr")
+              stride_slot="i32", stride_head="i32", stride_pos="i32", scale_stride_kv="i32", scale_stride_slot="i32",
+              scale_stride_head="i32", Q_HEADS="constexpr", KV_HEADS="constexpr", HEAD_DIM="constexpr",
+              SPLIT="constexpr", HEADS="constexpr", FP8="constexpr", INT8="constexpr")
 RESIDUAL = dict(h_ptr="*bf16", part_ptr="*fp32", h_out_ptr="*bf16", sumsq_ptr="*fp32", width="i32", part_stride="i32",
                 SPLIT="constexpr", BLOCK="constexpr")
 SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16", width="i32",
@@ -41,8 +42,9 @@ ROW_NORM = dict(h_ptr="*bf16", part_ptr="*bf16", h_out_ptr="*bf16", w_ptr="*bf16
                 width="i32", part_stride="i32", eps="fp32", SPLIT="constexpr", ORDERED="constexpr", BLOCK="constexpr")
 CHUNK = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", m_ptr="*fp32", l_ptr="*fp32",
              acc_ptr="*fp32", kv_scale_ptr="*fp32", chunks="i32", stride_slot="i32", stride_head="i32",
-             stride_pos="i32", scale="fp32", sliding_window="i32", kv_heads="i32", GROUP="constexpr",
-             HEAD_DIM="constexpr", CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr")
+             stride_pos="i32", scale="fp32", sliding_window="i32", kv_heads="i32", scale_stride_kv="i32",
+             scale_stride_slot="i32", scale_stride_head="i32", GROUP="constexpr", HEAD_DIM="constexpr",
+             CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr", TOKEN_SCALED="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV,
      dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
@@ -71,14 +73,21 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
     (layers._add_rms_norm_row_kernel, ROW_NORM, dict(SPLIT=1, ORDERED=True, BLOCK=8192), 8, 3),
     (layers._add_rms_norm_row_kernel, ROW_NORM, dict(SPLIT=0, ORDERED=False, BLOCK=8192), 8, 3),
     (layers._rotary_into_cache_kernel, ROTARY,
-     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=False), 1, 3),
+     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=False, INT8=False), 1, 3),
     (layers._rotary_into_cache_kernel, dict(ROTARY, part_ptr="*bf16"),
-     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=1, HEADS=8, FP8=False), 4, 3),
+     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=1, HEADS=8, FP8=False, INT8=False), 4, 3),
     (layers._rotary_into_cache_kernel, dict(ROTARY, k_cache_ptr="*fp8e4nv", v_cache_ptr="*fp8e4nv"),
-     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=True), 1, 3),
-    (attention._chunk_kernel, CHUNK, dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False), 4, 3),
+     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=True, INT8=False), 1, 3),
+    (layers._rotary_into_cache_kernel, dict(ROTARY, k_cache_ptr="*i8", v_cache_ptr="*i8"),
+     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=2, HEADS=1, FP8=False, INT8=True), 1, 3),
+    (layers._rotary_into_cache_kernel, dict(ROTARY, part_ptr="*bf16", k_cache_ptr="*i8", v_cache_ptr="*i8"),
+     dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=1, HEADS=8, FP8=False, INT8=True), 4, 3),
+    (attention._chunk_kernel, CHUNK,
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=False), 4, 3),
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*fp8e4nv", v_ptr="*fp8e4nv"),
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True), 4, 3),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True, TOKEN_SCALED=False), 4, 3),
+    (attention._chunk_kernel, dict(CHUNK, k_ptr="*i8", v_ptr="*i8"),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True), 4, 3),
     (attention._combine_kernel, dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", order_ptr="*i64", out_ptr="*bf16",
                                      chunks="i32", HEAD_DIM="constexpr", BLOCK_C="constexpr", ORDERED="constexpr"),
      dict(HEAD_DIM=128, BLOCK_C=32, ORDERED=True), 4, 3),

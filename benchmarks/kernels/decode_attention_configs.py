@@ -8,7 +8,10 @@ shipped one, and prints µs a call with the best pair per case. Then (``--step``
 synthetic checkpoint, batch 1 and 32 with 900 tokens in (window 1024), with the shipped pair and the best ones,
 each captured as the CUDA graph the worker replays, in this one process.
 
-    python -m benchmarks.kernels.decode_attention_configs [--step]
+    python -m benchmarks.kernels.decode_attention_configs [--step] [--kv-cache-dtype auto|fp8|int8]
+
+``--kv-cache-dtype``: the cache as XWINBOT_KV_CACHE_DTYPE stores it (fp8 with unit per-head scales, int8 codes with
+a scale per entry and head), in the sweep and in the step; auto: bf16.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import torch
 
 from benchmarks.kernels.int4_kernels import replay_ms
 from benchmarks.result_json import write_result
+from worker.inference.kv_quant import KVQuant, cache_dtype, token_scale_bytes
 from worker.kernels import decode_attention as attention
+from worker.settings import KV_CACHE_DTYPES
 
 HEADS, HEAD_DIM = 40, 128
 CHUNKS = (32, 64, 128, 256)
@@ -30,13 +35,25 @@ CALLS = 20  # per graph: a step's worth of layers, launch overhead amortised
 CACHE_BYTES = 512 * 1024**2  # per copy of the cache set: far over the H200's 50 MB of L2
 
 
-def caches_for(batch: int, window: int, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Enough distinct K/V caches that a graph of CALLS calls cycles through memory, not L2."""
-    one = 2 * batch * HEADS * window * HEAD_DIM * 2
+def caches_for(batch: int, window: int, device, kv_dtype: str = "auto") -> list[tuple]:
+    """Enough distinct K/V caches that a graph of CALLS calls cycles through memory, not L2: each (keys, values,
+    the scale arguments ``decode_attention`` takes for that cache dtype)."""
+    dtype = cache_dtype(kv_dtype, torch.bfloat16)
+    element = torch.empty((), dtype=dtype).element_size()
+    one = 2 * batch * HEADS * window * (HEAD_DIM * element + token_scale_bytes(dtype))
     copies = max(1, min(CALLS, CACHE_BYTES // one))
     shape = (batch, HEADS, window, HEAD_DIM)
-    return [(torch.randn(shape, device=device, dtype=torch.bfloat16),
-             torch.randn(shape, device=device, dtype=torch.bfloat16)) for _ in range(copies)]
+
+    def one_cache():
+        quant = KVQuant.of(dtype)
+        spread = 1.0 if quant is KVQuant.NONE else 40.0  # codes over int8's range (bf16: as before, NOTES row 60)
+        keys, values = (torch.randn(shape, device=device).mul(spread).clamp(-127, 127).to(dtype) for _ in range(2))
+        if quant is KVQuant.PER_HEAD:
+            return keys, values, {"kv_scales": torch.ones((2, HEADS), device=device)}
+        if quant is KVQuant.PER_TOKEN:
+            return keys, values, {"token_scales": torch.full((2, batch, HEADS, window), 0.01, device=device)}
+        return keys, values, {}
+    return [one_cache() for _ in range(copies)]
 
 
 def time_config(q, caches, positions, window, chunk, warps) -> tuple[float, torch.Tensor]:
@@ -44,8 +61,10 @@ def time_config(q, caches, positions, window, chunk, warps) -> tuple[float, torc
     scale = HEAD_DIM ** -0.5
 
     def calls():
-        return [attention.decode_attention(q, *caches[i % len(caches)], positions, window, scale, chunk=chunk,
-                                           num_warps=warps) for i in range(CALLS)]
+        def call(keys, values, scales):
+            return attention.decode_attention(q, keys, values, positions, window, scale, chunk=chunk,
+                                              num_warps=warps, **scales)
+        return [call(*caches[i % len(caches)]) for i in range(CALLS)]
 
     first = calls()[0].clone()  # compiles, and the output to compare
     torch.cuda.synchronize()
@@ -63,7 +82,7 @@ def time_config(q, caches, positions, window, chunk, warps) -> tuple[float, torc
     return sorted(times)[2], first
 
 
-def step_ms(pairs: set[tuple[int, int]]) -> dict:
+def step_ms(pairs: set[tuple[int, int]], kv_dtype: str = "auto") -> dict:
     """The 13B's decode step (ms) at batch 1 and 32, 900 tokens in, for each (chunk, warps) pair."""
     import tempfile
     from pathlib import Path
@@ -79,7 +98,8 @@ def step_ms(pairs: set[tuple[int, int]]) -> dict:
     for chunk, warps in sorted(pairs):
         attention.CHUNK, attention.CHUNK_WARPS = chunk, warps  # what the captured step's calls read
         for batch in (1, 32):
-            runtime = LlamaRuntime(model, 2048, max_batch=batch, cuda_graphs=True, attention="triton")
+            runtime = LlamaRuntime(model, 2048, max_batch=batch, cuda_graphs=True, attention="triton",
+                                   kv_dtype=cache_dtype(kv_dtype, torch.bfloat16))
             graph = runtime.graphs.get(batch, 1024)
             runtime.step_input[1, :batch].fill_(900)
             found[f"{chunk}x{warps} batch {batch}"] = ms = replay_ms(graph, 50)
@@ -93,6 +113,8 @@ def step_ms(pairs: set[tuple[int, int]]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--step", action="store_true", help="also time the whole 13B decode step with the best pairs")
+    parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                        help="the cache's dtype, as XWINBOT_KV_CACHE_DTYPE (auto: bf16)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("decode_attention_configs needs a CUDA GPU")
@@ -100,11 +122,11 @@ def main() -> None:
     device = torch.device("cuda")
     torch.manual_seed(0)
     report: dict = {"device": torch.cuda.get_device_name(), "shipped": [attention.CHUNK, attention.CHUNK_WARPS],
-                    "cases": {}}
+                    "kv_cache_dtype": args.kv_cache_dtype, "cases": {}}
     for batch, window in CASES:
         q = torch.randn((batch, HEADS, HEAD_DIM), device=device, dtype=torch.bfloat16)
         positions = torch.randint(window // 2, window, (batch,), device=device, dtype=torch.int64)
-        caches = caches_for(batch, window, device)
+        caches = caches_for(batch, window, device, args.kv_cache_dtype)
         shipped_us, reference = time_config(q, caches, positions, window, attention.CHUNK, attention.CHUNK_WARPS)
         row = {}
         for chunk in CHUNKS:
@@ -127,7 +149,7 @@ def main() -> None:
     if args.step:
         pairs = {(attention.CHUNK, attention.CHUNK_WARPS)} | {
             tuple(map(int, report["cases"][f"batch {b} window 1024"]["best"].split("x"))) for b in (1, 32)}
-        report["step_ms"] = step_ms(pairs)
+        report["step_ms"] = step_ms(pairs, args.kv_cache_dtype)
     write_result("decode_attention_configs", report)
 
 

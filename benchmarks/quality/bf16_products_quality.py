@@ -11,7 +11,7 @@ printed (~3.5e-3, bf16 output rounding ~1.7e-3).
 
 The reference is today's GPU arithmetic, emulated on the same weights: W = scale (fp16) * (code - zero), exact
 in fp32, sums in fp32, output rounded to bf16 (the CPU's own tinygemm path rounds scales and offsets to bf16,
-so it is not used). Compared with it, as in benchmarks/quality/fp8_kv_quality.py (greedy answers identical, where
+so it is not used). Compared with it, as in benchmarks/quality/kv_cache_quality.py (greedy answers identical, where
 they first diverge, teacher-forced next-token agreement and mean KL):
 - bf16_products: the new kernel's arithmetic on every one-row call (decode steps, greedy and teacher-forced);
   the prompts' multi-row prefill keeps the reference path, as it would on the GPU (prompts < 64 rows);
@@ -32,7 +32,7 @@ import time
 import torch
 from torch import nn
 
-from benchmarks.quality.fp8_kv_quality import QUESTIONS, agreement, greedy_answer, question_prompts
+from benchmarks.quality.kv_cache_quality import QUESTIONS, agreement, greedy_answer, question_prompts
 from benchmarks.result_json import write_result
 from worker.inference.llama_runtime import KVCache, forward
 from worker.kernels.w4a16 import code_position_inputs
@@ -179,7 +179,7 @@ def greedy_answers(loaded, prompts: list[list[int]], new_tokens: int) -> list[li
 
 def forced_logits(loaded, prompts: list[list[int]], answers: list[list[int]]) -> list[torch.Tensor]:
     """Per prompt: the next-token logits at the positions of its (reference) answer. As decoding does, and unlike
-    fp8_kv_quality.teacher_forced_logits (the prompt one token at a time: twice the steps here), the prompt is
+    kv_cache_quality.teacher_forced_logits (the prompt one token at a time: twice the steps here), the prompt is
     prefilled at once and the answer fed token by token."""
     config = loaded.model.config
     head_dim = head_dim_of(config)

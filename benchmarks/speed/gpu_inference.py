@@ -36,9 +36,11 @@ from benchmarks.kernels.int4_kernels import check as check_kernels
 from benchmarks.result_json import ROOT, write_result
 from benchmarks.speed.hf_baseline import measure_in_clean_process
 from benchmarks.synthetic_checkpoint import SHAPES, TINY, TINY_LLAMA3, write_synthetic_checkpoint
+from worker.inference.kv_quant import cache_dtype
 from worker.inference.llama_runtime import KVCache, LlamaRuntime, forward
 from worker.inference.sampling import GenerationParams, SamplingTensors
 from worker.model.loader import head_dim_of, load_model, pick_device
+from worker.settings import KV_CACHE_DTYPES
 
 GIB = 1024**3
 KERNELS = ("triton", "tinygemm")
@@ -84,7 +86,8 @@ def decode_check(device: torch.device, dtype: torch.dtype, shape: dict) -> float
 def attention_variant(loaded, args, prompt: list[int], kernel_tokens: list[int]) -> dict:
     """Batch-1 decode with SDPA instead of ``worker.kernels.decode_attention`` (the default): speed, and greedy tokens
     against the kernel's."""
-    runtime = LlamaRuntime(loaded.model, args.context, cuda_graphs=True, attention="sdpa")
+    runtime = LlamaRuntime(loaded.model, args.context, cuda_graphs=True, attention="sdpa",
+                           kv_dtype=cache_dtype(args.kv_cache_dtype, loaded.dtype))
     runtime.warm_up()
     timed_generation(runtime, prompt, 16)
     runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
@@ -117,6 +120,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--context", type=int, default=4096, help="KV cache length")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
+                        help="the KV cache's dtype, as XWINBOT_KV_CACHE_DTYPE (auto: the model's)")
     parser.add_argument("--kernels", default=",".join(KERNELS),
                         help="int4 kernels to run the model with, comma-separated (default: triton,tinygemm)")
     parser.add_argument("--no-hf-baseline", default="", metavar="SHAPES",
@@ -136,7 +141,8 @@ def main() -> None:
     device = pick_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     report: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                    "torch": torch.__version__, "shape": args.shape}
+                    "torch": torch.__version__, "shape": args.shape,
+                    "kv_cache_dtype": args.kv_cache_dtype}
     import transformers
     report["transformers"] = transformers.__version__
 
@@ -170,7 +176,8 @@ def main() -> None:
         if device.type == "cuda":
             row["weights_gib"] = torch.cuda.memory_allocated() / GIB
         start = time.perf_counter()
-        runtime = LlamaRuntime(loaded.model, args.context, cuda_graphs=True)
+        runtime = LlamaRuntime(loaded.model, args.context, cuda_graphs=True,
+                               kv_dtype=cache_dtype(args.kv_cache_dtype, loaded.dtype))
         if device.type == "cuda":
             row["kv_cache_gb"] = (torch.cuda.memory_allocated() - row["weights_gib"] * GIB) / 1e9
         runtime.warm_up()  # captures every attention window's decode graph, compiles the kernels
@@ -233,6 +240,7 @@ def compare_shapes(shapes: list[str], args) -> None:
     every shape's and the decode speed of each over the first's."""
     passed = ["--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--context",
               str(args.context), "--repeats", str(args.repeats), "--kernels", args.kernels,
+              "--kv-cache-dtype", args.kv_cache_dtype,
               "--no-hf-baseline", args.no_hf_baseline]
     report: dict = {"shapes": shapes, "per_shape": {}}
     for shape in shapes:

@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 from transformers import PreTrainedTokenizerBase
 
 from worker.inference.kv_budget import sized_context
-from worker.inference.llama_runtime import FP8, LlamaRuntime
+from worker.inference.kv_quant import cache_dtype
+from worker.inference.llama_runtime import LlamaRuntime
 from worker.inference.prompt import FittedPrompt, PromptTemplate, Turn, fit_conversation
 from worker.inference.sampling import DEFAULT_PARAMS, GenerationParams, SamplingTensors
 from worker.inference.stop_text import IncrementalDecoder, StopCutter
@@ -91,7 +92,7 @@ class Generator:
         self.context_tokens = min(self.requested_context, loaded.max_positions)  # may shrink to fit the cache
         self.cuda_graphs = cuda_graphs
         self.kv_cache_gb = kv_cache_gb
-        self.kv_dtype = FP8 if kv_cache_dtype == "fp8" else loaded.dtype  # "auto": the model's own
+        self.kv_dtype = cache_dtype(kv_cache_dtype, loaded.dtype)  # "auto": the model's own
         self._runtime: LlamaRuntime | None = None
 
     @property

@@ -1,7 +1,8 @@
 """How many tokens of conversation each KV cache slot holds, from a memory budget.
 
 The cache is ``max_batch`` slots of ``context`` tokens each, every token costing
-``layers * 2 * kv_heads * head_dim * bytes`` (819 KB for a 13B Llama in bf16). On a GPU the budget is
+``layers * 2 * kv_heads * (head_dim * bytes + scale bytes)`` (819 KB for a 13B Llama in bf16, 410 KB in fp8,
+422 KB in int8 with its fp32 scale per token and head). On a GPU the budget is
 ``XWINBOT_KV_CACHE_GB`` or, unset, most of the memory still free once the model is loaded; the context per
 slot is then the configured one or less, so that ``max_batch`` conversations always fit.
 """
@@ -12,6 +13,7 @@ import logging
 
 import torch
 
+from worker.inference.kv_quant import token_scale_bytes
 from worker.model.loader import head_dim_of
 
 log = logging.getLogger(__name__)
@@ -27,8 +29,10 @@ class KVCacheTooSmall(RuntimeError):
 
 
 def bytes_per_token(config, dtype: torch.dtype) -> int:
+    """K and V of one token in every layer and kv head, with an int8 cache's per-token scales."""
     element = torch.empty((), dtype=dtype).element_size()
-    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim_of(config) * element
+    per_head = head_dim_of(config) * element + token_scale_bytes(dtype)
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * per_head
 
 
 def free_memory_budget(device: torch.device) -> int:

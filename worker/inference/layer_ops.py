@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker.inference.kv_quant import KVQuant
+
 
 def kernels_serve(t: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether the Triton kernels take this step: CUDA tensors in a 16-bit model (fp32 runs the PyTorch ops)."""
@@ -113,6 +115,7 @@ def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_ro
             partials, cos.reshape(-1, head_dim).contiguous(), sin.reshape(-1, head_dim).contiguous(),
             positions.reshape(-1).contiguous(), cache.keys[layer], cache.values[layer], first_row, length,
             q_heads, kv_heads, dtype, cache.scales[layer],
+            cache.token_scales[layer] if cache.quant is KVQuant.PER_TOKEN else None,
         )
         return q.view(batch, length, q_heads, head_dim).transpose(1, 2)
     heads = summed(partials, dtype).view(batch, length, -1, head_dim)  # [B, T, q + k + v heads, D]

@@ -10,6 +10,9 @@ chunks and writes the output, optionally already in o_proj's act-order (so o_pro
 
 An fp8 cache (``kv_scales`` given) holds each head's entries divided by that head's scale: the kernel multiplies the
 head's scores by its K scale and its weighted values by its V scale (per head, so once a chunk, not per entry).
+An int8 cache (``token_scales`` given) holds each entry's vector as codes of its own scale: the kernel loads the
+chunk's K and V scales beside its codes (one fp32 per entry and head, 1/64 of a 128-wide head's codes) and
+multiplies each entry's score by its K scale and its weight by its V scale.
 
 ``worker.inference.llama_runtime`` uses it for decode steps on the GPU (its default, ``attention="triton"``;
 ``"sdpa"`` takes ``scaled_dot_product_attention``); ``benchmarks/speed/profile_decode.py`` compares the two.
@@ -27,11 +30,14 @@ CHUNK_WARPS = 4  # warps per chunk program
 
 @triton.jit
 def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_ptr, chunks, stride_slot,
-                  stride_head, stride_pos, scale, sliding_window, kv_heads, GROUP: tl.constexpr,
-                  HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr, SLIDING: tl.constexpr, SCALED: tl.constexpr):
+                  stride_head, stride_pos, scale, sliding_window, kv_heads, scale_stride_kv, scale_stride_slot,
+                  scale_stride_head, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
+                  SLIDING: tl.constexpr, SCALED: tl.constexpr, TOKEN_SCALED: tl.constexpr):
     """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries
     (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0). SCALED: keys
-    and values are stored divided by kv_scale_ptr[kv head] and kv_scale_ptr[kv_heads + kv head]."""
+    and values are stored divided by kv_scale_ptr[kv head] and kv_scale_ptr[kv_heads + kv head]. TOKEN_SCALED:
+    entry t's key and value are stored divided by kv_scale_ptr[kv * scale_stride_kv + row * scale_stride_slot +
+    kv head * scale_stride_head + t] with kv 0 (K) and 1 (V)."""
     row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
     d = tl.arange(0, HEAD_DIM)
@@ -47,15 +53,22 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
         v_scale = tl.load(kv_scale_ptr + kv_heads + head // GROUP)
     q = tl.load(q_ptr + (row * heads + head) * HEAD_DIM + d).to(tl.float32)
     keys = tl.load(k_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
-    scores = tl.where(valid, tl.sum(keys * q[None, :], axis=1) * scale, float("-inf"))
+    products = tl.sum(keys * q[None, :], axis=1)
+    if TOKEN_SCALED:
+        token_scales = kv_scale_ptr + row * scale_stride_slot + (head // GROUP) * scale_stride_head + t
+        products = products * tl.load(token_scales, mask=valid, other=0.0)
+    scores = tl.where(valid, products * scale, float("-inf"))
     top = tl.max(scores, axis=0)
     top_safe = tl.where(top == float("-inf"), 0.0, top)  # a chunk past the row's end: weights 0, not NaN
     weights = tl.exp(scores - top_safe)
     values = tl.load(v_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    value_weights = weights
+    if TOKEN_SCALED:  # the softmax sums the weights; the values take each entry's V scale on top
+        value_weights = weights * tl.load(token_scales + scale_stride_kv, mask=valid, other=0.0)
     at = (row * heads + head) * chunks + chunk
     tl.store(m_ptr + at, top)
     tl.store(l_ptr + at, tl.sum(weights, axis=0))
-    tl.store(acc_ptr + at * HEAD_DIM + d, tl.sum(values * weights[:, None], axis=0) * v_scale)
+    tl.store(acc_ptr + at * HEAD_DIM + d, tl.sum(values * value_weights[:, None], axis=0) * v_scale)
 
 
 @triton.jit
@@ -82,11 +95,14 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                      window: int, scale: float, order_inverse: torch.Tensor | None = None,
                      sliding_window: int | None = None, kv_scales: torch.Tensor | None = None,
-                     chunk: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+                     chunk: int | None = None, num_warps: int | None = None,
+                     token_scales: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Hq, D] (row b is cache slot b of ``keys``/``values`` [slots, Hkv, max_len, D]) attends to entries
     0..positions[b] (all < ``window``), only the last ``sliding_window`` of them when given -> [B, Hq * D] in
     q's dtype; with ``order_inverse``, channel c is written at column order_inverse[c] (the input order of the
-    next matmul); ``kv_scales`` [2, Hkv] fp32: the K and V scales of an fp8 cache's heads (None: unscaled).
+    next matmul); ``kv_scales`` [2, Hkv] fp32: the K and V scales of an fp8 cache's heads (None: unscaled);
+    ``token_scales`` [2, slots, Hkv, >= window] fp32: an int8 cache's K and V scale of each entry (slot b is
+    row b, as in ``keys``; any strides; ``KVCache.window_token_scales``).
     ``chunk``/``num_warps``: the chunk programs' shape, CHUNK and CHUNK_WARPS unless given
     (``benchmarks/kernels/decode_attention_configs.py`` sweeps them)."""
     chunk, num_warps = chunk or CHUNK, num_warps or CHUNK_WARPS
@@ -95,11 +111,15 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     m = torch.empty((batch, heads, chunks), device=q.device, dtype=torch.float32)
     l_sum = torch.empty_like(m)
     acc = torch.empty((batch, heads, chunks, head_dim), device=q.device, dtype=torch.float32)
+    if kv_scales is not None and token_scales is not None:
+        raise ValueError("a cache has per-head (fp8) or per-token (int8) scales, not both")
+    scale_arg = kv_scales if kv_scales is not None else token_scales if token_scales is not None else m
+    scale_strides = token_scales.stride()[:3] if token_scales is not None else (0, 0, 0)
     _chunk_kernel[(batch, heads, chunks)](
-        q, keys, values, positions, m, l_sum, acc, kv_scales if kv_scales is not None else m, chunks, keys.stride(0),
-        keys.stride(1), keys.stride(2), scale, sliding_window or 0, keys.shape[1], GROUP=heads // keys.shape[1],
+        q, keys, values, positions, m, l_sum, acc, scale_arg, chunks, keys.stride(0), keys.stride(1),
+        keys.stride(2), scale, sliding_window or 0, keys.shape[1], *scale_strides, GROUP=heads // keys.shape[1],
         HEAD_DIM=head_dim, CHUNK=chunk, SLIDING=sliding_window is not None and sliding_window < window,
-        SCALED=kv_scales is not None, num_warps=num_warps,
+        SCALED=kv_scales is not None, TOKEN_SCALED=token_scales is not None, num_warps=num_warps,
     )
     out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](

@@ -20,6 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
+from worker.inference.kv_quant import INT8_MAX, TINY_SCALE, KVQuant
+
+# kv_quant's constants as the kernels see them (one place for the value: the PyTorch path uses the same)
+CODE_MAX = tl.constexpr(INT8_MAX)
+ZERO_VECTOR_SCALE = tl.constexpr(TINY_SCALE)
+
 
 @triton.jit
 def _summed(part_ptr, offs, mask, part_stride, SPLIT: tl.constexpr):
@@ -147,18 +153,34 @@ def silu_mul(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
+@triton.jit
+def _int8_codes(y1, y2, store_dtype: tl.constexpr):
+    """Each row's int8 codes and scale (kv_quant.quantize_per_token's math) from its two halves y1, y2 [HEADS,
+    half] (fp32): rounded to the model's dtype first, as the PyTorch path quantizes what it stores."""
+    y1 = y1.to(store_dtype).to(tl.float32)
+    y2 = y2.to(store_dtype).to(tl.float32)
+    absmax = tl.maximum(tl.max(tl.abs(y1), axis=1), tl.max(tl.abs(y2), axis=1))
+    scale = tl.maximum(absmax / CODE_MAX, ZERO_VECTOR_SCALE)  # a zero row: codes 0, no division by 0
+    c1 = tl.minimum(tl.maximum(tl.floor(y1 / scale[:, None] + 0.5), -CODE_MAX), CODE_MAX)
+    c2 = tl.minimum(tl.maximum(tl.floor(y2 / scale[:, None] + 0.5), -CODE_MAX), CODE_MAX)
+    return c1, c2, scale
+
+
 @triton.jit(do_not_specialize=["length", "first_slot"])  # one program for any prompt length and slot
 def _rotary_into_cache_kernel(
     part_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr, scale_ptr,
     part_stride, length, first_slot, stride_slot, stride_head, stride_pos,
+    scale_stride_kv, scale_stride_slot, scale_stride_head,
     Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
-    HEADS: tl.constexpr, FP8: tl.constexpr,
+    HEADS: tl.constexpr, FP8: tl.constexpr, INT8: tl.constexpr,
 ):
     """Program (row, block of HEADS heads) of qkv [rows, (Q_HEADS + 2 KV_HEADS) * HEAD_DIM]: rotary on q and k
     heads (rotate-half convention: each head's two halves), q into q_ptr [rows, Q_HEADS, HEAD_DIM], k and v
     into the cache of slot first_slot + row // length at position pos[row]. FP8: k and v divided by their
     head's scale first (scale_ptr [2 * KV_HEADS]: K's, then V's; so cache head j of both is scale_ptr[head -
-    Q_HEADS]) and clamped to e4m3's range."""
+    Q_HEADS]) and clamped to e4m3's range. INT8: each k and v head stored as int8 codes of its own scale
+    absmax / 127, written to scale_ptr [2 (K, V), slots, KV_HEADS, max_len] (strides scale_stride_*) at its
+    slot, head and position: the program holds each head's whole vector, so the absmax is its own."""
     row, block = tl.program_id(0), tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
     all_heads: tl.constexpr = Q_HEADS + 2 * KV_HEADS
@@ -185,7 +207,15 @@ def _rotary_into_cache_kernel(
         scale = tl.load(scale_ptr + head - Q_HEADS, mask=is_kv, other=1.0)[:, None]
         y1 = tl.minimum(tl.maximum(y1 / scale, -448.0), 448.0)  # a division, as KVCache.write's: same bytes
         y2 = tl.minimum(tl.maximum(y2 / scale, -448.0), 448.0)
-    slot_at = (first_slot + row // length) * stride_slot + tl.load(pos_ptr + row) * stride_pos + d[None, :]
+    slot = first_slot + row // length
+    position = tl.load(pos_ptr + row)
+    if INT8:
+        y1, y2, token_scale = _int8_codes(y1, y2, q_ptr.dtype.element_ty)
+        kv_head = tl.where(head >= Q_HEADS + KV_HEADS, head - Q_HEADS - KV_HEADS, head - Q_HEADS)
+        scale_at = ((head >= Q_HEADS + KV_HEADS).to(tl.int32) * scale_stride_kv + slot * scale_stride_slot
+                    + kv_head * scale_stride_head + position)
+        tl.store(scale_ptr + scale_at, token_scale, mask=(head >= Q_HEADS) & (head < all_heads))
+    slot_at = slot * stride_slot + position * stride_pos + d[None, :]
     is_k = valid & ((head >= Q_HEADS) & (head < Q_HEADS + KV_HEADS))[:, None]
     k_at = k_cache_ptr + slot_at + (head - Q_HEADS)[:, None] * stride_head
     tl.store(k_at, y1.to(k_cache_ptr.dtype.element_ty), mask=is_k)
@@ -197,22 +227,29 @@ def _rotary_into_cache_kernel(
 
 
 def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: int, length: int, q_heads: int,
-                      kv_heads: int, dtype: torch.dtype, scales: torch.Tensor | None = None) -> torch.Tensor:
+                      kv_heads: int, dtype: torch.dtype, scales: torch.Tensor | None = None,
+                      token_scales: torch.Tensor | None = None) -> torch.Tensor:
     """partials [split, B*T, (q + 2 kv heads) * D] of qkv; cos/sin [B*T, D]; positions [B*T] (row b*T + t is
     slot first_slot + b; T = ``length``); keys/values: one layer's cache [slots, kv_heads, max_len, D];
-    scales: that layer's [2, kv_heads] fp32 (K, V) an fp8 cache stores values divided by (None: 1.0).
-    Writes k and v; returns q [B*T, q_heads, D] in ``dtype``."""
+    scales: that layer's [2, kv_heads] fp32 (K, V) an fp8 cache stores values divided by (None: 1.0);
+    token_scales: an int8 cache's layer of ``KVCache.token_scales`` [2, slots, kv_heads, max_len] (fp32), where
+    each written vector's scale goes. Writes k and v; returns q [B*T, q_heads, D] in ``dtype``."""
     split, rows, _ = partials.shape
     head_dim = keys.shape[-1]
     heads = 8 if rows >= PREFILL_ROWS else 1
     q = torch.empty((rows, q_heads, head_dim), device=partials.device, dtype=dtype)
-    fp8 = keys.dtype == torch.float8_e4m3fn
+    quant = KVQuant.of(keys.dtype)
+    fp8, int8 = quant is KVQuant.PER_HEAD, quant is KVQuant.PER_TOKEN
     if scales is None and fp8:
         scales = torch.ones((2, kv_heads), device=keys.device, dtype=torch.float32)
+    if int8 and token_scales is None:
+        raise ValueError("an int8 cache needs its token_scales")
+    scale_arg = scales if fp8 else token_scales if int8 else q
+    scale_strides = token_scales.stride()[:3] if int8 else (0, 0, 0)
     _rotary_into_cache_kernel[(rows, triton.cdiv(q_heads + 2 * kv_heads, heads))](
-        partials, cos, sin, positions, q, keys, values, scales if fp8 else q, partials[0].numel(), length, first_slot,
-        keys.stride(0), keys.stride(1), keys.stride(2),
+        partials, cos, sin, positions, q, keys, values, scale_arg, partials[0].numel(), length, first_slot,
+        keys.stride(0), keys.stride(1), keys.stride(2), *scale_strides,
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, SPLIT=split, HEADS=heads,
-        FP8=fp8, num_warps=4 if heads > 1 else 1,
+        FP8=fp8, INT8=int8, num_warps=4 if heads > 1 else 1,
     )
     return q

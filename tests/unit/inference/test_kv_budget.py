@@ -52,6 +52,11 @@ def test_fp8_cache_fits_32_conversations_of_1k_tokens_on_a_24_gb_card():
     assert context_for_budget(4096, 32, bytes_per_token(XWIN_13B, FP8), int(14e9)) == 1024
 
 
+def test_an_int8_token_adds_its_fp32_scales_and_still_fits_32_conversations_of_1k_tokens_on_a_24_gb_card():
+    assert bytes_per_token(XWIN_13B, torch.int8) == 40 * 2 * 40 * (128 + 4)  # 422 KB: codes and a scale a head
+    assert context_for_budget(4096, 32, bytes_per_token(XWIN_13B, torch.int8), int(14e9)) == 1024
+
+
 def test_fp8_cache_answers_close_to_the_full_precision_one(gptq_checkpoint):
     from worker.inference.llama_runtime import FP8, LlamaRuntime, forward
     from worker.model.loader import load_model

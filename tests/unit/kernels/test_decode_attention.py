@@ -106,3 +106,52 @@ def test_an_fp8_cache_is_read_times_each_heads_k_and_v_scale():
     keys = stored_keys.float() * scales[0].view(1, -1, 1, 1)
     values = stored_values.float() * scales[1].view(1, -1, 1, 1)
     torch.testing.assert_close(got, reference(q, keys, values, positions, 0.25), rtol=1e-4, atol=1e-3)  # ~900s
+
+
+def windowed_reference(q, keys, values, positions, scale, sliding=None):
+    """reference, each row seeing only its last ``sliding`` entries when given."""
+    rows = []
+    for b, position in enumerate(positions.tolist()):
+        first = 0 if sliding is None else max(0, position - sliding + 1)
+        k, v = keys[b, :, first : position + 1], values[b, :, first : position + 1]
+        rows.append(F.scaled_dot_product_attention(q[b : b + 1, :, None], k[None], v[None], scale=scale,
+                                                   enable_gqa=True)[0, :, 0])
+    return torch.stack(rows).reshape(len(rows), -1)
+
+
+@pytest.mark.parametrize("sliding", [None, 40])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_an_int8_cache_is_read_times_each_entrys_k_and_v_scale(sliding, ordered):
+    """An int8 cache (KVCache.token_scales) stores each (entry, kv head) vector as codes of its own scale: the
+    kernel's result is attention over the cache as ``KVCache.read`` dequantizes it, here with entries ~1000x
+    apart in size, rows at different lengths from slot 1 on (the kernel reads a window of slots), GQA (2 q heads a
+    kv head), and entries past each row's end that must not count."""
+    from worker.inference.llama_runtime import KVCache
+
+    gen = torch.Generator().manual_seed(34)
+    q_heads, kv_heads, dim, max_len, window = 4, 2, 16, 300, 256
+    cache = KVCache(1, 4, kv_heads, max_len, dim, "cpu", torch.int8)
+    sizes = 10.0 ** torch.randint(-2, 2, (3, kv_heads, max_len, 1), generator=gen)  # per entry: 0.01 .. 10
+    k = torch.randn(3, kv_heads, max_len, dim, generator=gen) * sizes
+    v = torch.randn(3, kv_heads, max_len, dim, generator=gen) * sizes.flip(2)
+    cache.write(0, 1, torch.arange(max_len).expand(3, max_len), k, v)
+    q = torch.randn(3, q_heads, dim, generator=gen)
+    positions = torch.tensor([0, 150, 255])  # one entry; across a chunk boundary; the whole window
+    perm = torch.randperm(q_heads * dim, generator=gen)
+
+    keys, values = cache.window(0, 1, 3, window)
+    got = decode_attention(q, keys, values, positions, window, 0.25, torch.argsort(perm) if ordered else None,
+                           sliding_window=sliding, token_scales=cache.window_token_scales(0, 1, 3, window))
+
+    want = windowed_reference(q, *cache.read(0, 1, 3, window, torch.float32), positions, 0.25, sliding)
+    # fp32 sums in another order over entries up to ~10 in size
+    torch.testing.assert_close(got, want[:, perm] if ordered else want, rtol=1e-5, atol=1e-4)
+    quantized = windowed_reference(q, k, v, positions, 0.25, sliding)
+    assert not torch.equal(want, quantized)  # the codes really are a rounding of the entries
+
+
+def test_a_cache_has_per_head_or_per_token_scales_not_both():
+    q, keys = torch.randn(1, 2, 16), torch.zeros(1, 2, 128, 16, dtype=torch.int8)
+    with pytest.raises(ValueError, match="not both"):
+        decode_attention(q, keys, keys, torch.tensor([3]), 128, 0.25, kv_scales=torch.ones(2, 2),
+                         token_scales=torch.ones(2, 1, 2, 128))

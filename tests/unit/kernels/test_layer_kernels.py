@@ -172,3 +172,41 @@ def test_rotary_into_cache_writes_fp8_k_and_v_divided_by_each_heads_scale(length
             same |= got * 2 == want  # the exponent (31.9 -> 16, not 32); the GPU converts in hardware, as PyTorch
         assert same.all()
         assert got.abs().amax() > 448  # the large head kept its size: scaled, not clamped
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [3, 32], ids=["decode-rows", "prefill-rows"])  # 64 rows: 8 heads a program
+def test_rotary_into_cache_writes_int8_codes_and_each_vectors_scale(dtype, length):
+    """An int8 cache (KVCache.token_scales): the kernel stores the codes and per-(token, kv head) scales the
+    PyTorch path (KVCache.write, kv_quant.quantize_per_token) stores, here heads ~100x apart and one k vector
+    all zeros (scale tiny, codes 0); positions nobody writes keep their codes and scales."""
+    q_heads, kv_heads, dim, batch = 6, 2, 16, 2
+    partials = randn(1, batch * length, (q_heads + 2 * kv_heads) * dim, dtype=dtype)
+    partials[..., q_heads * dim :] *= torch.tensor([100.0, 1.0] * 2).repeat_interleave(dim).to(dtype)  # k0 k1 v0 v1
+    partials[0, 0, q_heads * dim : (q_heads + 1) * dim] = 0  # row 0's k head 0
+    angles = randn(batch, length, dim // 2)
+    cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(dtype) for f in (torch.cos, torch.sin))
+    positions = torch.stack([torch.arange(5, 5 + length), torch.arange(length)])
+    caches = [KVCache(2, 4, kv_heads, 64, dim, "cpu", torch.int8) for _ in range(2)]
+    for cache in caches:
+        cache.token_scales.fill_(7.0)  # what was there before
+
+    layer_kernels.rotary_into_cache(partials, cos.reshape(-1, dim), sin.reshape(-1, dim), positions.reshape(-1),
+                                    caches[0].keys[1], caches[0].values[1], 1, length, q_heads, kv_heads, dtype,
+                                    caches[0].scales[1], caches[0].token_scales[1])
+    layer_ops.rotary_into_cache(partials, cos, sin, positions, caches[1], 1, 1, q_heads, kv_heads, dtype)
+
+    kernel, pytorch = caches
+    codes_apart = torch.cat([(kernel.keys.int() - pytorch.keys.int()).abs().flatten(),
+                             (kernel.values.int() - pytorch.values.int()).abs().flatten()])
+    if dtype == torch.float32:  # the same vectors: the same codes and scales, bit for bit
+        assert torch.equal(kernel.keys, pytorch.keys) and torch.equal(kernel.values, pytorch.values)
+        assert torch.equal(kernel.token_scales, pytorch.token_scales)
+    else:  # PyTorch rounds the rotary to bf16 after each op, the kernel once: largest entries a bf16 step (2^-7)
+        # or two apart, codes 1 apart at most
+        assert codes_apart.max() <= 1 and (codes_apart > 0).float().mean() < 0.02
+        torch.testing.assert_close(kernel.token_scales, pytorch.token_scales, rtol=2**-6, atol=0)
+    assert kernel.token_scales[1, 0, 1, 0, 5] == torch.finfo(torch.float32).tiny  # the zero vector
+    assert not kernel.keys[1, 1, 0, 5].any()
+    assert (kernel.token_scales[1, :, 1, :, 5 + length :] == 7.0).all()  # after the slot's last position
+    assert (kernel.token_scales[0] == 7.0).all() and not kernel.keys[0].any()  # another layer

@@ -1,7 +1,9 @@
-"""What an fp8 KV cache does to a real instruct model's answers, on the CPU: the offline demo model
-(SmolLM2-135M-Instruct, 4-bit), greedy answers with the K/V cache in the model's dtype against e4m3 fp8, unscaled
-(every scale 1.0: values only clamped to ±448) and with the per-(layer, kv head) scales the runtime calibrates at
-load (``worker.inference.llama_runtime.calibrate_kv_scales``, what ``XWINBOT_KV_CACHE_DTYPE=fp8`` serves).
+"""What a quantized KV cache does to a real instruct model's answers, on the CPU: the offline demo model
+(SmolLM2-135M-Instruct, 4-bit), greedy answers with the K/V cache in the model's dtype against the quantized
+caches the runtime serves: e4m3 fp8 with the per-(layer, kv head) scales it calibrates at load
+(``worker.inference.llama_runtime.calibrate_kv_scales``, ``XWINBOT_KV_CACHE_DTYPE=fp8``) and int8 with a scale
+per (token, kv head) (``XWINBOT_KV_CACHE_DTYPE=int8``); on request also unscaled e4m3 (every scale 1.0: values
+only clamped to ±448, the fp8 cache before scales).
 
 Reports the answers that came out identical, where the others first diverged, and, with the reference answer
 fed back token by token (teacher forcing), how often the next-token choice agrees and the mean KL divergence
@@ -9,7 +11,8 @@ of the next-token distribution from the reference; with ``--floor`` the same for
 floor that bf16's own rounding gives (a greedy answer of a small model flips at near-ties; NOTES row 25: 96.3%).
 A proxy for the 13B model (whose weights cannot be fetched here): different heads and outliers, same cache code.
 
-    python -m benchmarks.quality.fp8_kv_quality [--new-tokens 48] [--floor]   # ~6 min on 2 cores; JSON into $OUT
+    python -m benchmarks.quality.kv_cache_quality [--new-tokens 48] [--variants NAME ...] [--floor]
+    # default variants fp8_e4m3_kv_scaled int8_kv_per_token: ~6+ min on 2 cores; JSON into $OUT
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.result_json import write_result
-from worker.inference.llama_runtime import FP8, KVCache, LlamaRuntime, calibrate_kv_scales, forward
+from worker.inference.kv_quant import FP8, INT8, KVQuant
+from worker.inference.llama_runtime import KVCache, LlamaRuntime, calibrate_kv_scales, forward
 from worker.inference.prompt import Turn, make_template
 from worker.inference.sampling import GenerationParams, SamplingTensors
 from worker.model.demo_model import ensure_demo_model
@@ -56,7 +60,7 @@ def teacher_forced_logits(loaded, ids: list[int], kv_dtype, scaled: bool = True)
     head_dim = head_dim_of(config)
     cache = KVCache(config.num_hidden_layers, 1, config.num_key_value_heads, len(ids), head_dim, "cpu",
                     kv_dtype or loaded.dtype)
-    if cache.quantized and scaled:
+    if cache.quant is KVQuant.PER_HEAD and scaled:
         calibrate_kv_scales(loaded.model, cache)
     tokens = torch.tensor([ids])
     with torch.inference_mode():
@@ -102,22 +106,31 @@ def compare(loaded, variants: dict, new_tokens: int) -> dict:
     return {name: agreement(ref_answers, answers[name], ref_logits, logits[name]) for name in variants}
 
 
+CACHE_VARIANTS = {  # name: (kv dtype, scaled: an fp8 cache calibrated as the runtime does)
+    "fp8_e4m3_kv_unscaled": (FP8, False),
+    "fp8_e4m3_kv_scaled": (FP8, True),
+    "int8_kv_per_token": (INT8, True),
+}
+DEFAULT_VARIANTS = ["fp8_e4m3_kv_scaled", "int8_kv_per_token"]  # what XWINBOT_KV_CACHE_DTYPE=fp8 / int8 serve
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--variants", nargs="+", choices=sorted(CACHE_VARIANTS), default=DEFAULT_VARIANTS)
     parser.add_argument("--floor", action="store_true", help="also the whole model in fp32 against bf16")
     args = parser.parse_args()
     loaded = load_model(ensure_demo_model(), device="cpu", dtype=torch.bfloat16)
     report = dict(model="SmolLM2-135M-Instruct 4-bit (demo), bf16, K/V cache in bf16 as the reference",
                   questions=len(QUESTIONS), new_tokens=args.new_tokens)
-    variants = {"fp8_e4m3_kv_unscaled": (loaded, FP8, False), "fp8_e4m3_kv_scaled": (loaded, FP8, True)}
+    variants = {name: (loaded, *CACHE_VARIANTS[name]) for name in args.variants}
     if args.floor:  # the same model run in fp32 throughout (bf16 is what every user already gets from it)
         variants["fp32_model_vs_bf16"] = (load_model(ensure_demo_model(), device="cpu", dtype=torch.float32), None,
                                           True)
     for name, result in compare(loaded, variants, args.new_tokens).items():
         report[name] = result
         print(name, json.dumps(result), flush=True)
-    write_result("fp8_kv_quality", report)
+    write_result("kv_cache_quality", report)
 
 
 if __name__ == "__main__":
