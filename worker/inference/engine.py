@@ -321,12 +321,7 @@ class Engine:
         group: list[_Request] = []
         longest = 0
         with self._cond:
-            while self._waiting and len(self._decoding) + len(group) < self.max_batch:
-                request = self._waiting[0]
-                if request.stream.cancelled:
-                    self._waiting.popleft()
-                    request.stream._end()
-                    continue
+            while len(self._decoding) + len(group) < self.max_batch and (request := self._next_waiting()):
                 length = len(request.answer.prompt_ids)
                 if group and (length > PREFILL_CHUNK or (len(group) + 1) * max(longest, length) > PREFILL_TOKENS):
                     break
@@ -495,15 +490,19 @@ class Engine:
                     self.runtime.move_slot(request.slot, slot, request.prefilled)
                     request.slot = slot
 
+    def _next_waiting(self) -> _Request | None:
+        """The first waiting request not cancelled, left in the queue (those cancelled before it end here);
+        under ``_cond``."""
+        while self._waiting and self._waiting[0].stream.cancelled:
+            self._waiting.popleft().stream._end()
+        return self._waiting[0] if self._waiting else None
+
     def _admit_one(self) -> _Request | None:
         """The next waiting request, given the slot above the decoding and prefilling ones; None when none
         waits or no slot is free."""
         with self._cond:
-            while self._waiting and len(self._decoding) + len(self._prefilling) < self.max_batch:
-                request = self._waiting.popleft()
-                if request.stream.cancelled:
-                    request.stream._end()
-                    continue
+            if len(self._decoding) + len(self._prefilling) < self.max_batch and (request := self._next_waiting()):
+                self._waiting.popleft()
                 request.slot = len(self._decoding) + len(self._prefilling)
                 self._prefilling.append(request)
                 self.runtime.set_sampling(request.slot, request.sampling)
