@@ -48,14 +48,14 @@ def time_shape(name: str, k: int, n: int, rows_list: list[int], device) -> list[
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
         reference = rebuilt(layers[0], x).float()
         row = dict(layer=name, k=k, n=n, rows=rows,
-                   rebuilt_us=graph_time_us(cycling([lambda lay=lay: rebuilt(lay, x) for lay in layers]), CALLS),
-                   bf16_us=graph_time_us(cycling([lambda w=w: F.linear(x, w) for w in weights]), CALLS), fused={})
+                   rebuilt_us=graph_time_us(cycling([lambda lay=lay, x=x: rebuilt(lay, x) for lay in layers]), CALLS),
+                   bf16_us=graph_time_us(cycling([lambda w=w, x=x: F.linear(x, w) for w in weights]), CALLS), fused={})
         for block_m, block_n, (warps, stages) in itertools.product(BLOCKS_M, BLOCKS_N, WARPS_STAGES):
             key = f"{block_m}x{block_n} w{warps} s{stages}"
             try:
                 got = fused(layers[0], x, block_m, block_n, warps, stages).float()
                 error = float((got - reference).norm() / reference.norm())
-                us = graph_time_us(cycling([lambda lay=lay, c=(block_m, block_n, warps, stages): fused(lay, x, *c)
+                us = graph_time_us(cycling([lambda lay=lay, x=x, c=(block_m, block_n, warps, stages): fused(lay, x, *c)
                                             for lay in layers]), CALLS)
             except Exception as exc:  # a config the compiler cannot fit (shared memory): recorded, skipped
                 row["fused"][key] = dict(error=type(exc).__name__)
