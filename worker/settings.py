@@ -35,6 +35,10 @@ DEFAULT_SLACK_FOLLOWUPS = "any"
 DISCORD_API_URL = "https://discord.com/api/v10"
 DEFAULT_HISTORY_MESSAGES = 100  # Slack's and Discord's alike
 DEFAULT_SLACK_QUESTION_RETRY_S = 24 * 3600.0
+# What Slack's assistant view offers a new conversation (Slack shows at most 4).
+DEFAULT_SLACK_SUGGESTED_PROMPTS = ("Explain this error message", "Summarise a long text for me",
+                                   "Draft a reply to a customer", "Review this code")
+DEFAULT_FEEDBACK_RETENTION_DAYS = 90.0
 
 
 class Settings(BaseSettings):
@@ -222,6 +226,19 @@ class Settings(BaseSettings):
         DEFAULT_SLACK_QUESTION_RETRY_S, gt=0, description="How long a question that arrived while Slack's Web API "
         "was down (5xx, 429, no connection) keeps being retried, with backoff up to 10 s, before it is given up "
         "(logged).",
+    )
+    slack_suggested_prompts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SLACK_SUGGESTED_PROMPTS), max_length=4,
+        description="What the assistant view suggests in a new conversation: a JSON list of up to 4 prompts.",
+    )
+    slack_native_streaming: bool = Field(
+        True, description="Stream answers in the assistant view (DM threads) with Slack's chat.startStream; false: "
+        "edit a placeholder with chat.update, as in channels.",
+    )
+
+    # Feedback (👍/👎 under answers; `xwinbot feedback`).
+    feedback_retention_days: float = Field(
+        DEFAULT_FEEDBACK_RETENTION_DAYS, gt=0, description="How long a rating (with its question and answer) is kept.",
     )
 
     # Discord (see README "Discord").

@@ -69,6 +69,11 @@ class ReplyTarget(_Model):
     placeholder_id: Id | None = None
     interaction_token: Id | None = None
     application_id: Id | None = None
+    # Slack's assistant view (an AI-app DM thread): the wait shows as the thread's loading status, and the answer
+    # streams natively (chat.startStream) instead of into a placeholder. team_id: the asker's workspace, which
+    # Slack's streaming wants with the recipient user.
+    assistant: bool = False
+    team_id: Id | None = None
 
 
 class GenerationOverrides(_Model):

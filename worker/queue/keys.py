@@ -53,6 +53,11 @@ class RedisKeys:
     SLACK_INBOX = "{ns}:slack:inbox"  # hash: event id -> the event's body, when it came, failed tries
     SLACK_INBOX_DUE = "{ns}:slack:inbox-due"  # sorted set: event id -> when recovery may handle it (again)
     SLACK_INBOX_LEASE = "{ns}:slack:inbox-lease:{event_id}"  # (seconds) the adapter process handling it now
+    # Feedback (worker.feedback): answers as they went out, and people's ratings of them.
+    ANSWER = "{ns}:answer:{job_id}"  # (a week, as the reply index) the final answer, its model and template
+    FEEDBACK = "{ns}:feedback:{rating_id}"  # hash: one person's rating of one answer (retention: a setting)
+    FEEDBACK_TIMES = "{ns}:feedback-times"  # sorted set: rating id -> when it was last given (newest first)
+    FEEDBACK_COUNTS = "{ns}:feedback-counts"  # hash: "platform:rating" -> ratings given (xwinbot_feedback_total)
     # Operating (worker.ops.status).
     WORKER_INFO = "{ns}:worker-info"  # hash: worker process -> what it serves
     WORKERS_LOADING = "{ns}:workers-loading"  # sorted set: worker process -> when its "loading the model" lapses
@@ -123,6 +128,18 @@ class RedisKeys:
 
     def slack_inbox_lease(self, event_id: str) -> str:
         return self.SLACK_INBOX_LEASE.format(ns=self.namespace, event_id=event_id)
+
+    def answer(self, job_id: str) -> str:
+        return self.ANSWER.format(ns=self.namespace, job_id=job_id)
+
+    def feedback(self, rating_id: str) -> str:
+        return self.FEEDBACK.format(ns=self.namespace, rating_id=rating_id)
+
+    def feedback_times(self) -> str:
+        return self.FEEDBACK_TIMES.format(ns=self.namespace)
+
+    def feedback_counts(self) -> str:
+        return self.FEEDBACK_COUNTS.format(ns=self.namespace)
 
     def worker_info(self) -> str:
         return self.WORKER_INFO.format(ns=self.namespace)

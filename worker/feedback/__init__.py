@@ -1,0 +1,1 @@
+"""People's ratings of answers (👍/👎), kept in Redis: ``worker.feedback.store``."""
