@@ -114,6 +114,10 @@ def _flag(value: Any) -> bool:
 class FakeSlack(LoopbackServer):
     max_text_chars: int = 4000  # longer chat.postMessage / chat.update text answers msg_too_long
     max_markdown_chars: int = 12_000  # likewise for markdown_text (its documented limit)
+    # An assistant thread's loading status disappears this long after it was set unless set again (Slack: two
+    # minutes without a message); tests shorten it to see a status kept alive.
+    status_lifetime_s: float = 120.0
+    max_suggested_prompts: int = 4
 
     def __init__(self, bot_token="xoxb-test", app_token="xapp-test", bot_user_id="UBOT", bot_id="BBOT",
                  team_id="T0001", api_app_id="A0001", *, server_ping_interval: float | None = 0.5,
@@ -143,6 +147,11 @@ class FakeSlack(LoopbackServer):
         self._last_micros = 0
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        # The assistant (AI app) thread surfaces: (channel, thread_ts) -> what Slack shows there.
+        self._statuses: dict[tuple[str, str], tuple[str, float]] = {}  # -> (status, when it was set)
+        self.status_history: list[tuple[str, str, str]] = []  # (channel, thread_ts, status) of every setStatus
+        self.suggested_prompts: dict[tuple[str, str | None], dict] = {}  # -> {"title": …, "prompts": […]}
+        self.titles: dict[tuple[str, str], str] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -330,6 +339,36 @@ class FakeSlack(LoopbackServer):
                          "is_bot": user == self.bot_user_id, "deleted": False,
                          "profile": {"real_name": name.title(), "display_name": name}}}
 
+    def _m_assistant_threads_setStatus(self, args: dict) -> dict:
+        """Slack's assistant.threads.setStatus: the "is thinking…" line under a thread; "" clears it. It also
+        disappears when the app posts in the thread (``_store``) and ``status_lifetime_s`` after it was set."""
+        channel = self._arg(args, "channel_id", "channel_not_found")
+        thread_ts = str(self._arg(args, "thread_ts", "invalid_thread_ts"))
+        if "status" not in args:
+            raise _ApiError("invalid_arguments")
+        status = str(args["status"] or "")
+        loading = args.get("loading_messages")
+        if loading is not None and (not isinstance(loading, list) or len(loading) > 10):
+            raise _ApiError("invalid_arguments")
+        self._statuses[(channel, thread_ts)] = (status, time.monotonic())
+        self.status_history.append((channel, thread_ts, status))
+        return {}
+
+    def _m_assistant_threads_setSuggestedPrompts(self, args: dict) -> dict:
+        channel = self._arg(args, "channel_id", "channel_not_found")
+        prompts = args.get("prompts")
+        if (not isinstance(prompts, list) or not prompts or len(prompts) > self.max_suggested_prompts
+                or not all(isinstance(p, dict) and p.get("title") and p.get("message") for p in prompts)):
+            raise _ApiError("invalid_arguments")
+        self.suggested_prompts[(channel, args.get("thread_ts"))] = {"title": args.get("title"), "prompts": prompts}
+        return {}
+
+    def _m_assistant_threads_setTitle(self, args: dict) -> dict:
+        channel = self._arg(args, "channel_id", "channel_not_found")
+        thread_ts = str(self._arg(args, "thread_ts", "invalid_thread_ts"))
+        self.titles[(channel, thread_ts)] = str(self._arg(args, "title", "invalid_arguments"))
+        return {}
+
     # -- helpers for the methods (called under the lock)
 
     @staticmethod
@@ -391,6 +430,8 @@ class FakeSlack(LoopbackServer):
                 parent["reply_users"].append(msg["user"])
         stored[msg["ts"]] = msg
         self._texts[(channel, msg["ts"])] = [self._shown(msg)]
+        if msg.get("bot_id") == self.bot_id and msg.get("thread_ts"):  # the app replied: its status goes
+            self._statuses.pop((channel, msg["thread_ts"]), None)
         self._cond.notify_all()
 
     def _page(self, msgs: list[dict], args: dict, default_limit: int, newest_first: bool) -> dict:
@@ -443,6 +484,12 @@ class FakeSlack(LoopbackServer):
     def history_of(self, channel: str, ts: str) -> list[str]:
         with self._cond:
             return list(self._texts.get((channel, ts), []))
+
+    def status_of(self, channel: str, thread_ts: str) -> str:
+        """The loading status a person sees under an assistant thread now ("" for none)."""
+        with self._cond:
+            status, at = self._statuses.get((channel, thread_ts), ("", 0.0))
+            return status if time.monotonic() - at < self.status_lifetime_s else ""
 
     def add_user_message(self, channel: str, user: str, text: str, thread_ts: str | None = None) -> str:
         with self._cond:
