@@ -15,6 +15,8 @@ from slack_sdk.models.blocks import (
     FeedbackButtonObject,
     FeedbackButtonsElement,
     MarkdownBlock,
+    MarkdownTextObject,
+    SectionBlock,
 )
 
 STOP_ACTION = "xwinbot_stop"  # action_id of the Stop button (value: the job id)
@@ -46,6 +48,11 @@ def feedback_blocks(job_id: str) -> list[dict]:
         negative_button=FeedbackButtonObject(text="👎", accessibility_label="Bad answer", value=f"bad:{job_id}"),
     )
     return [ContextActionsBlock(block_id=FEEDBACK_BLOCK, elements=[element]).to_dict()]
+
+
+def status_blocks(text: str, job_id: str) -> list[dict]:
+    """A placeholder's status ("thinking…", "#3 in queue") in mrkdwn, with Stop and Regenerate under it."""
+    return [SectionBlock(text=MarkdownTextObject(text=text)).to_dict(), *control_blocks(job_id, running=True)]
 
 
 def answer_blocks(text: str, job_id: str, running: bool) -> list[dict]:
