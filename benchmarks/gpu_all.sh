@@ -7,6 +7,10 @@
 #                                  # benchmark
 #   benchmarks/gpu_all.sh roofline # ~6 min: the one-row kernel against a plain read of its bytes, per shape
 #   benchmarks/gpu_all.sh configs  # ~8 min: sweep the kernel configs with each kernel alone ($OUT/w4a16_configs.json)
+#   benchmarks/gpu_all.sh int8     # ~9 min: the int8 K/V cache on the GPU: kernel tests, greedy check, the decode
+#                                  # step in bf16 and int8 (batch 1 and 32 rows)
+#   benchmarks/gpu_all.sh int8-queue  # ~6 min: 32 users through the queue, bf16 cache then int8, each its own process
+#   benchmarks/gpu_all.sh prefill  # ~4 min: the fused int4 kernel at 65-1024 rows against rebuilding W (prefill_gemm)
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
 #                                  # run (each its own process), the 8B at 32 users through the queue
 # Needs redis-server on PATH (or REDIS_SERVER=...) for the queue benchmark. Each benchmark runs as a module from the
@@ -37,6 +41,20 @@ elif [ "${1:-}" = "8b" ]; then
     --no-hf-baseline llama3-8b
   step queue_e2e_8b 170 python3 -u -m benchmarks.speed.queue_e2e --shape llama3-8b --concurrency 32 --no-hf-baseline \
     --no-restart --redis-server "${REDIS_SERVER:-redis-server}"
+elif [ "${1:-}" = "int8" ]; then
+  step int8_kernel_tests 170 python3 -m pytest -q -x -p no:cacheprovider tests/unit/kernels \
+    tests/unit/inference/test_int8_kv_cache.py
+  step check_kv_cache 60 python3 -u -m benchmarks.quality.check_kv_cache
+  for dtype in auto int8; do
+    step "attention_$dtype" 150 python3 -u -m benchmarks.kernels.decode_attention_configs --step --kv-cache-dtype $dtype
+  done
+elif [ "${1:-}" = "int8-queue" ]; then
+  for dtype in auto int8; do
+    step "queue_e2e_$dtype" 180 python3 -u -m benchmarks.speed.queue_e2e --concurrency 32 --no-hf-baseline \
+      --no-restart --kv-cache-dtype $dtype --redis-server "${REDIS_SERVER:-redis-server}"
+  done
+elif [ "${1:-}" = "prefill" ]; then
+  step prefill_gemm 230 python3 -u -m benchmarks.kernels.prefill_gemm
 elif [ "${1:-}" = "sweep" ]; then
   step profile_decode 120 python3 -u -m benchmarks.speed.profile_decode
   step tune_in_step 400 python3 -u -m benchmarks.kernels.tune_in_step --seconds 330
