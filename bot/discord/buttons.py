@@ -1,4 +1,4 @@
-"""The Stop and Regenerate buttons under an answer, as persistent dynamic items.
+"""The buttons under an answer (Stop, Regenerate; 👍 and 👎 once it is finished), as persistent dynamic items.
 
 Their custom ids carry the job id (``worker.posters.discord_controls``), so a click works after either process
 restarted: discord.py matches the id against the template and rebuilds the button.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import discord
 
-from worker.posters.discord_controls import AGAIN_ID, BUTTON_JOB_ID_CHARS, CUSTOM_ID_PATTERN, STOP_ID
+from worker.posters.discord_controls import AGAIN_ID, BAD_ID, BUTTON_JOB_ID_CHARS, CUSTOM_ID_PATTERN, GOOD_ID, STOP_ID
 
 
 def _template(custom_id_format: str) -> str:
@@ -19,7 +19,7 @@ class _JobButton:
     """A button that acts on one job: built from its id, and rebuilt by discord.py from the custom id."""
 
     custom_id_format: str
-    label: str
+    label: str | None
     style: discord.ButtonStyle
     emoji: str
 
@@ -46,6 +46,23 @@ class AgainButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], templat
     async def callback(self, interaction: discord.Interaction) -> None:
         client = interaction.client
         await client.questions.again(interaction, self.job_id, client.channel_of(interaction))
+
+
+class GoodButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=_template(GOOD_ID)):
+    custom_id_format, label, style, emoji = GOOD_ID, None, discord.ButtonStyle.secondary, "👍"
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.feedback.good(interaction, self.job_id)
+
+
+class BadButton(_JobButton, discord.ui.DynamicItem[discord.ui.Button], template=_template(BAD_ID)):
+    custom_id_format, label, style, emoji = BAD_ID, None, discord.ButtonStyle.secondary, "👎"
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.client.feedback.bad(interaction, self.job_id)
+
+
+ANSWER_BUTTONS = (StopButton, AgainButton, GoodButton, BadButton)  # every button the client recognises
 
 
 def answer_controls(job_id: str) -> discord.ui.View:

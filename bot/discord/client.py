@@ -20,9 +20,11 @@ from bot.access import Allowlist
 from bot.attachments import FileLimits
 from bot.channel_config import ChannelRules
 from bot.discord.ask_cog import AskCog
-from bot.discord.buttons import AgainButton, StopButton
+from bot.discord.buttons import ANSWER_BUTTONS
+from bot.discord.feedback import DiscordFeedback
 from bot.discord.gateway_events import InteractionChannels, drop_unreadable_events
 from bot.discord.questions import DiscordOptions, DiscordQuestions
+from worker.feedback.store import FeedbackStore
 from worker.ops.health_server import start_health_server
 from worker.ops.preflight import discord_problems, raise_if_any
 from worker.queue.job_queue import job_queue
@@ -62,6 +64,9 @@ class XwinBot(commands.Bot):
             ChannelRules(settings.channels_file),  # a bad file stops the start here, with every problem named
             FileLimits.from_settings(settings),
         )
+        self.feedback = DiscordFeedback(  # 👍/👎: the same reply index and Redis pool as Stop and Regenerate
+            FeedbackStore(redis, self.questions.queue.keys, retention_days=settings.feedback_retention_days),
+            self.questions.index, self.questions.calls)
 
     async def on_message(self, message: discord.Message, /) -> None:
         """No prefix commands: the ask cog's listener reads messages. commands.Bot's default would hand the
@@ -72,7 +77,7 @@ class XwinBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         await self.add_cog(AskCog(self, self.questions))
-        self.add_dynamic_items(StopButton, AgainButton)
+        self.add_dynamic_items(*ANSWER_BUTTONS)
         if self.settings.discord_dev_guild_id:
             guild = discord.Object(self.settings.discord_dev_guild_id)
             self.tree.copy_global_to(guild=guild)

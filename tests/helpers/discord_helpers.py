@@ -43,3 +43,8 @@ def sends_with_content(fake) -> list:
     """Every REST request the bot (or worker) made that carries message content."""
     return [r for r in fake.requests if r.method in ("POST", "PATCH") and isinstance(r.json, dict)
             and ("content" in r.json or "content" in (r.json.get("data") or {}))]
+
+
+def button_names(message: dict) -> list[str]:
+    """What a person sees on each of a message's buttons: its label, or its emoji when it shows only that."""
+    return [c.get("label") or c["emoji"]["name"] for row in message.get("components") or [] for c in row["components"]]

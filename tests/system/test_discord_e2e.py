@@ -10,7 +10,14 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus
 
 from tests.fakes.fake_discord import FakeDiscord
-from tests.helpers.discord_helpers import bot_messages, discord_settings, running_bot, sends_with_content, thread_of
+from tests.helpers.discord_helpers import (
+    bot_messages,
+    button_names,
+    discord_settings,
+    running_bot,
+    sends_with_content,
+    thread_of,
+)
 from tests.helpers.redis_server import drop_queue
 from worker.queue.job_queue import SERIALIZER
 from worker.queue.keys import RedisKeys
@@ -85,7 +92,7 @@ def test_ask_streams_the_answer_into_a_thread(fake, module_redis, keys, bot):
     history = fake.history_of(thread["id"], answer["id"])
     streamed = [text for text in history if not text.startswith("thinking")]
     assert len(streamed) >= 2 and streamed[-1] == answer["content"]
-    assert [c["label"] for row in answer["components"] for c in row["components"]] == ["Regenerate"]
+    assert button_names(answer) == ["Regenerate", "👍", "👎"]
     assert not bot.errors
 
 

@@ -9,18 +9,30 @@ from __future__ import annotations
 NO_PINGS = {"parse": []}  # allowed_mentions on every message: @everyone, @here, roles and users ping no one
 STOP_ID = "xwinbot:stop:{job_id}"
 AGAIN_ID = "xwinbot:again:{job_id}"
+GOOD_ID = "xwinbot:good:{job_id}"  # 👍 under a finished answer (worker.feedback records it)
+BAD_ID = "xwinbot:bad:{job_id}"  # 👎 under a finished answer: recorded, then a modal asks what was wrong
 BUTTON_JOB_ID_CHARS = 80  # longest job id a button carries: with its prefix it fits Discord's 100-character custom id
 CUSTOM_ID_PATTERN = rf"[A-Za-z0-9_-]{{1,{BUTTON_JOB_ID_CHARS}}}"  # the job ids our adapters make
 BUTTON, ROW, DANGER, SECONDARY = 2, 1, 4, 2
 
 
 def answer_buttons(job_id: str, running: bool) -> list[dict]:
-    """The action row under an answer: Stop while it runs, Regenerate always (none for a job id too long)."""
+    """The action row under an answer: Stop while it runs, Regenerate always, 👍 and 👎 once it is finished
+    (no buttons for a job id too long)."""
     if len(job_id) > BUTTON_JOB_ID_CHARS:
         return []
-    buttons = [{"type": BUTTON, "style": SECONDARY, "label": "Regenerate", "emoji": {"name": "🔁"},
-                "custom_id": AGAIN_ID.format(job_id=job_id)}]
+    again = _button(AGAIN_ID, job_id, SECONDARY, "🔁", "Regenerate")
     if running:
-        buttons.insert(0, {"type": BUTTON, "style": DANGER, "label": "Stop", "emoji": {"name": "⏹️"},
-                           "custom_id": STOP_ID.format(job_id=job_id)})
+        buttons = [_button(STOP_ID, job_id, DANGER, "⏹️", "Stop"), again]
+    else:
+        buttons = [again, _button(GOOD_ID, job_id, SECONDARY, "👍"), _button(BAD_ID, job_id, SECONDARY, "👎")]
     return [{"type": ROW, "components": buttons}]
+
+
+def _button(custom_id_format: str, job_id: str, style: int, emoji: str, label: str | None = None) -> dict:
+    """A button acting on ``job_id``; the feedback buttons show their emoji alone, as reactions do."""
+    button = {"type": BUTTON, "style": style, "emoji": {"name": emoji},
+              "custom_id": custom_id_format.format(job_id=job_id)}
+    if label:
+        button["label"] = label
+    return button

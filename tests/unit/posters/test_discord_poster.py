@@ -7,6 +7,7 @@ import time
 import pytest
 
 from tests.fakes.fake_discord import FakeDiscord
+from tests.helpers.discord_helpers import button_names
 from worker.posters.discord import DiscordPoster
 from worker.posters.discord_rest import DiscordRest
 from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
@@ -38,18 +39,39 @@ def bot_texts(fake, channel_id) -> list[str]:
     return [m["content"] for m in fake.messages(channel_id) if int(m["author"]["id"]) == fake.bot_user_id]
 
 
-def test_streaming_edits_the_placeholder_and_ends_with_only_regenerate(fake, redis):
+def test_streaming_edits_the_placeholder_and_ends_with_regenerate_and_feedback(fake, redis):
     job = thread_job(fake, f"discord-test-{time.time_ns()}")
     poster = DiscordPoster(rest(fake), redis, RedisKeys())
     poster.waiting(job, 2)
     poster.update(job, "Paris")
+    running = fake.message(job.reply_to.placeholder_id)
     poster.finish(job, "Paris is the capital of France.")
     thread = job.reply_to.thread_id
     assert fake.history_of(thread, job.reply_to.placeholder_id) == [
         "thinking…", "thinking… #2 in queue", "Paris", "Paris is the capital of France."]
+    assert button_names(running) == ["Stop", "Regenerate"]
     final = fake.message(job.reply_to.placeholder_id)
-    labels = [c["label"] for row in final["components"] for c in row["components"]]
-    assert labels == ["Regenerate"]
+    assert button_names(final) == ["Regenerate", "👍", "👎"]
+    assert [c["custom_id"] for row in final["components"] for c in row["components"]] == [
+        f"xwinbot:again:{job.job_id}", f"xwinbot:good:{job.job_id}", f"xwinbot:bad:{job.job_id}"]
+
+
+def test_a_failed_answer_has_no_buttons(fake, redis):
+    job = thread_job(fake, f"discord-test-{time.time_ns()}")
+    poster = DiscordPoster(rest(fake), redis, RedisKeys())
+    poster.update(job, "Par")
+    poster.fail(job, "The model stopped.")
+    assert fake.message(job.reply_to.placeholder_id)["components"] == []
+
+
+def test_every_button_of_the_longest_job_id_fits_discords_custom_id():
+    from worker.posters.discord_controls import BUTTON_JOB_ID_CHARS, answer_buttons
+
+    longest = "j" * BUTTON_JOB_ID_CHARS
+    ids = [c["custom_id"] for running in (True, False) for row in answer_buttons(longest, running)
+           for c in row["components"]]
+    assert len(ids) == 5 and all(len(custom_id) <= 100 for custom_id in ids)
+    assert answer_buttons(longest + "j", running=False) == []
 
 
 def test_a_long_answer_is_split_at_2000_characters_with_code_fences_closed_and_reopened(fake, redis):
