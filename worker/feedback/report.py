@@ -32,13 +32,20 @@ def render_one(found: Rating) -> str:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.rated_at))
     lines = [
         f"{when}  {THUMBS.get(found.rating, found.rating)}  {found.platform} user {found.user_id}  job {found.job_id}",
-        f"  model: {found.model or 'unknown'}  template: {found.template or 'none (external server)'}",
+        f"  model: {found.model or 'unknown'}  template: {template_of(found)}",
     ]
     if found.reason:
         lines += labelled("reason", found.reason)
     lines += labelled("question", found.question)
     lines += labelled("answer", NO_ANSWER if found.answer is None else found.answer or "(empty)")
     return "\n".join(lines)
+
+
+def template_of(found: Rating) -> str:
+    if found.template:
+        return found.template
+    # No template with a known model: an external server's, which applies its own. Neither: no record of the answer.
+    return "none (external server)" if found.model else "unknown"
 
 
 def labelled(label: str, text: str) -> list[str]:
