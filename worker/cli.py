@@ -9,6 +9,7 @@
     discord-invite  the URL that adds the bot to a server, with exactly the permissions it needs
     status      queue depth, workers alive, running and failed jobs (with reasons), model and device
     requeue-failed  put failed jobs back on the queue
+    feedback    people's 👍/👎 on answers, newest first with the question and answer; --jsonl exports them
     generate    answer one question right here with the model (no queue; for trying models)
     demo-model  build the offline demo model
 """
@@ -25,6 +26,16 @@ from worker.settings import Settings
 
 if TYPE_CHECKING:
     from redis import Redis
+
+
+LISTED_RATINGS = 20  # what `xwinbot feedback` lists without --limit: a screenful or two
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="queue, workers, running and failed jobs at a glance")
     requeue = commands.add_parser("requeue-failed", help="put failed jobs back on the queue")
     requeue.add_argument("job_ids", nargs="*", help="only these (default: every failed job)")
+    feedback = commands.add_parser("feedback", help="people's 👍/👎 on answers, newest first (or as JSON lines)")
+    feedback.add_argument("--limit", type=positive_int, metavar="N",
+                          help=f"at most N ratings (default: {LISTED_RATINGS} listed; every one kept with --jsonl)")
+    feedback.add_argument("--rating", choices=["good", "bad"], help="only 👍 (good) or only 👎 (bad) ones")
+    feedback.add_argument("--jsonl", metavar="PATH",
+                          help="write the ratings as JSON lines to PATH ('-': stdout), for evaluating models")
     invite = commands.add_parser("discord-invite", help="print the URL that adds the bot to a Discord server")
     invite.add_argument("--application-id", type=int, help="default: read from XWINBOT_DISCORD_TOKEN")
 
@@ -140,6 +157,32 @@ def run_requeue_failed(args: argparse.Namespace, settings: Settings) -> int:
 
     done = requeue_failed(job_queue(settings, client_redis(settings)), args.job_ids)
     print(f"requeued {len(done)} job{'s' if len(done) != 1 else ''}" + (": " + ", ".join(done) if done else ""))
+    return 0
+
+
+def run_feedback(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.feedback.report import render, write_jsonl
+    from worker.feedback.store import FeedbackStore
+    from worker.queue.keys import RedisKeys
+
+    store = FeedbackStore(client_redis(settings), RedisKeys.for_settings(settings), settings.feedback_retention_days)
+    if args.jsonl is None:
+        ratings = store.newest(args.limit or LISTED_RATINGS, args.rating)
+        print(render(ratings, args.rating, settings.feedback_retention_days))
+        return 0
+    ratings = store.newest(args.limit, args.rating)
+    if args.jsonl == "-":
+        written = write_jsonl(ratings, sys.stdout)
+        # On stderr: stdout holds only the JSON lines (piped into an evaluation, say).
+        print(f"wrote {written} rating{'s' if written != 1 else ''}", file=sys.stderr)
+        return 0
+    try:
+        out = open(args.jsonl, "w", encoding="utf-8")
+    except OSError as err:  # one line, like every other mistake on the command line
+        raise ValueError(f"cannot write {args.jsonl}: {err.strerror}") from None
+    with out:
+        written = write_jsonl(ratings, out)
+    print(f"wrote {written} rating{'s' if written != 1 else ''} to {args.jsonl}")
     return 0
 
 
@@ -255,7 +298,8 @@ def run_demo_model(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS = {"up": run_up, "worker": run_worker, "ask": run_ask, "chat": run_chat, "generate": run_generate,
             "slack": run_slack, "discord": run_discord, "api": run_api, "status": run_status,
-            "requeue-failed": run_requeue_failed, "discord-invite": run_discord_invite, "demo-model": run_demo_model}
+            "requeue-failed": run_requeue_failed, "feedback": run_feedback, "discord-invite": run_discord_invite,
+            "demo-model": run_demo_model}
 
 
 SERVICES = {"up", "worker", "slack", "discord", "api"}

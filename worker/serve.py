@@ -79,6 +79,8 @@ class WorkerProcess:
             defaults=self.info.defaults,
             update_interval_s=self.settings.update_interval_s,
             delivery_retry_s=self.settings.delivery_retry_s,
+            model=self.info.model,
+            template=self.info.template,
         )
         set_context(context)
         self.announcer = PositionAnnouncer(context.queue, self.redis, context.poster_for,

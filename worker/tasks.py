@@ -2,8 +2,9 @@
 
 It runs in one of the worker process's job threads (see ``worker.queue.rq_workers``): it submits the conversation
 to the shared engine, streams the answer to the platform's poster (throttled), honours cancel requests, and
-finishes only after the final reply is posted. A bad job gets a clear reply when it names where to reply, and
-never takes the worker down.
+finishes only after the final reply is posted, then records the answer (with the model and prompt template
+that wrote it) for people's 👍/👎 (``worker.feedback``). A bad job gets a clear reply when it names where to
+reply, and never takes the worker down.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 
 from worker.errors import BackendUnavailable, PromptTooLong
+from worker.feedback.store import AnswerRecords
 from worker.inference.sampling import GenerationParams
 from worker.job_context import params_for, reply_footer, submit_fitting
 from worker.logs import job_context
@@ -46,6 +48,8 @@ class WorkerContext:
     defaults: GenerationParams = field(default_factory=GenerationParams)
     update_interval_s: float = DEFAULT_UPDATE_INTERVAL_S
     delivery_retry_s: float = DEFAULT_DELIVERY_RETRY_S
+    model: str | None = None  # what wrote the answers (BackendInfo.model), kept with each one for feedback
+    template: str | None = None  # the prompt template's name (BackendInfo.template; None: an external server)
 
     def deliver(self, call: Callable[[], None], what: str) -> None:
         """One poster call, retried while the platform is down for up to the delivery retry window."""
@@ -142,12 +146,22 @@ def answer(context: WorkerContext, job: Job) -> dict:
     cancelled = cancelled or getattr(stream, "cancelled", False)
     reply.finish(reply_footer([*job.notes, *notes], cancelled))
     context.redis.set(delivered_key, 1, ex=DELIVERED_TTL_S)
+    remember_answer(context, job, reply.text.strip())
     return {
         "status": "cancelled" if cancelled else "answered",
         "tokens": getattr(stream, "tokens", None),
         "prompt_tokens": getattr(stream, "prompt_tokens", None),
         "first_token_at": unix_time(getattr(stream, "first_token_at", None)),
     }
+
+
+def remember_answer(context: WorkerContext, job: Job, text: str) -> None:
+    """Keep the answer as the model wrote it (without our footer notes) for its 👍/👎. The answer is out already:
+    failing to keep it only leaves a later rating without the answer's text, so it never fails the job."""
+    try:
+        AnswerRecords(context.redis, context.queue.keys).remember(job.job_id, text, context.model, context.template)
+    except Exception as err:  # Redis gone past the retry window, or anything else: the user has their answer
+        log.warning("could not record job %s's answer for feedback: %s", job.job_id, err)
 
 
 def unavailable(context: WorkerContext, job: Job, poster: Poster, err: BackendUnavailable) -> dict:

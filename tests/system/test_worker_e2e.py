@@ -22,6 +22,7 @@ from rq.serializers import JSONSerializer
 from bot.console import ask, console_job, read_reply
 from tests.helpers.paths import REPO
 from tests.helpers.processes import settings_env, spawn
+from worker.feedback.store import AnswerRecords
 from worker.queue.job_queue import TASK, JobQueue, job_queue
 from worker.queue.keys import RedisKeys
 from worker.serve import SPARE_JOB_THREADS, WorkerProcess
@@ -98,6 +99,27 @@ def test_cancel_stops_a_running_answer(worker, redis):
     final = [text for kind, text in entries if kind == "final"][0]
     assert final.endswith("(stopped)")
     assert final.count("\n") < 250  # it did not run on to the end
+    kept = kept_answer(redis, queue.keys, job.job_id)  # what a 👍/👎 will carry: the text without our footer
+    assert kept.answer and final.startswith(kept.answer) and "(stopped)" not in kept.answer
+
+
+def kept_answer(redis, keys: RedisKeys, job_id: str):
+    """The worker's record of a finished answer (written just after the final reply went out)."""
+    deadline = time.monotonic() + 10
+    while (record := AnswerRecords(redis, keys).get(job_id)) is None:
+        assert time.monotonic() < deadline, f"no answer record for {job_id}"
+        time.sleep(0.05)
+    return record
+
+
+def test_each_answer_is_kept_with_its_model_and_template_for_feedback(worker, redis, demo_dir):
+    queue = job_queue(worker.settings, redis)
+    job = console_job([("user", "What is the capital of France?")], queue.keys)
+    queue.enqueue(job)
+    final = [text for kind, text in read_reply(redis, queue.keys, job.job_id, timeout_s=120) if kind == "final"][0]
+    kept = kept_answer(redis, queue.keys, job.job_id)
+    assert "Paris" in kept.answer and kept.answer == final
+    assert kept.model == str(demo_dir) and kept.template == "chat"  # the demo model's tokenizer has a chat template
 
 
 def test_poisoned_jobs_get_clear_replies_and_the_worker_keeps_serving(worker, redis, queue_name):

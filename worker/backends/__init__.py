@@ -22,6 +22,7 @@ class BackendInfo:
     context_tokens: int | None  # per conversation (None: the external server's business)
     defaults: object  # GenerationParams: the job's overrides replace these
     gpu: object | None = None  # the torch.device whose memory /metrics reports (own engine on a GPU only)
+    template: str | None = None  # the prompt template's name (vicuna, alpaca, chat); None: the external server's
 
 
 def build_backend(settings: Settings):
@@ -43,4 +44,4 @@ def describe(backend, settings: Settings) -> BackendInfo:
     # No model configured: what ``choose_model_source`` picked (Xwin on a GPU, else the demo model).
     model = settings.model or (XWIN_MODEL if device.type == "cuda" else str(backend.generator.loaded.path))
     return BackendInfo("own", model, str(device), backend.generator.context_tokens, backend.generator.defaults,
-                       gpu=device if device.type == "cuda" else None)
+                       gpu=device if device.type == "cuda" else None, template=backend.generator.template.name)

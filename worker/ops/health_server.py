@@ -1,6 +1,7 @@
 """One small HTTP server per xwinbot process, on XWINBOT_METRICS_HOST:XWINBOT_METRICS_PORT (port 0: none):
 
-- ``GET /metrics``: Prometheus text (``worker.ops.metrics`` plus the process and Python collectors);
+- ``GET /metrics``: Prometheus text (``worker.ops.metrics`` plus the process and Python collectors; the queue
+  and the feedback counts, read from Redis, on every process's);
 - ``GET /healthz``: JSON ``{"status": "ok"|"unhealthy", "process": …, "redis": true|false, …}``, HTTP 200 when
   every yes/no field is true, else 503. The worker adds ``engine_running``, ``model``, ``device``, ``jobs_running``.
 
@@ -20,7 +21,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from redis.exceptions import RedisError
 
-from worker.ops.metrics import QueueCollector
+from worker.feedback.store import FeedbackStore
+from worker.ops.metrics import FeedbackCollector, QueueCollector
 from worker.queue.job_queue import job_queue
 from worker.queue.redis_connection import probe_client
 from worker.settings import Settings
@@ -54,7 +56,9 @@ class HealthServer:
         self.process, self.details = process, details or dict
         # Its own client: no retries and short timeouts, so a Redis outage shows at once instead of hanging.
         self.redis = probe_client(settings)  # the process's password, ACL user and TLS
-        self.registry = _Registry([QueueCollector(job_queue(settings, self.redis)), *collectors])
+        queue = job_queue(settings, self.redis)
+        feedback = FeedbackStore(self.redis, queue.keys, settings.feedback_retention_days)
+        self.registry = _Registry([QueueCollector(queue), FeedbackCollector(feedback), *collectors])
         server_class = type("Server", (_ThreadingServer,), {
             "address_family": socket.AF_INET6 if ":" in settings.metrics_host else socket.AF_INET})
         self.httpd = make_server(settings.metrics_host, settings.metrics_port, self.app,

@@ -2,16 +2,20 @@
 
 Counters and histograms live in the process-wide default registry and are updated where things happen (jobs
 in ``worker.tasks``, posting retries in ``worker.posters.base``, questions in the adapters). What Redis or
-the engine knows is read at scrape time by the collectors below. This module never imports torch.
+the engine knows is read at scrape time by the collectors below (the queue and the feedback counts on every
+process's /metrics). This module never imports torch.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
 
 # -- the worker: jobs and answers --------------------------------------------------------------------------
 OUTCOMES = ("answered", "cancelled", "refused", "failed", "rejected", "already-delivered", "error")
@@ -73,6 +77,26 @@ class QueueCollector:
         yield _gauge("xwinbot_redis_up", "Whether Redis answered this scrape", 1)
         yield _gauge("xwinbot_queue_depth", "Questions waiting in the queue", depth, queue=self.queue.name)
         yield _gauge("xwinbot_workers_alive", "Workers registered on the queue", workers, queue=self.queue.name)
+
+
+class FeedbackCollector:
+    """``xwinbot_feedback_total{platform,rating}``: every 👍/👎 given, ever, as Redis counts them
+    (``worker.feedback.store``), so any process's /metrics shows the same totals and a restart loses none."""
+
+    def __init__(self, store):  # worker.feedback.store.FeedbackStore, on a client that fails fast
+        self.store = store
+
+    def collect(self):
+        try:
+            counts = self.store.counts()
+        except RedisError as err:  # xwinbot_redis_up says Redis is away; the rest of /metrics still answers
+            log.warning("no xwinbot_feedback_total this scrape: %s", err)
+            return
+        family = CounterMetricFamily("xwinbot_feedback", "Ratings of answers given (👍 good, 👎 bad), by platform",
+                                     labels=["platform", "rating"])
+        for (platform, rating), count in sorted(counts.items()):
+            family.add_metric([platform, rating], count)
+        yield family
 
 
 class EngineCollector:

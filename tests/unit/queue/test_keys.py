@@ -22,6 +22,8 @@ def every_key(keys: RedisKeys) -> dict[str, str]:
         "message": keys.message("slack", "C1", "1.5"), "thread": keys.thread("discord", "7", "8"),
         "seen": keys.seen("slack-event", "Ev1"), "reply_stream": keys.reply_stream("console-ab"),
         "reply_parts": keys.reply_parts("slack", "slack-C1-1"), "discord_dm": keys.discord_dm("discord-ask-9"),
+        "answer": keys.answer("slack-C1-1"), "feedback": keys.feedback("slack-C1-1:slack:U1"),
+        "feedback_times": keys.feedback_times(), "feedback_counts": keys.feedback_counts(),
         "worker_info": keys.worker_info(), "workers_loading": keys.workers_loading(),
     }
 
@@ -35,6 +37,8 @@ DEFAULT_NAMES = {
     "message": "xwinbot:message:slack:C1:1.5", "thread": "xwinbot:thread:discord:7:8",
     "seen": "xwinbot:seen:slack-event:Ev1", "reply_stream": "xwinbot:reply:console-ab",
     "reply_parts": "xwinbot:slack:parts:slack-C1-1", "discord_dm": "xwinbot:discord:dm:discord-ask-9",
+    "answer": "xwinbot:answer:slack-C1-1", "feedback": "xwinbot:feedback:slack-C1-1:slack:U1",
+    "feedback_times": "xwinbot:feedback-times", "feedback_counts": "xwinbot:feedback-counts",
     "worker_info": "xwinbot:worker-info", "workers_loading": "xwinbot:workers-loading",
 }
 
