@@ -109,9 +109,10 @@ class FeedbackStore:
         return stored
 
     def add_reason(self, job_id: str, platform: str, user_id: str, reason: str) -> Rating | None:
-        """Attach a reason to the person's rating of the answer (their 👎 came first); None if there is none."""
+        """Attach a reason to the person's 👎 of the answer (the 👎 came first, the reason from a modal after it);
+        None if there is none: no rating, or they changed it to 👍 while the modal was open."""
         current = self.get(rating_id(job_id, platform, user_id))
-        if current is None:
+        if current is None or current.rating != "bad":
             return None
         updated = Rating(**{**asdict(current), "reason": reason.strip()[:MAX_REASON_CHARS] or None})
         self._write(updated)

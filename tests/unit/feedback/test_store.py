@@ -57,6 +57,7 @@ def test_a_reason_is_added_to_the_rating_and_kept_only_while_the_rating_stays(re
     assert with_reason.reason == "too vague" and with_reason.rating == "bad"
     assert store.rate(job, "slack", "U1", "bad").reason == "too vague"  # the same 👎 again keeps it
     assert store.rate(job, "slack", "U1", "good").reason is None  # a 👍 drops the 👎's reason
+    assert store.add_reason(job.job_id, "slack", "U1", "late") is None  # a modal submitted after the 👍: dropped
     assert store.rate(job, "slack", "U1", "bad").reason is None  # and it does not come back
     assert store.counts() == {("slack", "bad"): 2, ("slack", "good"): 1}  # reasons are not ratings
 
