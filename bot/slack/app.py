@@ -8,6 +8,9 @@ adapter's inbox (``bot.slack.inbox``), or refuses to acknowledge it when it cann
 seen is acknowledged and dropped (Slack retries an event it thinks was not acknowledged in time). Every event
 listener clears the event's inbox entry once it is handled; ``run`` starts the inbox's recovery, which handles
 again what a crashed adapter, or Slack's Web API being down, left there.
+
+Slack's assistant view (``bot.slack.assistant``) is bolt's ``Assistant``, a global middleware registered after
+the inbox's, so its events are recorded like every other.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from slack_sdk import WebClient
 
 from bot.access import Allowlist
 from bot.channel_config import ChannelRules, ChannelsFileError
+from bot.slack.assistant import AssistantThreads
 from bot.slack.files import SlackFiles
 from bot.slack.inbox import Inbox
 from bot.slack.questions import SlackOptions, SlackQuestions
@@ -66,8 +70,11 @@ def create_adapter(settings: Settings, redis: Redis) -> SlackAdapter:
         queue, redis,
         Allowlist.of(channels=settings.slack_allowed_channels, users=settings.slack_allowed_users),
         SlackFiles.from_settings(settings), rules,
-        SlackOptions(followups=settings.slack_followups, history_messages=settings.slack_history_messages),
+        SlackOptions(followups=settings.slack_followups, history_messages=settings.slack_history_messages,
+                     native_streaming=settings.slack_native_streaming),
     )
+    # A global middleware after the inbox's: it takes the assistant threads' events before the listeners below.
+    app.assistant(AssistantThreads(questions, settings.slack_suggested_prompts).assistant(inbox))
     for event_type, handler in {"app_mention": questions.on_mention, "message": questions.on_message,
                                 "reaction_added": questions.on_reaction}.items():
         app.event(event_type)(inbox.listener(event_type, handler))
@@ -75,7 +82,7 @@ def create_adapter(settings: Settings, redis: Redis) -> SlackAdapter:
     app.shortcut(CALLBACK_ID)(shortcut.on_shortcut)
     app.view(CALLBACK_ID)(shortcut.on_submit)
     # Registered last, so it only gets what no listener above takes: events we do not act on (reaction_removed,
-    # assistant_thread_started, types Slack adds later) are acknowledged quietly, not logged as unhandled.
+    # types Slack adds later) are acknowledged quietly, not logged as unhandled.
     app.event(re.compile(".*"))(inbox.listener(None, ignore_event))
     return SlackAdapter(app, inbox)
 
