@@ -10,7 +10,8 @@ listener clears the event's inbox entry once it is handled; ``run`` starts the i
 again what a crashed adapter, or Slack's Web API being down, left there.
 
 Slack's assistant view (``bot.slack.assistant``) is bolt's ``Assistant``, a global middleware registered after
-the inbox's, so its events are recorded like every other.
+the inbox's, so its events are recorded like every other; the buttons under answers (Stop, Regenerate, 👍/👎)
+are ``bot.slack.actions``.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from slack_sdk import WebClient
 
 from bot.access import Allowlist
 from bot.channel_config import ChannelRules, ChannelsFileError
+from bot.slack.actions import SlackActions
 from bot.slack.assistant import AssistantThreads
 from bot.slack.files import SlackFiles
 from bot.slack.inbox import Inbox
 from bot.slack.questions import SlackOptions, SlackQuestions
 from bot.slack.shortcut import CALLBACK_ID, MessageShortcut
+from worker.feedback.store import FeedbackStore
 from worker.ops.health_server import start_health_server
 from worker.ops.preflight import SettingsProblem, raise_if_any, slack_problems
 from worker.posters.slack import slack_client
+from worker.posters.slack_controls import AGAIN_ACTION, FEEDBACK_ACTION, FEEDBACK_REASON_VIEW, STOP_ACTION
 from worker.queue.job_queue import job_queue
 from worker.queue.redis_connection import redis_from_settings
 from worker.settings import Settings
@@ -81,6 +85,11 @@ def create_adapter(settings: Settings, redis: Redis) -> SlackAdapter:
     shortcut = MessageShortcut(questions)
     app.shortcut(CALLBACK_ID)(shortcut.on_shortcut)
     app.view(CALLBACK_ID)(shortcut.on_submit)
+    actions = SlackActions(questions, FeedbackStore(redis, queue.keys, settings.feedback_retention_days))
+    app.action(STOP_ACTION)(actions.on_stop)
+    app.action(AGAIN_ACTION)(actions.on_again)
+    app.action(FEEDBACK_ACTION)(actions.on_feedback)
+    app.view(FEEDBACK_REASON_VIEW)(actions.on_reason)
     # Registered last, so it only gets what no listener above takes: events we do not act on (reaction_removed,
     # types Slack adds later) are acknowledged quietly, not logged as unhandled.
     app.event(re.compile(".*"))(inbox.listener(None, ignore_event))
