@@ -8,6 +8,10 @@ adapter's inbox (``bot.slack.inbox``), or refuses to acknowledge it when it cann
 seen is acknowledged and dropped (Slack retries an event it thinks was not acknowledged in time). Every event
 listener clears the event's inbox entry once it is handled; ``run`` starts the inbox's recovery, which handles
 again what a crashed adapter, or Slack's Web API being down, left there.
+
+Slack's assistant view (``bot.slack.assistant``) is bolt's ``Assistant``, a global middleware registered after
+the inbox's, so its events are recorded like every other; the buttons under answers (Stop, Regenerate, 👍/👎)
+are ``bot.slack.actions``.
 """
 
 from __future__ import annotations
@@ -23,13 +27,17 @@ from slack_sdk import WebClient
 
 from bot.access import Allowlist
 from bot.channel_config import ChannelRules, ChannelsFileError
+from bot.slack.actions import SlackActions
+from bot.slack.assistant import AssistantThreads
 from bot.slack.files import SlackFiles
 from bot.slack.inbox import Inbox
 from bot.slack.questions import SlackOptions, SlackQuestions
 from bot.slack.shortcut import CALLBACK_ID, MessageShortcut
+from worker.feedback.store import FeedbackStore
 from worker.ops.health_server import start_health_server
 from worker.ops.preflight import SettingsProblem, raise_if_any, slack_problems
 from worker.posters.slack import slack_client
+from worker.posters.slack_controls import AGAIN_ACTION, FEEDBACK_ACTION, FEEDBACK_REASON_VIEW, STOP_ACTION
 from worker.queue.job_queue import job_queue
 from worker.queue.redis_connection import redis_from_settings
 from worker.settings import Settings
@@ -66,16 +74,24 @@ def create_adapter(settings: Settings, redis: Redis) -> SlackAdapter:
         queue, redis,
         Allowlist.of(channels=settings.slack_allowed_channels, users=settings.slack_allowed_users),
         SlackFiles.from_settings(settings), rules,
-        SlackOptions(followups=settings.slack_followups, history_messages=settings.slack_history_messages),
+        SlackOptions(followups=settings.slack_followups, history_messages=settings.slack_history_messages,
+                     native_streaming=settings.slack_native_streaming),
     )
+    # A global middleware after the inbox's: it takes the assistant threads' events before the listeners below.
+    app.assistant(AssistantThreads(questions, settings.slack_suggested_prompts).assistant(inbox))
     for event_type, handler in {"app_mention": questions.on_mention, "message": questions.on_message,
                                 "reaction_added": questions.on_reaction}.items():
         app.event(event_type)(inbox.listener(event_type, handler))
     shortcut = MessageShortcut(questions)
     app.shortcut(CALLBACK_ID)(shortcut.on_shortcut)
     app.view(CALLBACK_ID)(shortcut.on_submit)
+    actions = SlackActions(questions, FeedbackStore(redis, queue.keys, settings.feedback_retention_days))
+    app.action(STOP_ACTION)(actions.on_stop)
+    app.action(AGAIN_ACTION)(actions.on_again)
+    app.action(FEEDBACK_ACTION)(actions.on_feedback)
+    app.view(FEEDBACK_REASON_VIEW)(actions.on_reason)
     # Registered last, so it only gets what no listener above takes: events we do not act on (reaction_removed,
-    # assistant_thread_started, types Slack adds later) are acknowledged quietly, not logged as unhandled.
+    # types Slack adds later) are acknowledged quietly, not logged as unhandled.
     app.event(re.compile(".*"))(inbox.listener(None, ignore_event))
     return SlackAdapter(app, inbox)
 

@@ -16,8 +16,8 @@ Recovery (``Inbox.recover_due``, run once at start and then every second by ``st
 handles entries that are due and whose handler is not alive. Alive means holding the entry's lease, a key with
 a short expiry that the process handling the event renews; so two adapter replicas never both take an entry,
 and a restarted adapter takes a dead one's entries once their lease lapses. Recovery calls the same listeners,
-with the bot's ids from auth.test and ``RECOVERED`` set in the context (the placeholder is then looked for
-before it is posted: the crashed handler may have posted it).
+with the bot's ids from auth.test, the event's workspace and ``RECOVERED`` set in the context (the placeholder
+is then looked for before it is posted: the crashed handler may have posted it).
 """
 
 from __future__ import annotations
@@ -195,13 +195,14 @@ class Inbox:
         handler = self.handlers.get(str(event.get("type")))
         log.info("handling Slack event %s again (%s, %.1f s old)", event_id, event.get("type"),
                  self.clock() - entry["at"])
-        self.handle(body, lambda: handler and handler(event, self.client, self._context(event_id)))
+        self.handle(body, lambda: handler and handler(event, self.client, self._context(event_id, body)))
 
-    def _context(self, event_id: str) -> dict:
+    def _context(self, event_id: str, body: dict) -> dict:
+        """What bolt's context gives a listener and the listeners use: the bot's ids, the workspace."""
         if self.bot_ids is None:  # asked once; a failure (Slack down) is a platform_down error for handle()
             auth = self.client.auth_test()
             self.bot_ids = {"bot_user_id": auth.get("user_id"), "bot_id": auth.get("bot_id")}
-        return {**self.bot_ids, RECOVERED: True, EVENT_ID: event_id}
+        return {**self.bot_ids, "team_id": body.get("team_id"), RECOVERED: True, EVENT_ID: event_id}
 
     def renew_leases(self) -> None:
         now = self.clock()

@@ -1,4 +1,7 @@
-"""What the Slack adapter does with each event: questions become jobs, reactions cancel or regenerate.
+"""What the Slack adapter does with each event: questions become jobs, reactions stop or regenerate answers.
+
+Stop and regenerate are the same code for a ❌/🔁 reaction and for a click on an answer's buttons
+(``bot.slack.actions``), so both follow the same rules: only the asker stops, anyone allowed asks again.
 
 Bolt calls these listeners after it has acknowledged the event (Slack wants that within 3 s), so the Slack
 API calls and the enqueue here may take their time; the event is safe in the inbox (``bot.slack.inbox``)
@@ -30,14 +33,12 @@ from bot.slack.history import (
     turns_from_messages,
 )
 from bot.slack.inbox import EVENT_ID, RECOVERED, claim_once
+from bot.slack.waiting import post_placeholder, show_busy, show_queued, show_stopped
 from worker.ops import metrics
 from worker.posters.base import platform_down
 from worker.posters.slack import post_once
-from worker.posters.slack_text import escape
-from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
 from worker.queue.job import Attachment, Job, ReplyTarget, Requester
 from worker.queue.job_queue import Busy, DuplicateJob, JobQueue
-from worker.queue.positions import show_unless_started
 from worker.queue.reply_index import ReplyIndex
 from worker.settings import DEFAULT_HISTORY_MESSAGES, DEFAULT_SLACK_FOLLOWUPS
 
@@ -55,6 +56,17 @@ class SlackOptions:
     # "any": every message in a bot thread continues it; "mention": only mentions
     followups: str = DEFAULT_SLACK_FOLLOWUPS
     history_messages: int = DEFAULT_HISTORY_MESSAGES
+    # DM threads (Slack's assistant view) answer by native streaming, their wait shown as the thread's status
+    native_streaming: bool = True
+
+
+@dataclass(frozen=True)
+class Gesture:
+    """Someone's ❌/🔁 reaction on an answer, or click on its Stop/Regenerate button: who, and which one (``kind``
+    and ``ts``, the reaction's event_ts or the click's action_ts, name it, so that it is handled once)."""
+    user: str
+    kind: str  # "reaction" or "button"
+    ts: str
 
 
 class SlackQuestions:
@@ -89,10 +101,12 @@ class SlackQuestions:
         if not isinstance(item.get("channel"), str) or not isinstance(item.get("ts"), str):
             return  # a broken payload: no message it could be about
         job_id = self.index.job_id_for_message("slack", item["channel"], item["ts"])
-        if job_id is None:
-            return  # not one of our answers
-        handler = self._cancel if name in CANCEL_REACTIONS else self._regenerate
-        self.guarded(handler, event, client, job_id, context, where=lambda: self._answer_place(item, job_id))
+        job = self.index.job(job_id) if job_id else None
+        if job is None or not isinstance(event.get("user"), str) or not event["user"]:
+            return  # not one of our answers (or no longer known); or a broken payload: no one reacted
+        gesture = Gesture(event["user"], "reaction", str(event.get("event_ts")))
+        handler = self.stop if name in CANCEL_REACTIONS else self.regenerate
+        self.guarded(handler, gesture, client, job, context, where=lambda: answer_place(job, item["ts"]))
 
     # -- questions -------------------------------------------------------------------------------------
     def _question(self, event: dict, client: WebClient, context: dict) -> None:
@@ -105,6 +119,8 @@ class SlackQuestions:
         metrics.QUESTIONS.labels("slack").inc()
         is_dm = event.get("channel_type") == "im" or channel.startswith("D")
         thread_ts = event.get("thread_ts") or (None if is_dm else ts)
+        target = self.reply_target(channel, thread_ts, in_assistant_thread=is_dm and bool(event.get("thread_ts")),
+                                   team_id=asker_team(event, context))
         if refusal := self.allowlist.refusal(channel_ids={channel}, user_id=user):
             metrics.NOT_ALLOWED.labels("slack").inc()
             client.chat_postEphemeral(channel=channel, user=user, thread_ts=thread_ts, text=refusal)
@@ -120,7 +136,7 @@ class SlackQuestions:
             turns = turns_from_messages([event], bot_user_id, bot_id)
         attachments, notes = self.files.read(event)  # bolt runs us after the ack: downloads may take their time
         requester = Requester(platform="slack", user_id=user)
-        self.submit(client, job_id, turns, requester, channel, thread_ts, self.job_context(channel, attachments, notes),
+        self.submit(client, job_id, turns, requester, target, self.job_context(channel, attachments, notes),
                     look_first=bool(context.get(RECOVERED)))
 
     def _history(self, client: WebClient, event: dict, thread_ts: str | None, is_dm: bool) -> list[dict]:
@@ -131,87 +147,78 @@ class SlackQuestions:
             return dm_messages(client, event["channel"], event["ts"], keep)
         return [event]
 
+    def reply_target(self, channel: str, thread_ts: str | None, in_assistant_thread: bool = False,
+                     team_id: str | None = None) -> ReplyTarget:
+        """Where a question's answer goes: the thread; in an assistant thread (a DM thread, with native
+        streaming on) natively streamed for the asker's team, with no placeholder."""
+        if in_assistant_thread and self.options.native_streaming:
+            return ReplyTarget(platform="slack", channel_id=channel, thread_id=thread_ts, assistant=True,
+                               team_id=team_id)
+        return ReplyTarget(platform="slack", channel_id=channel, thread_id=thread_ts)
+
     def job_context(self, channel: str, attachments: list[Attachment], notes: list[str]) -> dict:
         """The job's fields besides the conversation: the question's files, and the channel's rule."""
         rule = self.rules.current().for_slack(channel)
         return {"attachments": tuple(attachments), "notes": tuple(notes), "system_prompt": rule.system_prompt,
                 "overrides": rule.overrides()}
 
-    def submit(self, client: WebClient, job_id: str, turns, requester: Requester, channel: str,
-               thread_ts: str | None, job_context: dict, look_first: bool = False) -> None:
-        """Post the placeholder in the thread, then queue the job that will answer into it. ``look_first``: the
-        question is handled again (a crash or Slack outage cut the first try short), so its placeholder may be
-        there already: it is used, and a job already queued keeps it."""
-        placeholder = {"ts": post_once(client, channel=channel, thread_ts=thread_ts, job_id=job_id, part=0,
-                                       look_first=look_first, text=f"_{waiting_text(None)}_")}
-        job = Job(
-            job_id=job_id, turns=turns, requester=requester,
-            reply_to=ReplyTarget(platform="slack", channel_id=channel, thread_id=thread_ts,
-                                 placeholder_id=placeholder["ts"]),
-            **job_context,
-        )
+    def submit(self, client: WebClient, job_id: str, turns, requester: Requester, target: ReplyTarget,
+               job_context: dict, look_first: bool = False) -> None:
+        """Queue the job that answers into ``target``, showing that it waits (``bot.slack.waiting``): into a
+        placeholder posted first, or, in an assistant thread, under the thread's loading status. ``look_first``:
+        the question is handled again (a crash or Slack outage cut the first try short), so its placeholder may
+        be there already: it is used, and a job already queued keeps it."""
+        if not target.assistant:
+            placeholder = post_placeholder(client, target, job_id, look_first)
+            target = target.model_copy(update={"placeholder_id": placeholder})
+        job = Job(job_id=job_id, turns=turns, requester=requester, reply_to=target, **job_context)
         self.index.remember_question(job)
-        self.index.link_message("slack", channel, placeholder["ts"], job_id)
+        if target.placeholder_id:
+            self.index.link_message("slack", target.channel_id, target.placeholder_id, job_id)
         try:
             position = self.queue.enqueue(job).position
         except Busy as err:
             metrics.BUSY.labels("slack", err.reason).inc()
-            client.chat_update(channel=channel, ts=placeholder["ts"], text=f":hourglass: {escape(err.message)}",
-                               blocks=[])
+            show_busy(client, target, job_id, err.message, look_first)
             return
         except DuplicateJob:
-            if not look_first:  # handled again, the job already queued answers into this very placeholder
-                client.chat_delete(channel=channel, ts=placeholder["ts"])
+            if target.placeholder_id and not look_first:  # handled again, the job queued answers into this one
+                client.chat_delete(channel=target.channel_id, ts=target.placeholder_id)
             return
         metrics.ENQUEUED.labels("slack").inc()
-        if position > 1:
-            show_unless_started(self.redis, self.queue.keys, job_id, lambda: client.chat_update(
-                channel=channel, ts=placeholder["ts"], text=f"_{waiting_text(position)}_", blocks=[]))
+        show_queued(client, self.redis, self.queue.keys, target, job_id, position)
 
-    # -- reactions -------------------------------------------------------------------------------------
-    def _cancel(self, event: dict, client: WebClient, job_id: str, context: dict) -> None:
-        job = self.index.job(job_id)
-        if job is None:
-            return
-        user = event.get("user")
-        if not user:
-            return  # a broken payload: no one reacted
-        if user != job.requester.user_id:
-            client.chat_postEphemeral(channel=job.reply_to.channel_id, user=user,
-                                      thread_ts=job.reply_to.thread_id,
+    # -- stop and regenerate (reactions and buttons alike) ----------------------------------------------
+    def stop(self, gesture: Gesture, client: WebClient, job: Job, context: dict) -> None:
+        """Only the asker may stop an answer; one still queued is removed and says so, a running one stops
+        (the worker sees the cancel flag)."""
+        target = job.reply_to
+        if gesture.user != job.requester.user_id:
+            client.chat_postEphemeral(channel=target.channel_id, user=gesture.user, thread_ts=target.thread_id,
                                       text=ONLY_ASKER_CAN_STOP)
             return
-        if self.queue.cancel(job_id) == "removed":  # blocks=[]: a requeued job's placeholder may show an answer
-            client.chat_update(channel=job.reply_to.channel_id, ts=job.reply_to.placeholder_id,
-                               text=f"_{STOPPED_BEFORE_START}_", blocks=[])
+        if self.queue.cancel(job.job_id) == "removed":
+            show_stopped(client, target, job.job_id)
 
-    def _regenerate(self, event: dict, client: WebClient, job_id: str, context: dict) -> None:
-        job, user = self.index.job(job_id), event.get("user")
-        if job is None or not user or not claim_once(self.redis, self.queue.keys,
-                                                     f"reaction:{event.get('event_ts')}:{job_id}",
-                                                     context.get(EVENT_ID)):
+    def regenerate(self, gesture: Gesture, client: WebClient, job: Job, context: dict) -> None:
+        """Ask the answer's question again into the same thread, on behalf of whoever reacted or clicked (the
+        allowlist applies to them), with the original's files and rule."""
+        if not claim_once(self.redis, self.queue.keys, f"{gesture.kind}:{gesture.ts}:{job.job_id}",
+                          context.get(EVENT_ID)):
             return
         metrics.QUESTIONS.labels("slack").inc()  # the same question, asked again
-        target = job.reply_to
-        if refusal := self.allowlist.refusal(channel_ids={target.channel_id}, user_id=user):
+        old = job.reply_to
+        if refusal := self.allowlist.refusal(channel_ids={old.channel_id}, user_id=gesture.user):
             metrics.NOT_ALLOWED.labels("slack").inc()
-            client.chat_postEphemeral(channel=target.channel_id, user=user, thread_ts=target.thread_id, text=refusal)
+            client.chat_postEphemeral(channel=old.channel_id, user=gesture.user, thread_ts=old.thread_id,
+                                      text=refusal)
             return
-        new_id = self.queue.keys.job_id("slack", f"again-{target.channel_id}-{event.get('event_ts')}-{job_id}")
-        self.submit(client, new_id, job.turns, Requester(platform="slack", user_id=user), target.channel_id,
-                    target.thread_id, {name: getattr(job, name) for name in JOB_CONTEXT},
-                    look_first=bool(context.get(RECOVERED)))
+        new_id = self.queue.keys.job_id("slack", f"again-{old.channel_id}-{gesture.ts}-{job.job_id}")
+        target = self.reply_target(old.channel_id, old.thread_id, old.assistant, old.team_id)
+        self.submit(client, new_id, job.turns, Requester(platform="slack", user_id=gesture.user), target,
+                    {name: getattr(job, name) for name in JOB_CONTEXT}, look_first=bool(context.get(RECOVERED)))
 
     # -- failures --------------------------------------------------------------------------------------
-    def _answer_place(self, item: dict, job_id: str) -> Place:
-        """Where a failure about a reaction on an answer goes: the answer's thread (the reaction event has
-        neither ``ts`` nor ``thread_ts`` of its own)."""
-        try:
-            job = self.index.job(job_id)
-        except Exception:  # the failure being reported may be Redis itself
-            job = None
-        return item["channel"], (job.reply_to.thread_id if job else None) or item["ts"]
-
     def guarded(self, handler, event: dict, client: WebClient, *rest, where: Callable[[], Place],
                 retry_when_down: bool = True) -> None:
         """Run a listener; on a failure tell the user in the thread ``where`` names instead of failing silently.
@@ -231,6 +238,20 @@ class SlackQuestions:
                 client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text)
             except Exception:
                 log.warning("could not tell the user about the failure", exc_info=True)
+
+
+def answer_place(job: Job, message_ts: str) -> Place:
+    """Where a failure about an answer (a reaction on it, a click on its buttons) goes: the answer's thread."""
+    return job.reply_to.channel_id, job.reply_to.thread_id or message_ts
+
+
+def asker_team(event: dict, context: dict) -> str | None:
+    """The workspace of the person who wrote a message (Slack Connect: maybe not the app's), which Slack's
+    streaming wants with the recipient; the app's own workspace when the event does not say."""
+    for team in (event.get("user_team"), event.get("team"), context.get("team_id")):
+        if isinstance(team, str) and team:
+            return team
+    return None
 
 
 def question_place(event: dict) -> Place:

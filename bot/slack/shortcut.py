@@ -127,7 +127,7 @@ class MessageShortcut:
         attachments, notes = self.attachments_of(message, context.get("bot_user_id"))
         job_id = questions.queue.keys.job_id("slack", f"about-{channel}-{ts}-{view.get('id') or user}")
         questions.submit(client, job_id, [JobTurn(role="user", text=submitted_question(view))],
-                         Requester(platform="slack", user_id=user), channel, thread_ts,
+                         Requester(platform="slack", user_id=user), questions.reply_target(channel, thread_ts),
                          questions.job_context(channel, attachments, notes))
 
     def attachments_of(self, message: dict, bot_user_id: str | None) -> tuple[list[Attachment], list[str]]:

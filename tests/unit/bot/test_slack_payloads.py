@@ -1,7 +1,8 @@
 """Slack's documented payloads (tests/data/slack_payloads/*.json, each naming its docs page in "_source") replayed
 through the real bolt app: over Socket Mode against the fake Slack, and a few over HTTP with a valid signature.
 
-Each is handled as intended (a job, answered in the right thread; ❌ on an answer cancels it) or ignored quietly:
+Each is handled as intended (a job, answered in the right thread; ❌ on an answer cancels it; a new assistant thread
+gets its suggested prompts) or ignored quietly:
 no exception escapes a listener, no post lands outside the question's thread, no log record at WARNING or above.
 """
 
@@ -104,6 +105,9 @@ def test_a_documented_payload_is_handled_or_ignored_quietly(path, fake, redis, s
             fake.wait_for(lambda: len(jobs_in(redis, settings, target_channel)) == before[target_channel] + 1)
         elif doc["expect"] == "cancelled":
             fake.wait_for(lambda: len(jobs_in(redis, settings, channel)) == 0)
+        elif doc["expect"] == "prompts":
+            thread = event["assistant_thread"]
+            fake.wait_for(lambda: (thread["channel_id"], thread["thread_ts"]) in fake.suggested_prompts)
         time.sleep(0.4)  # time for anything unintended to show up
         assert problems_logged(caplog) == []
     after = {c: len(jobs_in(redis, settings, c)) for c in (channel, dm)}

@@ -78,10 +78,24 @@ def test_the_manifest_subscribes_exactly_the_events_the_app_listens_to():
 
     manifest = yaml.safe_load((REPO / "bot/slack/manifest.yml").read_text())
     events = set(manifest["settings"]["event_subscriptions"]["bot_events"])
-    assert events == {"app_mention", "message.channels", "message.groups", "message.im", "reaction_added"}
+    assert events == {"app_mention", "message.channels", "message.groups", "message.im", "reaction_added",
+                      "assistant_thread_started", "assistant_thread_context_changed"}
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == {
         "app_mentions:read", "chat:write", "channels:history", "groups:history", "im:history", "reactions:read",
-        "files:read", "commands"}
+        "files:read", "commands", "assistant:write"}
     assert [(s["type"], s["callback_id"]) for s in manifest["features"]["shortcuts"]] == [
         ("message", "ask_about_message")]
     assert manifest["settings"]["socket_mode_enabled"] is True
+    assert manifest["settings"]["interactivity"]["is_enabled"] is True  # the shortcut, the buttons, the modals
+
+
+def test_the_manifests_assistant_view_suggests_the_default_prompts():
+    import yaml
+
+    from worker.settings import DEFAULT_SLACK_SUGGESTED_PROMPTS
+
+    view = yaml.safe_load((REPO / "bot/slack/manifest.yml").read_text())["features"]["assistant_view"]
+    assert view["assistant_description"].strip()
+    # Slack's manifest schema: title and message each, at most 4 prompts
+    assert view["suggested_prompts"] == [{"title": p, "message": p} for p in DEFAULT_SLACK_SUGGESTED_PROMPTS]
+    assert len(view["suggested_prompts"]) <= 4
