@@ -597,6 +597,11 @@ class FakeSlack(LoopbackServer):
         with self._cond:
             return self._shown(self._channels[channel][ts])
 
+    @classmethod
+    def shown_in(cls, message: dict) -> str:
+        """What a person sees of a message as ``messages``/``thread`` return it."""
+        return cls._shown(message)
+
     def history_of(self, channel: str, ts: str) -> list[str]:
         with self._cond:
             return list(self._texts.get((channel, ts), []))

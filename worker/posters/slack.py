@@ -1,10 +1,14 @@
 """The Slack reply poster: streams an answer into the placeholder the adapter posted, via ``chat.update``.
 
-Answers go as ``markdown_text`` (Slack renders the model's Markdown; see ``slack_text`` for why and how it pings
-no one); a streamed edit holds back a link or code span still being written, and a code block still open is
-closed, so every edit renders. Status texts go as mrkdwn ``text`` with ``blocks=[]``: chat.update keeps a
-message's previous blocks unless given an empty array (Slack's chat.update reference), and markdown_text is
-shown as blocks, so without it an error would stay hidden behind the partial answer.
+Answers go as a markdown block (Slack renders the model's Markdown; see ``slack_text`` for why and how it pings
+no one) with Block Kit buttons under the last message (``slack_messages``: Stop and Regenerate while it runs,
+Regenerate and 👍/👎 once finished) and a plain ``text`` fallback; a streamed edit holds back a link or code span
+still being written, and a code block still open is closed, so every edit renders. Statuses are mrkdwn
+(``_thinking…_`` with the buttons; a warning with ``blocks=[]``, since chat.update keeps a message's previous
+blocks unless given an empty array).
+
+In Slack's assistant view (``reply_to.assistant``, with ``slack_native_streaming``) there is no placeholder: the
+wait is the thread's status line and the answer streams natively; ``slack_stream`` says how.
 
 An answer longer than one Slack message continues in further thread messages (cut on paragraph/code-block
 boundaries by ``split_message``; their ids kept by ``ExtraMessages`` for retried jobs). Slack's 429s are waited
@@ -16,11 +20,11 @@ Retries come in two layers that add up in time, not in number: within one call t
 deliberately not used); a 5xx, or a 429 still refused, goes to ``deliver()``, which retries for the delivery
 retry window, a deadline in time however long each call took.
 
-Never a message twice: a dropped connection is retried blindly for every method but ``chat.postMessage``, where
-Slack may have taken the post before the connection broke. Every message we post carries our message
-``metadata`` (the job id and part number); after a dropped or timed-out post ``post_once`` looks for that
-message in the thread (or channel) and posts again only when it is not there. The adapter's placeholder goes
-through the same function.
+Never a message twice: a dropped connection is retried blindly for every method but those that add something
+Slack may have taken before the connection broke (``chat.postMessage``, ``chat.startStream``,
+``chat.appendStream``). Every message we post carries our message ``metadata`` (the job id and part number);
+after a dropped or timed-out post ``post_once`` looks for that message in the thread (or channel) and posts again
+only when it is not there. The adapter's placeholder goes through the same function.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from slack_sdk.http_retry.request import HttpRequest
 
 from worker.posters.extra_messages import ExtraMessages
 from worker.posters.markdown_spans import hold_back_unfinished
-from worker.posters.slack_text import escape, message_parts
+from worker.posters.slack_messages import answer_body, as_post, status_body, warning_body
+from worker.posters.slack_text import message_parts
 from worker.posters.status_text import RESTARTING, waiting_text
 from worker.queue.keys import RedisKeys
 from worker.queue.reply_index import ReplyIndex
@@ -54,12 +59,16 @@ POST_ATTEMPTS = 3  # posts tried by post_once while the connection drops and the
 LOOKUP_PAGES = 10  # pages of 200 messages post_once reads looking for a post that may have been taken
 
 
+# Methods that add to what people see: Slack may have taken one before the connection broke, and a blind retry
+# would show a message (or a streamed piece) twice. Their callers check instead (post_once, SlackStream).
+NOT_RETRIED_BLINDLY = ("chat.postMessage", "chat.startStream", "chat.appendStream")
+
+
 class ConnectionRetryExceptPosts(ConnectionErrorRetryHandler):
-    """slack_sdk's retry of a dropped connection, except for chat.postMessage: Slack may have taken that post
-    before the connection broke, and a blind retry would show the message twice (post_once checks first)."""
+    """slack_sdk's retry of a dropped connection, except for the methods in ``NOT_RETRIED_BLINDLY``."""
 
     def _can_retry(self, *, state, request: HttpRequest, response=None, error=None) -> bool:
-        if request.url.rstrip("/").endswith("/chat.postMessage"):
+        if request.url.rstrip("/").rsplit("/", 1)[-1] in NOT_RETRIED_BLINDLY:
             return False
         return super()._can_retry(state=state, request=request, response=response, error=error)
 
@@ -120,40 +129,40 @@ class SlackPoster:
     def __init__(self, client: WebClient, redis: Redis, keys: RedisKeys, limit: int = MESSAGE_LIMIT):
         self.client, self.redis, self.keys, self.limit = client, redis, keys, limit
         self.index = ReplyIndex(redis, keys)
-        self.shown: dict[int, tuple[bool, str]] = {}  # message number -> (markdown?, text) it shows now
+        self.shown: dict[int, dict] = {}  # message number -> the body (text, blocks) it shows now
         self.unsure: set[int] = set()  # message numbers whose post failed in a way that may have posted them
         # A crashed worker began this answer: it may have posted a part and died before recording it.
         self.restarted = False
 
     # -- the Poster interface --------------------------------------------------------------------------
     def waiting(self, job: Job, position: int | None) -> None:
-        self._edit(job, 0, f"_{waiting_text(position)}_")
+        self._edit(job, 0, status_body(f"_{waiting_text(position)}_", job.job_id))
 
     def update(self, job: Job, text: str) -> None:
         text = hold_back_unfinished(text)
         if text.strip():
-            self._show(job, text)
+            self._show(job, text, running=True)
 
     def finish(self, job: Job, text: str) -> None:
-        count = self._show(job, text)
+        count = self._show(job, text, running=False)
         self._remove_parts_after(job, count)
 
     def fail(self, job: Job, message: str) -> None:
-        self._edit(job, 0, f":warning: {escape(message)}")
+        self._edit(job, 0, warning_body(message))
         self._remove_parts_after(job, 1)
 
     def restart(self, job: Job) -> None:
         self.restarted = True
-        self._edit(job, 0, f"_{RESTARTING}_")
+        self._edit(job, 0, status_body(f"_{RESTARTING}_", job.job_id))
 
     # -- messages --------------------------------------------------------------------------------------
-    def _show(self, job: Job, text: str) -> int:
-        """Show ``text`` across as many messages as it needs; returns how many."""
+    def _show(self, job: Job, text: str, running: bool) -> int:
+        """Show ``text`` across as many messages as it needs, the buttons on the last; returns how many."""
         while True:
             parts = message_parts(text, self.limit)
             try:
                 for number, part in enumerate(parts):
-                    self._edit(job, number, part, markdown=True)
+                    self._edit(job, number, answer_body(part, job.job_id, number == len(parts) - 1, running))
                 return len(parts)
             except SlackApiError as err:
                 if err.response.get("error") != "msg_too_long" or self.limit <= SMALLEST_LIMIT:
@@ -161,18 +170,17 @@ class SlackPoster:
                 self.limit = max(SMALLEST_LIMIT, self.limit // 2)
                 log.warning("Slack said msg_too_long; cutting answers at %d characters", self.limit)
 
-    def _edit(self, job: Job, number: int, content: str, markdown: bool = False) -> None:
-        """Show ``content`` in message ``number``: Markdown as markdown_text, else mrkdwn text (blocks cleared)."""
-        if self.shown.get(number) == (markdown, content):
+    def _edit(self, job: Job, number: int, body: dict) -> None:
+        """Make message ``number`` show ``body`` (see ``slack_messages``), posting it if it is not there yet."""
+        if self.shown.get(number) == body:
             return
         ts = self._message_ts(job, number)
         target = job.reply_to
-        body = {"markdown_text": content} if markdown else {"text": content}
         if ts is None:
             try:
                 ts = post_once(self.client, channel=target.channel_id, thread_ts=target.thread_id, job_id=job.job_id,
                                part=number, look_first=self.restarted or number in self.unsure, unfurl_links=False,
-                               unfurl_media=False, **body)
+                               unfurl_media=False, **as_post(body))
             except (OSError, SlackApiError) as err:
                 if isinstance(err, OSError) or err.response.status_code >= 500:
                     self.unsure.add(number)  # Slack may have taken it; deliver() calls again: look before posting
@@ -180,8 +188,8 @@ class SlackPoster:
             self.unsure.discard(number)
             self._remember_part(job, number, ts)
         else:
-            self.client.chat_update(channel=target.channel_id, ts=ts, **(body if markdown else dict(body, blocks=[])))
-        self.shown[number] = (markdown, content)
+            self.client.chat_update(channel=target.channel_id, ts=ts, **body)
+        self.shown[number] = body
 
     def _message_ts(self, job: Job, number: int) -> str | None:
         if number == 0 and job.reply_to.placeholder_id:
