@@ -43,7 +43,8 @@ Bearer`` (else a ``token`` arg) and kept out of ``ApiCall.args``. Form values st
 message's ``text`` set to it; it may not come with ``text`` or ``blocks`` ("should not be used in conjunction with
 blocks or text": the fake answers ``invalid_arguments``) and is limited to 12,000 characters (``msg_too_long``).
 chat.update without ``blocks`` keeps the message's blocks, as Slack documents ("To remove previous blocks, include
-an empty array"), so a ``text`` edit of a markdown message changes only its fallback text. ``history_of`` and
+an empty array"), so a ``text`` edit of a markdown message changes only its fallback text; given ``metadata`` it
+replaces the message's (without, it keeps it). ``history_of`` and
 ``shown`` give what a person sees: the markdown blocks' text when there are any, else ``text``.
 Native streaming (chat.startStream / appendStream / stopStream, JSON bodies): the stream is a bot message replying
 in ``thread_ts`` (required: ``invalid_arguments``; so are ``recipient_user_id`` and ``recipient_team_id`` outside
@@ -296,9 +297,7 @@ class FakeSlack(LoopbackServer):
             msg["blocks"] = args["blocks"]
         if markdown is not None:
             msg["blocks"] = [{"type": "markdown", "text": markdown}]
-        if isinstance(args.get("metadata"), dict):
-            msg["metadata"] = {"event_type": str(args["metadata"].get("event_type", "")),
-                               "event_payload": args["metadata"].get("event_payload") or {}}
+        self._keep_metadata(msg, args)
         self._store(channel, msg)
         return {"channel": channel, "ts": msg["ts"], "message": copy.deepcopy(msg)}
 
@@ -319,6 +318,7 @@ class FakeSlack(LoopbackServer):
             msg["blocks"] = [{"type": "markdown", "text": markdown}]
         if not msg.get("blocks"):
             msg.pop("blocks", None)
+        self._keep_metadata(msg, args)
         msg["edited"] = {"user": self.bot_user_id, "ts": self._new_ts()}
         self._texts[(channel, msg["ts"])].append(self._shown(msg))
         return {"channel": channel, "ts": msg["ts"], "text": msg["text"], "message": copy.deepcopy(msg)}
@@ -427,9 +427,7 @@ class FakeSlack(LoopbackServer):
         if markdown:
             self._grow(channel, msg, markdown)
         msg["blocks"] = [*msg["blocks"], *copy.deepcopy(blocks)]
-        if isinstance(args.get("metadata"), dict):
-            msg["metadata"] = {"event_type": str(args["metadata"].get("event_type", "")),
-                               "event_payload": args["metadata"].get("event_payload") or {}}
+        self._keep_metadata(msg, args)
         self._streams[(channel, msg["ts"])].ended_by = "app"
         return {"channel": channel, "ts": msg["ts"], "message": copy.deepcopy(msg)}
 
@@ -508,6 +506,13 @@ class FakeSlack(LoopbackServer):
         if len(markdown) > self.max_markdown_chars:
             raise _ApiError("msg_too_long")
         return markdown
+
+    @staticmethod
+    def _keep_metadata(msg: dict, args: dict) -> None:
+        """The message ``metadata`` a call gives (chat.postMessage, chat.update, chat.stopStream), as Slack keeps it."""
+        if isinstance(args.get("metadata"), dict):
+            msg["metadata"] = {"event_type": str(args["metadata"].get("event_type", "")),
+                               "event_payload": args["metadata"].get("event_payload") or {}}
 
     def _check_markdown_blocks(self, blocks: Any) -> None:
         markdown = [b for b in blocks or [] if isinstance(b, dict) and b.get("type") == "markdown"]

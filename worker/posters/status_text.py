@@ -12,6 +12,12 @@ def waiting_text(position: int | None) -> str:
     return f"{THINKING} #{position} in queue"
 
 
+def assistant_status(position: int | None) -> str:
+    """The same words as the status line of a Slack assistant thread, which Slack shows after the app's name
+    ("xwinbot is thinking… #3 in queue"); "" clears it."""
+    return f"is {waiting_text(position)}"
+
+
 RESTARTING = "thinking… (starting over: the worker answering this was restarted)"
 
 STOPPED_BEFORE_START = "(stopped before it started)"
