@@ -171,6 +171,7 @@ class SlackPoster:
         if self._native(job) and not self.editing:
             self._stream(job, text)
         else:
+            self._end_stream(job)  # left open when stopping it failed (Slack down): stopped before it is edited
             self._show(job, text, running=True)
 
     def finish(self, job: Job, text: str) -> None:
@@ -259,15 +260,15 @@ class SlackPoster:
 
     def _leave_stream(self, job: Job, text: str, why: str) -> None:
         log.info("job %s: %s; the answer goes on with chat.update", job.job_id, why)
+        self.editing = True  # even if stopping the stream fails now: the next update stops it first
         self._end_stream(job)
-        self.editing = True
         self._show(job, text, running=True)
 
     def _end_stream(self, job: Job) -> None:
         """Stop the stream, if one is open, with our metadata: its message can be edited from then on."""
         if self.stream is not None:
             stop_stream(self.client, self.stream.channel, self.stream.ts, message_metadata(job.job_id, 0))
-            self.stream, self.editing = None, True
+            self.stream = None
 
     def _clear_status(self, job: Job) -> None:
         """Remove the thread's status if this answer never posted (Slack removes it when the app posts)."""

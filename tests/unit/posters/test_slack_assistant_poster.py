@@ -8,6 +8,7 @@ import time
 
 import pytest
 from redis import Redis
+from slack_sdk.errors import SlackApiError
 
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.slack_helpers import BOT_TOKEN, unique
@@ -240,3 +241,18 @@ def test_a_failure_before_any_text_is_a_message_in_the_thread_and_the_status_goe
     (message,) = answers(fake, job)
     assert message["text"] == ":warning: Your message is too long"
     assert fake.status_of(job.reply_to.channel_id, job.reply_to.thread_id) == ""
+
+
+def test_a_stream_whose_stop_failed_is_stopped_by_the_next_update_before_it_is_edited(fake, redis):
+    job = assistant_job(fake)
+    p = poster(fake, redis, limit=500)
+    p.update(job, "Paris is the")
+    fake.fail_next("chat.stopStream", "internal_error")
+    with pytest.raises(SlackApiError, match="internal_error"):
+        p.update(job, "Paris is the capital. " + "And more words. " * 40)  # outgrew one message: leave the stream
+    answer = "Paris is the capital. " + "And more words. " * 50
+    p.update(job, answer)  # stops the stream, then edits (an edit of a live stream would be refused)
+    p.finish(job, answer.strip())
+    replies = answers(fake, job)
+    assert " ".join(fake.shown_in(m) for m in replies).split() == answer.split()
+    assert not any(fake.streaming(job.reply_to.channel_id, m["ts"]) for m in replies)
