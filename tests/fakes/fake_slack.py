@@ -43,8 +43,19 @@ Bearer`` (else a ``token`` arg) and kept out of ``ApiCall.args``. Form values st
 message's ``text`` set to it; it may not come with ``text`` or ``blocks`` ("should not be used in conjunction with
 blocks or text": the fake answers ``invalid_arguments``) and is limited to 12,000 characters (``msg_too_long``).
 chat.update without ``blocks`` keeps the message's blocks, as Slack documents ("To remove previous blocks, include
-an empty array"), so a ``text`` edit of a markdown message changes only its fallback text. ``history_of`` and
+an empty array"), so a ``text`` edit of a markdown message changes only its fallback text; given ``metadata`` it
+replaces the message's (without, it keeps it). ``history_of`` and
 ``shown`` give what a person sees: the markdown blocks' text when there are any, else ``text``.
+Native streaming (chat.startStream / appendStream / stopStream, JSON bodies): the stream is a bot message replying
+in ``thread_ts`` (required: ``invalid_arguments``; so are ``recipient_user_id`` and ``recipient_team_id`` outside
+a DM, a channel id not starting with "D") whose markdown block grows by each call's ``markdown_text`` or
+``markdown_text`` chunks (each at most 12,000 characters: ``msg_too_long``); each growth is a ``history_of``
+entry. stopStream's ``blocks`` go under the text and its ``metadata`` is kept as chat.postMessage keeps it. A
+stream takes appends until it is stopped or ``stream_lifetime_s`` (Slack: about 5 minutes) after it started;
+then appends and stops answer ``message_not_in_streaming_state``, or ``stopped_by_user`` after a test called
+``stop_stream_by_user`` (the person pressed stop in Slack). chat.update of a stream still live answers
+``streaming_state_conflict`` (our guard); once it ended it is an ordinary bot message. ``streaming()`` says
+whether a message still streams.
 ``rate_limit()`` / ``fail_next()`` refuse the next calls of one method; ``outage()`` refuses every Web API call
 for a while (bursts of 5xx and of 429 with Retry-After, unprocessed; see ``platform_outage.py``).
 
@@ -78,7 +89,7 @@ from aiohttp import WSMsgType, web
 from tests.fakes.loopback_server import LoopbackServer
 from tests.fakes.platform_outage import BURSTS, Outage
 
-JSON_ARGS = ("blocks", "attachments", "metadata")
+JSON_ARGS = ("blocks", "attachments", "metadata", "chunks")
 
 
 @dataclass
@@ -94,6 +105,14 @@ class _ApiError(Exception):
     def __init__(self, error: str):
         super().__init__(error)
         self.error = error
+
+
+@dataclass
+class _Stream:
+    """A message streamed with chat.startStream: live until stopped (by the app or the person) or too old."""
+
+    started_at: float  # time.monotonic()
+    ended_by: str | None = None  # None while live; "app" (chat.stopStream), "user" (stop_stream_by_user), "slack"
 
 
 @dataclass
@@ -118,6 +137,8 @@ class FakeSlack(LoopbackServer):
     # minutes without a message); tests shorten it to see a status kept alive.
     status_lifetime_s: float = 120.0
     max_suggested_prompts: int = 4
+    # Slack ends a streamed message this long after chat.startStream (appends do not extend it); tests shorten it.
+    stream_lifetime_s: float = 300.0
 
     def __init__(self, bot_token="xoxb-test", app_token="xapp-test", bot_user_id="UBOT", bot_id="BBOT",
                  team_id="T0001", api_app_id="A0001", *, server_ping_interval: float | None = 0.5,
@@ -152,6 +173,7 @@ class FakeSlack(LoopbackServer):
         self.status_history: list[tuple[str, str, str]] = []  # (channel, thread_ts, status) of every setStatus
         self.suggested_prompts: dict[tuple[str, str | None], dict] = {}  # -> {"title": …, "prompts": […]}
         self.titles: dict[tuple[str, str], str] = {}
+        self._streams: dict[tuple[str, str], _Stream] = {}  # (channel, ts) -> every message ever streamed
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -275,9 +297,7 @@ class FakeSlack(LoopbackServer):
             msg["blocks"] = args["blocks"]
         if markdown is not None:
             msg["blocks"] = [{"type": "markdown", "text": markdown}]
-        if isinstance(args.get("metadata"), dict):
-            msg["metadata"] = {"event_type": str(args["metadata"].get("event_type", "")),
-                               "event_payload": args["metadata"].get("event_payload") or {}}
+        self._keep_metadata(msg, args)
         self._store(channel, msg)
         return {"channel": channel, "ts": msg["ts"], "message": copy.deepcopy(msg)}
 
@@ -285,6 +305,10 @@ class FakeSlack(LoopbackServer):
         channel, msg = self._find(args)
         if msg.get("bot_id") != self.bot_id:
             raise _ApiError("cant_update_message")
+        if self._stream_state(channel, msg["ts"]) == "live":
+            # Our guard: Slack's chat.update reference does not say what a message still streaming answers;
+            # streaming_state_conflict is the error other Slack clients report for it.
+            raise _ApiError("streaming_state_conflict")
         markdown = self._markdown(args)
         text = markdown if markdown is not None else self._text(args, required=False)
         msg["text"] = text if "text" in args or markdown is not None else msg["text"]
@@ -294,6 +318,7 @@ class FakeSlack(LoopbackServer):
             msg["blocks"] = [{"type": "markdown", "text": markdown}]
         if not msg.get("blocks"):
             msg.pop("blocks", None)
+        self._keep_metadata(msg, args)
         msg["edited"] = {"user": self.bot_user_id, "ts": self._new_ts()}
         self._texts[(channel, msg["ts"])].append(self._shown(msg))
         return {"channel": channel, "ts": msg["ts"], "text": msg["text"], "message": copy.deepcopy(msg)}
@@ -369,6 +394,86 @@ class FakeSlack(LoopbackServer):
         self.titles[(channel, thread_ts)] = str(self._arg(args, "title", "invalid_arguments"))
         return {}
 
+    # -- native streaming: chat.startStream / appendStream / stopStream
+
+    def _m_chat_startStream(self, args: dict) -> dict:
+        """A bot message replying in a thread whose Markdown then grows with each append. Outside a DM (a channel
+        id not starting with "D") Slack wants the recipient user and team."""
+        channel = self._arg(args, "channel", "channel_not_found")
+        if not args.get("thread_ts"):
+            raise _ApiError("invalid_arguments")
+        if not str(channel).startswith("D") and not (args.get("recipient_user_id") and args.get("recipient_team_id")):
+            raise _ApiError("invalid_arguments")
+        markdown = self._stream_text(args, required=False)
+        msg = {"type": "message", "ts": self._new_ts(), "text": markdown, "user": self.bot_user_id,
+               "bot_id": self.bot_id, "app_id": self.api_app_id, "team": self.team_id,
+               "thread_ts": str(args["thread_ts"]), "blocks": [{"type": "markdown", "text": markdown}]}
+        self._streams[(channel, msg["ts"])] = _Stream(time.monotonic())
+        self._store(channel, msg)
+        return {"channel": channel, "ts": msg["ts"]}
+
+    def _m_chat_appendStream(self, args: dict) -> dict:
+        channel, msg = self._live_stream(args)
+        self._grow(channel, msg, self._stream_text(args, required=True))
+        return {"channel": channel, "ts": msg["ts"]}
+
+    def _m_chat_stopStream(self, args: dict) -> dict:
+        """Ends the stream, with optional last text; ``blocks`` are shown under the text, ``metadata`` is kept as
+        chat.postMessage keeps it. The message is an ordinary bot message from then on."""
+        channel, msg = self._live_stream(args)
+        markdown = self._stream_text(args, required=False)
+        blocks = args.get("blocks") if isinstance(args.get("blocks"), list) else []
+        self._check_markdown_blocks(blocks)
+        if markdown:
+            self._grow(channel, msg, markdown)
+        msg["blocks"] = [*msg["blocks"], *copy.deepcopy(blocks)]
+        self._keep_metadata(msg, args)
+        self._streams[(channel, msg["ts"])].ended_by = "app"
+        return {"channel": channel, "ts": msg["ts"], "message": copy.deepcopy(msg)}
+
+    def _stream_text(self, args: dict, required: bool) -> str:
+        """The Markdown a stream call adds: ``markdown_text`` or the ``markdown_text`` chunks (other chunk types,
+        tasks and plans, are accepted and not shown). Each piece is limited to 12,000 characters."""
+        pieces = [args["markdown_text"]] if args.get("markdown_text") is not None else []
+        chunks = args.get("chunks")
+        if chunks is not None:
+            if not isinstance(chunks, list) or not all(isinstance(c, dict) and c.get("type") for c in chunks):
+                raise _ApiError("invalid_chunks")
+            pieces += [c.get("text") for c in chunks if c["type"] == "markdown_text"]
+        if not all(isinstance(piece, str) for piece in pieces):
+            raise _ApiError("invalid_chunks")
+        if required and not pieces:
+            raise _ApiError("invalid_arguments")
+        if any(len(piece) > self.max_markdown_chars for piece in pieces):
+            raise _ApiError("msg_too_long")
+        return "".join(pieces)
+
+    def _live_stream(self, args: dict) -> tuple[str, dict]:
+        """The message of a stream that still takes appends, or the error Slack answers."""
+        channel, msg = self._find(args)
+        state = self._stream_state(channel, msg["ts"])
+        if state == "stopped_by_user":
+            raise _ApiError("stopped_by_user")
+        if state != "live":
+            raise _ApiError("message_not_in_streaming_state")
+        return channel, msg
+
+    def _stream_state(self, channel: str, ts: str) -> str:
+        """"live", "stopped_by_user", or "ended" (stopped by the app, past its lifetime, or never a stream)."""
+        stream = self._streams.get((channel, ts))
+        if stream is None:
+            return "ended"
+        if stream.ended_by is None and time.monotonic() - stream.started_at >= self.stream_lifetime_s:
+            stream.ended_by = "slack"  # ended for good, whatever the lifetime is later
+        if stream.ended_by in ("app", "slack"):
+            return "ended"
+        return "stopped_by_user" if stream.ended_by == "user" else "live"
+
+    def _grow(self, channel: str, msg: dict, markdown: str) -> None:
+        msg["text"] += markdown
+        msg["blocks"][0]["text"] += markdown
+        self._texts[(channel, msg["ts"])].append(self._shown(msg))
+
     # -- helpers for the methods (called under the lock)
 
     @staticmethod
@@ -386,7 +491,11 @@ class FakeSlack(LoopbackServer):
         return text
 
     def _markdown(self, args: dict) -> str | None:
-        """The ``markdown_text`` argument (None without it), refused with ``text`` or ``blocks`` or too long."""
+        """The ``markdown_text`` argument (None without it), refused with ``text`` or ``blocks`` or too long.
+        Markdown blocks share the same limit ("the cumulative limit for all markdown blocks in a single payload
+        is 12,000 characters", Slack's markdown block reference); that Slack then answers msg_too_long is our
+        assumption."""
+        self._check_markdown_blocks(args.get("blocks"))
         if "markdown_text" not in args:
             return None
         if args.get("text") or args.get("blocks"):
@@ -397,6 +506,18 @@ class FakeSlack(LoopbackServer):
         if len(markdown) > self.max_markdown_chars:
             raise _ApiError("msg_too_long")
         return markdown
+
+    @staticmethod
+    def _keep_metadata(msg: dict, args: dict) -> None:
+        """The message ``metadata`` a call gives (chat.postMessage, chat.update, chat.stopStream), as Slack keeps it."""
+        if isinstance(args.get("metadata"), dict):
+            msg["metadata"] = {"event_type": str(args["metadata"].get("event_type", "")),
+                               "event_payload": args["metadata"].get("event_payload") or {}}
+
+    def _check_markdown_blocks(self, blocks: Any) -> None:
+        markdown = [b for b in blocks or [] if isinstance(b, dict) and b.get("type") == "markdown"]
+        if sum(len(str(b.get("text", ""))) for b in markdown) > self.max_markdown_chars:
+            raise _ApiError("msg_too_long")
 
     @staticmethod
     def _shown(msg: dict) -> str:
@@ -481,9 +602,25 @@ class FakeSlack(LoopbackServer):
         with self._cond:
             return self._shown(self._channels[channel][ts])
 
+    @classmethod
+    def shown_in(cls, message: dict) -> str:
+        """What a person sees of a message as ``messages``/``thread`` return it."""
+        return cls._shown(message)
+
     def history_of(self, channel: str, ts: str) -> list[str]:
         with self._cond:
             return list(self._texts.get((channel, ts), []))
+
+    def streaming(self, channel: str, ts: str) -> bool:
+        """Whether a message is a stream that still takes appends."""
+        with self._cond:
+            return self._stream_state(channel, ts) == "live"
+
+    def stop_stream_by_user(self, channel: str, ts: str) -> None:
+        """The person presses stop on a streaming message in Slack: later appends answer ``stopped_by_user``."""
+        with self._cond:
+            self._streams[(channel, ts)].ended_by = "user"
+            self._cond.notify_all()
 
     def status_of(self, channel: str, thread_ts: str) -> str:
         """The loading status a person sees under an assistant thread now ("" for none)."""

@@ -180,3 +180,95 @@ def test_a_delayed_call_waits_and_is_noted(fake, client):
     began = time.monotonic()
     client.auth_test()
     assert time.monotonic() - began < 0.5  # only the next call
+
+
+def test_a_native_stream_grows_in_its_thread_then_stops_into_an_ordinary_message(fake, client):
+    question = fake.add_user_message("CSTREAM", "U1", "a question")
+    client.assistant_threads_setStatus(channel_id="CSTREAM", thread_ts=question, status="is thinking…")
+    started = client.chat_startStream(channel="CSTREAM", thread_ts=question, recipient_user_id="U1",
+                                      recipient_team_id=fake.team_id, markdown_text="**Paris** is")
+    ts = started["ts"]
+    assert fake.status_of("CSTREAM", question) == ""  # the app posted in the thread
+    client.chat_appendStream(channel="CSTREAM", ts=ts, markdown_text=" the capital")
+    client.chat_appendStream(channel="CSTREAM", ts=ts, chunks=[{"type": "markdown_text", "text": " of France."},
+                                                               {"type": "plan_update", "title": "Answering"}])
+    assert fake.history_of("CSTREAM", ts) == ["**Paris** is", "**Paris** is the capital",
+                                              "**Paris** is the capital of France."]
+    assert fake.streaming("CSTREAM", ts)
+    with pytest.raises(SlackApiError, match="streaming_state_conflict"):  # no edit while it streams
+        client.chat_update(channel="CSTREAM", ts=ts, text="edited")
+
+    metadata = {"event_type": "xwinbot_message", "event_payload": {"job_id": "j", "part": 0}}
+    buttons = [{"type": "actions", "elements": [{"type": "button", "action_id": "again",
+                                                 "text": {"type": "plain_text", "text": "Again"}}]}]
+    client.chat_stopStream(channel="CSTREAM", ts=ts, blocks=buttons, metadata=metadata)
+    (reply,) = client.conversations_replies(channel="CSTREAM", ts=question, include_all_metadata=True)["messages"][1:]
+    assert reply["bot_id"] == fake.bot_id and reply["thread_ts"] == question and reply["metadata"] == metadata
+    assert [b["type"] for b in reply["blocks"]] == ["markdown", "actions"]  # the blocks go under the text
+    assert fake.shown("CSTREAM", ts) == "**Paris** is the capital of France." and not fake.streaming("CSTREAM", ts)
+    with pytest.raises(SlackApiError, match="message_not_in_streaming_state"):
+        client.chat_appendStream(channel="CSTREAM", ts=ts, markdown_text=" More.")
+    client.chat_update(channel="CSTREAM", ts=ts, markdown_text="Paris.")  # an ordinary message now
+    assert fake.shown("CSTREAM", ts) == "Paris."
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda c, q: c.chat_startStream(channel="CSTREAMERR", thread_ts="", markdown_text="x"), "invalid_arguments"),
+    (lambda c, q: c.chat_startStream(channel="CSTREAMERR", thread_ts=q, markdown_text="x"), "invalid_arguments"),
+    (lambda c, q: c.chat_startStream(channel="", thread_ts=q, recipient_user_id="U1", recipient_team_id="T1"),
+     "channel_not_found"),
+    (lambda c, q: c.chat_startStream(channel="DSTREAMERR", thread_ts=q, markdown_text="x" * 12_001),
+     "msg_too_long"),
+    (lambda c, q: c.chat_appendStream(channel="CSTREAMERR", ts="1.000001", markdown_text="x"), "message_not_found"),
+    (lambda c, q: c.chat_appendStream(channel="CSTREAMERR", ts=q, markdown_text="x"),
+     "message_not_in_streaming_state"),
+    (lambda c, q: c.chat_stopStream(channel="CSTREAMERR", ts=q), "message_not_in_streaming_state"),
+])
+def test_stream_errors_answer_like_slack(fake, client, call, error):
+    question = fake.add_user_message("CSTREAMERR", "U1", "a question")
+    with pytest.raises(SlackApiError) as raised:
+        call(client, question)
+    assert raised.value.response["error"] == error
+
+
+def test_a_dm_stream_needs_no_recipient_and_chunks_are_limited_each(fake, client):
+    question = fake.add_user_message("DSTREAM", "U1", "a question")
+    ts = client.chat_startStream(channel="DSTREAM", thread_ts=question)["ts"]
+    client.chat_appendStream(channel="DSTREAM", ts=ts, markdown_text="x" * 12_000)
+    with pytest.raises(SlackApiError, match="msg_too_long"):
+        client.chat_appendStream(channel="DSTREAM", ts=ts, chunks=[{"type": "markdown_text", "text": "y" * 12_001}])
+    client.chat_appendStream(channel="DSTREAM", ts=ts, markdown_text="z")  # the limit is per chunk, not in all
+    assert fake.shown("DSTREAM", ts) == "x" * 12_000 + "z"
+
+
+def test_slack_ends_a_stream_after_its_lifetime_and_a_person_can_stop_one(fake, client):
+    question = fake.add_user_message("DSTREAMEND", "U1", "a question")
+    fake.stream_lifetime_s = 0.3
+    try:
+        old = client.chat_startStream(channel="DSTREAMEND", thread_ts=question, markdown_text="slow")["ts"]
+        time.sleep(0.35)
+        for call in (lambda: client.chat_appendStream(channel="DSTREAMEND", ts=old, markdown_text=" answer"),
+                     lambda: client.chat_stopStream(channel="DSTREAMEND", ts=old)):
+            with pytest.raises(SlackApiError, match="message_not_in_streaming_state"):
+                call()
+    finally:
+        fake.stream_lifetime_s = 300.0
+    client.chat_update(channel="DSTREAMEND", ts=old, markdown_text="slow answer")  # what is left to do: edit it
+    assert fake.shown("DSTREAMEND", old) == "slow answer"
+
+    stopped = client.chat_startStream(channel="DSTREAMEND", thread_ts=question, markdown_text="long")["ts"]
+    fake.stop_stream_by_user("DSTREAMEND", stopped)
+    for call in (lambda: client.chat_appendStream(channel="DSTREAMEND", ts=stopped, markdown_text=" answer"),
+                 lambda: client.chat_stopStream(channel="DSTREAMEND", ts=stopped)):
+        with pytest.raises(SlackApiError, match="stopped_by_user"):
+            call()
+    client.chat_update(channel="DSTREAMEND", ts=stopped, markdown_text="long (stopped)")
+    assert fake.shown("DSTREAMEND", stopped) == "long (stopped)"
+
+
+def test_markdown_blocks_share_the_markdown_limit(fake, client):
+    blocks = [{"type": "markdown", "text": "x" * 6_000}, {"type": "markdown", "text": "y" * 6_001}]
+    with pytest.raises(SlackApiError, match="msg_too_long"):
+        client.chat_postMessage(channel="CBLOCKS", text="fallback", blocks=blocks)
+    ts = client.chat_postMessage(channel="CBLOCKS", text="fallback", blocks=blocks[:1])["ts"]
+    assert fake.shown("CBLOCKS", ts) == "x" * 6_000 and fake.messages("CBLOCKS")[0]["text"] == "fallback"

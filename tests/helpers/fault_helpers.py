@@ -74,7 +74,7 @@ class SlackSide:
 
     def visible(self, job_id: str) -> list[str]:
         """The bot's messages in the question's thread, as people see them."""
-        return [m["text"] for m in bot_replies(self.fake, *self.threads[job_id])]
+        return [self.fake.shown_in(m) for m in bot_replies(self.fake, *self.threads[job_id])]
 
     def shown_ever(self, job_id: str) -> list[str]:
         """Every text the thread's bot messages ever showed (edits included)."""

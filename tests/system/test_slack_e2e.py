@@ -23,7 +23,9 @@ from tests.helpers.slack_helpers import (
     slack_settings,
     unique,
 )
-from worker.queue.job_queue import SERIALIZER
+from worker.posters.slack_controls import AGAIN_ACTION, FEEDBACK_ACTION
+from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
+from worker.queue.job_queue import SERIALIZER, job_queue
 from worker.queue.keys import RedisKeys
 from worker.queue.reply_index import ReplyIndex
 from worker.serve import WorkerProcess
@@ -183,3 +185,29 @@ def test_too_long_question_is_told_the_limit(fake, redis, keys, app):
     reply = answer_of(fake, redis, keys, channel, event["ts"])
     assert reply["text"].startswith(":warning: Your message is too long")
     assert "the limit is" in reply["text"]
+
+
+def test_an_assistant_thread_question_shows_its_status_then_streams_natively_then_the_answer_once(
+        fake, redis, keys, settings, worker):
+    dm = unique("D")
+    asked = fake.add_user_message(dm, "U1", COUNTING)
+    job = Job(job_id=keys.job_id("slack", f"{dm}-{asked}"), turns=[JobTurn(role="user", text=COUNTING)],
+              requester=Requester(platform="slack", user_id="U1"),
+              reply_to=ReplyTarget(platform="slack", channel_id=dm, thread_id=asked, assistant=True,
+                                   team_id=fake.team_id))
+    job_queue(settings, redis).enqueue(job)  # as the adapter queues a question asked in the assistant view
+    fake.wait_for(lambda: RQJob.fetch(job.job_id, connection=redis, serializer=SERIALIZER).get_status()
+                  in (JobStatus.FINISHED, JobStatus.FAILED), timeout=60)
+
+    in_dm = [c for c in fake.calls if dm in (c.args.get("channel"), c.args.get("channel_id"))]
+    methods = [c.method for c in in_dm]
+    assert methods.index("assistant.threads.setStatus") < methods.index("chat.startStream")  # status first
+    assert in_dm[methods.index("assistant.threads.setStatus")].args["status"] == "is thinking…"
+    assert methods.count("chat.startStream") == 1 and methods.count("chat.appendStream") >= 1
+    (answer,) = bot_replies(fake, dm, asked)  # no placeholder, and the answer once
+    final = fake.shown_in(answer)
+    streamed = fake.history_of(dm, answer["ts"])[:-1]
+    assert len(streamed) >= 2 and all(final.startswith(text) for text in streamed)  # it grew, then was finished
+    assert final.startswith("1") and fake.status_of(dm, asked) == ""
+    assert [e["action_id"] for b in answer["blocks"] if b["type"] in ("actions", "context_actions")
+            for e in b["elements"]] == [AGAIN_ACTION, FEEDBACK_ACTION]

@@ -1,7 +1,10 @@
 """Keeps each queued question's placeholder showing its place in the queue ("thinking… #3 in queue").
 
 One worker at a time (a short Redis lease) looks at the first queued jobs every few seconds and tells a job's
-poster its new position when it changed, unless the answer has begun (``worker.queue.positions``).
+poster its new position when it changed, unless the answer has begun (``worker.queue.positions``). A notice that
+lapses unless shown again (a Slack assistant thread's status line lasts two minutes) is told again, changed or
+not, as often as its poster's ``status_refresh_s(job)`` says; other posters have no such method and are told only
+of changes.
 """
 
 from __future__ import annotations
@@ -74,5 +77,12 @@ class PositionAnnouncer:
             return False
         if not show_unless_started(self.redis, self.queue.keys, job.job_id, lambda: poster.waiting(job, position)):
             return False
-        self.redis.set(key, position, ex=ANNOUNCED_TTL_S)
+        # Forgotten once the notice needs showing again, so that the next round tells the same position anew.
+        self.redis.set(key, position, px=max(1, int(1000 * min(ANNOUNCED_TTL_S, self._refresh_s(poster, job)))))
         return True
+
+    @staticmethod
+    def _refresh_s(poster: Poster, job: Job) -> float:
+        """How long ``job``'s notice stays shown without being told again."""
+        refresh_s = getattr(poster, "status_refresh_s", None)
+        return (refresh_s(job) if refresh_s else None) or ANNOUNCED_TTL_S

@@ -22,7 +22,8 @@ def posters_from_settings(settings: Settings, redis: Redis) -> dict[str, Callabl
         from worker.posters.slack import SlackPoster, slack_client
 
         client = slack_client(settings.slack_bot_token.get_secret_value(), settings.slack_api_url)
-        posters["slack"] = lambda: SlackPoster(client, redis, keys)
+        streaming = settings.slack_native_streaming
+        posters["slack"] = lambda: SlackPoster(client, redis, keys, native_streaming=streaming)
     if settings.discord_token:
         from worker.posters.discord import DiscordPoster
         from worker.posters.discord_rest import DiscordRest

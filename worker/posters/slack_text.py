@@ -22,6 +22,10 @@ characters, so the 12,000 limit holds however Slack counts).
 
 Status texts (placeholders, errors) are our own words in Slack's mrkdwn (``_thinking…_``, ``:warning:``) and go
 as ``text``, escaped by ``escape``.
+
+Blocks: an answer shown with Block Kit buttons goes as a markdown block (the same rendering as markdown_text, which
+cannot be combined with blocks), and its ``text`` is only the fallback Slack shows in notifications: the part,
+escaped and cut by ``fallback_text`` (Slack advises keeping ``text`` under 4,000 characters).
 """
 
 from __future__ import annotations
@@ -40,6 +44,22 @@ WORD_JOINER = "\u2060"
 def escape(text: str) -> str:
     """Escape mrkdwn's control characters (for ``text``); the result renders as the literal text."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+FALLBACK_CHARS = 3000  # the most a blocks message's plain ``text`` holds
+
+
+def fallback_text(markdown: str, limit: int = FALLBACK_CHARS) -> str:
+    """A message part as the plain ``text`` beside its blocks: escaped, so it pings no one and shows literally,
+    and cut to ``limit`` characters (never inside an entity), with "…" when cut."""
+    escaped = escape(markdown)
+    if len(escaped) <= limit:
+        return escaped
+    head = escaped[:limit - 1]
+    entity = head.rfind("&")
+    if entity != -1 and ";" not in head[entity:]:
+        head = head[:entity]
+    return head + "…"
 
 
 def message_parts(text: str, limit: int) -> list[str]:

@@ -13,8 +13,8 @@ def waiting_text(position: int | None) -> str:
 
 
 def assistant_status(position: int | None) -> str:
-    """The same words as a Slack assistant thread's loading status, which Slack shows after the app's name
-    ("xwinbot is thinking… #3 in queue")."""
+    """The same words as the status line of a Slack assistant thread, which Slack shows after the app's name
+    ("xwinbot is thinking… #3 in queue"); "" clears it."""
     return f"is {waiting_text(position)}"
 
 

@@ -172,7 +172,7 @@ class JobQueue:
                 return "removed"
             status = JobStatus.STARTED
         if status == JobStatus.STARTED:
-            self.redis.set(self.keys.cancel(job_id), 1, ex=CANCEL_TTL_S)
+            request_stop(self.redis, self.keys, job_id)
             return "stopping"
         return "unknown"
 
@@ -207,6 +207,12 @@ class JobQueue:
                 status = None
             if status is None or status in DONE:
                 self.redis.zrem(active, job_id)
+
+
+def request_stop(redis: Redis, keys: RedisKeys, job_id: str) -> None:
+    """Ask the worker answering ``job_id`` to stop (it polls ``cancel_requested``): for a job already running,
+    as ``cancel`` does, or as a poster does when the asker stopped the answer on the platform itself."""
+    redis.set(keys.cancel(job_id), 1, ex=CANCEL_TTL_S)
 
 
 def job_queue(settings: Settings, redis: Redis) -> JobQueue:

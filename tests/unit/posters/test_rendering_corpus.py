@@ -107,8 +107,10 @@ def test_slack_shows_the_markdown_and_pings_no_one(case, slack, redis):
         assert not SLACK_PING.search(text), text
         assert not renders_on_its_own(text), (renders_on_its_own(text), text)
     written = [c.args for c in slack.calls_to("chat.update") + slack.calls_to("chat.postMessage")
-               if c.args.get("channel") == channel and "markdown_text" in c.args]
-    assert written and not any("text" in args for args in written)  # answers go as markdown_text alone
+               if c.args.get("channel") == channel and c.args.get("blocks")]
+    answers = [args for args in written if any(block["type"] == "markdown" for block in args["blocks"])]
+    assert answers and not any("markdown_text" in args for args in answers)  # markdown blocks, buttons beside
+    assert not any(SLACK_PING.search(args["text"]) for args in written)  # nor does a notification's text ping
     if expected(case, "slack") is not None:
         assert final == [expected(case, "slack")]
     if case.get("limit"):

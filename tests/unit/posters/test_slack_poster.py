@@ -10,6 +10,7 @@ from redis import Redis
 from tests.fakes.fake_slack import FakeSlack
 from tests.helpers.slack_helpers import BOT_TOKEN, unique
 from worker.posters.slack import SlackPoster, post_once, slack_client
+from worker.posters.slack_controls import AGAIN_ACTION, FEEDBACK_ACTION, STOP_ACTION
 from worker.posters.slack_text import WORD_JOINER
 from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
 from worker.queue.keys import RedisKeys
@@ -66,15 +67,16 @@ def test_model_output_pings_no_one(fake, redis):
     assert text.replace(WORD_JOINER, "") == answer  # shown exactly as written
 
 
-def test_answers_go_as_markdown_and_statuses_as_text(fake, redis):
+def test_answers_go_as_markdown_blocks_and_statuses_as_text(fake, redis):
     job = posted_job(fake)
     p = poster(fake, redis)
     p.update(job, "**Paris** is [the capital](https://en.wikipedia.org/wiki/Paris")  # a link still being written
     p.finish(job, "**Paris** is [the capital](https://en.wikipedia.org/wiki/Paris).")
     edits = [c.args for c in fake.calls_to("chat.update") if c.args.get("ts") == job.reply_to.placeholder_id]
-    assert [e.get("markdown_text") for e in edits] == [
-        "**Paris** is", "**Paris** is [the capital](https://en.wikipedia.org/wiki/Paris)."]
-    assert not any("text" in e for e in edits)  # Slack refuses text with markdown_text
+    assert [e["blocks"][0] for e in edits] == [
+        {"type": "markdown", "text": "**Paris** is"},
+        {"type": "markdown", "text": "**Paris** is [the capital](https://en.wikipedia.org/wiki/Paris)."}]
+    assert not any("markdown_text" in e for e in edits)  # Slack refuses markdown_text with blocks
     p.fail(job, "the worker crashed")  # a status after an answer replaces the answer's blocks
     assert fake.calls_to("chat.update")[-1].args["blocks"] == []
     assert fake.shown(job.reply_to.channel_id, job.reply_to.placeholder_id) == ":warning: the worker crashed"
@@ -88,8 +90,9 @@ def test_a_long_answer_continues_in_further_thread_messages(fake, redis):
     replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
     assert len(replies) == 3  # ~27,000 characters in messages of at most 12,000
     assert replies[0]["ts"] == job.reply_to.placeholder_id
-    assert all(len(m["text"]) <= 12_000 for m in replies)
-    assert "\n\n".join(m["text"] for m in replies) == answer
+    shown = [fake.shown(job.reply_to.channel_id, m["ts"]) for m in replies]
+    assert all(len(text) <= 12_000 for text in shown)
+    assert "\n\n".join(shown) == answer
 
 
 def test_msg_too_long_makes_the_poster_cut_smaller(fake, redis):
@@ -100,8 +103,9 @@ def test_msg_too_long_makes_the_poster_cut_smaller(fake, redis):
     finally:
         fake.max_markdown_chars = 12_000
     replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
-    assert len(replies) >= 4 and all(len(m["text"]) <= 2000 for m in replies)
-    assert " ".join(m["text"] for m in replies) == " ".join(["word"] * 1200)
+    shown = [fake.shown(job.reply_to.channel_id, m["ts"]) for m in replies]
+    assert len(shown) >= 4 and all(len(text) <= 2000 for text in shown)
+    assert " ".join(shown) == " ".join(["word"] * 1200)
 
 
 def test_rate_limited_update_waits_for_retry_after(fake, redis):
@@ -136,7 +140,7 @@ def test_a_part_posted_by_a_worker_that_died_before_recording_it_is_not_posted_a
     second.restart(job)
     second.finish(job, answer)
     replies = [m for m in fake.thread(target.channel_id, target.thread_id) if m.get("bot_id")]
-    assert [m["text"] for m in replies] == ["y" * 11_000] * 2
+    assert [fake.shown(target.channel_id, m["ts"]) for m in replies] == ["y" * 11_000] * 2
 
 
 def test_failure_is_shown_in_the_placeholder(fake, redis):
@@ -145,3 +149,61 @@ def test_failure_is_shown_in_the_placeholder(fake, redis):
     assert fake.history_of(job.reply_to.channel_id, job.reply_to.placeholder_id)[-1] == (
         ":warning: Your message is too long: 5000 tokens; the limit is 1024 tokens."
     )
+
+
+def buttons(message: dict) -> list[str]:
+    """The action ids of the buttons under a message, in order (Stop, Regenerate, the 👍/👎 feedback)."""
+    return [element["action_id"] for block in message.get("blocks") or []
+            if block["type"] in ("actions", "context_actions") for element in block["elements"]]
+
+
+def message(fake, channel: str, ts: str) -> dict:
+    return next(m for m in fake.messages(channel) if m["ts"] == ts)
+
+
+def test_a_channel_answer_has_stop_and_regenerate_while_running_then_regenerate_and_feedback(fake, redis):
+    job = posted_job(fake)
+    channel, ts = job.reply_to.channel_id, job.reply_to.placeholder_id
+    p = poster(fake, redis)
+    p.waiting(job, 2)
+    assert buttons(message(fake, channel, ts)) == [STOP_ACTION, AGAIN_ACTION]
+    assert fake.shown(channel, ts) == "_thinking… #2 in queue_"
+    p.update(job, "Paris is")
+    assert buttons(message(fake, channel, ts)) == [STOP_ACTION, AGAIN_ACTION]
+    p.finish(job, "Paris is the capital.")
+    final = message(fake, channel, ts)
+    assert buttons(final) == [AGAIN_ACTION, FEEDBACK_ACTION]
+    assert fake.shown(channel, ts) == final["text"] == "Paris is the capital."
+    values = [e.get("value") for b in final["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    assert values == [job.job_id]  # the button finds its job after either process restarted
+
+
+def test_only_the_last_message_of_a_long_answer_has_the_buttons(fake, redis):
+    job = posted_job(fake)
+    answer = "\n\n".join(["z" * 11_000] * 3)
+    p = poster(fake, redis)
+    p.update(job, answer)
+    replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
+    assert [buttons(m) for m in replies] == [[], [], [STOP_ACTION, AGAIN_ACTION]]
+    p.finish(job, "\n\n".join(["z" * 11_000] * 2))  # shorter in the end: the third message goes
+    replies = [m for m in fake.thread(job.reply_to.channel_id, job.reply_to.thread_id) if m.get("bot_id")]
+    assert [buttons(m) for m in replies] == [[], [AGAIN_ACTION, FEEDBACK_ACTION]]
+    assert all(len(m["text"]) <= 3000 for m in replies)  # the notification text is cut, the blocks are whole
+
+
+def test_the_notification_text_beside_the_blocks_pings_no_one(fake, redis):
+    job = posted_job(fake)
+    poster(fake, redis).finish(job, "Hey <!channel> and <@U123>, R&D says: use a < b.")
+    final = message(fake, job.reply_to.channel_id, job.reply_to.placeholder_id)
+    assert "<!" not in final["text"] and "<@" not in final["text"]
+    shown_as_written = "Hey &lt;!channel&gt; and &lt;@U123&gt;, R&amp;D says: use a &lt; b."  # mrkdwn's escapes
+    assert final["text"].replace(WORD_JOINER, "") == shown_as_written
+
+
+def test_a_failure_shows_the_warning_without_buttons(fake, redis):
+    job = posted_job(fake)
+    p = poster(fake, redis)
+    p.update(job, "Paris is")
+    p.fail(job, "the model crashed")
+    final = message(fake, job.reply_to.channel_id, job.reply_to.placeholder_id)
+    assert buttons(final) == [] and final["text"] == ":warning: the model crashed"
