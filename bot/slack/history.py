@@ -44,6 +44,15 @@ def message_text(message: dict) -> str:
     return text if isinstance(text, str) else ""
 
 
+def answer_text(message: dict) -> str:
+    """What one of the bot's messages says: the text of its markdown blocks (answers go as a markdown block
+    beside a shortened plain ``text`` fallback), else its text (status messages)."""
+    blocks = message.get("blocks")
+    markdown = [block["text"] for block in blocks if isinstance(block, dict) and block.get("type") == "markdown"
+                and isinstance(block.get("text"), str)] if isinstance(blocks, list) else []
+    return "\n".join(markdown) if markdown else message_text(message)
+
+
 def is_from_bot(message: dict, bot_user_id: str | None, bot_id: str | None) -> bool:
     return bool((bot_user_id and message.get("user") == bot_user_id) or (bot_id and message.get("bot_id") == bot_id))
 
@@ -52,8 +61,8 @@ def turns_from_messages(messages: Iterable[dict], bot_user_id: str | None, bot_i
     """Messages oldest first -> turns; other bots' messages and the bot's status messages are left out."""
     pairs = []
     for message in messages:
-        text = message_text(message)
         if is_from_bot(message, bot_user_id, bot_id):
+            text = answer_text(message)
             if not is_status_text(text):
                 pairs.append(("assistant", plain_text(text, bot_user_id)))
         elif not message.get("bot_id") and message.get("subtype") in USER_MESSAGE_SUBTYPES:

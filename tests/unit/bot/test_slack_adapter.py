@@ -185,6 +185,25 @@ def test_edits_and_other_bots_are_ignored_but_thread_follow_ups_are_questions(fa
     assert [(t.role, t.text) for t in jobs[1].turns] == [("user", "first question\n\nand a follow-up")]
 
 
+def test_a_follow_up_carries_the_whole_earlier_answer_not_its_shortened_fallback(fake, redis, queue_name):
+    # Answers go as a markdown block beside a plain-text fallback cut to 3,000 characters: the conversation
+    # must read the block, or a long answer would reach the model cut short.
+    settings = slack_settings(fake, queue_name, per_user_jobs=5)
+    channel = unique("C")
+    long_answer = "\n\n".join(f"Paragraph {n}: " + "lorem ipsum " * 40 for n in range(12))
+    assert len(long_answer) > 5000
+    with connected_app(fake, settings, redis):
+        first = mention(fake, channel, "first question")
+        fake.send_event(first)
+        fake.wait_for(lambda: len(queued_jobs(redis, settings)) == 1)
+        posters_from_settings(settings, redis)["slack"]().finish(queued_jobs(redis, settings)[0], long_answer)
+        fake.send_event(message(fake, channel, "and a follow-up", thread_ts=first["ts"]))
+        fake.wait_for(lambda: len(queued_jobs(redis, settings)) == 2)
+    turns = queued_jobs(redis, settings)[1].turns
+    assert [t.role for t in turns] == ["user", "assistant", "user"]
+    assert turns[1].text == long_answer.strip()
+
+
 def test_http_mode_verifies_slack_signatures(fake, redis, queue_name):
     settings = slack_settings(fake, queue_name, slack_mode="http")
     app = create_app(settings, redis)
