@@ -12,7 +12,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus
 
 from tests.fakes.fake_slack import FakeSlack
-from tests.helpers.redis_server import drop_queue
+from tests.helpers.redis_server import drop_queue, free_port
 from tests.helpers.slack_helpers import (
     APP_TOKEN,
     BOT_TOKEN,
@@ -23,12 +23,24 @@ from tests.helpers.slack_helpers import (
     slack_settings,
     unique,
 )
+from tests.helpers.slack_interactions import (
+    assistant_message,
+    assistant_thread_event,
+    assistant_thread_root,
+    click,
+    feedback_action,
+)
+from tests.unit.ops.test_metrics import value
+from worker.cli import main
+from worker.feedback.store import FeedbackStore, rating_id
+from worker.ops.health_server import start_health_server
 from worker.posters.slack_controls import AGAIN_ACTION, FEEDBACK_ACTION
 from worker.queue.job import Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import SERIALIZER, job_queue
 from worker.queue.keys import RedisKeys
 from worker.queue.reply_index import ReplyIndex
 from worker.serve import WorkerProcess
+from worker.settings import Settings
 
 pytestmark = pytest.mark.slow
 COUNTING = "Count from 1 to 300, one number per line."
@@ -211,3 +223,42 @@ def test_an_assistant_thread_question_shows_its_status_then_streams_natively_the
     assert final.startswith("1") and fake.status_of(dm, asked) == ""
     assert [e["action_id"] for b in answer["blocks"] if b["type"] in ("actions", "context_actions")
             for e in b["elements"]] == [AGAIN_ACTION, FEEDBACK_ACTION]
+
+
+def test_the_assistant_view_from_a_new_thread_to_a_rated_answer_listed_and_counted(
+        fake, redis, keys, settings, app, monkeypatch, capsys):
+    # The whole AI-app flow through the real adapter and worker: a new thread offers the suggested prompts, a
+    # question there shows the loading status, its answer streams natively into one message, and a 👎 with
+    # its reason is listed by `xwinbot feedback` and counted on /metrics.
+    dm = unique("D")
+    thread = assistant_thread_root(fake, dm, "U7")
+    fake.wait_ack(fake.send_event(assistant_thread_event("started", "U7", dm, thread)))
+    fake.wait_for(lambda: (dm, thread) in fake.suggested_prompts)
+    offered = fake.suggested_prompts[(dm, thread)]["prompts"]
+    assert [p["message"] for p in offered] == settings.slack_suggested_prompts
+
+    fake.send_event(assistant_message(fake, dm, "U7", COUNTING, thread))
+    answer = answer_of(fake, redis, keys, dm, thread)
+    assert [s for c, t, s in fake.status_history if (c, t) == (dm, thread)][0] == "is thinking…"
+    assert fake.status_of(dm, thread) == ""  # gone with the answer
+    assert len([c for c in fake.calls_to("chat.startStream") if c.args.get("channel") == dm]) == 1
+    assert len(bot_replies(fake, dm, thread)) == 1 and fake.shown_in(answer).startswith("1")
+
+    opened = len(fake.views)
+    click(fake, dm, answer, feedback_action(answer, FEEDBACK_ACTION, positive=False), user="U7")
+    view = fake.wait_view(opened + 1)
+    fake.wait_ack(fake.send_view_submission(view, user="U7", values={"reason": {"reason": "It stopped at 40."}}))
+    rating = rating_id(ReplyIndex(redis, keys).job_id_for_message("slack", dm, answer["ts"]), "slack", "U7")
+    store = FeedbackStore(redis, keys)
+    fake.wait_for(lambda: getattr(store.get(rating), "reason", None) == "It stopped at 40.")
+
+    monkeypatch.setenv("XWINBOT_QUEUE_NAME", settings.queue_name)
+    assert main(["feedback", "--rating", "bad"]) == 0
+    listed = capsys.readouterr().out
+    assert "👎" in listed and "It stopped at 40." in listed and COUNTING in listed and "answer: 1" in listed
+    server = start_health_server(Settings(queue_name=settings.queue_name, metrics_port=free_port(),
+                                          metrics_host="127.0.0.1"), "slack")
+    try:
+        assert value(server.port, "xwinbot_feedback_total", platform="slack", rating="bad") == 1
+    finally:
+        server.stop()
