@@ -13,3 +13,8 @@ def queued_jobs(redis: Redis, settings: Settings) -> list[Job]:
     """The jobs waiting on ``settings``' queue, first queued first."""
     queue = job_queue(settings, redis)
     return [Job.from_json(queue.rq.fetch_job(job_id).args[0]) for job_id in queue.rq.get_job_ids()]
+
+
+def queued_in(redis: Redis, settings: Settings, channel: str) -> list[Job]:
+    """The waiting jobs whose answers go to ``channel``."""
+    return [job for job in queued_jobs(redis, settings) if job.reply_to.channel_id == channel]

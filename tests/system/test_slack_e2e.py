@@ -11,7 +11,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 
-from tests.fakes.fake_slack import FakeSlack
+from tests.fakes.fake_slack import FakeSlackFiles
 from tests.helpers.redis_server import drop_queue, free_port
 from tests.helpers.slack_helpers import (
     APP_TOKEN,
@@ -48,7 +48,7 @@ COUNTING = "Count from 1 to 300, one number per line."
 
 @pytest.fixture(scope="module")
 def fake():
-    with FakeSlack(bot_token=BOT_TOKEN, app_token=APP_TOKEN) as server:
+    with FakeSlackFiles(bot_token=BOT_TOKEN, app_token=APP_TOKEN) as server:  # with views.open, for the 👎 modal
         yield server
 
 

@@ -14,7 +14,8 @@ from tests.helpers.paths import REPO
 PACKAGES = ("bot", "worker")
 CLI_ENTRY = "worker.cli"  # wires the processes together: the one worker module that may start the adapters
 MAX_WORKER_ROOT_MODULES = 12
-BOT_MAY_IMPORT = ("worker.queue", "worker.settings", "worker.posters", "worker.ops", "worker.errors", "worker.logs")
+BOT_MAY_IMPORT = ("worker.queue", "worker.settings", "worker.posters", "worker.ops", "worker.errors", "worker.logs",
+                  "worker.feedback")
 
 
 def module_files() -> dict[str, object]:

@@ -16,7 +16,7 @@ from slack_sdk import WebClient
 from bot.conversation import ONLY_ASKER_CAN_STOP
 from bot.slack.actions import FORGOTTEN_ANSWER, FORGOTTEN_FEEDBACK, REASON_ACTION, REASON_BLOCK
 from tests.fakes.fake_slack import FakeSlackFiles
-from tests.helpers.queued import queued_jobs
+from tests.helpers.queued import queued_in
 from tests.helpers.redis_server import drop_queue
 from tests.helpers.slack_helpers import (
     APP_TOKEN,
@@ -67,16 +67,12 @@ def app(fake, settings, redis):
         yield bolt_app
 
 
-def jobs_in(redis, settings, channel: str) -> list[Job]:
-    return [job for job in queued_jobs(redis, settings) if job.reply_to.channel_id == channel]
-
-
 def asked(fake, redis, settings, user: str = "U1") -> tuple[str, Job, dict]:
     """``user`` asks in a new channel: (channel, the queued job, its placeholder as Slack stores it)."""
     channel = unique("C")
     fake.send_event(mention(fake, channel, "What is DNS?", user=user))
-    fake.wait_for(lambda: len(jobs_in(redis, settings, channel)) == 1)
-    (job,) = jobs_in(redis, settings, channel)
+    fake.wait_for(lambda: len(queued_in(redis, settings, channel)) == 1)
+    (job,) = queued_in(redis, settings, channel)
     (placeholder,) = bot_replies(fake, channel, job.reply_to.thread_id)
     return channel, job, placeholder
 
@@ -116,10 +112,10 @@ def test_only_the_asker_can_stop_with_the_button(fake, redis, settings, app):
     fake.wait_for(lambda: ephemerals_to(fake, "U2", channel))
     assert ephemerals_to(fake, "U2", channel)[-1]["text"] == ONLY_ASKER_CAN_STOP
     assert ephemerals_to(fake, "U2", channel)[-1]["thread_ts"] == job.reply_to.thread_id
-    assert len(jobs_in(redis, settings, channel)) == 1  # still queued
+    assert len(queued_in(redis, settings, channel)) == 1  # still queued
     click(fake, channel, placeholder, button_action(placeholder, STOP_ACTION), user="U1")
     fake.wait_for(lambda: fake.shown(channel, placeholder["ts"]) == "_(stopped before it started)_")
-    assert jobs_in(redis, settings, channel) == []
+    assert queued_in(redis, settings, channel) == []
     stopped = next(m for m in fake.messages(channel) if m["ts"] == placeholder["ts"])
     assert "blocks" not in stopped  # nothing left to stop or regenerate on a question that was not asked
 
@@ -129,11 +125,11 @@ def test_regenerate_asks_again_in_the_same_thread_once_per_click_and_for_allowed
     again = button_action(placeholder, AGAIN_ACTION)
     click(fake, channel, placeholder, again, user="U2")
     click(fake, channel, placeholder, again, user="U2")  # the same click delivered twice
-    fake.wait_for(lambda: len(jobs_in(redis, settings, channel)) == 2)
+    fake.wait_for(lambda: len(queued_in(redis, settings, channel)) == 2)
     click(fake, channel, placeholder, button_action(placeholder, AGAIN_ACTION), user="U3")  # not allowlisted
     fake.wait_for(lambda: ephemerals_to(fake, "U3", channel))
     time.sleep(0.3)  # time for a duplicate to show up
-    first, second = jobs_in(redis, settings, channel)
+    first, second = queued_in(redis, settings, channel)
     assert second.turns == first.turns and second.requester.user_id == "U2"
     assert second.reply_to.thread_id == first.reply_to.thread_id and second.job_id != first.job_id
     assert len(bot_replies(fake, channel, first.reply_to.thread_id)) == 2  # the new answer's own placeholder
@@ -146,10 +142,10 @@ def test_the_buttons_work_after_the_adapter_restarted(fake, redis, queue_name):
         channel, job, placeholder = asked(fake, redis, settings)
     with connected_app(fake, settings, redis):  # a new process: nothing of the first is left but Redis
         click(fake, channel, placeholder, button_action(placeholder, AGAIN_ACTION))
-        fake.wait_for(lambda: len(jobs_in(redis, settings, channel)) == 2)
+        fake.wait_for(lambda: len(queued_in(redis, settings, channel)) == 2)
         click(fake, channel, placeholder, button_action(placeholder, STOP_ACTION))
         fake.wait_for(lambda: fake.shown(channel, placeholder["ts"]) == "_(stopped before it started)_")
-    (left,) = jobs_in(redis, settings, channel)
+    (left,) = queued_in(redis, settings, channel)
     assert left.job_id != job.job_id and left.reply_to.thread_id == job.reply_to.thread_id
 
 
@@ -159,15 +155,15 @@ def test_a_button_of_an_answer_no_longer_known_says_so(fake, redis, settings, ap
     click(fake, channel, placeholder, button_action(placeholder, AGAIN_ACTION))
     fake.wait_for(lambda: ephemerals_to(fake, "U1", channel))
     assert ephemerals_to(fake, "U1", channel)[-1]["text"] == FORGOTTEN_ANSWER
-    assert len(jobs_in(redis, settings, channel)) == 1
+    assert len(queued_in(redis, settings, channel)) == 1
 
 
 def test_stopping_a_waiting_answer_in_an_assistant_thread_says_so_in_the_thread(fake, redis, settings, app):
     dm = unique("D")
     root = assistant_thread_root(fake, dm, "U1")
     fake.send_event(assistant_message(fake, dm, "U1", "What is DNS?", thread_ts=root))
-    fake.wait_for(lambda: len(jobs_in(redis, settings, dm)) == 1 and fake.status_of(dm, root))
-    (job,) = jobs_in(redis, settings, dm)
+    fake.wait_for(lambda: len(queued_in(redis, settings, dm)) == 1 and fake.status_of(dm, root))
+    (job,) = queued_in(redis, settings, dm)
     # The answer's streamed message with its buttons, left by a worker that died: the job waits to be retried.
     client = WebClient(token=BOT_TOKEN, base_url=fake.api_url)
     ts = client.chat_postMessage(channel=dm, thread_ts=root, text="DNS is",
@@ -175,7 +171,7 @@ def test_stopping_a_waiting_answer_in_an_assistant_thread_says_so_in_the_thread(
     streamed = next(m for m in fake.messages(dm) if m["ts"] == ts)
     click(fake, dm, streamed, button_action(streamed, STOP_ACTION))
     fake.wait_for(lambda: any(m["text"] == "_(stopped before it started)_" for m in bot_replies(fake, dm, root)))
-    assert jobs_in(redis, settings, dm) == []
+    assert queued_in(redis, settings, dm) == []
 
 
 # -- feedback -----------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 
 from bot.slack.app import create_app
 from tests.fakes.fake_slack import FakeSlack, FakeSlackFiles
-from tests.helpers.queued import queued_jobs
+from tests.helpers.queued import queued_in
 from tests.helpers.redis_server import drop_queue, free_port
 from tests.helpers.slack_helpers import (
     APP_TOKEN,
@@ -57,10 +57,6 @@ def app(fake, settings, redis):
         yield bolt_app
 
 
-def jobs_in(redis, settings, channel: str) -> list[Job]:
-    return [job for job in queued_jobs(redis, settings) if job.reply_to.channel_id == channel]
-
-
 def filled_in(fake, template: dict, values: dict) -> dict:
     text = json.dumps(template)
     for name, value in values.items():
@@ -72,8 +68,8 @@ def a_bot_thread(fake, redis, settings, channel: str) -> Job:
     """A question answered in ``channel`` (its job queued, its placeholder posted): the thread payloads refer to."""
     event = mention(fake, channel, "root question")
     fake.send_event(event)
-    fake.wait_for(lambda: len(jobs_in(redis, settings, channel)) == 1)
-    return jobs_in(redis, settings, channel)[0]
+    fake.wait_for(lambda: len(queued_in(redis, settings, channel)) == 1)
+    return queued_in(redis, settings, channel)[0]
 
 
 def problems_logged(caplog) -> list[str]:
@@ -96,23 +92,23 @@ def test_a_documented_payload_is_handled_or_ignored_quietly(path, fake, redis, s
         "B_OTHER": "BOTHER", "TS_THREAD": root.reply_to.thread_id, "TS_ANSWER": root.reply_to.placeholder_id,
         "TS_NEW": new_ts, "TS_EVENT": f"{time.time():.6f}",
         "FILES": [fake.file_object("notes.txt", b"the cache is cold")]})
-    before = {c: len(jobs_in(redis, settings, c)) for c in (channel, dm)}
+    before = {c: len(queued_in(redis, settings, c)) for c in (channel, dm)}
     posts_before = len(fake.calls_to("chat.postMessage"))
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         fake.wait_ack(fake.send_event(event))
         if doc["expect"] == "job":
-            fake.wait_for(lambda: len(jobs_in(redis, settings, target_channel)) == before[target_channel] + 1)
+            fake.wait_for(lambda: len(queued_in(redis, settings, target_channel)) == before[target_channel] + 1)
         elif doc["expect"] == "cancelled":
-            fake.wait_for(lambda: len(jobs_in(redis, settings, channel)) == 0)
+            fake.wait_for(lambda: len(queued_in(redis, settings, channel)) == 0)
         elif doc["expect"] == "prompts":
             thread = event["assistant_thread"]
             fake.wait_for(lambda: (thread["channel_id"], thread["thread_ts"]) in fake.suggested_prompts)
         time.sleep(0.4)  # time for anything unintended to show up
         assert problems_logged(caplog) == []
-    after = {c: len(jobs_in(redis, settings, c)) for c in (channel, dm)}
+    after = {c: len(queued_in(redis, settings, c)) for c in (channel, dm)}
     if doc["expect"] == "job":
-        job = jobs_in(redis, settings, target_channel)[-1]
+        job = queued_in(redis, settings, target_channel)[-1]
         assert job.reply_to.thread_id == (event[doc["reply_thread"]] if doc["reply_thread"] else None)
         assert after == {**before, target_channel: before[target_channel] + 1}
     elif doc["expect"] == "cancelled":
@@ -148,7 +144,7 @@ def test_http_mode_answers_url_verification_and_handles_signed_events(fake, redi
                 event = filled_in(fake, template, {"C_CHANNEL": channel, "U_ASKER": "U1", "U_BOT": fake.bot_user_id,
                                                    "TS_NEW": ts, "TS_THREAD": ts, "TS_EVENT": ts})
                 assert post(fake.event_body(event))[0] == 200
-            fake.wait_for(lambda: len(jobs_in(redis, settings, channel)) == 1)
+            fake.wait_for(lambda: len(queued_in(redis, settings, channel)) == 1)
             time.sleep(0.4)
             assert problems_logged(caplog) == []
     finally:

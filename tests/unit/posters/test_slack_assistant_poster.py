@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from redis import Redis
 from slack_sdk.errors import SlackApiError
 
 from tests.fakes.fake_slack import FakeSlack
@@ -27,13 +26,6 @@ FINAL = "**Paris** is the capital of France, on the Seine."
 def fake():
     with FakeSlack(bot_token=BOT_TOKEN) as server:
         yield server
-
-
-@pytest.fixture
-def redis():
-    client = Redis(host="127.0.0.1", port=6379)
-    yield client
-    client.close()
 
 
 @pytest.fixture
