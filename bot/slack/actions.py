@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
 from bot.slack.questions import Gesture, SlackQuestions
 from worker.feedback.store import MAX_REASON_CHARS, FeedbackStore
@@ -138,10 +139,19 @@ class SlackActions:
         if job is None:
             self._tell(client, click, FORGOTTEN_FEEDBACK)
             return
-        if rating == "bad" and click.trigger_id:  # first: the trigger is good for 3 s after the click
-            client.views_open(trigger_id=click.trigger_id, view=reason_view(job_id))
-        self.feedback.rate(job, "slack", click.user, rating)
+        self.feedback.rate(job, "slack", click.user, rating)  # the rating first: it is what counts
+        if rating == "bad" and click.trigger_id:  # then at once: the trigger is good for 3 s after the click
+            self._ask_reason(client, click.trigger_id, job_id)
         self._tell(client, click, THANKS[rating])
+
+    @staticmethod
+    def _ask_reason(client: WebClient, trigger_id: str, job_id: str) -> None:
+        """Open the reason modal; if Slack will not (the trigger expired), the 👎 is kept without a reason."""
+        try:
+            client.views_open(trigger_id=trigger_id, view=reason_view(job_id))
+        except SlackApiError as err:
+            log.warning("could not ask for a 👎's reason on %s (%s); the rating is kept", job_id,
+                        err.response.get("error"))
 
     def _first_time(self, click: Click) -> bool:
         return self.questions.index.claim("slack", f"click:{click.ts}:{click.user}")

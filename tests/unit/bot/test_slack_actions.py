@@ -208,6 +208,16 @@ def test_a_thumbs_down_asks_what_was_wrong_and_keeps_the_reason(fake, redis, set
     fake.wait_for(lambda: rating_of(redis, settings, job, "U1").reason == "It confused DNS with DHCP.")
 
 
+def test_a_thumbs_down_is_kept_when_slack_will_not_open_the_reason_modal(fake, redis, settings, app):
+    channel, job, _ = asked(fake, redis, settings)
+    answer = answered(fake, redis, settings, channel, job)
+    fake.fail_next("views.open", "expired_trigger_id")  # the click reached us after its 3 s
+    click(fake, channel, answer, feedback_action(answer, FEEDBACK_ACTION, positive=False), user="U2")
+    fake.wait_for(lambda: ephemerals_to(fake, "U2", channel))
+    assert rating_of(redis, settings, job, "U2").rating == "bad"
+    assert "Thanks" in ephemerals_to(fake, "U2", channel)[-1]["text"]
+
+
 def test_feedback_on_an_answer_no_longer_known_says_so_and_keeps_nothing(fake, redis, settings, app):
     channel, job, _ = asked(fake, redis, settings)
     answer = answered(fake, redis, settings, channel, job)
