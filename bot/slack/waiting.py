@@ -13,9 +13,10 @@ from redis import Redis
 from slack_sdk import WebClient
 
 from worker.posters.slack import post_once
-from worker.posters.slack_controls import status_blocks
+from worker.posters.slack_messages import status_body
+from worker.posters.slack_status import show_status
 from worker.posters.slack_text import escape
-from worker.posters.status_text import STOPPED_BEFORE_START, assistant_status, waiting_text
+from worker.posters.status_text import STOPPED_BEFORE_START, waiting_text
 from worker.queue.job import ReplyTarget
 from worker.queue.keys import RedisKeys
 from worker.queue.positions import show_unless_started
@@ -24,18 +25,17 @@ from worker.queue.positions import show_unless_started
 def post_placeholder(client: WebClient, target: ReplyTarget, job_id: str, look_first: bool) -> str:
     """Post "thinking…" with Stop and Regenerate in the target's thread (once); returns its ts."""
     return post_once(client, channel=target.channel_id, thread_ts=target.thread_id, job_id=job_id, part=0,
-                     look_first=look_first, **status_message(waiting_text(None), job_id))
+                     look_first=look_first, **status_body(f"_{waiting_text(None)}_", job_id))
 
 
 def show_queued(client: WebClient, redis: Redis, keys: RedisKeys, target: ReplyTarget, job_id: str,
                 position: int) -> None:
     """The job was queued at ``position`` (1: next): say so, unless its answer has already begun."""
     if target.assistant:
-        status = assistant_status(position if position > 1 else None)
-        show_unless_started(redis, keys, job_id, lambda: client.assistant_threads_setStatus(
-            channel_id=target.channel_id, thread_ts=target.thread_id, status=status))
+        show_unless_started(redis, keys, job_id,
+                            lambda: show_status(client, target, position if position > 1 else None))
     elif position > 1:
-        body = status_message(waiting_text(position), job_id)
+        body = status_body(f"_{waiting_text(position)}_", job_id)
         show_unless_started(redis, keys, job_id, lambda: client.chat_update(
             channel=target.channel_id, ts=target.placeholder_id, **body))
 
@@ -57,10 +57,3 @@ def show_final(client: WebClient, target: ReplyTarget, job_id: str, text: str, l
     else:
         post_once(client, channel=target.channel_id, thread_ts=target.thread_id, job_id=job_id, part=0,
                   look_first=look_first, text=text)
-
-
-def status_message(status: str, job_id: str) -> dict:
-    """A placeholder's body: the status in mrkdwn with the buttons under it, and the same status as the text
-    notifications and screen readers use."""
-    text = f"_{status}_"
-    return {"text": text, "blocks": status_blocks(text, job_id)}

@@ -159,7 +159,7 @@ class SlackPoster:
     # -- the Poster interface --------------------------------------------------------------------------
     def waiting(self, job: Job, position: int | None) -> None:
         if self._native(job):
-            show_status(self.client, job, position)
+            show_status(self.client, job.reply_to, position)
             self.status_shown = True
         else:
             self._edit(job, 0, status_body(f"_{waiting_text(position)}_", job.job_id))
@@ -273,7 +273,7 @@ class SlackPoster:
     def _clear_status(self, job: Job) -> None:
         """Remove the thread's status if this answer never posted (Slack removes it when the app posts)."""
         if self.status_shown:
-            clear_status(self.client, job)
+            clear_status(self.client, job.reply_to)
             self.status_shown = False
 
     # -- messages --------------------------------------------------------------------------------------

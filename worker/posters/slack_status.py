@@ -16,18 +16,17 @@ from slack_sdk import WebClient
 from worker.posters.status_text import assistant_status
 
 if TYPE_CHECKING:
-    from worker.queue.job import Job
+    from worker.queue.job import ReplyTarget
 
 STATUS_REFRESH_S = 60.0  # well within the two minutes a status lasts, with room for a slow round of notices
 
 
-def show_status(client: WebClient, job: Job, position: int | None) -> None:
-    """Show that ``job`` waits at ``position`` (1 = next), or is being thought about (None)."""
-    target = job.reply_to
+def show_status(client: WebClient, target: ReplyTarget, position: int | None) -> None:
+    """Show in the target's thread that its question waits at ``position`` (1 = next), or is being thought about
+    (None). The adapter sets it when it queues the question, the worker's poster from then on."""
     client.assistant_threads_setStatus(channel_id=target.channel_id, thread_ts=target.thread_id,
                                        status=assistant_status(position))
 
 
-def clear_status(client: WebClient, job: Job) -> None:
-    target = job.reply_to
+def clear_status(client: WebClient, target: ReplyTarget) -> None:
     client.assistant_threads_setStatus(channel_id=target.channel_id, thread_ts=target.thread_id, status="")
