@@ -10,6 +10,7 @@ the settings of ``worker.settings.Settings`` with their defaults.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from pydantic import SecretStr
+from pydantic_settings import NoDecode
 
 from tests.helpers.paths import REPO as ROOT
 from worker.settings import Settings
@@ -69,6 +71,11 @@ def _is_list(field) -> bool:
     return typing.get_origin(base) is list or any(typing.get_origin(a) is list for a in _annotation_args(base))
 
 
+def _is_json(field) -> bool:
+    """A list pydantic-settings reads as JSON (the comma-separated ones are marked NoDecode)."""
+    return _is_list(field) and not any(isinstance(rule, NoDecode) for rule in field.metadata)
+
+
 def env_default(field) -> str:
     """The default as it is written in an env file: empty for unset and for every secret."""
     if _is_secret(field):
@@ -79,7 +86,7 @@ def env_default(field) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return ",".join(str(item) for item in value)
+        return json.dumps(list(value), ensure_ascii=False) if _is_json(field) else ",".join(map(str, value))
     return str(value)
 
 
@@ -101,7 +108,7 @@ def env_comment(name: str, field) -> str:
     choices = _literal_choices(field)
     if choices:
         text += " One of: " + ", ".join(str(choice) for choice in choices) + "."
-    elif _is_list(field):
+    elif _is_list(field) and not _is_json(field):
         text += "" if "comma" in text.lower() else " Comma-separated."
     elif _is_secret(field):
         text += " Secret."
@@ -195,6 +202,9 @@ def test_env_example_lists_exactly_the_settings_with_their_defaults():
 def test_env_example_values_read_back_as_the_defaults():
     """Each listed value, uncommented, is valid and means the field's default (empty ones are unset)."""
     values = {name.removeprefix("XWINBOT_").lower(): value for name, value in read_env_example().items() if value}
+    # Given as arguments, not read from the environment: a JSON list is decoded here as the environment would.
+    values = {name: json.loads(value) if _is_json(Settings.model_fields[name]) else value
+              for name, value in values.items()}
     parsed = Settings(_env_file=None, **values)  # given values win over the environment; validated as text
     for name in values:
         field = Settings.model_fields[name]
