@@ -311,6 +311,7 @@ INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C (128 + SIGIN
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     try:
         settings = Settings()
@@ -318,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         print("xwinbot: invalid settings:", file=sys.stderr)
         for problem in err.errors(include_url=False, include_input=False):
             print(f"  - XWINBOT_{str(problem['loc'][0]).upper()}: {problem['msg']}", file=sys.stderr)
+        return 2
+    except SettingsError as err:  # a value that should be JSON (a list of prompts) is not
+        field = str(err).partition('field "')[2].partition('"')[0]
+        print(f"xwinbot: invalid settings:\n  - XWINBOT_{field.upper()}: not valid JSON (e.g. [\"one\", \"two\"])",
+              file=sys.stderr)
         return 2
     from worker.logs import setup_logging
 

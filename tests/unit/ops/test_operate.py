@@ -113,6 +113,11 @@ def test_the_cli_says_which_setting_is_wrong(capsys, monkeypatch):
     assert main(["status"]) == 2
     assert "XWINBOT_MAX_BATCH: Input should be a valid integer" in capsys.readouterr().err
     monkeypatch.delenv("XWINBOT_MAX_BATCH")
+    monkeypatch.setenv("XWINBOT_SLACK_SUGGESTED_PROMPTS", "Explain this, briefly")  # a JSON list expected
+    assert main(["status"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ('  - XWINBOT_SLACK_SUGGESTED_PROMPTS: not valid JSON '
+                                                        '(e.g. ["one", "two"])')
+    monkeypatch.delenv("XWINBOT_SLACK_SUGGESTED_PROMPTS")
     monkeypatch.setenv("XWINBOT_REDIS_URL", "redis://127.0.0.1:1/0")
     assert main(["worker"]) == 2  # one line, as a bad setting
     assert "cannot reach Redis at XWINBOT_REDIS_URL=redis://127.0.0.1:1/0" in capsys.readouterr().err
