@@ -7,6 +7,7 @@ starts ``python -m worker.cli <command>`` with it and kills it (``SIGKILL``) on 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,10 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from pydantic_settings import NoDecode
+
 from tests.helpers.paths import REPO
+from worker.settings import Settings
 
 
 def settings_env(**values) -> dict[str, str]:
@@ -23,8 +27,19 @@ def settings_env(**values) -> dict[str, str]:
     for name, value in values.items():
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[f"XWINBOT_{name.upper()}"] = str(value)
+        env[f"XWINBOT_{name.upper()}"] = env_text(name, value)
     return env
+
+
+def env_text(name: str, value) -> str:
+    """A setting's value as its environment variable holds it: a list comma-separated where the setting says so
+    (NoDecode), else as JSON, which pydantic-settings decodes."""
+    if not isinstance(value, (list, tuple)):
+        return str(value)
+    field = Settings.model_fields.get(name)
+    if field is not None and any(isinstance(rule, NoDecode) for rule in field.metadata):
+        return ",".join(map(str, value))
+    return json.dumps(list(value), ensure_ascii=False)
 
 
 def spawn(command: list[str], env_extra: dict, module: str = "worker.cli", **popen_kwargs) -> subprocess.Popen:

@@ -29,6 +29,7 @@ from pydantic import SecretStr
 from pydantic_settings import NoDecode
 
 from tests.helpers.paths import REPO as ROOT
+from tests.helpers.processes import env_text
 from worker.settings import Settings
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -76,7 +77,7 @@ def _is_json(field) -> bool:
     return _is_list(field) and not any(isinstance(rule, NoDecode) for rule in field.metadata)
 
 
-def env_default(field) -> str:
+def env_default(name: str, field) -> str:
     """The default as it is written in an env file: empty for unset and for every secret."""
     if _is_secret(field):
         return ""
@@ -85,9 +86,7 @@ def env_default(field) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return json.dumps(list(value), ensure_ascii=False) if _is_json(field) else ",".join(map(str, value))
-    return str(value)
+    return env_text(name, value)
 
 
 def _bounds(field) -> str:
@@ -178,7 +177,7 @@ def env_example_text() -> str:
             out.append("\n")
             for line in textwrap.wrap(env_comment(name, field), width=108, break_on_hyphens=False):
                 out.append(f"# {line}\n")
-            out.append(f"# XWINBOT_{name.upper()}={env_default(field)}\n")
+            out.append(f"# XWINBOT_{name.upper()}={env_default(name, field)}\n")
     out.append(ENV_FOOTER)
     return "".join(out)
 
@@ -192,7 +191,7 @@ def read_env_example() -> dict[str, str]:
 
 def test_env_example_lists_exactly_the_settings_with_their_defaults():
     listed = read_env_example()
-    expected = {f"XWINBOT_{name.upper()}": env_default(field) for name, field in Settings.model_fields.items()}
+    expected = {f"XWINBOT_{name.upper()}": env_default(name, field) for name, field in Settings.model_fields.items()}
     assert sorted(set(expected) - set(listed)) == [], f"missing from .env.example; run {REGENERATE}"
     assert sorted(set(listed) - set(expected)) == [], f"not settings any more; run {REGENERATE}"
     wrong = {name: (listed[name], default) for name, default in expected.items() if listed[name] != default}

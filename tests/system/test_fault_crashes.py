@@ -30,6 +30,7 @@ from tests.helpers.slack_helpers import (
     slack_settings,
     unique,
 )
+from tests.helpers.slack_interactions import assistant_message, assistant_thread_root
 from worker.posters.status_text import RESTARTING, is_status_text
 from worker.queue.job_queue import SERIALIZER, JobQueue
 from worker.queue.keys import RedisKeys
@@ -284,3 +285,58 @@ def test_a_job_redis_lost_in_a_crash_is_queued_again_by_its_enqueuer(tmp_path):
         assert queue.rq.job_ids == [lost.job_id]  # and the deleted one was not brought back
     finally:
         server.stop()
+
+
+class AssistantQuestion(Question):
+    """The same question asked in a thread of Slack's assistant view (a DM of its own): no placeholder, the
+    answer streams natively into one message."""
+
+    def ask(self) -> None:
+        self.channel = unique("D")
+        self.ts = assistant_thread_root(self.fake, self.channel, self.user)
+        self.fake.send_event(assistant_message(self.fake, self.channel, self.user,
+                                               f"What is the capital of {self.country}?", self.ts))
+
+    @property
+    def job_id(self) -> str:
+        asked = [m for m in self.fake.thread(self.channel, self.ts) if m.get("user") == self.user][-1]
+        return self.keys.job_id("slack", f"{self.channel}-{asked['ts']}")
+
+    def replies(self) -> list[dict]:
+        return [dict(reply, text=self.fake.shown_in(reply)) for reply in bot_replies(self.fake, self.channel, self.ts)]
+
+    def problems(self) -> list[str]:
+        texts = [reply["text"] for reply in self.replies()]
+        found = [] if len(texts) == 1 and self.answered() else [f"not one complete answer: {texts}"]
+        calls = [c.method for c in self.fake.calls if self.channel in (c.args.get("channel"), c.args.get("channel_id"))]
+        if calls.count("chat.startStream") != 1 or "chat.postMessage" in calls:
+            found.append(f"not one stream and no post: {calls}")
+        if self.fake.status_of(self.channel, self.ts):
+            found.append(f"a status still shows: {self.fake.status_of(self.channel, self.ts)!r}")
+        return found
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_worker_killed_while_answers_stream_natively_each_thread_shows_one_whole_answer(fake, demo_dir, queue_name):
+    # A native stream only appends; the restarted attempt must take over the message the first one streamed
+    # into (stop it, then edit it), so the thread still shows the answer once and whole.
+    redis = redis_client("redis://127.0.0.1:6379/0", retry_s=10)
+    settings = worker_settings(demo_dir, queue_name)
+    questions = [AssistantQuestion(fake, i, RedisKeys(queue_name)) for i in range(8)]
+    with connected_app(fake, slack_settings(fake, queue_name, per_user_jobs=3), redis), worker_processes() as workers:
+        workers.append(spawn(["worker"], worker_env(fake, settings)))
+        for question in questions:
+            question.ask()
+        wait_until(lambda: all(redis.exists(f"rq:job:{q.job_id}") for q in questions), 60, "all 8 jobs queued")
+        wait_until(lambda: sum(q.streaming_or_done() for q in questions) >= 2, 240, "two answers streaming")
+        kill(workers[0])
+        assert sum(q.answered() for q in questions) < 8, "everything was answered before the kill"
+        workers.append(spawn(["worker"], worker_env(fake, settings)))
+        wait_until(lambda: all(q.answered() for q in questions), 300, "all 8 answers after the kill", interval=0.5,
+                   questions=questions)
+        time.sleep(3)  # a late second copy would show up here
+    problems = {q.channel: q.problems() for q in questions if q.problems()}
+    assert not problems, problems
+    taken_over = sum(q.started_over() for q in questions)
+    print(f"\n8/8 answered once in their threads ({taken_over} taken over after the kill)")
