@@ -3,6 +3,7 @@ the machine's Redis and a private queue name per test."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
@@ -31,6 +32,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "long" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """A test that runs ``xwinbot`` in-process (``worker.cli.main``) points the root logger at that test's
+    captured stderr; put it back afterwards, or later tests' log lines (RQ's worker threads) go to a closed
+    stream and print "--- Logging error ---"."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture
