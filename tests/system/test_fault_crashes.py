@@ -152,6 +152,15 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1, ques
     return time.monotonic() - started
 
 
+def ask_until_two_stream(redis, questions) -> None:
+    """Ask every question, then wait until all are queued and two answers are streaming: the moment to kill."""
+    for question in questions:
+        question.ask()
+    wait_until(lambda: all(redis.exists(f"rq:job:{q.job_id}") for q in questions), 60,
+               f"all {len(questions)} jobs queued")
+    wait_until(lambda: sum(q.streaming_or_done() for q in questions) >= 2, 240, "two answers streaming")
+
+
 @pytest.mark.slow
 @pytest.mark.long
 def test_worker_killed_with_20_answers_in_flight_answers_each_exactly_once(fake, demo_dir, queue_name):
@@ -161,10 +170,7 @@ def test_worker_killed_with_20_answers_in_flight_answers_each_exactly_once(fake,
     questions = [Question(fake, i, RedisKeys(queue_name)) for i in range(20)]
     with connected_app(fake, adapter_settings, redis), worker_processes() as workers:
         workers.append(spawn(["worker"], worker_env(fake, settings)))
-        for question in questions:
-            question.ask()
-        wait_until(lambda: all(redis.exists(f"rq:job:{q.job_id}") for q in questions), 60, "all 20 jobs queued")
-        wait_until(lambda: sum(q.streaming_or_done() for q in questions) >= 2, 240, "two answers streaming")
+        ask_until_two_stream(redis, questions)
         kill(workers[0])
         killed_at = time.monotonic()
         done = sum(q.answered() for q in questions)
@@ -326,10 +332,7 @@ def test_worker_killed_while_answers_stream_natively_each_thread_shows_one_whole
     questions = [AssistantQuestion(fake, i, RedisKeys(queue_name)) for i in range(8)]
     with connected_app(fake, slack_settings(fake, queue_name, per_user_jobs=3), redis), worker_processes() as workers:
         workers.append(spawn(["worker"], worker_env(fake, settings)))
-        for question in questions:
-            question.ask()
-        wait_until(lambda: all(redis.exists(f"rq:job:{q.job_id}") for q in questions), 60, "all 8 jobs queued")
-        wait_until(lambda: sum(q.streaming_or_done() for q in questions) >= 2, 240, "two answers streaming")
+        ask_until_two_stream(redis, questions)
         kill(workers[0])
         assert sum(q.answered() for q in questions) < 8, "everything was answered before the kill"
         workers.append(spawn(["worker"], worker_env(fake, settings)))
