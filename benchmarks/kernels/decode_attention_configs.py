@@ -51,7 +51,8 @@ def caches_for(batch: int, window: int, device, kv_dtype: str = "auto") -> list[
         if quant is KVQuant.PER_HEAD:
             return keys, values, {"kv_scales": torch.ones((2, HEADS), device=device)}
         if quant is KVQuant.PER_TOKEN:
-            return keys, values, {"token_scales": torch.full((2, batch, HEADS, window), 0.01, device=device)}
+            return keys, values, {"token_scales": torch.full((2, batch, HEADS, window), 0.01, device=device),
+                                  "key_channel_scales": torch.ones((HEADS, HEAD_DIM), device=device)}
         return keys, values, {}
     return [one_cache() for _ in range(copies)]
 

@@ -2,8 +2,9 @@
 (SmolLM2-135M-Instruct, 4-bit), greedy answers with the K/V cache in the model's dtype against the quantized
 caches the runtime serves: e4m3 fp8 with the per-(layer, kv head) scales it calibrates at load
 (``worker.inference.llama_runtime.calibrate_kv_scales``, ``XWINBOT_KV_CACHE_DTYPE=fp8``) and int8 with a scale
-per (token, kv head) (``XWINBOT_KV_CACHE_DTYPE=int8``); on request also unscaled e4m3 (every scale 1.0: values
-only clamped to ±448, the fp8 cache before scales).
+per (token, kv head) and K's calibrated channel scales (``XWINBOT_KV_CACHE_DTYPE=int8``); on request also the
+two without their calibrated scales (every one 1.0: e4m3 values only clamped to ±448, the fp8 cache before
+scales; int8 with one scale per vector, the int8 cache before channel scales).
 
 Reports the answers that came out identical, where the others first diverged, and, with the reference answer
 fed back token by token (teacher forcing), how often the next-token choice agrees and the mean KL divergence
@@ -47,20 +48,21 @@ QUESTIONS = [
 
 def greedy_answer(loaded, prompt: list[int], new_tokens: int, kv_dtype, scaled: bool = True) -> list[int]:
     runtime = LlamaRuntime(loaded.model, len(prompt) + new_tokens + 1, kv_dtype=kv_dtype)
-    if not scaled:
-        runtime.cache.scales.fill_(1.0)  # the e4m3 cache as it was before scales: values clamped, not scaled
+    if not scaled:  # the cache as it was before its calibrated scales
+        runtime.cache.scales.fill_(1.0)  # e4m3: values clamped, not scaled
+        runtime.cache.key_channel_scales.fill_(1.0)  # int8: one scale per vector only
     greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
     return list(runtime.generate(prompt, new_tokens, greedy, stop_ids=loaded.eos_token_ids))
 
 
 def teacher_forced_logits(loaded, ids: list[int], kv_dtype, scaled: bool = True) -> torch.Tensor:
-    """Logits at every position of ``ids``, fed one token at a time through the cache (as decoding does); an
-    fp8 cache calibrated as the runtime does unless ``scaled`` is False."""
+    """Logits at every position of ``ids``, fed one token at a time through the cache (as decoding does); a
+    quantized cache calibrated as the runtime does unless ``scaled`` is False."""
     config = loaded.model.config
     head_dim = head_dim_of(config)
     cache = KVCache(config.num_hidden_layers, 1, config.num_key_value_heads, len(ids), head_dim, "cpu",
                     kv_dtype or loaded.dtype)
-    if cache.quant is KVQuant.PER_HEAD and scaled:
+    if cache.quant is not KVQuant.NONE and scaled:
         calibrate_kv_scales(loaded.model, cache)
     tokens = torch.tensor([ids])
     with torch.inference_mode():
@@ -123,9 +125,10 @@ def compare(loaded, variants: dict, new_tokens: int) -> dict:
     return {name: agreement(ref_answers, answers[name], ref_logits, logits[name]) for name in variants}
 
 
-CACHE_VARIANTS = {  # name: (kv dtype, scaled: an fp8 cache calibrated as the runtime does)
+CACHE_VARIANTS = {  # name: (kv dtype, scaled: calibrated as the runtime does)
     "fp8_e4m3_kv_unscaled": (FP8, False),
     "fp8_e4m3_kv_scaled": (FP8, True),
+    "int8_kv_per_token_only": (INT8, False),
     "int8_kv_per_token": (INT8, True),
 }
 DEFAULT_VARIANTS = ["fp8_e4m3_kv_scaled", "int8_kv_per_token"]  # what XWINBOT_KV_CACHE_DTYPE=fp8 / int8 serve

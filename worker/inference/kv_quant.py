@@ -5,8 +5,12 @@ the memory budget.
 - ``KVQuant.PER_HEAD`` ("fp8"): e4m3, each entry divided by a static scale per (layer, K or V, kv head) that
   the runtime calibrates at load (``llama_runtime.calibrate_kv_scales``).
 - ``KVQuant.PER_TOKEN`` ("int8"): int8 codes, each (token, kv head) vector of K and of V divided by its own
-  scale absmax / 127 as it is written (dynamic: nothing to calibrate), so every vector keeps ~8 bits relative
-  to its own largest entry, where e4m3 keeps 3 mantissa bits of every entry.
+  scale absmax / 127 as it is written, so every vector keeps ~8 bits relative to its own largest entry, where
+  e4m3 keeps 3 mantissa bits of every entry. K is first divided by a static scale per (layer, kv head, channel)
+  that the runtime calibrates at load: a few of K's channels are many times larger than the rest in every token
+  (6-12x on the demo model), and a vector's one scale would leave the quiet channels a few codes; evened out,
+  each channel gets the whole int8 range (benchmarks/NOTES.md row 63). Attention multiplies q by the same
+  channel scales instead of K, so reading costs nothing more.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ INT8_MAX = 127.0
 TOKEN_SCALE_DTYPE = torch.float32
 # A zero vector's scale: its codes are all 0 whatever it is; never 0 itself, so that writing never divides by 0.
 TINY_SCALE = torch.finfo(TOKEN_SCALE_DTYPE).tiny
+
+# K's channel scales (``key_channel_scales``) are each channel's largest calibrated |K| over its head's largest,
+# kept at least this: a channel quiet in the calibration but loud in use is then enlarged at most 64x, so it
+# cannot take a vector's whole scale from the others. Only resolution depends on the calibration; the range
+# is each vector's own, so nothing is ever clipped.
+CHANNEL_SCALE_FLOOR = 2.0**-6
 
 # The setting's values and the cache dtype each stores in ("auto": the model's own).
 SETTING_DTYPES = {"fp8": FP8, "int8": INT8}
@@ -50,6 +60,15 @@ def token_scale_bytes(dtype: torch.dtype) -> int:
     if KVQuant.of(dtype) is KVQuant.PER_TOKEN:
         return torch.empty((), dtype=TOKEN_SCALE_DTYPE).element_size()
     return 0
+
+
+def key_channel_scales(amax: torch.Tensor) -> torch.Tensor:
+    """Per-channel scales [..., D] from each channel's largest |K| ``amax`` [..., D]: relative to the head's
+    largest channel, floored at CHANNEL_SCALE_FLOOR (so in [CHANNEL_SCALE_FLOOR, 1]; an all-zero head gets 1s)."""
+    amax = amax.float()
+    largest = amax.amax(dim=-1, keepdim=True)
+    relative = torch.where(largest > 0, amax / largest.clamp(min=TINY_SCALE), torch.ones_like(amax))
+    return relative.clamp(min=CHANNEL_SCALE_FLOOR)
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -111,11 +111,13 @@ def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_ro
     if kernels_serve(partials, dtype):
         from worker.kernels import layer_kernels
 
+        int8 = cache.quant is KVQuant.PER_TOKEN
         q = layer_kernels.rotary_into_cache(
             partials, cos.reshape(-1, head_dim).contiguous(), sin.reshape(-1, head_dim).contiguous(),
             positions.reshape(-1).contiguous(), cache.keys[layer], cache.values[layer], first_row, length,
             q_heads, kv_heads, dtype, cache.scales[layer],
-            cache.token_scales[layer] if cache.quant is KVQuant.PER_TOKEN else None,
+            token_scales=cache.token_scales[layer] if int8 else None,
+            key_channel_scales=cache.key_channel_scales[layer] if int8 else None,
         )
         return q.view(batch, length, q_heads, head_dim).transpose(1, 2)
     heads = summed(partials, dtype).view(batch, length, -1, head_dim)  # [B, T, q + k + v heads, D]

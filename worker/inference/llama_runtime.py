@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.inference.decode_graph import DecodeGraphs
-from worker.inference.kv_quant import FP8, TOKEN_SCALE_DTYPE, KVQuant, quantize_per_token
+from worker.inference.kv_quant import FP8, TOKEN_SCALE_DTYPE, KVQuant, key_channel_scales, quantize_per_token
 from worker.inference.layer_ops import (
     act_order_perm,
     add_rms_norm,
@@ -67,7 +67,9 @@ class KVCache(nn.Module):
     - int8 (``XWINBOT_KV_CACHE_DTYPE=int8``): the same memory as fp8 plus ``token_scales`` [layers, 2 (K, V),
       slots, kv_heads, max_len] (fp32, 3% more): each written (token, kv head) vector is stored as codes
       round(x / s) with its own s = absmax / 127 (``kv_quant.quantize_per_token``), read back as codes * s.
-      Scales run along positions per (slot, head), as the decode kernel loads a chunk of them at once.
+      Scales run along positions per (slot, head), as the decode kernel loads a chunk of them at once. K is
+      divided by ``key_channel_scales`` [layers, kv_heads, head_dim] (fp32, 1.0 until ``set_key_channel_scales``)
+      before that, and multiplied by them when read.
     """
 
     def __init__(self, layers: int, batch: int, kv_heads: int, max_len: int, head_dim: int, device, dtype):
@@ -80,9 +82,12 @@ class KVCache(nn.Module):
         token_scales = (layers, 2, batch, kv_heads, max_len) if self.quant is KVQuant.PER_TOKEN else (0,)
         self.register_buffer("token_scales", torch.zeros(token_scales, device=device, dtype=TOKEN_SCALE_DTYPE),
                              persistent=False)
+        channels = (layers, kv_heads, head_dim) if self.quant is KVQuant.PER_TOKEN else (0,)
+        self.register_buffer("key_channel_scales", torch.ones(channels, device=device, dtype=torch.float32),
+                             persistent=False)
         self.max_len = max_len
         if self.keys.is_cuda:  # fixed addresses: CUDA graphs replay in-place updates of these buffers
-            for buffer in (self.keys, self.values, self.scales, self.token_scales):
+            for buffer in (self.keys, self.values, self.scales, self.token_scales, self.key_channel_scales):
                 torch._dynamo.mark_static_address(buffer)
 
     @property
@@ -94,6 +99,11 @@ class KVCache(nn.Module):
         (captured CUDA graphs read this buffer); an all-zero head keeps a tiny scale rather than dividing by 0."""
         scales = amax.float().to(self.scales.device) * FP8_HEADROOM / FP8_MAX
         self.scales.copy_(scales.clamp(min=torch.finfo(torch.float32).tiny))
+
+    def set_key_channel_scales(self, amax: torch.Tensor) -> None:
+        """An int8 cache's K channel scales from the largest |K| seen per (layer, kv head, channel): ``amax``
+        [layers, kv_heads, head_dim] (``kv_quant.key_channel_scales``). In place, for the captured graphs."""
+        self.key_channel_scales.copy_(key_channel_scales(amax).to(self.key_channel_scales.device))
 
     def write(self, layer: int, first_row: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """Write k/v [B, H, T, D] of slots first_row.. at their positions [B, T]."""
@@ -108,6 +118,7 @@ class KVCache(nn.Module):
             keys.view(torch.uint8).scatter_(2, index, as_bytes[0])
             values.view(torch.uint8).scatter_(2, index, as_bytes[1])
         elif self.quant is KVQuant.PER_TOKEN:
+            k = k.float() / self.key_channel_scales[layer].view(1, heads, 1, dim)
             for kv, (stored, x) in enumerate(((keys, k), (values, v))):
                 codes, scales = quantize_per_token(x)
                 stored.scatter_(2, index, codes)
@@ -133,9 +144,10 @@ class KVCache(nn.Module):
             return keys.to(dtype), values.to(dtype)
         if self.quant is KVQuant.PER_HEAD:
             scales = self.scales[layer].view(2, 1, -1, 1, 1)
-        else:
-            scales = self.window_token_scales(layer, first_row, batch, window).unsqueeze(-1)
-        return (keys.float() * scales[0]).to(dtype), (values.float() * scales[1]).to(dtype)
+            return (keys.float() * scales[0]).to(dtype), (values.float() * scales[1]).to(dtype)
+        scales = self.window_token_scales(layer, first_row, batch, window).unsqueeze(-1)
+        channels = self.key_channel_scales[layer].unsqueeze(1)  # [kv_heads, 1, head_dim]
+        return (keys.float() * scales[0] * channels).to(dtype), (values.float() * scales[1]).to(dtype)
 
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` entries of slot ``src`` into slot ``dst`` (all layers), with their scales."""
@@ -156,17 +168,21 @@ def calibration_tokens(config, length: int = CALIBRATION_TOKENS) -> torch.Tensor
 
 @torch.inference_mode()
 def calibrate_kv_scales(model: nn.Module, cache: KVCache) -> None:
-    """Per (layer, kv head) scales for ``cache`` from one forward of ``calibration_tokens`` into a scratch cache
-    in the model's dtype: static, so they suit the fixed buffers CUDA graphs replay (as vLLM's per-layer
-    k_scale/v_scale are static), and computed at load, so no checkpoint has to ship them."""
+    """A quantized cache's static scales from one forward of ``calibration_tokens`` into a scratch cache in the
+    model's dtype: an fp8 cache's per (layer, kv head) scales, an int8 cache's K channel scales. Static, so they
+    suit the fixed buffers CUDA graphs replay (as vLLM's per-layer k_scale/v_scale are static), and computed at
+    load, so no checkpoint has to ship them."""
     layers, _, kv_heads, _, head_dim = cache.keys.shape
     tokens = calibration_tokens(model.config).to(cache.keys.device)
     length = tokens.shape[1]
     scratch = KVCache(layers, 1, kv_heads, length, head_dim, cache.keys.device,
                       model.get_input_embeddings().weight.dtype)
     forward(model, scratch, tokens, torch.arange(length, device=tokens.device), length, last_only=True)
-    amax = [t[:, 0].abs().amax(dim=(-1, -2)).float() for t in (scratch.keys, scratch.values)]  # [layers, kv_heads]
-    cache.set_scales(torch.stack(amax, dim=1))
+    keys, values = (t[:, 0].abs().float() for t in (scratch.keys, scratch.values))  # [layers, kv_heads, T, D]
+    if cache.quant is KVQuant.PER_TOKEN:
+        cache.set_key_channel_scales(keys.amax(dim=-2))
+    else:
+        cache.set_scales(torch.stack([keys.amax(dim=(-1, -2)), values.amax(dim=(-1, -2))], dim=1))
 
 
 def sliding_window_of(attn: nn.Module, config) -> int | None:
@@ -233,7 +249,8 @@ def part_attention(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cach
         per_token = (cache.window_token_scales(layer, part.first_row, batch, part.window)
                      if cache.quant is KVQuant.PER_TOKEN else None)
         out = decode_attention(q[:, :, 0].contiguous(), keys, values, part.positions.reshape(-1), part.window,
-                               attn.scaling, order, sliding, per_head, token_scales=per_token)
+                               attn.scaling, order, sliding, per_head, token_scales=per_token,
+                               key_channel_scales=cache.key_channel_scales[layer] if per_token is not None else None)
         return out, order is not None
     keys, values = cache.read(layer, part.first_row, batch, part.window, q.dtype)
     out = F.scaled_dot_product_attention(
@@ -422,7 +439,7 @@ class LlamaRuntime:
         head_dim = head_dim_of(config)
         self.cache = KVCache(config.num_hidden_layers, max_batch, config.num_key_value_heads, max_seq_len, head_dim,
                              self.device, kv_dtype or dtype)
-        if self.cache.quant is KVQuant.PER_HEAD:
+        if self.cache.quant is not KVQuant.NONE:
             calibrate_kv_scales(model, self.cache)
         self.max_seq_len = max_seq_len
         self.max_batch = max_batch

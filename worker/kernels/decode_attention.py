@@ -12,7 +12,8 @@ An fp8 cache (``kv_scales`` given) holds each head's entries divided by that hea
 head's scores by its K scale and its weighted values by its V scale (per head, so once a chunk, not per entry).
 An int8 cache (``token_scales`` given) holds each entry's vector as codes of its own scale: the kernel loads the
 chunk's K and V scales beside its codes (one fp32 per entry and head, 1/64 of a 128-wide head's codes) and
-multiplies each entry's score by its K scale and its weight by its V scale.
+multiplies each entry's score by its K scale and its weight by its V scale. Its K is stored divided by a scale per
+(kv head, channel) as well (``key_channel_scales``): the kernel multiplies q by them instead, once a program.
 
 ``worker.inference.llama_runtime`` uses it for decode steps on the GPU (its default, ``attention="triton"``;
 ``"sdpa"`` takes ``scaled_dot_product_attention``); ``benchmarks/speed/profile_decode.py`` compares the two.
@@ -29,7 +30,7 @@ CHUNK_WARPS = 4  # warps per chunk program
 
 
 @triton.jit
-def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_ptr, chunks, stride_slot,
+def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_ptr, channel_ptr, chunks, stride_slot,
                   stride_head, stride_pos, scale, sliding_window, kv_heads, scale_stride_kv, scale_stride_slot,
                   scale_stride_head, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
                   SLIDING: tl.constexpr, SCALED: tl.constexpr, TOKEN_SCALED: tl.constexpr):
@@ -37,7 +38,8 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
     (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0). SCALED: keys
     and values are stored divided by kv_scale_ptr[kv head] and kv_scale_ptr[kv_heads + kv head]. TOKEN_SCALED:
     entry t's key and value are stored divided by kv_scale_ptr[kv * scale_stride_kv + row * scale_stride_slot +
-    kv head * scale_stride_head + t] with kv 0 (K) and 1 (V)."""
+    kv head * scale_stride_head + t] with kv 0 (K) and 1 (V), and keys also divided by channel_ptr[kv head *
+    HEAD_DIM + d] (q is multiplied by them: the same products)."""
     row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
     d = tl.arange(0, HEAD_DIM)
@@ -52,6 +54,8 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
         scale = scale * tl.load(kv_scale_ptr + head // GROUP)
         v_scale = tl.load(kv_scale_ptr + kv_heads + head // GROUP)
     q = tl.load(q_ptr + (row * heads + head) * HEAD_DIM + d).to(tl.float32)
+    if TOKEN_SCALED:
+        q = q * tl.load(channel_ptr + (head // GROUP) * HEAD_DIM + d)
     keys = tl.load(k_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
     products = tl.sum(keys * q[None, :], axis=1)
     if TOKEN_SCALED:
@@ -96,13 +100,15 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
                      window: int, scale: float, order_inverse: torch.Tensor | None = None,
                      sliding_window: int | None = None, kv_scales: torch.Tensor | None = None,
                      chunk: int | None = None, num_warps: int | None = None,
-                     token_scales: torch.Tensor | None = None) -> torch.Tensor:
+                     token_scales: torch.Tensor | None = None,
+                     key_channel_scales: torch.Tensor | None = None) -> torch.Tensor:
     """q [B, Hq, D] (row b is cache slot b of ``keys``/``values`` [slots, Hkv, max_len, D]) attends to entries
     0..positions[b] (all < ``window``), only the last ``sliding_window`` of them when given -> [B, Hq * D] in
     q's dtype; with ``order_inverse``, channel c is written at column order_inverse[c] (the input order of the
     next matmul); ``kv_scales`` [2, Hkv] fp32: the K and V scales of an fp8 cache's heads (None: unscaled);
     ``token_scales`` [2, slots, Hkv, >= window] fp32: an int8 cache's K and V scale of each entry (slot b is
-    row b, as in ``keys``; any strides; ``KVCache.window_token_scales``).
+    row b, as in ``keys``; any strides; ``KVCache.window_token_scales``); ``key_channel_scales`` [Hkv, D] fp32:
+    what an int8 cache's K is divided by per channel besides (``KVCache.key_channel_scales``; None: 1.0).
     ``chunk``/``num_warps``: the chunk programs' shape, CHUNK and CHUNK_WARPS unless given
     (``benchmarks/kernels/decode_attention_configs.py`` sweeps them)."""
     chunk, num_warps = chunk or CHUNK, num_warps or CHUNK_WARPS
@@ -115,8 +121,11 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         raise ValueError("a cache has per-head (fp8) or per-token (int8) scales, not both")
     scale_arg = kv_scales if kv_scales is not None else token_scales if token_scales is not None else m
     scale_strides = token_scales.stride()[:3] if token_scales is not None else (0, 0, 0)
+    if token_scales is not None and key_channel_scales is None:
+        key_channel_scales = torch.ones((keys.shape[1], head_dim), device=q.device, dtype=torch.float32)
+    channel_arg = key_channel_scales.contiguous() if token_scales is not None else m
     _chunk_kernel[(batch, heads, chunks)](
-        q, keys, values, positions, m, l_sum, acc, scale_arg, chunks, keys.stride(0), keys.stride(1),
+        q, keys, values, positions, m, l_sum, acc, scale_arg, channel_arg, chunks, keys.stride(0), keys.stride(1),
         keys.stride(2), scale, sliding_window or 0, keys.shape[1], *scale_strides, GROUP=heads // keys.shape[1],
         HEAD_DIM=head_dim, CHUNK=chunk, SLIDING=sliding_window is not None and sliding_window < window,
         SCALED=kv_scales is not None, TOKEN_SCALED=token_scales is not None, num_warps=num_warps,

@@ -154,11 +154,12 @@ def silu_mul(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @triton.jit
-def _int8_codes(y1, y2, store_dtype: tl.constexpr):
+def _int8_codes(y1, y2, channels1, channels2, store_dtype: tl.constexpr):
     """Each row's int8 codes and scale (kv_quant.quantize_per_token's math) from its two halves y1, y2 [HEADS,
-    half] (fp32): rounded to the model's dtype first, as the PyTorch path quantizes what it stores."""
-    y1 = y1.to(store_dtype).to(tl.float32)
-    y2 = y2.to(store_dtype).to(tl.float32)
+    half] (fp32): rounded to the model's dtype first, as the PyTorch path quantizes what it stores, then divided
+    by the channel scales of each half (K's calibrated ones, 1.0 for V) with IEEE rounding, as PyTorch divides."""
+    y1 = tl.math.div_rn(y1.to(store_dtype).to(tl.float32), channels1)
+    y2 = tl.math.div_rn(y2.to(store_dtype).to(tl.float32), channels2)
     absmax = tl.maximum(tl.max(tl.abs(y1), axis=1), tl.max(tl.abs(y2), axis=1))
     scale = tl.maximum(absmax / CODE_MAX, ZERO_VECTOR_SCALE)  # a zero row: codes 0, no division by 0
     c1 = tl.minimum(tl.maximum(tl.floor(y1 / scale[:, None] + 0.5), -CODE_MAX), CODE_MAX)
@@ -168,7 +169,7 @@ def _int8_codes(y1, y2, store_dtype: tl.constexpr):
 
 @triton.jit(do_not_specialize=["length", "first_slot"])  # one program for any prompt length and slot
 def _rotary_into_cache_kernel(
-    part_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr, scale_ptr,
+    part_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr, scale_ptr, channel_ptr,
     part_stride, length, first_slot, stride_slot, stride_head, stride_pos,
     scale_stride_kv, scale_stride_slot, scale_stride_head,
     Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
@@ -178,9 +179,10 @@ def _rotary_into_cache_kernel(
     heads (rotate-half convention: each head's two halves), q into q_ptr [rows, Q_HEADS, HEAD_DIM], k and v
     into the cache of slot first_slot + row // length at position pos[row]. FP8: k and v divided by their
     head's scale first (scale_ptr [2 * KV_HEADS]: K's, then V's; so cache head j of both is scale_ptr[head -
-    Q_HEADS]) and clamped to e4m3's range. INT8: each k and v head stored as int8 codes of its own scale
-    absmax / 127, written to scale_ptr [2 (K, V), slots, KV_HEADS, max_len] (strides scale_stride_*) at its
-    slot, head and position: the program holds each head's whole vector, so the absmax is its own."""
+    Q_HEADS]) and clamped to e4m3's range. INT8: each k head divided by its channel scales (channel_ptr
+    [KV_HEADS, HEAD_DIM]) first; each k and v head stored as int8 codes of its own scale absmax / 127, written to
+    scale_ptr [2 (K, V), slots, KV_HEADS, max_len] (strides scale_stride_*) at its slot, head and position: the
+    program holds each head's whole vector, so the absmax is its own."""
     row, block = tl.program_id(0), tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
     all_heads: tl.constexpr = Q_HEADS + 2 * KV_HEADS
@@ -210,7 +212,11 @@ def _rotary_into_cache_kernel(
     slot = first_slot + row // length
     position = tl.load(pos_ptr + row)
     if INT8:
-        y1, y2, token_scale = _int8_codes(y1, y2, q_ptr.dtype.element_ty)
+        is_k_head = ((head >= Q_HEADS) & (head < Q_HEADS + KV_HEADS))[:, None]
+        channels = channel_ptr + (head - Q_HEADS)[:, None] * HEAD_DIM + d[None, :]
+        channels1 = tl.load(channels, mask=is_k_head, other=1.0)
+        channels2 = tl.load(channels + half, mask=is_k_head, other=1.0)
+        y1, y2, token_scale = _int8_codes(y1, y2, channels1, channels2, q_ptr.dtype.element_ty)
         kv_head = tl.where(head >= Q_HEADS + KV_HEADS, head - Q_HEADS - KV_HEADS, head - Q_HEADS)
         scale_at = ((head >= Q_HEADS + KV_HEADS).to(tl.int32) * scale_stride_kv + slot * scale_stride_slot
                     + kv_head * scale_stride_head + position)
@@ -228,12 +234,14 @@ def _rotary_into_cache_kernel(
 
 def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: int, length: int, q_heads: int,
                       kv_heads: int, dtype: torch.dtype, scales: torch.Tensor | None = None,
-                      token_scales: torch.Tensor | None = None) -> torch.Tensor:
+                      token_scales: torch.Tensor | None = None,
+                      key_channel_scales: torch.Tensor | None = None) -> torch.Tensor:
     """partials [split, B*T, (q + 2 kv heads) * D] of qkv; cos/sin [B*T, D]; positions [B*T] (row b*T + t is
     slot first_slot + b; T = ``length``); keys/values: one layer's cache [slots, kv_heads, max_len, D];
     scales: that layer's [2, kv_heads] fp32 (K, V) an fp8 cache stores values divided by (None: 1.0);
     token_scales: an int8 cache's layer of ``KVCache.token_scales`` [2, slots, kv_heads, max_len] (fp32), where
-    each written vector's scale goes. Writes k and v; returns q [B*T, q_heads, D] in ``dtype``."""
+    each written vector's scale goes; key_channel_scales: its layer of ``KVCache.key_channel_scales`` [kv_heads, D]
+    (fp32, None: 1.0). Writes k and v; returns q [B*T, q_heads, D] in ``dtype``."""
     split, rows, _ = partials.shape
     head_dim = keys.shape[-1]
     heads = 8 if rows >= PREFILL_ROWS else 1
@@ -244,10 +252,13 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
         scales = torch.ones((2, kv_heads), device=keys.device, dtype=torch.float32)
     if int8 and token_scales is None:
         raise ValueError("an int8 cache needs its token_scales")
+    if int8 and key_channel_scales is None:
+        key_channel_scales = torch.ones((kv_heads, head_dim), device=keys.device, dtype=torch.float32)
     scale_arg = scales if fp8 else token_scales if int8 else q
     scale_strides = token_scales.stride()[:3] if int8 else (0, 0, 0)
     _rotary_into_cache_kernel[(rows, triton.cdiv(q_heads + 2 * kv_heads, heads))](
-        partials, cos, sin, positions, q, keys, values, scale_arg, partials[0].numel(), length, first_slot,
+        partials, cos, sin, positions, q, keys, values, scale_arg,
+        key_channel_scales.contiguous() if int8 else scale_arg, partials[0].numel(), length, first_slot,
         keys.stride(0), keys.stride(1), keys.stride(2), *scale_strides,
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, SPLIT=split, HEADS=heads,
         FP8=fp8, INT8=int8, num_warps=4 if heads > 1 else 1,

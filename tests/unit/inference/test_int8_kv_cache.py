@@ -1,6 +1,6 @@
 """The int8 K/V cache with a scale per (token, kv head) (``XWINBOT_KV_CACHE_DTYPE=int8``): each written vector
-comes back within half a step of its own scale, scales move with their slot, and a real model's answer through
-it stays close to the bf16 cache's."""
+comes back within half a step of its own scale, K's loud channels leave the quiet ones their precision, scales
+move with their slot, and a real model's answer through it stays close to the bf16 cache's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from worker.inference.kv_quant import INT8, INT8_MAX, TINY_SCALE, KVQuant, cache_dtype
+from worker.inference.kv_quant import (
+    CHANNEL_SCALE_FLOOR,
+    INT8,
+    INT8_MAX,
+    TINY_SCALE,
+    KVQuant,
+    cache_dtype,
+    key_channel_scales,
+)
 from worker.inference.llama_runtime import KVCache, LlamaRuntime, forward
 from worker.inference.prompt import Turn, make_template
 from worker.inference.sampling import GenerationParams
@@ -59,6 +67,36 @@ def test_a_zero_vector_keeps_a_tiny_scale_and_zero_codes():
     assert not keys.any() and torch.equal(values[0, 0, 1], torch.ones(8))
 
 
+def test_key_channel_scales_are_each_channel_against_its_heads_loudest_and_floored():
+    amax = torch.tensor([[[8.0, 4.0, 1e-3, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # [layers, kv heads, channels]
+
+    scales = key_channel_scales(amax)
+
+    assert torch.equal(scales, torch.tensor([[[1.0, 0.5, CHANNEL_SCALE_FLOOR, CHANNEL_SCALE_FLOOR], [1.0] * 4]]))
+
+
+def test_a_loud_key_channel_no_longer_costs_the_quiet_ones_their_precision():
+    """Two of K's channels 50x louder than the rest in every token, as in real models: with one scale per
+    vector the quiet channels keep ~2 codes; divided by calibrated channel scales first, ~127."""
+    dim, length = 32, 64
+    loud = torch.ones(dim)
+    loud[[3, 17]] = 50.0
+    k = torch.randn(1, 1, length, dim, generator=GEN) * loud
+    positions = torch.arange(length).unsqueeze(0)
+    quiet = loud == 1.0
+    errors = {}
+    for calibrated in (False, True):
+        cache = KVCache(1, 1, 1, length, dim, "cpu", INT8)
+        if calibrated:
+            cache.set_key_channel_scales(k.abs().amax(dim=-2)[0].unsqueeze(0))  # [layers, kv heads, D]
+        cache.write(0, 0, positions, k, k)
+        keys, values = cache.read(0, 0, 1, length, torch.float32)
+        errors[calibrated] = (keys - k)[..., quiet].abs().mean()
+        # V has no channel scales: it reads back the same either way, within half a step of each vector's scale
+        assert ((values - k).abs().amax(-1) <= cache.token_scales[0, 1, 0, 0] / 2 * (1 + 1e-5)).all()
+    assert errors[True] < errors[False] / 10, errors
+
+
 def test_moving_a_slot_moves_its_scales():
     cache, _, _ = written()
     want = cache.read(1, 2, 1, 7, torch.float32)
@@ -96,6 +134,8 @@ def test_an_answer_on_the_demo_model_through_an_int8_cache_stays_close_to_the_bf
 
     runtime = generators["int8"].runtime
     assert runtime.cache.keys.dtype == torch.int8 and runtime.cache.token_scales[:, :, 0].any()  # it went through
+    channels = runtime.cache.key_channel_scales  # calibrated at load: each head's loudest channel is 1.0
+    assert (channels.amax(dim=-1) == 1.0).all() and (channels < 0.25).float().mean() > 0.1
     assert answers["int8"].strip()
     # Teacher forcing over the bf16 answer: one prefill per cache writes every position and reads it back through
     # the cache (as decoding does), so each next-token choice is compared on the same conversation.

@@ -125,12 +125,14 @@ def test_an_int8_cache_is_read_times_each_entrys_k_and_v_scale(sliding, ordered)
     """An int8 cache (KVCache.token_scales) stores each (entry, kv head) vector as codes of its own scale: the
     kernel's result is attention over the cache as ``KVCache.read`` dequantizes it, here with entries ~1000x
     apart in size, rows at different lengths from slot 1 on (the kernel reads a window of slots), GQA (2 q heads a
-    kv head), and entries past each row's end that must not count."""
+    kv head), K divided by a scale per (kv head, channel) as well, and entries past each row's end that must not
+    count."""
     from worker.inference.llama_runtime import KVCache
 
     gen = torch.Generator().manual_seed(34)
     q_heads, kv_heads, dim, max_len, window = 4, 2, 16, 300, 256
     cache = KVCache(1, 4, kv_heads, max_len, dim, "cpu", torch.int8)
+    cache.set_key_channel_scales(torch.rand(1, kv_heads, dim, generator=gen) + 0.01)  # [1/64, 1] per channel
     sizes = 10.0 ** torch.randint(-2, 2, (3, kv_heads, max_len, 1), generator=gen)  # per entry: 0.01 .. 10
     k = torch.randn(3, kv_heads, max_len, dim, generator=gen) * sizes
     v = torch.randn(3, kv_heads, max_len, dim, generator=gen) * sizes.flip(2)
@@ -141,13 +143,17 @@ def test_an_int8_cache_is_read_times_each_entrys_k_and_v_scale(sliding, ordered)
 
     keys, values = cache.window(0, 1, 3, window)
     got = decode_attention(q, keys, values, positions, window, 0.25, torch.argsort(perm) if ordered else None,
-                           sliding_window=sliding, token_scales=cache.window_token_scales(0, 1, 3, window))
+                           sliding_window=sliding, token_scales=cache.window_token_scales(0, 1, 3, window),
+                           key_channel_scales=cache.key_channel_scales[0])
 
     want = windowed_reference(q, *cache.read(0, 1, 3, window, torch.float32), positions, 0.25, sliding)
     # fp32 sums in another order over entries up to ~10 in size
     torch.testing.assert_close(got, want[:, perm] if ordered else want, rtol=1e-5, atol=1e-4)
     quantized = windowed_reference(q, k, v, positions, 0.25, sliding)
     assert not torch.equal(want, quantized)  # the codes really are a rounding of the entries
+    unscaled = decode_attention(q, keys, values, positions, window, 0.25, torch.argsort(perm) if ordered else None,
+                                sliding_window=sliding, token_scales=cache.window_token_scales(0, 1, 3, window))
+    assert not torch.allclose(unscaled, got, rtol=0.05, atol=0.05)  # the channel scales are applied
 
 
 def test_a_cache_has_per_head_or_per_token_scales_not_both():

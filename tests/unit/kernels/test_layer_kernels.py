@@ -178,8 +178,9 @@ def test_rotary_into_cache_writes_fp8_k_and_v_divided_by_each_heads_scale(length
 @pytest.mark.parametrize("length", [3, 32], ids=["decode-rows", "prefill-rows"])  # 64 rows: 8 heads a program
 def test_rotary_into_cache_writes_int8_codes_and_each_vectors_scale(dtype, length):
     """An int8 cache (KVCache.token_scales): the kernel stores the codes and per-(token, kv head) scales the
-    PyTorch path (KVCache.write, kv_quant.quantize_per_token) stores, here heads ~100x apart and one k vector
-    all zeros (scale tiny, codes 0); positions nobody writes keep their codes and scales."""
+    PyTorch path (KVCache.write, kv_quant.quantize_per_token) stores, here heads ~100x apart, K divided by
+    calibrated-looking channel scales first, and one k vector all zeros (scale tiny, codes 0); positions nobody
+    writes keep their codes and scales."""
     q_heads, kv_heads, dim, batch = 6, 2, 16, 2
     partials = randn(1, batch * length, (q_heads + 2 * kv_heads) * dim, dtype=dtype)
     partials[..., q_heads * dim :] *= torch.tensor([100.0, 1.0] * 2).repeat_interleave(dim).to(dtype)  # k0 k1 v0 v1
@@ -188,12 +189,14 @@ def test_rotary_into_cache_writes_int8_codes_and_each_vectors_scale(dtype, lengt
     cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(dtype) for f in (torch.cos, torch.sin))
     positions = torch.stack([torch.arange(5, 5 + length), torch.arange(length)])
     caches = [KVCache(2, 4, kv_heads, 64, dim, "cpu", torch.int8) for _ in range(2)]
+    channels = torch.rand(2, kv_heads, dim, generator=torch.Generator().manual_seed(9)) * 10  # largest |k| seen
     for cache in caches:
         cache.token_scales.fill_(7.0)  # what was there before
+        cache.set_key_channel_scales(channels)
 
     layer_kernels.rotary_into_cache(partials, cos.reshape(-1, dim), sin.reshape(-1, dim), positions.reshape(-1),
                                     caches[0].keys[1], caches[0].values[1], 1, length, q_heads, kv_heads, dtype,
-                                    caches[0].scales[1], caches[0].token_scales[1])
+                                    caches[0].scales[1], caches[0].token_scales[1], caches[0].key_channel_scales[1])
     layer_ops.rotary_into_cache(partials, cos, sin, positions, caches[1], 1, 1, q_heads, kv_heads, dtype)
 
     kernel, pytorch = caches
