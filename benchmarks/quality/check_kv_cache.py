@@ -23,7 +23,7 @@ from benchmarks.result_json import write_result
 from benchmarks.synthetic_checkpoint import TINY, write_synthetic_checkpoint
 from worker.inference.kv_quant import FP8, INT8
 from worker.inference.llama_runtime import LlamaRuntime
-from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.inference.sampling import GenerationParams
 from worker.model.loader import load_model
 
 VARIANTS = {  # name: (kv dtype, scaled, attention)
@@ -41,7 +41,7 @@ def greedy_tokens(loaded, prompt: list[int], kv_dtype, scaled: bool, attention: 
     if not scaled:
         runtime.cache.scales.fill_(1.0)
     runtime.warm_up()
-    greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
+    greedy = GenerationParams(temperature=0.0)
     return list(runtime.generate(prompt, 32, greedy))
 
 

@@ -28,7 +28,7 @@ from benchmarks.result_json import write_result
 from worker.inference.kv_quant import FP8, INT8, KVQuant
 from worker.inference.llama_runtime import KVCache, LlamaRuntime, calibrate_kv_scales, forward
 from worker.inference.prompt import Turn, make_template
-from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.inference.sampling import GenerationParams
 from worker.model.demo_model import ensure_demo_model
 from worker.model.loader import head_dim_of, load_model
 
@@ -51,7 +51,7 @@ def greedy_answer(loaded, prompt: list[int], new_tokens: int, kv_dtype, scaled: 
     if not scaled:  # the cache as it was before its calibrated scales
         runtime.cache.scales.fill_(1.0)  # e4m3: values clamped, not scaled
         runtime.cache.key_channel_scales.fill_(1.0)  # int8: one scale per vector only
-    greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
+    greedy = GenerationParams(temperature=0.0)
     return list(runtime.generate(prompt, new_tokens, greedy, stop_ids=loaded.eos_token_ids))
 
 

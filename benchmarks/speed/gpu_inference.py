@@ -38,7 +38,7 @@ from benchmarks.speed.hf_baseline import measure_in_clean_process
 from benchmarks.synthetic_checkpoint import SHAPES, TINY, TINY_LLAMA3, write_synthetic_checkpoint
 from worker.inference.kv_quant import cache_dtype
 from worker.inference.llama_runtime import KVCache, LlamaRuntime, forward
-from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.inference.sampling import GenerationParams
 from worker.model.loader import head_dim_of, load_model, pick_device
 from worker.settings import KV_CACHE_DTYPES
 
@@ -91,7 +91,7 @@ def attention_variant(loaded, args, prompt: list[int], kernel_tokens: list[int])
     runtime.warm_up()
     timed_generation(runtime, prompt, 16)
     runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
-    greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
+    greedy = GenerationParams(temperature=0.0)
     tokens = list(runtime.generate(prompt[:100], 64, greedy))
     same = sum(a == b for a, b in zip(tokens, kernel_tokens)) / len(kernel_tokens)
     return dict(decode_tok_s=statistics.median(r[1] for r in runs), greedy_tokens_matching_kernel=same)
@@ -99,10 +99,10 @@ def attention_variant(loaded, args, prompt: list[int], kernel_tokens: list[int])
 
 def timed_generation(runtime: LlamaRuntime, prompt: list[int], new_tokens: int) -> tuple[float, float]:
     """(seconds to the first token, decode tokens/s after it) for one greedy request."""
-    sampling = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
+    greedy = GenerationParams(temperature=0.0)
     sync()
     start = time.perf_counter()
-    tokens = runtime.generate(prompt, new_tokens, sampling)
+    tokens = runtime.generate(prompt, new_tokens, greedy)
     next(tokens)
     first = time.perf_counter()
     count = 1 + sum(1 for _ in tokens)
@@ -189,7 +189,7 @@ def main() -> None:
         runs = [timed_generation(runtime, prompt, args.new_tokens) for _ in range(args.repeats)]
         long_prompt = torch.randint(3, vocab, (args.context - args.new_tokens - 300,)).tolist()
         long_ttft, long_decode = timed_generation(runtime, long_prompt, args.new_tokens)
-        greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
+        greedy = GenerationParams(temperature=0.0)
         tokens[name] = list(runtime.generate(prompt[:100], 64, greedy))
         row.update(
             ttft_ms=statistics.median(r[0] for r in runs) * 1000,

@@ -51,7 +51,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -59,7 +59,7 @@ import torch
 from worker.inference.generate import AnswerText, Generator
 from worker.inference.llama_runtime import PREFILL_CHUNK, LaunchedStep, Segment
 from worker.inference.prompt import Turn
-from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.inference.sampling import GenerationParams
 from worker.settings import DEFAULT_MAX_BATCH, DEFAULT_MIX_PREFILL
 
 PREFILL_TOKENS = 4096  # padded prompt tokens prefilled together in one turn (several short prompts at once)
@@ -183,7 +183,7 @@ class AnswerStream:
 class _Request:
     stream: AnswerStream
     answer: AnswerText
-    sampling: SamplingTensors
+    params: GenerationParams  # its sampling settings, written into its slot's when it is admitted
     slot: int = -1
     prefilled: int = 0  # prompt tokens already in the cache
     over: bool = False  # the engine is done with it (its reader may not have been told yet)
@@ -250,7 +250,7 @@ class Engine:
         params = params or self.generator.defaults
         with self._tokenizer_lock:
             answer = self.generator.start_answer(turns, params, system_prompt)
-        request = _Request(AnswerStream(), answer, SamplingTensors.of([params], self.runtime.device))
+        request = _Request(AnswerStream(), answer, params)
         request.stream.prompt_tokens = len(answer.prompt_ids)
         with self._cond:
             if self._stopping:
@@ -332,8 +332,8 @@ class Engine:
                 if length > PREFILL_CHUNK:
                     break  # a long prompt prefills alone, a chunk per turn
             self._prefilling = group
-        for request in group:
-            self.runtime.set_sampling(request.slot, request.sampling)
+        if group:  # in the slots just above the decoding ones, in order: one write for all their settings
+            self.runtime.set_sampling(group[0].slot, [request.params for request in group])
         return group
 
     def _prefill_some(self) -> None:
@@ -359,8 +359,7 @@ class Engine:
         with self._cond:
             self._prefilling = []
             self._prefill_groups[len(group)] += 1
-        for request, token in zip(group, tokens):
-            self._start_decoding(request, token)
+        self._join(zip(group, tokens))
 
     def _prefill_group(self, group: list[_Request]) -> list[int] | None:
         """The token after each prompt; None while a long prompt still has chunks to go. A prompt a mixed step
@@ -376,8 +375,23 @@ class Engine:
         request.prefilled += len(chunk)
         return [token] if request.prefilled == len(prompts[0]) else None
 
-    def _start_decoding(self, request: _Request, token: int) -> None:
-        """A prefilled request joins the decoding ones (moved down next to them) with its first token."""
+    def _join(self, prefilled: Iterable[tuple[_Request, int]]) -> None:
+        """Prefilled requests, each with its first token, join the decoding ones in order; the next step's inputs
+        of those that go on are written in one copy (they end up in consecutive slots: one that ends at its
+        first token leaves the last slot, which the next one then takes)."""
+        inputs = []
+        for request, token in prefilled:
+            if self._start_decoding(request, token):  # it may have moved: its slot is read after
+                inputs.append((request.slot, token, request.position))
+        if inputs:
+            slots, tokens, positions = zip(*inputs)
+            if list(slots) != list(range(slots[0], slots[0] + len(slots))):
+                raise RuntimeError(f"joining requests in slots {slots}, not consecutive ones")
+            self.runtime.set_inputs(slots[0], tokens, positions)
+
+    def _start_decoding(self, request: _Request, token: int) -> bool:
+        """A prefilled request joins the decoding ones (moved down next to them) with its first token; whether
+        it goes on (its input for the next step is then the caller's to write), or ended at that token."""
         prompt_length = len(request.answer.prompt_ids)
         with self._cond:
             slot = len(self._decoding)
@@ -390,10 +404,9 @@ class Engine:
         request.prefill_mark = self._prefill_tokens_run
         with self._tokenizer_lock:
             going_on = self._accept(request, token)
-        if going_on:
-            self.runtime.set_input(request.slot, token, prompt_length)
-        else:
+        if not going_on:
             self._release(request)
+        return going_on
 
     def _decode_step(self) -> None:
         """Launch step N+1 for the decoding rows, then read step N: the device computes N+1 while the host
@@ -505,7 +518,7 @@ class Engine:
                 self._waiting.popleft()
                 request.slot = len(self._decoding) + len(self._prefilling)
                 self._prefilling.append(request)
-                self.runtime.set_sampling(request.slot, request.sampling)
+                self.runtime.set_sampling(request.slot, [request.params])
                 return request
         return None
 
@@ -558,12 +571,14 @@ class Engine:
                     done.append(request)
         for request in done:
             self._release(request)
+        joining = []
         for index, request in launched.joining:  # in slot order: each moves down to the next row's slot
             with self._cond:
                 if request not in self._prefilling:  # cancelled meanwhile
                     continue
                 self._prefilling.remove(request)
-            self._start_decoding(request, tokens[index])
+            joining.append((request, tokens[index]))
+        self._join(joining)
 
     def _accept(self, request: _Request, token: int) -> bool:
         """Turn a sampled token into the request's text; False when the request is over: failed or cancelled

@@ -19,7 +19,7 @@ from worker.inference.kv_budget import sized_context
 from worker.inference.kv_quant import cache_dtype
 from worker.inference.llama_runtime import LlamaRuntime
 from worker.inference.prompt import FittedPrompt, PromptTemplate, Turn, fit_conversation
-from worker.inference.sampling import DEFAULT_PARAMS, GenerationParams, SamplingTensors
+from worker.inference.sampling import DEFAULT_PARAMS, GenerationParams
 from worker.inference.stop_text import IncrementalDecoder, StopCutter
 from worker.model.loader import LoadedModel
 
@@ -135,8 +135,7 @@ class Generator:
         """Yield the answer in pieces; stop sequences are cut even when split across pieces."""
         params = params or self.defaults
         answer = self.start_answer(turns, params)
-        sampling = SamplingTensors.of([params], self.runtime.device)
-        for token_id in self.runtime.generate(answer.prompt_ids, answer.max_new_tokens, sampling):
+        for token_id in self.runtime.generate(answer.prompt_ids, answer.max_new_tokens, params):
             piece = answer.push(token_id)
             if piece:
                 yield piece

@@ -20,7 +20,7 @@ lowest slots, so a step reads a plain slice of the cache and free slots cost not
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -421,7 +421,7 @@ class LlamaRuntime:
     A step's inputs live on the device (``step_input``) and the step feeds its own outputs back there: each
     row's sampled token, at the next position. So ``launch`` can enqueue step N+1 before the host has read
     step N's tokens (``read``): the host turns them into text while the device computes. The host sets a
-    slot's inputs only when a conversation joins (``set_input``); ``move_slot`` carries them along.
+    slot's inputs only when conversations join (``set_inputs``); ``move_slot`` carries them along.
     """
 
     def __init__(self, model: nn.Module, max_seq_len: int, *, max_batch: int = 1, cuda_graphs: bool = False,
@@ -504,16 +504,26 @@ class LlamaRuntime:
         self.step_input.copy_(inputs)
         return graph
 
-    def set_input(self, slot: int, token: int, position: int) -> None:
-        """Feed ``token`` at ``position`` of ``slot`` in the next step (a conversation joining the decoding
-        ones). Queued on the device like the steps, so it does not wait for one in flight."""
-        self.step_input[0, slot].fill_(token)
-        self.step_input[1, slot].fill_(position)
+    def _from_host(self, host: torch.Tensor) -> torch.Tensor:
+        """``host`` on the device, its copy queued like the steps: pinned on CUDA, where a pageable copy would wait
+        for the step in flight (PyTorch keeps a pinned block until its copy is done)."""
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True)
 
-    def set_sampling(self, slot: int, sampling: SamplingTensors) -> None:
-        """The settings (a one-row SamplingTensors) the conversation in ``slot`` samples with."""
-        for buffer, value in zip(self.sampling.as_args(), sampling.as_args()):
-            buffer[slot : slot + 1].copy_(value[:1])
+    def set_inputs(self, first_slot: int, tokens: Sequence[int], positions: Sequence[int]) -> None:
+        """Feed tokens[i] at positions[i] of slot first_slot + i in the next step (conversations joining the
+        decoding ones): one copy for them all, queued on the device like the steps. Each operation the engine's
+        thread runs is a GIL round trip while job threads run Python (benchmarks/NOTES.md, after row 63)."""
+        self.step_input[:, first_slot : first_slot + len(tokens)].copy_(
+            self._from_host(torch.tensor([list(tokens), list(positions)], dtype=torch.long)))
+
+    def set_sampling(self, first_slot: int, params: Sequence[GenerationParams]) -> None:
+        """The settings the conversations in slots first_slot.. sample with, params[i] for slot first_slot + i:
+        one copy a setting for them all."""
+        rows = SamplingTensors.of(list(params), torch.device("cpu"))
+        for buffer, value in zip(self.sampling.as_args(), rows.as_args()):
+            buffer[first_slot : first_slot + len(params)].copy_(self._from_host(value))
 
     @torch.inference_mode()
     def move_slot(self, src: int, dst: int, length: int) -> None:
@@ -539,13 +549,13 @@ class LlamaRuntime:
         if end > self.max_seq_len:
             raise ValueError(f"{end} tokens exceed the {self.max_seq_len}-token cache")
         rows = len(prompts)
-        tokens = torch.zeros((rows, longest), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            tokens[row, : len(prompt)] = torch.tensor(prompt)
-        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        host = torch.tensor([prompt + [0] * (longest - len(prompt)) + [len(prompt) - 1] for prompt in prompts],
+                            dtype=torch.long)  # each row: its tokens padded to the longest, then its last index
+        on_device = self._from_host(host)
+        tokens, last = on_device[:, :longest], on_device[:, longest]
         positions = torch.arange(start, end, device=self.device)
         sampling = (t[first_slot : first_slot + rows] for t in self.sampling.as_args())
-        token = prefill(self.model, self.cache, tokens.to(self.device), positions, self.window_for(end),
+        token = prefill(self.model, self.cache, tokens, positions, self.window_for(end),
                         *sampling, first_row=first_slot, last_index=last)
         return token.tolist()
 
@@ -594,9 +604,7 @@ class LlamaRuntime:
         host = torch.tensor([t for segment in segments for t in segment.token_ids]
                             + [p for segment in segments for p in range(segment.start, segment.end)]
                             + logit_rows + slots, dtype=torch.long)
-        if self.device.type == "cuda":  # a pinned copy queues behind the step in flight; a pageable one waits
-            host = host.pin_memory()
-        ids, positions, logit_rows, slots = host.to(self.device, non_blocking=True).split(
+        ids, positions, logit_rows, slots = self._from_host(host).split(
             [prefill, prefill, len(logit_rows), len(slots)])
         parts, first = [], rows
         if rows:
@@ -623,18 +631,17 @@ class LlamaRuntime:
     @torch.inference_mode()
     def decode(self, tokens: list[int], positions: list[int]) -> list[int]:
         """One step for slots 0..n-1: token i is fed at positions[i] of slot i; returns the next token of each."""
-        rows = len(tokens)
-        self.step_input[:, :rows].copy_(torch.tensor([tokens, positions]))
-        return self.read(self.launch(rows, max(positions) + 1))
+        self.set_inputs(0, tokens, positions)
+        return self.read(self.launch(len(tokens), max(positions) + 1))
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, sampling: SamplingTensors,
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, params: GenerationParams,
                  stop_ids: Collection[int] = frozenset()):
         """Batch 1 on slot 0: yield new token ids until a stop id (not yielded), ``max_new_tokens`` or a full cache.
         The worker passes no stop ids (``AnswerText`` watches for the end of the answer); benchmarks stop at EOS."""
         if len(prompt_ids) + max_new_tokens > self.max_seq_len:
             raise ValueError(f"{len(prompt_ids)} prompt + {max_new_tokens} new tokens exceed {self.max_seq_len}")
-        self.set_sampling(0, sampling)
+        self.set_sampling(0, [params])
         for start in range(0, len(prompt_ids), PREFILL_CHUNK):
             token = self.prefill_chunk(0, prompt_ids[start : start + PREFILL_CHUNK], start)
         position = len(prompt_ids)

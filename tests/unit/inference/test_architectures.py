@@ -37,7 +37,7 @@ from worker.inference.engine import Engine
 from worker.inference.generate import AnswerText, Generator
 from worker.inference.llama_runtime import LlamaRuntime, Segment, attention_windows, forward
 from worker.inference.prompt import TextTemplate, Turn
-from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.inference.sampling import GenerationParams
 from worker.model.loader import SUPPORTED_MODEL_TYPES, load_model
 
 REL_TOL = 1e-4  # max |logit difference| relative to max |logit|: fp32 on both sides
@@ -157,7 +157,7 @@ def test_greedy_tokens_match_transformers_generate(built, arch, fmt):
     case = built(arch, fmt)
     runtime = LlamaRuntime(case.loaded.model, 128)
     runtime.windows = attention_windows(128, smallest=16)  # prefill in the 64 window, decode into the 128 one
-    greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], runtime.device)
+    greedy = GenerationParams(temperature=0.0)
     for prompt in prompts(2).tolist():
         got = list(runtime.generate(prompt, NEW_TOKENS, greedy, stop_ids={2}))
         want = reference_greedy(case.reference, prompt, NEW_TOKENS)

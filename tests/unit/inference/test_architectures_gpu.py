@@ -24,7 +24,7 @@ from tests.unit.inference.test_architectures import (
     reference_greedy,
 )
 from worker.inference.llama_runtime import LlamaRuntime, attention_windows, forward
-from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.inference.sampling import GenerationParams
 from worker.model.loader import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU check needs a CUDA GPU")
@@ -85,7 +85,7 @@ def test_cuda_graphs_give_the_eager_steps_tokens(gpu_case, arch, fmt):
     part ways (the test above checks every position against transformers); replaying captured graphs must give
     exactly the tokens of the same steps run eagerly."""
     _, loaded = gpu_case(arch, fmt)
-    greedy = SamplingTensors.of([GenerationParams(temperature=0.0)], "cuda")
+    greedy = GenerationParams(temperature=0.0)
     answers = {}
     for graphs in (False, True):
         runtime = LlamaRuntime(loaded.model, 128, cuda_graphs=graphs)

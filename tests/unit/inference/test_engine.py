@@ -170,6 +170,38 @@ def test_questions_arriving_together_prefill_in_one_pass_and_answer_as_alone(mak
     assert engine.stats.prefill_group_histogram == {len(QUESTIONS): 1}
 
 
+@pytest.mark.parametrize("while_one_decodes", [False, True], ids=["together", "mixed-in-while-one-decodes"])
+def test_questions_admitted_together_each_sample_with_their_own_settings(make_engine, loaded, while_one_decodes):
+    """The settings and first inputs of questions admitted in one turn are written for all of them at once:
+    each row must get its own. Hot sampling (temperature 1.5, no top-k) sits between rows that must come out
+    greedy: temperature 0, or temperature 1 with top_k 1 (the same choice); one row ends at its first token, so
+    the rows after it join one slot lower."""
+    hot = GenerationParams(temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=30)
+    exact = [GREEDY, GREEDY.replace(max_new_tokens=1), GenerationParams(temperature=1.0, top_k=1, max_new_tokens=60),
+             GREEDY.replace(max_new_tokens=25)]
+    questions = QUESTIONS[:4]
+    expected = answered_alone(loaded, list(zip(questions, [p.replace(temperature=0.0) for p in exact])))
+    engine = make_engine(max_batch=9, step_delay=0.05)  # slow steps: the 8 questions land within one
+    if while_one_decodes:
+        engine.start()
+        first = engine.submit(ask(QUESTIONS[4]), GREEDY.replace(max_new_tokens=20))
+        wait_until(lambda: first.tokens > 0)
+    streams = []
+    for question, params in zip(questions, exact):
+        streams.append(engine.submit(ask(QUESTIONS[5]), hot))
+        streams.append(engine.submit(ask(question), params))
+    engine.start()
+    got = ["".join(stream) for stream in streams]
+    assert got[1::2] == expected
+    assert all(stream.error is None and stream.finished for stream in streams)
+    assert streams[3].tokens == 1
+    wait_until(lambda: engine.stats.active == 0)
+    if while_one_decodes:  # read in by mixed steps (all 8 in one, unless a step began between two submits)
+        assert engine.stats.mixed_steps >= 1 and first.error is None
+    else:
+        assert engine.stats.prefill_group_histogram == {len(streams): 1}
+
+
 @pytest.mark.parametrize("mix", [False, True], ids=["unmixed", "mixed"])
 def test_a_burst_larger_than_the_prefill_budget_is_split(make_engine, alone, monkeypatch, mix):
     longest = max(len(make_engine(1).generator.fit(ask(q), GREEDY).token_ids) for q in QUESTIONS)

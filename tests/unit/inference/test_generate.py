@@ -9,7 +9,7 @@ from worker.errors import PromptTooLong
 from worker.inference.generate import Generator
 from worker.inference.llama_runtime import KVCache, forward
 from worker.inference.prompt import VICUNA, Turn
-from worker.inference.sampling import GenerationParams, SamplingTensors
+from worker.inference.sampling import GenerationParams
 from worker.model.loader import load_model
 
 GREEDY = GenerationParams(temperature=0.0, max_new_tokens=24)
@@ -49,8 +49,7 @@ def test_runtime_logits_match_transformers_forward(loaded):
 def test_greedy_tokens_match_full_recompute(loaded):
     generator = Generator(loaded, VICUNA)
     prompt = generator.fit([Turn("user", "What is the capital of France?")], GREEDY).token_ids
-    sampling = SamplingTensors.of([GREEDY], torch.device("cpu"))
-    tokens = list(generator.runtime.generate(prompt, 16, sampling))
+    tokens = list(generator.runtime.generate(prompt, 16, GREEDY))
     assert tokens == reference_greedy(loaded.model, prompt, 16)
 
 
@@ -58,11 +57,10 @@ def test_steps_launched_before_the_one_before_is_read_give_the_greedy_tokens(loa
     """Each step starts from the token the step before fed back on the device, not from the host."""
     generator = Generator(loaded, VICUNA)
     prompt = generator.fit([Turn("user", "What is the capital of France?")], GREEDY).token_ids
-    sampling = SamplingTensors.of([GREEDY], torch.device("cpu"))
     runtime = generator.runtime
-    runtime.set_sampling(0, sampling)
+    runtime.set_sampling(0, [GREEDY])
     first = runtime.prefill_chunk(0, prompt, 0)
-    runtime.set_input(0, first, len(prompt))
+    runtime.set_inputs(0, [first], [len(prompt)])
     launched = [runtime.launch(1, len(prompt) + 1 + i) for i in range(15)]  # none read yet
     assert [first] + [runtime.read(step)[0] for step in launched] == reference_greedy(loaded.model, prompt, 16)
 
@@ -72,7 +70,7 @@ def test_steps_at_the_end_of_the_cache_stay_on_its_last_entry(loaded):
     generator = Generator(loaded, VICUNA, system_prompt="", max_context_tokens=64)
     runtime = generator.runtime
     first = runtime.prefill_chunk(0, list(range(3, 65)), 0)
-    runtime.set_input(0, first, 62)
+    runtime.set_inputs(0, [first], [62])
     for _ in range(3):
         runtime.read(runtime.launch(1, 64))
     assert runtime.step_input[1, 0] == 63
@@ -137,7 +135,6 @@ def test_generation_crossing_attention_windows_matches_full_recompute(loaded):
     generator.runtime.windows = attention_windows(generator.runtime.max_seq_len, smallest=16)
     assert generator.runtime.windows[:4] == [16, 32, 64, 128]
     prompt = generator.fit([Turn("user", "Hi there")], GREEDY).token_ids
-    sampling = SamplingTensors.of([GREEDY], torch.device("cpu"))
-    tokens = list(generator.runtime.generate(prompt, 60, sampling))
+    tokens = list(generator.runtime.generate(prompt, 60, GREEDY))
     assert 16 < len(prompt) < 32 and len(prompt) + 60 > 64  # prefill in the second window, decoding crosses two more
     assert tokens == reference_greedy(loaded.model, prompt, 60)
