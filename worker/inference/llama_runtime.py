@@ -514,7 +514,8 @@ class LlamaRuntime:
     def set_inputs(self, first_slot: int, tokens: Sequence[int], positions: Sequence[int]) -> None:
         """Feed tokens[i] at positions[i] of slot first_slot + i in the next step (conversations joining the
         decoding ones): one copy for them all, queued on the device like the steps. Each operation the engine's
-        thread runs is a GIL round trip while job threads run Python (benchmarks/NOTES.md, after row 63)."""
+        thread runs is a GIL round trip while job threads run Python (benchmarks/NOTES.md, "Where the 32-user
+time goes")."""
         self.step_input[:, first_slot : first_slot + len(tokens)].copy_(
             self._from_host(torch.tensor([list(tokens), list(positions)], dtype=torch.long)))
 
