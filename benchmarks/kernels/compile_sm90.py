@@ -30,10 +30,10 @@ GEMV = dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", iters
             GROUP="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr", ROWS="constexpr", SPREAD="constexpr",
             BF16_WORDS="constexpr", ASM="constexpr")
 ROTARY = dict(part_ptr="*fp32", cos_ptr="*bf16", sin_ptr="*bf16", pos_ptr="*i64", q_ptr="*bf16", k_cache_ptr="*bf16",
-              v_cache_ptr="*bf16", scale_ptr="*fp32", part_stride="i32", length="i32", first_slot="i32",
-              stride_slot="i32", stride_head="i32", stride_pos="i32", scale_stride_kv="i32", scale_stride_slot="i32",
-              scale_stride_head="i32", Q_HEADS="constexpr", KV_HEADS="constexpr", HEAD_DIM="constexpr",
-              SPLIT="constexpr", HEADS="constexpr", FP8="constexpr", INT8="constexpr")
+              v_cache_ptr="*bf16", scale_ptr="*fp32", channel_ptr="*fp32", part_stride="i32", length="i32",
+              first_slot="i32", stride_slot="i32", stride_head="i32", stride_pos="i32", scale_stride_kv="i32",
+              scale_stride_slot="i32", scale_stride_head="i32", Q_HEADS="constexpr", KV_HEADS="constexpr",
+              HEAD_DIM="constexpr", SPLIT="constexpr", HEADS="constexpr", FP8="constexpr", INT8="constexpr")
 RESIDUAL = dict(h_ptr="*bf16", part_ptr="*fp32", h_out_ptr="*bf16", sumsq_ptr="*fp32", width="i32", part_stride="i32",
                 SPLIT="constexpr", BLOCK="constexpr")
 SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16", width="i32",
@@ -41,10 +41,10 @@ SCALE = dict(h_ptr="*bf16", sumsq_ptr="*fp32", w_ptr="*bf16", order_ptr="*i64", 
 ROW_NORM = dict(h_ptr="*bf16", part_ptr="*bf16", h_out_ptr="*bf16", w_ptr="*bf16", order_ptr="*i64", x_out_ptr="*bf16",
                 width="i32", part_stride="i32", eps="fp32", SPLIT="constexpr", ORDERED="constexpr", BLOCK="constexpr")
 CHUNK = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", m_ptr="*fp32", l_ptr="*fp32",
-             acc_ptr="*fp32", kv_scale_ptr="*fp32", chunks="i32", stride_slot="i32", stride_head="i32",
-             stride_pos="i32", scale="fp32", sliding_window="i32", kv_heads="i32", scale_stride_kv="i32",
-             scale_stride_slot="i32", scale_stride_head="i32", GROUP="constexpr", HEAD_DIM="constexpr",
-             CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr", TOKEN_SCALED="constexpr")
+             acc_ptr="*fp32", kv_scale_ptr="*fp32", channel_ptr="*fp32", chunks="i32", stride_slot="i32",
+             stride_head="i32", stride_pos="i32", scale="fp32", sliding_window="i32", kv_heads="i32",
+             scale_stride_kv="i32", scale_stride_slot="i32", scale_stride_head="i32", GROUP="constexpr",
+             HEAD_DIM="constexpr", CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr", TOKEN_SCALED="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV,
      dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),

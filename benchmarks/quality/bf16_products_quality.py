@@ -34,7 +34,8 @@ from torch import nn
 
 from benchmarks.quality.kv_cache_quality import QUESTIONS, agreement, greedy_answer, question_prompts
 from benchmarks.result_json import write_result
-from worker.inference.llama_runtime import KVCache, forward
+from worker.inference.kv_cache import KVCache
+from worker.inference.llama_runtime import forward
 from worker.kernels.w4a16 import code_position_inputs
 from worker.model.demo_model import ensure_demo_model
 from worker.model.gptq_layout import unpack_rows

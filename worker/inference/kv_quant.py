@@ -20,6 +20,13 @@ import enum
 import torch
 
 FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # e4m3's largest finite value
+# An fp8 cache stores value / scale, with one scale per (layer, K or V, kv head) fixed once at load (see
+# ``llama_runtime.calibrate_kv_scales``): the calibration's largest magnitude lands at FP8_MAX / FP8_HEADROOM, so
+# entries up to FP8_HEADROOM times larger still fit unclipped. e4m3's relative precision is the same across its
+# normal range (2^-6 .. 448, a span of ~2^15), so the headroom costs nothing but pushing values 2^15 below the
+# largest into subnormals.
+FP8_HEADROOM = 4.0
 INT8 = torch.int8
 INT8_MAX = 127.0
 # A scale per (token, kv head) for K and for V, in fp32: 8 bytes per 128-wide head pair (3% over int8's 256),

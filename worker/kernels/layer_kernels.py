@@ -20,10 +20,11 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.inference.kv_quant import INT8_MAX, TINY_SCALE, KVQuant
+from worker.inference.kv_quant import FP8_MAX, INT8_MAX, TINY_SCALE, KVQuant
 
 # kv_quant's constants as the kernels see them (one place for the value: the PyTorch path uses the same)
 CODE_MAX = tl.constexpr(INT8_MAX)
+E4M3_MAX = tl.constexpr(FP8_MAX)
 ZERO_VECTOR_SCALE = tl.constexpr(TINY_SCALE)
 
 
@@ -207,8 +208,8 @@ def _rotary_into_cache_kernel(
     if FP8:
         is_kv = (head >= Q_HEADS) & (head < all_heads)
         scale = tl.load(scale_ptr + head - Q_HEADS, mask=is_kv, other=1.0)[:, None]
-        y1 = tl.minimum(tl.maximum(y1 / scale, -448.0), 448.0)  # a division, as KVCache.write's: same bytes
-        y2 = tl.minimum(tl.maximum(y2 / scale, -448.0), 448.0)
+        y1 = tl.minimum(tl.maximum(y1 / scale, -E4M3_MAX), E4M3_MAX)  # a division, as KVCache.write's: same bytes
+        y2 = tl.minimum(tl.maximum(y2 / scale, -E4M3_MAX), E4M3_MAX)
     slot = first_slot + row // length
     position = tl.load(pos_ptr + row)
     if INT8:

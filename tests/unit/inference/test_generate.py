@@ -7,7 +7,8 @@ import torch
 
 from worker.errors import PromptTooLong
 from worker.inference.generate import Generator
-from worker.inference.llama_runtime import KVCache, forward
+from worker.inference.kv_cache import KVCache
+from worker.inference.llama_runtime import forward
 from worker.inference.prompt import VICUNA, Turn
 from worker.inference.sampling import GenerationParams
 from worker.model.loader import load_model

@@ -8,6 +8,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from worker.inference.kv_cache import KVCache
 from worker.inference.kv_quant import (
     CHANNEL_SCALE_FLOOR,
     INT8,
@@ -17,7 +18,7 @@ from worker.inference.kv_quant import (
     cache_dtype,
     key_channel_scales,
 )
-from worker.inference.llama_runtime import KVCache, LlamaRuntime, forward
+from worker.inference.llama_runtime import LlamaRuntime, forward
 from worker.inference.prompt import Turn, make_template
 from worker.inference.sampling import GenerationParams
 from worker.settings import Settings

@@ -91,7 +91,7 @@ def test_a_sliding_window_keeps_only_each_rows_last_entries(window):
 
 
 def test_an_fp8_cache_is_read_times_each_heads_k_and_v_scale():
-    """An fp8 cache stores entries divided by their head's scale (worker.inference.llama_runtime.KVCache): the
+    """An fp8 cache stores entries divided by their head's scale (worker.inference.kv_cache.KVCache): the
     kernel's result is attention over the entries multiplied back, here heads of very different sizes."""
     gen = torch.Generator().manual_seed(33)
     q_heads, kv_heads, dim, max_len = 4, 2, 16, 200
@@ -127,7 +127,7 @@ def test_an_int8_cache_is_read_times_each_entrys_k_and_v_scale(sliding, ordered)
     apart in size, rows at different lengths from slot 1 on (the kernel reads a window of slots), GQA (2 q heads a
     kv head), K divided by a scale per (kv head, channel) as well, and entries past each row's end that must not
     count."""
-    from worker.inference.llama_runtime import KVCache
+    from worker.inference.kv_cache import KVCache
 
     gen = torch.Generator().manual_seed(34)
     q_heads, kv_heads, dim, max_len, window = 4, 2, 16, 300, 256

@@ -13,7 +13,7 @@ from torch import nn
 pytest.importorskip("triton")
 
 from worker.inference import layer_ops  # noqa: E402
-from worker.inference.llama_runtime import KVCache  # noqa: E402
+from worker.inference.kv_cache import KVCache  # noqa: E402
 from worker.kernels import layer_kernels  # noqa: E402
 from worker.kernels.w4a16 import INTERPRETING  # noqa: E402
 from worker.model.loader import load_model  # noqa: E402

@@ -217,7 +217,8 @@ def test_our_runtime_on_triton_layers_gives_the_reference_logits(gptq_checkpoint
     """The decode path a GPU takes: each norm hands the next int4 layer its input already in act-order, the
     matmuls return split-K partial sums and the next step adds them (prefill of 19 rows, then one-row steps)."""
     pytest.importorskip("triton")
-    from worker.inference.llama_runtime import KVCache, attention_order, forward, mlp_order
+    from worker.inference.kv_cache import KVCache
+    from worker.inference.llama_runtime import attention_order, forward, mlp_order
 
     ckpt = gptq_checkpoint(bits=4, group_size=32, desc_act=True, sym=False, bias=bias, seed=13)
     loaded = load_model(ckpt.path, device="cpu", dtype=torch.float32, int4_kernel="triton")
