@@ -71,10 +71,10 @@ class Settings(BaseSettings):
         "auto", description="auto: the model's dtype (bf16); fp8: e4m3 with per-(layer, KV head) scales set at "
         "load, half the memory per token (twice the conversation length in the same budget), less exact attention: "
         "94% next-token agreement with bf16 on the demo model (benchmarks/NOTES.md row 51), below the 99% that a "
-        "default needs, so opt-in. int8: codes with a scale per (token, KV head) set as each is written, fp8's "
-        "memory plus 3%: 95.9% next-token agreement with bf16 on the demo model (the whole model in fp32 against "
-        "bf16: 96.3%) and a fifth of fp8's KL divergence (benchmarks/quality/kv_cache_quality.py); below 99% too, "
-        "so opt-in until measured on the GPU.",
+        "default needs, so opt-in. int8: codes with a scale per (token, KV head) set as each is written, K first "
+        "evened out by a scale per channel calibrated at load, fp8's memory plus 3%: 96.9% next-token agreement with "
+        "bf16 on the demo model (the whole model in fp32 against bf16: 96.3%) and a seventh of fp8's KL divergence "
+        "(benchmarks/NOTES.md row 63); below 99% too, so opt-in until measured on the GPU.",
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
     # An external engine instead of our own (see README "An external engine as the backend").
