@@ -3,9 +3,10 @@ cache.
 
 Runs the cache in bf16; in unscaled e4m3 (every scale 1.0) and with the per-(layer, kv head) scales the runtime
 calibrates at load (what ``XWINBOT_KV_CACHE_DTYPE=fp8`` serves); and in int8 with a scale per (token, kv head)
-and K's calibrated channel scales (``XWINBOT_KV_CACHE_DTYPE=int8``), each through the Triton rotary and decode kernels in CUDA graphs; and the scaled
-fp8 and the int8 cache once more through PyTorch's SDPA (``attention="sdpa"``, ``KVCache.read``): the same bytes
-read by the two paths must give the same tokens, or the kernel's scaling is wrong. (A random tiny model has near
+and K's calibrated channel scales (``XWINBOT_KV_CACHE_DTYPE=int8``), each through the Triton rotary and decode
+kernels in CUDA graphs; and the scaled fp8 and the int8 cache once more through PyTorch's SDPA
+(``attention="sdpa"``, ``KVCache.read``): the same bytes read by the two paths must give the same tokens, or the
+kernel's scaling is wrong. (A random tiny model has near
 ties everywhere: its match with bf16 says little about quality, benchmarks/quality/kv_cache_quality.py does.)
 
     python -m benchmarks.quality.check_kv_cache

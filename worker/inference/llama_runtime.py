@@ -402,28 +402,29 @@ class LlamaRuntime:
             host = host.pin_memory()
         return host.to(self.device, non_blocking=True)
 
+    def _write_from_host(self, destination: torch.Tensor, host: torch.Tensor) -> None:
+        """Copy ``host`` into ``destination`` on the device, queued like the steps (pinned, as ``_from_host``)."""
+        destination.copy_(host.pin_memory() if self.device.type == "cuda" else host, non_blocking=True)
+
     def set_inputs(self, first_slot: int, tokens: Sequence[int], positions: Sequence[int]) -> None:
         """Feed tokens[i] at positions[i] of slot first_slot + i in the next step (conversations joining the
-        decoding ones): one copy for them all, queued on the device like the steps. Each operation the engine's
-        thread runs is a GIL round trip while job threads run Python (benchmarks/NOTES.md, "Where the 32-user
-time goes")."""
-        self.step_input[:, first_slot : first_slot + len(tokens)].copy_(
-            self._from_host(torch.tensor([list(tokens), list(positions)], dtype=torch.long)))
+        decoding ones): one copy for them all. Each operation the engine's thread runs is a GIL round trip while
+        job threads run Python (benchmarks/NOTES.md, "Where the 32-user time goes")."""
+        self._write_from_host(self.step_input[:, first_slot : first_slot + len(tokens)],
+                              torch.tensor([list(tokens), list(positions)], dtype=torch.long))
 
     def set_sampling(self, first_slot: int, params: Sequence[GenerationParams]) -> None:
         """The settings the conversations in slots first_slot.. sample with, params[i] for slot first_slot + i:
-        one copy a setting for them all."""
-        rows = SamplingTensors.of(list(params), torch.device("cpu"))
-        for buffer, value in zip(self.sampling.as_args(), rows.as_args()):
-            buffer[first_slot : first_slot + len(params)].copy_(self._from_host(value))
+        one copy for them all."""
+        self._write_from_host(self.sampling.rows[:, first_slot : first_slot + len(params)],
+                              SamplingTensors.of(list(params), torch.device("cpu")).rows)
 
     @torch.inference_mode()
     def move_slot(self, src: int, dst: int, length: int) -> None:
         """Move a conversation (its first ``length`` cache entries, its sampling settings and its next step's
         inputs) to another slot. Device copies queued after any step in flight: they move what it wrote."""
         self.cache.move(src, dst, length)
-        for buffer in self.sampling.as_args():
-            buffer[dst].copy_(buffer[src])
+        self.sampling.rows[:, dst].copy_(self.sampling.rows[:, src])
         self.step_input[:, dst].copy_(self.step_input[:, src])
 
     @torch.inference_mode()

@@ -40,22 +40,30 @@ DEFAULT_PARAMS = GenerationParams()  # frozen, so one shared instance serves as 
 
 @dataclass(frozen=True)
 class SamplingTensors:
-    """One row per sequence in the batch: temperature [B], top_k [B] (0 = off), top_p [B]."""
+    """One column per sequence in the batch: ``rows`` [3, B] fp32 holds temperature [B], top_k [B] (0 = off; whole
+    numbers, exact in fp32 up to 2^24) and top_p [B], so a batch's settings are written or moved in one copy."""
 
-    temperature: torch.Tensor
-    top_k: torch.Tensor
-    top_p: torch.Tensor
+    rows: torch.Tensor
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.rows[0]
+
+    @property
+    def top_k(self) -> torch.Tensor:
+        return self.rows[1]
+
+    @property
+    def top_p(self) -> torch.Tensor:
+        return self.rows[2]
 
     def as_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.temperature, self.top_k, self.top_p
 
     @classmethod
     def of(cls, params: list[GenerationParams], device: torch.device) -> SamplingTensors:
-        return cls(
-            temperature=torch.tensor([p.temperature for p in params], dtype=torch.float32, device=device),
-            top_k=torch.tensor([p.top_k for p in params], dtype=torch.int64, device=device),
-            top_p=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device),
-        )
+        return cls(torch.tensor([[p.temperature for p in params], [float(p.top_k) for p in params],
+                                 [p.top_p for p in params]], dtype=torch.float32, device=device))
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
