@@ -11,7 +11,8 @@
 #                                  # step in bf16 and int8 (batch 1 and 32 rows)
 #   benchmarks/gpu_all.sh int8-queue  # ~6 min: 32 users through the queue, bf16 cache then int8, each its own process
 #   benchmarks/gpu_all.sh prefill  # ~4 min: the fused int4 kernel at 65-1024 rows against rebuilding W (prefill_gemm)
-#   benchmarks/gpu_all.sh ab REV   # ~6 min: 32 users through the queue on REV's tree, then on this one
+#   benchmarks/gpu_all.sh ab REV   # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
+#                                  # on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
 #                                  # run (each its own process), the 8B at 32 users through the queue
 # Needs redis-server on PATH (or REDIS_SERVER=...) for the queue benchmark. Each benchmark runs as a module from the
@@ -60,6 +61,9 @@ elif [ "${1:-}" = "ab" ]; then
   rev=$(git rev-parse "${2:?usage: gpu_all.sh ab REV}") || exit 2
   base=/tmp/xwinbot-base-$rev
   rm -rf "$base" && mkdir -p "$base" "$OUT/base" && git archive "$rev" | tar -x -C "$base"
+  # this tree's CUDA paths first (graphs, mixed steps, settings written from pinned memory): nothing is measured
+  # on code that gives wrong tokens
+  step gpu_tests 150 python3 -m pytest -q -x -p no:cacheprovider tests/unit/inference/test_architectures_gpu.py
   (cd "$base" && OUT="$OUT/base" XWINBOT_COMMIT=$rev step queue_e2e_base 180 python3 -u -m benchmarks.speed.queue_e2e \
     --concurrency 32 --no-hf-baseline --no-restart --redis-server "${REDIS_SERVER:-redis-server}")
   step queue_e2e 180 python3 -u -m benchmarks.speed.queue_e2e --concurrency 32 --no-hf-baseline --no-restart \
