@@ -11,7 +11,7 @@
 #                                  # step in bf16 and int8 (batch 1 and 32 rows)
 #   benchmarks/gpu_all.sh int8-queue  # ~6 min: 32 users through the queue, bf16 cache then int8, each its own process
 #   benchmarks/gpu_all.sh prefill  # ~4 min: the fused int4 kernel at 65-1024 rows against rebuilding W (prefill_gemm)
-#   benchmarks/gpu_all.sh ab REV   # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
+#   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
 #                                  # on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
 #                                  # run (each its own process), the 8B at 32 users through the queue
@@ -56,11 +56,17 @@ elif [ "${1:-}" = "int8-queue" ]; then
       --no-restart --kv-cache-dtype $dtype --redis-server "${REDIS_SERVER:-redis-server}"
   done
 elif [ "${1:-}" = "ab" ]; then
-  # ab REV: 32 users through the queue on REV's tree, then on this one, each in its own process (REV from this
-  # copy's .git; its JSON under $OUT/base)
-  rev=$(git rev-parse "${2:?usage: gpu_all.sh ab REV}") || exit 2
-  base=/tmp/xwinbot-base-$rev
-  rm -rf "$base" && mkdir -p "$base" "$OUT/base" && git archive "$rev" | tar -x -C "$base"
+  # ab REV: 32 users through the queue on REV's tree, then on this one, each in its own process (its JSON under
+  # $OUT/base). REV is a commit of this copy's .git, or a directory holding REV's tree with its hash in
+  # REV_COMMIT (the GPU machine's copy has no .git: `git archive REV | tar -x -C .whl/base` here, carried)
+  if [ -d "${2:?usage: gpu_all.sh ab REV|DIR}" ]; then
+    base=$(cd "$2" && pwd) rev=${REV_COMMIT:?a directory needs REV_COMMIT}
+  else
+    rev=$(git rev-parse "$2") || exit 2
+    base=/tmp/xwinbot-base-$rev
+    rm -rf "$base" && mkdir -p "$base" && git archive "$rev" | tar -x -C "$base"
+  fi
+  mkdir -p "$OUT/base"
   # this tree's CUDA paths first (graphs, mixed steps, settings written from pinned memory): nothing is measured
   # on code that gives wrong tokens
   step gpu_tests 150 python3 -m pytest -q -x -p no:cacheprovider tests/unit/inference/test_architectures_gpu.py
