@@ -20,7 +20,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-benchmarks/results/latest}" TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/xwinbot-triton-cache}"
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: `ab` runs its base from another directory
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/NAME.log, its summary lines shown
   local name=$1 seconds=$2
   shift 2
