@@ -7,7 +7,7 @@
 #                                  # benchmark
 #   benchmarks/gpu_all.sh roofline # ~6 min: the one-row kernel against a plain read of its bytes, per shape
 #   benchmarks/gpu_all.sh configs  # ~8 min: sweep the kernel configs with each kernel alone ($OUT/w4a16_configs.json)
-#   benchmarks/gpu_all.sh int8     # ~9 min: the int8 K/V cache on the GPU: kernel tests, greedy check, the decode
+#   benchmarks/gpu_all.sh int8     # ~9 min: the int8 K/V cache on the GPU: GPU tests, greedy check, the decode
 #                                  # step in bf16 and int8 (batch 1 and 32 rows)
 #   benchmarks/gpu_all.sh int8-queue  # ~6 min: 32 users through the queue, bf16 cache then int8, each its own process
 #   benchmarks/gpu_all.sh prefill  # ~4 min: the fused int4 kernel at 65-1024 rows against rebuilding W (prefill_gemm)
@@ -44,8 +44,9 @@ elif [ "${1:-}" = "8b" ]; then
   step queue_e2e_8b 170 python3 -u -m benchmarks.speed.queue_e2e --shape llama3-8b --concurrency 32 --no-hf-baseline \
     --no-restart --redis-server "${REDIS_SERVER:-redis-server}"
 elif [ "${1:-}" = "int8" ]; then
-  step int8_kernel_tests 170 python3 -m pytest -q -x -p no:cacheprovider tests/unit/kernels \
-    tests/unit/inference/test_int8_kv_cache.py
+  # (tests/unit/kernels build CPU tensors for Triton's interpreter; on a GPU the quantized caches are checked here)
+  step quantized_cache_gpu_tests 150 python3 -m pytest -q -x -p no:cacheprovider \
+    tests/unit/inference/test_architectures_gpu.py -k quantized_cache
   step check_kv_cache 60 python3 -u -m benchmarks.quality.check_kv_cache
   for dtype in auto int8; do
     step "attention_$dtype" 150 python3 -u -m benchmarks.kernels.decode_attention_configs --step --kv-cache-dtype $dtype

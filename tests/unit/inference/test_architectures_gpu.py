@@ -7,6 +7,7 @@ prefill and decode position (fed transformers' own greedy tokens) stay within ``
 max |logit|, and where the reference's best token leads its second by more than ``CLEAR_MARGIN`` of that, ours is
 the same token. Then the captured-graph runtime's greedy answers are compared with the same steps run eagerly,
 and a mixed step (decode rows and prefill segments in one forward) with its decode step and prefills run apart.
+Last, int8 and fp8 caches read through the decode kernel against the same codes read back by PyTorch.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from tests.unit.inference.test_architectures import (
     CASES,
     CHECKPOINT_WRITERS,
     NEW_TOKENS,
+    PROMPT_LENGTH,
     architectures,
     mixed_and_separate_logits,
     prompts,
     reference_greedy,
 )
+from worker.inference.kv_quant import FP8, INT8
 from worker.inference.llama_runtime import LlamaRuntime, attention_windows, forward
 from worker.inference.sampling import GenerationParams
 from worker.model.loader import load_model
@@ -109,3 +112,30 @@ def test_a_mixed_step_on_the_gpu_kernels_gives_the_logits_of_its_steps_apart(gpu
         clear = (top2[:, 0] - top2[:, 1]) > CLEAR_MARGIN * scale
         assert rel < BF16_REL_TOL, f"{arch}/{fmt}: mixed logits {rel:.2e} of max |logit| from the separate steps'"
         assert bool((got.argmax(-1) == want.argmax(-1))[clear].all()), f"{arch}/{fmt}: a clearly best token differs"
+
+
+@pytest.mark.parametrize("kv_dtype", [INT8, FP8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("arch", architectures())
+def test_a_quantized_cache_reads_the_same_through_the_decode_kernel_as_through_pytorch(gpu_case, arch, kv_dtype):
+    """int8 and fp8 K/V on the GPU: codes written by the rotary kernel (int8: K divided by its channel scales), read
+    by the Triton decode kernel (q multiplied by those scales) and by ``KVCache.read`` with SDPA. The same logits
+    at every decode position, to bf16: a kernel that dropped a scale would be off by the scale."""
+    _, loaded = gpu_case(arch, "gptq")
+    ids = prompts(2).reshape(-1)[: PROMPT_LENGTH + NEW_TOKENS].tolist()  # a prompt, then tokens fed one at a time
+    sequence = torch.tensor([ids], device="cuda")
+    logits = {}
+    for decode_kernel in (True, False):
+        runtime = LlamaRuntime(loaded.model, 128, kv_dtype=kv_dtype)
+        assert runtime.decode_kernel, "the Triton decode attention kernel should serve this shape"
+        with torch.inference_mode():
+            forward(loaded.model, runtime.cache, sequence[:, :PROMPT_LENGTH],
+                    torch.arange(PROMPT_LENGTH, device="cuda"), 64, last_only=True)
+            logits[decode_kernel] = torch.cat([
+                forward(loaded.model, runtime.cache, sequence[:, position:position + 1],
+                        torch.tensor([position], device="cuda"), runtime.window_for(position + 1), last_only=True,
+                        decode_kernel=decode_kernel)[0].float()
+                for position in range(PROMPT_LENGTH, len(ids))])
+        del runtime
+    got, want = logits[True], logits[False]
+    rel = float((got - want).abs().max() / want.abs().max())
+    assert rel < BF16_REL_TOL, f"{arch}/{kv_dtype}: decode kernel {rel:.2e} of max |logit| from KVCache.read + SDPA"
