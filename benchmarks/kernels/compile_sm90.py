@@ -44,7 +44,8 @@ CHUNK = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", m_ptr=
              acc_ptr="*fp32", kv_scale_ptr="*fp32", channel_ptr="*fp32", chunks="i32", stride_slot="i32",
              stride_head="i32", stride_pos="i32", scale="fp32", sliding_window="i32", kv_heads="i32",
              scale_stride_kv="i32", scale_stride_slot="i32", scale_stride_head="i32", GROUP="constexpr",
-             HEAD_DIM="constexpr", CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr", TOKEN_SCALED="constexpr")
+             HEAD_DIM="constexpr", CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr", TOKEN_SCALED="constexpr",
+             ASM="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV,
      dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
@@ -83,18 +84,21 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
     (layers._rotary_into_cache_kernel, dict(ROTARY, part_ptr="*bf16", k_cache_ptr="*i8", v_cache_ptr="*i8"),
      dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=1, HEADS=8, FP8=False, INT8=True), 4, 3),
     (attention._chunk_kernel, CHUNK,
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=False), 4, 3),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=False, ASM=False), 4, 3),
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*fp8e4nv", v_ptr="*fp8e4nv"),
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True, TOKEN_SCALED=False), 4, 3),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True, TOKEN_SCALED=False, ASM=False), 4, 3),
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*i8", v_ptr="*i8"),
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True), 4, 3),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True, ASM=True), 4, 3),
+    (attention._chunk_kernel, dict(CHUNK, k_ptr="*i8", v_ptr="*i8"),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True, ASM=False), 4, 3),
     (attention._combine_kernel, dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", order_ptr="*i64", out_ptr="*bf16",
                                      chunks="i32", HEAD_DIM="constexpr", BLOCK_C="constexpr", ORDERED="constexpr"),
      dict(HEAD_DIM=128, BLOCK_C=32, ORDERED=True), 4, 3),
 ]
 
 
-DIVISIBLE_BY_16 = ("N", "stride_xm", "stride_w", "stride_s", "stride_z")  # on a 13B model, as Triton specializes
+# on a 13B model, as Triton specializes a launch (the K/V cache's strides too: without them its loads are per byte)
+DIVISIBLE_BY_16 = ("N", "stride_xm", "stride_w", "stride_s", "stride_z", "stride_slot", "stride_head", "stride_pos")
 
 
 def compile_for_sm90(kernel, signature: dict, constexprs: dict, warps: int, stages: int):

@@ -21,25 +21,46 @@ multiplies each entry's score by its K scale and its weight by its V scale. Its 
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 CHUNK = 128  # cache entries per program
 CHUNK_WARPS = 4  # warps per chunk program
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU tests: no inline assembly there
+
+# Four int8 codes a time (``pack=4``, $4 their 32-bit word) to exact fp32 without int-to-float instructions
+# (a quarter of an FMA's throughput, and the int8 chunk programs' bound: benchmarks/NOTES.md row 65): XOR 0x80
+# makes each byte 128 + code, PRMT puts byte i under fp32's 2^23 (0x4B000000 | byte reads as 2^23 + 128 + code),
+# and one subtraction of 2^23 + 128 (0f4B000080) leaves the code.
+_INT8_TO_FP32_ASM = tl.constexpr(" ".join(
+    ["{ .reg .b32 t, m; xor.b32 t, $4, 0x80808080; mov.b32 m, 0x4B000000;"]
+    + [f"prmt.b32 ${i}, t, m, 0x744{i}; sub.f32 ${i}, ${i}, 0f4B000080;" for i in range(4)] + ["}"]))
+
+
+@triton.jit
+def _as_fp32(entries, ASM: tl.constexpr):
+    """Cache entries -> fp32 (exact). ASM: int8 codes by ``_INT8_TO_FP32_ASM``; else Triton's conversion."""
+    if ASM:
+        return tl.inline_asm_elementwise(_INT8_TO_FP32_ASM, "=r,=r,=r,=r,r", [entries], dtype=tl.float32,
+                                         is_pure=True, pack=4)
+    return entries.to(tl.float32)
 
 
 @triton.jit
 def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_ptr, channel_ptr, chunks, stride_slot,
                   stride_head, stride_pos, scale, sliding_window, kv_heads, scale_stride_kv, scale_stride_slot,
                   scale_stride_head, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
-                  SLIDING: tl.constexpr, SCALED: tl.constexpr, TOKEN_SCALED: tl.constexpr):
+                  SLIDING: tl.constexpr, SCALED: tl.constexpr, TOKEN_SCALED: tl.constexpr, ASM: tl.constexpr):
     """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries
     (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0). SCALED: keys
     and values are stored divided by kv_scale_ptr[kv head] and kv_scale_ptr[kv_heads + kv head]. TOKEN_SCALED:
     entry t's key and value are stored divided by kv_scale_ptr[kv * scale_stride_kv + row * scale_stride_slot +
     kv head * scale_stride_head + t] with kv 0 (K) and 1 (V), and keys also divided by channel_ptr[kv head *
-    HEAD_DIM + d] (q is multiplied by them: the same products)."""
+    HEAD_DIM + d] (q is multiplied by them: the same products). ASM: the entries are int8 codes, made fp32 by
+    ``_as_fp32``'s assembly."""
     row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
     d = tl.arange(0, HEAD_DIM)
@@ -56,7 +77,7 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
     q = tl.load(q_ptr + (row * heads + head) * HEAD_DIM + d).to(tl.float32)
     if TOKEN_SCALED:
         q = q * tl.load(channel_ptr + (head // GROUP) * HEAD_DIM + d)
-    keys = tl.load(k_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    keys = _as_fp32(tl.load(k_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0), ASM)
     products = tl.sum(keys * q[None, :], axis=1)
     if TOKEN_SCALED:
         token_scales = kv_scale_ptr + row * scale_stride_slot + (head // GROUP) * scale_stride_head + t
@@ -65,7 +86,7 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
     top = tl.max(scores, axis=0)
     top_safe = tl.where(top == float("-inf"), 0.0, top)  # a chunk past the row's end: weights 0, not NaN
     weights = tl.exp(scores - top_safe)
-    values = tl.load(v_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
+    values = _as_fp32(tl.load(v_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0), ASM)
     value_weights = weights
     if TOKEN_SCALED:  # the softmax sums the weights; the values take each entry's V scale on top
         value_weights = weights * tl.load(token_scales + scale_stride_kv, mask=valid, other=0.0)
@@ -128,7 +149,8 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         q, keys, values, positions, m, l_sum, acc, scale_arg, channel_arg, chunks, keys.stride(0), keys.stride(1),
         keys.stride(2), scale, sliding_window or 0, keys.shape[1], *scale_strides, GROUP=heads // keys.shape[1],
         HEAD_DIM=head_dim, CHUNK=chunk, SLIDING=sliding_window is not None and sliding_window < window,
-        SCALED=kv_scales is not None, TOKEN_SCALED=token_scales is not None, num_warps=num_warps,
+        SCALED=kv_scales is not None, TOKEN_SCALED=token_scales is not None,
+        ASM=keys.dtype == torch.int8 and not INTERPRETING, num_warps=num_warps,
     )
     out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](

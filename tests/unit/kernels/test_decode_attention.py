@@ -161,3 +161,16 @@ def test_a_cache_has_per_head_or_per_token_scales_not_both():
     with pytest.raises(ValueError, match="not both"):
         decode_attention(q, keys, keys, torch.tensor([3]), 128, 0.25, kv_scales=torch.ones(2, 2),
                          token_scales=torch.ones(2, 1, 2, 128))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the conversion's assembly runs on a GPU only")
+def test_int8_codes_read_as_exactly_the_numbers_they_hold_on_the_gpu():
+    """On a GPU int8 codes become fp32 by PRMT assembly, not Triton's conversion: the same attention, to fp32's
+    rounding, as the same codes handed over as bf16 (which holds -128..127 exactly) and converted by Triton."""
+    gen = torch.Generator().manual_seed(34)
+    codes = torch.randint(-128, 128, (2, 2, 2, 300, 64), generator=gen, dtype=torch.int8).cuda()  # K/V, slots, ...
+    token_scales = (torch.rand(2, 2, 2, 300, generator=gen) / 64).cuda()
+    q, positions = torch.randn(2, 4, 64, generator=gen).cuda(), torch.tensor([5, 299]).cuda()
+    got, want = (decode_attention(q, keys, values, positions, 300, 0.125, token_scales=token_scales)
+                 for keys, values in (codes, codes.bfloat16()))
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
