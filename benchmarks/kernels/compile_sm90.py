@@ -88,7 +88,7 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*fp8e4nv", v_ptr="*fp8e4nv"),
      dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True, TOKEN_SCALED=False, ASM=False), 4, 3),
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*i8", v_ptr="*i8"),
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True, ASM=True), 4, 3),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True, ASM=True), 2, 3),
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*i8", v_ptr="*i8"),
      dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True, ASM=False), 4, 3),
     (attention._combine_kernel, dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", order_ptr="*i64", out_ptr="*bf16",

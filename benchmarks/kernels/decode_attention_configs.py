@@ -94,10 +94,11 @@ def step_ms(pairs: set[tuple[int, int]], kv_dtype: str = "auto") -> dict:
 
     model = load_model(write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B),
                        device="cuda").model
-    shipped = attention.CHUNK, attention.CHUNK_WARPS
+    shipped = attention.CHUNK, attention.CHUNK_WARPS, attention.INT8_CHUNK_WARPS
     found = {}
     for chunk, warps in sorted(pairs):
-        attention.CHUNK, attention.CHUNK_WARPS = chunk, warps  # what the captured step's calls read
+        # what the captured step's calls read (one cache dtype a run, so both warps settings alike)
+        attention.CHUNK, attention.CHUNK_WARPS, attention.INT8_CHUNK_WARPS = chunk, warps, warps
         for batch in (1, 32):
             runtime = LlamaRuntime(model, 2048, max_batch=batch, cuda_graphs=True, attention="triton",
                                    kv_dtype=cache_dtype(kv_dtype, torch.bfloat16))
@@ -107,7 +108,7 @@ def step_ms(pairs: set[tuple[int, int]], kv_dtype: str = "auto") -> dict:
             print(f"decode step, attention {chunk}x{warps}, batch {batch:2}: {ms:.3f} ms", flush=True)
             del runtime, graph
             torch.cuda.empty_cache()
-    attention.CHUNK, attention.CHUNK_WARPS = shipped
+    attention.CHUNK, attention.CHUNK_WARPS, attention.INT8_CHUNK_WARPS = shipped
     return found
 
 
@@ -122,13 +123,14 @@ def main() -> None:
         sys.exit(1)
     device = torch.device("cuda")
     torch.manual_seed(0)
-    report: dict = {"device": torch.cuda.get_device_name(), "shipped": [attention.CHUNK, attention.CHUNK_WARPS],
+    shipped_warps = attention.chunk_warps(cache_dtype(args.kv_cache_dtype, torch.bfloat16))
+    report: dict = {"device": torch.cuda.get_device_name(), "shipped": [attention.CHUNK, shipped_warps],
                     "kv_cache_dtype": args.kv_cache_dtype, "cases": {}}
     for batch, window in CASES:
         q = torch.randn((batch, HEADS, HEAD_DIM), device=device, dtype=torch.bfloat16)
         positions = torch.randint(window // 2, window, (batch,), device=device, dtype=torch.int64)
         caches = caches_for(batch, window, device, args.kv_cache_dtype)
-        shipped_us, reference = time_config(q, caches, positions, window, attention.CHUNK, attention.CHUNK_WARPS)
+        shipped_us, reference = time_config(q, caches, positions, window, attention.CHUNK, shipped_warps)
         row = {}
         for chunk in CHUNKS:
             for warps in WARPS:
@@ -142,13 +144,13 @@ def main() -> None:
         best = min((v["us"], k) for k, v in row.items() if v["agree"])
         report["cases"][f"batch {batch} window {window}"] = {"shipped_us": round(shipped_us, 2), "configs": row,
                                                               "best": best[1], "best_us": best[0]}
-        print(f"batch {batch:2} window {window:4}: shipped {attention.CHUNK}x{attention.CHUNK_WARPS} "
+        print(f"batch {batch:2} window {window:4}: shipped {attention.CHUNK}x{shipped_warps} "
               f"{shipped_us:7.2f} us, best {best[1]:>6} {best[0]:7.2f} us | "
               + " ".join(f"{k} {v['us']:.1f}{'' if v['agree'] else '!'}" for k, v in row.items()), flush=True)
         del caches
         torch.cuda.empty_cache()
     if args.step:
-        pairs = {(attention.CHUNK, attention.CHUNK_WARPS)} | {
+        pairs = {(attention.CHUNK, shipped_warps)} | {
             tuple(map(int, report["cases"][f"batch {b} window 1024"]["best"].split("x"))) for b in (1, 32)}
         report["step_ms"] = step_ms(pairs, args.kv_cache_dtype)
     write_result("decode_attention_configs", report)

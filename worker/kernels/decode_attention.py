@@ -29,6 +29,7 @@ import triton.language as tl
 
 CHUNK = 128  # cache entries per program
 CHUNK_WARPS = 4  # warps per chunk program
+INT8_CHUNK_WARPS = 2  # an int8 cache's: 96 against 108 us a 13B layer at 32 rows (benchmarks/NOTES.md row 66)
 INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU tests: no inline assembly there
 
 # Four int8 codes a time (``pack=4``, $4 their 32-bit word) to exact fp32 without int-to-float instructions
@@ -117,6 +118,11 @@ def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
     tl.store(out_ptr + row * heads * HEAD_DIM + channel, out.to(out_ptr.dtype.element_ty))
 
 
+def chunk_warps(cache_dtype: torch.dtype) -> int:
+    """The chunk programs' warps for a cache of this dtype."""
+    return INT8_CHUNK_WARPS if cache_dtype == torch.int8 else CHUNK_WARPS
+
+
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor,
                      window: int, scale: float, order_inverse: torch.Tensor | None = None,
                      sliding_window: int | None = None, kv_scales: torch.Tensor | None = None,
@@ -130,9 +136,9 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     ``token_scales`` [2, slots, Hkv, >= window] fp32: an int8 cache's K and V scale of each entry (slot b is
     row b, as in ``keys``; any strides; ``KVCache.window_token_scales``); ``key_channel_scales`` [Hkv, D] fp32:
     what an int8 cache's K is divided by per channel besides (``KVCache.key_channel_scales``; None: 1.0).
-    ``chunk``/``num_warps``: the chunk programs' shape, CHUNK and CHUNK_WARPS unless given
+    ``chunk``/``num_warps``: the chunk programs' shape, CHUNK and ``chunk_warps`` unless given
     (``benchmarks/kernels/decode_attention_configs.py`` sweeps them)."""
-    chunk, num_warps = chunk or CHUNK, num_warps or CHUNK_WARPS
+    chunk, num_warps = chunk or CHUNK, num_warps or chunk_warps(keys.dtype)
     batch, heads, head_dim = q.shape
     chunks = triton.cdiv(window, chunk)
     m = torch.empty((batch, heads, chunks), device=q.device, dtype=torch.float32)

@@ -119,7 +119,9 @@ def test_a_mixed_step_on_the_gpu_kernels_gives_the_logits_of_its_steps_apart(gpu
 def test_a_quantized_cache_reads_the_same_through_the_decode_kernel_as_through_pytorch(gpu_case, arch, kv_dtype):
     """int8 and fp8 K/V on the GPU: codes written by the rotary kernel (int8: K divided by its channel scales), read
     by the Triton decode kernel (q multiplied by those scales) and by ``KVCache.read`` with SDPA. The same logits
-    at every decode position, to bf16: a kernel that dropped a scale would be off by the scale."""
+    at every decode position, to bf16. int8's K channel scales are set far apart (1 down to 1/64), so a path that
+    dropped them would be off by up to 64x in some of K's channels (calibrated on a tiny random model they are
+    close to 1, and such a fault hid inside the tolerance)."""
     _, loaded = gpu_case(arch, "gptq")
     ids = prompts(2).reshape(-1)[: PROMPT_LENGTH + NEW_TOKENS].tolist()  # a prompt, then tokens fed one at a time
     sequence = torch.tensor([ids], device="cuda")
@@ -127,6 +129,9 @@ def test_a_quantized_cache_reads_the_same_through_the_decode_kernel_as_through_p
     for decode_kernel in (True, False):
         runtime = LlamaRuntime(loaded.model, 128, kv_dtype=kv_dtype)
         assert runtime.decode_kernel, "the Triton decode attention kernel should serve this shape"
+        if kv_dtype == INT8:
+            channels = runtime.cache.key_channel_scales.shape
+            runtime.cache.set_key_channel_scales(2.0 ** -(torch.arange(channels[-1]) % 7).float().expand(channels))
         with torch.inference_mode():
             forward(loaded.model, runtime.cache, sequence[:, :PROMPT_LENGTH],
                     torch.arange(PROMPT_LENGTH, device="cuda"), 64, last_only=True)
