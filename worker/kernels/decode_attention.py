@@ -25,19 +25,19 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.kernels import INTERPRETING
+from worker.kernels import INTERPRETING, MAGIC
 
 CHUNK = 128  # cache entries per program
 CHUNK_WARPS = 4  # warps per chunk program
 INT8_CHUNK_WARPS = 2  # an int8 cache's: 96 against 108 us a 13B layer at 32 rows (benchmarks/NOTES.md row 66)
 
 # Four int8 codes a time (``pack=4``, $4 their 32-bit word) to exact fp32 without int-to-float instructions
-# (a quarter of an FMA's throughput, and the int8 chunk programs' bound: benchmarks/NOTES.md row 65): XOR 0x80
-# makes each byte 128 + code, PRMT puts byte i under fp32's 2^23 (0x4B000000 | byte reads as 2^23 + 128 + code),
-# and one subtraction of 2^23 + 128 (0f4B000080) leaves the code.
+# (an eighth of an FMA's throughput, and the int8 chunk programs' bound: benchmarks/NOTES.md row 65): XOR 0x80
+# makes each byte 128 + code, PRMT puts byte i under 2^23's bits (MAGIC | byte reads as 2^23 + 128 + code), and
+# one subtraction of 2^23 + 128 (MAGIC + 128 read as a float) leaves the code.
 _INT8_TO_FP32_ASM = tl.constexpr(" ".join(
-    ["{ .reg .b32 t, m; xor.b32 t, $4, 0x80808080; mov.b32 m, 0x4B000000;"]
-    + [f"prmt.b32 ${i}, t, m, 0x744{i}; sub.f32 ${i}, ${i}, 0f4B000080;" for i in range(4)] + ["}"]))
+    [f"{{ .reg .b32 t, m; xor.b32 t, $4, 0x80808080; mov.b32 m, {MAGIC:#x};"]
+    + [f"prmt.b32 ${i}, t, m, 0x744{i}; sub.f32 ${i}, ${i}, 0f{MAGIC + 128:08X};" for i in range(4)] + ["}"]))
 
 
 @triton.jit

@@ -42,11 +42,10 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.kernels import INTERPRETING
+from worker.kernels import INTERPRETING, MAGIC
 
 FUSED_MAX_ROWS = 64
 CODE_SPREAD = 16  # inputs between a word's consecutive codes, groups of 128 or more (a word row per input of 16)
-MAGIC = 0x4B000000  # the bits of 2.0**23 (``_code_in_mantissa``)
 TUNED_CONFIGS = Path(__file__).with_name("w4a16_configs.json")
 SCRATCH_ELEMENTS = 32 * 1024 * 1024  # 64 MiB of bf16: W is rebuilt at most this much at a time
 _scratch: dict[torch.device, torch.Tensor] = {}
