@@ -49,12 +49,13 @@ elif [ "${1:-}" = "int8" ]; then
     tests/unit/inference/test_architectures_gpu.py -k quantized_cache
   step check_kv_cache 60 python3 -u -m benchmarks.quality.check_kv_cache
   for dtype in auto int8; do  # each dtype's JSON in its own folder
-    mkdir -p "$OUT/$dtype" && OUT="$OUT/$dtype" step "attention_$dtype" 150 python3 -u -m benchmarks.kernels.decode_attention_configs --step --kv-cache-dtype $dtype
+    mkdir -p "$OUT/$dtype" && OUT="$OUT/$dtype" step "attention_$dtype" 150 python3 -u -m \
+      benchmarks.kernels.decode_attention_configs --step --kv-cache-dtype $dtype
   done
 elif [ "${1:-}" = "int8-queue" ]; then
   for dtype in auto int8; do
-    mkdir -p "$OUT/$dtype" && OUT="$OUT/$dtype" step "queue_e2e_$dtype" 180 python3 -u -m benchmarks.speed.queue_e2e --concurrency 32 --no-hf-baseline \
-      --no-restart --kv-cache-dtype $dtype --redis-server "${REDIS_SERVER:-redis-server}"
+    mkdir -p "$OUT/$dtype" && OUT="$OUT/$dtype" step "queue_e2e_$dtype" 180 python3 -u -m benchmarks.speed.queue_e2e \
+      --concurrency 32 --no-hf-baseline --no-restart --kv-cache-dtype $dtype --redis-server "${REDIS_SERVER:-redis-server}"
   done
 elif [ "${1:-}" = "ab" ]; then
   # ab REV: 32 users through the queue on REV's tree, then on this one, each in its own process (its JSON under

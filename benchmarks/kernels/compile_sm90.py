@@ -89,8 +89,6 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
      dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True, TOKEN_SCALED=False, ASM=False), 4, 3),
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*i8", v_ptr="*i8"),
      dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True, ASM=True), 2, 3),
-    (attention._chunk_kernel, dict(CHUNK, k_ptr="*i8", v_ptr="*i8"),
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True, ASM=False), 4, 3),
     (attention._combine_kernel, dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", order_ptr="*i64", out_ptr="*bf16",
                                      chunks="i32", HEAD_DIM="constexpr", BLOCK_C="constexpr", ORDERED="constexpr"),
      dict(HEAD_DIM=128, BLOCK_C=32, ORDERED=True), 4, 3),
