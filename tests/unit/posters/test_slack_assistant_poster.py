@@ -106,6 +106,16 @@ def test_the_wait_is_the_threads_status_then_the_answer_streams_natively_and_end
     assert calls(fake, "chat.postMessage", job) == [] and len(calls(fake, "chat.stopStream", job)) == 1
 
 
+def test_an_answer_done_before_its_first_update_is_posted_once_whole_with_no_stream(fake, redis):
+    # A short answer on an idle GPU can be whole before the first update is due: one post, not a stream of one.
+    job = assistant_job(fake)
+    p = poster(fake, redis)
+    p.waiting(job, None)
+    p.finish(job, FINAL)
+    assert_final(fake, job, FINAL)
+    assert len(calls(fake, "chat.postMessage", job)) == 1 and calls(fake, "chat.startStream", job) == []
+
+
 def test_an_answer_that_outlives_its_stream_is_finished_with_chat_update_once(fake, redis, short_streams):
     job = assistant_job(fake)
     p = poster(fake, redis)
