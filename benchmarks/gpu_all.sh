@@ -11,6 +11,8 @@
 #                                  # step in bf16 and int8 (batch 1 and 32 rows)
 #   benchmarks/gpu_all.sh int8-queue  # ~6 min: 32 users through the queue, bf16 cache then int8, each its own process
 #   benchmarks/gpu_all.sh prefill  # ~4 min: the fused int4 kernel at 65-1024 rows against rebuilding W (prefill_gemm)
+#   benchmarks/gpu_all.sh one-dot  # ~8 min: the kernels' GPU tests, then the 32-row step's int4 configs tuned in the
+#                                  # step with and without one dot (NOTES row 67): the step before and after
 #   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
 #                                  # on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
@@ -76,6 +78,9 @@ elif [ "${1:-}" = "ab" ]; then
     --concurrency 32 --no-hf-baseline --no-restart --redis-server "${REDIS_SERVER:-redis-server}")
   step queue_e2e 180 python3 -u -m benchmarks.speed.queue_e2e --concurrency 32 --no-hf-baseline --no-restart \
     --redis-server "${REDIS_SERVER:-redis-server}"
+elif [ "${1:-}" = "one-dot" ]; then
+  step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
+  step tune_in_step_32 420 python3 -u -m benchmarks.kernels.tune_in_step --batches 32 --kernels swap --seconds 360
 elif [ "${1:-}" = "prefill" ]; then
   step prefill_gemm 230 python3 -u -m benchmarks.kernels.prefill_gemm
 elif [ "${1:-}" = "sweep" ]; then

@@ -56,6 +56,8 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
     (w4a16._gemv_kernel, GEMV,
      dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True), 4, 1),
     (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True), 8, 3),
+    (w4a16._swap_dot_kernel, DOT,
+     dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True, ONE_DOT=True), 8, 3),
     (w4a16._swap_dot_kernel, dict(DOT, x_ptr="*fp16"),
      dict(GROUP=128, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPREAD=16, ASM=True), 4, 3),
     (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=16, BLOCK_N=256, BLOCK_K=128, SPREAD=16, ASM=True), 2, 4),

@@ -51,9 +51,9 @@ def candidates(rows: int, k: int):
     for block_n, block_k, warps, stages in tiles:
         k_blocks = k // block_k
         for split in (s for s in range(1, min(k_blocks, 54) + 1) if k_blocks % s == 0):
-            config = dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=block_k, split=split,
-                          num_warps=warps, num_stages=stages)
-            yield config
+            yield from w4a16_kernels.with_one_dot(dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n,
+                                                       BLOCK_K=block_k, split=split, num_warps=warps,
+                                                       num_stages=stages))
 
 
 def worth_timing(config: dict, out_features: int, sms: int) -> bool:

@@ -22,7 +22,8 @@ Two ways to multiply, picked by the number of activation rows M:
     arithmetic bounded the kernel by instruction issue, not by memory; benchmarks/NOTES.md rows 26-27), the
     words in fp32.
   - 2..32 rows, ``_swap_dot_kernel``: tensor cores on out.T = W @ x.T, so the weights take the MMA's long side
-    and the rows pad only to 16; one dot per code position j of the packed words.
+    and the rows pad only to 16; one dot per code position j of the packed words, or (config ``one_dot``) one
+    dot over the 8 positions side by side.
   - 33..64 rows and groups under 128, ``_unpacked_dot_kernel``: the codes interleaved back to [K, N], one dot.
   A code becomes a float without an int-to-float instruction (quarter rate on the GPU; it bounded the first
   kernels): OR-ed into the mantissa of 2**23 it reads as 2**23 + code (``_code_in_mantissa``).
@@ -229,23 +230,48 @@ def _gemv_kernel(
     tl.store(out_ptr + pid_k * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
+@triton.jit
+def _code_tile(words, zeros, j: tl.constexpr, dtype: tl.constexpr, ASM: tl.constexpr):
+    """code j - zero of each word of the tile, exact, in ``dtype`` (x's). ASM (bf16): built in bf16x2
+    instructions, the same values in fewer instructions than through fp32 (benchmarks/NOTES.md row 29)."""
+    if ASM and dtype == tl.bfloat16:
+        return _bf16_code_minus_zero(words, (zeros + 128.0).to(tl.bfloat16), j)
+    return _code_minus_zero(words, words >> 16, zeros, 0x4B000000, j).to(dtype)
+
+
+@triton.jit
+def _code_tiles_in_input_order(words, zeros, dtype: tl.constexpr, ASM: tl.constexpr):
+    """The 8 code tiles of words [BLOCK_N, SPREAD] as one [BLOCK_N, 8 * SPREAD]: column 16j + r is code j of
+    word r, the input it multiplies (the codes are spread)."""
+    pairs = (tl.join(_code_tile(words, zeros, 0, dtype, ASM), _code_tile(words, zeros, 1, dtype, ASM)),
+             tl.join(_code_tile(words, zeros, 2, dtype, ASM), _code_tile(words, zeros, 3, dtype, ASM)),
+             tl.join(_code_tile(words, zeros, 4, dtype, ASM), _code_tile(words, zeros, 5, dtype, ASM)),
+             tl.join(_code_tile(words, zeros, 6, dtype, ASM), _code_tile(words, zeros, 7, dtype, ASM)))
+    tiles = tl.join(tl.join(pairs[0], pairs[1]), tl.join(pairs[2], pairs[3]))  # [n, r, a, b, c]: j = a + 2b + 4c
+    return tl.reshape(tl.permute(tiles, (0, 4, 3, 2, 1)), (tiles.shape[0], 8 * tiles.shape[1]))
+
+
 @triton.jit(do_not_specialize=["M"])  # any row count: one compiled program (no compile in the middle of serving)
 def _swap_dot_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
-    ASM: tl.constexpr = True,
+    ASM: tl.constexpr = True, ONE_DOT: tl.constexpr = False,
 ):
     """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
     transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word r and its input: such groups
     always have their codes spread (BLOCK_K = 8 * SPREAD), so that is x[:, 16j + r], 16 contiguous inputs,
     copied ahead asynchronously. ASM (bf16 x): code - zero built in bf16x2 instructions, fewer than in fp32
-    (benchmarks/NOTES.md row 29)."""
+    (benchmarks/NOTES.md row 29). ONE_DOT: the 8 code tiles side by side in the inputs' order and one dot of
+    K = 128 over x[:, k0 : k0 + 128]: with 4 or 8 warps (Hopper's wgmma) its 8 steps are issued back to back
+    and waited for once, where 8 dots wait for each (the same sums in the same order); with 2 warps (mma.sync)
+    the whole tile in registers spills."""
     tl.static_assert(BLOCK_K == 8 * SPREAD)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n, mask_m = offs_n < N, offs_m < M
     rows = tl.arange(0, BLOCK_K // 8)
+    dtype: tl.constexpr = x_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for it in range(0, iters_per_split):
         k0 = (pid_k * iters_per_split + it) * BLOCK_K
@@ -254,17 +280,16 @@ def _swap_dot_kernel(
         group = k0 // GROUP
         zeros = tl.load(z_ptr + group * stride_z + offs_n[:, None], mask=mask_n[:, None], other=0).to(tl.float32)
         scales = tl.load(s_ptr + group * stride_s + offs_n[:, None], mask=mask_n[:, None], other=0.0).to(tl.float32)
-        high = words >> 16
-        zero_magic = (zeros + 128.0).to(tl.bfloat16)
-        block = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        for j in tl.static_range(8):
-            inputs = k0 + j * SPREAD + rows
-            x_j = tl.load(x_ptr + offs_m[None, :] * stride_xm + inputs[:, None], mask=mask_m[None, :], other=0.0)
-            if ASM and x_j.dtype == tl.bfloat16:  # the same exact values in fewer instructions (NOTES.md row 29)
-                w_j = _bf16_code_minus_zero(words, zero_magic, j)
-            else:
-                w_j = _code_minus_zero(words, high, zeros, 0x4B000000, j).to(x_j.dtype)
-            block = tl.dot(w_j, x_j, block)
+        if ONE_DOT:
+            inputs = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + offs_m[None, :] * stride_xm + inputs[:, None], mask=mask_m[None, :], other=0.0)
+            block = tl.dot(_code_tiles_in_input_order(words, zeros, dtype, ASM), x)
+        else:
+            block = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+            for j in tl.static_range(8):
+                inputs = k0 + j * SPREAD + rows
+                x_j = tl.load(x_ptr + offs_m[None, :] * stride_xm + inputs[:, None], mask=mask_m[None, :], other=0.0)
+                block = tl.dot(_code_tile(words, zeros, j, dtype, ASM), x_j, block)
         acc += block * scales
     out = out_ptr + pid_k * M * N + offs_m[None, :] * N + offs_n[:, None]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_m[None, :] & mask_n[:, None])
@@ -384,6 +409,15 @@ def rows_bucket(rows: int) -> int:
     return 1 if rows == 1 else 16 if rows <= 16 else 32 if rows <= 32 else 64
 
 
+def with_one_dot(config: dict) -> list[dict]:
+    """``config``, and for the 2..32-row kernel with 4 or 8 warps (Hopper's wgmma) the same with ``one_dot``: the
+    configs a sweep times. With 2 warps (mma.sync) one dot's whole tile in registers spills (benchmarks/NOTES.md
+    row 67)."""
+    if config["kernel"] == "swap" and config["num_warps"] % 4 == 0:
+        return [config, dict(config, one_dot=True)]
+    return [config]
+
+
 def kernel_for(bucket: int, group_size: int) -> str:
     """Which fused kernel serves a rows bucket by default: "gemv" (1 row), "swap" (2..32 rows, groups of 128k)
     or "unpacked"."""
@@ -461,7 +495,7 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
     spread = code_spread(group_size)
     if kernel == "swap":
         _swap_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, ASM=not INTERPRETING,
-                               **config)
+                               ONE_DOT=config.pop("one_dot", False), **config)
     else:
         _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, **config)
     return out

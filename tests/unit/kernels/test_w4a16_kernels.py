@@ -78,6 +78,7 @@ KERNEL_CONFIGS = {  # each kernel with K split 2 ways, its K blocks inside one g
     "gemv-block-in-a-group": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, split=2)),
     "gemv-groups-of-64": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=2)),
     "swap": (5, 128, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
+    "swap-one-dot": (5, 128, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2, one_dot=True)),
     "unpacked": (5, 128, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
     "unpacked-groups-of-64": (5, 64, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, split=2)),
 }
@@ -129,6 +130,23 @@ def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k)
     exact_product = x.float() @ dequantize(tensors, 4).T
     assert relative_error(exact.sum(0)[0], exact_product) < 1e-5
     assert 1e-4 < relative_error(partials.sum(0)[0], exact_product) < 1e-2  # bf16 rounding, no more
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="wgmma, which one dot is for, runs on a GPU only")
+@pytest.mark.parametrize("rows,warps", [(17, 8), (32, 8), (32, 4)])
+def test_one_dot_gives_the_eight_dots_sums_bit_for_bit_on_the_gpu(rows, warps):
+    # One dot of K = 128 runs the same 8 MMA steps into one accumulator in the same order as 8 dots of K = 16:
+    # whichever a config picks, an answer's tokens are the same.
+    tensors, layer = quantized_layer(5120, 5120, 128, True, False, seed=14, dtype=torch.bfloat16)
+    layer = layer.cuda()
+    x = torch.randn(rows, 5120, generator=torch.Generator().manual_seed(15)).bfloat16().cuda()
+    config = dict(kernel="swap", BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, split=4, num_warps=warps, num_stages=3)
+
+    eight, one = (w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros,
+                                                128, dict(config, one_dot=one_dot)) for one_dot in (False, True))
+
+    assert torch.equal(one, eight)
+    assert relative_error(one.sum(0).cpu(), x.float().cpu() @ dequantize(tensors, 4).T) < 4e-3
 
 
 def test_bias_is_added_once_whatever_the_split():
