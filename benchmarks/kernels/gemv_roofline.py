@@ -1,12 +1,12 @@
 """The one-row int4 kernel against the card's read bandwidth, shape by shape (13B layers, batch 1).
 
 For each Llama-13B layer shape: a plain read of the same bytes (packed words, scales, zeros) by a Triton
-kernel with 16-byte loads (the roof this kernel can reach), the configs in
-``worker/kernels/w4a16_configs.json``, and a grid of tiles, warps and K splits, and the tuned config with each
-word's products summed in fp32 instead of bf16. Each time replays a CUDA graph of calls cycling through copies
-of the layer past the L2, as a decode step reads them; the split-K partial sums are left to the consumer, as
-in the step. Prints GB/s per shape, best configs last; ``--ncu`` runs only the tuned and best configs a few
-twice each (for ``ncu --kernel-name regex:gemv``).
+kernel with 16-byte loads, one or four in flight a thread, 1-8 programs an SM (the roof this kernel can
+reach), the configs in ``worker/kernels/w4a16_configs.json``, and a grid of tiles, warps and K splits, and the
+tuned config with each word's products summed in fp32 instead of bf16. Each time replays a CUDA graph of calls
+cycling through copies of the layer past the L2, as a decode step reads them; the split-K partial sums are left
+to the consumer, as in the step. Prints GB/s per shape, best configs last; ``--ncu`` runs only the tuned and
+best configs, twice each (for ``ncu --kernel-name regex:gemv``).
 
     python -m benchmarks.kernels.gemv_roofline [--seconds 240] [--ncu best.json]
 """
@@ -50,10 +50,14 @@ def random_layer(k: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor, to
     return layer.packed, layer.scales, layer.zeros
 
 
-def read_call(layer, out, programs: int):
+def read_call(layer, out, programs: int, block: int):
     packed, scales, zeros = layer
     return lambda: _read_kernel[(programs,)](packed, scales, zeros, out, packed.numel(), scales.numel(),
-                                             BLOCK=1024, num_warps=8)
+                                             BLOCK=block, num_warps=8)
+
+
+# (programs per SM, words a program reads per trip: 1024 is one 16-byte load a thread, 4096 four in flight)
+READ_SHAPES = [(p, block) for p in (1, 2, 4, 8) for block in (1024, 4096)]
 
 
 def gemv_call(layer, x, config: dict):
@@ -87,9 +91,11 @@ def sweep(seconds: float, device) -> dict:
         layers = [random_layer(k, n, device) for _ in range(copies_beyond_l2(k, n, 0.5))]
         x = torch.randn(1, k, device=device, dtype=torch.bfloat16)
         gb = layer_bytes(k, n) / 1e9
-        out = torch.empty(sms * 4, device=device, dtype=torch.int32)
-        roof = min(graph_time_us(cycling([read_call(layer, out, programs) for layer in layers]))
-                   for programs in (sms, 2 * sms, 4 * sms))
+        out = torch.empty(sms * 8, device=device, dtype=torch.int32)
+        reads = {f"{p} a SM, {block} words a trip": graph_time_us(cycling([read_call(layer, out, p * sms, block)
+                                                                         for layer in layers]))
+                 for p, block in READ_SHAPES}
+        roof = min(reads.values())
         tuned = w4a16_kernels.config_for_bucket(1, n, k, 128, device)
         tuned_us = graph_time_us(cycling([gemv_call(layer, x, tuned) for layer in layers]))
         fp32_us = graph_time_us(cycling([gemv_call(layer, x, dict(tuned, bf16_words=False)) for layer in layers]))
@@ -102,11 +108,13 @@ def sweep(seconds: float, device) -> dict:
             us = graph_time_us(cycling([gemv_call(layer, x, config) for layer in layers]))
             rows.append(dict(config=config, us=us, GBps=gb / us * 1e6))
         rows.sort(key=lambda r: r["us"])
-        entry = dict(k=k, n=n, MB=gb * 1e3, read_roof_us=roof, read_roof_GBps=gb / roof * 1e6, tuned=tuned,
+        entry = dict(k=k, n=n, MB=gb * 1e3, read_roof_us=roof, read_roof_GBps=gb / roof * 1e6,
+                     read_GBps={shape: gb / us * 1e6 for shape, us in reads.items()}, tuned=tuned,
                      tuned_us=tuned_us, tuned_GBps=gb / tuned_us * 1e6, fp32_words_us=fp32_us, timed=len(rows),
                      best=rows[:8])
         report["shapes"][name] = entry
-        print(f"{name}: {gb * 1e3:.1f} MB  roof {roof:.1f} us ({gb / roof * 1e6:.0f} GB/s)  tuned {tuned_us:.1f} us "
+        print(f"{name}: {gb * 1e3:.1f} MB  roof {roof:.1f} us ({gb / roof * 1e6:.0f} GB/s, best of "
+              f"{', '.join(f'{shape} {gb / us * 1e6:.0f}' for shape, us in reads.items())})  tuned {tuned_us:.1f} us "
               f"({gb / tuned_us * 1e6:.0f} GB/s; fp32 words {gb / fp32_us * 1e6:.0f})  best of {len(rows)}: "
               + ("; ".join(f"{r['us']:.1f} us {r['GBps']:.0f} GB/s {short(r['config'])}" for r in rows[:3])),
               flush=True)
