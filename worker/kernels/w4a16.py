@@ -241,7 +241,7 @@ def _code_tile(words, zeros, j: tl.constexpr, dtype: tl.constexpr, ASM: tl.const
 
 @triton.jit
 def _code_tiles_in_input_order(words, zeros, dtype: tl.constexpr, ASM: tl.constexpr):
-    """The 8 code tiles of words [BLOCK_N, SPREAD] as one [BLOCK_N, 8 * SPREAD]: column 16j + r is code j of
+    """The 8 code tiles of words [BLOCK_N, SPREAD] as one [BLOCK_N, 8 * SPREAD]: column SPREAD * j + r is code j of
     word r, the input it multiplies (the codes are spread)."""
     pairs = (tl.join(_code_tile(words, zeros, 0, dtype, ASM), _code_tile(words, zeros, 1, dtype, ASM)),
              tl.join(_code_tile(words, zeros, 2, dtype, ASM), _code_tile(words, zeros, 3, dtype, ASM)),
