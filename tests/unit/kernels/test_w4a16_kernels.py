@@ -132,13 +132,19 @@ def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k)
     assert 1e-4 < relative_error(partials.sum(0)[0], exact_product) < 1e-2  # bf16 rounding, no more
 
 
+@pytest.fixture(scope="module")
+def gpu_13b_layer():
+    """A 13B-shaped (5120 × 5120) act-order layer on the GPU, quantized once for the tests that use it."""
+    tensors, layer = quantized_layer(5120, 5120, 128, True, False, seed=14, dtype=torch.bfloat16)
+    return tensors, layer.cuda()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="wgmma, which one dot is for, runs on a GPU only")
 @pytest.mark.parametrize("rows,warps", [(17, 8), (32, 8), (32, 4)])
-def test_one_dot_gives_the_eight_dots_sums_bit_for_bit_on_the_gpu(rows, warps):
+def test_one_dot_gives_the_eight_dots_sums_bit_for_bit_on_the_gpu(gpu_13b_layer, rows, warps):
     # One dot of K = 128 runs the same 8 MMA steps into one accumulator in the same order as 8 dots of K = 16:
     # whichever a config picks, an answer's tokens are the same.
-    tensors, layer = quantized_layer(5120, 5120, 128, True, False, seed=14, dtype=torch.bfloat16)
-    layer = layer.cuda()
+    tensors, layer = gpu_13b_layer
     x = torch.randn(rows, 5120, generator=torch.Generator().manual_seed(15)).bfloat16().cuda()
     config = dict(kernel="swap", BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, split=4, num_warps=warps, num_stages=3)
 
