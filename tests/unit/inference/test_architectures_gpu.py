@@ -34,6 +34,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU c
 
 BF16_REL_TOL = 0.03  # bf16 activations and int4 kernels against fp32: a few parts in a hundred of max |logit|
 CLEAR_MARGIN = 0.05  # a best token this far ahead of the second must be ours too
+# Between the decode kernel and KVCache.read + SDPA over an int8 cache whose K channel scales span 1 to 1/64, bf16
+# rounding of hidden states flips some int8 codes layer after layer: up to 3.4e-2 of max |logit| (Qwen3), while
+# a path that drops the channel scales is off by 0.19 or more (benchmarks/NOTES.md row 68)
+QUANTIZED_CACHE_TOL = 0.1
 
 
 @pytest.fixture(scope="module")
@@ -143,4 +147,4 @@ def test_a_quantized_cache_reads_the_same_through_the_decode_kernel_as_through_p
         del runtime
     got, want = logits[True], logits[False]
     rel = float((got - want).abs().max() / want.abs().max())
-    assert rel < BF16_REL_TOL, f"{arch}/{kv_dtype}: decode kernel {rel:.2e} of max |logit| from KVCache.read + SDPA"
+    assert rel < QUANTIZED_CACHE_TOL, f"{arch}/{kv_dtype}: decode kernel {rel:.2e} of max |logit| from KVCache.read + SDPA"
