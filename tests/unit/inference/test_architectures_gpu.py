@@ -7,7 +7,8 @@ prefill and decode position (fed transformers' own greedy tokens) stay within ``
 max |logit|, and where the reference's best token leads its second by more than ``CLEAR_MARGIN`` of that, ours is
 the same token. Then the captured-graph runtime's greedy answers are compared with the same steps run eagerly,
 and a mixed step (decode rows and prefill segments in one forward) with its decode step and prefills run apart.
-Last, int8 and fp8 caches read through the decode kernel against the same codes read back by PyTorch.
+Last, int8 and fp8 caches read through the decode kernel against the same codes read back by PyTorch, and that
+check shown to catch a kernel call that drops int8's K channel scales.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.unit.inference.test_architectures import (
 from worker.inference.kv_quant import FP8, INT8
 from worker.inference.llama_runtime import LlamaRuntime, attention_windows, forward
 from worker.inference.sampling import GenerationParams
+from worker.kernels import decode_attention as decode_attention_module
 from worker.model.loader import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU check needs a CUDA GPU")
@@ -118,15 +120,11 @@ def test_a_mixed_step_on_the_gpu_kernels_gives_the_logits_of_its_steps_apart(gpu
         assert bool((got.argmax(-1) == want.argmax(-1))[clear].all()), f"{arch}/{fmt}: a clearly best token differs"
 
 
-@pytest.mark.parametrize("kv_dtype", [INT8, FP8], ids=["int8", "fp8"])
-@pytest.mark.parametrize("arch", architectures())
-def test_a_quantized_cache_reads_the_same_through_the_decode_kernel_as_through_pytorch(gpu_case, arch, kv_dtype):
-    """int8 and fp8 K/V on the GPU: codes written by the rotary kernel (int8: K divided by its channel scales), read
-    by the Triton decode kernel (q multiplied by those scales) and by ``KVCache.read`` with SDPA. The same logits
-    at every decode position, to bf16. int8's K channel scales are set far apart (1 down to 1/64), so a path that
-    dropped them would be off by up to 64x in some of K's channels (calibrated on a tiny random model they are
-    close to 1, and such a fault hid inside the tolerance)."""
-    _, loaded = gpu_case(arch, "gptq")
+def decode_kernel_against_pytorch(loaded, kv_dtype) -> float:
+    """Max |logit| difference, relative, between decoding over a quantized cache through the Triton decode kernel
+    and through ``KVCache.read`` + SDPA, at every position of a prompt's continuation fed one token at a time.
+    int8's K channel scales are set far apart (1 down to 1/64): calibrated on a tiny random model they are close
+    to 1, and a path that dropped them hid inside the tolerance."""
     ids = prompts(2).reshape(-1)[: PROMPT_LENGTH + NEW_TOKENS].tolist()  # a prompt, then tokens fed one at a time
     sequence = torch.tensor([ids], device="cuda")
     logits = {}
@@ -146,5 +144,28 @@ def test_a_quantized_cache_reads_the_same_through_the_decode_kernel_as_through_p
                 for position in range(PROMPT_LENGTH, len(ids))])
         del runtime
     got, want = logits[True], logits[False]
-    rel = float((got - want).abs().max() / want.abs().max())
-    assert rel < QUANTIZED_CACHE_TOL, f"{arch}/{kv_dtype}: decode kernel {rel:.2e} of max |logit| from KVCache.read + SDPA"
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.mark.parametrize("kv_dtype", [INT8, FP8], ids=["int8", "fp8"])
+@pytest.mark.parametrize("arch", architectures())
+def test_a_quantized_cache_reads_the_same_through_the_decode_kernel_as_through_pytorch(gpu_case, arch, kv_dtype):
+    """int8 and fp8 K/V on the GPU: codes written by the rotary kernel (int8: K divided by its channel scales), read
+    by the Triton decode kernel (q multiplied by those scales) and by ``KVCache.read`` with SDPA: the same logits."""
+    _, loaded = gpu_case(arch, "gptq")
+    rel = decode_kernel_against_pytorch(loaded, kv_dtype)
+    difference = f"{arch}/{kv_dtype}: decode kernel {rel:.2e} of max |logit| from KVCache.read + SDPA"
+    print(difference)
+    assert rel < QUANTIZED_CACHE_TOL, difference
+
+
+@pytest.mark.parametrize("arch", architectures())
+def test_a_decode_kernel_that_drops_the_int8_key_channel_scales_is_caught(gpu_case, arch, monkeypatch):
+    """The check above can fail: the decode kernel called without K's channel scales (the fault it once hid) reads
+    K up to 64x off in some channels, and the logits move past the tolerance."""
+    _, loaded = gpu_case(arch, "gptq")
+    kernel = decode_attention_module.decode_attention
+    monkeypatch.setattr(decode_attention_module, "decode_attention",
+                        lambda *args, **kwargs: kernel(*args, **{**kwargs, "key_channel_scales": None}))
+    rel = decode_kernel_against_pytorch(loaded, INT8)
+    assert rel > QUANTIZED_CACHE_TOL, f"{arch}: without K's channel scales the logits moved only {rel:.2e}"
