@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         "bf16 on the demo model (the whole model in fp32 against bf16: 96.3%) and a seventh of fp8's KL divergence "
         "(benchmarks/NOTES.md row 63); below 99% too, so opt-in until measured on the GPU.",
     )
+    prefill_dtype: Literal["auto", "fp8"] = Field(
+        "auto", description="auto: a prompt's int4 matmuls (more than 64 rows) in the model's dtype (bf16); fp8: on "
+        "fp8 tensor cores (twice bf16's rate on Hopper and Ada GPUs, compute capability 8.9+), the weights over a "
+        "scale per output column and the prompt over a scale per token; less exact, so opt-in until measured on a "
+        "real model (benchmarks/NOTES.md row 70). Needs the Triton int4 kernels (XWINBOT_INT4_KERNEL).",
+    )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
     # An external engine instead of our own (see README "An external engine as the backend").
     backend: Literal["own", "openai"] = Field(

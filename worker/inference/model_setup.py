@@ -33,12 +33,31 @@ def generation_defaults(settings: Settings) -> GenerationParams:
     return GenerationParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens)
 
 
+def use_fp8_prefill(model: torch.nn.Module, device: torch.device) -> int:
+    """Prompts' int4 matmuls on fp8 tensor cores (XWINBOT_PREFILL_DTYPE=fp8) where the layers and the GPU allow;
+    a warning where they do not. Returns how many layers will."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        log.warning("XWINBOT_PREFILL_DTYPE=fp8 needs fp8 tensor cores (compute capability 8.9+): prompts stay in "
+                    "the model's dtype")
+        return 0
+    layers = [m for m in model.modules() if callable(getattr(m, "use_fp8", None))]  # the Triton int4 layers
+    count = sum(layer.use_fp8() for layer in layers)
+    if count == 0:
+        log.warning("XWINBOT_PREFILL_DTYPE=fp8 needs the Triton int4 kernels (XWINBOT_INT4_KERNEL): prompts stay in "
+                    "the model's dtype")
+    else:
+        log.info("prompts multiplied in fp8 in %d of %d int4 layers", count, len(layers))
+    return count
+
+
 def load_generator(settings: Settings) -> Generator:
     device = pick_device(settings.device)
     source = choose_model_source(settings, device)
     started = time.perf_counter()
     loaded = load_model(source, revision=settings.model_revision, device=device, int4_kernel=settings.int4_kernel)
     log.info("loaded %s on %s in %.1f s", source, device, time.perf_counter() - started)
+    if settings.prefill_dtype == "fp8":
+        use_fp8_prefill(loaded.model, device)
     return Generator(
         loaded,
         make_template(settings.template, loaded.tokenizer),

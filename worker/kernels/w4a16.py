@@ -48,8 +48,10 @@ from worker.kernels import INTERPRETING, MAGIC
 FUSED_MAX_ROWS = 64
 CODE_SPREAD = 16  # inputs between a word's consecutive codes, groups of 128 or more (a word row per input of 16)
 TUNED_CONFIGS = Path(__file__).with_name("w4a16_configs.json")
-SCRATCH_ELEMENTS = 32 * 1024 * 1024  # 64 MiB of bf16: W is rebuilt at most this much at a time
-_scratch: dict[torch.device, torch.Tensor] = {}
+SCRATCH_ELEMENTS = 32 * 1024 * 1024  # 64 MiB of bf16 (32 of fp8): W is rebuilt at most this much at a time
+_scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
+TINY_FP8_SCALE = 1e-12  # an all-zero row or column keeps a usable scale
 
 
 @triton.jit
@@ -335,10 +337,12 @@ def _sum_splits_kernel(part_ptr, out_ptr, numel, SPLIT: tl.constexpr, BLOCK: tl.
 
 @triton.jit
 def _dequantize_kernel(
-    w_ptr, s_ptr, z_ptr, out_ptr, col0, cols, stride_w, stride_s, stride_z,
-    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
+    w_ptr, s_ptr, z_ptr, inv_ptr, out_ptr, col0, cols, stride_w, stride_s, stride_z, stride_ok, stride_oc,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr, FP8: tl.constexpr,
+    FP8_LIMIT: tl.constexpr,
 ):
-    """out[k, c] = W[col0 + c, k] for c < cols (W transposed: [K, cols])."""
+    """out[k, c] = W[col0 + c, k] for c < cols, at out_ptr + k * stride_ok + c * stride_oc; FP8: times
+    inv_ptr[col0 + c] (1 / the column's fp8 scale), clamped to e4m3's largest finite value."""
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_c = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_c = offs_c < cols
@@ -349,7 +353,10 @@ def _dequantize_kernel(
     zeros = tl.load(z_ptr + group * stride_z + offs_n, mask=mask_c, other=0).to(tl.int32)
     scales = tl.load(s_ptr + group * stride_s + offs_n, mask=mask_c, other=0.0).to(tl.float32)
     w = (codes - zeros[None, :]).to(tl.float32) * scales[None, :]
-    out = out_ptr + (k0 + tl.arange(0, BLOCK_K))[:, None] * cols + offs_c[None, :]
+    if FP8:
+        inverse = tl.load(inv_ptr + offs_n, mask=mask_c, other=1.0)
+        w = tl.clamp(w * inverse[None, :], -FP8_LIMIT, FP8_LIMIT)  # the bound's rounding must not overflow to NaN
+    out = out_ptr + (k0 + tl.arange(0, BLOCK_K))[:, None] * stride_ok + offs_c[None, :] * stride_oc
     tl.store(out, w.to(out_ptr.dtype.element_ty), mask=mask_c[None, :])
 
 
@@ -511,22 +518,31 @@ def sum_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def dequantize_columns(packed, scales, zeros, group_size: int, col0: int, cols: int, out: torch.Tensor) -> torch.Tensor:
-    """W[col0 : col0 + cols].T written into ``out`` (at least K * cols elements, the output dtype) as [K, cols]."""
+def dequantize_columns(packed, scales, zeros, group_size: int, col0: int, cols: int, out: torch.Tensor,
+                       inverse_column_scales: torch.Tensor | None = None) -> torch.Tensor:
+    """W[col0 : col0 + cols].T written into ``out`` (at least K * cols elements, the output dtype) as [K, cols].
+    With ``inverse_column_scales`` (fp32 [N]) ``out`` is fp8: W / its column's scale, stored as W's rows
+    ([cols, K]) and returned as their [K, cols] view, the column-major operand that fp8 GEMMs take."""
     in_features = packed.shape[0] * 8
     block_k = block_k_for(in_features, group_size)
-    w_t = out[: in_features * cols].view(in_features, cols)
+    fp8 = inverse_column_scales is not None
+    if fp8:
+        w_t = out[: in_features * cols].view(cols, in_features).T
+    else:
+        w_t = out[: in_features * cols].view(in_features, cols)
     grid = (triton.cdiv(cols, 64), in_features // block_k)
-    _dequantize_kernel[grid](packed, scales, zeros, w_t, col0, cols, packed.stride(0), scales.stride(0),
-                             zeros.stride(0), GROUP=group_size, BLOCK_N=64, BLOCK_K=block_k,
-                             SPREAD=code_spread(group_size), num_warps=4)
+    _dequantize_kernel[grid](packed, scales, zeros, inverse_column_scales if fp8 else scales, w_t, col0, cols,
+                             packed.stride(0), scales.stride(0), zeros.stride(0), w_t.stride(0), w_t.stride(1),
+                             GROUP=group_size, BLOCK_N=64, BLOCK_K=block_k, SPREAD=code_spread(group_size),
+                             FP8=fp8, FP8_LIMIT=FP8_MAX, num_warps=4)
     return w_t
 
 
 def scratch_for(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    buffer = _scratch.get(device)
-    if buffer is None or buffer.dtype != dtype:
-        buffer = _scratch[device] = torch.empty(SCRATCH_ELEMENTS, device=device, dtype=dtype)
+    """The device's buffer for rebuilt weights, one per element type (SCRATCH_ELEMENTS elements)."""
+    buffer = _scratch.get((device, dtype))
+    if buffer is None:
+        buffer = _scratch[device, dtype] = torch.empty(SCRATCH_ELEMENTS, device=device, dtype=dtype)
     return buffer
 
 
@@ -544,3 +560,41 @@ def dequantized_matmul(x, packed, scales, zeros, group_size: int) -> torch.Tenso
         w_t = dequantize_columns(packed, scales, zeros, group_size, col0, n, scratch)
         torch.mm(x, w_t, out=out[:, col0 : col0 + n])  # straight into its columns (cuBLAS's leading dimension)
     return out
+
+
+def fp8_column_scales(scales: torch.Tensor, zeros: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """fp32 [N]: each output column's bound on |W| (its largest group scale times the farthest a code can sit
+    from that group's zero) over FP8_MAX, so W / scale fits e4m3 whatever codes the column holds."""
+    farthest = torch.maximum(zeros.float(), (2**bits - 1) - zeros.float())
+    bound = (scales.float() * farthest).amax(dim=0)
+    return (bound / FP8_MAX).clamp(min=TINY_FP8_SCALE)
+
+
+def fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], fp32 [M, 1]): each row over its own scale, absmax / FP8_MAX."""
+    x = x.float()
+    scale = (x.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=TINY_FP8_SCALE)
+    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+def fp8_dequantized_matmul(x, packed, scales, zeros, group_size: int, column_scales: torch.Tensor) -> torch.Tensor:
+    """x [M, K] @ W.T -> [M, N] in x's dtype on fp8 tensor cores: x quantized a row at a time, W rebuilt in column
+    chunks as fp8 over ``column_scales`` (``fp8_column_scales``), each chunk one scaled GEMM (twice bf16's rate)."""
+    rows, in_features = x.shape
+    out_features = packed.shape[1]
+    x8, x_scales = fp8_rows(x)
+    inverse = column_scales.reciprocal()
+    scratch = scratch_for(x.device, torch.float8_e4m3fn)
+    chunk = max(64, scratch.numel() // in_features // 64 * 64)
+    out = torch.empty((rows, out_features), device=x.device, dtype=x.dtype)
+    for col0 in range(0, out_features, chunk):
+        n = min(chunk, out_features - col0)
+        w_t = dequantize_columns(packed, scales, zeros, group_size, col0, n, scratch, inverse)
+        w_scales = column_scales[None, col0 : col0 + n]
+        out[:, col0 : col0 + n] = torch._scaled_mm(x8, w_t, scale_a=x_scales, scale_b=w_scales, out_dtype=x.dtype)
+    return out
+
+
+def fp8_serves(in_features: int, out_features: int) -> bool:
+    """Scaled fp8 GEMMs (cuBLASLt) need both sides in multiples of 16."""
+    return in_features % 16 == 0 and out_features % 16 == 0

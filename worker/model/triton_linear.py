@@ -11,7 +11,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from worker.kernels.w4a16 import FUSED_MAX_ROWS, dequantized_matmul, matmul_partials, pack_codes, sum_splits
+from worker.kernels.w4a16 import (
+    FUSED_MAX_ROWS,
+    dequantized_matmul,
+    fp8_column_scales,
+    fp8_dequantized_matmul,
+    fp8_serves,
+    matmul_partials,
+    pack_codes,
+    sum_splits,
+)
 from worker.model.tinygemm_linear import Int4Codes, describe_int4
 
 
@@ -25,6 +34,7 @@ class TritonInt4Linear(nn.Module):
         self.register_buffer("scales", scales)  # fp16 [K/G, N]
         self.register_buffer("zeros", zeros)  # uint8 [K/G, N]
         self.register_buffer("perm", perm)  # input gather (act-order), or None
+        self.register_buffer("column_scales", None)  # fp32 [N]: prompts multiplied in fp8 (``use_fp8``), or None
         self._inverse_perm: torch.Tensor | None = None
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
@@ -40,8 +50,18 @@ class TritonInt4Linear(nn.Module):
     def output_slice(self, start: int, end: int) -> TritonInt4Linear:
         """Outputs start..end as a layer of their own: column views of this layer's memory."""
         bias = None if self.bias is None else self.bias[start:end]
-        return TritonInt4Linear(self.in_features, end - start, self.group_size, self.packed[:, start:end],
+        part = TritonInt4Linear(self.in_features, end - start, self.group_size, self.packed[:, start:end],
                                 self.scales[:, start:end], self.zeros[:, start:end], self.perm, bias)
+        if self.column_scales is not None:
+            part.column_scales = self.column_scales[start:end]
+        return part
+
+    def use_fp8(self) -> bool:
+        """Multiply prompts (more than FUSED_MAX_ROWS rows) on fp8 tensor cores from now on, where the shape
+        allows; decoding steps keep the fused kernels. True if it will."""
+        if fp8_serves(self.in_features, self.out_features):
+            self.column_scales = fp8_column_scales(self.scales, self.zeros)
+        return self.column_scales is not None
 
     def inverse_perm(self) -> torch.Tensor | None:
         """Where each input channel goes in this layer's input order (made on first use, for a producer that
@@ -59,6 +79,9 @@ class TritonInt4Linear(nn.Module):
             x = x.contiguous()
         if x.shape[0] <= FUSED_MAX_ROWS:
             parts = matmul_partials(x, self.packed, self.scales, self.zeros, self.group_size)
+        elif self.column_scales is not None:
+            parts = fp8_dequantized_matmul(x, self.packed, self.scales, self.zeros, self.group_size,
+                                           self.column_scales)[None]
         else:
             parts = dequantized_matmul(x, self.packed, self.scales, self.zeros, self.group_size)[None]
         if self.bias is not None:

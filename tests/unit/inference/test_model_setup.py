@@ -57,3 +57,32 @@ def test_mixed_prefill_is_off_unless_the_setting_turns_it_on(gptq_checkpoint, mo
     ckpt = gptq_checkpoint(bits=4, group_size=32, seed=23)
     engine = build_backend(Settings(_env_file=None, model=str(ckpt.path), device="cpu", max_context_tokens=128))
     assert engine.mix_prefill is mixing
+
+
+def test_fp8_prefill_from_settings_takes_a_long_prompt_through_fp8_gemms(gptq_checkpoint, monkeypatch):
+    pytest.importorskip("triton")
+    from worker.kernels import w4a16
+    from worker.model.triton_linear import TritonInt4Linear
+
+    monkeypatch.setattr(w4a16, "_scratch", {})
+    ckpt = gptq_checkpoint(bits=4, group_size=32, seed=24)
+    settings = Settings(_env_file=None, model=str(ckpt.path), device="cpu", max_context_tokens=256, max_batch=1,
+                        int4_kernel="triton", prefill_dtype="fp8")
+    generator = load_generator(settings)
+    layers = [m for m in generator.loaded.model.modules() if isinstance(m, TritonInt4Linear)]
+    assert layers and all(layer.column_scales is not None for layer in layers)
+
+    answer = generator.answer([Turn("user", "tell me more " * 12)], GenerationParams(temperature=0.0, max_new_tokens=4))
+
+    assert answer.strip()
+    assert (torch.device("cpu"), torch.float8_e4m3fn) in w4a16._scratch  # the prompt's rows went through fp8 GEMMs
+    assert (torch.device("cpu"), torch.bfloat16) not in w4a16._scratch  # and none through bf16's
+
+
+def test_fp8_prefill_without_the_triton_layers_says_so_and_changes_nothing(gptq_checkpoint, caplog):
+    ckpt = gptq_checkpoint(bits=4, group_size=32, seed=25)
+    generator = load_generator(Settings(_env_file=None, model=str(ckpt.path), device="cpu", max_context_tokens=128,
+                                        prefill_dtype="fp8"))
+
+    assert int4_layers(generator) == {TinygemmInt4Linear}
+    assert "XWINBOT_PREFILL_DTYPE=fp8 needs the Triton int4 kernels" in caplog.text

@@ -198,7 +198,8 @@ def test_long_prompts_rebuild_weights_in_chunks(monkeypatch):
     assert out.shape == (3, 40, 96)
     want = x.float() @ dequantize(tensors, 4).T
     assert relative_error(out, want) < 4e-3
-    assert w4a16_kernels._scratch[CPU].numel() == 64 * 256  # the only 16-bit weight memory, used in two chunks
+    # the only 16-bit weight memory, used in two chunks
+    assert w4a16_kernels._scratch[CPU, torch.bfloat16].numel() == 64 * 256
 
 
 def test_fused_qkv_slices_answer_like_separate_layers():
@@ -226,3 +227,61 @@ def test_layouts_the_kernels_cannot_serve_are_refused():
     assert w4a16_kernels.layout_fits(5120, 128) and w4a16_kernels.layout_fits(13824, 128)
     assert not w4a16_kernels.layout_fits(200, 128)  # K not a whole number of groups
     assert not w4a16_kernels.layout_fits(4104, 8)  # groups smaller than one MMA step
+
+
+def test_column_fp8_scales_bound_every_weight_of_their_column():
+    tensors, layer = quantized_layer(96, 256, 64, True, False, seed=16)
+    weight = dequantize(tensors, 4)  # [N, K]
+
+    bound = w4a16_kernels.fp8_column_scales(layer.scales, layer.zeros) * w4a16_kernels.FP8_MAX
+
+    assert bool((weight.abs().amax(dim=1) <= bound * (1 + 1e-6)).all())  # W / scale never past e4m3's range
+    assert bool((weight.abs().amax(dim=1) >= 0.5 * bound).all())  # and not so loose that codes lose their bits
+
+
+def test_prompts_in_fp8_stay_within_fp8_rounding_and_decoding_rows_do_not_change(monkeypatch):
+    monkeypatch.setattr(w4a16_kernels, "_scratch", {})
+    monkeypatch.setattr(w4a16_kernels, "SCRATCH_ELEMENTS", 64 * 256)  # W's 96 columns in chunks of 64
+    tensors, layer = quantized_layer(96, 256, 128, True, False, seed=17, dtype=torch.bfloat16)
+    x = torch.randn(100, 256, generator=torch.Generator().manual_seed(18)).bfloat16()
+    want = x.float() @ dequantize(tensors, 4).T
+    in_bf16, decoding = layer(x), layer(x[:16])
+
+    assert layer.use_fp8()
+    in_fp8 = layer(x)
+
+    # e4m3 keeps 3 mantissa bits: ~2.5% of each operand (the interpreter rounds ties away from zero: ~5% here)
+    assert 1e-2 < relative_error(in_fp8, want) < 8e-2
+    assert relative_error(in_bf16, want) < 4e-3
+    assert torch.equal(layer(x[:16]), decoding)  # up to 64 rows: the fused kernels, as before
+    assert w4a16_kernels._scratch[CPU, torch.float8_e4m3fn].element_size() == 1
+    q_rows = layer.output_slice(0, 48)  # a fused q/k/v's part keeps its columns' scales
+    assert torch.equal(q_rows.column_scales, layer.column_scales[:48])
+    assert relative_error(q_rows(x), in_fp8[:, :48].float()) < 1e-6
+
+
+def test_a_layer_fp8_gemms_cannot_take_stays_in_its_dtype():
+    _, layer = quantized_layer(40, 256, 128, False, False, seed=19, dtype=torch.bfloat16)  # 40 outputs: not 16s
+
+    assert not layer.use_fp8()
+    assert layer.column_scales is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="e4m3 rounding as the GPU does it (to nearest even)")
+def test_fp8_prompt_matmul_is_torchs_own_scaled_mm_of_the_same_weights_on_the_gpu(gpu_13b_layer):
+    tensors, layer = gpu_13b_layer
+    x = torch.randn(300, 5120, generator=torch.Generator().manual_seed(20)).bfloat16().cuda()[:, layer.perm]
+    column_scales = w4a16_kernels.fp8_column_scales(layer.scales, layer.zeros)
+    weight = dequantize(tensors, 4)[:, layer.perm.cpu()].cuda()  # [N, K] in the layer's input order
+    torch_w8 = (weight / column_scales[:, None]).to(torch.float8_e4m3fn)  # torch's own float-to-e4m3
+    x8, x_scales = w4a16_kernels.fp8_rows(x)
+
+    ours_w8 = w4a16_kernels.dequantize_columns(layer.packed, layer.scales, layer.zeros, 128, 0, 5120,
+                                               torch.empty(5120 * 5120, device="cuda", dtype=torch.float8_e4m3fn),
+                                               column_scales.reciprocal())
+    got = w4a16_kernels.fp8_dequantized_matmul(x, layer.packed, layer.scales, layer.zeros, 128, column_scales)
+
+    assert (ours_w8.T.float() == torch_w8.float()).float().mean() > 0.999  # fp32 W / scale: the odd last-bit tie
+    want = torch._scaled_mm(x8, torch_w8.T, scale_a=x_scales, scale_b=column_scales[None], out_dtype=torch.bfloat16)
+    assert relative_error(got, want.float()) < 1e-3
+    assert relative_error(got, x.float() @ weight.T) < 5e-2
