@@ -13,6 +13,8 @@
 #   benchmarks/gpu_all.sh prefill  # ~4 min: the fused int4 kernel at 65-1024 rows against rebuilding W (prefill_gemm)
 #   benchmarks/gpu_all.sh one-dot  # ~8 min: the kernels' GPU tests, then the 32-row step's int4 configs tuned in the
 #                                  # step with and without one dot (NOTES row 67): the step before and after
+#   benchmarks/gpu_all.sh fp8-prefill  # ~8 min: the fp8 GPU tests, the prompts' int4 matmuls in bf16 and fp8 (13B
+#                                  # shapes), then 32 users through the queue with each, each its own process (NOTES row 70)
 #   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
 #                                  # on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
@@ -81,6 +83,13 @@ elif [ "${1:-}" = "ab" ]; then
 elif [ "${1:-}" = "one-dot" ]; then
   step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
   step tune_in_step_32 420 python3 -u -m benchmarks.kernels.tune_in_step --batches 32 --kernels swap --seconds 360
+elif [ "${1:-}" = "fp8-prefill" ]; then
+  step fp8_gpu_tests 100 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k "fp8 and on_the_gpu"
+  step prefill_fp8 120 python3 -u -m benchmarks.kernels.prefill_fp8
+  for dtype in auto fp8; do
+    mkdir -p "$OUT/$dtype" && OUT="$OUT/$dtype" step "queue_e2e_prefill_$dtype" 170 python3 -u -m benchmarks.speed.queue_e2e \
+      --concurrency 32 --no-hf-baseline --no-restart --prefill-dtype $dtype --redis-server "${REDIS_SERVER:-redis-server}"
+  done
 elif [ "${1:-}" = "prefill" ]; then
   step prefill_gemm 230 python3 -u -m benchmarks.kernels.prefill_gemm
 elif [ "${1:-}" = "sweep" ]; then

@@ -21,6 +21,8 @@ DEFAULT_MAX_BATCH = 8
 DEFAULT_MIX_PREFILL = False
 KVCacheDtype = Literal["auto", "fp8", "int8"]  # XWINBOT_KV_CACHE_DTYPE (worker.inference.kv_quant)
 KV_CACHE_DTYPES = get_args(KVCacheDtype)  # for the benchmarks' --kv-cache-dtype
+PrefillDtype = Literal["auto", "fp8"]  # XWINBOT_PREFILL_DTYPE (worker.kernels.w4a16.fp8_dequantized_matmul)
+PREFILL_DTYPES = get_args(PrefillDtype)  # for the benchmarks' --prefill-dtype
 DEFAULT_BACKEND_TIMEOUT_S = 60.0
 DEFAULT_QUEUE_NAME = "xwinbot"  # also the prefix of every Redis key (worker.queue.keys)
 DEFAULT_PER_USER_JOBS = 3
@@ -76,11 +78,12 @@ class Settings(BaseSettings):
         "bf16 on the demo model (the whole model in fp32 against bf16: 96.3%) and a seventh of fp8's KL divergence "
         "(benchmarks/NOTES.md row 63); below 99% too, so opt-in until measured on the GPU.",
     )
-    prefill_dtype: Literal["auto", "fp8"] = Field(
+    prefill_dtype: PrefillDtype = Field(
         "auto", description="auto: a prompt's int4 matmuls (more than 64 rows) in the model's dtype (bf16); fp8: on "
         "fp8 tensor cores (twice bf16's rate on Hopper and Ada GPUs, compute capability 8.9+), the weights over a "
-        "scale per output column and the prompt over a scale per token; less exact, so opt-in until measured on a "
-        "real model (benchmarks/NOTES.md row 70). Needs the Triton int4 kernels (XWINBOT_INT4_KERNEL).",
+        "scale per output column and the prompt over a scale per token. Less exact: on the demo model 87% "
+        "next-token agreement with the exact int4 model where bf16 keeps 97% (benchmarks/NOTES.md row 70), and "
+        "not yet timed on a GPU, so opt-in. Needs the Triton int4 kernels (XWINBOT_INT4_KERNEL).",
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
     # An external engine instead of our own (see README "An external engine as the backend").

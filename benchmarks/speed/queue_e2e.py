@@ -33,7 +33,7 @@ from worker.inference import engine as engine_module
 from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import job_queue
 from worker.serve import WorkerProcess
-from worker.settings import KV_CACHE_DTYPES, Settings
+from worker.settings import KV_CACHE_DTYPES, PREFILL_DTYPES, Settings
 
 
 class TimingPoster:
@@ -182,7 +182,7 @@ def worker_settings(args, model: str, port: int) -> Settings:
     return Settings(model=model, redis_url=f"redis://127.0.0.1:{port}/0", template="vicuna", system_prompt="",
                     max_batch=max(args.concurrency), max_context_tokens=args.context, temperature=0.0,
                     per_user_jobs=1000, queued_jobs=1000, metrics_port=0, mix_prefill=args.mix_prefill,
-                    kv_cache_dtype=args.kv_cache_dtype)
+                    kv_cache_dtype=args.kv_cache_dtype, prefill_dtype=args.prefill_dtype)
 
 
 def hf_baseline(model: str, args, prompt_tokens: int) -> dict:
@@ -234,6 +234,8 @@ def main() -> None:
                         help="prefill inside decode steps (XWINBOT_MIX_PREFILL; off by default)")
     parser.add_argument("--kv-cache-dtype", choices=KV_CACHE_DTYPES, default="auto",
                         help="the KV cache's dtype (XWINBOT_KV_CACHE_DTYPE; auto: the model's)")
+    parser.add_argument("--prefill-dtype", choices=PREFILL_DTYPES, default="auto",
+                        help="the prompts' int4 matmuls (XWINBOT_PREFILL_DTYPE; auto: the model's dtype)")
     parser.add_argument("--spare-threads", type=int, help="job threads beyond max_batch (default: the worker's "
                         "SPARE_JOB_THREADS)")
     args = parser.parse_args()
@@ -263,7 +265,8 @@ def main() -> None:
     report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "settings": dict(
         max_batch=settings.max_batch, job_threads=settings.max_batch + serve.SPARE_JOB_THREADS,
         mixed_prefill_tokens=engine_module.MIXED_PREFILL_TOKENS if args.mix_prefill else 0,
-        context=settings.max_context_tokens, kv_cache_dtype=settings.kv_cache_dtype, rounds=args.rounds,
+        context=settings.max_context_tokens, kv_cache_dtype=settings.kv_cache_dtype,
+        prefill_dtype=settings.prefill_dtype, rounds=args.rounds,
         prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, anchor_prompt_tokens=args.anchor_prompt_tokens)}
     if args.restart_only:
         process.stop()

@@ -79,10 +79,15 @@ def test_fp8_prefill_from_settings_takes_a_long_prompt_through_fp8_gemms(gptq_ch
     assert (torch.device("cpu"), torch.bfloat16) not in w4a16._scratch  # and none through bf16's
 
 
-def test_fp8_prefill_without_the_triton_layers_says_so_and_changes_nothing(gptq_checkpoint, caplog):
+def test_fp8_prefill_without_the_triton_layers_says_so_and_changes_nothing(gptq_checkpoint, caplog, monkeypatch):
+    monkeypatch.setenv("XWINBOT_PREFILL_DTYPE", "fp8")
     ckpt = gptq_checkpoint(bits=4, group_size=32, seed=25)
-    generator = load_generator(Settings(_env_file=None, model=str(ckpt.path), device="cpu", max_context_tokens=128,
-                                        prefill_dtype="fp8"))
+    generator = load_generator(Settings(_env_file=None, model=str(ckpt.path), device="cpu", max_context_tokens=128))
 
     assert int4_layers(generator) == {TinygemmInt4Linear}
     assert "XWINBOT_PREFILL_DTYPE=fp8 needs the Triton int4 kernels" in caplog.text
+
+
+def test_an_unknown_prefill_dtype_is_refused_at_startup():
+    with pytest.raises(ValueError, match="prefill_dtype"):
+        Settings(_env_file=None, prefill_dtype="int4")
