@@ -116,6 +116,15 @@ def copies_beyond_l2(k: int, n: int, bytes_per_weight: float) -> int:
     return max(2, math.ceil(256e6 / (k * n * bytes_per_weight)))
 
 
+def time_every_shape(time_shape, rows_list: list[int], device) -> list[dict]:
+    """``time_shape(name, k, n, rows_list, device)``'s rows for every 13B layer shape, GPU memory freed between."""
+    timings = []
+    for name, (k, n) in SHAPES.items():
+        timings += time_shape(name, k, n, rows_list, device)
+        torch.cuda.empty_cache()
+    return timings
+
+
 def cycling(functions):
     """One call of a different function each time (graph capture records the whole cycle)."""
     turn = itertools.cycle(functions)

@@ -19,7 +19,13 @@ import json
 import torch
 import torch.nn.functional as F
 
-from benchmarks.kernels.int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, random_layer
+from benchmarks.kernels.int4_kernels import (
+    copies_beyond_l2,
+    cycling,
+    graph_time_us,
+    random_layer,
+    time_every_shape,
+)
 from benchmarks.result_json import write_result
 from worker.kernels import w4a16
 from worker.model.triton_linear import TritonInt4Linear
@@ -76,10 +82,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[65, 128, 256, 512, 1024])
     args = parser.parse_args()
     device = torch.device("cuda")
-    timings = []
-    for name, (k, n) in SHAPES.items():
-        timings += time_shape(name, k, n, args.rows, device)
-        torch.cuda.empty_cache()
+    timings = time_every_shape(time_shape, args.rows, device)
     summary = {}
     for rows in args.rows:
         at = [t for t in timings if t["rows"] == rows]
