@@ -5,7 +5,8 @@ bf16 (``dequantized_matmul``, the default) or as e4m3 over a scale per output co
 scale each, in one scaled GEMM per chunk (``fp8_dequantized_matmul``; Hopper's fp8 tensor cores run twice bf16's
 rate). Per Llama-13B layer shape and row count this times both paths on the same layers (CUDA graphs, layers
 cycled beyond L2), and measures each one's error against the product in fp32 of the same int4 weights; then the
-40-layer sums.
+40-layer sums. Also timed alone: the rows' conversion to fp8 and the fp8 GEMM over a prebuilt W (with and without
+fast accumulation), the floor the rebuild adds to.
 
     python -m benchmarks.kernels.prefill_fp8 [--rows 512 4096]
 """
@@ -41,6 +42,9 @@ def time_shape(name: str, k: int, n: int, rows_list: list[int], device) -> list[
     first = layers[0]
     weight = w4a16.dequantize_columns(first.packed, first.scales, first.zeros, first.group_size, 0, n,
                                       torch.empty(k * n, device=device))  # W.T [K, N] in fp32
+    w8 = w4a16.dequantize_columns(first.packed, first.scales, first.zeros, first.group_size, 0, n,
+                                  torch.empty(k * n, device=device, dtype=torch.float8_e4m3fn),
+                                  scales[0].reciprocal())
     out = []
     for rows in rows_list:
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
@@ -53,7 +57,16 @@ def time_shape(name: str, k: int, n: int, rows_list: list[int], device) -> list[
             return w4a16.fp8_dequantized_matmul(x, layer.packed, layer.scales, layer.zeros, layer.group_size,
                                                 column_scales)
 
+        x8, x_scales = w4a16.fp8_rows(x)
+
+        def gemm_alone(fast_accum: bool, x8=x8, x_scales=x_scales):  # over the whole prebuilt W: the rebuild's floor
+            return lambda: torch._scaled_mm(x8, w8, scale_a=x_scales, scale_b=scales[0][None],
+                                            out_dtype=torch.bfloat16, use_fast_accum=fast_accum)
+
         row = dict(layer=name, k=k, n=n, rows=rows,
+                   fp8_rows_us=graph_time_us(lambda x=x: w4a16.fp8_rows(x), CALLS),
+                   fp8_gemm_alone_us=graph_time_us(gemm_alone(False), CALLS),
+                   fp8_gemm_fast_accum_us=graph_time_us(gemm_alone(True), CALLS),
                    bf16_us=graph_time_us(cycling([lambda lay=lay: bf16(lay) for lay in layers]), CALLS),
                    fp8_us=graph_time_us(cycling([lambda lay=lay, s=s: fp8(lay, s) for lay, s in zip(layers, scales)]),
                                         CALLS),
@@ -74,8 +87,8 @@ def main() -> None:
     summary = {}
     for rows in args.rows:
         at = [t for t in timings if t["rows"] == rows]
-        summary[rows] = dict(bf16_ms_40_layers=sum(t["bf16_us"] for t in at) * 40 / 1000,
-                             fp8_ms_40_layers=sum(t["fp8_us"] for t in at) * 40 / 1000)
+        summary[rows] = {f"{key[:-3]}_ms_40_layers": sum(t[key] for t in at) * 40 / 1000
+                         for key in ("bf16_us", "fp8_us", "fp8_rows_us", "fp8_gemm_alone_us", "fp8_gemm_fast_accum_us")}
         summary[rows]["speedup"] = summary[rows]["bf16_ms_40_layers"] / summary[rows]["fp8_ms_40_layers"]
         print(f"rows {rows}: " + json.dumps({k: round(v, 2) for k, v in summary[rows].items()}), flush=True)
     write_result("prefill_fp8", dict(timings=timings, summary=summary))

@@ -360,6 +360,24 @@ def _dequantize_kernel(
     tl.store(out, w.to(out_ptr.dtype.element_ty), mask=mask_c[None, :])
 
 
+@triton.jit
+def _fp8_rows_kernel(x_ptr, out_ptr, scale_ptr, K, stride_x, BLOCK: tl.constexpr, FP8_LIMIT: tl.constexpr,
+                     TINY: tl.constexpr):
+    """out[row] = x[row] / scale, scale = max |x[row]| / FP8_LIMIT (at least TINY), one program a row."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    largest = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK):
+        x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+        largest = tl.maximum(largest, tl.abs(x))
+    scale = tl.maximum(tl.max(largest, axis=0) / FP8_LIMIT, TINY)
+    tl.store(scale_ptr + row, scale)
+    for k0 in range(0, K, BLOCK):
+        x = tl.load(x_ptr + row * stride_x + k0 + offs, mask=k0 + offs < K, other=0.0).to(tl.float32)
+        codes = tl.clamp(x / scale, -FP8_LIMIT, FP8_LIMIT)
+        tl.store(out_ptr + row * K + k0 + offs, codes.to(out_ptr.dtype.element_ty), mask=k0 + offs < K)
+
+
 def code_spread(group_size: int) -> int:
     """Inputs between a word's consecutive codes in this layout: ``CODE_SPREAD`` for groups of 128 or more."""
     return CODE_SPREAD if group_size % (8 * CODE_SPREAD) == 0 else 1
@@ -571,10 +589,16 @@ def fp8_column_scales(scales: torch.Tensor, zeros: torch.Tensor, bits: int = 4) 
 
 
 def fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (e4m3 [M, K], fp32 [M, 1]): each row over its own scale, absmax / FP8_MAX."""
-    x = x.float()
-    scale = (x.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=TINY_FP8_SCALE)
-    return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+    """x [M, K] -> (e4m3 [M, K], fp32 [M, 1]): each row over its own scale, absmax / FP8_MAX. One kernel reads
+    x twice (the second time from L2) and writes the codes once, where PyTorch's elementwise ops took ~9 passes
+    over an fp32 copy: the most of fp8 prefill's cost (benchmarks/NOTES.md row 71)."""
+    rows, in_features = x.shape
+    x = x if x.stride(1) == 1 else x.contiguous()
+    x8 = torch.empty((rows, in_features), device=x.device, dtype=torch.float8_e4m3fn)
+    scales = torch.empty((rows, 1), device=x.device, dtype=torch.float32)
+    _fp8_rows_kernel[(rows,)](x, x8, scales, in_features, x.stride(0), BLOCK=min(4096, triton.next_power_of_2(
+        in_features)), FP8_LIMIT=FP8_MAX, TINY=TINY_FP8_SCALE, num_warps=4)
+    return x8, scales
 
 
 def fp8_dequantized_matmul(x, packed, scales, zeros, group_size: int, column_scales: torch.Tensor) -> torch.Tensor:

@@ -239,6 +239,24 @@ def test_column_fp8_scales_bound_every_weight_of_their_column():
     assert bool((weight.abs().amax(dim=1) >= 0.5 * bound).all())  # and not so loose that codes lose their bits
 
 
+def test_each_prompt_row_goes_to_fp8_over_its_own_largest_value():
+    x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(21)).bfloat16()  # longer than one block
+    x[1] = 0  # an all-zero row keeps a usable scale
+    x[2, 4998] = 300.0  # the row's largest entry sits in its last, partial block
+
+    x8, scales = w4a16_kernels.fp8_rows(x[:, :4999].contiguous())
+    sliced8, sliced_scales = w4a16_kernels.fp8_rows(x[:, :4999])  # a view whose rows are not 4999 apart
+
+    largest = x[:, :4999].float().abs().amax(dim=1, keepdim=True)
+    assert torch.equal(scales[[0, 2]], largest[[0, 2]] / w4a16_kernels.FP8_MAX)
+    assert scales[1].item() == pytest.approx(w4a16_kernels.TINY_FP8_SCALE) and not x8[1].float().any()
+    # e4m3 keeps 3 mantissa bits (the interpreter's cast loses the carry of some round-ups: ~5% here; the GPU
+    # test holds the codes to PyTorch's own cast)
+    assert relative_error(x8.float() * scales, x[:, :4999].float()) < 8e-2
+    assert x8.float().abs().amax() <= w4a16_kernels.FP8_MAX
+    assert torch.equal(sliced8.float(), x8.float()) and torch.equal(sliced_scales, scales)
+
+
 def test_prompts_in_fp8_stay_within_fp8_rounding_and_decoding_rows_do_not_change(monkeypatch):
     monkeypatch.setattr(w4a16_kernels, "_scratch", {})
     monkeypatch.setattr(w4a16_kernels, "SCRATCH_ELEMENTS", 64 * 256)  # W's 96 columns in chunks of 64
@@ -274,7 +292,9 @@ def test_fp8_prompt_matmul_is_torchs_own_scaled_mm_of_the_same_weights_on_the_gp
     column_scales = w4a16_kernels.fp8_column_scales(layer.scales, layer.zeros)
     weight = dequantize(tensors, 4)[:, layer.perm.cpu()].cuda()  # [N, K] in the layer's input order
     torch_w8 = (weight / column_scales[:, None]).to(torch.float8_e4m3fn)  # torch's own float-to-e4m3
-    x8, x_scales = w4a16_kernels.fp8_rows(x)
+    x_scales = (x.float().abs().amax(dim=-1, keepdim=True) / 448).clamp(min=1e-12)  # torch's own row scaling
+    x8 = (x.float() / x_scales).to(torch.float8_e4m3fn)
+    ours_x8, ours_x_scales = w4a16_kernels.fp8_rows(x)
 
     ours_w8 = w4a16_kernels.dequantize_columns(layer.packed, layer.scales, layer.zeros, 128, 0, 5120,
                                                torch.empty(5120 * 5120, device="cuda", dtype=torch.float8_e4m3fn),
@@ -282,6 +302,8 @@ def test_fp8_prompt_matmul_is_torchs_own_scaled_mm_of_the_same_weights_on_the_gp
     got = w4a16_kernels.fp8_dequantized_matmul(x, layer.packed, layer.scales, layer.zeros, 128, column_scales)
 
     assert (ours_w8.T.float() == torch_w8.float()).float().mean() > 0.999  # fp32 W / scale: the odd last-bit tie
+    assert torch.equal(ours_x_scales, x_scales)
+    assert (ours_x8.float() == x8.float()).float().mean() > 0.999
     want = torch._scaled_mm(x8, torch_w8.T, scale_a=x_scales, scale_b=column_scales[None], out_dtype=torch.bfloat16)
     assert relative_error(got, want.float()) < 1e-3
     assert relative_error(got, x.float() @ weight.T) < 5e-2
