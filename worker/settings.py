@@ -82,8 +82,9 @@ class Settings(BaseSettings):
         "auto", description="auto: a prompt's int4 matmuls (more than 64 rows) in the model's dtype (bf16); fp8: on "
         "fp8 tensor cores (twice bf16's rate on Hopper and Ada GPUs, compute capability 8.9+), the weights over a "
         "scale per output column and the prompt over a scale per token. Less exact: on the demo model 87% "
-        "next-token agreement with the exact int4 model where bf16 keeps 97% (benchmarks/NOTES.md row 70), and "
-        "not yet timed on a GPU, so opt-in. Needs the Triton int4 kernels (XWINBOT_INT4_KERNEL).",
+        "next-token agreement with the exact int4 model where bf16 keeps 97% (benchmarks/NOTES.md row 70), and on "
+        "an H100 the prompts' matmuls only 1.2-1.3x faster, 32 users' prefill 7% (row 71), so opt-in. Needs the "
+        "Triton int4 kernels (XWINBOT_INT4_KERNEL).",
     )
     cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
     # An external engine instead of our own (see README "An external engine as the backend").
