@@ -46,6 +46,10 @@ CHUNK = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", m_ptr=
              scale_stride_kv="i32", scale_stride_slot="i32", scale_stride_head="i32", GROUP="constexpr",
              HEAD_DIM="constexpr", CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr", TOKEN_SCALED="constexpr",
              ASM="constexpr")
+DEQUANTIZE = dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", inv_ptr="*fp32", out_ptr="*bf16", col0="i32", cols="i32",
+                  stride_w="i32", stride_s="i32", stride_z="i32", stride_ok="i32", stride_oc="i32", GROUP="constexpr",
+                  BLOCK_N="constexpr", BLOCK_K="constexpr", SPREAD="constexpr", FP8="constexpr",
+                  FP8_LIMIT="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV,
      dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
@@ -55,19 +59,24 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
      dict(GROUP=256, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
     (w4a16._gemv_kernel, GEMV,
      dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True), 4, 1),
-    (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True), 8, 3),
+    (w4a16._swap_dot_kernel, DOT,
+     dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True, ONE_DOT=False), 8, 3),
     (w4a16._swap_dot_kernel, DOT,
      dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True, ONE_DOT=True), 8, 3),
     (w4a16._swap_dot_kernel, dict(DOT, x_ptr="*fp16"),
-     dict(GROUP=128, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPREAD=16, ASM=True), 4, 3),
-    (w4a16._swap_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=16, BLOCK_N=256, BLOCK_K=128, SPREAD=16, ASM=True), 2, 4),
+     dict(GROUP=128, BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPREAD=16, ASM=True, ONE_DOT=False), 4, 3),
+    (w4a16._swap_dot_kernel, DOT,
+     dict(GROUP=128, BLOCK_M=16, BLOCK_N=256, BLOCK_K=128, SPREAD=16, ASM=True, ONE_DOT=False), 2, 4),
     (w4a16._unpacked_dot_kernel, DOT, dict(GROUP=128, BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, SPREAD=16), 4, 3),
     (w4a16._sum_splits_kernel, dict(part_ptr="*fp32", out_ptr="*bf16", numel="i32", SPLIT="constexpr",
                                     BLOCK="constexpr"), dict(SPLIT=4, BLOCK=1024), 4, 3),
-    (w4a16._dequantize_kernel, dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", out_ptr="*bf16", col0="i32", cols="i32",
-                                    stride_w="i32", stride_s="i32", stride_z="i32", GROUP="constexpr",
-                                    BLOCK_N="constexpr", BLOCK_K="constexpr", SPREAD="constexpr"),
-     dict(GROUP=128, BLOCK_N=64, BLOCK_K=128, SPREAD=16), 4, 3),
+    (w4a16._dequantize_kernel, DEQUANTIZE, dict(GROUP=128, BLOCK_N=64, BLOCK_K=128, SPREAD=16, FP8=False,
+                                                FP8_LIMIT=448.0, stride_oc=1), 4, 3),
+    (w4a16._dequantize_kernel, dict(DEQUANTIZE, out_ptr="*fp8e4nv"),  # fp8 prefill: W's rows, k contiguous
+     dict(GROUP=128, BLOCK_N=64, BLOCK_K=128, SPREAD=16, FP8=True, FP8_LIMIT=448.0, stride_ok=1), 4, 3),
+    (w4a16._fp8_rows_kernel, dict(x_ptr="*bf16", out_ptr="*fp8e4nv", scale_ptr="*fp32", K="i32", stride_x="i32",
+                                  BLOCK="constexpr", FP8_LIMIT="constexpr", TINY="constexpr"),
+     dict(BLOCK=4096, FP8_LIMIT=448.0, TINY=1e-12), 4, 3),
     (layers._add_residual_kernel, RESIDUAL, dict(SPLIT=0, BLOCK=256), 2, 3),
     (layers._add_residual_kernel, RESIDUAL, dict(SPLIT=4, BLOCK=256), 2, 3),
     (layers._rms_scale_kernel, SCALE, dict(BLOCKS=20, BLOCKS_P2=32, ORDERED=True, BLOCK=256), 2, 3),
@@ -98,12 +107,13 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
 
 
 # on a 13B model, as Triton specializes a launch (the K/V cache's strides too: without them its loads are per byte)
-DIVISIBLE_BY_16 = ("N", "stride_xm", "stride_w", "stride_s", "stride_z", "stride_slot", "stride_head", "stride_pos")
+DIVISIBLE_BY_16 = ("N", "stride_xm", "stride_w", "stride_s", "stride_z", "stride_slot", "stride_head", "stride_pos",
+                   "stride_ok", "stride_oc", "cols", "K", "stride_x")
 
 
 def compile_for_sm90(kernel, signature: dict, constexprs: dict, warps: int, stages: int):
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature)
-               if name.endswith("ptr") or name in DIVISIBLE_BY_16}
+               if (name.endswith("ptr") or name in DIVISIBLE_BY_16) and name not in constexprs}
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
 
