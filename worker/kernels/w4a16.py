@@ -591,7 +591,7 @@ def fp8_column_scales(scales: torch.Tensor, zeros: torch.Tensor, bits: int = 4) 
 def fp8_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (e4m3 [M, K], fp32 [M, 1]): each row over its own scale, absmax / FP8_MAX. One kernel reads
     x twice (the second time from L2) and writes the codes once, where PyTorch's elementwise ops took ~9 passes
-    over an fp32 copy: the most of fp8 prefill's cost (benchmarks/NOTES.md row 71)."""
+    over an fp32 copy, most of fp8 prefill's cost (benchmarks/NOTES.md row 71)."""
     rows, in_features = x.shape
     x = x if x.stride(1) == 1 else x.contiguous()
     x8 = torch.empty((rows, in_features), device=x.device, dtype=torch.float8_e4m3fn)
