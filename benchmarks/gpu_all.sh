@@ -13,8 +13,8 @@
 #   benchmarks/gpu_all.sh prefill  # ~4 min: the fused int4 kernel at 65-1024 rows against rebuilding W (prefill_gemm)
 #   benchmarks/gpu_all.sh one-dot  # ~8 min: the kernels' GPU tests, then the 32-row step's int4 configs tuned in the
 #                                  # step with and without one dot (NOTES row 67): the step before and after
-#   benchmarks/gpu_all.sh fp8-prefill  # ~8 min: the fp8 GPU tests, the prompts' int4 matmuls in bf16 and fp8 (13B
-#                                  # shapes), then 32 users through the queue with each, each its own process (NOTES row 70)
+#   benchmarks/gpu_all.sh fp8-prefill  # ~3 min: the fp8 GPU tests, the prompts' int4 matmuls in bf16 and fp8 (13B
+#                                  # shapes), then 32 users through the queue with each, each its own process (NOTES row 71)
 #   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
 #                                  # on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
