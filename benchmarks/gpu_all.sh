@@ -15,6 +15,9 @@
 #                                  # step with and without one dot (NOTES row 67): the step before and after
 #   benchmarks/gpu_all.sh fp8-prefill  # ~3 min: the fp8 GPU tests, the prompts' int4 matmuls in bf16 and fp8 (13B
 #                                  # shapes), then 32 users through the queue with each, each its own process (NOTES row 71)
+#   benchmarks/gpu_all.sh passes  # ~7 min: prefill passes of a burst's shapes timed on the host, quiet and beside busy
+#                                  # threads, then 32 users through the queue asking from their own process and from
+#                                  # the worker's (each its own process), every prefill pass logged
 #   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
 #                                  # on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
@@ -60,6 +63,13 @@ elif [ "${1:-}" = "int8-queue" ]; then
   for dtype in auto int8; do
     mkdir -p "$OUT/$dtype" && OUT="$OUT/$dtype" step "queue_e2e_$dtype" 180 python3 -u -m benchmarks.speed.queue_e2e \
       --concurrency 32 --no-hf-baseline --no-restart --kv-cache-dtype $dtype --redis-server "${REDIS_SERVER:-redis-server}"
+  done
+elif [ "${1:-}" = "passes" ]; then
+  step prefill_passes 150 python3 -u -m benchmarks.speed.prefill_passes
+  for users in own worker; do
+    flag=$([ $users = worker ] && echo --users-in-worker-process)
+    mkdir -p "$OUT/$users" && OUT="$OUT/$users" step "queue_e2e_users_$users" 180 python3 -u -m benchmarks.speed.queue_e2e \
+      --concurrency 32 --no-hf-baseline --no-restart $flag --redis-server "${REDIS_SERVER:-redis-server}"
   done
 elif [ "${1:-}" = "ab" ]; then
   # ab REV: 32 users through the queue on REV's tree, then on this one, each in its own process (its JSON under

@@ -4,7 +4,9 @@ Reports, for 1, 8 and 32 concurrent users (500-token prompts, 128 new tokens): t
 enqueue → picked-up time (queue overhead), enqueue → first token, and time in the poster; the same for 32 users
 with 64-token prompts (the speed-anchor workload, ``--anchor-prompt-tokens``); GPU memory; a warm
 restart's time to ready; and, in the same run, the eager transformers ``generate`` baseline for both prompt
-lengths, each in a process of its own before the worker starts (``benchmarks.speed.hf_baseline``).
+lengths, each in a process of its own before the worker starts (``benchmarks.speed.hf_baseline``). The users ask
+from a process of their own, as the chat adapters do (``--users-in-worker-process``: from threads of the worker's
+process, as before 2026-12-05, sharing its GIL), and every prefill pass is timed (``prefill_pass_log``).
 ``--shape demo`` runs small on the CPU; ``--shape llama3-8b`` (Llama-3.1-8B: GQA, 128k vocabulary) or any
 shape of ``benchmarks.synthetic_checkpoint.SHAPES`` writes that synthetic checkpoint instead of the 13B.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -28,6 +31,7 @@ from redis import Redis
 
 from benchmarks.result_json import ROOT, write_result
 from benchmarks.speed.hf_baseline import measure_in_clean_process
+from benchmarks.speed.prefill_pass_log import PrefillPassLog
 from worker import serve
 from worker.inference import engine as engine_module
 from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
@@ -44,6 +48,7 @@ class TimingPoster:
     posting_s = 0.0
 
     finished: dict[str, threading.Event] = {}
+    redis: Redis | None = None  # set: each final answer also pushed to ``final_key`` for users in another process
 
     def _mark(self, job, kind):
         start = time.perf_counter()
@@ -52,6 +57,8 @@ class TimingPoster:
             if kind == "final":
                 self.finished.setdefault(job.job_id, threading.Event()).set()
             TimingPoster.posting_s += time.perf_counter() - start
+        if kind == "final" and self.redis is not None:
+            self.redis.rpush(final_key(job.job_id), 1)
 
     def waiting(self, job, position):
         self._mark(job, "started")
@@ -65,6 +72,10 @@ class TimingPoster:
     def fail(self, job, message):
         self._mark(job, "final")
         print("failed:", job.job_id, message, flush=True)
+
+
+def final_key(job_id: str) -> str:
+    return f"bench:final:{job_id}"
 
 
 def prompt_text(shape: str, n_tokens: int, seed: int) -> str:
@@ -97,14 +108,10 @@ def wait_final(job: Job) -> None:
     done.wait()
 
 
-def run_users(queue, process, args, concurrency: int, prompt_tokens: int | None = None) -> dict:
-    """``concurrency`` users, each asking ``rounds`` questions one after the other (a closed loop), of
-    ``prompt_tokens`` (default ``args.prompt_tokens``)."""
-    prompt_tokens = prompt_tokens or args.prompt_tokens
-    TimingPoster.events.clear()
-    TimingPoster.posting_s = 0.0
-    before = process.engine.stats
-    done: list[tuple[int, Job]] = []
+def ask(queue, args, concurrency: int, prompt_tokens: int, wait) -> list[tuple[int, str, float]]:
+    """``concurrency`` users, each asking ``args.rounds`` questions one after the other (a closed loop); ``wait(job)``
+    blocks until the job's answer is final -> (round, job id, enqueued at) of every question."""
+    done: list[tuple[int, str, float]] = []
     lock = threading.Lock()
 
     def user(number: int) -> None:
@@ -112,38 +119,79 @@ def run_users(queue, process, args, concurrency: int, prompt_tokens: int | None 
             job = make_job(args.shape, prompt_tokens, args.new_tokens, number,
                            f"c{concurrency}p{prompt_tokens}r{round_}")
             queue.enqueue(job)
-            wait_final(job)
+            wait(job)
             with lock:
-                done.append((round_, job))
+                done.append((round_, job.job_id, job.created_at))
 
-    begin = time.time()
     threads = [threading.Thread(target=user, args=(i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    return done
+
+
+def _users_process(connection, args, model: str, port: int, concurrency: int, prompt_tokens: int) -> None:
+    """The users' own process (as the chat adapters are): asks when told to, sends back what ``ask`` returns."""
+    redis = Redis(port=port)
+    queue = job_queue(worker_settings(args, model, port), redis)
+    connection.send("ready")
+    connection.recv()
+    connection.send(ask(queue, args, concurrency, prompt_tokens, lambda job: redis.blpop([final_key(job.job_id)])))
+
+
+def users_in_own_process(args, model: str, port: int, concurrency: int, prompt_tokens: int):
+    """-> (``ask``'s list, wall seconds from the go to the last answer), the users in a process of their own."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA and job threads
+    ours, theirs = context.Pipe()
+    users = context.Process(target=_users_process, args=(theirs, args, model, port, concurrency, prompt_tokens))
+    users.start()
+    ours.recv()  # imported and connected: the clock starts at the go
+    begin = time.time()
+    ours.send("go")
+    done = ours.recv()
     wall = time.time() - begin
+    users.join()
+    return done, wall
+
+
+def run_users(queue, process, args, concurrency: int, prompt_tokens: int | None = None,
+              pass_log: PrefillPassLog | None = None, model: str = "", port: int = 0) -> dict:
+    """``concurrency`` users, each asking ``rounds`` questions one after the other (a closed loop), of
+    ``prompt_tokens`` (default ``args.prompt_tokens``), from their own process (or the worker's)."""
+    prompt_tokens = prompt_tokens or args.prompt_tokens
+    TimingPoster.events.clear()
+    TimingPoster.posting_s = 0.0
+    if pass_log:
+        pass_log.clear()
+    before = process.engine.stats
+    if args.users_in_worker_process:
+        begin = time.time()
+        done = ask(queue, args, concurrency, prompt_tokens, wait_final)
+        wall = time.time() - begin
+    else:
+        done, wall = users_in_own_process(args, model, port, concurrency, prompt_tokens)
     after = process.engine.stats
     tokens = after.tokens_generated - before.tokens_generated
     prefill_s, decode_s = after.prefill_s - before.prefill_s, after.decode_s - before.decode_s
     steps = after.steps - before.steps
 
-    def ttft(job: Job) -> float:
-        events = TimingPoster.events[job.job_id]
-        return events.get("first_text", events["final"]) - job.created_at
+    def ttft(job_id: str, created_at: float) -> float:
+        events = TimingPoster.events[job_id]
+        return events.get("first_text", events["final"]) - created_at
 
-    def streaming_tok_s(job: Job) -> float:
+    def streaming_tok_s(job_id: str) -> float:
         """The answer's speed as its reader sees it: tokens after the first over first text -> final."""
-        events = TimingPoster.events[job.job_id]
+        events = TimingPoster.events[job_id]
         return (args.new_tokens - 1) / max(events["final"] - events.get("first_text", events["final"]), 1e-9)
 
-    all_ttft = sorted(ttft(j) for _, j in done)
-    later = sorted(ttft(j) for r, j in done if r > 0)  # asked while the other users' answers were decoding
-    pickup = [TimingPoster.events[j.job_id]["started"] - j.created_at for _, j in done]
+    all_ttft = sorted(ttft(j, at) for _, j, at in done)
+    later = sorted(ttft(j, at) for r, j, at in done if r > 0)  # asked while the other users' answers were decoding
+    pickup = [TimingPoster.events[j]["started"] - at for _, j, at in done]
     row = dict(
         total_tok_s=tokens / wall, tokens=tokens, wall_s=wall, questions=len(done),
         # each answer's own decode speed through the queue (valid when every answer ran to new_tokens)
-        decode_tok_s_per_answer_median=(statistics.median(streaming_tok_s(j) for _, j in done)
+        decode_tok_s_per_answer_median=(statistics.median(streaming_tok_s(j) for _, j, _ in done)
                                         if tokens == len(done) * args.new_tokens else None),
         queue_pickup_ms_median=statistics.median(pickup) * 1000,
         ttft_ms_p50=percentile(all_ttft, 50) * 1000, ttft_ms_p95=percentile(all_ttft, 95) * 1000,
@@ -155,6 +203,8 @@ def run_users(queue, process, args, concurrency: int, prompt_tokens: int | None 
         decode_ms_per_step=decode_s / max(steps, 1) * 1000, other_s=wall - prefill_s - decode_s,
     )
     row["prefill_groups"] = process.engine.stats.prefill_group_histogram  # prompts prefilled together -> times
+    if pass_log:  # each pass's host enqueue time against its wall time, by shape
+        row["prefill_passes"] = pass_log.summary()
     if later:
         row.update(ttft_ms_p50_later_rounds=percentile(later, 50) * 1000,
                    ttft_ms_p95_later_rounds=percentile(later, 95) * 1000)
@@ -236,6 +286,9 @@ def main() -> None:
                         help="the KV cache's dtype (XWINBOT_KV_CACHE_DTYPE; auto: the model's)")
     parser.add_argument("--prefill-dtype", choices=PREFILL_DTYPES, default="auto",
                         help="the prompts' int4 matmuls (XWINBOT_PREFILL_DTYPE; auto: the model's dtype)")
+    parser.add_argument("--users-in-worker-process", action="store_true",
+                        help="ask from threads of the worker's process (sharing its GIL) instead of a process of "
+                             "their own")
     parser.add_argument("--spare-threads", type=int, help="job threads beyond max_batch (default: the worker's "
                         "SPARE_JOB_THREADS)")
     args = parser.parse_args()
@@ -262,12 +315,15 @@ def main() -> None:
     started = time.perf_counter()
     process = WorkerProcess(settings, redis, posters={"console": TimingPoster})
     process.start()
+    TimingPoster.redis = redis
+    pass_log = PrefillPassLog(process.engine.runtime)
     report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "settings": dict(
         max_batch=settings.max_batch, job_threads=settings.max_batch + serve.SPARE_JOB_THREADS,
         mixed_prefill_tokens=engine_module.MIXED_PREFILL_TOKENS if args.mix_prefill else 0,
         context=settings.max_context_tokens, kv_cache_dtype=settings.kv_cache_dtype,
         prefill_dtype=settings.prefill_dtype, rounds=args.rounds,
-        prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, anchor_prompt_tokens=args.anchor_prompt_tokens)}
+        prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, anchor_prompt_tokens=args.anchor_prompt_tokens,
+        users="worker's process" if args.users_in_worker_process else "own process")}
     if args.restart_only:
         process.stop()
         redis_proc.kill()
@@ -282,12 +338,14 @@ def main() -> None:
         queue.enqueue(warm)
         wait_final(warm)
         for concurrency in args.concurrency:
-            report[f"c{concurrency}"] = row = run_users(queue, process, args, concurrency)
+            report[f"c{concurrency}"] = row = run_users(queue, process, args, concurrency, pass_log=pass_log,
+                                                        model=model, port=port)
             show(f"concurrency {concurrency}", row)
         if args.anchor_prompt_tokens:
             most = max(args.concurrency)
             label = f"c{most}_prompt{args.anchor_prompt_tokens}"
-            report[label] = row = run_users(queue, process, args, most, args.anchor_prompt_tokens)
+            report[label] = row = run_users(queue, process, args, most, args.anchor_prompt_tokens, pass_log=pass_log,
+                                            model=model, port=port)
             show(f"concurrency {most}, {args.anchor_prompt_tokens}-token prompts", row)
         if torch.cuda.is_available():
             report["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
