@@ -18,6 +18,8 @@
 #   benchmarks/gpu_all.sh passes  # ~7 min: prefill passes of a burst's shapes timed on the host, quiet and beside busy
 #                                  # threads, then 32 users through the queue asking from their own process and from
 #                                  # the worker's (each its own process), every prefill pass logged
+#   benchmarks/gpu_all.sh prefill-graphs  # ~6 min: the captured prefill's GPU tests, prefill passes eager and captured
+#                                  # (quiet, beside busy threads), then 1 and 32 users through the queue
 #   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
 #                                  # on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
@@ -65,12 +67,18 @@ elif [ "${1:-}" = "int8-queue" ]; then
       --concurrency 32 --no-hf-baseline --no-restart --kv-cache-dtype $dtype --redis-server "${REDIS_SERVER:-redis-server}"
   done
 elif [ "${1:-}" = "passes" ]; then
-  step prefill_passes 150 python3 -u -m benchmarks.speed.prefill_passes
+  step prefill_passes 120 python3 -u -m benchmarks.speed.prefill_passes
   for users in own worker; do
     flag=$([ $users = worker ] && echo --users-in-worker-process)
     mkdir -p "$OUT/$users" && OUT="$OUT/$users" step "queue_e2e_users_$users" 180 python3 -u -m benchmarks.speed.queue_e2e \
       --concurrency 32 --no-hf-baseline --no-restart $flag --redis-server "${REDIS_SERVER:-redis-server}"
   done
+elif [ "${1:-}" = "prefill-graphs" ]; then
+  step prefill_graph_gpu_tests 150 python3 -m pytest -q -x -p no:cacheprovider \
+    tests/unit/inference/test_architectures_gpu.py -k "captured_prefill or cuda_graphs_give"
+  step prefill_passes 120 python3 -u -m benchmarks.speed.prefill_passes
+  step queue_e2e 200 python3 -u -m benchmarks.speed.queue_e2e --concurrency 1 32 --no-hf-baseline --no-restart \
+    --redis-server "${REDIS_SERVER:-redis-server}"
 elif [ "${1:-}" = "ab" ]; then
   # ab REV: 32 users through the queue on REV's tree, then on this one, each in its own process (its JSON under
   # $OUT/base). REV is a commit of this copy's .git, or a directory holding REV's tree with its hash in

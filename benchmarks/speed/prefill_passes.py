@@ -1,10 +1,12 @@
 """Prefill passes of the shapes a 32-user burst runs (1, 8 and 32 prompts of 64 tokens; 1 and 8 of 500), timed
 on the host (``prefill_pass_log``): the time Python takes to enqueue a pass's kernels against the pass's wall
-time, in a quiet process and with busy Python threads beside it, as the worker's job threads are during a burst.
+time, eager and replayed from a captured graph (``worker.inference.prefill_graph``), in a quiet process and
+(graphs) with busy Python threads beside it, as the worker's job threads are during a burst.
 
-Each pass makes a few thousand PyTorch and Triton calls, and each call gives the GIL up and takes it back: with
-other threads wanting it, every call can wait up to the switch interval (the worker's 0.5 ms). ``queue_e2e``'s
-pass log gives the same figures inside the real burst.
+An eager pass makes a few thousand PyTorch and Triton calls, and each call gives the GIL up and takes it back:
+with other threads wanting it, every call can wait up to the switch interval (the worker's 0.5 ms); eager passes
+beside busy threads are left out (seconds a pass). ``queue_e2e``'s pass log gives the same figures inside the
+real burst.
 
     python -m benchmarks.speed.prefill_passes     # ~1.5 min on an H200 (13B shape); JSON into $OUT when set
 """
@@ -28,7 +30,9 @@ from worker.model.loader import load_model
 from worker.serve import GIL_SWITCH_INTERVAL_S
 
 SHAPES_RUN = ((1, 64), (8, 64), (32, 64), (1, 500), (8, 500))  # (prompts, tokens each)
-BUSY = {"quiet": (0, 0.0), "32 threads, 10% busy": (32, 0.1), "32 threads, 50% busy": (32, 0.5)}
+RUNS = {  # label: (captured graphs, busy threads, the share of each millisecond they run Python)
+    "eager, quiet": (False, 0, 0.0), "graphs, quiet": (True, 0, 0.0), "graphs, 32 threads 10% busy": (True, 32, 0.1),
+    "graphs, 32 threads 50% busy": (True, 32, 0.5)}
 
 
 class BusyThreads:
@@ -81,11 +85,13 @@ def main() -> None:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as the worker sets it
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", SHAPES[args.shape])
     loaded = load_model(path, device="cuda")
-    runtime = LlamaRuntime(loaded.model, 2048, max_batch=32)
+    runtime = LlamaRuntime(loaded.model, 2048, max_batch=32, cuda_graphs=True)
+    captured = runtime.prefill_graphs
     log = PrefillPassLog(runtime)
     report = {"device": torch.cuda.get_device_name(), "shape": args.shape, "switch_interval_s": GIL_SWITCH_INTERVAL_S}
-    for label, (count, duty) in BUSY.items():
+    for label, (graphs, count, duty) in RUNS.items():
         print(f"{label}:", flush=True)
+        runtime.prefill_graphs = captured if graphs else None
         with BusyThreads(count, duty):
             report[label] = time_shapes(runtime, log, args.repeats)
     write_result("prefill_passes", report)

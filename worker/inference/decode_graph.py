@@ -15,7 +15,10 @@ import torch
 StepFactory = Callable[[int, int], Callable[[], torch.Tensor]]  # (batch, window) -> a step on static buffers
 
 
-class DecodeGraph:
+class CapturedStep:
+    """A step captured as a CUDA graph (a decode step here, a prefill pass in ``worker.inference.prefill_graph``):
+    run twice on a side stream first, then captured into ``pool``."""
+
     def __init__(self, step: Callable[[], torch.Tensor], pool=None, side: torch.cuda.Stream | None = None):
         side = side if side is not None else torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -49,11 +52,11 @@ class DecodeGraphs:
     def clear(self) -> None:
         """Drop every graph (to capture again, e.g. with other kernel configs). The pool goes with them: once
         its last graph is gone PyTorch frees it, and capturing into its stale handle fails."""
-        self.captured: dict[tuple[int, int], DecodeGraph] = {}
+        self.captured: dict[tuple[int, int], CapturedStep] = {}
         self.pool = torch.cuda.graph_pool_handle()
 
-    def get(self, batch: int, window: int) -> DecodeGraph:
+    def get(self, batch: int, window: int) -> CapturedStep:
         key = (batch, window)
         if key not in self.captured:
-            self.captured[key] = DecodeGraph(self.make_step(batch, window), self.pool, self.side)
+            self.captured[key] = CapturedStep(self.make_step(batch, window), self.pool, self.side)
         return self.captured[key]

@@ -99,10 +99,11 @@ def normed_qk(partials: torch.Tensor, q_norm: nn.Module, k_norm: nn.Module, q_he
 
 def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_row: int, q_heads: int,
                       kv_heads: int, dtype: torch.dtype, q_norm: nn.Module | None = None,
-                      k_norm: nn.Module | None = None) -> torch.Tensor:
+                      k_norm: nn.Module | None = None, slots: torch.Tensor | None = None) -> torch.Tensor:
     """qkv's partial sums [split, B*T, (q + 2 kv heads) * D] -> q [B, q_heads, T, D] with rotary applied;
     k (rotated) and v written into ``cache`` for slots first_row.. at positions [B, T]. ``q_norm``/``k_norm``
-    (Qwen3): per-head RMSNorms applied to q and k before the rotary (``normed_qk``)."""
+    (Qwen3): per-head RMSNorms applied to q and k before the rotary (``normed_qk``). ``slots`` [B] (on the
+    device, GPU kernels only): row b's slot instead of first_row + b, -1 for none (a captured prefill's input)."""
     batch, length = positions.shape
     head_dim = cache.keys.shape[-1]
     if q_norm is not None or k_norm is not None:
@@ -117,9 +118,11 @@ def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_ro
             positions.reshape(-1).contiguous(), cache.keys[layer], cache.values[layer], first_row, length,
             q_heads, kv_heads, dtype, cache.scales[layer],
             token_scales=cache.token_scales[layer] if int8 else None,
-            key_channel_scales=cache.key_channel_scales[layer] if int8 else None,
+            key_channel_scales=cache.key_channel_scales[layer] if int8 else None, slots=slots,
         )
         return q.view(batch, length, q_heads, head_dim).transpose(1, 2)
+    if slots is not None:
+        raise ValueError("slots given as a tensor need the GPU kernels (a captured prefill's)")
     heads = summed(partials, dtype).view(batch, length, -1, head_dim)  # [B, T, q + k + v heads, D]
     qk = heads[:, :, : q_heads + kv_heads]
     qk = qk * cos.unsqueeze(2) + rotate_half(qk) * sin.unsqueeze(2)  # rotary for q and k heads at once

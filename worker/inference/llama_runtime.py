@@ -39,6 +39,7 @@ from worker.inference.layer_ops import (
     rotary_into_cache,
     silu_mul,
 )
+from worker.inference.prefill_graph import PrefillGraphs
 from worker.inference.sampling import GenerationParams, SamplingTensors, sample
 from worker.model.loader import SUPPORTED_MODEL_TYPES, head_dim_of, unsupported_model_type
 
@@ -90,12 +91,15 @@ class AttentionPart:
     each at ``positions`` [batch, length], reading the first ``window`` entries of their slots. A decode step is
     one part; a mixed step (``LlamaRuntime.launch_mixed``) is the decoding rows' part then one part a prefill
     segment, all sharing every matmul. ``decode_kernel``: one-token rows on the GPU attend with
-    ``worker.kernels.decode_attention`` instead of ``scaled_dot_product_attention``."""
+    ``worker.kernels.decode_attention`` instead of ``scaled_dot_product_attention``. ``slots`` [batch] (on the
+    device): each row's slot instead of first_row + row, -1 for a padding row that writes nothing (a captured
+    prefill's input, ``worker.inference.prefill_graph``)."""
 
     first_row: int
     positions: torch.Tensor
     window: int
     decode_kernel: bool = False
+    slots: torch.Tensor | None = None
     cos: torch.Tensor | None = None  # rotary tables of these rows [batch, length, D], set by ``run_layers``
     sin: torch.Tensor | None = None
     masks: dict = field(default_factory=dict)  # by sliding window: built on first use, shared by the layers
@@ -130,7 +134,8 @@ def part_attention(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cach
     q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
     batch, length = part.positions.shape
     q = rotary_into_cache(qkv, part.cos, part.sin, part.positions, cache, layer, part.first_row, q_heads, kv_heads,
-                          dtype, getattr(attn, "q_norm", None), getattr(attn, "k_norm", None))  # Qwen3's q/k norms
+                          dtype, getattr(attn, "q_norm", None), getattr(attn, "k_norm", None),  # Qwen3's q/k norms
+                          slots=part.slots)
     sliding = part.sliding(sliding_window)
     if part.decode_kernel and length == 1 and kernels_serve(q, q.dtype):
         from worker.kernels.decode_attention import decode_attention  # Triton: only where it runs
@@ -143,7 +148,7 @@ def part_attention(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cach
                                attn.scaling, order, sliding, per_head, token_scales=per_token,
                                key_channel_scales=cache.key_channel_scales[layer] if per_token is not None else None)
         return out, order is not None
-    keys, values = cache.read(layer, part.first_row, batch, part.window, q.dtype)
+    keys, values = cache.read(layer, part.first_row, batch, part.window, q.dtype, part.slots)
     out = F.scaled_dot_product_attention(
         q, keys, values, attn_mask=part.mask(sliding), scale=attn.scaling,
         enable_gqa=q_heads != kv_heads,
@@ -229,16 +234,16 @@ def run_layers(model: nn.Module, cache: KVCache, h: torch.Tensor, parts: list[At
 
 
 def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0,
-            last_index: torch.Tensor | None = None, decode_kernel: bool = False):
-    """tokens [B, T] of cache slots first_row.. at positions input_pos ([T] shared, or [B, T] per row)
-    -> logits [B, T or 1, V]; writes K/V into the cache. ``last_only``: logits of position T-1 only, or of
-    position last_index[b] in row b (rows padded at their end).
+            last_index: torch.Tensor | None = None, decode_kernel: bool = False, slots: torch.Tensor | None = None):
+    """tokens [B, T] of cache slots first_row.. (or ``slots`` [B], see ``AttentionPart``) at positions input_pos
+    ([T] shared, or [B, T] per row) -> logits [B, T or 1, V]; writes K/V into the cache. ``last_only``: logits of
+    position T-1 only, or of position last_index[b] in row b (rows padded at their end).
 
     Attention reads only the first ``window`` cache entries, which must cover every position in input_pos.
     """
     batch, length = tokens.shape
     positions = input_pos.expand(batch, length) if input_pos.dim() == 1 else input_pos
-    part = AttentionPart(first_row, positions, window, decode_kernel)
+    part = AttentionPart(first_row, positions, window, decode_kernel, slots=slots)
     x = run_layers(model, cache, model.model.embed_tokens(tokens), [part])
     if last_index is not None:
         x = x[torch.arange(batch, device=x.device), last_index].unsqueeze(1)
@@ -342,6 +347,10 @@ class LlamaRuntime:
         self.sampling = SamplingTensors.of([unused] * max_batch, self.device)  # each slot's settings
         use_graphs = cuda_graphs and self.device.type == "cuda"
         self.graphs = DecodeGraphs(self._graph_step) if use_graphs else None
+        # Whole prompts prefill as captured passes too where the GPU kernels run (their K/V write takes the slots
+        # from the graph's inputs); other prompts, and later chunks of long ones, eagerly.
+        self.prefill_graphs = PrefillGraphs(self._prefill_pass, self.buckets, max_seq_len, self.device,
+                                            self.graphs.side) if use_graphs and dtype != torch.float32 else None
         self.pad_to_buckets = use_graphs  # eager steps run exactly the live rows
         head_dim_fits = head_dim & (head_dim - 1) == 0  # the decode attention kernel tiles whole power-of-two heads
         # Decode steps on the GPU: worker.kernels.decode_attention reads each row's entries only, a faster step
@@ -442,15 +451,33 @@ class LlamaRuntime:
         if end > self.max_seq_len:
             raise ValueError(f"{end} tokens exceed the {self.max_seq_len}-token cache")
         rows = len(prompts)
+        sampling = [t[first_slot : first_slot + rows] for t in self.sampling.as_args()]
+        shape = self.prefill_graphs.shape_for(rows, longest) if self.prefill_graphs and start == 0 else None
+        if shape is not None:
+            logits = self.prefill_graphs.run(shape, first_slot, prompts, self._write_from_host)
+            return sample(logits, *sampling).tolist()
         host = torch.tensor([prompt + [0] * (longest - len(prompt)) + [len(prompt) - 1] for prompt in prompts],
                             dtype=torch.long)  # each row: its tokens padded to the longest, then its last index
         on_device = self._from_host(host)
         tokens, last = on_device[:, :longest], on_device[:, longest]
         positions = torch.arange(start, end, device=self.device)
-        sampling = (t[first_slot : first_slot + rows] for t in self.sampling.as_args())
         token = prefill(self.model, self.cache, tokens, positions, self.window_for(end),
                         *sampling, first_row=first_slot, last_index=last)
         return token.tolist()
+
+    def _prefill_pass(self, batch: int, length: int, inputs: torch.Tensor):
+        """The prefill pass a graph captures: ``batch`` prompts padded to ``length`` tokens from position 0, read
+        from ``inputs`` (``prefill_graph.pass_inputs``' layout) -> the logits after each one's last token."""
+        tokens = inputs[: batch * length].view(batch, length)
+        last, slots = inputs[batch * length : batch * length + batch], inputs[batch * length + batch :]
+
+        def run() -> torch.Tensor:
+            positions = torch.arange(length, device=self.device)
+            logits = forward(self.model, self.cache, tokens, positions, self.window_for(length), last_only=True,
+                             last_index=last, slots=slots)
+            return logits[:, -1]
+
+        return run
 
     @torch.inference_mode()
     def launch(self, rows: int, longest: int) -> LaunchedStep:

@@ -170,11 +170,11 @@ def _int8_codes(y1, y2, channels1, channels2, store_dtype: tl.constexpr):
 
 @triton.jit(do_not_specialize=["length", "first_slot"])  # one program for any prompt length and slot
 def _rotary_into_cache_kernel(
-    part_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr, scale_ptr, channel_ptr,
+    part_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_cache_ptr, v_cache_ptr, scale_ptr, channel_ptr, slot_ptr,
     part_stride, length, first_slot, stride_slot, stride_head, stride_pos,
     scale_stride_kv, scale_stride_slot, scale_stride_head,
     Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
-    HEADS: tl.constexpr, FP8: tl.constexpr, INT8: tl.constexpr,
+    HEADS: tl.constexpr, FP8: tl.constexpr, INT8: tl.constexpr, SLOTS: tl.constexpr,
 ):
     """Program (row, block of HEADS heads) of qkv [rows, (Q_HEADS + 2 KV_HEADS) * HEAD_DIM]: rotary on q and k
     heads (rotate-half convention: each head's two halves), q into q_ptr [rows, Q_HEADS, HEAD_DIM], k and v
@@ -183,7 +183,9 @@ def _rotary_into_cache_kernel(
     Q_HEADS]) and clamped to e4m3's range. INT8: each k head divided by its channel scales (channel_ptr
     [KV_HEADS, HEAD_DIM]) first; each k and v head stored as int8 codes of its own scale absmax / 127, written to
     scale_ptr [2 (K, V), slots, KV_HEADS, max_len] (strides scale_stride_*) at its slot, head and position: the
-    program holds each head's whole vector, so the absmax is its own."""
+    program holds each head's whole vector, so the absmax is its own. SLOTS: the slot of row r's sequence is
+    slot_ptr[r // length] instead (a captured prefill's input), and a negative one writes nothing (a padding
+    sequence)."""
     row, block = tl.program_id(0), tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
     all_heads: tl.constexpr = Q_HEADS + 2 * KV_HEADS
@@ -205,12 +207,16 @@ def _rotary_into_cache_kernel(
     q_at = q_ptr + (row * Q_HEADS + head[:, None]) * HEAD_DIM + d[None, :]
     tl.store(q_at, y1.to(q_ptr.dtype.element_ty), mask=is_q)
     tl.store(q_at + half, y2.to(q_ptr.dtype.element_ty), mask=is_q)
+    is_kv = (head >= Q_HEADS) & (head < all_heads)  # [HEADS]: the heads written into the cache
     if FP8:
-        is_kv = (head >= Q_HEADS) & (head < all_heads)
         scale = tl.load(scale_ptr + head - Q_HEADS, mask=is_kv, other=1.0)[:, None]
         y1 = tl.minimum(tl.maximum(y1 / scale, -E4M3_MAX), E4M3_MAX)  # a division, as KVCache.write's: same bytes
         y2 = tl.minimum(tl.maximum(y2 / scale, -E4M3_MAX), E4M3_MAX)
-    slot = first_slot + row // length
+    if SLOTS:
+        slot = tl.load(slot_ptr + row // length)
+        is_kv = is_kv & ((head * 0 + slot) >= 0)  # [HEADS] (a scalar mask breaks the interpreter)
+    else:
+        slot = first_slot + row // length
     position = tl.load(pos_ptr + row)
     if INT8:
         is_k_head = ((head >= Q_HEADS) & (head < Q_HEADS + KV_HEADS))[:, None]
@@ -221,13 +227,13 @@ def _rotary_into_cache_kernel(
         kv_head = tl.where(head >= Q_HEADS + KV_HEADS, head - Q_HEADS - KV_HEADS, head - Q_HEADS)
         scale_at = ((head >= Q_HEADS + KV_HEADS).to(tl.int32) * scale_stride_kv + slot * scale_stride_slot
                     + kv_head * scale_stride_head + position)
-        tl.store(scale_ptr + scale_at, token_scale, mask=(head >= Q_HEADS) & (head < all_heads))
+        tl.store(scale_ptr + scale_at, token_scale, mask=is_kv)
     slot_at = slot * stride_slot + position * stride_pos + d[None, :]
-    is_k = valid & ((head >= Q_HEADS) & (head < Q_HEADS + KV_HEADS))[:, None]
+    is_k = valid & (is_kv & (head < Q_HEADS + KV_HEADS))[:, None]
     k_at = k_cache_ptr + slot_at + (head - Q_HEADS)[:, None] * stride_head
     tl.store(k_at, y1.to(k_cache_ptr.dtype.element_ty), mask=is_k)
     tl.store(k_at + half, y2.to(k_cache_ptr.dtype.element_ty), mask=is_k)
-    is_v = valid & (head >= Q_HEADS + KV_HEADS)[:, None]
+    is_v = valid & (is_kv & (head >= Q_HEADS + KV_HEADS))[:, None]
     v_at = v_cache_ptr + slot_at + (head - Q_HEADS - KV_HEADS)[:, None] * stride_head
     tl.store(v_at, y1.to(v_cache_ptr.dtype.element_ty), mask=is_v)
     tl.store(v_at + half, y2.to(v_cache_ptr.dtype.element_ty), mask=is_v)
@@ -236,9 +242,11 @@ def _rotary_into_cache_kernel(
 def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: int, length: int, q_heads: int,
                       kv_heads: int, dtype: torch.dtype, scales: torch.Tensor | None = None,
                       token_scales: torch.Tensor | None = None,
-                      key_channel_scales: torch.Tensor | None = None) -> torch.Tensor:
+                      key_channel_scales: torch.Tensor | None = None,
+                      slots: torch.Tensor | None = None) -> torch.Tensor:
     """partials [split, B*T, (q + 2 kv heads) * D] of qkv; cos/sin [B*T, D]; positions [B*T] (row b*T + t is
-    slot first_slot + b; T = ``length``); keys/values: one layer's cache [slots, kv_heads, max_len, D];
+    slot first_slot + b, or slots[b] when ``slots`` [B] (int64, on the device) is given, where -1 writes
+    nothing; T = ``length``); keys/values: one layer's cache [slots, kv_heads, max_len, D];
     scales: that layer's [2, kv_heads] fp32 (K, V) an fp8 cache stores values divided by (None: 1.0);
     token_scales: an int8 cache's layer of ``KVCache.token_scales`` [2, slots, kv_heads, max_len] (fp32), where
     each written vector's scale goes; key_channel_scales: its layer of ``KVCache.key_channel_scales`` [kv_heads, D]
@@ -259,9 +267,9 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
     scale_strides = token_scales.stride()[:3] if int8 else (0, 0, 0)
     _rotary_into_cache_kernel[(rows, triton.cdiv(q_heads + 2 * kv_heads, heads))](
         partials, cos, sin, positions, q, keys, values, scale_arg,
-        key_channel_scales.contiguous() if int8 else scale_arg, partials[0].numel(), length, first_slot,
-        keys.stride(0), keys.stride(1), keys.stride(2), *scale_strides,
+        key_channel_scales.contiguous() if int8 else scale_arg, positions if slots is None else slots,
+        partials[0].numel(), length, first_slot, keys.stride(0), keys.stride(1), keys.stride(2), *scale_strides,
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, SPLIT=split, HEADS=heads,
-        FP8=fp8, INT8=int8, num_warps=4 if heads > 1 else 1,
+        FP8=fp8, INT8=int8, SLOTS=slots is not None, num_warps=4 if heads > 1 else 1,
     )
     return q

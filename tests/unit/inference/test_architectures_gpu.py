@@ -92,18 +92,61 @@ def test_teacher_forced_logits_on_the_gpu_kernels(gpu_case, arch, fmt):
 def test_cuda_graphs_give_the_eager_steps_tokens(gpu_case, arch, fmt):
     """Free-running greedy answers of random tiny models hit near ties within a few tokens, where bf16 and fp32
     part ways (the test above checks every position against transformers); replaying captured graphs must give
-    exactly the tokens of the same steps run eagerly."""
+    exactly the tokens of the same steps run eagerly. (Prompts prefill eagerly in both: a captured prefill pads
+    them to 64 tokens, other shapes than the eager pass's; the next test checks it.)"""
     _, loaded = gpu_case(arch, fmt)
     greedy = GenerationParams(temperature=0.0)
     answers = {}
     for graphs in (False, True):
         runtime = LlamaRuntime(loaded.model, 128, cuda_graphs=graphs)
+        runtime.prefill_graphs = None
         runtime.windows = attention_windows(128, smallest=16)  # decoding crosses windows, as on the CPU
         runtime.warm_up()
         answers[graphs] = [list(runtime.generate(prompt, NEW_TOKENS, greedy)) for prompt in prompts(2).tolist()]
         del runtime
     assert answers[True] == answers[False], f"{arch}/{fmt}: graph replay differs from eager steps"
     assert all(len(answer) == NEW_TOKENS for answer in answers[True])
+
+
+@pytest.mark.parametrize("arch,fmt", CASES)
+def test_a_captured_prefill_writes_and_answers_as_the_eager_pass(gpu_case, arch, fmt):
+    """Three prompts (40, 17 and 33 tokens) into slots 1-3 of a cache whose other slots hold a conversation's
+    entries: replayed from a graph (4 prompts x 64 tokens, the fourth a padding prompt), against the eager pass
+    on the same padded tokens. The logits after each prompt's last token and its written K/V agree to bf16, and
+    slots 0 and 4-7 keep every entry."""
+    _, loaded = gpu_case(arch, fmt)
+    runtime = LlamaRuntime(loaded.model, 128, max_batch=8, cuda_graphs=True)
+    group = [prompt[:length] for prompt, length in zip(prompts(3).tolist(), (40, 17, 33))]
+    shape = runtime.prefill_graphs.shape_for(3, 40)
+    assert shape == (4, 64)
+    marker = torch.randn(runtime.cache.keys.shape, generator=torch.Generator().manual_seed(3)).to(
+        runtime.cache.keys.dtype).cuda()
+    results = {}
+    for path in ("graph", "eager"):
+        runtime.cache.keys.copy_(marker)
+        runtime.cache.values.copy_(-marker)
+        with torch.inference_mode():
+            if path == "graph":
+                logits = runtime.prefill_graphs.run(shape, 1, group, runtime._write_from_host).float()
+            else:
+                tokens = torch.tensor([p + [0] * (64 - len(p)) for p in group], device="cuda")
+                last = torch.tensor([len(p) - 1 for p in group], device="cuda")
+                logits = forward(loaded.model, runtime.cache, tokens, torch.arange(64, device="cuda"),
+                                 runtime.window_for(64), last_only=True, first_row=1, last_index=last)[:, -1].float()
+        torch.cuda.synchronize()
+        results[path] = logits, runtime.cache.keys.clone(), runtime.cache.values.clone()
+    (got, keys, values), (want, want_keys, want_values) = results["graph"], results["eager"]
+    scale = want.abs().max()
+    assert float((got - want).abs().max() / scale) < 1e-2, f"{arch}/{fmt}: captured prefill's logits differ"
+    for row, prompt in enumerate(group):
+        for stored, expected in ((keys, want_keys), (values, want_values)):
+            entries = (slice(None), 1 + row, slice(None), slice(0, len(prompt)))
+            written, reference = stored[entries].float(), expected[entries].float()
+            assert float((written - reference).abs().max() / reference.abs().max()) < 1e-2
+            assert not torch.equal(written, marker[entries].float())
+    untouched = [0, 4, 5, 6, 7]
+    assert torch.equal(keys[:, untouched], marker[:, untouched]), f"{arch}/{fmt}: a slot outside the pass was written"
+    assert torch.equal(values[:, untouched], -marker[:, untouched])
 
 
 @pytest.mark.parametrize("arch,fmt", CASES)

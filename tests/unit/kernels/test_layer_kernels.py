@@ -109,6 +109,38 @@ def test_rotary_into_cache_rotates_q_and_k_and_writes_each_row_at_its_own_positi
     assert torch.equal(caches[0].keys[1, 1, :, 5 + length:], before[1, 1, :, 5 + length:])  # after its last: untouched
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.int8], ids=["bf16", "int8"])
+def test_rotary_into_cache_takes_each_rows_slot_from_a_tensor_and_writes_nothing_for_minus_one(cache_dtype):
+    """A captured prefill's K/V write: sequence b goes to slots[b] (here 3 and 0, not consecutive), and a padding
+    sequence (-1) leaves every slot as it was; the same bytes as the write at first_slot, sequence by sequence."""
+    q_heads, kv_heads, dim, length = 4, 2, 16, 40  # 120 rows: 8 heads a program, as a prefill's
+    partials = randn(1, 3 * length, (q_heads + 2 * kv_heads) * dim, dtype=torch.bfloat16)
+    angles = randn(3 * length, dim // 2)
+    cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+    positions = torch.arange(length).repeat(3)
+    caches = [KVCache(1, 4, kv_heads, 64, dim, "cpu", cache_dtype) for _ in range(2)]
+    int8 = cache_dtype == torch.int8
+
+    def write(cache, part, first_slot, slots=None):
+        rows = slice(None) if slots is not None else slice(part * length, (part + 1) * length)
+        return layer_kernels.rotary_into_cache(
+            partials[:, rows], cos[rows], sin[rows], positions[rows], cache.keys[0], cache.values[0], first_slot,
+            length, q_heads, kv_heads, torch.bfloat16, token_scales=cache.token_scales[0] if int8 else None,
+            key_channel_scales=cache.key_channel_scales[0] if int8 else None, slots=slots)
+
+    q = write(caches[0], None, 0, slots=torch.tensor([3, 0, -1]))
+    want_q = torch.cat([write(caches[1], 0, 3), write(caches[1], 1, 0), write(caches[1], 2, 1)])
+    assert torch.equal(q[: 2 * length], want_q[: 2 * length])  # q of every row, padding sequence's included
+    for slot in (3, 0):
+        assert torch.equal(caches[0].keys[0, slot], caches[1].keys[0, slot])
+        assert torch.equal(caches[0].values[0, slot], caches[1].values[0, slot])
+        assert caches[0].keys[0, slot].float().abs().sum() > 0
+    assert not caches[0].keys[0, 1:3].any() and not caches[0].values[0, 1:3].any()  # -1 wrote nothing
+    if int8:
+        assert torch.equal(caches[0].token_scales[0][:, [0, 3]], caches[1].token_scales[0][:, [0, 3]])
+        assert not caches[0].token_scales[0][:, 1:3].any()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("split", [1, 2])
 def test_qwen3_q_k_norms_come_before_the_rotary_kernel(dtype, split):

@@ -1,0 +1,84 @@
+"""Whole prompts prefilled as CUDA graphs: one graph per (prompts bucket, length bucket).
+
+An eager prefill pass makes a few thousand PyTorch and Triton calls (the 13B's 40 layers): host work that,
+quiet, takes longer than the GPU's for a pass of up to 8 prompts of 64 tokens or one of 500, and that in the
+worker is a GIL round trip per call while the job threads run Python: in a 32-user burst a one-prompt pass took
+8-12 times its quiet time (benchmarks/NOTES.md row 73). A captured pass is one replay.
+
+A graph reads static inputs: the prompts' tokens padded to the length bucket, the index of each prompt's last
+token and its cache slot (-1 for the padding prompts of a bucket: they write nothing). Prompts start at position
+0 (whole prompts; a prompt's later chunks run eagerly). The graph's output is the logits after each prompt's
+last token; sampling runs after the replay, with the slots' settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from worker.inference.decode_graph import CapturedStep
+
+PREFILL_GRAPH_ROWS = 4096  # padded rows (prompts x length bucket) a captured pass holds at most
+LENGTH_STEP = 64  # prompts are padded to a multiple of this: few graphs, at most 63 padding tokens a prompt
+
+# (prompts bucket, length bucket, the pass's inputs [prompts * length + 2 * prompts]) -> a pass on them
+PassFactory = Callable[[int, int, torch.Tensor], Callable[[], torch.Tensor]]
+
+
+def length_bucket(length: int) -> int:
+    return -(-length // LENGTH_STEP) * LENGTH_STEP
+
+
+def pass_shape(prompts: int, longest: int, buckets: list[int], max_len: int) -> tuple[int, int] | None:
+    """(prompts bucket, length bucket) of a pass, or None where none is captured (more prompts than the largest
+    bucket, more padded rows than PREFILL_GRAPH_ROWS, or the padded length past the cache's ``max_len``)."""
+    batch = next((b for b in buckets if b >= prompts), None)
+    length = length_bucket(longest)
+    if batch is None or length > max_len or batch * length > PREFILL_GRAPH_ROWS:
+        return None
+    return batch, length
+
+
+def pass_inputs(prompts: list[list[int]], first_slot: int, batch: int, length: int) -> torch.Tensor:
+    """The host's copy of a pass's inputs for ``prompts`` in slots first_slot..: [batch * length] tokens (each
+    prompt padded with 0 to ``length``, then padding prompts), [batch] last indices, [batch] slots (-1: none)."""
+    padding = batch - len(prompts)
+    tokens = [t for prompt in prompts for t in prompt + [0] * (length - len(prompt))] + [0] * (padding * length)
+    last = [len(prompt) - 1 for prompt in prompts] + [0] * padding
+    slots = list(range(first_slot, first_slot + len(prompts))) + [-1] * padding
+    return torch.tensor(tokens + last + slots, dtype=torch.long)
+
+
+class PrefillGraphs:
+    """Captured lazily per (prompts bucket, length bucket), all in one memory pool (one pass runs at a time and its
+    logits are sampled before the next replay) and warmed up on one side stream, as ``DecodeGraphs``."""
+
+    def __init__(self, make_pass: PassFactory, buckets: list[int], max_len: int, device: torch.device,
+                 side: torch.cuda.Stream):
+        self.make_pass = make_pass
+        self.buckets = buckets  # prompts a pass is captured for (the runtime's batch buckets)
+        self.max_len = max_len
+        self.device = device
+        self.side = side  # the decode graphs' side stream: cuBLAS keeps a workspace for every stream it ran on
+        self.pool = torch.cuda.graph_pool_handle()
+        self.captured: dict[tuple[int, int], tuple[CapturedStep, torch.Tensor]] = {}
+
+    def shape_for(self, prompts: int, longest: int) -> tuple[int, int] | None:
+        return pass_shape(prompts, longest, self.buckets, self.max_len)
+
+    def run(self, shape: tuple[int, int], first_slot: int, prompts: list[list[int]],
+            write: Callable[[torch.Tensor, torch.Tensor], None]) -> torch.Tensor:
+        """Replay the pass of ``shape`` (``shape_for``) on ``prompts`` (slots first_slot..), its inputs copied in by
+        ``write(destination, host)`` -> logits after each prompt's last token [len(prompts), V]."""
+        graph, inputs = self._graph(shape)
+        write(inputs, pass_inputs(prompts, first_slot, *shape))
+        return graph.replay()[: len(prompts)]
+
+    def _graph(self, shape: tuple[int, int]) -> tuple[CapturedStep, torch.Tensor]:
+        if shape not in self.captured:
+            batch, length = shape
+            inputs = torch.zeros(batch * length + 2 * batch, dtype=torch.long, device=self.device)
+            inputs[batch * length + batch :] = -1  # the capture's own runs write nothing into the cache
+            self.captured[shape] = CapturedStep(self.make_pass(batch, length, inputs), self.pool, self.side), inputs
+        return self.captured[shape]
