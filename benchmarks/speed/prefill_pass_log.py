@@ -1,5 +1,5 @@
-"""Every prefill pass a runtime runs, timed on the host: how long Python took to enqueue the pass's kernels, and
-how long until its first tokens were read back (the pass's wall time).
+"""Every prefill pass a runtime runs, timed on the host: how long Python took to enqueue the pass's kernels (eager
+passes only; a captured pass is one replay), and how long until its first tokens were read back (its wall time).
 
 A pass whose enqueue time is near its wall time was bound by the host (launches, waits for the GIL), not by the
 GPU. ``queue_e2e`` logs the passes of a 32-user burst this way; ``prefill_passes`` times the same shapes in a
@@ -19,7 +19,7 @@ class PrefillPassLog:
 
     def __init__(self, runtime):
         self.passes: list[dict] = []
-        self._enqueued_at = 0.0
+        self._enqueued_at: float | None = None
         self._wrap_prefill()
         self._wrap_prefill_prompts(runtime)
 
@@ -37,11 +37,13 @@ class PrefillPassLog:
         original = runtime.prefill_prompts
 
         def timed(first_slot, prompts, start=0):
+            self._enqueued_at = None
             began = time.perf_counter()
             tokens = original(first_slot, prompts, start)
             ended = time.perf_counter()
+            enqueued = None if self._enqueued_at is None else (self._enqueued_at - began) * 1000
             self.passes.append(dict(prompts=len(prompts), longest=max(len(p) for p in prompts),
-                                    enqueue_ms=(self._enqueued_at - began) * 1000, wall_ms=(ended - began) * 1000))
+                                    enqueue_ms=enqueued, wall_ms=(ended - began) * 1000))
             return tokens
 
         runtime.prefill_prompts = timed
@@ -54,8 +56,12 @@ class PrefillPassLog:
         groups: dict[str, list[dict]] = {}
         for one in self.passes:
             groups.setdefault(f"{one['prompts']}x{one['longest'] // 10 * 10}", []).append(one)
-        by_shape = {key: dict(passes=len(rows), enqueue_ms_median=statistics.median(r["enqueue_ms"] for r in rows),
-                              wall_ms_median=statistics.median(r["wall_ms"] for r in rows))
+        def enqueued(rows: list[dict]) -> list[float]:
+            return [r["enqueue_ms"] for r in rows if r["enqueue_ms"] is not None]
+
+        by_shape = {key: dict(passes=len(rows), wall_ms_median=statistics.median(r["wall_ms"] for r in rows),
+                              enqueue_ms_median=statistics.median(enqueued(rows)) if enqueued(rows) else None)
                     for key, rows in sorted(groups.items(), key=lambda item: -len(item[1]))}
-        return dict(passes=len(self.passes), enqueue_s=sum(r["enqueue_ms"] for r in self.passes) / 1000,
+        return dict(passes=len(self.passes), eager_passes=len(enqueued(self.passes)),
+                    eager_enqueue_s=sum(enqueued(self.passes)) / 1000,
                     wall_s=sum(r["wall_ms"] for r in self.passes) / 1000, by_shape=by_shape)

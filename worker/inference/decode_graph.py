@@ -8,6 +8,7 @@ there as the next replay's inputs.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import torch
@@ -27,8 +28,15 @@ class CapturedStep:
                 step()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.output = step()
+        # A CUDA object freed during the capture (an old graph, found by the garbage collector) invalidates it:
+        # unreachable ones go first and the collector waits; other threads' CUDA calls are theirs to check.
+        gc.collect()
+        gc.disable()
+        try:
+            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+                self.output = step()
+        finally:
+            gc.enable()
 
     def replay(self) -> torch.Tensor:
         """Run the captured step on the buffers' current contents; the output is overwritten by the next replay."""

@@ -365,8 +365,8 @@ class LlamaRuntime:
 
     def warm_up(self) -> None:
         """Compile and capture now rather than during someone's answer: a long and a short prefill (they
-        write slot 0's cache, which a conversation overwrites before reading) and every (batch bucket,
-        window) decode graph."""
+        write slot 0's cache, which a conversation overwrites before reading), every (batch bucket, window)
+        decode graph and every captured prefill pass."""
         if self.device.type == "cuda":
             for length in {min(PREFILL_CHUNK, self.max_seq_len), 8}:
                 self.prefill_chunk(0, [0] * length, 0)
@@ -375,6 +375,9 @@ class LlamaRuntime:
                 for batch in self.buckets:
                     for window in self.windows:
                         self.graphs.get(batch, window)
+        if self.prefill_graphs is not None:
+            with torch.inference_mode():
+                self.prefill_graphs.capture_all()
 
     def _graph_step(self, batch: int, window: int):
         """The decode step a graph captures: slots 0..batch-1, reading the static inputs in place."""

@@ -3,7 +3,10 @@
 An eager prefill pass makes a few thousand PyTorch and Triton calls (the 13B's 40 layers): host work that,
 quiet, takes longer than the GPU's for a pass of up to 8 prompts of 64 tokens or one of 500, and that in the
 worker is a GIL round trip per call while the job threads run Python: in a 32-user burst a one-prompt pass took
-8-12 times its quiet time (benchmarks/NOTES.md row 73). A captured pass is one replay.
+2-12 times its quiet time (benchmarks/NOTES.md row 73). A captured pass is one replay: one 500-token prompt
+57 -> 36 ms, one of 64 tokens 43 -> 14 ms (row 74). Passes of more rows are bound by the GPU, where a replay
+ran slower than the eager pass (8 x 500 tokens: 162 -> 190 ms, row 74): they stay eager (PREFILL_GRAPH_ROWS).
+Every shape is captured at warm-up (``LlamaRuntime.warm_up``), none while someone waits.
 
 A graph reads static inputs: the prompts' tokens padded to the length bucket, the index of each prompt's last
 token and its cache slot (-1 for the padding prompts of a bucket: they write nothing). Prompts start at position
@@ -19,7 +22,7 @@ import torch
 
 from worker.inference.decode_graph import CapturedStep
 
-PREFILL_GRAPH_ROWS = 4096  # padded rows (prompts x length bucket) a captured pass holds at most
+PREFILL_GRAPH_ROWS = 1024  # padded rows (prompts x length bucket) a captured pass holds at most (see above)
 LENGTH_STEP = 64  # prompts are padded to a multiple of this: few graphs, at most 63 padding tokens a prompt
 
 # (prompts bucket, length bucket, the pass's inputs [prompts * length + 2 * prompts]) -> a pass on them
@@ -66,6 +69,13 @@ class PrefillGraphs:
 
     def shape_for(self, prompts: int, longest: int) -> tuple[int, int] | None:
         return pass_shape(prompts, longest, self.buckets, self.max_len)
+
+    def capture_all(self) -> None:
+        """Capture every shape now (~0.15 s each on an H200 for the 13B; 31 shapes with 32 slots and a 2k cache)."""
+        for batch in self.buckets:
+            for length in range(LENGTH_STEP, self.max_len + 1, LENGTH_STEP):
+                if pass_shape(batch, length, self.buckets, self.max_len) == (batch, length):
+                    self._graph((batch, length))
 
     def run(self, shape: tuple[int, int], first_slot: int, prompts: list[list[int]],
             write: Callable[[torch.Tensor, torch.Tensor], None]) -> torch.Tensor:

@@ -15,16 +15,18 @@ BUCKETS = [1, 2, 4, 8, 16, 32]
 def test_a_pass_is_padded_to_the_next_prompt_bucket_and_length_step():
     assert pass_shape(1, 1, BUCKETS, 2048) == (1, 64)
     assert pass_shape(3, 64, BUCKETS, 2048) == (4, 64)
-    assert pass_shape(7, 500, BUCKETS, 2048) == (8, 512)
-    assert pass_shape(31, 60, BUCKETS, 2048) == (32, 64)
-    assert pass_shape(1, 4096, BUCKETS, 4096) == (1, 4096)
+    assert pass_shape(1, 500, BUCKETS, 2048) == (1, 512)
+    assert pass_shape(2, 500, BUCKETS, 2048) == (2, 512)
+    assert pass_shape(11, 60, BUCKETS, 2048) == (16, 64)
+    assert pass_shape(1, 1000, BUCKETS, 2048) == (1, 1024)
 
 
 def test_no_graph_past_the_row_limit_the_largest_bucket_or_the_cache():
-    assert pass_shape(9, 500, BUCKETS, 2048) is None  # 16 x 512 rows > PREFILL_GRAPH_ROWS
-    assert 16 * 512 > PREFILL_GRAPH_ROWS
-    assert pass_shape(33, 10, BUCKETS, 2048) is None
-    assert pass_shape(1, 2000, BUCKETS, 2000) is None  # padded to 2048, past a 2,000-entry cache
+    assert pass_shape(3, 500, BUCKETS, 2048) is None  # 4 x 512 rows > PREFILL_GRAPH_ROWS: the GPU bounds it
+    assert 4 * 512 > PREFILL_GRAPH_ROWS >= 2 * 512
+    assert pass_shape(17, 64, BUCKETS, 2048) is None
+    assert pass_shape(2, 10, [1], 2048) is None
+    assert pass_shape(1, 500, BUCKETS, 500) is None  # padded to 512, past a 500-entry cache
 
 
 def test_pass_inputs_pad_each_prompt_and_mark_padding_prompts_with_slot_minus_one():
