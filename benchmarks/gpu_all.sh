@@ -67,7 +67,7 @@ elif [ "${1:-}" = "int8-queue" ]; then
       --concurrency 32 --no-hf-baseline --no-restart --kv-cache-dtype $dtype --redis-server "${REDIS_SERVER:-redis-server}"
   done
 elif [ "${1:-}" = "passes" ]; then
-  step prefill_passes 120 python3 -u -m benchmarks.speed.prefill_passes
+  step prefill_passes 100 python3 -u -m benchmarks.speed.prefill_passes
   for users in own worker; do
     flag=$([ $users = worker ] && echo --users-in-worker-process)
     mkdir -p "$OUT/$users" && OUT="$OUT/$users" step "queue_e2e_users_$users" 180 python3 -u -m benchmarks.speed.queue_e2e \
@@ -76,8 +76,8 @@ elif [ "${1:-}" = "passes" ]; then
 elif [ "${1:-}" = "prefill-graphs" ]; then
   step prefill_graph_gpu_tests 150 python3 -m pytest -q -x -p no:cacheprovider \
     tests/unit/inference/test_architectures_gpu.py -k "captured_prefill or cuda_graphs_give"
-  step prefill_passes 120 python3 -u -m benchmarks.speed.prefill_passes
-  step queue_e2e 200 python3 -u -m benchmarks.speed.queue_e2e --concurrency 1 32 --no-hf-baseline --no-restart \
+  step prefill_passes 100 python3 -u -m benchmarks.speed.prefill_passes
+  step queue_e2e 170 python3 -u -m benchmarks.speed.queue_e2e --concurrency 1 32 --no-hf-baseline --no-restart \
     --redis-server "${REDIS_SERVER:-redis-server}"
 elif [ "${1:-}" = "ab" ]; then
   # ab REV: 32 users through the queue on REV's tree, then on this one, each in its own process (its JSON under

@@ -28,9 +28,9 @@ class CapturedStep:
                 step()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        # A CUDA object freed during the capture (an old graph, found by the garbage collector) invalidates it:
-        # unreachable ones go first and the collector waits; other threads' CUDA calls are theirs to check.
-        gc.collect()
+        # A CUDA object freed during the capture (an old graph the garbage collector found) invalidates it: the
+        # collector waits until after (a collection before each capture would cost ~0.1 s); other threads' CUDA
+        # calls are theirs to check.
         gc.disable()
         try:
             with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
