@@ -86,7 +86,8 @@ class Settings(BaseSettings):
         "an H100 the prompts' matmuls only 1.2-1.3x faster, 32 users' prefill 7% (row 71), so opt-in. Needs the "
         "Triton int4 kernels (XWINBOT_INT4_KERNEL).",
     )
-    cuda_graphs: bool = Field(True, description="Replay each decode step as a captured CUDA graph (GPU only).")
+    cuda_graphs: bool = Field(True, description="Replay each decode step, and each prefill of up to 1,024 padded "
+                              "prompt tokens, as a captured CUDA graph (GPU only).")
     # An external engine instead of our own (see README "An external engine as the backend").
     backend: Literal["own", "openai"] = Field(
         "own", description="own: load the model and generate on this machine; openai: stream answers from an "

@@ -3,7 +3,7 @@
 An eager prefill pass makes a few thousand PyTorch and Triton calls (the 13B's 40 layers): host work that,
 quiet, takes longer than the GPU's for a pass of up to 8 prompts of 64 tokens or one of 500, and that in the
 worker is a GIL round trip per call while the job threads run Python: in a 32-user burst a one-prompt pass took
-2-12 times its quiet time (benchmarks/NOTES.md row 73). A captured pass is one replay: one 500-token prompt
+1.3-13 times its quiet time (benchmarks/NOTES.md row 73). A captured pass is one replay: one 500-token prompt
 57 -> 36 ms, one of 64 tokens 43 -> 14 ms (row 74). Passes of more rows are bound by the GPU, where a replay
 ran slower than the eager pass (8 x 500 tokens: 162 -> 190 ms, row 74): they stay eager (PREFILL_GRAPH_ROWS).
 Every shape is captured at warm-up (``LlamaRuntime.warm_up``), none while someone waits.
