@@ -20,6 +20,8 @@
 #                                  # the worker's (each its own process), every prefill pass logged
 #   benchmarks/gpu_all.sh prefill-graphs  # ~6 min: the captured prefill's GPU tests, prefill passes eager and captured
 #                                  # (quiet, beside busy threads), then 1 and 32 users through the queue
+#   benchmarks/gpu_all.sh replay  # ~8 min: prefill passes eager and replayed under the profiler (NOTES row 75), then
+#                                  # every architecture GPU test (captured prefill with fp8 and quantized caches)
 #   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
 #                                  # on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
@@ -35,7 +37,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to $OUT/
   shift 2
   timeout "$seconds" "$@" > "$OUT/$name.log" 2>&1
   echo "== $name: exit $?"
-  grep -E "^qkv|^o:|^o rows|^gate_up|^down|^prefill|^correctness|^matmul ms|^fp8|^quantized|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |^\| |^rows|Error" \
+  grep -E "^qkv|^o:|^o rows|^gate_up|^down|^prefill|^correctness|^matmul ms|^fp8|^quantized|^runtime_|^hf_gen|^decode_attention|check|^concurrency|^warm|^baseline|^batch|^  |^\| |^rows|^captured|^gate/up|passed|failed|Error" \
     "$OUT/$name.log" | cut -c1-600
 }
 if [ "${1:-}" = "roofline" ]; then
@@ -79,6 +81,9 @@ elif [ "${1:-}" = "prefill-graphs" ]; then
   step prefill_passes 100 python3 -u -m benchmarks.speed.prefill_passes
   step queue_e2e 170 python3 -u -m benchmarks.speed.queue_e2e --concurrency 1 32 --no-hf-baseline --no-restart \
     --redis-server "${REDIS_SERVER:-redis-server}"
+elif [ "${1:-}" = "replay" ]; then
+  step profile_prefill 200 python3 -u -m benchmarks.speed.profile_decode --prefill-only
+  step architecture_gpu_tests 330 python3 -m pytest -q -p no:cacheprovider tests/unit/inference/test_architectures_gpu.py
 elif [ "${1:-}" = "ab" ]; then
   # ab REV: 32 users through the queue on REV's tree, then on this one, each in its own process (its JSON under
   # $OUT/base). REV is a commit of this copy's .git, or a directory holding REV's tree with its hash in

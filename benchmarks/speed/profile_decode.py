@@ -3,9 +3,13 @@
 Replays the captured decode step (batch 1 and 32, attention window 1,024; attention by SDPA and by
 ``worker.kernels.decode_attention``) under the profiler and prints the GPU time and launches of each kernel family per
 step, their sum against the step's wall time (the gap is launch overhead inside the graph) and the same step's
-time without the profiler. Then the same for prefill: one 512-token chunk, and 8 prompts of 500 together.
+time without the profiler. Then the same for prefill passes (one 512-token prompt, 8 of 512 together, 32 of 64),
+each run eagerly and replayed from a captured graph (``worker.inference.prefill_graph``, its row limit raised for
+the larger two), and one layer's prompt matmul (gate/up, 4,096 rows) called eagerly and replayed: a replayed pass
+of many rows ran slower than the eager one (benchmarks/NOTES.md row 74), and the kernels say where.
 
-    python -m benchmarks.speed.profile_decode            # ~1.5 min on an H200; JSON into $OUT when set
+    python -m benchmarks.speed.profile_decode            # ~2 min on an H200; JSON into $OUT when set
+    python -m benchmarks.speed.profile_decode --prefill-only
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from benchmarks.kernels.int4_kernels import replay_ms
 from benchmarks.result_json import write_result
 from benchmarks.synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint
+from worker.inference.decode_graph import CapturedStep
 from worker.inference.llama_runtime import LlamaRuntime
 from worker.model.loader import load_model
 
@@ -62,13 +67,62 @@ def show(families: dict[str, list[float]]) -> None:
         print(f"  {us / 1000:7.3f} ms  {launches:5.0f} launches  {label}", flush=True)
 
 
+PREFILL_SHAPES = ((1, 512), (8, 512), (32, 64))  # (prompts, tokens each): a lone prompt, two GPU-bound bursts
+
+
+def wall_ms(step, repeats: int = 5) -> float:
+    """Milliseconds per call of ``step`` (which reads its result back, as a prefill pass does), after one call."""
+    step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000 / repeats
+
+
+def profile_prefill(model) -> dict:
+    """Each of PREFILL_SHAPES eager and captured: wall time and GPU time per kernel family; then one matmul."""
+    report = {}
+    runtime = LlamaRuntime(model, 2048, max_batch=32, cuda_graphs=True)
+    captured = runtime.prefill_graphs
+    start = time.perf_counter()
+    with torch.inference_mode():
+        captured.capture_all()  # what the worker's start pays: every shape up to the row limit
+    report["prefill_capture_all"] = dict(shapes=len(captured.captured), seconds=time.perf_counter() - start)
+    print(f"captured {len(captured.captured)} prefill passes in {time.perf_counter() - start:.1f} s", flush=True)
+    captured.max_rows = 4096
+    for prompts, length in PREFILL_SHAPES:
+        group = [[3 + (7 * i + p) % 30000 for i in range(length)] for p in range(prompts)]
+        step = functools.partial(runtime.prefill_prompts, 0, group)
+        for mode, graphs in (("eager", None), ("captured", captured)):
+            runtime.prefill_graphs = graphs
+            ms = wall_ms(step)
+            families = profile(step, replays=3)
+            kernels = sum(us for us, _ in families.values()) / 1000
+            report[f"prefill_{prompts}x{length}_{mode}"] = dict(wall_ms=ms, kernels_ms=kernels,
+                                                               tok_s=prompts * length / ms * 1000,
+                                                               per_family_us_launches=families)
+            print(f"prefill {prompts} x {length} tokens, {mode}: {ms:.1f} ms, kernels {kernels:.1f} ms", flush=True)
+            show(families)
+    layer = model.model.layers[0].mlp.gate_up_proj
+    x = torch.randn(4096, layer.in_features, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        eager = wall_ms(lambda: layer.partials(x), repeats=20)
+        replayed = replay_ms(CapturedStep(lambda: layer.partials(x)), 20)
+    report["gate_up_4096_rows_ms"] = dict(eager=eager, captured=replayed)
+    print(f"gate/up matmul, 4,096 rows: eager {eager:.2f} ms, captured {replayed:.2f} ms", flush=True)
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args()
+    parser.add_argument("--prefill-only", action="store_true", help="skip the decode steps")
+    args = parser.parse_args()
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)
     loaded = load_model(path, device="cuda")
     report = {"device": torch.cuda.get_device_name()}
-    for batch in (1, 32):
+    for batch in () if args.prefill_only else (1, 32):
         for attention in ("sdpa", "triton"):  # scaled_dot_product_attention, or worker.kernels.decode_attention
             runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True, attention=attention)
             start = time.perf_counter()
@@ -83,25 +137,7 @@ def main() -> None:
             show(families)
             del runtime, graph
             torch.cuda.empty_cache()
-    for prompts, length in ((1, 512), (8, 500)):  # one prompt's chunk; a group of prompts prefilled together
-        runtime = LlamaRuntime(loaded.model, 2048, max_batch=8)
-        group = [[3 + (7 * i + p) % 30000 for i in range(length)] for p in range(prompts)]
-        step = functools.partial(runtime.prefill_prompts, 0, group)
-        step()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / 3
-        families = profile(step, replays=3)
-        report[f"prefill_{prompts}x{length}"] = dict(wall_ms=seconds * 1000, tok_s=prompts * length / seconds,
-                                                     per_family_us_launches=families)
-        print(f"prefill {prompts} x {length} tokens: {seconds * 1000:.1f} ms ({prompts * length / seconds:.0f} tok/s), "
-              f"kernels {sum(us for us, _ in families.values()) / 1000:.1f} ms", flush=True)
-        show(families)
-        del runtime
-        torch.cuda.empty_cache()
+    report.update(profile_prefill(loaded.model))
     write_result("profile_decode", report)
 
 

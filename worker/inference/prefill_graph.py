@@ -33,12 +33,13 @@ def length_bucket(length: int) -> int:
     return -(-length // LENGTH_STEP) * LENGTH_STEP
 
 
-def pass_shape(prompts: int, longest: int, buckets: list[int], max_len: int) -> tuple[int, int] | None:
+def pass_shape(prompts: int, longest: int, buckets: list[int], max_len: int,
+               max_rows: int = PREFILL_GRAPH_ROWS) -> tuple[int, int] | None:
     """(prompts bucket, length bucket) of a pass, or None where none is captured (more prompts than the largest
-    bucket, more padded rows than PREFILL_GRAPH_ROWS, or the padded length past the cache's ``max_len``)."""
+    bucket, more padded rows than ``max_rows``, or the padded length past the cache's ``max_len``)."""
     batch = next((b for b in buckets if b >= prompts), None)
     length = length_bucket(longest)
-    if batch is None or length > max_len or batch * length > PREFILL_GRAPH_ROWS:
+    if batch is None or length > max_len or batch * length > max_rows:
         return None
     return batch, length
 
@@ -64,17 +65,18 @@ class PrefillGraphs:
         self.max_len = max_len
         self.device = device
         self.side = side  # the decode graphs' side stream: cuBLAS keeps a workspace for every stream it ran on
+        self.max_rows = PREFILL_GRAPH_ROWS  # a benchmark may raise it to time larger passes captured
         self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[tuple[int, int], tuple[CapturedStep, torch.Tensor]] = {}
 
     def shape_for(self, prompts: int, longest: int) -> tuple[int, int] | None:
-        return pass_shape(prompts, longest, self.buckets, self.max_len)
+        return pass_shape(prompts, longest, self.buckets, self.max_len, self.max_rows)
 
     def capture_all(self) -> None:
         """Capture every shape now (~0.15 s each on an H200 for the 13B; 31 shapes with 32 slots and a 2k cache)."""
         for batch in self.buckets:
             for length in range(LENGTH_STEP, self.max_len + 1, LENGTH_STEP):
-                if pass_shape(batch, length, self.buckets, self.max_len) == (batch, length):
+                if self.shape_for(batch, length) == (batch, length):
                     self._graph((batch, length))
 
     def run(self, shape: tuple[int, int], first_slot: int, prompts: list[list[int]],
