@@ -22,6 +22,7 @@
 #                                  # (quiet, beside busy threads), then 1 and 32 users through the queue
 #   benchmarks/gpu_all.sh replay  # ~8 min: prefill passes eager and replayed under the profiler (NOTES row 75), then
 #                                  # every architecture GPU test (captured prefill with fp8 and quantized caches)
+#   benchmarks/gpu_all.sh graph-rows N...  # ~3.5 min each: 32 users through the queue, prefill captured up to N rows
 #   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
 #                                  # on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
@@ -84,6 +85,13 @@ elif [ "${1:-}" = "prefill-graphs" ]; then
 elif [ "${1:-}" = "replay" ]; then
   step profile_prefill 200 python3 -u -m benchmarks.speed.profile_decode --prefill-only
   step architecture_gpu_tests 330 python3 -m pytest -q -p no:cacheprovider tests/unit/inference/test_architectures_gpu.py
+elif [ "${1:-}" = "graph-rows" ]; then
+  # graph-rows N...: 32 users through the queue with captured prefill passes up to N padded rows, each its own process
+  for rows in "${@:2}"; do
+    mkdir -p "$OUT/rows_$rows" && OUT="$OUT/rows_$rows" step "queue_e2e_rows_$rows" 220 python3 -u -m \
+      benchmarks.speed.queue_e2e --concurrency 32 --no-hf-baseline --no-restart --prefill-graph-rows "$rows" \
+      --redis-server "${REDIS_SERVER:-redis-server}"
+  done
 elif [ "${1:-}" = "ab" ]; then
   # ab REV: 32 users through the queue on REV's tree, then on this one, each in its own process (its JSON under
   # $OUT/base). REV is a commit of this copy's .git, or a directory holding REV's tree with its hash in

@@ -34,6 +34,7 @@ from benchmarks.speed.hf_baseline import measure_in_clean_process
 from benchmarks.speed.prefill_pass_log import PrefillPassLog
 from worker import serve
 from worker.inference import engine as engine_module
+from worker.inference import prefill_graph
 from worker.queue.job import GenerationOverrides, Job, JobTurn, ReplyTarget, Requester
 from worker.queue.job_queue import job_queue
 from worker.serve import WorkerProcess
@@ -289,6 +290,8 @@ def main() -> None:
     parser.add_argument("--users-in-worker-process", action="store_true",
                         help="ask from threads of the worker's process (sharing its GIL) instead of a process of "
                              "their own")
+    parser.add_argument("--prefill-graph-rows", type=int, help="padded rows a captured prefill pass holds at most "
+                        "(default: worker.inference.prefill_graph.PREFILL_GRAPH_ROWS); larger passes run eagerly")
     parser.add_argument("--spare-threads", type=int, help="job threads beyond max_batch (default: the worker's "
                         "SPARE_JOB_THREADS)")
     args = parser.parse_args()
@@ -311,6 +314,8 @@ def main() -> None:
         serve.SPARE_JOB_THREADS = args.spare_threads
     if args.mixed_prefill_tokens:
         engine_module.MIXED_PREFILL_TOKENS = args.mixed_prefill_tokens
+    if args.prefill_graph_rows:
+        prefill_graph.PREFILL_GRAPH_ROWS = args.prefill_graph_rows
     baselines = {} if args.restart_only or args.no_hf_baseline else baselines_before_worker(model, args)
     started = time.perf_counter()
     process = WorkerProcess(settings, redis, posters={"console": TimingPoster})
@@ -321,7 +326,7 @@ def main() -> None:
         max_batch=settings.max_batch, job_threads=settings.max_batch + serve.SPARE_JOB_THREADS,
         mixed_prefill_tokens=engine_module.MIXED_PREFILL_TOKENS if args.mix_prefill else 0,
         context=settings.max_context_tokens, kv_cache_dtype=settings.kv_cache_dtype,
-        prefill_dtype=settings.prefill_dtype, rounds=args.rounds,
+        prefill_dtype=settings.prefill_dtype, prefill_graph_rows=prefill_graph.PREFILL_GRAPH_ROWS, rounds=args.rounds,
         prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, anchor_prompt_tokens=args.anchor_prompt_tokens,
         users="worker's process" if args.users_in_worker_process else "own process")}
     if args.restart_only:

@@ -90,36 +90,25 @@ class KVCache(nn.Module):
             keys.scatter_(2, index, k.to(keys.dtype))
             values.scatter_(2, index, v.to(values.dtype))
 
-    def window(self, layer: int, first_row: int, batch: int, window: int, slots: torch.Tensor | None = None):
-        """Slots first_row.. first ``window`` entries of keys and values (all a step may attend to), as stored.
-        ``slots`` [batch] (on the device): those slots instead, gathered (a captured prefill's input; -1, a padding
-        sequence, reads slot 0)."""
-        if slots is None:
-            rows = slice(first_row, first_row + batch)
-            return self.keys[layer, rows, :, :window], self.values[layer, rows, :, :window]
-        slots = slots.clamp(min=0)
-        return (self.keys[layer, :, :, :window].index_select(0, slots),
-                self.values[layer, :, :, :window].index_select(0, slots))
+    def window(self, layer: int, first_row: int, batch: int, window: int):
+        """Slots first_row.. first ``window`` entries of keys and values (all a step may attend to), as stored."""
+        rows = slice(first_row, first_row + batch)
+        return self.keys[layer, rows, :, :window], self.values[layer, rows, :, :window]
 
-    def window_token_scales(self, layer: int, first_row: int, batch: int, window: int,
-                            slots: torch.Tensor | None = None) -> torch.Tensor:
-        """An int8 cache's scales of ``window``'s entries: [2 (K, V), batch, kv_heads, window] (``slots``: as
-        ``window``'s)."""
-        if slots is None:
-            return self.token_scales[layer, :, first_row : first_row + batch, :, :window]
-        return self.token_scales[layer, :, :, :, :window].index_select(1, slots.clamp(min=0))
+    def window_token_scales(self, layer: int, first_row: int, batch: int, window: int) -> torch.Tensor:
+        """An int8 cache's scales of ``window``'s entries: [2 (K, V), batch, kv_heads, window]."""
+        return self.token_scales[layer, :, first_row : first_row + batch, :, :window]
 
-    def read(self, layer: int, first_row: int, batch: int, window: int, dtype: torch.dtype,
-             slots: torch.Tensor | None = None):
+    def read(self, layer: int, first_row: int, batch: int, window: int, dtype: torch.dtype):
         """``window``'s keys and values in ``dtype``, quantized entries multiplied back by their scale (in fp32,
-        as the decode kernel does, then rounded once); ``slots`` as ``window``'s."""
-        keys, values = self.window(layer, first_row, batch, window, slots)
+        as the decode kernel does, then rounded once)."""
+        keys, values = self.window(layer, first_row, batch, window)
         if self.quant is KVQuant.NONE:
             return keys.to(dtype), values.to(dtype)
         if self.quant is KVQuant.PER_HEAD:
             scales = self.scales[layer].view(2, 1, -1, 1, 1)
             return (keys.float() * scales[0]).to(dtype), (values.float() * scales[1]).to(dtype)
-        scales = self.window_token_scales(layer, first_row, batch, window, slots).unsqueeze(-1)
+        scales = self.window_token_scales(layer, first_row, batch, window).unsqueeze(-1)
         channels = self.key_channel_scales[layer].unsqueeze(1)  # [kv_heads, 1, head_dim]
         return (keys.float() * scales[0] * channels).to(dtype), (values.float() * scales[1]).to(dtype)
 

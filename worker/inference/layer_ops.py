@@ -99,11 +99,13 @@ def normed_qk(partials: torch.Tensor, q_norm: nn.Module, k_norm: nn.Module, q_he
 
 def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_row: int, q_heads: int,
                       kv_heads: int, dtype: torch.dtype, q_norm: nn.Module | None = None,
-                      k_norm: nn.Module | None = None, slots: torch.Tensor | None = None) -> torch.Tensor:
+                      k_norm: nn.Module | None = None, slots: torch.Tensor | None = None, with_kv: bool = False):
     """qkv's partial sums [split, B*T, (q + 2 kv heads) * D] -> q [B, q_heads, T, D] with rotary applied;
     k (rotated) and v written into ``cache`` for slots first_row.. at positions [B, T]. ``q_norm``/``k_norm``
     (Qwen3): per-head RMSNorms applied to q and k before the rotary (``normed_qk``). ``slots`` [B] (on the
-    device, GPU kernels only): row b's slot instead of first_row + b, -1 for none (a captured prefill's input)."""
+    device, GPU kernels only): row b's slot instead of first_row + b, -1 for none (a captured prefill's input).
+    ``with_kv``: (q, k, v), k and v [B, kv_heads, T, D] in ``dtype`` as computed (not as a quantized cache
+    holds them)."""
     batch, length = positions.shape
     head_dim = cache.keys.shape[-1]
     if q_norm is not None or k_norm is not None:
@@ -113,14 +115,16 @@ def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_ro
         from worker.kernels import layer_kernels
 
         int8 = cache.quant is KVQuant.PER_TOKEN
-        q = layer_kernels.rotary_into_cache(
+        heads = layer_kernels.rotary_into_cache(
             partials, cos.reshape(-1, head_dim).contiguous(), sin.reshape(-1, head_dim).contiguous(),
             positions.reshape(-1).contiguous(), cache.keys[layer], cache.values[layer], first_row, length,
             q_heads, kv_heads, dtype, cache.scales[layer],
             token_scales=cache.token_scales[layer] if int8 else None,
-            key_channel_scales=cache.key_channel_scales[layer] if int8 else None, slots=slots,
-        )
-        return q.view(batch, length, q_heads, head_dim).transpose(1, 2)
+            key_channel_scales=cache.key_channel_scales[layer] if int8 else None, slots=slots, all_heads=with_kv,
+        ).view(batch, length, -1, head_dim).transpose(1, 2)  # [B, heads, T, D]
+        if not with_kv:
+            return heads
+        return heads[:, :q_heads], heads[:, q_heads : q_heads + kv_heads], heads[:, q_heads + kv_heads :]
     if slots is not None:
         raise ValueError("slots given as a tensor need the GPU kernels (a captured prefill's)")
     heads = summed(partials, dtype).view(batch, length, -1, head_dim)  # [B, T, q + k + v heads, D]
@@ -130,4 +134,4 @@ def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_ro
     k = qk[:, :, q_heads:].transpose(1, 2)
     v = heads[:, :, q_heads + kv_heads :].transpose(1, 2)
     cache.write(layer, first_row, positions, k, v)
-    return q
+    return (q, k, v) if with_kv else q

@@ -93,13 +93,16 @@ class AttentionPart:
     segment, all sharing every matmul. ``decode_kernel``: one-token rows on the GPU attend with
     ``worker.kernels.decode_attention`` instead of ``scaled_dot_product_attention``. ``slots`` [batch] (on the
     device): each row's slot instead of first_row + row, -1 for a padding row that writes nothing (a captured
-    prefill's input, ``worker.inference.prefill_graph``)."""
+    prefill's input, ``worker.inference.prefill_graph``). ``whole_prompts``: rows are prompts from position 0,
+    which attend to their own keys and values as computed, causally, without reading the cache: no gather of
+    slots, and SDPA's flash kernel where no mask is needed (``window`` is then their length)."""
 
     first_row: int
     positions: torch.Tensor
     window: int
     decode_kernel: bool = False
     slots: torch.Tensor | None = None
+    whole_prompts: bool = False
     cos: torch.Tensor | None = None  # rotary tables of these rows [batch, length, D], set by ``run_layers``
     sin: torch.Tensor | None = None
     masks: dict = field(default_factory=dict)  # by sliding window: built on first use, shared by the layers
@@ -135,8 +138,16 @@ def part_attention(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cach
     batch, length = part.positions.shape
     q = rotary_into_cache(qkv, part.cos, part.sin, part.positions, cache, layer, part.first_row, q_heads, kv_heads,
                           dtype, getattr(attn, "q_norm", None), getattr(attn, "k_norm", None),  # Qwen3's q/k norms
-                          slots=part.slots)
+                          slots=part.slots, with_kv=part.whole_prompts)
     sliding = part.sliding(sliding_window)
+    if part.whole_prompts:
+        q, keys, values = q
+        # A prompt's padding sits at its end, after every real token: causal attention keeps it out of them.
+        out = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=None if sliding is None else part.mask(sliding), is_causal=sliding is None,
+            scale=attn.scaling, enable_gqa=q_heads != kv_heads,
+        )
+        return out.transpose(1, 2).reshape(batch * length, -1), False
     if part.decode_kernel and length == 1 and kernels_serve(q, q.dtype):
         from worker.kernels.decode_attention import decode_attention  # Triton: only where it runs
 
@@ -148,7 +159,7 @@ def part_attention(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cach
                                attn.scaling, order, sliding, per_head, token_scales=per_token,
                                key_channel_scales=cache.key_channel_scales[layer] if per_token is not None else None)
         return out, order is not None
-    keys, values = cache.read(layer, part.first_row, batch, part.window, q.dtype, part.slots)
+    keys, values = cache.read(layer, part.first_row, batch, part.window, q.dtype)
     out = F.scaled_dot_product_attention(
         q, keys, values, attn_mask=part.mask(sliding), scale=attn.scaling,
         enable_gqa=q_heads != kv_heads,
@@ -234,16 +245,19 @@ def run_layers(model: nn.Module, cache: KVCache, h: torch.Tensor, parts: list[At
 
 
 def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, last_only: bool, first_row: int = 0,
-            last_index: torch.Tensor | None = None, decode_kernel: bool = False, slots: torch.Tensor | None = None):
+            last_index: torch.Tensor | None = None, decode_kernel: bool = False, slots: torch.Tensor | None = None,
+            whole_prompts: bool = False):
     """tokens [B, T] of cache slots first_row.. (or ``slots`` [B], see ``AttentionPart``) at positions input_pos
     ([T] shared, or [B, T] per row) -> logits [B, T or 1, V]; writes K/V into the cache. ``last_only``: logits of
     position T-1 only, or of position last_index[b] in row b (rows padded at their end).
 
-    Attention reads only the first ``window`` cache entries, which must cover every position in input_pos.
+    Attention reads only the first ``window`` cache entries, which must cover every position in input_pos;
+    ``whole_prompts`` (input_pos 0..T-1): none, each row attends to its own tokens (``AttentionPart``).
     """
     batch, length = tokens.shape
     positions = input_pos.expand(batch, length) if input_pos.dim() == 1 else input_pos
-    part = AttentionPart(first_row, positions, window, decode_kernel, slots=slots)
+    part = AttentionPart(first_row, positions, length if whole_prompts else window, decode_kernel, slots=slots,
+                         whole_prompts=whole_prompts)
     x = run_layers(model, cache, model.model.embed_tokens(tokens), [part])
     if last_index is not None:
         x = x[torch.arange(batch, device=x.device), last_index].unsqueeze(1)
@@ -253,9 +267,9 @@ def forward(model: nn.Module, cache: KVCache, tokens, input_pos, window: int, la
 
 
 def prefill(model, cache, tokens, input_pos, window, temperature, top_k, top_p, first_row: int = 0,
-            last_index: torch.Tensor | None = None) -> torch.Tensor:
+            last_index: torch.Tensor | None = None, whole_prompts: bool = False) -> torch.Tensor:
     logits = forward(model, cache, tokens, input_pos, window, last_only=True, first_row=first_row,
-                     last_index=last_index)
+                     last_index=last_index, whole_prompts=whole_prompts)
     return sample(logits[:, -1], temperature, top_k, top_p)
 
 
@@ -465,7 +479,7 @@ class LlamaRuntime:
         tokens, last = on_device[:, :longest], on_device[:, longest]
         positions = torch.arange(start, end, device=self.device)
         token = prefill(self.model, self.cache, tokens, positions, self.window_for(end),
-                        *sampling, first_row=first_slot, last_index=last)
+                        *sampling, first_row=first_slot, last_index=last, whole_prompts=start == 0)
         return token.tolist()
 
     def _prefill_pass(self, batch: int, length: int, inputs: torch.Tensor):
@@ -477,7 +491,7 @@ class LlamaRuntime:
         def run() -> torch.Tensor:
             positions = torch.arange(length, device=self.device)
             logits = forward(self.model, self.cache, tokens, positions, self.window_for(length), last_only=True,
-                             last_index=last, slots=slots)
+                             last_index=last, slots=slots, whole_prompts=True)
             return logits[:, -1]
 
         return run

@@ -65,7 +65,7 @@ class PrefillGraphs:
         self.max_len = max_len
         self.device = device
         self.side = side  # the decode graphs' side stream: cuBLAS keeps a workspace for every stream it ran on
-        self.max_rows = PREFILL_GRAPH_ROWS  # a benchmark may raise it to time larger passes captured
+        self.max_rows = PREFILL_GRAPH_ROWS  # read here, so a benchmark may set either before or after
         self.pool = torch.cuda.graph_pool_handle()
         self.captured: dict[tuple[int, int], tuple[CapturedStep, torch.Tensor]] = {}
 

@@ -174,7 +174,7 @@ def _rotary_into_cache_kernel(
     part_stride, length, first_slot, stride_slot, stride_head, stride_pos,
     scale_stride_kv, scale_stride_slot, scale_stride_head,
     Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
-    HEADS: tl.constexpr, FP8: tl.constexpr, INT8: tl.constexpr, SLOTS: tl.constexpr,
+    HEADS: tl.constexpr, FP8: tl.constexpr, INT8: tl.constexpr, SLOTS: tl.constexpr, ALL_HEADS: tl.constexpr,
 ):
     """Program (row, block of HEADS heads) of qkv [rows, (Q_HEADS + 2 KV_HEADS) * HEAD_DIM]: rotary on q and k
     heads (rotate-half convention: each head's two halves), q into q_ptr [rows, Q_HEADS, HEAD_DIM], k and v
@@ -185,7 +185,8 @@ def _rotary_into_cache_kernel(
     scale_ptr [2 (K, V), slots, KV_HEADS, max_len] (strides scale_stride_*) at its slot, head and position: the
     program holds each head's whole vector, so the absmax is its own. SLOTS: the slot of row r's sequence is
     slot_ptr[r // length] instead (a captured prefill's input), and a negative one writes nothing (a padding
-    sequence)."""
+    sequence). ALL_HEADS: q_ptr is [rows, Q_HEADS + 2 KV_HEADS, HEAD_DIM] and takes every head, k rotated and v
+    as computed (before any cache scaling): whole prompts attend to their own keys without reading the cache."""
     row, block = tl.program_id(0), tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
     all_heads: tl.constexpr = Q_HEADS + 2 * KV_HEADS
@@ -203,8 +204,9 @@ def _rotary_into_cache_kernel(
     rotated = (head < Q_HEADS + KV_HEADS)[:, None]
     y1 = tl.where(rotated, x1 * cos1 - x2 * sin1, x1)
     y2 = tl.where(rotated, x2 * cos2 + x1 * sin2, x2)
-    is_q = valid & (head < Q_HEADS)[:, None]
-    q_at = q_ptr + (row * Q_HEADS + head[:, None]) * HEAD_DIM + d[None, :]
+    out_heads: tl.constexpr = all_heads if ALL_HEADS else Q_HEADS
+    is_q = valid & (head < out_heads)[:, None]
+    q_at = q_ptr + (row * out_heads + head[:, None]) * HEAD_DIM + d[None, :]
     tl.store(q_at, y1.to(q_ptr.dtype.element_ty), mask=is_q)
     tl.store(q_at + half, y2.to(q_ptr.dtype.element_ty), mask=is_q)
     is_kv = (head >= Q_HEADS) & (head < all_heads)  # [HEADS]: the heads written into the cache
@@ -243,18 +245,20 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
                       kv_heads: int, dtype: torch.dtype, scales: torch.Tensor | None = None,
                       token_scales: torch.Tensor | None = None,
                       key_channel_scales: torch.Tensor | None = None,
-                      slots: torch.Tensor | None = None) -> torch.Tensor:
+                      slots: torch.Tensor | None = None, all_heads: bool = False) -> torch.Tensor:
     """partials [split, B*T, (q + 2 kv heads) * D] of qkv; cos/sin [B*T, D]; positions [B*T] (row b*T + t is
     slot first_slot + b, or slots[b] when ``slots`` [B] (int64, on the device) is given, where -1 writes
     nothing; T = ``length``); keys/values: one layer's cache [slots, kv_heads, max_len, D];
     scales: that layer's [2, kv_heads] fp32 (K, V) an fp8 cache stores values divided by (None: 1.0);
     token_scales: an int8 cache's layer of ``KVCache.token_scales`` [2, slots, kv_heads, max_len] (fp32), where
     each written vector's scale goes; key_channel_scales: its layer of ``KVCache.key_channel_scales`` [kv_heads, D]
-    (fp32, None: 1.0). Writes k and v; returns q [B*T, q_heads, D] in ``dtype``."""
+    (fp32, None: 1.0). Writes k and v; returns q [B*T, q_heads, D] in ``dtype`` (``all_heads``: q, then k rotated
+    and v as computed [B*T, q_heads + 2 kv_heads, D])."""
     split, rows, _ = partials.shape
     head_dim = keys.shape[-1]
     heads = 8 if rows >= PREFILL_ROWS else 1
-    q = torch.empty((rows, q_heads, head_dim), device=partials.device, dtype=dtype)
+    q = torch.empty((rows, q_heads + 2 * kv_heads if all_heads else q_heads, head_dim), device=partials.device,
+                    dtype=dtype)
     quant = KVQuant.of(keys.dtype)
     fp8, int8 = quant is KVQuant.PER_HEAD, quant is KVQuant.PER_TOKEN
     if scales is None and fp8:
@@ -270,6 +274,6 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
         key_channel_scales.contiguous() if int8 else scale_arg, positions if slots is None else slots,
         partials[0].numel(), length, first_slot, keys.stride(0), keys.stride(1), keys.stride(2), *scale_strides,
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, SPLIT=split, HEADS=heads,
-        FP8=fp8, INT8=int8, SLOTS=slots is not None, num_warps=4 if heads > 1 else 1,
+        FP8=fp8, INT8=int8, SLOTS=slots is not None, ALL_HEADS=all_heads, num_warps=4 if heads > 1 else 1,
     )
     return q

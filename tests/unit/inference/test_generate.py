@@ -8,7 +8,7 @@ import torch
 from worker.errors import PromptTooLong
 from worker.inference.generate import Generator
 from worker.inference.kv_cache import KVCache
-from worker.inference.llama_runtime import forward
+from worker.inference.llama_runtime import LlamaRuntime, forward
 from worker.inference.prompt import VICUNA, Turn
 from worker.inference.sampling import GenerationParams
 from worker.model.loader import load_model
@@ -45,6 +45,19 @@ def test_runtime_logits_match_transformers_forward(loaded):
                                   32 if pos < 32 else 64, last_only=False))
     got = torch.cat(pieces, dim=1)
     assert (got - expected).abs().max() / expected.abs().max() < 1e-4
+
+
+def test_a_new_prompt_reads_nothing_its_cache_slot_held_before(loaded):
+    """Prompts from position 0 attend to their own keys and values, never the slot's window: entries an earlier
+    conversation left there (NaN here, which any read would spread) change nothing of the new prompt's answer."""
+    prompts = [list(range(3, 23)), list(range(40, 51))]  # two rows, the second padded to the first's length
+    runtimes = [LlamaRuntime(loaded.model, 64, max_batch=2) for _ in range(2)]
+    runtimes[1].cache.keys.fill_(float("nan"))
+    runtimes[1].cache.values.fill_(float("nan"))
+    with torch.inference_mode():
+        first = [runtime.prefill_prompts(0, prompts) for runtime in runtimes]
+    assert first[0] == first[1]
+    assert not runtimes[1].cache.keys[:, 0, :, :20].isnan().any()  # and the prompt's own entries are written
 
 
 def test_greedy_tokens_match_full_recompute(loaded):

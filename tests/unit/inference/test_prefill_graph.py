@@ -1,12 +1,7 @@
-"""A captured prefill pass's shapes and inputs (the capture itself needs a GPU: test_architectures_gpu.py), and the
-cache read it does by slot tensor instead of a first slot."""
+"""A captured prefill pass's shapes and inputs (the capture itself needs a GPU: test_architectures_gpu.py)."""
 
 from __future__ import annotations
 
-import torch
-
-from worker.inference.kv_cache import KVCache
-from worker.inference.kv_quant import INT8
 from worker.inference.prefill_graph import PREFILL_GRAPH_ROWS, pass_inputs, pass_shape
 
 BUCKETS = [1, 2, 4, 8, 16, 32]
@@ -35,21 +30,3 @@ def test_pass_inputs_pad_each_prompt_and_mark_padding_prompts_with_slot_minus_on
     assert tokens.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
     assert last.tolist() == [2, 0, 0, 0]
     assert slots.tolist() == [3, 4, -1, -1]
-
-
-def test_reading_by_slot_tensor_gives_the_slots_windows_and_minus_one_reads_a_valid_slot():
-    for dtype in (torch.bfloat16, INT8):
-        cache = KVCache(2, 4, 2, 32, 8, "cpu", dtype)
-        gen = torch.Generator().manual_seed(5)
-        if dtype == INT8:
-            cache.keys.copy_(torch.randint(-127, 128, cache.keys.shape, generator=gen, dtype=torch.int8))
-            cache.values.copy_(torch.randint(-127, 128, cache.values.shape, generator=gen, dtype=torch.int8))
-            cache.token_scales.copy_(torch.rand(cache.token_scales.shape, generator=gen))
-        else:
-            cache.keys.copy_(torch.randn(cache.keys.shape, generator=gen))
-            cache.values.copy_(torch.randn(cache.values.shape, generator=gen))
-        keys, values = cache.read(1, 0, 3, 16, torch.float32, slots=torch.tensor([2, 0, -1]))
-        for row, slot in enumerate((2, 0)):
-            want_k, want_v = cache.read(1, slot, 1, 16, torch.float32)
-            assert torch.equal(keys[row], want_k[0]) and torch.equal(values[row], want_v[0])
-        assert keys.shape == (3, 2, 16, 8) and torch.isfinite(keys[2]).all()

@@ -141,6 +141,40 @@ def test_rotary_into_cache_takes_each_rows_slot_from_a_tensor_and_writes_nothing
         assert not caches[0].token_scales[0][:, 1:3].any()
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.bfloat16, torch.int8], ids=["bf16", "int8"])
+def test_rotary_into_cache_hands_whole_prompts_their_keys_and_values_as_computed(cache_dtype):
+    """Whole prompts attend to their own keys and values without reading the cache back (``all_heads``): the kernel
+    returns k rotated and v as the PyTorch path computes them, in the model dtype even where the cache holds int8
+    codes, and still writes the cache as it does without them."""
+    q_heads, kv_heads, dim, batch, length = 4, 2, 16, 2, 40  # 80 rows: 8 heads a program, as a prefill's
+    partials = randn(1, batch * length, (q_heads + 2 * kv_heads) * dim, dtype=torch.bfloat16)
+    angles = randn(batch, length, dim // 2)
+    cos, sin = (torch.cat([f(angles)] * 2, dim=-1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+    positions = torch.arange(length).repeat(batch, 1)
+    caches = [KVCache(1, 4, kv_heads, 64, dim, "cpu", cache_dtype) for _ in range(3)]
+    int8 = cache_dtype == torch.int8
+
+    def kernel(cache, all_heads):
+        return layer_kernels.rotary_into_cache(
+            partials, cos.reshape(-1, dim), sin.reshape(-1, dim), positions.reshape(-1), cache.keys[0],
+            cache.values[0], 1, length, q_heads, kv_heads, torch.bfloat16,
+            token_scales=cache.token_scales[0] if int8 else None, all_heads=all_heads)
+
+    heads = kernel(caches[0], all_heads=True).view(batch, length, -1, dim).transpose(1, 2)
+    q_alone = kernel(caches[1], all_heads=False)
+    want_q, want_k, want_v = layer_ops.rotary_into_cache(partials, cos, sin, positions, caches[2], 0, 1, q_heads,
+                                                         kv_heads, torch.bfloat16, with_kv=True)
+
+    assert heads.shape == (batch, q_heads + 2 * kv_heads, length, dim) and heads.dtype == torch.bfloat16
+    for got, want in ((heads[:, :q_heads], want_q), (heads[:, q_heads : q_heads + kv_heads], want_k),
+                      (heads[:, q_heads + kv_heads :], want_v)):
+        torch.testing.assert_close(got, want, **tolerance(torch.bfloat16))
+    assert torch.equal(heads[:, :q_heads], q_alone.view(batch, length, q_heads, dim).transpose(1, 2))
+    assert torch.equal(caches[0].keys, caches[1].keys) and torch.equal(caches[0].values, caches[1].values)
+    if int8:
+        assert torch.equal(caches[0].token_scales, caches[1].token_scales)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("split", [1, 2])
 def test_qwen3_q_k_norms_come_before_the_rotary_kernel(dtype, split):
