@@ -4,9 +4,10 @@ Replays the captured decode step (batch 1 and 32, attention window 1,024; attent
 ``worker.kernels.decode_attention``) under the profiler and prints the GPU time and launches of each kernel family per
 step, their sum against the step's wall time (the gap is launch overhead inside the graph) and the same step's
 time without the profiler. Then the same for prefill passes (one 512-token prompt, 8 of 512 together, 32 of 64),
-each run eagerly and replayed from a captured graph (``worker.inference.prefill_graph``, its row limit raised for
-the larger two), and one layer's prompt matmul (gate/up, 4,096 rows) called eagerly and replayed: a replayed pass
-of many rows ran slower than the eager one (benchmarks/NOTES.md row 74), and the kernels say where.
+each run eagerly and replayed from a captured graph (``worker.inference.prefill_graph``, every shape captured
+first and the capture timed), and one layer's prompt matmul (gate/up, 4,096 rows) called eagerly and replayed:
+a replayed pass of many rows ran slower than the eager one (benchmarks/NOTES.md rows 74-75), and the kernels
+said where.
 
     python -m benchmarks.speed.profile_decode            # ~2 min on an H200; JSON into $OUT when set
     python -m benchmarks.speed.profile_decode --prefill-only
@@ -89,9 +90,11 @@ def profile_prefill(model) -> dict:
     start = time.perf_counter()
     with torch.inference_mode():
         captured.capture_all()  # what the worker's start pays: every shape up to the row limit
-    report["prefill_capture_all"] = dict(shapes=len(captured.captured), seconds=time.perf_counter() - start)
+    steps = [step.seconds for step, _ in captured.captured.values()]
+    report["prefill_capture_all"] = dict(shapes=len(steps), seconds=time.perf_counter() - start,
+                                         warm_up_s=sum(s["warm_up"] for s in steps),
+                                         capture_s=sum(s["capture"] for s in steps))
     print(f"captured {len(captured.captured)} prefill passes in {time.perf_counter() - start:.1f} s", flush=True)
-    captured.max_rows = 4096
     for prompts, length in PREFILL_SHAPES:
         group = [[3 + (7 * i + p) % 30000 for i in range(length)] for p in range(prompts)]
         step = functools.partial(runtime.prefill_prompts, 0, group)

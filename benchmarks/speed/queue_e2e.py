@@ -322,7 +322,12 @@ def main() -> None:
     process.start()
     TimingPoster.redis = redis
     pass_log = PrefillPassLog(process.engine.runtime)
-    report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "settings": dict(
+    captured = process.engine.runtime.prefill_graphs
+    captures = [step.seconds for step, _ in captured.captured.values()] if captured is not None else []
+    report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "prefill_captures": dict(
+        shapes=len(captures), warm_up_s=sum(c["warm_up"] for c in captures),
+        capture_s=sum(c["capture"] for c in captures)),
+        "settings": dict(
         max_batch=settings.max_batch, job_threads=settings.max_batch + serve.SPARE_JOB_THREADS,
         mixed_prefill_tokens=engine_module.MIXED_PREFILL_TOKENS if args.mix_prefill else 0,
         context=settings.max_context_tokens, kv_cache_dtype=settings.kv_cache_dtype,

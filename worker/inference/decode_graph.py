@@ -9,6 +9,7 @@ there as the next replay's inputs.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable
 
 import torch
@@ -18,15 +19,19 @@ StepFactory = Callable[[int, int], Callable[[], torch.Tensor]]  # (batch, window
 
 class CapturedStep:
     """A step captured as a CUDA graph (a decode step here, a prefill pass in ``worker.inference.prefill_graph``):
-    run twice on a side stream first, then captured into ``pool``."""
+    run ``warm_up_runs`` times on a side stream first, then captured into ``pool``. ``seconds``: how long the
+    warm-up runs and the capture (with the graph's instantiation) took on the host."""
 
-    def __init__(self, step: Callable[[], torch.Tensor], pool=None, side: torch.cuda.Stream | None = None):
+    def __init__(self, step: Callable[[], torch.Tensor], pool=None, side: torch.cuda.Stream | None = None,
+                 warm_up_runs: int = 2):
+        started = time.perf_counter()
         side = side if side is not None else torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):  # initialises lazy state (cuBLAS/cuDNN handles, plans) outside the capture
+            for _ in range(warm_up_runs):  # initialises lazy state (cuBLAS/cuDNN handles, plans) outside the capture
                 step()
         torch.cuda.current_stream().wait_stream(side)
+        warmed_up = time.perf_counter()
         self.graph = torch.cuda.CUDAGraph()
         # A CUDA object freed during the capture (an old graph the garbage collector found) invalidates it: the
         # collector waits until after (a collection before each capture would cost ~0.1 s); other threads' CUDA
@@ -37,6 +42,7 @@ class CapturedStep:
                 self.output = step()
         finally:
             gc.enable()
+        self.seconds = dict(warm_up=warmed_up - started, capture=time.perf_counter() - warmed_up)
 
     def replay(self) -> torch.Tensor:
         """Run the captured step on the buffers' current contents; the output is overwritten by the next replay."""

@@ -11,6 +11,8 @@ Once an engine serves a generator, its thread owns the runtime: ask the engine, 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator, Sequence
 
 from transformers import PreTrainedTokenizerBase
@@ -22,6 +24,8 @@ from worker.inference.prompt import FittedPrompt, PromptTemplate, Turn, fit_conv
 from worker.inference.sampling import DEFAULT_PARAMS, GenerationParams
 from worker.inference.stop_text import IncrementalDecoder, StopCutter
 from worker.model.loader import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 class AnswerText:
@@ -112,7 +116,12 @@ class Generator:
                                             self.kv_cache_gb)
         runtime = LlamaRuntime(self.loaded.model, self.context_tokens, max_batch=max_batch,
                                cuda_graphs=self.cuda_graphs, kv_dtype=self.kv_dtype)
+        started = time.perf_counter()
         runtime.warm_up()
+        decode = len(runtime.graphs.captured) if runtime.graphs is not None else 0
+        prefill = len(runtime.prefill_graphs.captured) if runtime.prefill_graphs is not None else 0
+        log.info("runtime warmed up in %.1f s (CUDA graphs: %d decode steps, %d prefill passes)",
+                 time.perf_counter() - started, decode, prefill)
         self._runtime = runtime
         return runtime
 

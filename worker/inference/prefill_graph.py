@@ -5,8 +5,10 @@ quiet, takes longer than the GPU's for a pass of up to 8 prompts of 64 tokens or
 worker is a GIL round trip per call while the job threads run Python: in a 32-user burst a one-prompt pass took
 1.3-13 times its quiet time (benchmarks/NOTES.md row 73). A captured pass is one replay: one 500-token prompt
 57 -> 36 ms, one of 64 tokens 43 -> 14 ms (row 74). Passes of more rows are bound by the GPU, where a replay
-ran slower than the eager pass (8 x 500 tokens: 162 -> 190 ms, row 74): they stay eager (PREFILL_GRAPH_ROWS).
-Every shape is captured at warm-up (``LlamaRuntime.warm_up``), none while someone waits.
+runs as fast as the eager pass once it attends to the prompts' own keys (``AttentionPart.whole_prompts``; row 75)
+and still saves the burst its GIL waits: 8 x 500 tokens 206 -> 176 ms in a 32-user burst. Passes past
+PREFILL_GRAPH_ROWS run eagerly. Every shape is captured at warm-up (``LlamaRuntime.warm_up``), none while
+someone waits.
 
 A graph reads static inputs: the prompts' tokens padded to the length bucket, the index of each prompt's last
 token and its cache slot (-1 for the padding prompts of a bucket: they write nothing). Prompts start at position
@@ -22,24 +24,33 @@ import torch
 
 from worker.inference.decode_graph import CapturedStep
 
-PREFILL_GRAPH_ROWS = 1024  # padded rows (prompts x length bucket) a captured pass holds at most (see above)
-LENGTH_STEP = 64  # prompts are padded to a multiple of this: few graphs, at most 63 padding tokens a prompt
+PREFILL_GRAPH_ROWS = 4096  # padded rows (prompts x length bucket) a captured pass holds at most: 8 x 512 tokens
+# Prompts are padded to a length bucket: a multiple of the step for lengths up to its limit (few graphs, each
+# ~0.5 s of the worker's start; a prompt past 512 tokens padded by under a quarter).
+LENGTH_STEPS = ((512, 64), (1024, 128), (None, 256))  # (up to this length, step)
+WARM_UP_RUNS = 1  # before each capture; what the layers set up lazily exists already (the decode graphs' runs)
 
 # (prompts bucket, length bucket, the pass's inputs [prompts * length + 2 * prompts]) -> a pass on them
 PassFactory = Callable[[int, int, torch.Tensor], Callable[[], torch.Tensor]]
 
 
-def length_bucket(length: int) -> int:
-    return -(-length // LENGTH_STEP) * LENGTH_STEP
+def length_buckets(max_len: int) -> list[int]:
+    """Every padded prompt length a pass is captured for, up to ``max_len``."""
+    buckets, length = [], 0
+    for limit, step in LENGTH_STEPS:
+        while length + step <= min(limit or max_len, max_len):
+            length += step
+            buckets.append(length)
+    return buckets
 
 
 def pass_shape(prompts: int, longest: int, buckets: list[int], max_len: int,
                max_rows: int = PREFILL_GRAPH_ROWS) -> tuple[int, int] | None:
     """(prompts bucket, length bucket) of a pass, or None where none is captured (more prompts than the largest
-    bucket, more padded rows than ``max_rows``, or the padded length past the cache's ``max_len``)."""
+    bucket, more padded rows than ``max_rows``, or no length bucket within the cache's ``max_len``)."""
     batch = next((b for b in buckets if b >= prompts), None)
-    length = length_bucket(longest)
-    if batch is None or length > max_len or batch * length > max_rows:
+    length = next((n for n in length_buckets(max_len) if n >= longest), None)
+    if batch is None or length is None or batch * length > max_rows:
         return None
     return batch, length
 
@@ -73,9 +84,9 @@ class PrefillGraphs:
         return pass_shape(prompts, longest, self.buckets, self.max_len, self.max_rows)
 
     def capture_all(self) -> None:
-        """Capture every shape now (~0.15 s each on an H200 for the 13B; 31 shapes with 32 slots and a 2k cache)."""
+        """Capture every shape now (58 with 32 slots and a 2k cache; benchmarks/NOTES.md row 75 times them)."""
         for batch in self.buckets:
-            for length in range(LENGTH_STEP, self.max_len + 1, LENGTH_STEP):
+            for length in length_buckets(self.max_len):
                 if self.shape_for(batch, length) == (batch, length):
                     self._graph((batch, length))
 
@@ -92,5 +103,6 @@ class PrefillGraphs:
             batch, length = shape
             inputs = torch.zeros(batch * length + 2 * batch, dtype=torch.long, device=self.device)
             inputs[batch * length + batch :] = -1  # the capture's own runs write nothing into the cache
-            self.captured[shape] = CapturedStep(self.make_pass(batch, length, inputs), self.pool, self.side), inputs
+            step = CapturedStep(self.make_pass(batch, length, inputs), self.pool, self.side, WARM_UP_RUNS)
+            self.captured[shape] = step, inputs
         return self.captured[shape]

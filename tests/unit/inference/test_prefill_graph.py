@@ -2,26 +2,39 @@
 
 from __future__ import annotations
 
-from worker.inference.prefill_graph import PREFILL_GRAPH_ROWS, pass_inputs, pass_shape
+from worker.inference.prefill_graph import PREFILL_GRAPH_ROWS, length_buckets, pass_inputs, pass_shape
 
 BUCKETS = [1, 2, 4, 8, 16, 32]
 
 
-def test_a_pass_is_padded_to_the_next_prompt_bucket_and_length_step():
+def test_a_pass_is_padded_to_the_next_prompt_bucket_and_length_bucket():
     assert pass_shape(1, 1, BUCKETS, 2048) == (1, 64)
     assert pass_shape(3, 64, BUCKETS, 2048) == (4, 64)
     assert pass_shape(1, 500, BUCKETS, 2048) == (1, 512)
-    assert pass_shape(2, 500, BUCKETS, 2048) == (2, 512)
+    assert pass_shape(8, 500, BUCKETS, 2048) == (8, 512)  # a 500-token burst's groups
     assert pass_shape(11, 60, BUCKETS, 2048) == (16, 64)
     assert pass_shape(1, 1000, BUCKETS, 2048) == (1, 1024)
+    assert pass_shape(1, 1025, BUCKETS, 2048) == (1, 1280)
+
+
+def test_length_buckets_step_by_64_then_128_then_256_up_to_the_cache():
+    buckets = length_buckets(2048)
+    assert buckets[:8] == list(range(64, 513, 64))
+    assert buckets[8:12] == [640, 768, 896, 1024]
+    assert buckets[12:] == [1280, 1536, 1792, 2048]
+    assert all((b - a) / a <= 0.25 for a, b in zip(buckets[7:], buckets[8:]))  # past 512 tokens, < 25% padding
+    assert length_buckets(600) == list(range(64, 513, 64))  # none past the cache
+    assert length_buckets(100) == [64]
 
 
 def test_no_graph_past_the_row_limit_the_largest_bucket_or_the_cache():
-    assert pass_shape(3, 500, BUCKETS, 2048) is None  # 4 x 512 rows > PREFILL_GRAPH_ROWS: the GPU bounds it
-    assert 4 * 512 > PREFILL_GRAPH_ROWS >= 2 * 512
-    assert pass_shape(17, 64, BUCKETS, 2048) is None
+    assert pass_shape(9, 500, BUCKETS, 2048) is None  # 16 x 512 rows > PREFILL_GRAPH_ROWS: eager
+    assert 16 * 512 > PREFILL_GRAPH_ROWS >= 8 * 512
+    assert pass_shape(32, 64, BUCKETS, 2048) == (32, 64) and pass_shape(32, 129, BUCKETS, 2048) is None
+    assert pass_shape(33, 64, BUCKETS, 2048) is None
     assert pass_shape(2, 10, [1], 2048) is None
     assert pass_shape(1, 500, BUCKETS, 500) is None  # padded to 512, past a 500-entry cache
+    assert pass_shape(1, 2000, BUCKETS, 2000) is None  # no bucket between 1,792 and a 2,000-entry cache's end
 
 
 def test_pass_inputs_pad_each_prompt_and_mark_padding_prompts_with_slot_minus_one():
