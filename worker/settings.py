@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         "an H100 the prompts' matmuls only 1.2-1.3x faster, 32 users' prefill 7% (row 71), so opt-in. Needs the "
         "Triton int4 kernels (XWINBOT_INT4_KERNEL).",
     )
-    cuda_graphs: bool = Field(True, description="Replay each decode step, and each prefill of up to 1,024 padded "
+    cuda_graphs: bool = Field(True, description="Replay each decode step, and each prefill of up to 4,096 padded "
                               "prompt tokens, as a captured CUDA graph (GPU only).")
     # An external engine instead of our own (see README "An external engine as the backend").
     backend: Literal["own", "openai"] = Field(
