@@ -22,6 +22,7 @@
 #                                  # (quiet, beside busy threads), then 1 and 32 users through the queue
 #   benchmarks/gpu_all.sh replay  # ~8 min: prefill passes eager and replayed under the profiler (NOTES row 75), then
 #                                  # every architecture GPU test (captured prefill with fp8 and quantized caches)
+#   benchmarks/gpu_all.sh idle-captures  # ~5 min: the captured prefill's GPU tests, then 32 users through the queue
 #   benchmarks/gpu_all.sh graph-rows N...  # ~3.5 min each: 32 users through the queue, prefill captured up to N rows
 #   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
 #                                  # on this one
@@ -85,6 +86,13 @@ elif [ "${1:-}" = "prefill-graphs" ]; then
 elif [ "${1:-}" = "replay" ]; then
   step profile_prefill 200 python3 -u -m benchmarks.speed.profile_decode --prefill-only
   step architecture_gpu_tests 330 python3 -m pytest -q -p no:cacheprovider tests/unit/inference/test_architectures_gpu.py
+elif [ "${1:-}" = "idle-captures" ]; then
+  # the captured prefill's GPU tests (start, idle captures, replay against eager), then 32 users through the queue:
+  # its worker_start_s and prefill_captures.idle_after_start_s say what the start and the idle time paid
+  step prefill_graph_gpu_tests 200 python3 -m pytest -q -x -p no:cacheprovider tests/unit/inference/test_prefill_graph_gpu.py \
+    tests/unit/inference/test_architectures_gpu.py -k "captured or idle or eagerly"
+  step queue_e2e 220 python3 -u -m benchmarks.speed.queue_e2e --concurrency 32 --no-hf-baseline --no-restart \
+    --redis-server "${REDIS_SERVER:-redis-server}"
 elif [ "${1:-}" = "graph-rows" ]; then
   # graph-rows N...: 32 users through the queue with captured prefill passes up to N padded rows, each its own process
   for rows in "${@:2}"; do

@@ -89,7 +89,7 @@ def profile_prefill(model) -> dict:
     captured = runtime.prefill_graphs
     start = time.perf_counter()
     with torch.inference_mode():
-        captured.capture_all()  # what the worker's start pays: every shape up to the row limit
+        captured.capture_all()  # every shape: the worker's start captures the smaller, its idle time the rest
     steps = [step.seconds for step, _ in captured.captured.values()]
     report["prefill_capture_all"] = dict(shapes=len(steps), seconds=time.perf_counter() - start,
                                          warm_up_s=sum(s["warm_up"] for s in steps),

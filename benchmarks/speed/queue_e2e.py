@@ -229,6 +229,15 @@ def start_redis(redis_server: str, port: int) -> subprocess.Popen:
     return proc
 
 
+def wait_for_idle_captures(graphs, limit_s: float = 300.0) -> float:
+    """Seconds until the idle engine has captured every prefill pass the start left (the rounds then time the
+    steady state, not passes that happen to run eagerly because their graph is not captured yet)."""
+    started = time.perf_counter()
+    while graphs is not None and graphs.idle_captures and graphs.missing() and time.perf_counter() - started < limit_s:
+        time.sleep(0.05)
+    return time.perf_counter() - started
+
+
 def worker_settings(args, model: str, port: int) -> Settings:
     return Settings(model=model, redis_url=f"redis://127.0.0.1:{port}/0", template="vicuna", system_prompt="",
                     max_batch=max(args.concurrency), max_context_tokens=args.context, temperature=0.0,
@@ -322,11 +331,13 @@ def main() -> None:
     process.start()
     TimingPoster.redis = redis
     pass_log = PrefillPassLog(process.engine.runtime)
+    worker_start_s = time.perf_counter() - started
+    idle_s = wait_for_idle_captures(process.engine.runtime.prefill_graphs)
     captured = process.engine.runtime.prefill_graphs
     captures = [step.seconds for step, _ in captured.captured.values()] if captured is not None else []
-    report = {"shape": args.shape, "worker_start_s": time.perf_counter() - started, "prefill_captures": dict(
+    report = {"shape": args.shape, "worker_start_s": worker_start_s, "prefill_captures": dict(
         shapes=len(captures), warm_up_s=sum(c["warm_up"] for c in captures),
-        capture_s=sum(c["capture"] for c in captures)),
+        capture_s=sum(c["capture"] for c in captures), idle_after_start_s=idle_s),
         "settings": dict(
         max_batch=settings.max_batch, job_threads=settings.max_batch + serve.SPARE_JOB_THREADS,
         mixed_prefill_tokens=engine_module.MIXED_PREFILL_TOKENS if args.mix_prefill else 0,

@@ -215,6 +215,7 @@ class Engine:
         self._in_flight: _Launched | None = None  # the step launched ahead, not read yet (engine thread only)
         self._ended: list[_Request] = []  # answered and released, their readers not woken yet (engine thread only)
         self._stopping = False
+        self._captures_left = True  # prefill passes left to capture while idle (engine thread only)
         self._thread: threading.Thread | None = None
         self._steps = self._tokens = self._max_batch_seen = 0
         self._prefill_s = self._decode_s = 0.0
@@ -310,10 +311,18 @@ class Engine:
             return self.mix_prefill and bool(self._decoding) and bool(self._prefilling or self._waiting)
 
     def _wait_for_work(self) -> bool:
-        with self._cond:
-            while not (self._stopping or self._waiting or self._prefilling or self._decoding or self._in_flight):
-                self._cond.wait()
-            return not self._stopping
+        """Wait for work (True) or the stop (False). While idle, capture the prefill passes the start left, one at a
+        time outside the lock: a question arriving meanwhile waits for one capture at most (~0.4 s)."""
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return False
+                if self._waiting or self._prefilling or self._decoding or self._in_flight:
+                    return True
+                if not self._captures_left:
+                    self._cond.wait()
+                    continue
+            self._captures_left = self.runtime.capture_idle()
 
     def _admit_group(self) -> list[_Request]:
         """Waiting requests given the lowest free slots, prefilled together this turn: whole prompts of at

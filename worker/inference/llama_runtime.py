@@ -380,7 +380,7 @@ class LlamaRuntime:
     def warm_up(self) -> None:
         """Compile and capture now rather than during someone's answer: a long and a short prefill (they
         write slot 0's cache, which a conversation overwrites before reading), every (batch bucket, window)
-        decode graph and every captured prefill pass."""
+        decode graph and the smaller captured prefill passes (the rest: ``capture_idle``)."""
         if self.device.type == "cuda":
             for length in {min(PREFILL_CHUNK, self.max_seq_len), 8}:
                 self.prefill_chunk(0, [0] * length, 0)
@@ -391,7 +391,12 @@ class LlamaRuntime:
                         self.graphs.get(batch, window)
         if self.prefill_graphs is not None:
             with torch.inference_mode():
-                self.prefill_graphs.capture_all()
+                self.prefill_graphs.capture_start()
+
+    @torch.inference_mode()
+    def capture_idle(self) -> bool:
+        """Capture one more prefill pass (call only while nothing else runs); False when none is left."""
+        return self.prefill_graphs is not None and self.prefill_graphs.capture_next()
 
     def _graph_step(self, batch: int, window: int):
         """The decode step a graph captures: slots 0..batch-1, reading the static inputs in place."""
@@ -469,7 +474,7 @@ class LlamaRuntime:
             raise ValueError(f"{end} tokens exceed the {self.max_seq_len}-token cache")
         rows = len(prompts)
         sampling = [t[first_slot : first_slot + rows] for t in self.sampling.as_args()]
-        shape = self.prefill_graphs.shape_for(rows, longest) if self.prefill_graphs and start == 0 else None
+        shape = self.prefill_graphs.ready_shape(rows, longest) if self.prefill_graphs and start == 0 else None
         if shape is not None:
             logits = self.prefill_graphs.run(shape, first_slot, prompts, self._write_from_host)
             return sample(logits, *sampling).tolist()

@@ -7,8 +7,9 @@ worker is a GIL round trip per call while the job threads run Python: in a 32-us
 57 -> 36 ms, one of 64 tokens 43 -> 14 ms (row 74). Passes of more rows are bound by the GPU, where a replay
 runs as fast as the eager pass once it attends to the prompts' own keys (``AttentionPart.whole_prompts``; row 75)
 and still saves the burst its GIL waits: 8 x 500 tokens 206 -> 176 ms in a 32-user burst. Passes past
-PREFILL_GRAPH_ROWS run eagerly. Every shape is captured at warm-up (``LlamaRuntime.warm_up``), none while
-someone waits.
+PREFILL_GRAPH_ROWS run eagerly. The shapes up to START_ROWS are captured at warm-up (``LlamaRuntime.warm_up``),
+the larger ones while the engine is idle (``Engine``), none while someone waits: a pass whose graph is not
+captured yet runs eagerly.
 
 A graph reads static inputs: the prompts' tokens padded to the length bucket, the index of each prompt's last
 token and its cache slot (-1 for the padding prompts of a bucket: they write nothing). Prompts start at position
@@ -18,13 +19,19 @@ last token; sampling runs after the replay, with the slots' settings.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 
 from worker.inference.decode_graph import CapturedStep
 
+log = logging.getLogger(__name__)
+
 PREFILL_GRAPH_ROWS = 4096  # padded rows (prompts x length bucket) a captured pass holds at most: 8 x 512 tokens
+# Shapes of up to this many rows are captured at start: the host-bound passes, a lone prompt's among them. The
+# larger ones are captured while the worker is idle, one at a time (until then such passes run eagerly).
+START_ROWS = 1024
 # Prompts are padded to a length bucket: a multiple of the step for lengths up to its limit (few graphs, each
 # ~0.5 s of the worker's start; a prompt past 512 tokens padded by under a quarter).
 LENGTH_STEPS = ((512, 64), (1024, 128), (None, 256))  # (up to this length, step)
@@ -42,6 +49,12 @@ def length_buckets(max_len: int) -> list[int]:
             length += step
             buckets.append(length)
     return buckets
+
+
+def all_shapes(buckets: list[int], max_len: int, max_rows: int = PREFILL_GRAPH_ROWS) -> list[tuple[int, int]]:
+    """Every (prompts bucket, length bucket) a pass is captured for, fewest padded rows first."""
+    shapes = [(batch, length) for batch in buckets for length in length_buckets(max_len) if batch * length <= max_rows]
+    return sorted(shapes, key=lambda shape: (shape[0] * shape[1], shape))
 
 
 def pass_shape(prompts: int, longest: int, buckets: list[int], max_len: int,
@@ -66,8 +79,10 @@ def pass_inputs(prompts: list[list[int]], first_slot: int, batch: int, length: i
 
 
 class PrefillGraphs:
-    """Captured lazily per (prompts bucket, length bucket), all in one memory pool (one pass runs at a time and its
-    logits are sampled before the next replay) and warmed up on one side stream, as ``DecodeGraphs``."""
+    """One graph per (prompts bucket, length bucket), all in one memory pool (one pass runs at a time and its
+    logits are sampled before the next replay) and warmed up on one side stream, as ``DecodeGraphs``. The
+    runtime replays only shapes already captured (``ready_shape``): up to START_ROWS at start
+    (``capture_start``), the rest one by one while idle (``capture_next``)."""
 
     def __init__(self, make_pass: PassFactory, buckets: list[int], max_len: int, device: torch.device,
                  side: torch.cuda.Stream):
@@ -78,17 +93,49 @@ class PrefillGraphs:
         self.side = side  # the decode graphs' side stream: cuBLAS keeps a workspace for every stream it ran on
         self.max_rows = PREFILL_GRAPH_ROWS  # read here, so a benchmark may set either before or after
         self.pool = torch.cuda.graph_pool_handle()
+        self.idle_captures = True  # False after a capture failed
         self.captured: dict[tuple[int, int], tuple[CapturedStep, torch.Tensor]] = {}
 
     def shape_for(self, prompts: int, longest: int) -> tuple[int, int] | None:
         return pass_shape(prompts, longest, self.buckets, self.max_len, self.max_rows)
 
+    def ready_shape(self, prompts: int, longest: int) -> tuple[int, int] | None:
+        """``shape_for``'s shape where its graph is captured already, else None (the pass runs eagerly)."""
+        shape = self.shape_for(prompts, longest)
+        return shape if shape in self.captured else None
+
+    def missing(self) -> list[tuple[int, int]]:
+        """The shapes not captured yet, fewest rows first."""
+        return [shape for shape in all_shapes(self.buckets, self.max_len, self.max_rows) if shape not in self.captured]
+
+    def capture_start(self) -> None:
+        """Capture the shapes of up to START_ROWS rows (27 with 32 slots and a 2k cache, ~0.3 s each)."""
+        for shape in self.missing():
+            if shape[0] * shape[1] <= START_ROWS:
+                self._graph(shape)
+
+    def capture_next(self) -> bool:
+        """Capture the smallest missing shape; False when none is left (or a capture failed: the rest then stay
+        eager, which serves them as well, only slower)."""
+        missing = self.missing() if self.idle_captures else []
+        if not missing:
+            return False
+        try:
+            self._graph(missing[0])
+        except Exception:
+            log.exception("capturing the prefill pass of %d x %d tokens failed; larger passes stay eager", *missing[0])
+            self.idle_captures = False
+            return False
+        if len(missing) == 1:
+            steps = [step.seconds for step, _ in self.captured.values()]
+            log.info("all %d prefill passes captured (%.1f s in all)", len(steps),
+                     sum(s["warm_up"] + s["capture"] for s in steps))
+        return True
+
     def capture_all(self) -> None:
-        """Capture every shape now (58 with 32 slots and a 2k cache; benchmarks/NOTES.md row 75 times them)."""
-        for batch in self.buckets:
-            for length in length_buckets(self.max_len):
-                if self.shape_for(batch, length) == (batch, length):
-                    self._graph((batch, length))
+        """Capture every missing shape now (58 with 32 slots and a 2k cache; benchmarks/NOTES.md row 75)."""
+        while self.capture_next():
+            pass
 
     def run(self, shape: tuple[int, int], first_slot: int, prompts: list[list[int]],
             write: Callable[[torch.Tensor, torch.Tensor], None]) -> torch.Tensor:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from worker.inference.prefill_graph import PREFILL_GRAPH_ROWS, length_buckets, pass_inputs, pass_shape
+from worker.inference.prefill_graph import (
+    PREFILL_GRAPH_ROWS,
+    START_ROWS,
+    all_shapes,
+    length_buckets,
+    pass_inputs,
+    pass_shape,
+)
 
 BUCKETS = [1, 2, 4, 8, 16, 32]
 
@@ -35,6 +42,16 @@ def test_no_graph_past_the_row_limit_the_largest_bucket_or_the_cache():
     assert pass_shape(2, 10, [1], 2048) is None
     assert pass_shape(1, 500, BUCKETS, 500) is None  # padded to 512, past a 500-entry cache
     assert pass_shape(1, 2000, BUCKETS, 2000) is None  # no bucket between 1,792 and a 2,000-entry cache's end
+
+
+def test_every_shape_a_pass_can_take_is_captured_the_small_ones_at_start_fewest_rows_first():
+    shapes = all_shapes(BUCKETS, 2048)
+    assert len(shapes) == 58
+    assert shapes == sorted(shapes, key=lambda shape: shape[0] * shape[1])
+    assert {pass_shape(b, n, BUCKETS, 2048) for b, n in shapes} == set(shapes)  # every pass lands on one of them
+    assert pass_shape(8, 500, BUCKETS, 2048) in shapes and pass_shape(32, 64, BUCKETS, 2048) in shapes
+    at_start = [shape for shape in shapes if shape[0] * shape[1] <= START_ROWS]
+    assert len(at_start) == 27 and (1, 512) in at_start and (8, 512) not in at_start
 
 
 def test_pass_inputs_pad_each_prompt_and_mark_padding_prompts_with_slot_minus_one():
