@@ -32,10 +32,12 @@ PREFILL_GRAPH_ROWS = 4096  # padded rows (prompts x length bucket) a captured pa
 # Shapes of up to this many rows are captured at start: the host-bound passes, a lone prompt's among them. The
 # larger ones are captured while the worker is idle, one at a time (until then such passes run eagerly).
 START_ROWS = 1024
-# Prompts are padded to a length bucket: a multiple of the step for lengths up to its limit (few graphs, each
-# ~0.5 s of the worker's start; a prompt past 512 tokens padded by under a quarter).
+# Prompts are padded to a length bucket: a multiple of the step for lengths up to its limit (few graphs, each a
+# capture of 0.1-0.5 s; a prompt past 512 tokens padded by under a quarter).
 LENGTH_STEPS = ((512, 64), (1024, 128), (None, 256))  # (up to this length, step)
-WARM_UP_RUNS = 1  # before each capture; what the layers set up lazily exists already (the decode graphs' runs)
+# Runs before each capture: one (the decode graphs' runs set up what the layers create lazily), not none: cuBLAS
+# creates a handle for the capturing thread on its first call, which a capture cannot hold (NOTES row 75).
+WARM_UP_RUNS = 1
 
 # (prompts bucket, length bucket, the pass's inputs [prompts * length + 2 * prompts]) -> a pass on them
 PassFactory = Callable[[int, int, torch.Tensor], Callable[[], torch.Tensor]]
