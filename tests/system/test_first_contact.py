@@ -82,13 +82,20 @@ def test_the_first_question_asked_while_up_builds_the_model_is_answered(tmp_path
 
 
 def test_ctrl_c_while_waiting_cancels_the_question(redis, queue_name):
-    env = fresh_env(XWINBOT_QUEUE_NAME=queue_name)  # a queue no worker serves, on the machine's Redis
+    # a queue no worker serves, on the machine's Redis; PYTHONFAULTHANDLER: a SIGABRT makes the child print
+    # where each of its threads is (it once outlived the Ctrl-C by 30 s in CI, not reproduced since)
+    env = fresh_env(XWINBOT_QUEUE_NAME=queue_name, PYTHONFAULTHANDLER="1")
     ask = start("ask", QUESTION, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first_line = ask.stderr.readline()  # no worker serves this queue
         assert NO_WORKER in first_line, first_line
         ask.send_signal(signal.SIGINT)
-        out, err = ask.communicate(timeout=30)
+        try:
+            out, err = ask.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            ask.send_signal(signal.SIGABRT)
+            out, err = ask.communicate(timeout=10)
+            pytest.fail(f"`xwinbot ask` still ran 30 s after Ctrl-C; where its threads were:\n{err}")
     finally:
         kill(ask)
     assert ask.returncode == 130
