@@ -39,9 +39,16 @@ def xwinbot(*args: str, env: dict[str, str], timeout: float) -> subprocess.Compl
                           capture_output=True, text=True, timeout=timeout)
 
 
+def as_a_terminal_starts_it() -> None:
+    """In the child, before exec: Ctrl-C at its default, as in a terminal. A runner started in the background
+    (`nohup ... &`) passes SIGINT on ignored, and Python then keeps ignoring it: no KeyboardInterrupt."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str, env: dict[str, str], **popen_kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "worker.cli", *args], cwd=REPO, env=env,
-                            preexec_fn=die_with_parent, **popen_kwargs)
+                            preexec_fn=as_a_terminal_starts_it, **popen_kwargs)
 
 
 def wait_for_redis(port: int, timeout: float = 30) -> None:
@@ -82,8 +89,8 @@ def test_the_first_question_asked_while_up_builds_the_model_is_answered(tmp_path
 
 
 def test_ctrl_c_while_waiting_cancels_the_question(redis, queue_name):
-    # a queue no worker serves, on the machine's Redis; PYTHONFAULTHANDLER: a SIGABRT makes the child print
-    # where each of its threads is (it once outlived the Ctrl-C by 30 s in CI, not reproduced since)
+    # a queue no worker serves, on the machine's Redis; PYTHONFAULTHANDLER: should the child outlive the Ctrl-C, a
+    # SIGABRT makes it print where each of its threads is
     env = fresh_env(XWINBOT_QUEUE_NAME=queue_name, PYTHONFAULTHANDLER="1")
     ask = start("ask", QUESTION, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
