@@ -93,7 +93,8 @@ class PrefillGraphs:
         self.max_len = max_len
         self.device = device
         self.side = side  # the decode graphs' side stream: cuBLAS keeps a workspace for every stream it ran on
-        self.max_rows = PREFILL_GRAPH_ROWS  # read here, so a benchmark may set either before or after
+        self.max_rows = PREFILL_GRAPH_ROWS  # read when built: a benchmark sets the module's before (queue_e2e)
+        self.shapes = all_shapes(buckets, max_len, self.max_rows)  # every shape a pass may take, fewest rows first
         self.pool = torch.cuda.graph_pool_handle()
         self.idle_captures = True  # False after a capture failed
         self.captured: dict[tuple[int, int], tuple[CapturedStep, torch.Tensor]] = {}
@@ -108,7 +109,7 @@ class PrefillGraphs:
 
     def missing(self) -> list[tuple[int, int]]:
         """The shapes not captured yet, fewest rows first."""
-        return [shape for shape in all_shapes(self.buckets, self.max_len, self.max_rows) if shape not in self.captured]
+        return [shape for shape in self.shapes if shape not in self.captured]
 
     def capture_start(self) -> None:
         """Capture the shapes of up to START_ROWS rows (27 with 32 slots and a 2k cache, ~0.3 s each)."""
