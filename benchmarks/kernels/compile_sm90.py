@@ -24,9 +24,9 @@ from worker.kernels import w4a16
 
 INT4 = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "out_ptr": "*fp32"}
 DOT = dict(INT4, M="i32", N="i32", stride_xm="i32", stride_w="i32", stride_s="i32", stride_z="i32",
-           iters_per_split="i32", GROUP="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
+           k_blocks="i32", GROUP="constexpr", BLOCK_M="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr",
            SPREAD="constexpr")
-GEMV = dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", iters_per_split="i32", magic="i32",
+GEMV = dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", k_blocks="i32", magic="i32",
             GROUP="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr", ROWS="constexpr", SPREAD="constexpr",
             BF16_WORDS="constexpr", ASM="constexpr")
 ROTARY = dict(part_ptr="*fp32", cos_ptr="*bf16", sin_ptr="*bf16", pos_ptr="*i64", q_ptr="*bf16", k_cache_ptr="*bf16",

@@ -105,6 +105,16 @@ def random_layer(k: int, n: int, device, kind):
     return kind.from_codes(c, torch.bfloat16)
 
 
+def k_splits(k_blocks: int, columns: int, sms: int, most_per_sm: int = 12) -> list[int]:
+    """K splits to time for a layer of ``k_blocks`` K blocks and ``columns`` column tiles: K's divisors (every
+    program the same number of blocks), and the splits that give each SM a whole number of programs (1 to
+    ``most_per_sm``): a split need not divide K, and with too few programs to fill every SM's warp slots the
+    2..32-row kernel waits on memory (benchmarks/NOTES.md row 77)."""
+    divisors = {s for s in range(1, k_blocks + 1) if k_blocks % s == 0}
+    whole_waves = {round(per_sm * sms / columns) for per_sm in range(1, most_per_sm + 1)}
+    return sorted(s for s in divisors | whole_waves if 1 <= s <= k_blocks and columns * s <= most_per_sm * sms)
+
+
 def layer_bytes(k: int, n: int) -> int:
     """Bytes a 4-bit layer reads: the codes, and per group of 128 an fp16 scale and a uint8 zero per column."""
     return k * n // 2 + k // 128 * n * 3

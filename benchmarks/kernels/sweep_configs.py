@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.kernels.int4_kernels import SHAPES as XWIN_13B_SHAPES
-from benchmarks.kernels.int4_kernels import copies_beyond_l2, cycling, graph_time_us, random_layer
+from benchmarks.kernels.int4_kernels import copies_beyond_l2, cycling, graph_time_us, k_splits, random_layer
 from benchmarks.result_json import write_result
 from worker.kernels import w4a16 as w4a16_kernels
 from worker.model.triton_linear import TritonInt4Linear
@@ -32,9 +32,9 @@ MODELS = {
 }
 
 
-def candidates(rows: int, k: int, n: int, sms: int):
+def candidates(rows: int, k: int, n: int, sms: int, first: dict | None = None):
     """Configs for a rows bucket (group 128): tiles, warps, stages, and K splits that give every SM work
-    without leaving each program almost nothing."""
+    without leaving each program almost nothing; ``first``'s tile (the current config's) before the others."""
     bucket = w4a16_kernels.rows_bucket(rows)
     kernel = w4a16_kernels.kernel_for(bucket, 128)
     if kernel == "gemv":
@@ -45,9 +45,12 @@ def candidates(rows: int, k: int, n: int, sms: int):
         # (H200: the 16-row configs, 4.09 -> 3.65 ms a step; 32 rows: no better than 8 warps)
         tiles = itertools.product((128, 256, 64), (128,), (8, 4, 2), (3, 4, 2))
         programs_range = (sms // 2, 8 * sms)
+    if first:
+        tiles = sorted(tiles, key=lambda tile: tile != (first["BLOCK_N"], first["BLOCK_K"], first["num_warps"],
+                                                        first["num_stages"]))
     for block_n, block_k, warps, stages in tiles:
         k_blocks, columns = k // block_k, -(-n // block_n)
-        for split in (s for s in range(1, k_blocks + 1) if k_blocks % s == 0):
+        for split in k_splits(k_blocks, columns, sms):
             if programs_range[0] <= columns * split <= programs_range[1]:
                 yield from w4a16_kernels.with_one_dot(dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n,
                                                            BLOCK_K=block_k, split=split, num_warps=warps,
@@ -68,7 +71,7 @@ def sweep_shape(rows: int, k: int, n: int, device, seconds: float) -> dict:
     want = run(current).float().sum(0)
     best_us, best, timed_count = timed(current), current, 0
     deadline = time.monotonic() + seconds
-    for config in candidates(rows, k, n, w4a16_kernels.sm_count(device)):
+    for config in candidates(rows, k, n, w4a16_kernels.sm_count(device), current):
         if time.monotonic() > deadline:
             break
         try:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels.int4_kernels import SHAPES, replay_ms
+from benchmarks.kernels.int4_kernels import SHAPES, k_splits, replay_ms
 from benchmarks.result_json import write_result
 from benchmarks.synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint
 from worker.inference.llama_runtime import LlamaRuntime
@@ -40,7 +40,7 @@ def step_ms(runtime: LlamaRuntime, batch: int) -> float:
     return min(replay_ms(graph, 20) for _ in range(2))
 
 
-def candidates(rows: int, k: int):
+def candidates(rows: int, k: int, n: int, sms: int):
     """Configs to time for a rows bucket (group 128): the kernel that serves it, tiles, warps and K splits."""
     bucket = w4a16_kernels.rows_bucket(rows)
     kernel = w4a16_kernels.kernel_for(bucket, 128)
@@ -50,7 +50,7 @@ def candidates(rows: int, k: int):
         tiles = [(bn, 128, warps, 3) for bn in (64, 128) for warps in (4, 8)]
     for block_n, block_k, warps, stages in tiles:
         k_blocks = k // block_k
-        for split in (s for s in range(1, min(k_blocks, 54) + 1) if k_blocks % s == 0):
+        for split in k_splits(k_blocks, -(-n // block_n), sms):
             yield from w4a16_kernels.with_one_dot(dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n,
                                                        BLOCK_K=block_k, split=split, num_warps=warps,
                                                        num_stages=stages))
@@ -72,7 +72,7 @@ def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float, 
         current = table.get(key) or w4a16_kernels.default_config(bucket, n, k, 128, runtime.device)
         best_ms, best = step_ms(runtime, batch), current
         timed = 0
-        for config in candidates(batch, k):
+        for config in candidates(batch, k, n, sms):
             if config == current or not worth_timing(config, n, sms) or (kernels and config["kernel"] not in kernels):
                 continue
             if time.monotonic() > deadline:

@@ -11,12 +11,14 @@ said where.
 
     python -m benchmarks.speed.profile_decode            # ~2 min on an H200; JSON into $OUT when set
     python -m benchmarks.speed.profile_decode --prefill-only
+    python -m benchmarks.speed.profile_decode --decode-only --attention triton   # the steps as the worker runs them
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import re
 import tempfile
 import time
@@ -121,12 +123,15 @@ def profile_prefill(model) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prefill-only", action="store_true", help="skip the decode steps")
+    parser.add_argument("--decode-only", action="store_true", help="skip the prefill passes")
+    parser.add_argument("--attention", nargs="+", choices=("sdpa", "triton"), default=["sdpa", "triton"],
+                        help="decode attention: scaled_dot_product_attention, worker.kernels.decode_attention")
     args = parser.parse_args()
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)
     loaded = load_model(path, device="cuda")
     report = {"device": torch.cuda.get_device_name()}
     for batch in () if args.prefill_only else (1, 32):
-        for attention in ("sdpa", "triton"):  # scaled_dot_product_attention, or worker.kernels.decode_attention
+        for attention in args.attention:
             runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True, attention=attention)
             start = time.perf_counter()
             graph = runtime.graphs.get(batch, 1024)
@@ -139,8 +144,10 @@ def main() -> None:
                   f"{row['kernels_ms']:.2f} ms ({batch / row['step_ms'] * 1000:.0f} tok/s)", flush=True)
             show(families)
             del runtime, graph
+            gc.collect()  # the runtime's graphs sit in reference cycles: else two 32-row caches overflow an H100
             torch.cuda.empty_cache()
-    report.update(profile_prefill(loaded.model))
+    if not args.decode_only:
+        report.update(profile_prefill(loaded.model))
     write_result("profile_decode", report)
 
 

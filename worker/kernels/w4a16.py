@@ -198,8 +198,17 @@ def _round_to_bf16(value):
 
 
 @triton.jit
+def _split_blocks(k_blocks, axis: tl.constexpr):
+    """This program's K blocks [first, end): the K split's programs (along grid ``axis``) share the layer's
+    ``k_blocks`` as evenly as whole blocks allow. A split need not divide them, so it can be picked to fill the
+    GPU with programs rather than from K's divisors (benchmarks/NOTES.md row 77)."""
+    part, split = tl.program_id(axis), tl.num_programs(axis)
+    return part * k_blocks // split, (part + 1) * k_blocks // split
+
+
+@triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, iters_per_split, magic,
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, k_blocks, magic,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
     BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True,
 ):
@@ -217,9 +226,9 @@ def _gemv_kernel(
     g = tl.arange(0, GROUPS)
     word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
     running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
-    k_first = pid_k * iters_per_split * BLOCK_K
-    for it in range(0, iters_per_split):
-        k0 = k_first + it * BLOCK_K
+    first, end = _split_blocks(k_blocks, 1)
+    for block in range(first, end):
+        k0 = block * BLOCK_K
         words, zeros, scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s,
                                           stride_z, GROUP, ROWS)
         xs = _inputs_by_code(x_ptr, k0, GROUPS, ROWS, SPREAD)
@@ -255,7 +264,7 @@ def _code_tiles_in_input_order(words, zeros, dtype: tl.constexpr, ASM: tl.conste
 
 @triton.jit(do_not_specialize=["M"])  # any row count: one compiled program (no compile in the middle of serving)
 def _swap_dot_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, k_blocks,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
     ASM: tl.constexpr = True, ONE_DOT: tl.constexpr = False,
 ):
@@ -275,8 +284,9 @@ def _swap_dot_kernel(
     rows = tl.arange(0, BLOCK_K // 8)
     dtype: tl.constexpr = x_ptr.dtype.element_ty
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for it in range(0, iters_per_split):
-        k0 = (pid_k * iters_per_split + it) * BLOCK_K
+    first, end = _split_blocks(k_blocks, 2)
+    for block in range(first, end):
+        k0 = block * BLOCK_K
         tile = offs_n[:, None] + (k0 // 8 + rows)[None, :] * stride_w
         words = tl.load(w_ptr + tile, mask=mask_n[:, None], other=0, eviction_policy="evict_first")
         group = k0 // GROUP
@@ -299,7 +309,7 @@ def _swap_dot_kernel(
 
 @triton.jit(do_not_specialize=["M"])
 def _unpacked_dot_kernel(
-    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, iters_per_split,
+    x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, k_blocks,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
 ):
     """out[split, m, n] for 2..64 rows, K blocks inside one group: ``code - zero`` as a [BLOCK_K, BLOCK_N]
@@ -311,8 +321,9 @@ def _unpacked_dot_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n, mask_m = offs_n < N, offs_m < M
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for it in range(0, iters_per_split):
-        k0 = (pid_k * iters_per_split + it) * BLOCK_K
+    first, end = _split_blocks(k_blocks, 2)
+    for block in range(first, end):
+        k0 = block * BLOCK_K
         codes = _unpacked_codes(w_ptr, stride_w, offs_n, mask_n, k0, BLOCK_N, BLOCK_K, SPREAD)
         group = k0 // GROUP
         zeros = tl.load(z_ptr + group * stride_z + offs_n, mask=mask_n, other=0).to(tl.int32)
@@ -504,8 +515,8 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
     config = dict(config or fused_config(rows, out_features, in_features, group_size, x.device))
     kernel, split, block_m = config.pop("kernel"), config.pop("split"), config.pop("BLOCK_M")
     out = torch.empty((split, rows, out_features), device=x.device, dtype=x.dtype if split == 1 else torch.float32)
-    iters = in_features // config["BLOCK_K"] // split
-    strides = (packed.stride(0), scales.stride(0), zeros.stride(0), iters)
+    k_blocks = in_features // config["BLOCK_K"]
+    strides = (packed.stride(0), scales.stride(0), zeros.stride(0), k_blocks)
     if kernel == "gemv":
         grid = (triton.cdiv(out_features, config["BLOCK_N"]), split)
         bf16_words = config.pop("bf16_words", True) and x.dtype == torch.bfloat16

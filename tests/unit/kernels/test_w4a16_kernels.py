@@ -98,6 +98,23 @@ def test_each_kernel_sums_every_block_of_every_split(name):
     assert relative_error(w4a16_kernels.sum_splits(partials, torch.float32), x @ dequantize(tensors, 4).T) < 1e-5
 
 
+@pytest.mark.parametrize("kernel,rows", [("gemv", 1), ("swap", 5), ("unpacked", 5)])
+def test_a_split_that_does_not_divide_k_still_sums_every_block_once(kernel, rows):
+    # 8 K blocks over 3 programs (2, 3 and 3 blocks) and over 5 (1 or 2): configs pick splits that fill the GPU
+    tensors, layer = quantized_layer(128, 1024, 128, True, False, seed=7, dtype=torch.float32)
+    x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(8))
+    for split in (3, 5):
+        config = dict(kernel=kernel, BLOCK_M=1 if rows == 1 else 16, BLOCK_N=64, BLOCK_K=128, split=split,
+                      num_warps=4, num_stages=1)
+
+        partials = w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128,
+                                                 config)
+
+        assert partials.shape == (split, rows, 128)
+        assert all(float(part.abs().sum()) > 0 for part in partials)  # every program had blocks to add
+        assert relative_error(partials.sum(0), x @ dequantize(tensors, 4).T) < 1e-5
+
+
 def bf16_word_sums_reference(x: torch.Tensor, layer: TritonInt4Linear) -> torch.Tensor:
     """x [K] (bf16, group order) @ W.T the way the one-row kernel's bf16 path adds: per word of 8 inputs, each
     (code - zero) * x added to a bf16 sum with one rounding; the word sums times their scale added in fp32."""
