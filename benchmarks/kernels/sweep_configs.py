@@ -7,6 +7,8 @@ current config's output and timed as a CUDA graph of calls cycling over layer co
     python -m benchmarks.kernels.sweep_configs --rows 1 32 [--seconds-per-shape 40] [--write]
     # the table for this GPU into $OUT/w4a16_configs.json, or worker/kernels/w4a16_configs.json with --write
     python -m benchmarks.kernels.sweep_configs --model llama3-8b --rows 1   # the Llama-3-8B layer shapes
+    ncu --clock-control none --kernel-name regex:'swap_dot|gemv' --section WarpStateStats ... \
+        python -m benchmarks.kernels.sweep_configs --rows 32 1 --ncu           # the current configs, profiled
 """
 
 from __future__ import annotations
@@ -88,15 +90,36 @@ def sweep_shape(rows: int, k: int, n: int, device, seconds: float) -> dict:
     return dict(current=current, current_us=timed(current), best=best, best_us=best_us, timed=timed_count)
 
 
+def run_current_configs(rows_list: list[int], shapes: dict, device) -> None:
+    """The kernels as configured now, for a profiler (``ncu --kernel-name regex:'swap_dot|gemv' ...``): each call
+    on a layer of its own, so its weights come from memory as in a decode step."""
+    for rows in rows_list:
+        for name, (k, n) in shapes.items():
+            layers = [random_layer(k, n, device, TritonInt4Linear) for _ in range(3)]
+            x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)
+            config = w4a16_kernels.config_for_bucket(w4a16_kernels.rows_bucket(rows), n, k, 128, device)
+            print(f"{name} rows {rows}: {config}", flush=True)
+            for layer in layers:
+                w4a16_kernels.matmul_partials(x, layer.packed, layer.scales, layer.zeros, 128, config)
+            torch.cuda.synchronize()
+            del layers
+            torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 32, 16])
     parser.add_argument("--seconds-per-shape", type=float, default=40)
     parser.add_argument("--write", action="store_true", help="update worker/kernels/w4a16_configs.json itself")
     parser.add_argument("--model", choices=list(MODELS), default="xwin13b", help="whose layer shapes to sweep")
+    parser.add_argument("--ncu", action="store_true",
+                        help="sweep nothing: each shape's current config once on each of 3 fresh layers, for ncu")
     args = parser.parse_args()
     shapes, layers = MODELS[args.model]
     device = torch.device("cuda")
+    if args.ncu:
+        run_current_configs(args.rows, shapes, device)
+        return
     device_name = torch.cuda.get_device_name()
     table = w4a16_kernels.tuned_configs(device_name)
     report = {"device": device_name, "model": args.model}
