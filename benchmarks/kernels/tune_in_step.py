@@ -7,11 +7,14 @@ tokens in) is captured again and replayed; shape by shape, the fastest step keep
 
     python -m benchmarks.kernels.tune_in_step [--batches 1 32 16] [--seconds 360] [--kernels gemv]
     # writes the table (all GPUs' entries kept) to $OUT/w4a16_configs.json, or worker/ with --write
+    python -m benchmarks.kernels.tune_in_step --against old_configs.json [--batches 32 1]
+    # tunes nothing: the step with this GPU's configs from that table, then with the shipped ones, three times
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import tempfile
@@ -94,12 +97,32 @@ def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float, 
     return result
 
 
+def compare_tables(runtime: LlamaRuntime, batch: int, table: dict, other: dict, rounds: int = 3) -> dict:
+    """The step with ``other``'s configs and with ``table``'s, alternately (the table the kernels read is swapped
+    in place and put back)."""
+    shipped = dict(table)
+    times: dict[str, list[float]] = {"against": [], "shipped": []}
+    try:
+        for _ in range(rounds):
+            for name, configs in (("against", other), ("shipped", shipped)):
+                table.clear()
+                table.update(configs)
+                times[name].append(step_ms(runtime, batch))
+    finally:
+        table.clear()
+        table.update(shipped)
+    print(f"batch {batch}: step {min(times['against']):.3f} ms with the other table, {min(times['shipped']):.3f} "
+          f"with the shipped one (each the best of {rounds}: {times})", flush=True)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32, 16])
     parser.add_argument("--seconds", type=float, default=360)
     parser.add_argument("--write", action="store_true", help="update worker/kernels/w4a16_configs.json itself")
     parser.add_argument("--kernels", nargs="+", help="time only these kernels' configs (e.g. gemv)")
+    parser.add_argument("--against", type=Path, help="a configs table: time the step with it and the shipped one")
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)
@@ -109,9 +132,17 @@ def main() -> None:
     report = {"device": device_name}
     for batch in args.batches:
         runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True)
-        report[f"batch_{batch}"] = tune_batch(runtime, batch, table, deadline, args.kernels)
+        if args.against:
+            other = json.loads(args.against.read_text()).get(device_name, {})
+            report[f"batch_{batch}_against_{args.against.name}"] = compare_tables(runtime, batch, table, other)
+        else:
+            report[f"batch_{batch}"] = tune_batch(runtime, batch, table, deadline, args.kernels)
         del runtime
+        gc.collect()  # the runtime's graphs sit in reference cycles
         torch.cuda.empty_cache()
+    if args.against:
+        write_result("tune_in_step", report)
+        return
     target = w4a16_kernels.TUNED_CONFIGS if args.write else Path(os.environ.get("OUT", "."), "w4a16_configs.json")
     w4a16_kernels.write_tuned_configs(device_name, table, target)
     write_result("tune_in_step", report)
