@@ -205,7 +205,8 @@ class _ThreadWorker(SimpleWorker):
             self.reorder_queues(reference_queue=queue)
             job.redis_server_version = self.get_redis_server_version()
             self.log.info('Worker %s: %s: %s', self.name, queue.name, job.id)
-            self.heartbeat()
+            # No heartbeat here (rq's loop has one): the job's own start pipeline beats for the worker a moment
+            # later, and each round trip before the job starts waits for the GIL in a busy worker.
             return result
         return None
 
