@@ -110,7 +110,6 @@ def answer(context: WorkerContext, job: Job) -> dict:
         restart = getattr(poster, "restart", None)  # a crashed worker began this answer: start it over
         if restart:
             context.deliver(lambda: restart(job), what="restart notice")
-    context.deliver(lambda: poster.waiting(job, None), what="thinking notice")
     try:
         params = params_for(job, context.defaults)
         stream, notes = submit_fitting(lambda turns: context.engine.submit(turns, params, job.system_prompt), job)
@@ -121,6 +120,13 @@ def answer(context: WorkerContext, job: Job) -> dict:
         return {"status": "refused", "reason": reason}
     except BackendUnavailable as err:
         return unavailable(context, job, poster, err)
+    # The prompt prefills while the platform takes the notice (an HTTP call, retried with back-off while the
+    # platform rate-limits a burst), not after it.
+    try:
+        context.deliver(lambda: poster.waiting(job, None), what="thinking notice")
+    except BaseException:
+        stream.cancel()
+        raise
     reply = StreamingReply(poster, job, context.update_interval_s, retry_window_s=context.delivery_retry_s)
     cancelled, last_poll = False, 0.0
     try:

@@ -249,6 +249,57 @@ def final_answer_with(process, redis) -> str:
     return final_answer(redis, job_queue(process.settings, redis), "What is the capital of France?")
 
 
+def test_the_prompt_prefills_while_the_platform_takes_the_thinking_notice(demo_dir, queue_name, redis):
+    """The "thinking…" notice is an HTTP call to the platform (slow, or retried while it rate-limits a burst): the
+    answer is generated meanwhile, not after it."""
+    from worker.posters.console import ConsolePoster
+
+    keys = RedisKeys.for_settings(Settings(**settings_for(demo_dir, queue_name)))
+    process = WorkerProcess(Settings(**settings_for(demo_dir, queue_name)), redis,
+                            posters={"console": lambda: ConsolePoster(redis, keys)})
+    process.start()
+    try:
+        generated_before = process.engine.stats.tokens_generated
+        notice_saw_tokens = []
+
+        class SlowPlatform(ConsolePoster):
+            def waiting(self, job, position):  # returns once the answer has tokens, or after 20 s
+                deadline = time.monotonic() + 20
+                while process.engine.stats.tokens_generated == generated_before and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                notice_saw_tokens.append(process.engine.stats.tokens_generated > generated_before)
+                super().waiting(job, position)
+
+        process.posters["console"] = lambda: SlowPlatform(redis, keys)
+        answer = final_answer(redis, job_queue(process.settings, redis), "What is the capital of France?")
+        assert notice_saw_tokens == [True]
+        assert "Paris" in answer
+    finally:
+        process.stop()
+
+
+def test_an_answer_whose_thinking_notice_cannot_be_shown_stops_generating(demo_dir, queue_name, redis):
+    settings = Settings(**{**settings_for(demo_dir, queue_name, delivery_retry_s=1), "max_new_tokens": 400})
+    process = WorkerProcess(settings, redis, posters={"console": UnreachablePlatform})
+    process.start()
+    try:
+        queue = job_queue(settings, redis)
+        job = console_job([("user", COUNTING)], queue.keys)
+        queue.enqueue(job)
+        registry = FailedJobRegistry(queue=Queue(queue_name, connection=redis, serializer=JSONSerializer))
+        deadline = time.monotonic() + 60
+        while job.job_id not in registry.get_job_ids() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert job.job_id in registry.get_job_ids()
+        time.sleep(1)  # the engine's next step drops the cancelled answer
+        generated = process.engine.stats.tokens_generated
+        time.sleep(2)
+        assert process.engine.stats.active == 0
+        assert process.engine.stats.tokens_generated == generated  # nothing more is generated for nobody
+    finally:
+        process.stop()
+
+
 def test_status_shows_the_running_worker_with_its_model_and_device(worker, redis, demo_dir):
     from worker.ops.status import read_status, render
 
