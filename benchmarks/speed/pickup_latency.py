@@ -1,7 +1,7 @@
 """How long a burst of questions waits between the queue and the start of its answer, on the CPU.
 
 32 jobs are enqueued at once from another process (as the chat adapters do) into the worker's RQ job threads
-(``worker.queue.rq_workers.ThreadedWorkers``, 34 of them as ``xwinbot worker`` runs for 32 users) while one more
+(``worker.queue.rq_workers.ThreadedWorkers``, as many as ``xwinbot worker`` runs for 32 users) while one more
 thread of the process runs Python without pause, as the engine's thread does between CUDA calls, with the worker's
 GIL switch interval. Each job does what ``worker.tasks.answer`` does before the engine sees the question (the
 delivered check and ``mark_started``) and records when it got there. Every Redis call on that path gives up the
@@ -23,7 +23,6 @@ import time
 import uuid
 
 JOBS = 32
-THREADS = JOBS + 2  # worker.serve's SPARE_JOB_THREADS over max_batch
 DB = 5
 QUEUE = "pickup-latency"
 STARTS = "pickup-latency:starts"
@@ -68,12 +67,14 @@ def main() -> int:
     from redis import Redis
 
     from worker.queue.rq_workers import ThreadedWorkers
-    from worker.serve import GIL_SWITCH_INTERVAL_S
+    from worker.serve import GIL_SWITCH_INTERVAL_S, SPARE_JOB_THREADS
+
+    threads = JOBS + SPARE_JOB_THREADS  # as many as a worker serving JOBS users at once runs
 
     logging.disable(logging.INFO)  # RQ's per-job lines: not the worker's (it logs them), but not measured here
     redis = Redis(db=DB)
     redis.flushdb()
-    workers = ThreadedWorkers(redis, QUEUE, concurrency=THREADS)
+    workers = ThreadedWorkers(redis, QUEUE, concurrency=threads)
     workers.start()
     time.sleep(3)  # every thread waiting in its dequeue
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
@@ -93,7 +94,7 @@ def main() -> int:
     finally:
         stop.set()
         workers.stop(5)
-    print(f"tree {args.tree or '.'}: {JOBS} jobs, {THREADS} job threads beside a busy thread, {args.rounds} rounds")
+    print(f"tree {args.tree or '.'}: {JOBS} jobs, {threads} job threads beside a busy thread, {args.rounds} rounds")
     rounds = ", ".join(f"{m:.0f}" for m in medians)
     print(f"enqueue -> answer start ms: median {statistics.median(medians):.1f} (rounds {rounds}),"
           f" slowest {statistics.median(slowest):.1f}")
