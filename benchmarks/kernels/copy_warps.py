@@ -42,12 +42,7 @@ BLOCK_K = 8 * w4a16.CODE_SPREAD  # one K block: 16 word rows, 128 inputs, inside
 LOADER_REGISTERS = gl.constexpr(40)  # the copying warp needs few: the rest go to the warpgroup that multiplies
 
 
-def _code_ptx(j: int) -> str:
-    """code j - zero of two words as bf16x2, as ``w4a16._bf16_code_ptx`` builds it ($1, $2 words; $3 128 + zero)."""
-    return " ".join(["{ .reg .b32 t;", *w4a16._bf16_code_ptx(j, ("$1", "$2"), "$3", "$0"), "}"])
-
-
-CODE_ASM = gl.constexpr(tuple(_code_ptx(j) for j in range(8)))
+CODE_ASM = w4a16._BF16_CODE_ASM  # code j - zero of two words as bf16x2: the shipped kernel's instructions
 
 
 @gluon.jit
