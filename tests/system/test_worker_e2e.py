@@ -218,6 +218,15 @@ class UnreachablePlatform:
         return fail
 
 
+def failed_registry(redis, queue_name: str, job_id: str, timeout_s: float) -> FailedJobRegistry:
+    """The queue's failed-job registry once it holds ``job_id`` (or after ``timeout_s``)."""
+    registry = FailedJobRegistry(queue=Queue(queue_name, connection=redis, serializer=JSONSerializer))
+    deadline = time.monotonic() + timeout_s
+    while job_id not in registry.get_job_ids() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return registry
+
+
 def test_an_undeliverable_answer_ends_in_the_failed_registry_with_the_reason(demo_dir, queue_name, redis):
     settings = Settings(**settings_for(demo_dir, queue_name, delivery_retry_s=5))  # down for longer than that
     process = WorkerProcess(settings, redis, posters={"console": UnreachablePlatform})
@@ -226,10 +235,7 @@ def test_an_undeliverable_answer_ends_in_the_failed_registry_with_the_reason(dem
         queue = job_queue(settings, redis)
         job = console_job([("user", "What is the capital of France?")], queue.keys)
         queue.enqueue(job)
-        registry = FailedJobRegistry(queue=Queue(queue_name, connection=redis, serializer=JSONSerializer))
-        deadline = time.monotonic() + 120
-        while job.job_id not in registry.get_job_ids() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        registry = failed_registry(redis, queue_name, job.job_id, timeout_s=120)
         assert job.job_id in registry.get_job_ids()
         failed = registry.get_job_ids()
         from rq.job import Job as RQJob
@@ -286,11 +292,7 @@ def test_an_answer_whose_thinking_notice_cannot_be_shown_stops_generating(demo_d
         queue = job_queue(settings, redis)
         job = console_job([("user", COUNTING)], queue.keys)
         queue.enqueue(job)
-        registry = FailedJobRegistry(queue=Queue(queue_name, connection=redis, serializer=JSONSerializer))
-        deadline = time.monotonic() + 60
-        while job.job_id not in registry.get_job_ids() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert job.job_id in registry.get_job_ids()
+        assert job.job_id in failed_registry(redis, queue_name, job.job_id, timeout_s=60).get_job_ids()
         time.sleep(1)  # the engine's next step drops the cancelled answer
         generated = process.engine.stats.tokens_generated
         time.sleep(2)
