@@ -18,6 +18,7 @@ layer copies past the L2 (as ``sweep_configs`` does).
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -122,8 +123,11 @@ def descriptor(tensor: torch.Tensor, block: list[int]) -> TensorDescriptor:
     return TensorDescriptor.from_tensor(tensor, block, gl.NVMMASharedLayout.get_default_for(block, dtype[tensor.dtype]))
 
 
-def copy_warp_partials(x, packed, scales, zeros, block_n: int, split: int, stages: int) -> torch.Tensor:
-    """x [M <= 32, K] (bf16, group order, groups of 128) @ W.T as [split, M, N] fp32 partial sums."""
+def copy_warp_partials(x, packed, scales, zeros, block_n: int, split: int, stages: int,
+                       maxnreg: int | None = None) -> torch.Tensor:
+    """x [M <= 32, K] (bf16, group order, groups of 128) @ W.T as [split, M, N] fp32 partial sums. ``maxnreg``
+    128: two programs an SM (the warpgroup then takes 232 registers a thread, the copying warps 24-40), else one
+    (255 a thread at launch)."""
     rows, in_features = x.shape
     out_features, block_m = packed.shape[1], 16 if rows <= 16 else 32
     out = torch.empty((split, rows, out_features), device=x.device, dtype=torch.float32)
@@ -131,16 +135,16 @@ def copy_warp_partials(x, packed, scales, zeros, block_n: int, split: int, stage
     copy_warp_swap_kernel[grid](descriptor(x, [block_m, 16]), descriptor(packed, [16, block_n]),
                                 descriptor(scales, [1, block_n]), descriptor(zeros, [1, block_n]), out, rows,
                                 out_features, in_features // BLOCK_K, GROUP=128, BLOCK_M=block_m, BLOCK_N=block_n,
-                                STAGES=stages, num_warps=4)
+                                STAGES=stages, num_warps=4, **({"maxnreg": maxnreg} if maxnreg else {}))
     return out
 
 
 def configs(k: int, n: int, sms: int):
     for block_n in (128,):  # 64: a misaligned address on the H200 (its zeros and scales buffers)
-        for stages in (4, 6, 3):
+        for stages, maxnreg in itertools.product((4, 6, 3), (None, 128)):
             for split in k_splits(k // BLOCK_K, triton.cdiv(n, block_n), sms):
                 if sms // 2 <= triton.cdiv(n, block_n) * split <= 8 * sms:
-                    yield dict(block_n=block_n, stages=stages, split=split)
+                    yield dict(block_n=block_n, stages=stages, split=split, maxnreg=maxnreg)
 
 
 def compare_shape(rows: int, k: int, n: int, device, seconds: float) -> dict:
