@@ -140,7 +140,7 @@ def copy_warp_partials(x, packed, scales, zeros, block_n: int, split: int, stage
 
 
 def configs(k: int, n: int, sms: int):
-    for block_n in (128,):  # 64: a misaligned address on the H200 (its zeros and scales buffers)
+    for block_n in (128,):  # 64: a misaligned address on the H200, cause not found (NOTES row 80)
         for stages, maxnreg in itertools.product((4, 6, 3), (None, 128)):
             for split in k_splits(k // BLOCK_K, triton.cdiv(n, block_n), sms):
                 if sms // 2 <= triton.cdiv(n, block_n) * split <= 8 * sms:
