@@ -13,14 +13,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource
+from triton.runtime.jit import mangle_type
 
 from benchmarks.result_json import write_result
 from worker.kernels import decode_attention as attention
 from worker.kernels import layer_kernels as layers
 from worker.kernels import w4a16
+from worker.kernels import w4a16_copy_warps as copy_warps
 
 INT4 = {"x_ptr": "*bf16", "w_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "out_ptr": "*fp32"}
 DOT = dict(INT4, M="i32", N="i32", stride_xm="i32", stride_w="i32", stride_s="i32", stride_z="i32",
@@ -116,6 +120,21 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
 ]
 
 
+
+
+def copy_warps_signature() -> dict:
+    """The Gluon kernel's: its TMA descriptors typed as a launch types them (13B qkv shapes, CPU tensors)."""
+    tiles = {"x_desc": (torch.bfloat16, 5120, [32, 16]), "w_desc": (torch.int32, 640, [16, 128]),
+             "s_desc": (torch.float16, 40, [1, 128]), "z_desc": (torch.uint8, 40, [1, 128])}
+    signature = {name: mangle_type(copy_warps._descriptor(torch.zeros(rows, 15360, dtype=dtype), block))
+                 for name, (dtype, rows, block) in tiles.items()}
+    return dict(signature, out_ptr="*fp32", M="i32", N="i32", k_blocks="i32", GROUP="constexpr",
+                BLOCK_M="constexpr", BLOCK_N="constexpr", STAGES="constexpr")
+
+
+KERNELS += [(copy_warps.copy_warp_swap_kernel, copy_warps_signature(),
+             dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, STAGES=stages), 4, 1) for stages in (3, 6)]
+
 # on a 13B model, as Triton specializes a launch (the K/V cache's strides too: without them its loads are per byte)
 DIVISIBLE_BY_16 = ("N", "stride_xm", "stride_w", "stride_s", "stride_z", "stride_slot", "stride_head", "stride_pos",
                    "stride_ok", "stride_oc", "cols", "K", "stride_x")
@@ -124,7 +143,10 @@ DIVISIBLE_BY_16 = ("N", "stride_xm", "stride_w", "stride_s", "stride_z", "stride
 def compile_for_sm90(kernel, signature: dict, constexprs: dict, warps: int, stages: int):
     aligned = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature)
                if (name.endswith("ptr") or name in DIVISIBLE_BY_16) and name not in constexprs}
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
+    if kernel is copy_warps.copy_warp_swap_kernel:  # Gluon: its own source; TMA copies, no pointer attributes
+        source = GluonASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    else:
+        source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
 
 

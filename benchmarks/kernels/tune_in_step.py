@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import tempfile
@@ -43,8 +44,8 @@ def step_ms(runtime: LlamaRuntime, batch: int) -> float:
     return min(replay_ms(graph, 20) for _ in range(2))
 
 
-def candidates(rows: int, k: int, n: int, sms: int):
-    """Configs to time for a rows bucket (group 128): the kernel that serves it, tiles, warps and K splits."""
+def candidates(rows: int, k: int, n: int, sms: int, device: torch.device):
+    """Configs to time for a rows bucket (group 128): the kernels that may serve it, tiles, warps and K splits."""
     bucket = w4a16_kernels.rows_bucket(rows)
     kernel = w4a16_kernels.kernel_for(bucket, 128)
     if kernel == "gemv":
@@ -57,6 +58,10 @@ def candidates(rows: int, k: int, n: int, sms: int):
             yield from w4a16_kernels.with_one_dot(dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n,
                                                        BLOCK_K=block_k, split=split, num_warps=warps,
                                                        num_stages=stages))
+    if "copy_warps" in w4a16_kernels.served_kernels(bucket, 128, device):
+        for stages, split in itertools.product((3, 4, 6), k_splits(k // 128, -(-n // 128), sms)):
+            yield dict(kernel="copy_warps", BLOCK_M=bucket, BLOCK_N=128, BLOCK_K=128, split=split, num_warps=4,
+                       num_stages=stages)
 
 
 def worth_timing(config: dict, out_features: int, sms: int) -> bool:
@@ -75,7 +80,7 @@ def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float, 
         current = table.get(key) or w4a16_kernels.default_config(bucket, n, k, 128, runtime.device)
         best_ms, best = step_ms(runtime, batch), current
         timed = 0
-        for config in candidates(batch, k, n, sms):
+        for config in candidates(batch, k, n, sms, runtime.device):
             if config == current or not worth_timing(config, n, sms) or (kernels and config["kernel"] not in kernels):
                 continue
             if time.monotonic() > deadline:

@@ -23,7 +23,8 @@ Two ways to multiply, picked by the number of activation rows M:
     words in fp32.
   - 2..32 rows, ``_swap_dot_kernel``: tensor cores on out.T = W @ x.T, so the weights take the MMA's long side
     and the rows pad only to 16; one dot per code position j of the packed words, or (config ``one_dot``) one
-    dot over the 8 positions side by side.
+    dot over the 8 positions side by side. On Hopper, where the tuned table says so (config kernel
+    "copy_warps"), the same sums from a Gluon kernel with a warp that only copies (``w4a16_copy_warps``).
   - 33..64 rows and groups under 128, ``_unpacked_dot_kernel``: the codes interleaved back to [K, N], one dot.
   A code becomes a float without an int-to-float instruction (quarter rate on the GPU; it bounded the first
   kernels): OR-ed into the mantissa of 2**23 it reads as 2**23 + code (``_code_in_mantissa``).
@@ -37,13 +38,21 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
-from worker.kernels import INTERPRETING, MAGIC
+from worker.kernels import INTERPRETING, MAGIC, bf16_codes
+
+try:  # Gluon, Triton's tile language with warp specialization, as Triton 3.6 has it: else Triton's kernel serves
+    from worker.kernels import w4a16_copy_warps as copy_warps
+except ImportError:
+    copy_warps = None
+
+logger = logging.getLogger(__name__)
 
 FUSED_MAX_ROWS = 64
 CODE_SPREAD = 16  # inputs between a word's consecutive codes, groups of 128 or more (a word row per input of 16)
@@ -137,27 +146,8 @@ def _gemv_block(running, words, zeros, scales, xs, magic):
     return running + (products - zeros[:, None, :] * x_sum[:, :, None]) * scales[:, None, :]
 
 
-def _bf16_code_ptx(j: int, words: tuple[str, str], zero: str, out: str) -> list[str]:
-    """PTX for code j of two words (registers) as bf16x2 ``code - zero`` in ``out``: the words' low (codes 0-3)
-    or high (4-7) 16 bits side by side, shifted to code j, AND-ed out and OR-ed into bf16's 128 (0x4300): it
-    reads as 128 + code; less ``zero`` (128 + zero as bf16x2) it is the exact small integer code - zero."""
-    lines = [f"prmt.b32 t, {words[0]}, {words[1]}, {'0x5410' if j < 4 else '0x7632'};"]
-    if j % 4:
-        lines.append(f"shr.b32 t, t, {4 * (j % 4)};")
-    return lines + ["lop3.b32 t, t, 0x000F000F, 0x43004300, 0xea;", f"sub.bf16x2 {out}, t, {zero};"]
-
-
-# Two elements a time (``pack=2``): code j - zero of each, as bf16 ($1, $2 their words; $3 their 128 + zero).
-_BF16_CODE_ASM = tl.constexpr(tuple(" ".join(["{ .reg .b32 t;", *_bf16_code_ptx(j, ("$1", "$2"), "$3", "$0"), "}"])
-                                    for j in range(8)))
-# One word of 8 codes for two elements a time ($2, $3 their words; $4 their 128 + zero; $5..$12 their x_0..x_7,
-# all bf16x2): 8 fused multiply-adds in bf16x2 sum each word, whose halves come back as fp32 ($0, $1). ~2.1
-# instructions a code against ~4.9 in fp32.
-_BF16_WORD_ASM = tl.constexpr(" ".join(
-    ["{ .reg .b32 t, c, acc;"]
-    + [line for j in range(8) for line in _bf16_code_ptx(j, ("$2", "$3"), "$4", "c")
-       + [f"fma.rn.bf16x2 acc, c, ${5 + j}, acc;" if j else "mul.bf16x2 acc, c, $5;"]]
-    + ["shl.b32 $0, acc, 16;", "and.b32 $1, acc, 0xffff0000; }"]))
+_BF16_CODE_ASM = tl.constexpr(bf16_codes.CODE_MINUS_ZERO)
+_BF16_WORD_ASM = tl.constexpr(bf16_codes.WORD_SUMS)
 
 
 @triton.jit
@@ -462,6 +452,39 @@ def kernel_for(bucket: int, group_size: int) -> str:
     return "swap" if bucket <= 32 and group_size % 128 == 0 else "unpacked"
 
 
+def served_kernels(bucket: int, group_size: int, device: torch.device) -> tuple[str, ...]:
+    """The kernels a tuned config may name for a rows bucket: ``kernel_for``'s, and on Hopper in place of "swap"
+    the Gluon kernel with a warp that only copies (``w4a16_copy_warps``) once it has passed ``copy_warps_serve``."""
+    kernel = kernel_for(bucket, group_size)
+    return (kernel, "copy_warps") if kernel == "swap" and copy_warps_serve(device) else (kernel,)
+
+
+@functools.cache  # once per device, at the first lookup (a warm-up run, before any CUDA graph is captured)
+def copy_warps_serve(device: torch.device) -> bool:
+    """Whether the copy-warp kernel runs on this device and gives the swap kernel's sums on a small layer: a GPU
+    without TMA, or a Triton whose Gluon differs from the one it was written for, leaves it unserved."""
+    if copy_warps is None or not copy_warps.serves_device(device):
+        return False
+    make = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(32, 256, device=device, generator=make).bfloat16()
+    packed = torch.randint(-2**31, 2**31 - 1, (32, 128), device=device, dtype=torch.int32, generator=make)
+    scales = torch.rand(2, 128, device=device, generator=make).half() / 64
+    zeros = torch.randint(0, 16, (2, 128), device=device, dtype=torch.uint8, generator=make)
+    config = dict(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, split=2, num_warps=4, num_stages=3)
+    try:
+        got = copy_warps.matmul_partials(x, packed, scales, zeros, 128, torch.empty(2, 32, 128, device=device),
+                                         config)
+    except Exception as err:  # an API or compiler Gluon no longer has: the Triton kernel serves instead
+        logger.warning("the copy-warp int4 kernel does not build here (%s: %s); the Triton kernel serves",
+                       type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        return False
+    want = matmul_partials(x, packed, scales, zeros, 128, dict(config, kernel="swap", num_warps=8))
+    if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
+        logger.warning("the copy-warp int4 kernel's sums differ from the Triton kernel's; the Triton kernel serves")
+        return False
+    return True
+
+
 @functools.cache
 def tuned_configs(device_name: str) -> dict[str, dict]:
     """Configs measured by ``benchmarks/kernels/tune_in_step.py`` for this GPU model, keyed "bucket,N,K,G"."""
@@ -485,7 +508,7 @@ def config_for_bucket(bucket: int, out_features: int, in_features: int, group_si
     if device.type == "cuda":
         key = f"{bucket},{out_features},{in_features},{group_size}"
         tuned = tuned_configs(torch.cuda.get_device_name(device)).get(key)
-        if tuned and tuned.get("kernel") == kernel_for(bucket, group_size):
+        if tuned and tuned.get("kernel") in served_kernels(bucket, group_size, device):
             return dict(tuned)
     return default_config(bucket, out_features, in_features, group_size, device)
 
@@ -513,8 +536,14 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
     rows, in_features = x.shape
     out_features = packed.shape[1]
     config = dict(config or fused_config(rows, out_features, in_features, group_size, x.device))
-    kernel, split, block_m = config.pop("kernel"), config.pop("split"), config.pop("BLOCK_M")
+    if config["kernel"] == "copy_warps" and not copy_warps.fits(x, packed, scales, zeros, group_size):
+        config = default_config(config["BLOCK_M"], out_features, in_features, group_size, x.device)
+    split = config["split"]
     out = torch.empty((split, rows, out_features), device=x.device, dtype=x.dtype if split == 1 else torch.float32)
+    if config["kernel"] == "copy_warps":
+        return copy_warps.matmul_partials(x, packed, scales, zeros, group_size, out, config)
+    kernel, block_m = config.pop("kernel"), config.pop("BLOCK_M")
+    del config["split"]
     k_blocks = in_features // config["BLOCK_K"]
     strides = (packed.stride(0), scales.stride(0), zeros.stride(0), k_blocks)
     if kernel == "gemv":

@@ -172,6 +172,57 @@ def test_one_dot_gives_the_eight_dots_sums_bit_for_bit_on_the_gpu(gpu_13b_layer,
     assert relative_error(one.sum(0).cpu(), x.float().cpu() @ dequantize(tensors, 4).T) < 4e-3
 
 
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.skipif(not HOPPER or w4a16_kernels.copy_warps is None, reason="TMA and wgmma: an H100/H200 only")
+@pytest.mark.parametrize("rows,split", [(17, 1), (32, 1), (32, 4), (20, 5)])
+def test_copy_warp_kernel_gives_the_swap_kernels_sums_on_the_gpu(gpu_13b_layer, rows, split):
+    # Tuned configs may swap one kernel for the other per layer shape: an answer must not change with them.
+    tensors, layer = gpu_13b_layer
+    x = torch.randn(rows, 5120, generator=torch.Generator().manual_seed(16)).bfloat16().cuda()
+    config = dict(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, split=split, num_stages=4)
+    assert w4a16_kernels.copy_warps_serve(x.device)
+
+    swap, copying = (w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128,
+                                                   dict(config, kernel=kernel, num_warps=warps))
+                     for kernel, warps in (("swap", 8), ("copy_warps", 4)))
+
+    assert copying.dtype == swap.dtype == (torch.bfloat16 if split == 1 else torch.float32)
+    assert relative_error(copying.float().sum(0), swap.float().sum(0)) < 1e-5
+    assert relative_error(copying.float().sum(0).cpu(), x.float().cpu() @ dequantize(tensors, 4).T) < 4e-3
+
+
+@pytest.mark.skipif(not HOPPER or w4a16_kernels.copy_warps is None, reason="TMA and wgmma: an H100/H200 only")
+def test_rows_a_tma_copy_cannot_take_go_to_the_triton_kernel_on_the_gpu(gpu_13b_layer):
+    # A row stride of 5,121 bf16 is no multiple of 16 bytes: TMA refuses it, the answer still comes.
+    tensors, layer = gpu_13b_layer
+    x = torch.randn(32, 5120, generator=torch.Generator().manual_seed(17)).bfloat16().cuda()
+    rows = torch.zeros(32, 5121, dtype=torch.bfloat16, device="cuda")
+    rows[:, :5120] = x[:, layer.perm]
+    config = dict(kernel="copy_warps", BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, split=4, num_warps=4, num_stages=4)
+
+    partials = w4a16_kernels.matmul_partials(rows[:, :5120], layer.packed, layer.scales, layer.zeros, 128, config)
+
+    assert relative_error(partials.float().sum(0).cpu(), x.float().cpu() @ dequantize(tensors, 4).T) < 4e-3
+
+
+@pytest.mark.skipif(w4a16_kernels.copy_warps is None, reason="Triton without Gluon: the kernel is not served")
+def test_only_tensors_a_tma_copy_takes_go_to_the_copy_warp_kernel():
+    _, layer = quantized_layer(256, 512, 128, False, False, seed=18, dtype=torch.bfloat16)
+    fits = w4a16_kernels.copy_warps.fits
+    weights = (layer.packed, layer.scales, layer.zeros)
+    buffer = torch.randn(32 * 521 + 1, dtype=torch.bfloat16)
+    rows = buffer[: 32 * 512].view(32, 512)
+
+    assert fits(rows, *weights, 128)
+    assert not fits(buffer[: 32 * 521].view(32, 521)[:, :512], *weights, 128)  # rows 1,042 bytes apart
+    assert not fits(buffer[1 : 1 + 32 * 512].view(32, 512), *weights, 128)  # starts 2 bytes past an alignment
+    assert not fits(rows.half(), *weights, 128)  # the codes become bf16 only
+    assert not fits(rows, *weights, 64)  # groups under 128: codes not spread
+    assert not fits(rows, *(t[:, 1:] for t in weights), 128)  # a column slice starting mid-alignment
+
+
 def test_bias_is_added_once_whatever_the_split():
     tensors, layer = quantized_layer(128, 1024, 128, True, False, seed=9, dtype=torch.float32)
     layer.bias = torch.nn.Parameter(torch.randn(128, generator=torch.Generator().manual_seed(10)), requires_grad=False)
