@@ -59,9 +59,9 @@ def candidates(rows: int, k: int, n: int, sms: int, device: torch.device):
                                                        BLOCK_K=block_k, split=split, num_warps=warps,
                                                        num_stages=stages))
     if "copy_warps" in w4a16_kernels.served_kernels(bucket, 128, device):
-        for stages, split in itertools.product((3, 4, 6), k_splits(k // 128, -(-n // 128), sms)):
+        for stages, maxnreg, split in itertools.product((3, 4, 6), (None, 128), k_splits(k // 128, -(-n // 128), sms)):
             yield dict(kernel="copy_warps", BLOCK_M=bucket, BLOCK_N=128, BLOCK_K=128, split=split, num_warps=4,
-                       num_stages=stages)
+                       num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
 
 
 def worth_timing(config: dict, out_features: int, sms: int) -> bool:
