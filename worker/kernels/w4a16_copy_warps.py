@@ -8,7 +8,8 @@ nothing but copy the next K blocks (words, x, zeros, scales: each tile one TMA c
 buffers, an mbarrier each way) while a warpgroup turns codes into bf16 (``bf16_codes``) and issues a block's 8
 wgmma back to back, waiting once. Same tiles and sums as ``_swap_dot_kernel``: out.T = W @ x.T, dot j of a block
 over code j of each word and x[:, k0 + 16j : k0 + 16j + 16] (groups of 128 or more: codes spread 16 apart).
-Measured −16% for the int4 matmuls of a 32-row 13B step on an H200, each kernel alone (NOTES row 80).
+Measured −16% for the int4 matmuls of a 32-row 13B step on an H200, each kernel alone (NOTES row 80); tuned in
+the step on an H100, the whole 32-row step −6.6% (row 81).
 
 TMA copies whole tiles: tensors whose strides or addresses a copy cannot take are left to the Triton kernel
 (``fits``)."""
