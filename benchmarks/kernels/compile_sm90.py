@@ -122,18 +122,19 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
 
 
 
-def copy_warps_signature() -> dict:
+def copy_warps_signature(block_n: int) -> dict:
     """The Gluon kernel's: its TMA descriptors typed as a launch types them (13B qkv shapes, CPU tensors)."""
-    tiles = {"x_desc": (torch.bfloat16, 5120, [32, 16]), "w_desc": (torch.int32, 640, [16, 128]),
-             "s_desc": (torch.float16, 40, [1, 128]), "z_desc": (torch.uint8, 40, [1, 128])}
+    tiles = {"x_desc": (torch.bfloat16, 5120, [32, 16]), "w_desc": (torch.int32, 640, [16, block_n]),
+             "s_desc": (torch.float16, 40, [1, block_n]), "z_desc": (torch.uint8, 40, [1, block_n])}
     signature = {name: mangle_type(copy_warps._descriptor(torch.zeros(rows, 15360, dtype=dtype), block))
                  for name, (dtype, rows, block) in tiles.items()}
     return dict(signature, out_ptr="*fp32", M="i32", N="i32", k_blocks="i32", GROUP="constexpr",
                 BLOCK_M="constexpr", BLOCK_N="constexpr", STAGES="constexpr")
 
 
-KERNELS += [(copy_warps.copy_warp_swap_kernel, copy_warps_signature(),
-             dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, STAGES=stages), 4, 1) for stages in (3, 6)]
+KERNELS += [(copy_warps.copy_warp_swap_kernel, copy_warps_signature(block_n),
+             dict(GROUP=128, BLOCK_M=32, BLOCK_N=block_n, STAGES=stages), 4, 1) for block_n, stages in
+            ((128, 3), (128, 6), (64, 4))]
 
 # on a 13B model, as Triton specializes a launch (the K/V cache's strides too: without them its loads are per byte)
 DIVISIBLE_BY_16 = ("N", "stride_xm", "stride_w", "stride_s", "stride_z", "stride_slot", "stride_head", "stride_pos",

@@ -35,7 +35,9 @@ def copy_warp_partials(x, packed, scales, zeros, block_n: int, split: int, stage
 
 
 def configs(k: int, n: int, sms: int):
-    for block_n in (128,):  # 64: a misaligned address on the H200, cause not found (NOTES row 80)
+    # 64 last: unpadded its stages' zeros sat on 64-byte boundaries and a copy hit a misaligned address (NOTES row 80);
+    # padded since, not yet run, and a fault would end this process's CUDA context
+    for block_n in (128, 64):
         for stages, maxnreg in itertools.product((4, 6, 3), (None, 128)):
             for split in k_splits(k // copy_warps.BLOCK_K, triton.cdiv(n, block_n), sms):
                 if sms // 2 <= triton.cdiv(n, block_n) * split <= 8 * sms:

@@ -39,6 +39,13 @@ TMA_ALIGNMENT = 16  # bytes: a TMA copy's base address and every stride but the 
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.int32: gl.int32, torch.uint8: gl.uint8, torch.float16: gl.float16}
 
 
+@gluon.constexpr_function
+def _spacing(row_bytes):
+    """Rows between two stages' zeros (scales): a TMA copy lands on a 128-byte boundary, and a 64-column tile's
+    row of zeros is 64 bytes (unpadded, every other stage's copy hit a misaligned address, NOTES row 80)."""
+    return max(1, 128 // row_bytes)
+
+
 @gluon.jit
 def _copy_blocks(w_desc, x_desc, z_desc, s_desc, words_s, x_s, z_s, s_s, ready, free, first, end, pid_n, pid_m,
                  GROUP: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
@@ -53,8 +60,10 @@ def _copy_blocks(w_desc, x_desc, z_desc, s_desc, words_s, x_s, z_s, s_s, ready, 
         for j in gl.static_range(8):
             tma.async_copy_global_to_shared(x_desc, [pid_m * BLOCK_M, k0 + 16 * j], ready.index(stage),
                                             x_s.index(stage * 8 + j))
-        tma.async_copy_global_to_shared(z_desc, [k0 // GROUP, pid_n * BLOCK_N], ready.index(stage), z_s.index(stage))
-        tma.async_copy_global_to_shared(s_desc, [k0 // GROUP, pid_n * BLOCK_N], ready.index(stage), s_s.index(stage))
+        tma.async_copy_global_to_shared(z_desc, [k0 // GROUP, pid_n * BLOCK_N], ready.index(stage),
+                                        z_s.index(stage * _spacing(BLOCK_N)))
+        tma.async_copy_global_to_shared(s_desc, [k0 // GROUP, pid_n * BLOCK_N], ready.index(stage),
+                                        s_s.index(stage * _spacing(2 * BLOCK_N)))
 
 
 @gluon.jit
@@ -68,8 +77,9 @@ def _multiply_blocks(words_s, x_s, z_s, s_s, ready, free, first, end, out_ptr, M
         stage = i % STAGES
         mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
         words = words_s.index(stage).permute((1, 0)).load(a_layout)  # [BLOCK_N, 16]: word r of each output
-        zeros = z_s.index(stage).reshape([BLOCK_N]).load(gl.SliceLayout(1, a_layout)).to(gl.float32)
-        scales = s_s.index(stage).reshape([BLOCK_N]).load(gl.SliceLayout(1, mma)).to(gl.float32)
+        zeros = z_s.index(stage * _spacing(BLOCK_N)).reshape([BLOCK_N]).load(gl.SliceLayout(1, a_layout))
+        scales = s_s.index(stage * _spacing(2 * BLOCK_N)).reshape([BLOCK_N]).load(gl.SliceLayout(1, mma))
+        zeros, scales = zeros.to(gl.float32), scales.to(gl.float32)
         zero_magic = gl.expand_dims((zeros + 128.0).to(gl.bfloat16), 1).broadcast_to([BLOCK_N, 16])
         block = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, mma)
         for j in gl.static_range(8):
@@ -95,8 +105,8 @@ def copy_warp_swap_kernel(x_desc, w_desc, s_desc, z_desc, out_ptr, M, N, k_block
     first, end = pid_k * k_blocks // split, (pid_k + 1) * k_blocks // split
     words_s = gl.allocate_shared_memory(gl.int32, [STAGES, 16, BLOCK_N], w_desc.layout)
     x_s = gl.allocate_shared_memory(gl.bfloat16, [STAGES * 8, BLOCK_M, 16], x_desc.layout)
-    z_s = gl.allocate_shared_memory(gl.uint8, [STAGES, 1, BLOCK_N], z_desc.layout)
-    s_s = gl.allocate_shared_memory(gl.float16, [STAGES, 1, BLOCK_N], s_desc.layout)
+    z_s = gl.allocate_shared_memory(gl.uint8, [STAGES * _spacing(BLOCK_N), 1, BLOCK_N], z_desc.layout)
+    s_s = gl.allocate_shared_memory(gl.float16, [STAGES * _spacing(2 * BLOCK_N), 1, BLOCK_N], s_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     free = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for stage in gl.static_range(STAGES):
@@ -136,7 +146,8 @@ def _descriptor(tensor: torch.Tensor, block: list[int]) -> TensorDescriptor:
 
 def matmul_partials(x, packed, scales, zeros, group_size: int, out: torch.Tensor, config: dict) -> torch.Tensor:
     """x [M <= BLOCK_M, K] @ W.T into ``out`` [split, M, N] (``w4a16.matmul_partials``' contract), with config
-    keys BLOCK_M (16 or 32), BLOCK_N (128: 64-column tiles hit a misaligned address, NOTES row 80), split,
+    keys BLOCK_M (16 or 32), BLOCK_N (128; 64 compiles with its stages' zeros padded to 128 bytes, not yet run on a
+    GPU since it hit a misaligned address unpadded, NOTES row 80), split,
     num_stages (the ring's buffers) and optionally maxnreg (registers a thread at launch: 128 lets two programs
     share an SM, the warpgroup then taking 232 and the copying warp 40); ``fits`` must hold."""
     rows, in_features = x.shape
