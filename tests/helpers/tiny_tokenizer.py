@@ -11,6 +11,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from benchmarks.synthetic_checkpoint import llama2_shape_tokenizer
+
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
 VOCAB_SIZE = 300
 
@@ -49,3 +51,9 @@ def write_tiny_tokenizer(directory) -> PreTrainedTokenizerFast:
     tokenizer = build_tiny_tokenizer()
     tokenizer.save_pretrained(str(Path(directory)))
     return tokenizer
+
+
+
+def build_tiny_sentencepiece_tokenizer() -> PreTrainedTokenizerFast:
+    """Llama-2's tokenizer shape (Xwin's), trained on the same sentences."""
+    return llama2_shape_tokenizer(_CORPUS)

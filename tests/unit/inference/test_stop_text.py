@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.helpers.tiny_tokenizer import build_tiny_tokenizer
+from tests.helpers.tiny_tokenizer import build_tiny_sentencepiece_tokenizer, build_tiny_tokenizer
 from worker.inference.stop_text import IncrementalDecoder, StopCutter
 
 
@@ -50,3 +50,27 @@ def test_incremental_decoder_reassembles_multibyte_text():
     pieces = [decoder.push(i) for i in ids]
     assert "".join(pieces) == text
     assert all("\ufffd" not in p for p in pieces)
+
+
+TOKENIZERS = {"byte-level BPE": build_tiny_tokenizer(), "Llama-2 shape": build_tiny_sentencepiece_tokenizer()}
+TEXTS = ["héllo wörld ✓ 日本 done", "  two leading spaces,  two  inside\nand a newline", "USER: capital? 🇫🇷 Paris."]
+
+
+@pytest.mark.parametrize("rust", [True, False], ids=["rust-stream", "python-windows"])
+@pytest.mark.parametrize("name", TOKENIZERS)
+def test_each_character_streams_as_soon_as_its_last_token_arrives(name, rust):
+    tokenizer = TOKENIZERS[name]
+    for text in TEXTS:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        decoder = IncrementalDecoder(tokenizer)
+        if not rust:
+            decoder.stream = None  # as with a tokenizer that has no Rust backend
+        shown = ""
+        for count, token in enumerate(ids, 1):
+            piece = decoder.push(token)
+            assert "\ufffd" not in piece
+            shown += piece
+            so_far = tokenizer.decode(ids[:count])
+            if not so_far.endswith("\ufffd"):  # every complete character is already on screen
+                assert shown == so_far
+        assert shown == tokenizer.decode(ids) == text
