@@ -137,13 +137,14 @@ def main() -> None:
     device_name = torch.cuda.get_device_name()
     table = w4a16_kernels.tuned_configs(device_name)  # the cached dict the kernels read: tuned in place
     report = {"device": device_name}
-    for batch in args.batches:
+    for batches_left, batch in zip(range(len(args.batches), 0, -1), args.batches):
+        batch_deadline = time.monotonic() + (deadline - time.monotonic()) / batches_left  # each batch its share
         runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True)
         if args.against:
             other = json.loads(args.against.read_text()).get(device_name, {})
             report[f"batch_{batch}_against_{args.against.name}"] = compare_tables(runtime, batch, table, other)
         else:
-            report[f"batch_{batch}"] = tune_batch(runtime, batch, table, deadline, args.kernels)
+            report[f"batch_{batch}"] = tune_batch(runtime, batch, table, batch_deadline, args.kernels)
         del runtime
         gc.collect()  # the runtime's graphs sit in reference cycles
         torch.cuda.empty_cache()
