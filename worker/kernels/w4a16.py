@@ -49,7 +49,7 @@ from worker.kernels import INTERPRETING, MAGIC, bf16_codes
 
 try:  # Gluon, Triton's tile language with warp specialization, as Triton 3.6 has it: else Triton's kernel serves
     from worker.kernels import w4a16_copy_warps as copy_warps
-except ImportError:
+except Exception:  # missing, or renamed in a later Triton (an experimental API): never a reason not to start
     copy_warps = None
 
 logger = logging.getLogger(__name__)
