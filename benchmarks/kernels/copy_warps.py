@@ -11,37 +11,38 @@ layer copies past the L2 (as ``sweep_configs`` does).
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 
 import torch
 import triton
 
-from benchmarks.kernels.int4_kernels import SHAPES, copies_beyond_l2, cycling, graph_time_us, k_splits, random_layer
+from benchmarks.kernels.int4_kernels import (
+    SHAPES,
+    copies_beyond_l2,
+    copy_warps_configs,
+    cycling,
+    graph_time_us,
+    random_layer,
+)
 from benchmarks.result_json import write_result
 from worker.kernels import w4a16
 from worker.kernels import w4a16_copy_warps as copy_warps
 from worker.model.triton_linear import TritonInt4Linear
 
 
-def copy_warp_partials(x, packed, scales, zeros, block_n: int, split: int, stages: int,
-                       maxnreg: int | None = None) -> torch.Tensor:
+def copy_warp_partials(x, packed, scales, zeros, config: dict) -> torch.Tensor:
     """x [M <= 32, K] (bf16, group order, groups of 128) @ W.T as [split, M, N] fp32 partial sums, by the served
     kernel with this config."""
-    rows, _ = x.shape
-    out = torch.empty((split, rows, packed.shape[1]), device=x.device, dtype=torch.float32)
-    config = dict(BLOCK_M=16 if rows <= 16 else 32, BLOCK_N=block_n, split=split, num_stages=stages, maxnreg=maxnreg)
+    out = torch.empty((config["split"], x.shape[0], packed.shape[1]), device=x.device, dtype=torch.float32)
     return copy_warps.matmul_partials(x, packed, scales, zeros, 128, out, config)
 
 
-def configs(k: int, n: int, sms: int):
-    # 64 last: unpadded its stages' zeros sat on 64-byte boundaries and a copy hit a misaligned address (NOTES row 80);
-    # padded since, not yet run, and a fault would end this process's CUDA context
-    for block_n in (128, 64):
-        for stages, maxnreg in itertools.product((4, 6, 3), (None, 128)):
-            for split in k_splits(k // copy_warps.BLOCK_K, triton.cdiv(n, block_n), sms):
-                if sms // 2 <= triton.cdiv(n, block_n) * split <= 8 * sms:
-                    yield dict(block_n=block_n, stages=stages, split=split, maxnreg=maxnreg)
+def configs(rows: int, k: int, n: int, sms: int):
+    # 64 columns last: unpadded its stages' zeros sat on 64-byte boundaries and a copy hit a misaligned address
+    # (NOTES row 80); padded since, not yet run, and a fault would end this process's CUDA context
+    for config in copy_warps_configs(w4a16.rows_bucket(rows), k, n, sms, block_ns=(128, 64)):
+        if sms // 2 <= triton.cdiv(n, config["BLOCK_N"]) * config["split"] <= 8 * sms:
+            yield config
 
 
 def compare_shape(rows: int, k: int, n: int, device, seconds: float) -> dict:
@@ -53,17 +54,17 @@ def compare_shape(rows: int, k: int, n: int, device, seconds: float) -> dict:
         lambda layer=layer: w4a16.matmul_partials(x, layer.packed, layer.scales, layer.zeros, 128, shipped)
         for layer in layers]))
     best, best_us, errors, deadline = None, float("inf"), [], time.monotonic() + seconds
-    for config in configs(k, n, w4a16.sm_count(device)):
+    for config in configs(rows, k, n, w4a16.sm_count(device)):
         if time.monotonic() > deadline:
             break
         try:
-            got = copy_warp_partials(x, layers[0].packed, layers[0].scales, layers[0].zeros, **config).sum(0)
+            got = copy_warp_partials(x, layers[0].packed, layers[0].scales, layers[0].zeros, config).sum(0)
             error = float((got - want).norm() / want.norm())
             if error > 1e-3:
                 raise ValueError(f"sums differ from the shipped kernel's: relative error {error:.2e}")
             us = graph_time_us(cycling([
                 lambda layer=layer, config=config: copy_warp_partials(x, layer.packed, layer.scales, layer.zeros,
-                                                                      **config)
+                                                                      config)
                 for layer in layers]))
         except Exception as err:  # the message is the finding: print it, go on
             errors.append(f"{config}: {type(err).__name__}: {str(err)[:300]}")

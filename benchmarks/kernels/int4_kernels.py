@@ -115,6 +115,15 @@ def k_splits(k_blocks: int, columns: int, sms: int, most_per_sm: int = 12) -> li
     return sorted(s for s in divisors | whole_waves if 1 <= s <= k_blocks and columns * s <= most_per_sm * sms)
 
 
+def copy_warps_configs(bucket: int, k: int, n: int, sms: int, block_ns: tuple[int, ...] = (128,)):
+    """The Gluon copy-warp kernel's configs to time for a rows bucket, in the tuned table's form: two programs an SM
+    first (they won every 32-row shape on the H100, NOTES row 81), then ring depths and K splits."""
+    for block_n, maxnreg, stages in itertools.product(block_ns, (128, None), (3, 4, 6)):
+        for split in k_splits(k // 128, -(-n // block_n), sms):
+            yield dict(kernel="copy_warps", BLOCK_M=bucket, BLOCK_N=block_n, BLOCK_K=128, split=split, num_warps=4,
+                       num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
+
+
 def layer_bytes(k: int, n: int) -> int:
     """Bytes a 4-bit layer reads: the codes, and per group of 128 an fp16 scale and a uint8 zero per column."""
     return k * n // 2 + k // 128 * n * 3

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import itertools
 import json
 import os
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels.int4_kernels import SHAPES, k_splits, replay_ms
+from benchmarks.kernels.int4_kernels import SHAPES, copy_warps_configs, k_splits, replay_ms
 from benchmarks.result_json import write_result
 from benchmarks.synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint
 from worker.inference.llama_runtime import LlamaRuntime
@@ -59,10 +58,7 @@ def candidates(rows: int, k: int, n: int, sms: int, device: torch.device):
                                                        BLOCK_K=block_k, split=split, num_warps=warps,
                                                        num_stages=stages))
     if "copy_warps" in w4a16_kernels.served_kernels(bucket, 128, device):
-        # two programs an SM first: they won every 32-row shape on the H100 (NOTES row 81)
-        for maxnreg, stages, split in itertools.product((128, None), (3, 4, 6), k_splits(k // 128, -(-n // 128), sms)):
-            yield dict(kernel="copy_warps", BLOCK_M=bucket, BLOCK_N=128, BLOCK_K=128, split=split, num_warps=4,
-                       num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
+        yield from copy_warps_configs(bucket, k, n, sms)
 
 
 def worth_timing(config: dict, out_features: int, sms: int) -> bool:
