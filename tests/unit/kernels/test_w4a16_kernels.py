@@ -176,17 +176,19 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 
 
 @pytest.mark.skipif(not HOPPER or w4a16_kernels.copy_warps is None, reason="TMA and wgmma: an H100/H200 only")
-@pytest.mark.parametrize("rows,split", [(17, 1), (32, 1), (32, 4), (20, 5)])
-def test_copy_warp_kernel_gives_the_swap_kernels_sums_on_the_gpu(gpu_13b_layer, rows, split):
-    # Tuned configs may swap one kernel for the other per layer shape: an answer must not change with them.
+@pytest.mark.parametrize("rows,split,maxnreg", [(17, 1, None), (32, 1, None), (32, 4, 128), (20, 5, 128),
+                                                 (2, 1, 128), (9, 5, 128), (16, 6, None)])
+def test_copy_warp_kernel_gives_the_swap_kernels_sums_on_the_gpu(gpu_13b_layer, rows, split, maxnreg):
+    # Tuned configs may swap one kernel for the other per layer shape: an answer must not change with them. Rows
+    # of the 2-16 bucket run in tiles of 16 rows, as its tuned configs say.
     tensors, layer = gpu_13b_layer
     x = torch.randn(rows, 5120, generator=torch.Generator().manual_seed(16)).bfloat16().cuda()
-    config = dict(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, split=split, num_stages=4)
+    config = dict(BLOCK_M=w4a16_kernels.rows_bucket(rows), BLOCK_N=128, BLOCK_K=128, split=split, num_stages=4)
+    copy_config = dict(config, kernel="copy_warps", num_warps=4, **({"maxnreg": maxnreg} if maxnreg else {}))
     assert w4a16_kernels.copy_warps_serve(x.device)
 
-    swap, copying = (w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128,
-                                                   dict(config, kernel=kernel, num_warps=warps))
-                     for kernel, warps in (("swap", 8), ("copy_warps", 4)))
+    swap, copying = (w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128, c)
+                     for c in (dict(config, kernel="swap", num_warps=8), copy_config))
 
     assert copying.dtype == swap.dtype == (torch.bfloat16 if split == 1 else torch.float32)
     assert relative_error(copying.float().sum(0), swap.float().sum(0)) < 1e-5
