@@ -27,8 +27,8 @@
 #                                  # every architecture GPU test (captured prefill with fp8 and quantized caches)
 #   benchmarks/gpu_all.sh idle-captures  # ~5 min: the captured prefill's GPU tests, then 32 users through the queue
 #   benchmarks/gpu_all.sh graph-rows N...  # ~3.5 min each: 32 users through the queue, prefill captured up to N rows
-#   benchmarks/gpu_all.sh ab REV|DIR  # ~8 min: this tree's GPU tests, then 32 users through the queue on REV's tree and
-#                                  # on this one
+#   benchmarks/gpu_all.sh ab REV|DIR [USERS...]  # ~8 min: this tree's GPU tests, then 32 users (or USERS) through
+#                                  # the queue on REV's tree and on this one
 #   benchmarks/gpu_all.sh 8b       # ~9 min: the Llama-3-8B layer shapes' kernel configs, then 13B and 8B batch 1 in one
 #                                  # run (each its own process), the 8B at 32 users through the queue
 # Needs redis-server on PATH (or REDIS_SERVER=...) for the queue benchmark. Each benchmark runs as a module from the
@@ -104,10 +104,11 @@ elif [ "${1:-}" = "graph-rows" ]; then
       --redis-server "${REDIS_SERVER:-redis-server}"
   done
 elif [ "${1:-}" = "ab" ]; then
-  # ab REV: 32 users through the queue on REV's tree, then on this one, each in its own process (its JSON under
-  # $OUT/base). REV is a commit of this copy's .git, or a directory holding REV's tree with its hash in
-  # REV_COMMIT (the GPU machine's copy has no .git: `git archive REV | tar -x -C .whl/base` here, carried)
-  if [ -d "${2:?usage: gpu_all.sh ab REV|DIR}" ]; then
+  # ab REV [USERS...]: USERS (default 32) through the queue on REV's tree, then on this one, each in its own process
+  # (its JSON under $OUT/base). REV is a commit of this copy's .git, or a directory holding REV's tree with its hash
+  # in REV_COMMIT (the GPU machine's copy has no .git: `git archive REV | tar -x -C .whl/base` here, carried)
+  users=("${@:3}") && [ ${#users[@]} -gt 0 ] || users=(32)
+  if [ -d "${2:?usage: gpu_all.sh ab REV|DIR [USERS...]}" ]; then
     base=$(cd "$2" && pwd) rev=${REV_COMMIT:?a directory needs REV_COMMIT}
   else
     rev=$(git rev-parse "$2") || exit 2
@@ -119,9 +120,9 @@ elif [ "${1:-}" = "ab" ]; then
   # on code that gives wrong tokens
   step gpu_tests 150 python3 -m pytest -q -x -p no:cacheprovider tests/unit/inference/test_architectures_gpu.py
   (cd "$base" && OUT="$OUT/base" XWINBOT_COMMIT=$rev step queue_e2e_base 180 python3 -u -m benchmarks.speed.queue_e2e \
-    --concurrency 32 --no-hf-baseline --no-restart --redis-server "${REDIS_SERVER:-redis-server}")
-  step queue_e2e 180 python3 -u -m benchmarks.speed.queue_e2e --concurrency 32 --no-hf-baseline --no-restart \
-    --redis-server "${REDIS_SERVER:-redis-server}"
+    --concurrency "${users[@]}" --no-hf-baseline --no-restart --redis-server "${REDIS_SERVER:-redis-server}")
+  step queue_e2e 180 python3 -u -m benchmarks.speed.queue_e2e --concurrency "${users[@]}" --no-hf-baseline \
+    --no-restart --redis-server "${REDIS_SERVER:-redis-server}"
 elif [ "${1:-}" = "one-dot" ]; then
   step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
   step tune_in_step_32 420 python3 -u -m benchmarks.kernels.tune_in_step --batches 32 --kernels swap --seconds 360

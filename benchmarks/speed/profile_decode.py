@@ -35,7 +35,8 @@ from worker.inference.llama_runtime import LlamaRuntime
 from worker.model.loader import load_model
 
 FAMILIES = [  # (label, pattern on the kernel name): the first match names the kernel's family
-    ("int4 one row", r"_gemv_kernel"), ("int4 2-32 rows", r"_swap_dot_kernel"), ("int4 33-64 rows", r"_unpacked_dot"),
+    ("int4 one row", r"_gemv_kernel"), ("int4 2-32 rows", r"_swap_dot_kernel|copy_warp_swap_kernel"),
+    ("int4 33-64 rows", r"_unpacked_dot"),
     ("add+RMSNorm", r"_add_residual|_rms_scale"), ("rotary + K/V write", r"_rotary_into_cache"),
     ("SiLU*mul", r"_silu_mul"),
     ("attention", r"sdpa|flash|fmha|attention|lean_reduction|_chunk_kernel|_combine_kernel"),
