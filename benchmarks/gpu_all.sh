@@ -14,8 +14,8 @@
 #   benchmarks/gpu_all.sh one-dot  # ~8 min: the kernels' GPU tests, then the 32-row step's int4 configs tuned in the
 #                                  # step with and without one dot (NOTES row 67): the step before and after
 #   benchmarks/gpu_all.sh copy-warps  # ~9 min: the kernels' GPU tests, then the 32- and 16-row steps' int4 configs tuned
-#                                  # in the step against the Gluon copy-warp kernel's (NOTES row 81): each step before and
-#                                  # after; the table in $OUT/w4a16_configs.json
+#                                  # in the step against the Gluon copy-warp kernel's (NOTES rows 81, 83), the table in
+#                                  # $OUT/w4a16_configs.json; then the step at 2-32 rows with the table before and after
 #   benchmarks/gpu_all.sh fp8-prefill  # ~3 min: the fp8 GPU tests, the prompts' int4 matmuls in bf16 and fp8 (13B
 #                                  # shapes), then 32 users through the queue with each, each its own process (NOTES row 71)
 #   benchmarks/gpu_all.sh passes  # ~7 min: prefill passes of a burst's shapes timed on the host, quiet and beside busy
@@ -127,9 +127,15 @@ elif [ "${1:-}" = "one-dot" ]; then
   step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
   step tune_in_step_32 420 python3 -u -m benchmarks.kernels.tune_in_step --batches 32 --kernels swap --seconds 360
 elif [ "${1:-}" = "copy-warps" ]; then
+  # The tuned table goes into this copy's worker/ (and $OUT), so the step at 2-32 rows is then timed with the
+  # table before (kept as $OUT/w4a16_configs.before.json) and the new one, in the same call
   step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
-  step tune_in_step_32 460 python3 -u -m benchmarks.kernels.tune_in_step --batches 32 16 --kernels copy_warps \
-    --seconds 380
+  cp worker/kernels/w4a16_configs.json "$OUT/w4a16_configs.before.json"
+  step tune_in_step_32 430 python3 -u -m benchmarks.kernels.tune_in_step --batches 32 16 --kernels copy_warps \
+    --seconds 350 --write
+  cp worker/kernels/w4a16_configs.json "$OUT/"
+  mkdir -p "$OUT/against" && OUT="$OUT/against" step step_against_before 90 python3 -u -m \
+    benchmarks.kernels.tune_in_step --against "$OUT/w4a16_configs.before.json" --batches 2 8 16 32
 elif [ "${1:-}" = "fp8-prefill" ]; then
   step fp8_gpu_tests 100 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k "fp8 and on_the_gpu"
   step prefill_fp8 120 python3 -u -m benchmarks.kernels.prefill_fp8
