@@ -466,22 +466,24 @@ def copy_warps_serve(device: torch.device) -> bool:
     if copy_warps is None or not copy_warps.serves_device(device):
         return False
     make = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(32, 256, device=device, generator=make).bfloat16()
     packed = torch.randint(-2**31, 2**31 - 1, (32, 128), device=device, dtype=torch.int32, generator=make)
     scales = torch.rand(2, 128, device=device, generator=make).half() / 64
     zeros = torch.randint(0, 16, (2, 128), device=device, dtype=torch.uint8, generator=make)
-    config = dict(BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, split=2, num_warps=4, num_stages=3)
-    try:
-        got = copy_warps.matmul_partials(x, packed, scales, zeros, 128, torch.empty(2, 32, 128, device=device),
-                                         config)
-    except Exception as err:  # an API or compiler Gluon no longer has: the Triton kernel serves instead
-        logger.warning("the copy-warp int4 kernel does not build here (%s: %s); the Triton kernel serves",
-                       type(err).__name__, str(err).splitlines()[0] if str(err) else "")
-        return False
-    want = matmul_partials(x, packed, scales, zeros, 128, dict(config, kernel="swap", num_warps=8))
-    if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
-        logger.warning("the copy-warp int4 kernel's sums differ from the Triton kernel's; the Triton kernel serves")
-        return False
+    for rows in (9, 32):  # both tile heights the tables name (16 and 32 rows), the first one part-filled
+        x = torch.randn(rows, 256, device=device, generator=make).bfloat16()
+        config = dict(BLOCK_M=rows_bucket(rows), BLOCK_N=128, BLOCK_K=128, split=2, num_warps=4, num_stages=3)
+        try:
+            got = copy_warps.matmul_partials(x, packed, scales, zeros, 128,
+                                             torch.empty(2, rows, 128, device=device), dict(config, maxnreg=128))
+        except Exception as err:  # an API or compiler Gluon no longer has: the Triton kernel serves instead
+            logger.warning("the copy-warp int4 kernel does not build here (%s: %s); the Triton kernel serves",
+                           type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            return False
+        want = matmul_partials(x, packed, scales, zeros, 128, dict(config, kernel="swap", num_warps=8))
+        if not torch.allclose(got, want, rtol=1e-3, atol=1e-3):
+            logger.warning("the copy-warp int4 kernel's sums differ from the Triton kernel's; the Triton kernel "
+                           "serves")
+            return False
     return True
 
 
