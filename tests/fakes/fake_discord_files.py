@@ -85,8 +85,9 @@ class FilesAndMenus:
             return self._new_message(int(channel_id), author_id, {"content": content})["id"]
 
     def user_message_with_files(self, channel_id, author_id, content, files: dict[str, tuple[bytes, str | None]],
-                                mentions_bot=False) -> dict:
-        """A person's message with files: ``{filename: (bytes, content_type or None)}``."""
+                                mentions_bot=False, not_on_cdn: tuple[str, ...] = ()) -> dict:
+        """A person's message with files: ``{filename: (bytes, content_type or None)}``; the CDN answers 404 for
+        those named in ``not_on_cdn`` from the start (removing them after the event would race the bot's download)."""
         with self._change():
             self._users.setdefault(author_id, _user(author_id, f"user{author_id}"))
             mention = f"<@{self.bot_user_id}>"
@@ -95,7 +96,7 @@ class FilesAndMenus:
             cid = int(channel_id)
             attachments = [self.attachment_object(cid, name, data, ctype) for name, (data, ctype) in files.items()]
             msg = self._new_message(cid, author_id, {"content": content}, extra={"attachments": attachments},
-                                    files={name: data for name, (data, _) in files.items()})
+                                    files={name: data for name, (data, _) in files.items() if name not in not_on_cdn})
             self._emit("MESSAGE_CREATE", self._wire(msg, gateway=True))
             return copy.deepcopy(msg)
 
