@@ -67,13 +67,19 @@ def worth_timing(config: dict, out_features: int, sms: int) -> bool:
     return sms <= programs <= 12 * sms
 
 
+def with_shares(items, deadline: float):
+    """Each item with its own deadline: an even share of the time left when its turn comes (a short budget used to
+    leave the last items untimed)."""
+    for left, item in zip(range(len(items), 0, -1), items):
+        yield item, time.monotonic() + (deadline - time.monotonic()) / left
+
+
 def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float, kernels: list[str] | None) -> dict:
     bucket = w4a16_kernels.rows_bucket(batch)
     sms = w4a16_kernels.sm_count(runtime.device)
     start_ms = step_ms(runtime, batch)
     result = {"step_ms_before": start_ms}
-    for shapes_left, (name, (k, n)) in zip(range(len(SHAPES), 0, -1), SHAPES.items()):
-        shape_deadline = time.monotonic() + (deadline - time.monotonic()) / shapes_left  # every shape gets its share
+    for (name, (k, n)), shape_deadline in with_shares(list(SHAPES.items()), deadline):
         key = f"{bucket},{n},{k},128"
         current = table.get(key) or w4a16_kernels.default_config(bucket, n, k, 128, runtime.device)
         best_ms, best = step_ms(runtime, batch), current
@@ -133,8 +139,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name()
     table = w4a16_kernels.tuned_configs(device_name)  # the cached dict the kernels read: tuned in place
     report = {"device": device_name}
-    for batches_left, batch in zip(range(len(args.batches), 0, -1), args.batches):
-        batch_deadline = time.monotonic() + (deadline - time.monotonic()) / batches_left  # each batch its share
+    for batch, batch_deadline in with_shares(args.batches, deadline):
         runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True)
         if args.against:
             other = json.loads(args.against.read_text()).get(device_name, {})
