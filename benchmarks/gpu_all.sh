@@ -16,6 +16,8 @@
 #   benchmarks/gpu_all.sh copy-warps  # ~9 min: the kernels' GPU tests, then the 32- and 16-row steps' int4 configs tuned
 #                                  # in the step against the Gluon copy-warp kernel's (NOTES rows 81, 83), the table in
 #                                  # $OUT/w4a16_configs.json; then the step at 2-32 rows with the table before and after
+#   benchmarks/gpu_all.sh overlap   # ~5 min: the kernels' and architectures' GPU tests, then the captured decode step
+#                                  # at 1, 8 and 32 rows with plain and overlapping launches (worker/kernels/launch.py)
 #   benchmarks/gpu_all.sh fp8-prefill  # ~3 min: the fp8 GPU tests, the prompts' int4 matmuls in bf16 and fp8 (13B
 #                                  # shapes), then 32 users through the queue with each, each its own process (NOTES row 71)
 #   benchmarks/gpu_all.sh passes  # ~7 min: prefill passes of a burst's shapes timed on the host, quiet and beside busy
@@ -136,6 +138,10 @@ elif [ "${1:-}" = "copy-warps" ]; then
   cp worker/kernels/w4a16_configs.json "$OUT/"
   mkdir -p "$OUT/against" && OUT="$OUT/against" step step_against_before 90 python3 -u -m \
     benchmarks.kernels.tune_in_step --against "$OUT/w4a16_configs.before.json" --batches 2 8 16 32
+elif [ "${1:-}" = "overlap" ]; then
+  step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
+  step gpu_tests 200 python3 -m pytest -q -x -p no:cacheprovider tests/unit/inference/test_architectures_gpu.py
+  step launch_overlap 240 python3 -u -m benchmarks.kernels.launch_overlap --batches 1 8 32
 elif [ "${1:-}" = "fp8-prefill" ]; then
   step fp8_gpu_tests 100 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k "fp8 and on_the_gpu"
   step prefill_fp8 120 python3 -u -m benchmarks.kernels.prefill_fp8

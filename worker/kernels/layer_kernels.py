@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from worker.inference.kv_quant import FP8_MAX, INT8_MAX, TINY_SCALE, KVQuant
+from worker.kernels.launch import overlap, wait_for_previous_kernel
 
 # kv_quant's constants as the kernels see them (one place for the value: the PyTorch path uses the same)
 CODE_MAX = tl.constexpr(INT8_MAX)
@@ -38,9 +39,10 @@ def _summed(part_ptr, offs, mask, part_stride, SPLIT: tl.constexpr):
 
 @triton.jit
 def _add_residual_kernel(h_ptr, part_ptr, h_out_ptr, sumsq_ptr, width, part_stride, SPLIT: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """Program (row, block): h_out = h + sum of partials (rounded to h's dtype) on BLOCK columns, and their sum
     of squares into sumsq[row, block]. SPLIT == 0: no delta (h_out is h, nothing written)."""
+    wait_for_previous_kernel(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < width
@@ -54,9 +56,10 @@ def _add_residual_kernel(h_ptr, part_ptr, h_out_ptr, sumsq_ptr, width, part_stri
 
 @triton.jit
 def _rms_scale_kernel(h_ptr, sumsq_ptr, w_ptr, order_ptr, x_out_ptr, width, eps, BLOCKS: tl.constexpr,
-                      BLOCKS_P2: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr):
+                      BLOCKS_P2: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """Program (row, block): x_out = RMSNorm(h) * w on BLOCK columns, column j holding column order[j] when
     ORDERED; the row's sum of squares is the sum of sumsq[row, :BLOCKS]."""
+    wait_for_previous_kernel(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     parts = tl.arange(0, BLOCKS_P2)
     sumsq = tl.sum(tl.load(sumsq_ptr + row * BLOCKS + parts, mask=parts < BLOCKS, other=0.0), axis=0)
@@ -72,10 +75,12 @@ def _rms_scale_kernel(h_ptr, sumsq_ptr, w_ptr, order_ptr, x_out_ptr, width, eps,
 
 @triton.jit
 def _add_rms_norm_row_kernel(h_ptr, part_ptr, h_out_ptr, w_ptr, order_ptr, x_out_ptr, width, part_stride, eps,
-                             SPLIT: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr):
+                             SPLIT: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr,
+                             PDL: tl.constexpr = False):
     """Program (row): both passes of ``add_rms_norm`` on the whole row (BLOCK >= width columns), for many rows
     (a prefill), where one program per row already fills the GPU. With ORDERED, the row is read back in
     ``order`` from where this program just wrote it (after a barrier: other threads wrote those columns)."""
+    wait_for_previous_kernel(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     mask = offs < width
@@ -118,23 +123,26 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
         _add_rms_norm_row_kernel[(rows,)](
             h2, delta if delta is not None else h2, h_out, weight, order if order is not None else h2, x_out, width,
             h2.numel(), eps, SPLIT=0 if delta is None else delta.shape[0], ORDERED=order is not None,
-            BLOCK=triton.next_power_of_2(width), num_warps=8,
+            BLOCK=triton.next_power_of_2(width), num_warps=8, **overlap(h.device),
         )
         return h_out.view(h.shape), x_out.view(h.shape)
     sumsq = torch.empty((rows, blocks), device=h.device, dtype=torch.float32)
     _add_residual_kernel[(rows, blocks)](
         h2, delta if delta is not None else h2, h_out, sumsq, width, h2.numel(),
-        SPLIT=0 if delta is None else delta.shape[0], BLOCK=NORM_BLOCK, num_warps=2,
+        SPLIT=0 if delta is None else delta.shape[0], BLOCK=NORM_BLOCK, num_warps=2, **overlap(h.device),
     )
     _rms_scale_kernel[(rows, blocks)](
         h_out, sumsq, weight, order if order is not None else h2, x_out, width, eps, BLOCKS=blocks,
         BLOCKS_P2=triton.next_power_of_2(blocks), ORDERED=order is not None, BLOCK=NORM_BLOCK, num_warps=2,
+        **overlap(h.device),
     )
     return h_out.view(h.shape), x_out.view(h.shape)
 
 
 @triton.jit
-def _silu_mul_kernel(part_ptr, out_ptr, width, part_stride, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+def _silu_mul_kernel(part_ptr, out_ptr, width, part_stride, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr = False):
+    wait_for_previous_kernel(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < width
@@ -150,7 +158,7 @@ def silu_mul(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     split, rows, both = partials.shape
     out = torch.empty((rows, both // 2), device=partials.device, dtype=dtype)
     _silu_mul_kernel[(rows, triton.cdiv(both // 2, 1024))](partials, out, both // 2, rows * both, SPLIT=split,
-                                                          BLOCK=1024, num_warps=4)
+                                                          BLOCK=1024, num_warps=4, **overlap(out.device))
     return out
 
 
@@ -175,6 +183,7 @@ def _rotary_into_cache_kernel(
     scale_stride_kv, scale_stride_slot, scale_stride_head,
     Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
     HEADS: tl.constexpr, FP8: tl.constexpr, INT8: tl.constexpr, SLOTS: tl.constexpr, ALL_HEADS: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """Program (row, block of HEADS heads) of qkv [rows, (Q_HEADS + 2 KV_HEADS) * HEAD_DIM]: rotary on q and k
     heads (rotate-half convention: each head's two halves), q into q_ptr [rows, Q_HEADS, HEAD_DIM], k and v
@@ -187,6 +196,7 @@ def _rotary_into_cache_kernel(
     slot_ptr[r // length] instead (a captured prefill's input), and a negative one writes nothing (a padding
     sequence). ALL_HEADS: q_ptr is [rows, Q_HEADS + 2 KV_HEADS, HEAD_DIM] and takes every head, k rotated and v
     as computed (before any cache scaling): whole prompts attend to their own keys without reading the cache."""
+    wait_for_previous_kernel(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
     all_heads: tl.constexpr = Q_HEADS + 2 * KV_HEADS
@@ -275,5 +285,6 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
         partials[0].numel(), length, first_slot, keys.stride(0), keys.stride(1), keys.stride(2), *scale_strides,
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, SPLIT=split, HEADS=heads,
         FP8=fp8, INT8=int8, SLOTS=slots is not None, ALL_HEADS=all_heads, num_warps=4 if heads > 1 else 1,
+        **overlap(q.device),
     )
     return q

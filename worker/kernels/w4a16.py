@@ -46,6 +46,7 @@ import triton
 import triton.language as tl
 
 from worker.kernels import INTERPRETING, MAGIC, bf16_codes
+from worker.kernels.launch import overlap, wait_for_previous_kernel
 
 try:  # Gluon, Triton's tile language with warp specialization, as Triton 3.6 has it: else Triton's kernel serves
     from worker.kernels import w4a16_copy_warps as copy_warps
@@ -200,7 +201,7 @@ def _split_blocks(k_blocks, axis: tl.constexpr):
 def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, k_blocks, magic,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
-    BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True,
+    BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True, PDL: tl.constexpr = False,
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
@@ -209,6 +210,7 @@ def _gemv_kernel(
     once per (tile, column); kept per element and summed once at the end. BF16_WORDS (x in bf16): each word's 8
     products summed in bf16x2 (``_bf16_word_sums``: fp32 arithmetic bounded the kernel by instruction issue;
     benchmarks/NOTES.md rows 26-27), else in fp32."""
+    wait_for_previous_kernel(PDL)
     GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -256,7 +258,7 @@ def _code_tiles_in_input_order(words, zeros, dtype: tl.constexpr, ASM: tl.conste
 def _swap_dot_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, k_blocks,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
-    ASM: tl.constexpr = True, ONE_DOT: tl.constexpr = False,
+    ASM: tl.constexpr = True, ONE_DOT: tl.constexpr = False, PDL: tl.constexpr = False,
 ):
     """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
     transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word r and its input: such groups
@@ -266,6 +268,7 @@ def _swap_dot_kernel(
     K = 128 over x[:, k0 : k0 + 128]: with 4 or 8 warps (Hopper's wgmma) its 8 steps are issued back to back
     and waited for once, where 8 dots wait for each (the same sums in the same order); with 2 warps (mma.sync)
     the whole tile in registers spills."""
+    wait_for_previous_kernel(PDL)
     tl.static_assert(BLOCK_K == 8 * SPREAD)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -301,11 +304,13 @@ def _swap_dot_kernel(
 def _unpacked_dot_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, k_blocks,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     """out[split, m, n] for 2..64 rows, K blocks inside one group: ``code - zero`` as a [BLOCK_K, BLOCK_N]
     tile of small exact integers, one dot with x, scaled once per block. (x already in group order:
     gathering it here through the act-order permutation was slower, the more rows the more so:
     benchmarks/NOTES.md row 9.)"""
+    wait_for_previous_kernel(PDL)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -326,8 +331,9 @@ def _unpacked_dot_kernel(
 
 
 @triton.jit
-def _sum_splits_kernel(part_ptr, out_ptr, numel, SPLIT: tl.constexpr, BLOCK: tl.constexpr):
+def _sum_splits_kernel(part_ptr, out_ptr, numel, SPLIT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """out[i] = sum over s of part[s, i], in out's dtype (the split-K partial sums, added in fp32)."""
+    wait_for_previous_kernel(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     total = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -555,16 +561,17 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
         tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
         _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
                            ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
-                           ASM=not INTERPRETING, **config)
+                           ASM=not INTERPRETING, **config, **overlap(x.device))
         return out
     grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
     args = (x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides)
     spread = code_spread(group_size)
     if kernel == "swap":
         _swap_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, ASM=not INTERPRETING,
-                               ONE_DOT=config.pop("one_dot", False), **config)
+                               ONE_DOT=config.pop("one_dot", False), **config, **overlap(x.device))
     else:
-        _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, **config)
+        _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, **config,
+                                   **overlap(x.device))
     return out
 
 
@@ -574,7 +581,7 @@ def sum_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return partials[0]
     out = torch.empty(partials.shape[1:], device=partials.device, dtype=dtype)
     _sum_splits_kernel[(triton.cdiv(out.numel(), 1024),)](partials, out, out.numel(), SPLIT=partials.shape[0],
-                                                          BLOCK=1024)
+                                                          BLOCK=1024, **overlap(out.device))
     return out
 
 

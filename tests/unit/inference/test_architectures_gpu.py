@@ -30,6 +30,7 @@ from worker.inference.kv_quant import FP8, INT8
 from worker.inference.llama_runtime import LlamaRuntime, attention_windows, forward
 from worker.inference.sampling import GenerationParams
 from worker.kernels import decode_attention as decode_attention_module
+from worker.kernels import launch
 from worker.model.loader import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU check needs a CUDA GPU")
@@ -106,6 +107,26 @@ def test_cuda_graphs_give_the_eager_steps_tokens(gpu_case, arch, fmt):
         del runtime
     assert answers[True] == answers[False], f"{arch}/{fmt}: graph replay differs from eager steps"
     assert all(len(answer) == NEW_TOKENS for answer in answers[True])
+
+
+@pytest.mark.parametrize("arch,fmt", CASES)
+def test_overlapping_launches_give_the_plain_launches_tokens(gpu_case, arch, fmt, monkeypatch):
+    """On Hopper each Triton kernel of a step is launched while the kernel before still runs and waits for its
+    writes at its first instruction (``worker.kernels.launch``): a kernel that read too early would change the
+    tokens. The captured runtime's greedy answers with overlapping launches must be those with plain ones."""
+    if not launch.overlap(torch.device("cuda")).get("launch_pdl"):
+        pytest.skip("overlapping launches need Hopper or later")
+    _, loaded = gpu_case(arch, fmt)
+    greedy = GenerationParams(temperature=0.0)
+    answers = {}
+    for overlapping in (False, True):
+        monkeypatch.setattr(launch, "OVERLAP", overlapping)
+        runtime = LlamaRuntime(loaded.model, 128, cuda_graphs=True)
+        runtime.windows = attention_windows(128, smallest=16)
+        runtime.warm_up()
+        answers[overlapping] = [list(runtime.generate(prompt, NEW_TOKENS, greedy)) for prompt in prompts(2).tolist()]
+        del runtime
+    assert answers[True] == answers[False], f"{arch}/{fmt}: overlapping launches changed the tokens"
 
 
 @pytest.mark.parametrize("arch,fmt", CASES)
