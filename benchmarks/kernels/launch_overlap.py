@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if not launch.overlap(torch.device("cuda")).get("launch_pdl"):
+    if not launch.overlap(torch.device("cuda"), 1).get("launch_pdl"):
         raise SystemExit("overlapping launches need Hopper or later and a Triton with griddepcontrol")
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)
     loaded = load_model(path, device="cuda")

@@ -159,12 +159,12 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         keys.stride(2), scale, sliding_window or 0, keys.shape[1], *scale_strides, GROUP=heads // keys.shape[1],
         HEAD_DIM=head_dim, CHUNK=chunk, SLIDING=sliding_window is not None and sliding_window < window,
         SCALED=kv_scales is not None, TOKEN_SCALED=token_scales is not None,
-        ASM=keys.dtype == torch.int8 and not INTERPRETING, num_warps=num_warps, **overlap(q.device),
+        ASM=keys.dtype == torch.int8 and not INTERPRETING, num_warps=num_warps, **overlap(q.device, batch),
     )
     out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](
         m, l_sum, acc, order_inverse if order_inverse is not None else out, out, chunks,
         HEAD_DIM=head_dim, BLOCK_C=triton.next_power_of_2(chunks), ORDERED=order_inverse is not None, num_warps=4,
-        **overlap(q.device),
+        **overlap(q.device, batch),
     )
     return out

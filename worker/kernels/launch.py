@@ -11,7 +11,7 @@ reads and writes, the launch itself hidden. Each program then lets the next kern
         wait_for_previous_kernel(PDL)   # first: nothing is read or written before the kernel before is done
         ...
 
-    _kernel[grid](..., **overlap(x.device))
+    _kernel[grid](..., **overlap(x.device, rows))
 
 Because every such kernel waits before touching memory, the order holds across any number of them (each waited
 for the one before, which waited for its own). Kernels launched without it (PyTorch's, cuBLAS's, the Gluon
@@ -42,10 +42,12 @@ def _has_grid_dependency_control(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= 9  # griddepcontrol is sm_90's
 
 
-def overlap(device: torch.device) -> dict:
-    """Launch options for a kernel that starts with ``wait_for_previous_kernel(PDL)``: an overlapping launch on
-    Hopper and later, a plain one elsewhere (older GPUs, the CPU interpreter)."""
-    if not OVERLAP or INTERPRETING or device.type != "cuda":
+def overlap(device: torch.device, rows: int) -> dict:
+    """Launch options for a kernel of ``rows`` rows that starts with ``wait_for_previous_kernel(PDL)``: an
+    overlapping launch for one row on Hopper and later, a plain one otherwise. One row: its ~500 launches a step
+    are short, and overlapping them took an H200's step from 4.10 to 4.05 ms, while at 8 and 32 rows it made
+    the step 7-10% slower (benchmarks/NOTES.md row 84)."""
+    if not OVERLAP or rows != 1 or INTERPRETING or device.type != "cuda":
         return {"PDL": False}
     if not _has_grid_dependency_control(device.index if device.index is not None else torch.cuda.current_device()):
         return {"PDL": False}

@@ -123,18 +123,18 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
         _add_rms_norm_row_kernel[(rows,)](
             h2, delta if delta is not None else h2, h_out, weight, order if order is not None else h2, x_out, width,
             h2.numel(), eps, SPLIT=0 if delta is None else delta.shape[0], ORDERED=order is not None,
-            BLOCK=triton.next_power_of_2(width), num_warps=8, **overlap(h.device),
+            BLOCK=triton.next_power_of_2(width), num_warps=8, **overlap(h.device, rows),
         )
         return h_out.view(h.shape), x_out.view(h.shape)
     sumsq = torch.empty((rows, blocks), device=h.device, dtype=torch.float32)
     _add_residual_kernel[(rows, blocks)](
         h2, delta if delta is not None else h2, h_out, sumsq, width, h2.numel(),
-        SPLIT=0 if delta is None else delta.shape[0], BLOCK=NORM_BLOCK, num_warps=2, **overlap(h.device),
+        SPLIT=0 if delta is None else delta.shape[0], BLOCK=NORM_BLOCK, num_warps=2, **overlap(h.device, rows),
     )
     _rms_scale_kernel[(rows, blocks)](
         h_out, sumsq, weight, order if order is not None else h2, x_out, width, eps, BLOCKS=blocks,
         BLOCKS_P2=triton.next_power_of_2(blocks), ORDERED=order is not None, BLOCK=NORM_BLOCK, num_warps=2,
-        **overlap(h.device),
+        **overlap(h.device, rows),
     )
     return h_out.view(h.shape), x_out.view(h.shape)
 
@@ -158,7 +158,7 @@ def silu_mul(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     split, rows, both = partials.shape
     out = torch.empty((rows, both // 2), device=partials.device, dtype=dtype)
     _silu_mul_kernel[(rows, triton.cdiv(both // 2, 1024))](partials, out, both // 2, rows * both, SPLIT=split,
-                                                          BLOCK=1024, num_warps=4, **overlap(out.device))
+                                                          BLOCK=1024, num_warps=4, **overlap(out.device, rows))
     return out
 
 
@@ -285,6 +285,6 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
         partials[0].numel(), length, first_slot, keys.stride(0), keys.stride(1), keys.stride(2), *scale_strides,
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, SPLIT=split, HEADS=heads,
         FP8=fp8, INT8=int8, SLOTS=slots is not None, ALL_HEADS=all_heads, num_warps=4 if heads > 1 else 1,
-        **overlap(q.device),
+        **overlap(q.device, rows),
     )
     return q

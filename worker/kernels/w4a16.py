@@ -561,17 +561,17 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
         tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
         _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
                            ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
-                           ASM=not INTERPRETING, **config, **overlap(x.device))
+                           ASM=not INTERPRETING, **config, **overlap(x.device, rows))
         return out
     grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
     args = (x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides)
     spread = code_spread(group_size)
     if kernel == "swap":
         _swap_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, ASM=not INTERPRETING,
-                               ONE_DOT=config.pop("one_dot", False), **config, **overlap(x.device))
+                               ONE_DOT=config.pop("one_dot", False), **config, **overlap(x.device, rows))
     else:
         _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, **config,
-                                   **overlap(x.device))
+                                   **overlap(x.device, rows))
     return out
 
 
@@ -581,7 +581,7 @@ def sum_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return partials[0]
     out = torch.empty(partials.shape[1:], device=partials.device, dtype=dtype)
     _sum_splits_kernel[(triton.cdiv(out.numel(), 1024),)](partials, out, out.numel(), SPLIT=partials.shape[0],
-                                                          BLOCK=1024, **overlap(out.device))
+                                                          BLOCK=1024, **overlap(out.device, partials.shape[1]))
     return out
 
 
