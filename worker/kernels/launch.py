@@ -14,9 +14,11 @@ reads and writes, the launch itself hidden. Each program then lets the next kern
     _kernel[grid](..., **overlap(x.device, rows))
 
 Because every such kernel waits before touching memory, the order holds across any number of them (each waited
-for the one before, which waited for its own). Kernels launched without it (PyTorch's, cuBLAS's, the Gluon
-int4 kernel) start after the one before has finished, as usual. ``benchmarks/kernels/launch_overlap.py`` times the
-captured step with and without (``OVERLAP``).
+for the one before, which waited for its own). Nothing is issued before the wait: int4 matmuls that first
+prefetched their weights into L2 made the one-row step slower (benchmarks/NOTES.md row 52). Kernels launched
+without it (PyTorch's, cuBLAS's, the Gluon int4 kernel, and every kernel of more than one row: see ``overlap``)
+start after the one before has finished, as usual. ``benchmarks/kernels/launch_overlap.py`` times the captured
+step with and without (``OVERLAP``).
 """
 
 from __future__ import annotations
@@ -44,9 +46,8 @@ def _has_grid_dependency_control(device_index: int) -> bool:
 
 def overlap(device: torch.device, rows: int) -> dict:
     """Launch options for a kernel of ``rows`` rows that starts with ``wait_for_previous_kernel(PDL)``: an
-    overlapping launch for one row on Hopper and later, a plain one otherwise. One row: its ~500 launches a step
-    are short, and overlapping them took an H200's step from 4.10 to 4.05 ms, while at 8 and 32 rows it made
-    the step 7-10% slower (benchmarks/NOTES.md row 84)."""
+    overlapping launch for one row on Hopper and later, a plain one otherwise. One row only: overlapping made
+    the one-row step faster on an H100 and an H200, and steps of 2-32 rows slower (benchmarks/NOTES.md row 85)."""
     if not OVERLAP or rows != 1 or INTERPRETING or device.type != "cuda":
         return {"PDL": False}
     if not _has_grid_dependency_control(device.index if device.index is not None else torch.cuda.current_device()):
