@@ -37,7 +37,7 @@ def greedy_tokens(runtime: LlamaRuntime, batch: int) -> torch.Tensor:
 
 def compare(runtime: LlamaRuntime, batch: int, rounds: int) -> dict:
     times: dict[str, list[float]] = {"plain": [], "overlapping": []}
-    tokens = {}
+    tokens, shipped = {}, launch.OVERLAP
     try:
         for _ in range(rounds):
             for name, on in (("plain", False), ("overlapping", True)):
@@ -45,7 +45,7 @@ def compare(runtime: LlamaRuntime, batch: int, rounds: int) -> dict:
                 times[name].append(step_ms(runtime, batch))
                 tokens[name] = greedy_tokens(runtime, batch)
     finally:
-        launch.OVERLAP = True
+        launch.OVERLAP = shipped
     same = float((tokens["plain"] == tokens["overlapping"]).float().mean())
     print(f"batch {batch}: step {min(times['plain']):.3f} ms plain, {min(times['overlapping']):.3f} overlapping "
           f"(best of {rounds}: {times}); greedy tokens the same: {same:.1%}", flush=True)
