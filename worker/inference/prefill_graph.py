@@ -11,6 +11,12 @@ PREFILL_GRAPH_ROWS run eagerly. The shapes up to START_ROWS are captured at warm
 the larger ones while the engine is idle (``Engine``), none while someone waits: a pass whose graph is not
 captured yet runs eagerly.
 
+Prompts are padded to a count bucket too: the decode steps' batch buckets (1, 2, 4, 8, ...) and, between each
+two, one half as large again (3, 6, 12, 24): padded to a power of two, a pass of 5 prompts ran 60% more rows than
+it held, and a 6-prompt pass took as long as an 8-prompt one (benchmarks/NOTES.md row 87); 1.5x apart, a pass
+holds at least two thirds of its rows. The in-between counts are captured while idle only, and until then a pass
+takes the next power of two's graph.
+
 A graph reads static inputs: the prompts' tokens padded to the length bucket, the index of each prompt's last
 token and its cache slot (-1 for the padding prompts of a bucket: they write nothing). Prompts start at position
 0 (whole prompts; a prompt's later chunks run eagerly). The graph's output is the logits after each prompt's
@@ -53,6 +59,13 @@ def length_buckets(max_len: int) -> list[int]:
     return buckets
 
 
+def prompt_buckets(batch_buckets: list[int]) -> list[int]:
+    """The prompt counts a pass is captured for: ``batch_buckets`` and, between two of them, 1.5 times the
+    smaller where that is a whole number between them (1, 2, 4, 8 -> 1, 2, 3, 4, 6, 8)."""
+    between = [b * 3 // 2 for b, after in zip(batch_buckets, batch_buckets[1:]) if b % 2 == 0 and b * 3 // 2 < after]
+    return sorted(set(batch_buckets) | set(between))
+
+
 def all_shapes(buckets: list[int], max_len: int, max_rows: int = PREFILL_GRAPH_ROWS) -> list[tuple[int, int]]:
     """Every (prompts bucket, length bucket) a pass is captured for, fewest padded rows first."""
     shapes = [(batch, length) for batch in buckets for length in length_buckets(max_len) if batch * length <= max_rows]
@@ -86,15 +99,16 @@ class PrefillGraphs:
     runtime replays only shapes already captured (``ready_shape``): up to START_ROWS at start
     (``capture_start``), the rest one by one while idle (``capture_next``)."""
 
-    def __init__(self, make_pass: PassFactory, buckets: list[int], max_len: int, device: torch.device,
+    def __init__(self, make_pass: PassFactory, batch_buckets: list[int], max_len: int, device: torch.device,
                  side: torch.cuda.Stream):
         self.make_pass = make_pass
-        self.buckets = buckets  # prompts a pass is captured for (the runtime's batch buckets)
+        self.start_buckets = batch_buckets  # the runtime's batch buckets: the prompt counts captured at start
+        self.buckets = prompt_buckets(batch_buckets)  # every prompt count a pass is captured for
         self.max_len = max_len
         self.device = device
         self.side = side  # the decode graphs' side stream: cuBLAS keeps a workspace for every stream it ran on
         self.max_rows = PREFILL_GRAPH_ROWS  # read when built: a benchmark sets the module's before (queue_e2e)
-        self.shapes = all_shapes(buckets, max_len, self.max_rows)  # every shape a pass may take, fewest rows first
+        self.shapes = all_shapes(self.buckets, max_len, self.max_rows)  # every shape a pass may take, fewest rows first
         self.pool = torch.cuda.graph_pool_handle()
         self.idle_captures = True  # False after a capture failed
         self.captured: dict[tuple[int, int], tuple[CapturedStep, torch.Tensor]] = {}
@@ -103,18 +117,23 @@ class PrefillGraphs:
         return pass_shape(prompts, longest, self.buckets, self.max_len, self.max_rows)
 
     def ready_shape(self, prompts: int, longest: int) -> tuple[int, int] | None:
-        """``shape_for``'s shape where its graph is captured already, else None (the pass runs eagerly)."""
-        shape = self.shape_for(prompts, longest)
-        return shape if shape in self.captured else None
+        """``shape_for``'s shape where its graph is captured already, else that of the next batch bucket (an
+        in-between count not captured yet), else None (the pass runs eagerly)."""
+        for shape in (self.shape_for(prompts, longest),
+                      pass_shape(prompts, longest, self.start_buckets, self.max_len, self.max_rows)):
+            if shape in self.captured:
+                return shape
+        return None
 
     def missing(self) -> list[tuple[int, int]]:
         """The shapes not captured yet, fewest rows first."""
         return [shape for shape in self.shapes if shape not in self.captured]
 
     def capture_start(self) -> None:
-        """Capture the shapes of up to START_ROWS rows (27 with 32 slots and a 2k cache, ~0.3 s each)."""
+        """Capture the shapes of up to START_ROWS rows whose prompt count is a batch bucket (27 with 32 slots and a
+        2k cache, ~0.3 s each); the in-between counts wait for idle time, the start no longer for them."""
         for shape in self.missing():
-            if shape[0] * shape[1] <= START_ROWS:
+            if shape[0] * shape[1] <= START_ROWS and shape[0] in self.start_buckets:
                 self._graph(shape)
 
     def capture_next(self) -> bool:
@@ -136,7 +155,7 @@ class PrefillGraphs:
         return True
 
     def capture_all(self) -> None:
-        """Capture every missing shape now (58 with 32 slots and a 2k cache; benchmarks/NOTES.md row 75)."""
+        """Capture every missing shape now (87 with 32 slots and a 2k cache)."""
         while self.capture_next():
             pass
 

@@ -9,6 +9,7 @@ from worker.inference.prefill_graph import (
     length_buckets,
     pass_inputs,
     pass_shape,
+    prompt_buckets,
 )
 
 BUCKETS = [1, 2, 4, 8, 16, 32]
@@ -44,13 +45,26 @@ def test_no_graph_past_the_row_limit_the_largest_bucket_or_the_cache():
     assert pass_shape(1, 2000, BUCKETS, 2000) is None  # no bucket between 1,792 and a 2,000-entry cache's end
 
 
+def test_prompt_counts_between_the_batch_buckets_pad_a_pass_by_at_most_half_again():
+    counts = prompt_buckets(BUCKETS)
+    assert counts == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
+    assert pass_shape(5, 500, counts, 2048) == (6, 512)  # was 8 x 512: 60% more rows than the 5 prompts
+    assert pass_shape(6, 500, counts, 2048) == (6, 512) and pass_shape(7, 500, counts, 2048) == (8, 512)
+    assert pass_shape(18, 60, counts, 2048) == (24, 64)  # was 32 x 64
+    assert all(prompts / pass_shape(prompts, 64, counts, 2048)[0] >= 2 / 3 for prompts in range(1, 33))
+    assert prompt_buckets([1, 2, 4, 8, 12]) == [1, 2, 3, 4, 6, 8, 12]  # none between 8 and a max_batch of 12
+    assert prompt_buckets([1]) == [1]
+
+
 def test_every_shape_a_pass_can_take_is_captured_the_small_ones_at_start_fewest_rows_first():
-    shapes = all_shapes(BUCKETS, 2048)
-    assert len(shapes) == 58
+    shapes = all_shapes(prompt_buckets(BUCKETS), 2048)
+    assert len(shapes) == 87
     assert shapes == sorted(shapes, key=lambda shape: shape[0] * shape[1])
-    assert {pass_shape(b, n, BUCKETS, 2048) for b, n in shapes} == set(shapes)  # every pass lands on one of them
-    assert pass_shape(8, 500, BUCKETS, 2048) in shapes and pass_shape(32, 64, BUCKETS, 2048) in shapes
-    at_start = [shape for shape in shapes if shape[0] * shape[1] <= START_ROWS]
+    counts = prompt_buckets(BUCKETS)
+    assert {pass_shape(b, n, counts, 2048) for b, n in shapes} == set(shapes)  # every pass lands on one of them
+    assert pass_shape(8, 500, counts, 2048) in shapes and pass_shape(32, 64, counts, 2048) in shapes
+    # at start the batch buckets' counts only, as before the in-between ones: the start does not wait for those
+    at_start = [shape for shape in shapes if shape[0] * shape[1] <= START_ROWS and shape[0] in BUCKETS]
     assert len(at_start) == 27 and (1, 512) in at_start and (8, 512) not in at_start
 
 
