@@ -120,15 +120,14 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
 ]
 
 
-def overlapping(kernel, constexprs: dict) -> bool:
-    """Whether the worker launches this form overlapping the kernel before (``worker.kernels.launch``: one-row
-    kernels on Hopper), so that its sm_90 code opens with ``griddepcontrol.wait`` as served."""
-    if kernel in (w4a16._swap_dot_kernel, w4a16._unpacked_dot_kernel, layers._add_rms_norm_row_kernel):
-        return False  # 2 rows or more
-    return constexprs.get("HEADS", 1) == 1  # the rotary kernel's prefill form takes 8 heads a program
+def overlapping(constexprs: dict) -> bool:
+    """Whether the worker launches this form of a kernel that takes PDL overlapping the kernel before
+    (``worker.kernels.launch``: one-row launches on Hopper), so that its sm_90 code opens with
+    ``griddepcontrol.wait`` as served: all but the rotary kernel's prefill form (8 heads a program)."""
+    return constexprs.get("HEADS", 1) == 1
 
 
-KERNELS = [(kernel, dict(signature, PDL="constexpr"), dict(constexprs, PDL=overlapping(kernel, constexprs)), *launch)
+KERNELS = [(kernel, dict(signature, PDL="constexpr"), dict(constexprs, PDL=overlapping(constexprs)), *launch)
            if "PDL" in kernel.arg_names else (kernel, signature, constexprs, *launch)
            for kernel, signature, constexprs, *launch in KERNELS]
 

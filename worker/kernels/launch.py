@@ -16,8 +16,9 @@ reads and writes, the launch itself hidden. Each program then lets the next kern
 Because every such kernel waits before touching memory, the order holds across any number of them (each waited
 for the one before, which waited for its own). Nothing is issued before the wait: int4 matmuls that first
 prefetched their weights into L2 made the one-row step slower (benchmarks/NOTES.md row 52). Kernels launched
-without it (PyTorch's, cuBLAS's, the Gluon int4 kernel, and every kernel of more than one row: see ``overlap``)
-start after the one before has finished, as usual. ``benchmarks/kernels/launch_overlap.py`` times the captured
+without it (PyTorch's, cuBLAS's, the Gluon int4 kernel, every kernel of more than one row: see ``overlap``; the
+kernels that only ever serve many rows, the 2-64-row int4 matmuls and a prefill's norm, do not take PDL) start
+after the one before has finished, as usual. ``benchmarks/kernels/launch_overlap.py`` times the captured
 step with and without (``OVERLAP``).
 """
 

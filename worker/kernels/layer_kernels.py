@@ -75,12 +75,10 @@ def _rms_scale_kernel(h_ptr, sumsq_ptr, w_ptr, order_ptr, x_out_ptr, width, eps,
 
 @triton.jit
 def _add_rms_norm_row_kernel(h_ptr, part_ptr, h_out_ptr, w_ptr, order_ptr, x_out_ptr, width, part_stride, eps,
-                             SPLIT: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr,
-                             PDL: tl.constexpr = False):
+                             SPLIT: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr):
     """Program (row): both passes of ``add_rms_norm`` on the whole row (BLOCK >= width columns), for many rows
     (a prefill), where one program per row already fills the GPU. With ORDERED, the row is read back in
     ``order`` from where this program just wrote it (after a barrier: other threads wrote those columns)."""
-    wait_for_previous_kernel(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
     mask = offs < width
@@ -123,7 +121,7 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
         _add_rms_norm_row_kernel[(rows,)](
             h2, delta if delta is not None else h2, h_out, weight, order if order is not None else h2, x_out, width,
             h2.numel(), eps, SPLIT=0 if delta is None else delta.shape[0], ORDERED=order is not None,
-            BLOCK=triton.next_power_of_2(width), num_warps=8, **overlap(h.device, rows),
+            BLOCK=triton.next_power_of_2(width), num_warps=8,
         )
         return h_out.view(h.shape), x_out.view(h.shape)
     sumsq = torch.empty((rows, blocks), device=h.device, dtype=torch.float32)

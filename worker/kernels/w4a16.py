@@ -258,7 +258,7 @@ def _code_tiles_in_input_order(words, zeros, dtype: tl.constexpr, ASM: tl.conste
 def _swap_dot_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, k_blocks,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
-    ASM: tl.constexpr = True, ONE_DOT: tl.constexpr = False, PDL: tl.constexpr = False,
+    ASM: tl.constexpr = True, ONE_DOT: tl.constexpr = False,
 ):
     """out[split, m, n] for 2..32 rows, K blocks of 128 inside one group (GROUP a multiple of 128): the
     transposed product W @ x.T as 8 dots of K = 16, dot j over code j of each word r and its input: such groups
@@ -268,7 +268,6 @@ def _swap_dot_kernel(
     K = 128 over x[:, k0 : k0 + 128]: with 4 or 8 warps (Hopper's wgmma) its 8 steps are issued back to back
     and waited for once, where 8 dots wait for each (the same sums in the same order); with 2 warps (mma.sync)
     the whole tile in registers spills."""
-    wait_for_previous_kernel(PDL)
     tl.static_assert(BLOCK_K == 8 * SPREAD)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -304,13 +303,11 @@ def _swap_dot_kernel(
 def _unpacked_dot_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, M, N, stride_xm, stride_w, stride_s, stride_z, k_blocks,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPREAD: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """out[split, m, n] for 2..64 rows, K blocks inside one group: ``code - zero`` as a [BLOCK_K, BLOCK_N]
     tile of small exact integers, one dot with x, scaled once per block. (x already in group order:
     gathering it here through the act-order permutation was slower, the more rows the more so:
     benchmarks/NOTES.md row 9.)"""
-    wait_for_previous_kernel(PDL)
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -568,10 +565,9 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
     spread = code_spread(group_size)
     if kernel == "swap":
         _swap_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, ASM=not INTERPRETING,
-                               ONE_DOT=config.pop("one_dot", False), **config, **overlap(x.device, rows))
+                               ONE_DOT=config.pop("one_dot", False), **config)
     else:
-        _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, **config,
-                                   **overlap(x.device, rows))
+        _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, **config)
     return out
 
 
