@@ -18,8 +18,6 @@
 #                                  # $OUT/w4a16_configs.json; then the step at 2-32 rows with the table before and after
 #   benchmarks/gpu_all.sh overlap   # ~5 min: the kernels' and architectures' GPU tests, then the captured decode step
 #                                  # at 1, 8 and 32 rows with plain and overlapping launches (worker/kernels/launch.py)
-#   benchmarks/gpu_all.sh one-pass-norm  # ~6 min: the kernels' and architectures' GPU tests, then the captured one-row
-#                                  # step with add+RMSNorm as two kernels and as one (worker/kernels/layer_kernels.py)
 #   benchmarks/gpu_all.sh fp8-prefill  # ~3 min: the fp8 GPU tests, the prompts' int4 matmuls in bf16 and fp8 (13B
 #                                  # shapes), then 32 users through the queue with each, each its own process (NOTES row 71)
 #   benchmarks/gpu_all.sh passes  # ~7 min: prefill passes of a burst's shapes timed on the host, quiet and beside busy
@@ -145,11 +143,6 @@ elif [ "${1:-}" = "overlap" ]; then
   step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
   step gpu_tests 200 python3 -m pytest -q -x -p no:cacheprovider tests/unit/inference/test_architectures_gpu.py
   step launch_overlap 240 python3 -u -m benchmarks.kernels.launch_overlap --batches 1 8 32
-elif [ "${1:-}" = "one-pass-norm" ]; then
-  step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
-  step gpu_tests 250 python3 -m pytest -q -p no:cacheprovider tests/unit/inference/test_architectures_gpu.py \
-    tests/unit/inference/test_prefill_graph_gpu.py
-  step one_pass_norm 150 python3 -u -m benchmarks.kernels.one_pass_norm --batches 1
 elif [ "${1:-}" = "fp8-prefill" ]; then
   step fp8_gpu_tests 100 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k "fp8 and on_the_gpu"
   step prefill_fp8 120 python3 -u -m benchmarks.kernels.prefill_fp8

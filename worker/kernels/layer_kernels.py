@@ -5,7 +5,7 @@ dtype) and does the next step in the same pass, so a decode step launches a few 
 - ``add_rms_norm``: residual + sum of partials, RMSNorm; the normed output optionally already permuted into
   the next int4 layer's input order (act-order), so that layer skips its gather. Two kernels over column
   blocks (a one-row norm in a single program kept one SM busy and the rest waiting: benchmarks/NOTES.md
-  rows 18-19); for one row, one kernel whose column-block programs each sum the whole row's squares.
+  rows 18-19).
 - ``silu_mul``: silu(gate) * up from gate_up's partials.
 - ``rotary_into_cache``: q/k/v from qkv's partials; rotary on q and k; k and v written into the KV cache at
   each row's position; q returned.
@@ -100,50 +100,7 @@ def _add_rms_norm_row_kernel(h_ptr, part_ptr, h_out_ptr, w_ptr, order_ptr, x_out
     tl.store(x_out_ptr + row * width + offs, (normed * weight).to(x_out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _row_values(h_ptr, part_ptr, row, cols, mask, width, part_stride, SPLIT: tl.constexpr):
-    """h + sum of partials at ``cols`` of one row, rounded to h's dtype (h itself when SPLIT == 0)."""
-    h = tl.load(h_ptr + row * width + cols, mask=mask, other=0.0)
-    if SPLIT > 0:
-        h = (h.to(tl.float32) + _summed(part_ptr, row * width + cols, mask, part_stride, SPLIT)).to(h.dtype)
-    return h
-
-
-@triton.jit
-def _add_rms_norm_one_pass_kernel(h_ptr, part_ptr, h_out_ptr, w_ptr, order_ptr, x_out_ptr, width, part_stride, eps,
-                                  SPLIT: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr,
-                                  CHUNK: tl.constexpr, PDL: tl.constexpr = False):
-    """Program (row, block): ``add_rms_norm`` in one kernel. Every program sums the whole row's squares itself
-    (h and the partials read again from L2), then writes its BLOCK columns of h_out and x_out: no second kernel
-    waits for the first's sums. With ORDERED, x's columns are recomputed at ``order`` from h and the partials,
-    the same arithmetic, so the same values h_out holds."""
-    wait_for_previous_kernel(PDL)
-    row, block = tl.program_id(0), tl.program_id(1)
-    squares = tl.zeros((CHUNK,), dtype=tl.float32)
-    for start in range(0, width, CHUNK):
-        cols = start + tl.arange(0, CHUNK)
-        hf = _row_values(h_ptr, part_ptr, row, cols, cols < width, width, part_stride, SPLIT).to(tl.float32)
-        squares += hf * hf
-    scale = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / width + eps)
-    offs = block * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < width
-    if SPLIT > 0:
-        tl.store(h_out_ptr + row * width + offs,
-                 _row_values(h_ptr, part_ptr, row, offs, mask, width, part_stride, SPLIT), mask=mask)
-    cols = tl.load(order_ptr + offs, mask=mask, other=0) if ORDERED else offs
-    hf = _row_values(h_ptr, part_ptr, row, cols, mask, width, part_stride, SPLIT).to(tl.float32)
-    normed = (hf * scale).to(x_out_ptr.dtype.element_ty).to(tl.float32)
-    weight = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(x_out_ptr + row * width + offs, (normed * weight).to(x_out_ptr.dtype.element_ty), mask=mask)
-
-
 NORM_BLOCK = 256  # columns per program: a one-row norm spreads over ~20 SMs instead of waiting on one
-# One row: add+RMSNorm as one kernel whose programs each sum the whole row (ONE_PASS_BLOCK columns written a
-# program, the row read in ONE_PASS_CHUNK pieces), where two kernels meant two launches a norm and the second
-# waiting for the first's last block. ONE_PASS is the switch ``benchmarks/kernels/one_pass_norm.py`` times.
-ONE_PASS = True
-ONE_PASS_BLOCK = 512
-ONE_PASS_CHUNK = 1024
 # From this many rows (a prefill), add+RMSNorm takes one program a row and the rotary 8 heads a program: with
 # thousands of rows the decode steps' smaller pieces (column blocks, one head a program) moved the bytes well
 # below the GPU's bandwidth (benchmarks/NOTES.md row 42).
@@ -154,8 +111,7 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
                  order: torch.Tensor | None = None):
     """(h + delta, RMSNorm of it): h [..., W]; delta None or partial sums [split, rows, W]; x's columns in
     ``order`` when given. With delta None, h itself comes back. Two passes over column blocks: the residual
-    add (and each block's sum of squares), then the scaling (reading the whole row's sum); one row (with
-    ``ONE_PASS``) in one pass, each block summing the row itself; from ``PREFILL_ROWS`` a program a row."""
+    add (and each block's sum of squares), then the scaling (reading the whole row's sum)."""
     width = h.shape[-1]
     h2 = h.reshape(-1, width)
     rows, blocks = h2.shape[0], triton.cdiv(width, NORM_BLOCK)
@@ -166,13 +122,6 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
             h2, delta if delta is not None else h2, h_out, weight, order if order is not None else h2, x_out, width,
             h2.numel(), eps, SPLIT=0 if delta is None else delta.shape[0], ORDERED=order is not None,
             BLOCK=triton.next_power_of_2(width), num_warps=8,
-        )
-        return h_out.view(h.shape), x_out.view(h.shape)
-    if rows == 1 and ONE_PASS:
-        _add_rms_norm_one_pass_kernel[(rows, triton.cdiv(width, ONE_PASS_BLOCK))](
-            h2, delta if delta is not None else h2, h_out, weight, order if order is not None else h2, x_out, width,
-            h2.numel(), eps, SPLIT=0 if delta is None else delta.shape[0], ORDERED=order is not None,
-            BLOCK=ONE_PASS_BLOCK, CHUNK=ONE_PASS_CHUNK, num_warps=4, **overlap(h.device, rows),
         )
         return h_out.view(h.shape), x_out.view(h.shape)
     sumsq = torch.empty((rows, blocks), device=h.device, dtype=torch.float32)

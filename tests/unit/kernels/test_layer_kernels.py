@@ -58,26 +58,6 @@ def test_add_rms_norm_adds_the_partials_and_hands_x_over_in_the_next_layers_orde
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("split", [0, 1, 3])
-@pytest.mark.parametrize("ordered", [False, True])
-@pytest.mark.parametrize("one_pass", [True, False], ids=["one-kernel", "two-kernels"])
-def test_a_one_row_norm_gives_the_same_h_and_x_in_one_kernel_as_in_two(dtype, split, ordered, one_pass, monkeypatch):
-    """A decode step of one row: 2,500 columns, so the one-kernel form reads the row in three pieces and
-    writes it in five blocks, the last one partial."""
-    monkeypatch.setattr(layer_kernels, "ONE_PASS", one_pass)
-    h = randn(1, 2500, dtype=dtype)
-    delta = randn(split, 1, 2500, dtype=torch.float32 if split > 1 else dtype) if split else None
-    norm = Norm(2500, dtype)
-    order = torch.randperm(2500, generator=GEN) if ordered else None
-
-    h_out, x_out = layer_kernels.add_rms_norm(h, delta, norm.weight, 1e-5, order)
-    want_h, want_x = layer_ops.add_rms_norm(h, delta, norm, order)
-
-    torch.testing.assert_close(h_out, want_h, **tolerance(dtype))
-    torch.testing.assert_close(x_out, want_x, **tolerance(dtype))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_silu_mul_of_gate_up_partials(dtype):
     partials = randn(2, 5, 2 * 700)  # fp32 partial sums of a fused gate/up layer, 2 splits
 
