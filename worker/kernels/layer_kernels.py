@@ -137,6 +137,9 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     return h_out.view(h.shape), x_out.view(h.shape)
 
 
+SILU_BLOCK = 1024  # columns per program of silu(gate) * up
+
+
 @triton.jit
 def _silu_mul_kernel(part_ptr, out_ptr, width, part_stride, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
                      PDL: tl.constexpr = False):
@@ -155,8 +158,9 @@ def silu_mul(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """partials [split, rows, 2W] of gate (first W) and up -> silu(gate) * up [rows, W] in ``dtype``."""
     split, rows, both = partials.shape
     out = torch.empty((rows, both // 2), device=partials.device, dtype=dtype)
-    _silu_mul_kernel[(rows, triton.cdiv(both // 2, 1024))](partials, out, both // 2, rows * both, SPLIT=split,
-                                                          BLOCK=1024, num_warps=4, **overlap(out.device, rows))
+    _silu_mul_kernel[(rows, triton.cdiv(both // 2, SILU_BLOCK))](partials, out, both // 2, rows * both, SPLIT=split,
+                                                                BLOCK=SILU_BLOCK, num_warps=4,
+                                                                **overlap(out.device, rows))
     return out
 
 
