@@ -58,13 +58,15 @@ DEQUANTIZE = dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", inv_ptr="*fp32", out
                   FP8_LIMIT="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV,
-     dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
+     dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,
-     dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=False, ASM=True), 2, 1),
+     dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=False, ASM=True, SILU_MUL=False), 2, 1),
     (w4a16._gemv_kernel, GEMV,
-     dict(GROUP=256, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True), 4, 1),
+     dict(GROUP=256, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,
-     dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True), 4, 1),
+     dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
+    (w4a16._gemv_kernel, dict(GEMV, out_ptr="*bf16"),  # gate/up with SiLU: tiles of 16 gate and 16 up columns
+     dict(GROUP=128, BLOCK_N=16, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=True), 4, 1),
     (w4a16._swap_dot_kernel, DOT,
      dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True, ONE_DOT=False), 8, 3),
     (w4a16._swap_dot_kernel, DOT,

@@ -4,7 +4,7 @@ kernel each (``worker.kernels.layer_kernels``), elsewhere the same math in PyTor
     parts = projection_partials(layer.self_attn.qkv_proj, x, ordered=True)   # x already in its input order
     q = rotary_into_cache(parts, cos, sin, positions, cache, ...)             # k, v written into the cache
     h, x = add_rms_norm(h, delta_parts, norm, order=act_order_perm(next_layer))  # x comes out in that order
-    hidden = silu_mul(gate_up_parts, act_fn, dtype)
+    hidden = silu_mul(gate_up_parts, act_fn, dtype)                          # or, one row: the matmul's epilogue
 """
 
 from __future__ import annotations
@@ -78,6 +78,18 @@ def silu_mul(partials: torch.Tensor, act_fn: nn.Module, dtype: torch.dtype) -> t
     gate_up = summed(partials, dtype)
     width = gate_up.shape[-1] // 2
     return act_fn(gate_up[..., :width]).mul_(gate_up[..., width:])
+
+
+def gate_up_silu_mul(layer: nn.Module, x: torch.Tensor, ordered: bool, act_fn: nn.Module,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """act(gate) * up [rows, W] of x [rows, K] through the fused gate/up layer (in its input order when
+    ``ordered``): where the int4 layer's one-row kernel can apply SiLU itself (``TritonInt4Linear.silu_mul``),
+    in that one kernel; else ``silu_mul`` of its partial sums."""
+    if kernels_serve(x, dtype) and is_silu(act_fn) and hasattr(layer, "silu_mul"):
+        hidden = layer.silu_mul(x.reshape(-1, x.shape[-1]), ordered)
+        if hidden is not None:
+            return hidden
+    return silu_mul(projection_partials(layer, x, ordered), act_fn, dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

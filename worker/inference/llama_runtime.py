@@ -33,11 +33,11 @@ from worker.inference.kv_quant import KVQuant
 from worker.inference.layer_ops import (
     act_order_perm,
     add_rms_norm,
+    gate_up_silu_mul,
     kernels_serve,
     output_order_for,
     projection_partials,
     rotary_into_cache,
-    silu_mul,
 )
 from worker.inference.prefill_graph import PrefillGraphs
 from worker.inference.sampling import GenerationParams, SamplingTensors, sample
@@ -200,7 +200,7 @@ def attention(attn: nn.Module, x, ordered: bool, parts: list[AttentionPart], cac
 def mlp(block: nn.Module, x: torch.Tensor, ordered: bool) -> torch.Tensor:
     """The MLP of x (in gate_up's input order when ``ordered``) -> down_proj's partial sums."""
     if hasattr(block, "gate_up_proj"):  # fused at load time (worker.model.int4_fusion)
-        hidden = silu_mul(projection_partials(block.gate_up_proj, x, ordered), block.act_fn, x.dtype)
+        hidden = gate_up_silu_mul(block.gate_up_proj, x, ordered, block.act_fn, x.dtype)
         return projection_partials(block.down_proj, hidden)
     return block(x).reshape(1, -1, x.shape[-1])
 

@@ -62,6 +62,7 @@ SCRATCH_ELEMENTS = 32 * 1024 * 1024  # 64 MiB of bf16 (32 of fp8): W is rebuilt 
 _scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 TINY_FP8_SCALE = 1e-12  # an all-zero row or column keeps a usable scale
+SILU_MUL_EPILOGUE = True  # ``silu_mul_matmul`` serves; switched off by the benchmark to time the two kernels
 
 
 @triton.jit
@@ -198,10 +199,19 @@ def _split_blocks(k_blocks, axis: tl.constexpr):
 
 
 @triton.jit
+def _gemv_running(running, words, zeros, scales, xs, magic, BF16_WORDS: tl.constexpr, ASM: tl.constexpr):
+    """running + one K block's products for the tile words / zeros / scales (``_gemv_tile``)."""
+    if BF16_WORDS:
+        return running + _bf16_word_sums(words, (zeros + 128.0).to(tl.bfloat16), xs, ASM) * scales[:, None, :]
+    return _gemv_block(running, words, zeros, scales, xs, magic)
+
+
+@triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, k_blocks, magic,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
     BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True, PDL: tl.constexpr = False,
+    SILU_MUL: tl.constexpr = False,
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
@@ -209,7 +219,12 @@ def _gemv_kernel(
     spread: a group of 256 is two tiles): a [GROUPS, ROWS, BLOCK_N] tile, whose zeros and scales are loaded
     once per (tile, column); kept per element and summed once at the end. BF16_WORDS (x in bf16): each word's 8
     products summed in bf16x2 (``_bf16_word_sums``: fp32 arithmetic bounded the kernel by instruction issue;
-    benchmarks/NOTES.md rows 26-27), else in fp32."""
+    benchmarks/NOTES.md rows 26-27), else in fp32.
+
+    SILU_MUL (one split only; W a fused gate/up layer of 2N outputs, gate first): out[0, n] = silu(gate) * up
+    for N outputs, each program summing BLOCK_N gate columns and the same BLOCK_N up columns (N further on), so
+    the activation needs no kernel of its own. gate and up are rounded to out's dtype first, as
+    ``layer_kernels.silu_mul`` rounds the sums it reads."""
     wait_for_previous_kernel(PDL)
     GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
@@ -218,18 +233,24 @@ def _gemv_kernel(
     g = tl.arange(0, GROUPS)
     word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
     running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
+    running_up = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
     first, end = _split_blocks(k_blocks, 1)
     for block in range(first, end):
         k0 = block * BLOCK_K
         words, zeros, scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s,
                                           stride_z, GROUP, ROWS)
+        if SILU_MUL:
+            up_words, up_zeros, up_scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, N + offs_n, mask_n,
+                                                       stride_w, stride_s, stride_z, GROUP, ROWS)
         xs = _inputs_by_code(x_ptr, k0, GROUPS, ROWS, SPREAD)
-        if BF16_WORDS:
-            sums = _bf16_word_sums(words, (zeros + 128.0).to(tl.bfloat16), xs, ASM)
-            running += sums * scales[:, None, :]
-        else:
-            running = _gemv_block(running, words, zeros, scales, xs, magic)
+        running = _gemv_running(running, words, zeros, scales, xs, magic, BF16_WORDS, ASM)
+        if SILU_MUL:
+            running_up = _gemv_running(running_up, up_words, up_zeros, up_scales, xs, magic, BF16_WORDS, ASM)
     acc = tl.sum(tl.sum(running, axis=1), axis=0)
+    if SILU_MUL:
+        gate = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
+        up = tl.sum(tl.sum(running_up, axis=1), axis=0).to(out_ptr.dtype.element_ty).to(tl.float32)
+        acc = gate / (1.0 + tl.exp(-gate)) * up
     tl.store(out_ptr + pid_k * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
@@ -552,13 +573,7 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
     k_blocks = in_features // config["BLOCK_K"]
     strides = (packed.stride(0), scales.stride(0), zeros.stride(0), k_blocks)
     if kernel == "gemv":
-        grid = (triton.cdiv(out_features, config["BLOCK_N"]), split)
-        bf16_words = config.pop("bf16_words", True) and x.dtype == torch.bfloat16
-        spread = code_spread(group_size)
-        tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
-        _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
-                           ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
-                           ASM=not INTERPRETING, **config, **overlap(x.device, rows))
+        _launch_gemv(x, packed, scales, zeros, out, out_features, group_size, strides, config, split)
         return out
     grid = (triton.cdiv(out_features, config["BLOCK_N"]), triton.cdiv(rows, block_m), split)
     args = (x, packed, scales, zeros, out, rows, out_features, x.stride(0), *strides)
@@ -568,6 +583,40 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
                                ONE_DOT=config.pop("one_dot", False), **config)
     else:
         _unpacked_dot_kernel[grid](*args, GROUP=group_size, BLOCK_M=block_m, SPREAD=spread, **config)
+    return out
+
+
+def _launch_gemv(x, packed, scales, zeros, out, out_features: int, group_size: int, strides: tuple, config: dict,
+                 split: int, silu_mul: bool = False) -> None:
+    """The one-row kernel over ``out_features`` outputs (with ``silu_mul``, pairs of gate and up columns)."""
+    columns = config["BLOCK_N"] // 2 if silu_mul else config["BLOCK_N"]  # a program's tile width, columns
+    grid = (triton.cdiv(out_features, columns), split)
+    bf16_words = config.pop("bf16_words", True) and x.dtype == torch.bfloat16
+    spread = code_spread(group_size)
+    tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
+    _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
+                       ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
+                       ASM=not INTERPRETING, **dict(config, BLOCK_N=columns), **overlap(x.device, x.shape[0]),
+                       SILU_MUL=silu_mul)
+
+
+def silu_mul_matmul(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor | None:
+    """silu(gate) * up [1, N/2] for one row x [1, K] (group order) through a fused gate/up layer of N outputs
+    (gate the first N/2): the one-row kernel with the activation in its epilogue, one launch where the matmul
+    and ``layer_kernels.silu_mul`` take two (a decode step's kernels run one after another, and each costs
+    its own start and finish: benchmarks/NOTES.md row 92). None where that kernel cannot serve: more rows than
+    one, or a config with its K split (the activation needs the whole sums)."""
+    rows, in_features = x.shape
+    out_features = packed.shape[1]
+    config = dict(config or fused_config(rows, out_features, in_features, group_size, x.device))
+    if not SILU_MUL_EPILOGUE or rows != 1 or config["kernel"] != "gemv" or config["split"] != 1 or out_features % 2:
+        return None
+    width = out_features // 2
+    out = torch.empty((1, width), device=x.device, dtype=x.dtype)
+    for name in ("kernel", "BLOCK_M", "split"):
+        del config[name]
+    strides = (packed.stride(0), scales.stride(0), zeros.stride(0), in_features // config["BLOCK_K"])
+    _launch_gemv(x, packed, scales, zeros, out, width, group_size, strides, config, 1, silu_mul=True)
     return out
 
 

@@ -19,6 +19,7 @@ from worker.kernels.w4a16 import (
     fp8_serves,
     matmul_partials,
     pack_codes,
+    silu_mul_matmul,
     sum_splits,
 )
 from worker.model.tinygemm_linear import Int4Codes, describe_int4
@@ -70,13 +71,15 @@ class TritonInt4Linear(nn.Module):
             self._inverse_perm = torch.argsort(self.perm)
         return self._inverse_perm
 
+    def _in_input_order(self, x: torch.Tensor, ordered: bool) -> torch.Tensor:
+        if self.perm is not None and not ordered:
+            x = x[:, self.perm]
+        return x if x.stride(-1) == 1 else x.contiguous()
+
     def partials(self, x: torch.Tensor, ordered: bool = False) -> torch.Tensor:
         """x [M, K] @ W.T (+ bias) as split-K partial sums [split, M, N] (``worker.inference.layer_ops`` adds them in
         the next step's kernel). ``ordered``: x is already in this layer's input order (act-order gather done)."""
-        if self.perm is not None and not ordered:
-            x = x[:, self.perm]
-        if x.stride(-1) != 1:
-            x = x.contiguous()
+        x = self._in_input_order(x, ordered)
         if x.shape[0] <= FUSED_MAX_ROWS:
             parts = matmul_partials(x, self.packed, self.scales, self.zeros, self.group_size)
         elif self.column_scales is not None:
@@ -87,6 +90,15 @@ class TritonInt4Linear(nn.Module):
         if self.bias is not None:
             parts[0] += self.bias
         return parts
+
+    def silu_mul(self, x: torch.Tensor, ordered: bool = False) -> torch.Tensor | None:
+        """For a fused gate/up layer (gate the first half of the outputs): silu(gate) * up [1, N/2] of one row
+        x [1, K], from the matmul's own kernel (``w4a16.silu_mul_matmul``); None where that kernel does not
+        serve (more rows, a K split, a bias), and the caller adds the activation to ``partials``."""
+        if x.shape[0] != 1 or self.bias is not None:
+            return None
+        return silu_mul_matmul(self._in_input_order(x, ordered), self.packed, self.scales, self.zeros,
+                               self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]

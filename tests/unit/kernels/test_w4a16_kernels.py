@@ -149,6 +149,56 @@ def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k)
     assert 1e-4 < relative_error(partials.sum(0)[0], exact_product) < 1e-2  # bf16 rounding, no more
 
 
+ONE_ROW_NO_SPLIT = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=1, num_warps=4, num_stages=1)
+
+
+def gate_up_sums(x, layer, config):
+    """(silu(gate) * up from the one-row kernel's epilogue, the same from the matmul's sums and the SiLU kernel)."""
+    from worker.kernels import layer_kernels
+
+    args = (x, layer.packed, layer.scales, layer.zeros, layer.group_size)
+    return (w4a16_kernels.silu_mul_matmul(*args, config),
+            layer_kernels.silu_mul(w4a16_kernels.matmul_partials(*args, config), x.dtype))
+
+
+@pytest.mark.parametrize("group,block_n,width", [(128, 32, 96), (128, 64, 80), (64, 32, 96)],
+                         ids=["tiles-of-16", "tiles-of-32-last-part-filled", "groups-of-64"])
+def test_one_row_gate_up_kernel_gives_the_silu_kernels_answer_bit_for_bit(group, block_n, width):
+    # A fused gate/up layer: gate the first `width` outputs, up the next. A decode step takes the one-kernel
+    # form wherever its config allows, the two-kernel form elsewhere: the answer must not depend on which.
+    tensors, layer = quantized_layer(2 * width, 512, group, True, False, seed=16, dtype=torch.bfloat16)
+    x = torch.randn(1, 512, generator=torch.Generator().manual_seed(17)).bfloat16()[:, layer.perm]
+    config = dict(ONE_ROW_NO_SPLIT, BLOCK_N=block_n, BLOCK_K=2 * group)
+
+    fused, two_kernels = gate_up_sums(x, layer, config)
+
+    assert fused.shape == (1, width) and fused.dtype == torch.bfloat16
+    assert torch.equal(fused, two_kernels)
+    gate_up = x.float() @ dequantize(tensors, 4)[:, layer.perm].T
+    want = torch.nn.functional.silu(gate_up[:, :width]) * gate_up[:, width:]
+    assert relative_error(fused, want) < 2e-2  # bf16 word sums and roundings, no more
+
+
+def test_gate_up_kernel_declines_what_it_cannot_serve_and_the_caller_falls_back(monkeypatch):
+    tensors, layer = quantized_layer(192, 512, 128, True, False, seed=18, dtype=torch.bfloat16)
+    x = torch.randn(2, 512, generator=torch.Generator().manual_seed(19)).bfloat16()
+    args = (layer.packed, layer.scales, layer.zeros, 128)
+    # the GPU's tuned table, as on an H100 or H200 for the 13B's gate/up: one row, no K split
+    monkeypatch.setattr(w4a16_kernels, "fused_config", lambda *shape: dict(ONE_ROW_NO_SPLIT))
+
+    served = layer.silu_mul(x[:1])  # x in the checkpoint's order: the layer gathers its act-order itself
+
+    assert torch.equal(served, w4a16_kernels.silu_mul_matmul(x[:1, layer.perm], *args, ONE_ROW_NO_SPLIT))
+    assert w4a16_kernels.silu_mul_matmul(x[:1], *args, dict(ONE_ROW_NO_SPLIT, split=2)) is None  # sums in parts
+    assert w4a16_kernels.silu_mul_matmul(x, *args, dict(ONE_ROW_NO_SPLIT, kernel="swap", BLOCK_M=16)) is None
+    assert layer.silu_mul(x) is None  # two rows
+    monkeypatch.setattr(w4a16_kernels, "SILU_MUL_EPILOGUE", False)  # the benchmark's switch
+    assert layer.silu_mul(x[:1]) is None
+    monkeypatch.setattr(w4a16_kernels, "SILU_MUL_EPILOGUE", True)
+    layer.bias = torch.nn.Parameter(torch.ones(192, dtype=torch.bfloat16), requires_grad=False)
+    assert layer.silu_mul(x[:1]) is None  # a bias is added after the sums
+
+
 @pytest.fixture(scope="module")
 def gpu_13b_layer():
     """A 13B-shaped (5120 × 5120) act-order layer on the GPU, quantized once for the tests that use it."""
@@ -170,6 +220,22 @@ def test_one_dot_gives_the_eight_dots_sums_bit_for_bit_on_the_gpu(gpu_13b_layer,
 
     assert torch.equal(one, eight)
     assert relative_error(one.sum(0).cpu(), x.float().cpu() @ dequantize(tensors, 4).T) < 4e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the bf16x2 assembly runs on a GPU only")
+@pytest.mark.parametrize("block_n", [32, 64])
+def test_one_row_gate_up_kernel_gives_the_silu_kernels_answer_bit_for_bit_on_the_gpu(block_n):
+    # the compiled kernel (bf16x2 assembly, overlapping launch) at the 13B's K and its tuned gate/up config
+    tensors, layer = quantized_layer(2 * 1024, 5120, 128, True, False, seed=20, dtype=torch.bfloat16)
+    layer = layer.cuda()
+    x = torch.randn(1, 5120, generator=torch.Generator().manual_seed(21)).bfloat16().cuda()[:, layer.perm]
+
+    fused, two_kernels = gate_up_sums(x, layer, dict(ONE_ROW_NO_SPLIT, BLOCK_N=block_n))
+
+    assert torch.equal(fused, two_kernels)
+    gate_up = x.float().cpu() @ dequantize(tensors, 4)[:, layer.perm.cpu()].T
+    want = torch.nn.functional.silu(gate_up[:, :1024]) * gate_up[:, 1024:]
+    assert relative_error(fused.cpu(), want) < 2e-2
 
 
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
