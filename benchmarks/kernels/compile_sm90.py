@@ -65,8 +65,8 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
      dict(GROUP=256, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,
      dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
-    (w4a16._gemv_kernel, dict(GEMV, out_ptr="*bf16"),  # gate/up with SiLU: tiles of 16 gate and 16 up columns
-     dict(GROUP=128, BLOCK_N=16, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=True), 4, 1),
+    (w4a16._gemv_kernel, dict(GEMV, out_ptr="*bf16"),  # gate/up with SiLU: 16 gate and 16 up columns a tile
+     dict(GROUP=128, BLOCK_N=32, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=True), 4, 1),
     (w4a16._swap_dot_kernel, DOT,
      dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True, ONE_DOT=False), 8, 3),
     (w4a16._swap_dot_kernel, DOT,

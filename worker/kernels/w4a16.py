@@ -199,11 +199,17 @@ def _split_blocks(k_blocks, axis: tl.constexpr):
 
 
 @triton.jit
-def _gemv_running(running, words, zeros, scales, xs, magic, BF16_WORDS: tl.constexpr, ASM: tl.constexpr):
-    """running + one K block's products for the tile words / zeros / scales (``_gemv_tile``)."""
-    if BF16_WORDS:
-        return running + _bf16_word_sums(words, (zeros + 128.0).to(tl.bfloat16), xs, ASM) * scales[:, None, :]
-    return _gemv_block(running, words, zeros, scales, xs, magic)
+def _gemv_columns(N, BLOCK_N: tl.constexpr, SILU_MUL: tl.constexpr):
+    """This program's BLOCK_N weight columns, and which are real. SILU_MUL: BLOCK_N / 2 gate columns and the
+    same up columns N further on (N a multiple of BLOCK_N / 2: each half is contiguous and aligned, which the
+    hints tell the compiler, so the tile is loaded as the plain kernel's is)."""
+    if SILU_MUL:
+        HALF: tl.constexpr = BLOCK_N // 2
+        i = tl.arange(0, BLOCK_N)
+        gate = tl.program_id(0) * HALF + i % HALF
+        return tl.max_contiguous(tl.multiple_of(gate + (i // HALF) * N, HALF), HALF), gate < N
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_n, offs_n < N
 
 
 @triton.jit
@@ -222,36 +228,35 @@ def _gemv_kernel(
     benchmarks/NOTES.md rows 26-27), else in fp32.
 
     SILU_MUL (one split only; W a fused gate/up layer of 2N outputs, gate first): out[0, n] = silu(gate) * up
-    for N outputs, each program summing BLOCK_N gate columns and the same BLOCK_N up columns (N further on), so
-    the activation needs no kernel of its own. gate and up are rounded to out's dtype first, as
-    ``layer_kernels.silu_mul`` rounds the sums it reads."""
+    for N outputs, a program's tile holding BLOCK_N / 2 gate columns and the same up columns
+    (``_gemv_columns``), so the activation needs no kernel of its own. gate and up are rounded to out's dtype
+    first, as ``layer_kernels.silu_mul`` rounds the sums it reads."""
     wait_for_previous_kernel(PDL)
     GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
-    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
+    offs_n, mask_n = _gemv_columns(N, BLOCK_N, SILU_MUL)
     g = tl.arange(0, GROUPS)
     word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
     running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
-    running_up = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
     first, end = _split_blocks(k_blocks, 1)
     for block in range(first, end):
         k0 = block * BLOCK_K
         words, zeros, scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s,
                                           stride_z, GROUP, ROWS)
-        if SILU_MUL:
-            up_words, up_zeros, up_scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, N + offs_n, mask_n,
-                                                       stride_w, stride_s, stride_z, GROUP, ROWS)
         xs = _inputs_by_code(x_ptr, k0, GROUPS, ROWS, SPREAD)
-        running = _gemv_running(running, words, zeros, scales, xs, magic, BF16_WORDS, ASM)
-        if SILU_MUL:
-            running_up = _gemv_running(running_up, up_words, up_zeros, up_scales, xs, magic, BF16_WORDS, ASM)
+        if BF16_WORDS:
+            sums = _bf16_word_sums(words, (zeros + 128.0).to(tl.bfloat16), xs, ASM)
+            running += sums * scales[:, None, :]
+        else:
+            running = _gemv_block(running, words, zeros, scales, xs, magic)
     acc = tl.sum(tl.sum(running, axis=1), axis=0)
     if SILU_MUL:
-        gate = acc.to(out_ptr.dtype.element_ty).to(tl.float32)
-        up = tl.sum(tl.sum(running_up, axis=1), axis=0).to(out_ptr.dtype.element_ty).to(tl.float32)
-        acc = gate / (1.0 + tl.exp(-gate)) * up
-    tl.store(out_ptr + pid_k * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
+        HALF: tl.constexpr = BLOCK_N // 2
+        gate, up = tl.split(tl.permute(tl.reshape(acc.to(out_ptr.dtype.element_ty), (2, HALF)), (1, 0)))
+        gate, up = gate.to(tl.float32), up.to(tl.float32)
+        offs = tl.program_id(0) * HALF + tl.arange(0, HALF)
+        tl.store(out_ptr + offs, (gate / (1.0 + tl.exp(-gate)) * up).to(out_ptr.dtype.element_ty), mask=offs < N)
+    else:
+        tl.store(out_ptr + tl.program_id(1) * N + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
@@ -589,14 +594,14 @@ def matmul_partials(x, packed, scales, zeros, group_size: int, config: dict | No
 def _launch_gemv(x, packed, scales, zeros, out, out_features: int, group_size: int, strides: tuple, config: dict,
                  split: int, silu_mul: bool = False) -> None:
     """The one-row kernel over ``out_features`` outputs (with ``silu_mul``, pairs of gate and up columns)."""
-    columns = config["BLOCK_N"] // 2 if silu_mul else config["BLOCK_N"]  # a program's tile width, columns
+    columns = config["BLOCK_N"] // 2 if silu_mul else config["BLOCK_N"]  # a program's outputs
     grid = (triton.cdiv(out_features, columns), split)
     bf16_words = config.pop("bf16_words", True) and x.dtype == torch.bfloat16
     spread = code_spread(group_size)
     tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
     _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
                        ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
-                       ASM=not INTERPRETING, **dict(config, BLOCK_N=columns), **overlap(x.device, x.shape[0]),
+                       ASM=not INTERPRETING, **config, **overlap(x.device, x.shape[0]),
                        SILU_MUL=silu_mul)
 
 
@@ -605,13 +610,14 @@ def silu_mul_matmul(x, packed, scales, zeros, group_size: int, config: dict | No
     (gate the first N/2): the one-row kernel with the activation in its epilogue, one launch where the matmul
     and ``layer_kernels.silu_mul`` take two (a decode step's kernels run one after another, and each costs
     its own start and finish: benchmarks/NOTES.md row 92). None where that kernel cannot serve: more rows than
-    one, or a config with its K split (the activation needs the whole sums)."""
+    one, a config with its K split (the activation needs the whole sums), or tiles that do not divide N."""
     rows, in_features = x.shape
     out_features = packed.shape[1]
     config = dict(config or fused_config(rows, out_features, in_features, group_size, x.device))
-    if not SILU_MUL_EPILOGUE or rows != 1 or config["kernel"] != "gemv" or config["split"] != 1 or out_features % 2:
-        return None
     width = out_features // 2
+    if (not SILU_MUL_EPILOGUE or rows != 1 or config["kernel"] != "gemv" or config["split"] != 1
+            or out_features % config["BLOCK_N"]):  # each half of a tile: whole, aligned columns
+        return None
     out = torch.empty((1, width), device=x.device, dtype=x.dtype)
     for name in ("kernel", "BLOCK_M", "split"):
         del config[name]

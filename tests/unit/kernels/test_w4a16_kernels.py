@@ -161,8 +161,8 @@ def gate_up_sums(x, layer, config):
             layer_kernels.silu_mul(w4a16_kernels.matmul_partials(*args, config), x.dtype))
 
 
-@pytest.mark.parametrize("group,block_n,width", [(128, 32, 96), (128, 64, 80), (64, 32, 96)],
-                         ids=["tiles-of-16", "tiles-of-32-last-part-filled", "groups-of-64"])
+@pytest.mark.parametrize("group,block_n,width", [(128, 32, 80), (128, 64, 96), (64, 32, 96)],
+                         ids=["tiles-of-16", "tiles-of-32", "groups-of-64"])
 def test_one_row_gate_up_kernel_gives_the_silu_kernels_answer_bit_for_bit(group, block_n, width):
     # A fused gate/up layer: gate the first `width` outputs, up the next. A decode step takes the one-kernel
     # form wherever its config allows, the two-kernel form elsewhere: the answer must not depend on which.
@@ -190,6 +190,7 @@ def test_gate_up_kernel_declines_what_it_cannot_serve_and_the_caller_falls_back(
 
     assert torch.equal(served, w4a16_kernels.silu_mul_matmul(x[:1, layer.perm], *args, ONE_ROW_NO_SPLIT))
     assert w4a16_kernels.silu_mul_matmul(x[:1], *args, dict(ONE_ROW_NO_SPLIT, split=2)) is None  # sums in parts
+    assert w4a16_kernels.silu_mul_matmul(x[:1], *args, dict(ONE_ROW_NO_SPLIT, BLOCK_N=128)) is None  # 96 % 64
     assert w4a16_kernels.silu_mul_matmul(x, *args, dict(ONE_ROW_NO_SPLIT, kernel="swap", BLOCK_M=16)) is None
     assert layer.silu_mul(x) is None  # two rows
     monkeypatch.setattr(w4a16_kernels, "SILU_MUL_EPILOGUE", False)  # the benchmark's switch
