@@ -174,3 +174,53 @@ def test_int8_codes_read_as_exactly_the_numbers_they_hold_on_the_gpu():
     got, want = (decode_attention(q, keys, values, positions, 300, 0.125, token_scales=token_scales)
                  for keys, values in (codes, codes.bfloat16()))
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def both_forms(split, sliding, q_heads, kv_heads, dim, max_len, positions, device="cpu"):
+    """(one pass's output, the two kernels' output, the cache each left) from the same qkv partial sums."""
+    from worker.kernels.decode_attention import rotary_decode_attention
+    from worker.kernels.layer_kernels import rotary_into_cache
+
+    gen = torch.Generator().manual_seed(34)
+    rows = len(positions)
+    keys = torch.randn(rows, kv_heads, max_len, dim, generator=gen).bfloat16().to(device)
+    values = torch.randn(rows, kv_heads, max_len, dim, generator=gen).bfloat16().to(device)
+    part_dtype = torch.bfloat16 if split == 1 else torch.float32
+    partials = torch.randn(split, rows, (q_heads + 2 * kv_heads) * dim, generator=gen).to(device, part_dtype)
+    angles = positions[:, None].float() * torch.rand(dim // 2, generator=gen)[None, :]
+    cos, sin = (torch.cat([f(angles)] * 2, dim=1).bfloat16().to(device) for f in (torch.cos, torch.sin))
+    positions = positions.to(device)
+    two_keys, two_values = keys.clone(), values.clone()
+
+    q = rotary_into_cache(partials, cos, sin, positions, two_keys, two_values, 0, 1, q_heads, kv_heads,
+                          torch.bfloat16)
+    two_kernels = decode_attention(q, two_keys, two_values, positions, max_len, 0.25, sliding_window=sliding)
+    one_pass = rotary_decode_attention(partials, cos, sin, q_heads, keys, values, positions, max_len, 0.25,
+                                       sliding_window=sliding)
+    return one_pass, two_kernels, (keys, values), (two_keys, two_values)
+
+
+@pytest.mark.parametrize("split", [1, 3], ids=["one-split-bf16", "three-splits-fp32"])
+@pytest.mark.parametrize("sliding", [None, 40])
+def test_attention_that_does_the_rotary_itself_answers_and_writes_the_cache_as_the_two_kernels_do(split, sliding):
+    # A decode step may take either form (a quantized cache or many K splits keep the rotary kernel): the
+    # answer, and what the cache holds for the steps after, must not depend on which. Positions: the first
+    # entry; the last and the first of a chunk; the window's end. GQA: two q heads a kv head.
+    one_pass, two_kernels, cache, two_kernels_cache = both_forms(split, sliding, 4, 2, 16, 300,
+                                                                 torch.tensor([0, 127, 128, 299]))
+
+    assert all(torch.equal(got, want) for got, want in zip(cache, two_kernels_cache))  # new k, v at each position
+    assert one_pass.dtype == torch.bfloat16
+    torch.testing.assert_close(one_pass, two_kernels, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernels run on a GPU only")
+@pytest.mark.parametrize("split", [1, 2])
+def test_attention_that_does_the_rotary_itself_gives_the_two_kernels_answer_on_the_gpu(split):
+    # the 13B's heads (40 of 128) and a 1,024-entry window; one row (a batch-1 step, overlapping launches), then 5
+    for positions in (torch.tensor([700]), torch.tensor([0, 127, 128, 700, 1023])):
+        one_pass, two_kernels, cache, two_kernels_cache = both_forms(split, None, 40, 40, 128, 1024, positions,
+                                                                     "cuda")
+
+        assert all(torch.equal(got, want) for got, want in zip(cache, two_kernels_cache))
+        assert torch.equal(one_pass, two_kernels)
