@@ -139,8 +139,17 @@ def part_attention(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cach
     q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
     batch, length = part.positions.shape
     sliding = part.sliding(sliding_window)
-    if part.decode_kernel and length == 1 and part.slots is None and rotary_in_attention(qkv, dtype, cache):
-        return decode_with_rotary(attn, qkv, part, cache, layer, dtype, sliding, order), order is not None
+    if part.decode_kernel and length == 1 and rotary_in_attention(qkv, dtype, cache):
+        from worker.kernels.decode_attention import rotary_decode_attention  # Triton: only where it runs
+
+        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        if q_norm is not None or k_norm is not None:  # Qwen3's q/k norms, before the rotary
+            qkv = normed_qk(qkv, q_norm or nn.Identity(), k_norm or nn.Identity(), q_heads, kv_heads, head_dim, dtype)
+        keys, values = cache.window(layer, part.first_row, batch, part.window)
+        out = rotary_decode_attention(qkv, part.cos.reshape(batch, head_dim).contiguous(),
+                                      part.sin.reshape(batch, head_dim).contiguous(), q_heads, keys, values,
+                                      part.positions.reshape(-1), part.window, attn.scaling, order, sliding)
+        return out, order is not None
     q = rotary_into_cache(qkv, part.cos, part.sin, part.positions, cache, layer, part.first_row, q_heads, kv_heads,
                           dtype, getattr(attn, "q_norm", None), getattr(attn, "k_norm", None),  # Qwen3's q/k norms
                           slots=part.slots, with_kv=part.whole_prompts)
@@ -169,25 +178,6 @@ def part_attention(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cach
         enable_gqa=q_heads != kv_heads,
     )
     return out.transpose(1, 2).reshape(batch * length, -1), False
-
-
-def decode_with_rotary(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cache: KVCache, layer: int,
-                       dtype: torch.dtype, sliding: int | None, order: torch.Tensor | None) -> torch.Tensor:
-    """A decode part's attention straight from qkv's partial sums: the rotary, the K/V write and the attention
-    in the decode kernel (``rotary_in_attention`` says where it serves) -> out [rows, q_heads * D], in
-    ``order`` when given."""
-    from worker.kernels.decode_attention import rotary_decode_attention  # Triton: only where it runs
-
-    head_dim = attn.head_dim
-    q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
-    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-    if q_norm is not None or k_norm is not None:  # Qwen3's q/k norms, before the rotary
-        qkv = normed_qk(qkv, q_norm or nn.Identity(), k_norm or nn.Identity(), q_heads, kv_heads, head_dim, dtype)
-    batch = part.positions.shape[0]
-    keys, values = cache.window(layer, part.first_row, batch, part.window)
-    cos, sin = (t.reshape(batch, head_dim).contiguous() for t in (part.cos, part.sin))
-    return rotary_decode_attention(qkv, cos, sin, q_heads, keys, values, part.positions.reshape(-1), part.window,
-                                   attn.scaling, order, sliding)
 
 
 def rows_of(partials: torch.Tensor, first: int, count: int) -> torch.Tensor:
