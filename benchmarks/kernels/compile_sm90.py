@@ -51,7 +51,7 @@ CHUNK = dict(q_ptr="*bf16", k_ptr="*bf16", v_ptr="*bf16", pos_ptr="*i64", m_ptr=
              stride_head="i32", stride_pos="i32", scale="fp32", sliding_window="i32", kv_heads="i32",
              scale_stride_kv="i32", scale_stride_slot="i32", scale_stride_head="i32", GROUP="constexpr",
              HEAD_DIM="constexpr", CHUNK="constexpr", SLIDING="constexpr", SCALED="constexpr", TOKEN_SCALED="constexpr",
-             ASM="constexpr", cos_ptr="*bf16", sin_ptr="*bf16", part_stride="i32")
+             ASM="constexpr")
 DEQUANTIZE = dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", inv_ptr="*fp32", out_ptr="*bf16", col0="i32", cols="i32",
                   stride_w="i32", stride_s="i32", stride_z="i32", stride_ok="i32", stride_oc="i32", GROUP="constexpr",
                   BLOCK_N="constexpr", BLOCK_K="constexpr", SPREAD="constexpr", FP8="constexpr",
@@ -111,15 +111,11 @@ KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the w
      dict(Q_HEADS=40, KV_HEADS=40, HEAD_DIM=128, SPLIT=1, HEADS=8, FP8=False, INT8=True,
           SLOTS=True, ALL_HEADS=True), 4, 3),
     (attention._chunk_kernel, CHUNK,
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=False, ASM=False, SPLIT=0), 4, 3),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=False, ASM=False), 4, 3),
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*fp8e4nv", v_ptr="*fp8e4nv"),
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True, TOKEN_SCALED=False, ASM=False, SPLIT=0), 4, 3),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=True, TOKEN_SCALED=False, ASM=False), 4, 3),
     (attention._chunk_kernel, dict(CHUNK, k_ptr="*i8", v_ptr="*i8"),
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True, ASM=True, SPLIT=0), 2, 3),
-    (attention._chunk_kernel, dict(CHUNK, q_ptr="*fp32"),  # the rotary done here: qkv's partials, split 2
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=False, ASM=False, SPLIT=2), 4, 3),
-    (attention._chunk_kernel, CHUNK,  # ... one split, in bf16 (Qwen3's normed q/k too)
-     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=False, ASM=False, SPLIT=1), 4, 3),
+     dict(GROUP=1, HEAD_DIM=128, CHUNK=128, SLIDING=False, SCALED=False, TOKEN_SCALED=True, ASM=True), 2, 3),
     (attention._combine_kernel, dict(m_ptr="*fp32", l_ptr="*fp32", acc_ptr="*fp32", order_ptr="*i64", out_ptr="*bf16",
                                      chunks="i32", HEAD_DIM="constexpr", BLOCK_C="constexpr", ORDERED="constexpr"),
      dict(HEAD_DIM=128, BLOCK_C=32, ORDERED=True), 4, 3),

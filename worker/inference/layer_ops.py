@@ -109,21 +109,6 @@ def normed_qk(partials: torch.Tensor, q_norm: nn.Module, k_norm: nn.Module, q_he
     return torch.cat([q, k, heads[:, q_heads + kv_heads :]], dim=1).reshape(1, qkv.shape[0], -1)
 
 
-ROTARY_MAX_SPLIT = 4  # qkv splits up to which decode attention does the rotary itself (``rotary_in_attention``)
-
-
-def rotary_in_attention(partials: torch.Tensor, dtype: torch.dtype, cache) -> bool:
-    """Whether a decode step's attention takes qkv's partial sums and does the rotary and the K/V write itself
-    (``decode_attention.rotary_decode_attention``: one kernel fewer per layer): GPU kernels, a cache in the
-    model's dtype (a quantized one keeps ``rotary_into_cache``, which quantizes), and few K splits, since every
-    chunk program of a head sums that head's partials again."""
-    if not (kernels_serve(partials, dtype) and cache.quant is KVQuant.NONE and partials.shape[0] <= ROTARY_MAX_SPLIT):
-        return False
-    from worker.kernels import decode_attention  # Triton: only where it runs
-
-    return decode_attention.ROTARY_IN_CHUNKS
-
-
 def rotary_into_cache(partials, cos, sin, positions, cache, layer: int, first_row: int, q_heads: int,
                       kv_heads: int, dtype: torch.dtype, q_norm: nn.Module | None = None,
                       k_norm: nn.Module | None = None, slots: torch.Tensor | None = None, with_kv: bool = False):

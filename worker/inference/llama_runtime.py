@@ -35,10 +35,8 @@ from worker.inference.layer_ops import (
     add_rms_norm,
     gate_up_silu_mul,
     kernels_serve,
-    normed_qk,
     output_order_for,
     projection_partials,
-    rotary_in_attention,
     rotary_into_cache,
 )
 from worker.inference.prefill_graph import PrefillGraphs
@@ -138,21 +136,10 @@ def part_attention(attn: nn.Module, qkv: torch.Tensor, part: AttentionPart, cach
     head_dim = attn.head_dim
     q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
     batch, length = part.positions.shape
-    sliding = part.sliding(sliding_window)
-    if part.decode_kernel and length == 1 and rotary_in_attention(qkv, dtype, cache):
-        from worker.kernels.decode_attention import rotary_decode_attention  # Triton: only where it runs
-
-        q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
-        if q_norm is not None or k_norm is not None:  # Qwen3's q/k norms, before the rotary
-            qkv = normed_qk(qkv, q_norm or nn.Identity(), k_norm or nn.Identity(), q_heads, kv_heads, head_dim, dtype)
-        keys, values = cache.window(layer, part.first_row, batch, part.window)
-        out = rotary_decode_attention(qkv, part.cos.reshape(batch, head_dim).contiguous(),
-                                      part.sin.reshape(batch, head_dim).contiguous(), q_heads, keys, values,
-                                      part.positions.reshape(-1), part.window, attn.scaling, order, sliding)
-        return out, order is not None
     q = rotary_into_cache(qkv, part.cos, part.sin, part.positions, cache, layer, part.first_row, q_heads, kv_heads,
                           dtype, getattr(attn, "q_norm", None), getattr(attn, "k_norm", None),  # Qwen3's q/k norms
                           slots=part.slots, with_kv=part.whole_prompts)
+    sliding = part.sliding(sliding_window)
     if part.whole_prompts:
         q, keys, values = q
         # A prompt's padding sits at its end, after every real token: causal attention keeps it out of them.

@@ -29,7 +29,6 @@ from worker.kernels import INTERPRETING, MAGIC
 from worker.kernels.launch import overlap, wait_for_previous_kernel
 
 CHUNK = 128  # cache entries per program
-ROTARY_IN_CHUNKS = True  # ``rotary_decode_attention`` serves; switched off by the benchmark to time both forms
 CHUNK_WARPS = 4  # warps per chunk program
 INT8_CHUNK_WARPS = 2  # an int8 cache's: 96 against 108 us a 13B layer at 32 rows (benchmarks/NOTES.md row 66)
 
@@ -52,45 +51,18 @@ def _as_fp32(entries, ASM: tl.constexpr):
 
 
 @triton.jit
-def _summed_head(part_ptr, at, d, part_stride, SPLIT: tl.constexpr, HEAD_DIM: tl.constexpr, dtype: tl.constexpr):
-    """One head's HEAD_DIM values of qkv at ``at`` from its SPLIT partial sums, rounded to ``dtype`` (as
-    transformers rounds qkv before the rotary), as fp32, and each channel's rotary partner (d +- HEAD_DIM / 2)."""
-    own = tl.load(part_ptr + at + d).to(tl.float32)
-    partner = tl.load(part_ptr + at + (d + HEAD_DIM // 2) % HEAD_DIM).to(tl.float32)
-    for s in tl.static_range(1, SPLIT):
-        own += tl.load(part_ptr + s * part_stride + at + d).to(tl.float32)
-        partner += tl.load(part_ptr + s * part_stride + at + (d + HEAD_DIM // 2) % HEAD_DIM).to(tl.float32)
-    return own.to(dtype).to(tl.float32), partner.to(dtype).to(tl.float32)
-
-
-@triton.jit
-def _rotated(own, partner, cos, sin, d, HEAD_DIM: tl.constexpr):
-    """Rotary (rotate-half) of one head: ``layer_kernels._rotary_into_cache_kernel``'s arithmetic, channel by
-    channel (first half x1 * cos - x2 * sin, second x2 * cos + x1 * sin)."""
-    return tl.where(d < HEAD_DIM // 2, own * cos - partner * sin, own * cos + partner * sin)
-
-
-@triton.jit
 def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_ptr, channel_ptr, chunks, stride_slot,
                   stride_head, stride_pos, scale, sliding_window, kv_heads, scale_stride_kv, scale_stride_slot,
                   scale_stride_head, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
                   SLIDING: tl.constexpr, SCALED: tl.constexpr, TOKEN_SCALED: tl.constexpr, ASM: tl.constexpr,
-                  PDL: tl.constexpr = False, cos_ptr=None, sin_ptr=None, part_stride=0, SPLIT: tl.constexpr = 0):
+                  PDL: tl.constexpr = False):
     """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries
     (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0). SCALED: keys
     and values are stored divided by kv_scale_ptr[kv head] and kv_scale_ptr[kv_heads + kv head]. TOKEN_SCALED:
     entry t's key and value are stored divided by kv_scale_ptr[kv * scale_stride_kv + row * scale_stride_slot +
     kv head * scale_stride_head + t] with kv 0 (K) and 1 (V), and keys also divided by channel_ptr[kv head *
     HEAD_DIM + d] (q is multiplied by them: the same products). ASM: the entries are int8 codes, made fp32 by
-    ``_as_fp32``'s assembly.
-
-    SPLIT > 0 (a cache in the model's dtype, unscaled): the rotary step is done here, not by a kernel before.
-    q_ptr is then qkv's SPLIT partial sums [split, rows, (heads + 2 kv_heads) * HEAD_DIM] (split stride
-    part_stride), cos_ptr / sin_ptr the rows' rotary [rows, HEAD_DIM] in the model's dtype: each program
-    rotates its q head itself, and the program whose chunk holds the row's new entry (at its position) its k
-    head and v head too, using them for that entry in place of the cache's (which it does not read); of those
-    programs, the first q head of each kv head writes them into the cache for the steps after. Rounded as
-    ``layer_kernels.rotary_into_cache`` rounds what it stores: the same scores and outputs."""
+    ``_as_fp32``'s assembly."""
     wait_for_previous_kernel(PDL)
     row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
@@ -105,35 +77,10 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
     if SCALED:
         scale = scale * tl.load(kv_scale_ptr + head // GROUP)
         v_scale = tl.load(kv_scale_ptr + kv_heads + head // GROUP)
-    cached = valid
-    if SPLIT > 0:
-        own_chunk = position // CHUNK == chunk
-        cached = valid & (t != position)  # the new entry comes from qkv, not from the cache it is written to
-        row_at = row * (heads + 2 * kv_heads) * HEAD_DIM
-        cos = tl.load(cos_ptr + row * HEAD_DIM + d).to(tl.float32)
-        sin = tl.load(sin_ptr + row * HEAD_DIM + d).to(tl.float32)
-        own, partner = _summed_head(q_ptr, row_at + head * HEAD_DIM, d, part_stride, SPLIT, HEAD_DIM,
-                                    cos_ptr.dtype.element_ty)
-        q = _rotated(own, partner, cos, sin, d, HEAD_DIM).to(cos_ptr.dtype.element_ty).to(tl.float32)
-    else:
-        q = tl.load(q_ptr + (row * heads + head) * HEAD_DIM + d).to(tl.float32)
+    q = tl.load(q_ptr + (row * heads + head) * HEAD_DIM + d).to(tl.float32)
     if TOKEN_SCALED:
         q = q * tl.load(channel_ptr + (head // GROUP) * HEAD_DIM + d)
-    keys = _as_fp32(tl.load(k_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=cached[:, None], other=0.0), ASM)
-    if SPLIT > 0:
-        values = _as_fp32(tl.load(v_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=cached[:, None], other=0.0),
-                          ASM)
-        if own_chunk:
-            new_key, partner = _summed_head(q_ptr, row_at + (heads + head // GROUP) * HEAD_DIM, d, part_stride,
-                                            SPLIT, HEAD_DIM, cos_ptr.dtype.element_ty)
-            new_key = _rotated(new_key, partner, cos, sin, d, HEAD_DIM).to(k_ptr.dtype.element_ty)
-            new_value = _summed_head(q_ptr, row_at + (heads + kv_heads + head // GROUP) * HEAD_DIM, d, part_stride,
-                                     SPLIT, HEAD_DIM, cos_ptr.dtype.element_ty)[0].to(k_ptr.dtype.element_ty)
-            writer = (d * 0 + head % GROUP) == 0  # [HEAD_DIM] (a scalar mask breaks the interpreter)
-            tl.store(k_ptr + kv + position * stride_pos + d, new_key, mask=writer)
-            tl.store(v_ptr + kv + position * stride_pos + d, new_value, mask=writer)
-            keys = tl.where((t == position)[:, None], new_key.to(tl.float32)[None, :], keys)
-            values = tl.where((t == position)[:, None], new_value.to(tl.float32)[None, :], values)
+    keys = _as_fp32(tl.load(k_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0), ASM)
     products = tl.sum(keys * q[None, :], axis=1)
     if TOKEN_SCALED:
         token_scales = kv_scale_ptr + row * scale_stride_slot + (head // GROUP) * scale_stride_head + t
@@ -142,9 +89,7 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
     top = tl.max(scores, axis=0)
     top_safe = tl.where(top == float("-inf"), 0.0, top)  # a chunk past the row's end: weights 0, not NaN
     weights = tl.exp(scores - top_safe)
-    if SPLIT == 0:
-        values = _as_fp32(tl.load(v_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0),
-                          ASM)
+    values = _as_fp32(tl.load(v_ptr + kv + t[:, None] * stride_pos + d[None, :], mask=valid[:, None], other=0.0), ASM)
     value_weights = weights
     if TOKEN_SCALED:  # the softmax sums the weights; the values take each entry's V scale on top
         value_weights = weights * tl.load(token_scales + scale_stride_kv, mask=valid, other=0.0)
@@ -196,59 +141,30 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     what an int8 cache's K is divided by per channel besides (``KVCache.key_channel_scales``; None: 1.0).
     ``chunk``/``num_warps``: the chunk programs' shape, CHUNK and ``chunk_warps`` unless given
     (``benchmarks/kernels/decode_attention_configs.py`` sweeps them)."""
+    chunk, num_warps = chunk or CHUNK, num_warps or chunk_warps(keys.dtype)
     batch, heads, head_dim = q.shape
+    chunks = triton.cdiv(window, chunk)
+    m = torch.empty((batch, heads, chunks), device=q.device, dtype=torch.float32)
+    l_sum = torch.empty_like(m)
+    acc = torch.empty((batch, heads, chunks, head_dim), device=q.device, dtype=torch.float32)
     if kv_scales is not None and token_scales is not None:
         raise ValueError("a cache has per-head (fp8) or per-token (int8) scales, not both")
+    scale_arg = kv_scales if kv_scales is not None else token_scales if token_scales is not None else m
     scale_strides = token_scales.stride()[:3] if token_scales is not None else (0, 0, 0)
     if token_scales is not None and key_channel_scales is None:
         key_channel_scales = torch.ones((keys.shape[1], head_dim), device=q.device, dtype=torch.float32)
-    scales = kv_scales if kv_scales is not None else token_scales
-    return _attend(q, batch, heads, q.dtype, keys, values, positions, window, scale, order_inverse, sliding_window,
-                   chunk, num_warps, dict(kv_scale_ptr=scales, channel_ptr=key_channel_scales.contiguous()
-                                          if token_scales is not None else None,
-                                          scale_stride_kv=scale_strides[0], scale_stride_slot=scale_strides[1],
-                                          scale_stride_head=scale_strides[2], SCALED=kv_scales is not None,
-                                          TOKEN_SCALED=token_scales is not None))
-
-
-def rotary_decode_attention(partials: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_heads: int,
-                            keys: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, window: int,
-                            scale: float, order_inverse: torch.Tensor | None = None,
-                            sliding_window: int | None = None) -> torch.Tensor:
-    """``layer_kernels.rotary_into_cache`` and ``decode_attention`` in one kernel pair, for a cache in the
-    model's dtype: qkv's partial sums [split, B, (q_heads + 2 Hkv) * D] and the rows' rotary cos/sin [B, D]
-    (the model's dtype) -> the same [B, q_heads * D]; each row's new k and v are written into ``keys`` /
-    ``values`` at positions[b] as that kernel writes them. One launch fewer per layer and step."""
-    split, batch, _ = partials.shape
-    return _attend(partials, batch, q_heads, cos.dtype, keys, values, positions, window, scale, order_inverse,
-                   sliding_window, None, None, dict(cos_ptr=cos, sin_ptr=sin, part_stride=partials[0].numel(),
-                                                    SPLIT=split))
-
-
-def _attend(q_arg, batch: int, heads: int, dtype: torch.dtype, keys, values, positions, window: int, scale: float,
-            order_inverse, sliding_window, chunk, num_warps, options: dict) -> torch.Tensor:
-    """The chunk programs, then the combine, for ``batch`` rows of ``heads`` q heads (``options``: the chunk
-    kernel's arguments for a scaled cache or for the rotary step)."""
-    chunk, num_warps = chunk or CHUNK, num_warps or chunk_warps(keys.dtype)
-    head_dim = keys.shape[-1]
-    chunks = triton.cdiv(window, chunk)
-    m = torch.empty((batch, heads, chunks), device=keys.device, dtype=torch.float32)
-    l_sum = torch.empty_like(m)
-    acc = torch.empty((batch, heads, chunks, head_dim), device=keys.device, dtype=torch.float32)
-    unused = dict(kv_scale_ptr=m, channel_ptr=m, scale_stride_kv=0, scale_stride_slot=0, scale_stride_head=0,
-                  SCALED=False, TOKEN_SCALED=False)  # pointers a launch must pass though its form reads none
+    channel_arg = key_channel_scales.contiguous() if token_scales is not None else m
     _chunk_kernel[(batch, heads, chunks)](
-        q_arg, keys, values, positions, m, l_sum, acc, chunks=chunks, stride_slot=keys.stride(0),
-        stride_head=keys.stride(1), stride_pos=keys.stride(2), scale=scale, sliding_window=sliding_window or 0,
-        kv_heads=keys.shape[1], GROUP=heads // keys.shape[1], HEAD_DIM=head_dim, CHUNK=chunk,
-        SLIDING=sliding_window is not None and sliding_window < window,
-        ASM=keys.dtype == torch.int8 and not INTERPRETING, num_warps=num_warps, **overlap(keys.device, batch),
-        **dict(unused, **{name: value for name, value in options.items() if value is not None}),
+        q, keys, values, positions, m, l_sum, acc, scale_arg, channel_arg, chunks, keys.stride(0), keys.stride(1),
+        keys.stride(2), scale, sliding_window or 0, keys.shape[1], *scale_strides, GROUP=heads // keys.shape[1],
+        HEAD_DIM=head_dim, CHUNK=chunk, SLIDING=sliding_window is not None and sliding_window < window,
+        SCALED=kv_scales is not None, TOKEN_SCALED=token_scales is not None,
+        ASM=keys.dtype == torch.int8 and not INTERPRETING, num_warps=num_warps, **overlap(q.device, batch),
     )
-    out = torch.empty((batch, heads * head_dim), device=keys.device, dtype=dtype)
+    out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](
         m, l_sum, acc, order_inverse if order_inverse is not None else out, out, chunks,
         HEAD_DIM=head_dim, BLOCK_C=triton.next_power_of_2(chunks), ORDERED=order_inverse is not None, num_warps=4,
-        **overlap(keys.device, batch),
+        **overlap(q.device, batch),
     )
     return out
