@@ -1,5 +1,6 @@
 """The captured 13B decode step timed under a few variants of the worker's kernels, alternately in one process,
-with the greedy tokens of every variant compared to the first's (``launch_overlap``, ``small_kernel_blocks``).
+with the greedy tokens of every variant compared to the first's (``launch_overlap``, ``small_kernel_blocks``,
+``silu_epilogue``).
 
 Each variant is a function that sets the switches it needs; the step is captured again after it (``tune_in_step``'s
 ``step_ms``: 40 layers, attention window 1,024, rows 900 tokens in) and timed as the best of two runs of 20

@@ -6,7 +6,8 @@ dtype) and does the next step in the same pass, so a decode step launches a few 
   the next int4 layer's input order (act-order), so that layer skips its gather. Two kernels over column
   blocks (a one-row norm in a single program kept one SM busy and the rest waiting: benchmarks/NOTES.md
   rows 18-19).
-- ``silu_mul``: silu(gate) * up from gate_up's partials.
+- ``silu_mul``: silu(gate) * up from gate_up's partials (a one-row step whose gate/up config has no K split does
+  it inside the matmul instead: ``w4a16.silu_mul_matmul``).
 - ``rotary_into_cache``: q/k/v from qkv's partials; rotary on q and k; k and v written into the KV cache at
   each row's position; q returned.
 

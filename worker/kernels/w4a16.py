@@ -21,6 +21,7 @@ Two ways to multiply, picked by the number of activation rows M:
     bf16 activations each word's 8 products are added in bf16x2 instructions (``_bf16_word_sums``: the fp32
     arithmetic bounded the kernel by instruction issue, not by memory; benchmarks/NOTES.md rows 26-27), the
     words in fp32.
+    For a fused gate/up layer with no K split it can also apply SiLU·mul itself (``silu_mul_matmul``).
   - 2..32 rows, ``_swap_dot_kernel``: tensor cores on out.T = W @ x.T, so the weights take the MMA's long side
     and the rows pad only to 16; one dot per code position j of the packed words, or (config ``one_dot``) one
     dot over the 8 positions side by side. On Hopper, where the tuned table says so (config kernel
@@ -608,9 +609,9 @@ def _launch_gemv(x, packed, scales, zeros, out, out_features: int, group_size: i
 def silu_mul_matmul(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor | None:
     """silu(gate) * up [1, N/2] for one row x [1, K] (group order) through a fused gate/up layer of N outputs
     (gate the first N/2): the one-row kernel with the activation in its epilogue, one launch where the matmul
-    and ``layer_kernels.silu_mul`` take two (a decode step's kernels run one after another, and each costs
-    its own start and finish: benchmarks/NOTES.md row 92). None where that kernel cannot serve: more rows than
-    one, a config with its K split (the activation needs the whole sums), or tiles that do not divide N."""
+    and ``layer_kernels.silu_mul`` take two (the one-row step 0.3% faster on an H100: benchmarks/NOTES.md row
+    92). None where that kernel cannot serve: more rows than one, a config with its K split (the activation
+    needs the whole sums), or tiles that do not divide N."""
     rows, in_features = x.shape
     out_features = packed.shape[1]
     config = dict(config or fused_config(rows, out_features, in_features, group_size, x.device))
