@@ -13,15 +13,9 @@ import argparse
 
 import torch
 
-from benchmarks.kernels.step_variants import each_batch
+from benchmarks.kernels.step_variants import each_value
 from benchmarks.result_json import write_result
 from worker.kernels import launch
-
-
-def overlapping(on: bool):
-    def apply():
-        launch.OVERLAP = on
-    return apply
 
 
 def main() -> None:
@@ -31,11 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     if not launch.overlap(torch.device("cuda"), 1).get("launch_pdl"):
         raise SystemExit("overlapping launches need Hopper or later and a Triton with griddepcontrol")
-    shipped = launch.OVERLAP
-    try:
-        report = each_batch(args.batches, args.rounds, {"plain": overlapping(False), "overlapping": overlapping(True)})
-    finally:
-        launch.OVERLAP = shipped
+    report = each_value(launch, "OVERLAP", {"plain": False, "overlapping": True}, args.batches, args.rounds)
     write_result("launch_overlap", report)
 
 

@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.kernels.step_variants import each_batch
+from benchmarks.kernels.step_variants import each_value
 from benchmarks.result_json import write_result
 from worker.kernels import w4a16
-
-
-def epilogue(on: bool):
-    def apply():
-        w4a16.SILU_MUL_EPILOGUE = on
-    return apply
 
 
 def main() -> None:
@@ -27,12 +21,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    shipped = w4a16.SILU_MUL_EPILOGUE
-    try:
-        report = each_batch(args.batches, args.rounds, {"silu in the matmul": epilogue(True),
-                                                        "silu kernel": epilogue(False)})
-    finally:
-        w4a16.SILU_MUL_EPILOGUE = shipped
+    report = each_value(w4a16, "SILU_MUL_EPILOGUE", {"silu in the matmul": True, "silu kernel": False},
+                        args.batches, args.rounds)
     write_result("silu_epilogue", report)
 
 

@@ -64,3 +64,17 @@ def each_batch(batches: list[int], rounds: int, variants: dict[str, Callable[[],
         gc.collect()  # the runtime's graphs sit in reference cycles
         torch.cuda.empty_cache()
     return report
+
+
+def each_value(module, name: str, values: dict[str, object], batches: list[int], rounds: int) -> dict:
+    """``each_batch`` with one module-level switch (``module.name``) set to each of ``values`` (label -> value) in
+    turn, and put back as it was afterwards."""
+    shipped = getattr(module, name)
+
+    def setting(value):
+        return lambda: setattr(module, name, value)
+
+    try:
+        return each_batch(batches, rounds, {label: setting(value) for label, value in values.items()})
+    finally:
+        setattr(module, name, shipped)
