@@ -19,7 +19,7 @@ DEFAULT_MAX_BATCH = 8
 # Off: on the H200 mixing gave new questions their first words sooner under load but slowed the answers already
 # streaming, and cost 6% of the 32-user throughput with 64-token prompts (benchmarks/NOTES.md row 59).
 DEFAULT_MIX_PREFILL = False
-KVCacheDtype = Literal["auto", "fp8", "int8"]  # XWINBOT_KV_CACHE_DTYPE (worker.inference.kv_quant)
+KVCacheDtype = Literal["auto", "fp8", "int8"]  # XWINBOT_KV_CACHE_DTYPE (worker.kernels.kv_quant)
 KV_CACHE_DTYPES = get_args(KVCacheDtype)  # for the benchmarks' --kv-cache-dtype
 PrefillDtype = Literal["auto", "fp8"]  # XWINBOT_PREFILL_DTYPE (worker.kernels.w4a16.fp8_dequantized_matmul)
 PREFILL_DTYPES = get_args(PrefillDtype)  # for the benchmarks' --prefill-dtype

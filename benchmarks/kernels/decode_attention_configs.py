@@ -23,8 +23,8 @@ import torch
 
 from benchmarks.kernels.int4_kernels import replay_ms
 from benchmarks.result_json import write_result
-from worker.inference.kv_quant import KVQuant, cache_dtype, token_scale_bytes
 from worker.kernels import decode_attention as attention
+from worker.kernels.kv_quant import KVQuant, cache_dtype, token_scale_bytes
 from worker.settings import KV_CACHE_DTYPES
 
 HEADS, HEAD_DIM = 40, 128

@@ -22,9 +22,9 @@ import torch
 
 from benchmarks.result_json import write_result
 from benchmarks.synthetic_checkpoint import TINY, write_synthetic_checkpoint
-from worker.inference.kv_quant import FP8, INT8
 from worker.inference.llama_runtime import LlamaRuntime
 from worker.inference.sampling import GenerationParams
+from worker.kernels.kv_quant import FP8, INT8
 from worker.model.loader import load_model
 
 VARIANTS = {  # name: (kv dtype, scaled, attention)

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 
 from benchmarks.result_json import write_result
 from worker.inference.kv_cache import KVCache
-from worker.inference.kv_quant import FP8, INT8, KVQuant
 from worker.inference.llama_runtime import LlamaRuntime, calibrate_kv_scales, forward
 from worker.inference.prompt import Turn, make_template
 from worker.inference.sampling import GenerationParams
+from worker.kernels.kv_quant import FP8, INT8, KVQuant
 from worker.model.demo_model import ensure_demo_model
 from worker.model.loader import head_dim_of, load_model
 

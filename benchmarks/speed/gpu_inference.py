@@ -37,9 +37,9 @@ from benchmarks.result_json import ROOT, write_result
 from benchmarks.speed.hf_baseline import measure_in_clean_process
 from benchmarks.synthetic_checkpoint import SHAPES, TINY, TINY_LLAMA3, write_synthetic_checkpoint
 from worker.inference.kv_cache import KVCache
-from worker.inference.kv_quant import cache_dtype
 from worker.inference.llama_runtime import LlamaRuntime, forward
 from worker.inference.sampling import GenerationParams
+from worker.kernels.kv_quant import cache_dtype
 from worker.model.loader import head_dim_of, load_model, pick_device
 from worker.settings import KV_CACHE_DTYPES
 

@@ -4,6 +4,7 @@ adapters and the queue contract load without the model's libraries, and worker/'
 from __future__ import annotations
 
 import ast
+import itertools
 import subprocess
 import sys
 
@@ -14,6 +15,9 @@ from tests.helpers.paths import REPO
 PACKAGES = ("bot", "worker")
 CLI_ENTRY = "worker.cli"  # wires the processes together: the one worker module that may start the adapters
 MAX_WORKER_ROOT_MODULES = 12
+# The model's stack, lowest first: each package may import those below it, never one above (as gpt-fast's
+# generate → model → torch), so a kernel can be read and tested without the runtime that calls it.
+MODEL_STACK = ("worker.kernels", "worker.model", "worker.inference")
 BOT_MAY_IMPORT = ("worker.queue", "worker.settings", "worker.posters", "worker.ops", "worker.errors", "worker.logs",
                   "worker.feedback")
 
@@ -74,6 +78,17 @@ def test_only_the_cli_entry_imports_the_adapters(graph):
                                if m.startswith("worker") and m != CLI_ENTRY
                                and any(t.startswith("bot") for t in targets))
     assert reaching_into_bot == []
+
+
+def in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_model_stack_imports_only_downward(graph):
+    upward = sorted((module, target) for module, targets in graph.items() for target in targets
+                    for lower, higher in itertools.combinations(MODEL_STACK, 2)
+                    if in_package(module, lower) and in_package(target, higher))
+    assert upward == []
 
 
 def test_adapters_use_only_the_torch_free_parts_of_worker(graph):

@@ -18,11 +18,11 @@ from collections.abc import Iterator, Sequence
 from transformers import PreTrainedTokenizerBase
 
 from worker.inference.kv_budget import sized_context
-from worker.inference.kv_quant import cache_dtype
 from worker.inference.llama_runtime import LlamaRuntime
 from worker.inference.prompt import FittedPrompt, PromptTemplate, Turn, fit_conversation
 from worker.inference.sampling import DEFAULT_PARAMS, GenerationParams
 from worker.inference.stop_text import IncrementalDecoder, StopCutter
+from worker.kernels.kv_quant import cache_dtype
 from worker.model.loader import LoadedModel
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from worker.inference.kv_quant import token_scale_bytes
+from worker.kernels.kv_quant import token_scale_bytes
 from worker.model.loader import head_dim_of
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """The KV cache: keys and values of every layer and conversation slot, allocated once so that a decode step has
-fixed shapes (CUDA graphs replay it); how it stores them (bf16, fp8, int8) is ``worker.inference.kv_quant``'s.
+fixed shapes (CUDA graphs replay it); how it stores them (bf16, fp8, int8) is ``worker.kernels.kv_quant``'s.
 ``worker.inference.llama_runtime`` writes and reads it, and calibrates its static scales at load."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from worker.inference.kv_quant import (
+from worker.kernels import FP8_MAX
+from worker.kernels.kv_quant import (
     FP8,
     FP8_HEADROOM,
-    FP8_MAX,
     TOKEN_SCALE_DTYPE,
     KVQuant,
     key_channel_scales,
@@ -21,7 +21,7 @@ from worker.inference.kv_quant import (
 class KVCache(nn.Module):
     """Keys and values of every layer: [layers, slots, kv_heads, max_len, head_dim], allocated once.
 
-    How entries are stored follows the dtype (``quant``, see ``worker.inference.kv_quant``):
+    How entries are stored follows the dtype (``quant``, see ``worker.kernels.kv_quant``):
 
     - the model's dtype: as computed; ``scales`` stay 1.0 and nobody reads them.
     - fp8 (e4m3, ``XWINBOT_KV_CACHE_DTYPE=fp8``): half the memory of bf16; values are divided by their head's

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker.inference.kv_quant import KVQuant
+from worker.kernels.kv_quant import KVQuant
 
 
 def kernels_serve(t: torch.Tensor, dtype: torch.dtype) -> bool:

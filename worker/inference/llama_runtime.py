@@ -29,7 +29,6 @@ from torch import nn
 
 from worker.inference.decode_graph import DecodeGraphs
 from worker.inference.kv_cache import KVCache
-from worker.inference.kv_quant import KVQuant
 from worker.inference.layer_ops import (
     act_order_perm,
     add_rms_norm,
@@ -41,6 +40,7 @@ from worker.inference.layer_ops import (
 )
 from worker.inference.prefill_graph import PrefillGraphs
 from worker.inference.sampling import GenerationParams, SamplingTensors, sample
+from worker.kernels.kv_quant import KVQuant
 from worker.model.loader import SUPPORTED_MODEL_TYPES, head_dim_of, unsupported_model_type
 
 PREFILL_CHUNK = 512

@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.inference.kv_quant import FP8_MAX, INT8_MAX, TINY_SCALE, KVQuant
+from worker.kernels import FP8_MAX
+from worker.kernels.kv_quant import INT8_MAX, TINY_SCALE, KVQuant
 from worker.kernels.launch import overlap, wait_for_previous_kernel
 
 # kv_quant's constants as the kernels see them (one place for the value: the PyTorch path uses the same)

@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.kernels import INTERPRETING, MAGIC, bf16_codes
+from worker.kernels import FP8_MAX, INTERPRETING, MAGIC, bf16_codes
 from worker.kernels.launch import overlap, wait_for_previous_kernel
 
 try:  # Gluon, Triton's tile language with warp specialization, as Triton 3.6 has it: else Triton's kernel serves
@@ -61,7 +61,6 @@ CODE_SPREAD = 16  # inputs between a word's consecutive codes, groups of 128 or 
 TUNED_CONFIGS = Path(__file__).with_name("w4a16_configs.json")
 SCRATCH_ELEMENTS = 32 * 1024 * 1024  # 64 MiB of bf16 (32 of fp8): W is rebuilt at most this much at a time
 _scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 TINY_FP8_SCALE = 1e-12  # an all-zero row or column keeps a usable scale
 SILU_MUL_EPILOGUE = True  # ``silu_mul_matmul`` serves; switched off by the benchmark to time the two kernels
 

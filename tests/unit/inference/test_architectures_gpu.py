@@ -26,11 +26,11 @@ from tests.unit.inference.test_architectures import (
     prompts,
     reference_greedy,
 )
-from worker.inference.kv_quant import FP8, INT8
 from worker.inference.llama_runtime import LlamaRuntime, attention_windows, forward
 from worker.inference.sampling import GenerationParams
 from worker.kernels import decode_attention as decode_attention_module
 from worker.kernels import launch
+from worker.kernels.kv_quant import FP8, INT8
 from worker.model.loader import load_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU check needs a CUDA GPU")

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from worker.inference.kv_cache import KVCache
-from worker.inference.kv_quant import FP8, FP8_HEADROOM, FP8_MAX
 from worker.inference.llama_runtime import LlamaRuntime, calibration_tokens, forward
+from worker.kernels import FP8_MAX
+from worker.kernels.kv_quant import FP8, FP8_HEADROOM
 from worker.model.loader import load_model
 
 E4M3_STEP = 2.0**-3  # e4m3 keeps 3 mantissa bits: neighbours differ by at most 1/8 of the value

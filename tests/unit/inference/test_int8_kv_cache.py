@@ -9,7 +9,10 @@ import torch
 from pydantic import ValidationError
 
 from worker.inference.kv_cache import KVCache
-from worker.inference.kv_quant import (
+from worker.inference.llama_runtime import LlamaRuntime, forward
+from worker.inference.prompt import Turn, make_template
+from worker.inference.sampling import GenerationParams
+from worker.kernels.kv_quant import (
     CHANNEL_SCALE_FLOOR,
     INT8,
     INT8_MAX,
@@ -18,9 +21,6 @@ from worker.inference.kv_quant import (
     cache_dtype,
     key_channel_scales,
 )
-from worker.inference.llama_runtime import LlamaRuntime, forward
-from worker.inference.prompt import Turn, make_template
-from worker.inference.sampling import GenerationParams
 from worker.settings import Settings
 
 GEN = torch.Generator().manual_seed(41)

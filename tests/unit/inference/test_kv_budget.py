@@ -46,7 +46,7 @@ def test_generator_fits_prompts_to_the_sized_cache(gptq_checkpoint):
 
 
 def test_fp8_cache_fits_32_conversations_of_1k_tokens_on_a_24_gb_card():
-    from worker.inference.kv_quant import FP8
+    from worker.kernels.kv_quant import FP8
 
     assert bytes_per_token(XWIN_13B, FP8) == 409_600
     assert context_for_budget(4096, 32, bytes_per_token(XWIN_13B, FP8), int(14e9)) == 1024
@@ -58,8 +58,8 @@ def test_an_int8_token_adds_its_fp32_scales_and_still_fits_32_conversations_of_1
 
 
 def test_fp8_cache_answers_close_to_the_full_precision_one(gptq_checkpoint):
-    from worker.inference.kv_quant import FP8
     from worker.inference.llama_runtime import LlamaRuntime, forward
+    from worker.kernels.kv_quant import FP8
     from worker.model.loader import load_model
 
     ckpt = gptq_checkpoint(bits=4, group_size=32, seed=4)

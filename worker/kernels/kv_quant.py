@@ -1,5 +1,5 @@
 """How a KV cache stores its entries (``XWINBOT_KV_CACHE_DTYPE``), in one place for the cache, its kernels and
-the memory budget.
+the memory budget: beside the kernels, the lowest of them, so every import of it points down.
 
 - ``KVQuant.NONE`` ("auto"): the model's dtype (bf16), as computed.
 - ``KVQuant.PER_HEAD`` ("fp8"): e4m3, each entry divided by a static scale per (layer, K or V, kv head) that
@@ -20,12 +20,11 @@ import enum
 import torch
 
 FP8 = torch.float8_e4m3fn
-FP8_MAX = 448.0  # e4m3's largest finite value
 # An fp8 cache stores value / scale, with one scale per (layer, K or V, kv head) fixed once at load (see
-# ``llama_runtime.calibrate_kv_scales``): the calibration's largest magnitude lands at FP8_MAX / FP8_HEADROOM, so
-# entries up to FP8_HEADROOM times larger still fit unclipped. e4m3's relative precision is the same across its
-# normal range (2^-6 .. 448, a span of ~2^15), so the headroom costs nothing but pushing values 2^15 below the
-# largest into subnormals.
+# ``llama_runtime.calibrate_kv_scales``): the calibration's largest magnitude lands at e4m3's largest
+# (``worker.kernels.FP8_MAX``) / FP8_HEADROOM, so entries up to FP8_HEADROOM times larger still fit unclipped.
+# e4m3's relative precision is the same across its normal range (2^-6 .. 448, a span of ~2^15), so the headroom
+# costs nothing but pushing values 2^15 below the largest into subnormals.
 FP8_HEADROOM = 4.0
 INT8 = torch.int8
 INT8_MAX = 127.0
