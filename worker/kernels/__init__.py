@@ -1,4 +1,5 @@
-"""Triton kernels (int4 matmuls, the small ops between them, decode attention) and their measured configs."""
+"""Triton kernels (int4 matmuls, the small ops between them, decode attention) and their measured configs, and
+how the KV cache stores its entries (``kv_quant``), which the cache and its kernels share."""
 
 import os
 
