@@ -6,11 +6,16 @@ machine's Triton version before spending device time:
 
     python3 -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0
     PYTHONPATH=/tmp/t36/lib/python3.11/site-packages .venv/bin/python -m benchmarks.kernels.compile_sm90
+
+Each kernel's longest loop is counted in its SASS (Triton's own cuobjdump), and for the one-row int4 kernel per
+weight code each thread handles in it: the instruction count its issue rate is bound by (benchmarks/NOTES.md
+rows 26, 95), read without a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import torch
@@ -165,6 +170,36 @@ def compile_for_sm90(kernel, signature: dict, constexprs: dict, warps: int, stag
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
 
 
+SASS_LABEL = re.compile(r"(\w+):")  # Triton's SASS listing names branch targets (``LBB2:``)
+SASS_BRANCH = re.compile(r"\bBRA (\w+);")
+
+
+def longest_loop(sass: str) -> int:
+    """Instructions in the longest loop of a SASS listing as Triton prints it (``CompiledKernel.asm["sass"]``):
+    from a label to a branch back to it, the branch included; 0 without one (a branch to itself, which ends every
+    kernel's code, is no loop)."""
+    seen_at: dict[str, int] = {}
+    count = longest = 0
+    for line in sass.splitlines():
+        text = line.strip()
+        label = SASS_LABEL.fullmatch(text)
+        if label:
+            seen_at[label.group(1)] = count
+        elif text:
+            count += 1
+            branch = SASS_BRANCH.search(text)
+            if branch and branch.group(1) in seen_at and count - seen_at[branch.group(1)] > 1:
+                longest = max(longest, count - seen_at[branch.group(1)])
+    return longest
+
+
+def codes_a_thread(kernel, constexprs: dict, warps: int) -> int | None:
+    """Weight codes each thread of the one-row int4 kernel handles in one pass of its loop (a K block)."""
+    if kernel is not w4a16._gemv_kernel:
+        return None
+    return constexprs["BLOCK_K"] * constexprs["BLOCK_N"] // (32 * warps)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args()
@@ -173,8 +208,12 @@ def main() -> int:
     for kernel, signature, constexprs, warps, stages in KERNELS:
         row = dict(kernel=kernel.fn.__name__, constexprs=constexprs, num_warps=warps, num_stages=stages, ok=True)
         try:
-            compile_for_sm90(kernel, signature, constexprs, warps, stages)
-            print(f"ok      {kernel.fn.__name__} {constexprs}")
+            loop = longest_loop(compile_for_sm90(kernel, signature, constexprs, warps, stages).asm["sass"])
+            codes = codes_a_thread(kernel, constexprs, warps)
+            row.update(loop_instructions=loop, instructions_per_code=codes and round(loop / codes, 2))
+            per_code = f", {row['instructions_per_code']} a weight code" if codes else ""
+            shape = f"loop of {loop} instructions{per_code}" if loop else "no loop"
+            print(f"ok      {kernel.fn.__name__} {constexprs}: {shape}")
         except Exception as err:  # the compiler's own message is what to read
             row.update(ok=False, error=str(err).splitlines()[-1][:300])
             print(f"FAILED  {kernel.fn.__name__} {constexprs}: {row['error']}")
