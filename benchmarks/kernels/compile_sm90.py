@@ -62,6 +62,10 @@ DEQUANTIZE = dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", inv_ptr="*fp32", out
                   BLOCK_N="constexpr", BLOCK_K="constexpr", SPREAD="constexpr", FP8="constexpr",
                   FP8_LIMIT="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
+    (w4a16._gemv_kernel, GEMV,  # the 13B's one-row qkv, o and down (the H100's; the H200's o)
+     dict(GROUP=128, BLOCK_N=32, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
+    (w4a16._gemv_kernel, GEMV,  # the H200's one-row qkv and down
+     dict(GROUP=128, BLOCK_N=256, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,
      dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,
