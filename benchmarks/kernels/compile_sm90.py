@@ -37,7 +37,7 @@ DOT = dict(INT4, M="i32", N="i32", stride_xm="i32", stride_w="i32", stride_s="i3
            SPREAD="constexpr")
 GEMV = dict(INT4, N="i32", stride_w="i32", stride_s="i32", stride_z="i32", k_blocks="i32", magic="i32",
             GROUP="constexpr", BLOCK_N="constexpr", BLOCK_K="constexpr", ROWS="constexpr", SPREAD="constexpr",
-            BF16_WORDS="constexpr", ASM="constexpr", EVEN_N="constexpr")
+            BF16_WORDS="constexpr", ASM="constexpr")
 ROTARY = dict(part_ptr="*fp32", cos_ptr="*bf16", sin_ptr="*bf16", pos_ptr="*i64", q_ptr="*bf16", k_cache_ptr="*bf16",
               v_cache_ptr="*bf16", scale_ptr="*fp32", channel_ptr="*fp32", slot_ptr="*i64", part_stride="i32",
               length="i32",
@@ -63,26 +63,19 @@ DEQUANTIZE = dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", inv_ptr="*fp32", out
                   FP8_LIMIT="constexpr")
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV,  # the 13B's one-row qkv, o and down (the H100's; the H200's o)
-     dict(GROUP=128, BLOCK_N=32, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False,
-          EVEN_N=True), 4, 1),
+     dict(GROUP=128, BLOCK_N=32, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,  # the H200's one-row qkv and down
-     dict(GROUP=128, BLOCK_N=256, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False,
-          EVEN_N=True), 4, 1),
+     dict(GROUP=128, BLOCK_N=256, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,
-     dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False,
-          EVEN_N=False), 4, 1),
+     dict(GROUP=128, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,
-     dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=False, ASM=True, SILU_MUL=False,
-          EVEN_N=False), 2, 1),
+     dict(GROUP=128, BLOCK_N=64, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=False, ASM=True, SILU_MUL=False), 2, 1),
     (w4a16._gemv_kernel, GEMV,
-     dict(GROUP=256, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False,
-          EVEN_N=False), 4, 1),
+     dict(GROUP=256, BLOCK_N=64, BLOCK_K=512, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,
-     dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True, SILU_MUL=False,
-          EVEN_N=False), 4, 1),
+     dict(GROUP=64, BLOCK_N=64, BLOCK_K=512, ROWS=8, SPREAD=1, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, dict(GEMV, out_ptr="*bf16"),  # gate/up with SiLU: 16 gate and 16 up columns a tile
-     dict(GROUP=128, BLOCK_N=32, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=True,
-          EVEN_N=True), 4, 1),
+     dict(GROUP=128, BLOCK_N=32, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=True), 4, 1),
     (w4a16._swap_dot_kernel, DOT,
      dict(GROUP=128, BLOCK_M=32, BLOCK_N=128, BLOCK_K=128, SPREAD=16, ASM=True, ONE_DOT=False), 8, 3),
     (w4a16._swap_dot_kernel, DOT,

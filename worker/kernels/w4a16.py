@@ -102,19 +102,14 @@ def _code_minus_zero(words, high, zeros, magic, j: tl.constexpr):
 
 
 @triton.jit
-def _gemv_tile(w_at, s_ptr, z_ptr, k0, g, offs_n, mask_n, stride_s, stride_z, GROUP: tl.constexpr,
-               ROWS: tl.constexpr, EVEN_N: tl.constexpr):
-    """The K block at k0: words [GROUPS, ROWS, BLOCK_N] (at ``w_at``), zeros and scales [GROUPS, BLOCK_N] (as
-    floats). EVEN_N (every column real): loads without a mask, whose zero-filled registers cost instructions."""
+def _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s, stride_z,
+               GROUP: tl.constexpr, ROWS: tl.constexpr):
+    """The K block at k0: words [GROUPS, ROWS, BLOCK_N], zeros and scales [GROUPS, BLOCK_N] (as floats)."""
+    at = (k0 // 8 + word)[:, :, None] * stride_w + offs_n[None, None, :]
+    words = tl.load(w_ptr + at, mask=mask_n[None, None, :], other=0, eviction_policy="evict_first")
     group = ((k0 + g * ROWS * 8) // GROUP)[:, None]
-    z_at = z_ptr + group * stride_z + offs_n[None, :]
-    s_at = s_ptr + group * stride_s + offs_n[None, :]
-    if EVEN_N:
-        return (tl.load(w_at, eviction_policy="evict_first"), tl.load(z_at).to(tl.float32),
-                tl.load(s_at).to(tl.float32))
-    words = tl.load(w_at, mask=mask_n[None, None, :], other=0, eviction_policy="evict_first")
-    zeros = tl.load(z_at, mask=mask_n[None, :], other=0).to(tl.float32)
-    scales = tl.load(s_at, mask=mask_n[None, :], other=0.0).to(tl.float32)
+    zeros = tl.load(z_ptr + group * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0).to(tl.float32)
+    scales = tl.load(s_ptr + group * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
     return words, zeros, scales
 
 
@@ -222,7 +217,7 @@ def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, k_blocks, magic,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
     BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True, PDL: tl.constexpr = False,
-    SILU_MUL: tl.constexpr = False, EVEN_N: tl.constexpr = False,
+    SILU_MUL: tl.constexpr = False,
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
@@ -243,15 +238,10 @@ def _gemv_kernel(
     word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
     running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
     first, end = _split_blocks(k_blocks, 1)
-    # the words' block address moves on by a block; their offsets in it are computed once (NOTES row 95: with
-    # EVEN_N, 208 -> 200 instructions a block at 32 columns, 48 -> 56 registers)
-    w_block = w_ptr + first * (BLOCK_K // 8) * stride_w
-    w_offsets = word[:, :, None] * stride_w + offs_n[None, None, :]
     for block in range(first, end):
         k0 = block * BLOCK_K
-        words, zeros, scales = _gemv_tile(w_block + w_offsets, s_ptr, z_ptr, k0, g, offs_n, mask_n, stride_s,
-                                          stride_z, GROUP, ROWS, EVEN_N)
-        w_block += (BLOCK_K // 8) * stride_w
+        words, zeros, scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s,
+                                          stride_z, GROUP, ROWS)
         xs = _inputs_by_code(x_ptr, k0, GROUPS, ROWS, SPREAD)
         if BF16_WORDS:
             sums = _bf16_word_sums(words, (zeros + 128.0).to(tl.bfloat16), xs, ASM)
@@ -612,7 +602,7 @@ def _launch_gemv(x, packed, scales, zeros, out, out_features: int, group_size: i
     _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
                        ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
                        ASM=not INTERPRETING, **config, **overlap(x.device, x.shape[0]),
-                       SILU_MUL=silu_mul, EVEN_N=out_features % columns == 0)
+                       SILU_MUL=silu_mul)
 
 
 def silu_mul_matmul(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor | None:
