@@ -8,8 +8,8 @@ machine's Triton version before spending device time:
     PYTHONPATH=/tmp/t36/lib/python3.11/site-packages .venv/bin/python -m benchmarks.kernels.compile_sm90
 
 Each kernel's longest loop is counted in its SASS (Triton's own cuobjdump), and for the one-row int4 kernel per
-weight code each thread handles in it: the instruction count its issue rate is bound by (benchmarks/NOTES.md
-rows 26, 95), read without a GPU.
+weight code each thread handles in it: what it issues per code, read without a GPU (benchmarks/NOTES.md rows 26,
+95; row 96: fewer instructions that cost registers made it slower, so weigh both).
 """
 
 from __future__ import annotations
