@@ -25,7 +25,8 @@ from worker.kernels import FP8_MAX
 from worker.kernels.kv_quant import INT8_MAX, TINY_SCALE, KVQuant
 from worker.kernels.launch import overlap, wait_for_previous_kernel
 
-# kv_quant's constants as the kernels see them (one place for the value: the PyTorch path uses the same)
+# the cache formats' constants (kv_quant's, and e4m3's largest from worker.kernels) as the kernels see them: one place
+# for each value, which the PyTorch path uses too
 CODE_MAX = tl.constexpr(INT8_MAX)
 E4M3_MAX = tl.constexpr(FP8_MAX)
 ZERO_VECTOR_SCALE = tl.constexpr(TINY_SCALE)
