@@ -149,6 +149,23 @@ def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k)
     assert 1e-4 < relative_error(partials.sum(0)[0], exact_product) < 1e-2  # bf16 rounding, no more
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the bf16x2 assembly runs on a GPU only")
+@pytest.mark.parametrize("block_n", [32, 256])
+def test_one_row_assembly_adds_as_the_bf16_path_says_on_the_gpu(block_n):
+    # The compiled one-row kernel (bf16x2 assembly: codes, zeros and word sums) at the 13B's K and its served
+    # tiles, against the arithmetic written out on the CPU: each column's own zero and scale, no more rounding.
+    tensors, layer = quantized_layer(512, 5120, 128, True, False, seed=22, dtype=torch.bfloat16)
+    assert len(layer.zeros.unique()) > 8  # asymmetric: neighbouring columns' zeros differ
+    x = torch.randn(5120, generator=torch.Generator().manual_seed(23)).bfloat16()
+    config = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=block_n, BLOCK_K=256, split=2, num_warps=4, num_stages=1)
+    want = bf16_word_sums_reference(x, layer)
+    layer = layer.cuda()
+
+    partials = w4a16_kernels.matmul_partials(x[None].cuda(), layer.packed, layer.scales, layer.zeros, 128, config)
+
+    assert relative_error(partials.sum(0)[0].cpu(), want) < 1e-5
+
+
 ONE_ROW_NO_SPLIT = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=1, num_warps=4, num_stages=1)
 
 
