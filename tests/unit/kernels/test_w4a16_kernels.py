@@ -155,7 +155,7 @@ def test_one_row_assembly_adds_as_the_bf16_path_says_on_the_gpu(block_n):
     # The compiled one-row kernel (bf16x2 assembly: codes, zeros and word sums) at the 13B's K and its served
     # tiles, against the arithmetic written out on the CPU: each column's own zero and scale, no more rounding.
     tensors, layer = quantized_layer(512, 5120, 128, True, False, seed=22, dtype=torch.bfloat16)
-    assert len(layer.zeros.unique()) > 8  # asymmetric: neighbouring columns' zeros differ
+    assert (layer.zeros[:, 1:] != layer.zeros[:, :-1]).float().mean() > 0.5  # asymmetric: neighbours' zeros differ
     x = torch.randn(5120, generator=torch.Generator().manual_seed(23)).bfloat16()
     config = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=block_n, BLOCK_K=256, split=2, num_warps=4, num_stages=1)
     want = bf16_word_sums_reference(x, layer)
