@@ -108,7 +108,7 @@ def _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, strid
     at = (k0 // 8 + word)[:, :, None] * stride_w + offs_n[None, None, :]
     words = tl.load(w_ptr + at, mask=mask_n[None, None, :], other=0, eviction_policy="evict_first")
     group = ((k0 + g * ROWS * 8) // GROUP)[:, None]
-    zeros = tl.load(z_ptr + group * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0)
+    zeros = tl.load(z_ptr + group * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0).to(tl.float32)
     scales = tl.load(s_ptr + group * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
     return words, zeros, scales
 
@@ -146,18 +146,6 @@ def _gemv_block(running, words, zeros, scales, xs, magic):
         x_sum += x_j
         products += _code_minus_zero(words, high, 0.0, magic, j) * x_j[:, :, None]
     return running + (products - zeros[:, None, :] * x_sum[:, :, None]) * scales[:, None, :]
-
-
-@triton.jit
-def _zero_magic(zeros, ASM: tl.constexpr):
-    """128 + zero as bf16, from the uint8 zero codes by their bits: 128's (0x4300) with the zero in the low bits
-    of its 7-bit mantissa (exact for zeros below 128). ASM: four zeros' bytes (one register) spread into two
-    bf16x2 by PRMT, an OR each."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "prmt.b32 $0, $2, 0, 0x4140; prmt.b32 $1, $2, 0, 0x4342; or.b32 $0, $0, 0x43004300; "
-            "or.b32 $1, $1, 0x43004300;", "=r,=r,r", [zeros], dtype=tl.bfloat16, is_pure=True, pack=4)
-    return (zeros.to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
 
 
 _BF16_CODE_ASM = tl.constexpr(bf16_codes.CODE_MINUS_ZERO)
@@ -256,10 +244,10 @@ def _gemv_kernel(
                                           stride_z, GROUP, ROWS)
         xs = _inputs_by_code(x_ptr, k0, GROUPS, ROWS, SPREAD)
         if BF16_WORDS:
-            sums = _bf16_word_sums(words, _zero_magic(zeros, ASM), xs, ASM)
+            sums = _bf16_word_sums(words, (zeros + 128.0).to(tl.bfloat16), xs, ASM)
             running += sums * scales[:, None, :]
         else:
-            running = _gemv_block(running, words, zeros.to(tl.float32), scales, xs, magic)
+            running = _gemv_block(running, words, zeros, scales, xs, magic)
     acc = tl.sum(tl.sum(running, axis=1), axis=0)
     if SILU_MUL:
         HALF: tl.constexpr = BLOCK_N // 2
