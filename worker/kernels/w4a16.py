@@ -102,24 +102,36 @@ def _code_minus_zero(words, high, zeros, magic, j: tl.constexpr):
 
 
 @triton.jit
-def _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s, stride_z,
-               GROUP: tl.constexpr, ROWS: tl.constexpr):
-    """The K block at k0: words [GROUPS, ROWS, BLOCK_N], zeros and scales [GROUPS, BLOCK_N] (as floats)."""
+def _gemv_tile(w_ptr, s_ptr, z_ptr, x_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s, stride_z,
+               GROUP: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr):
+    """The K block at k0 as loaded: words [GROUPS, ROWS, BLOCK_N], zero codes (uint8) and scales (fp16)
+    [GROUPS, BLOCK_N], inputs x[k0 : k0 + BLOCK_K]."""
     at = (k0 // 8 + word)[:, :, None] * stride_w + offs_n[None, None, :]
     words = tl.load(w_ptr + at, mask=mask_n[None, None, :], other=0, eviction_policy="evict_first")
     group = ((k0 + g * ROWS * 8) // GROUP)[:, None]
-    zeros = tl.load(z_ptr + group * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0).to(tl.float32)
-    scales = tl.load(s_ptr + group * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0).to(tl.float32)
-    return words, zeros, scales
+    zeros = tl.load(z_ptr + group * stride_z + offs_n[None, :], mask=mask_n[None, :], other=0)
+    scales = tl.load(s_ptr + group * stride_s + offs_n[None, :], mask=mask_n[None, :], other=0.0)
+    return words, zeros, scales, tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K))
 
 
 @triton.jit
-def _inputs_by_code(x_ptr, k0, GROUPS: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr):
-    """The one-row kernel's K block of inputs as 8 tensors [GROUPS, ROWS], the j-th what code j of each word
-    row (g, r) multiplies: one contiguous load of x[k0 : k0 + 8 * GROUPS * ROWS], split in registers (one
-    load per code and word row, 2 bytes each, was slower with the codes spread: benchmarks/NOTES.md rows 33-34)."""
+def _gemv_add(running, tile, magic, GROUPS: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
+              BF16_WORDS: tl.constexpr, ASM: tl.constexpr):
+    """running + a loaded K block's products (``_gemv_tile``), per element of the tile."""
+    words, zeros, scales, x = tile
+    xs = _inputs_by_code(x, GROUPS, ROWS, SPREAD)
+    scales = scales.to(tl.float32)
+    if BF16_WORDS:
+        return running + _bf16_word_sums(words, _zero_magic(zeros, ASM), xs, ASM) * scales[:, None, :]
+    return _gemv_block(running, words, zeros.to(tl.float32), scales, xs, magic)
+
+
+@triton.jit
+def _inputs_by_code(xs, GROUPS: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr):
+    """The one-row kernel's K block of inputs (x[k0 : k0 + 8 * GROUPS * ROWS], one contiguous load) as 8 tensors
+    [GROUPS, ROWS], the j-th what code j of each word row (g, r) multiplies, split in registers (one load per code
+    and word row, 2 bytes each, was slower with the codes spread: benchmarks/NOTES.md rows 33-34)."""
     tl.static_assert(SPREAD == 1 or ROWS == SPREAD)
-    xs = tl.load(x_ptr + k0 + tl.arange(0, 8 * GROUPS * ROWS))
     if SPREAD == 1:
         xs = tl.reshape(xs, (GROUPS, ROWS, 2, 2, 2))  # [g, r, j // 4, j // 2 % 2, j % 2]
     else:
@@ -146,6 +158,18 @@ def _gemv_block(running, words, zeros, scales, xs, magic):
         x_sum += x_j
         products += _code_minus_zero(words, high, 0.0, magic, j) * x_j[:, :, None]
     return running + (products - zeros[:, None, :] * x_sum[:, :, None]) * scales[:, None, :]
+
+
+@triton.jit
+def _zero_magic(zeros, ASM: tl.constexpr):
+    """128 + zero as bf16, from the uint8 zero codes by their bits: 128's (0x4300) with the zero in the low bits
+    of its 7-bit mantissa (exact for zeros below 128). ASM: four zeros' bytes (one register) spread into two
+    bf16x2 by PRMT, an OR each."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "prmt.b32 $0, $2, 0, 0x4140; prmt.b32 $1, $2, 0, 0x4342; or.b32 $0, $0, 0x43004300; "
+            "or.b32 $1, $1, 0x43004300;", "=r,=r,r", [zeros], dtype=tl.bfloat16, is_pure=True, pack=4)
+    return (zeros.to(tl.int16) | 0x4300).to(tl.bfloat16, bitcast=True)
 
 
 _BF16_CODE_ASM = tl.constexpr(bf16_codes.CODE_MINUS_ZERO)
@@ -239,15 +263,9 @@ def _gemv_kernel(
     running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
     first, end = _split_blocks(k_blocks, 1)
     for block in range(first, end):
-        k0 = block * BLOCK_K
-        words, zeros, scales = _gemv_tile(w_ptr, s_ptr, z_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s,
-                                          stride_z, GROUP, ROWS)
-        xs = _inputs_by_code(x_ptr, k0, GROUPS, ROWS, SPREAD)
-        if BF16_WORDS:
-            sums = _bf16_word_sums(words, (zeros + 128.0).to(tl.bfloat16), xs, ASM)
-            running += sums * scales[:, None, :]
-        else:
-            running = _gemv_block(running, words, zeros, scales, xs, magic)
+        tile = _gemv_tile(w_ptr, s_ptr, z_ptr, x_ptr, block * BLOCK_K, word, g, offs_n, mask_n, stride_w, stride_s,
+                          stride_z, GROUP, BLOCK_K, ROWS)
+        running = _gemv_add(running, tile, magic, GROUPS, ROWS, SPREAD, BF16_WORDS, ASM)
     acc = tl.sum(tl.sum(running, axis=1), axis=0)
     if SILU_MUL:
         HALF: tl.constexpr = BLOCK_N // 2
