@@ -54,9 +54,9 @@ def candidates(rows: int, k: int, n: int, sms: int, first: dict | None = None):
         k_blocks, columns = k // block_k, -(-n // block_n)
         for split in k_splits(k_blocks, columns, sms):
             if programs_range[0] <= columns * split <= programs_range[1]:
-                yield from w4a16_kernels.with_variants(dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n,
-                                                            BLOCK_K=block_k, split=split, num_warps=warps,
-                                                            num_stages=stages))
+                yield from w4a16_kernels.with_one_dot(dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n,
+                                                           BLOCK_K=block_k, split=split, num_warps=warps,
+                                                           num_stages=stages))
 
 
 def sweep_shape(rows: int, k: int, n: int, device, seconds: float) -> dict:

@@ -54,19 +54,11 @@ def candidates(rows: int, k: int, n: int, sms: int, device: torch.device):
     for block_n, block_k, warps, stages in tiles:
         k_blocks = k // block_k
         for split in k_splits(k_blocks, -(-n // block_n), sms):
-            yield from w4a16_kernels.with_variants(dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n,
-                                                        BLOCK_K=block_k, split=split, num_warps=warps,
-                                                        num_stages=stages))
+            yield from w4a16_kernels.with_one_dot(dict(kernel=kernel, BLOCK_M=bucket, BLOCK_N=block_n,
+                                                       BLOCK_K=block_k, split=split, num_warps=warps,
+                                                       num_stages=stages))
     if "copy_warps" in w4a16_kernels.served_kernels(bucket, 128, device):
         yield from copy_warps_configs(bucket, k, n, sms)
-
-
-def current_tile_first(configs, current: dict) -> list[dict]:
-    """The candidates, those of ``current``'s tile and split (its other forms: one dot, prefetch) first: a shape's
-    time share may run out before the last ones."""
-    def tile(config):
-        return tuple(config.get(key) for key in ("kernel", "BLOCK_N", "BLOCK_K", "num_warps", "split"))
-    return sorted(configs, key=lambda config: tile(config) != tile(current))
 
 
 def worth_timing(config: dict, out_features: int, sms: int) -> bool:
@@ -92,7 +84,7 @@ def tune_batch(runtime: LlamaRuntime, batch: int, table: dict, deadline: float, 
         current = table.get(key) or w4a16_kernels.default_config(bucket, n, k, 128, runtime.device)
         best_ms, best = step_ms(runtime, batch), current
         timed = 0
-        for config in current_tile_first(candidates(batch, k, n, sms, runtime.device), current):
+        for config in candidates(batch, k, n, sms, runtime.device):
             if config == current or not worth_timing(config, n, sms) or (kernels and config["kernel"] not in kernels):
                 continue
             if time.monotonic() > shape_deadline:

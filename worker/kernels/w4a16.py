@@ -104,8 +104,8 @@ def _code_minus_zero(words, high, zeros, magic, j: tl.constexpr):
 @triton.jit
 def _gemv_tile(w_ptr, s_ptr, z_ptr, x_ptr, k0, word, g, offs_n, mask_n, stride_w, stride_s, stride_z,
                GROUP: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr):
-    """The K block at k0 as loaded: words [GROUPS, ROWS, BLOCK_N], zero codes and fp16 scales [GROUPS, BLOCK_N],
-    inputs x[k0 : k0 + BLOCK_K] (nothing converted, so a prefetched tile's registers are not waited for)."""
+    """The K block at k0 as loaded: words [GROUPS, ROWS, BLOCK_N], zero codes (uint8) and scales (fp16)
+    [GROUPS, BLOCK_N], inputs x[k0 : k0 + BLOCK_K]."""
     at = (k0 // 8 + word)[:, :, None] * stride_w + offs_n[None, None, :]
     words = tl.load(w_ptr + at, mask=mask_n[None, None, :], other=0, eviction_policy="evict_first")
     group = ((k0 + g * ROWS * 8) // GROUP)[:, None]
@@ -241,7 +241,7 @@ def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, k_blocks, magic,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
     BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True, PDL: tl.constexpr = False,
-    SILU_MUL: tl.constexpr = False, PREFETCH: tl.constexpr = False,
+    SILU_MUL: tl.constexpr = False,
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
@@ -262,17 +262,9 @@ def _gemv_kernel(
     word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
     running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
     first, end = _split_blocks(k_blocks, 1)
-    if PREFETCH:
-        ahead = _gemv_tile(w_ptr, s_ptr, z_ptr, x_ptr, first * BLOCK_K, word, g, offs_n, mask_n, stride_w, stride_s,
-                           stride_z, GROUP, BLOCK_K, ROWS)
     for block in range(first, end):
-        if PREFETCH:  # this block was loaded during the block before; the next one's loads go out before its sums
-            tile = ahead
-            ahead = _gemv_tile(w_ptr, s_ptr, z_ptr, x_ptr, tl.minimum(block + 1, end - 1) * BLOCK_K, word, g,
-                               offs_n, mask_n, stride_w, stride_s, stride_z, GROUP, BLOCK_K, ROWS)
-        else:
-            tile = _gemv_tile(w_ptr, s_ptr, z_ptr, x_ptr, block * BLOCK_K, word, g, offs_n, mask_n, stride_w,
-                              stride_s, stride_z, GROUP, BLOCK_K, ROWS)
+        tile = _gemv_tile(w_ptr, s_ptr, z_ptr, x_ptr, block * BLOCK_K, word, g, offs_n, mask_n, stride_w, stride_s,
+                          stride_z, GROUP, BLOCK_K, ROWS)
         running = _gemv_add(running, tile, magic, GROUPS, ROWS, SPREAD, BF16_WORDS, ASM)
     acc = tl.sum(tl.sum(running, axis=1), axis=0)
     if SILU_MUL:
@@ -490,15 +482,12 @@ def rows_bucket(rows: int) -> int:
     return 1 if rows == 1 else 16 if rows <= 16 else 32 if rows <= 32 else 64
 
 
-def with_variants(config: dict) -> list[dict]:
-    """``config`` and the forms of its kernel a sweep also times: for the 2..32-row kernel with 4 or 8 warps
-    (Hopper's wgmma) one dot (``one_dot``; with 2 warps, mma.sync, one dot's whole tile in registers spills:
-    benchmarks/NOTES.md row 67); for the one-row kernel the next K block's loads issued before this block's
-    arithmetic (``prefetch``: more bytes in flight, more registers)."""
+def with_one_dot(config: dict) -> list[dict]:
+    """``config``, and for the 2..32-row kernel with 4 or 8 warps (Hopper's wgmma) the same with ``one_dot``: the
+    configs a sweep times. With 2 warps (mma.sync) one dot's whole tile in registers spills (benchmarks/NOTES.md
+    row 67)."""
     if config["kernel"] == "swap" and config["num_warps"] % 4 == 0:
         return [config, dict(config, one_dot=True)]
-    if config["kernel"] == "gemv":
-        return [config, dict(config, prefetch=True)]
     return [config]
 
 
@@ -630,8 +619,8 @@ def _launch_gemv(x, packed, scales, zeros, out, out_features: int, group_size: i
     tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
     _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
                        ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
-                       ASM=not INTERPRETING, PREFETCH=config.pop("prefetch", False), **config,
-                       **overlap(x.device, x.shape[0]), SILU_MUL=silu_mul)
+                       ASM=not INTERPRETING, **config, **overlap(x.device, x.shape[0]),
+                       SILU_MUL=silu_mul)
 
 
 def silu_mul_matmul(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor | None:

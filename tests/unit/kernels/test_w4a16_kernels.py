@@ -77,7 +77,6 @@ KERNEL_CONFIGS = {  # each kernel with K split 2 ways, its K blocks inside one g
     "gemv-blocks-span-groups": (1, 128, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=64, BLOCK_K=512, split=2)),
     "gemv-block-in-a-group": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, split=2)),
     "gemv-groups-of-64": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=2)),
-    "gemv-prefetch": (1, 128, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=2, prefetch=True)),
     "swap": (5, 128, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
     "swap-one-dot": (5, 128, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2, one_dot=True)),
     "unpacked": (5, 128, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
@@ -99,16 +98,14 @@ def test_each_kernel_sums_every_block_of_every_split(name):
     assert relative_error(w4a16_kernels.sum_splits(partials, torch.float32), x @ dequantize(tensors, 4).T) < 1e-5
 
 
-@pytest.mark.parametrize("kernel,rows,extra", [("gemv", 1, {}), ("gemv", 1, dict(prefetch=True)), ("swap", 5, {}),
-                                               ("unpacked", 5, {})], ids=["gemv", "gemv-prefetch", "swap", "unpacked"])
-def test_a_split_that_does_not_divide_k_still_sums_every_block_once(kernel, rows, extra):
-    # 8 K blocks over 3 programs (2, 3 and 3 blocks) and over 5 (1 or 2): configs pick splits that fill the GPU;
-    # a prefetching program's last block loads no block past its own
+@pytest.mark.parametrize("kernel,rows", [("gemv", 1), ("swap", 5), ("unpacked", 5)])
+def test_a_split_that_does_not_divide_k_still_sums_every_block_once(kernel, rows):
+    # 8 K blocks over 3 programs (2, 3 and 3 blocks) and over 5 (1 or 2): configs pick splits that fill the GPU
     tensors, layer = quantized_layer(128, 1024, 128, True, False, seed=7, dtype=torch.float32)
     x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(8))
     for split in (3, 5):
         config = dict(kernel=kernel, BLOCK_M=1 if rows == 1 else 16, BLOCK_N=64, BLOCK_K=128, split=split,
-                      num_warps=4, num_stages=1, **extra)
+                      num_warps=4, num_stages=1)
 
         partials = w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, 128,
                                                  config)
@@ -135,12 +132,11 @@ def bf16_word_sums_reference(x: torch.Tensor, layer: TritonInt4Linear) -> torch.
     return (word_sums.double() * word_scales.double()).sum(0).float()
 
 
-@pytest.mark.parametrize("block_k,prefetch", [(512, False), (128, False), (128, True)])
-def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k, prefetch):
+@pytest.mark.parametrize("block_k", [512, 128])
+def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k):
     tensors, layer = quantized_layer(128, 1024, 128, False, False, seed=12, dtype=torch.bfloat16)
     x = torch.randn(1024, generator=torch.Generator().manual_seed(13)).bfloat16()
-    config = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=block_k, split=2, num_warps=4, num_stages=1,
-                  prefetch=prefetch)
+    config = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=block_k, split=2, num_warps=4, num_stages=1)
 
     partials = w4a16_kernels.matmul_partials(x[None], layer.packed, layer.scales, layer.zeros, 128, config)
     exact = w4a16_kernels.matmul_partials(x[None], layer.packed, layer.scales, layer.zeros, 128,
@@ -154,15 +150,14 @@ def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k,
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the bf16x2 assembly runs on a GPU only")
-@pytest.mark.parametrize("block_n,prefetch", [(32, False), (256, False), (32, True)])
-def test_one_row_assembly_adds_as_the_bf16_path_says_on_the_gpu(block_n, prefetch):
+@pytest.mark.parametrize("block_n", [32, 256])
+def test_one_row_assembly_adds_as_the_bf16_path_says_on_the_gpu(block_n):
     # The compiled one-row kernel (bf16x2 assembly: codes, zeros and word sums) at the 13B's K and its served
     # tiles, against the arithmetic written out on the CPU: each column's own zero and scale, no more rounding.
     tensors, layer = quantized_layer(512, 5120, 128, True, False, seed=22, dtype=torch.bfloat16)
     assert (layer.zeros[:, 1:] != layer.zeros[:, :-1]).float().mean() > 0.5  # asymmetric: neighbours' zeros differ
     x = torch.randn(5120, generator=torch.Generator().manual_seed(23)).bfloat16()
-    config = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=block_n, BLOCK_K=256, split=2, num_warps=4, num_stages=1,
-                  prefetch=prefetch)
+    config = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=block_n, BLOCK_K=256, split=2, num_warps=4, num_stages=1)
     want = bf16_word_sums_reference(x, layer)
     layer = layer.cuda()
 
