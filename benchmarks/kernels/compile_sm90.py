@@ -64,6 +64,9 @@ DEQUANTIZE = dict(w_ptr="*i32", s_ptr="*fp16", z_ptr="*u8", inv_ptr="*fp32", out
 KERNELS = [  # (kernel, signature, constexprs, warps, stages): the configs the worker launches on a 13B model
     (w4a16._gemv_kernel, GEMV,  # the 13B's one-row qkv, o and down (the H100's; the H200's o)
      dict(GROUP=128, BLOCK_N=32, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
+    (w4a16._gemv_kernel, GEMV,  # the same with each K block copied ahead into shared memory, 2 blocks ahead
+     dict(GROUP=128, BLOCK_N=32, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False,
+          STAGES=3), 4, 1),
     (w4a16._gemv_kernel, GEMV,  # the H200's one-row qkv and down
      dict(GROUP=128, BLOCK_N=256, BLOCK_K=256, ROWS=16, SPREAD=16, BF16_WORDS=True, ASM=True, SILU_MUL=False), 4, 1),
     (w4a16._gemv_kernel, GEMV,
@@ -138,6 +141,9 @@ def overlapping(constexprs: dict) -> bool:
     return constexprs.get("HEADS", 1) == 1
 
 
+# the one-row kernel loading each block as it starts unless an entry says otherwise
+KERNELS = [(kernel, signature, dict(STAGES=1) | constexprs, *launch) if kernel is w4a16._gemv_kernel
+           else (kernel, signature, constexprs, *launch) for kernel, signature, constexprs, *launch in KERNELS]
 KERNELS = [(kernel, dict(signature, PDL="constexpr"), dict(constexprs, PDL=overlapping(constexprs)), *launch)
            if "PDL" in kernel.arg_names else (kernel, signature, constexprs, *launch)
            for kernel, signature, constexprs, *launch in KERNELS]

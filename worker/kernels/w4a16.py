@@ -241,7 +241,7 @@ def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, k_blocks, magic,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
     BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True, PDL: tl.constexpr = False,
-    SILU_MUL: tl.constexpr = False,
+    SILU_MUL: tl.constexpr = False, STAGES: tl.constexpr = 1,
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
@@ -250,6 +250,10 @@ def _gemv_kernel(
     once per (tile, column); kept per element and summed once at the end. BF16_WORDS (x in bf16): each word's 8
     products summed in bf16x2 (``_bf16_word_sums``: fp32 arithmetic bounded the kernel by instruction issue;
     benchmarks/NOTES.md rows 26-27), else in fp32.
+
+    STAGES (the config's ``num_stages``): with 2 or more, each K block's words, zeros, scales and inputs are
+    copied into shared memory STAGES - 1 blocks ahead, asynchronously (Triton pipelines a loop's loads that feed no
+    dot only when the loop asks for stages itself); with 1 they are loaded into registers as the block starts.
 
     SILU_MUL (one split only; W a fused gate/up layer of 2N outputs, gate first): out[0, n] = silu(gate) * up
     for N outputs, a program's tile holding BLOCK_N / 2 gate columns and the same up columns
@@ -262,7 +266,7 @@ def _gemv_kernel(
     word = g[:, None] * ROWS + tl.arange(0, ROWS)[None, :]  # [GROUPS, ROWS]: the block's word rows
     running = tl.zeros((GROUPS, ROWS, BLOCK_N), dtype=tl.float32)
     first, end = _split_blocks(k_blocks, 1)
-    for block in range(first, end):
+    for block in tl.range(first, end, num_stages=STAGES):  # STAGES > 1: later blocks copied ahead (cp.async)
         tile = _gemv_tile(w_ptr, s_ptr, z_ptr, x_ptr, block * BLOCK_K, word, g, offs_n, mask_n, stride_w, stride_s,
                           stride_z, GROUP, BLOCK_K, ROWS)
         running = _gemv_add(running, tile, magic, GROUPS, ROWS, SPREAD, BF16_WORDS, ASM)
@@ -619,8 +623,8 @@ def _launch_gemv(x, packed, scales, zeros, out, out_features: int, group_size: i
     tile_inputs = group_size if spread == 1 else 8 * spread  # inputs a word-row tile covers: one group or block
     _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
                        ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
-                       ASM=not INTERPRETING, **config, **overlap(x.device, x.shape[0]),
-                       SILU_MUL=silu_mul)
+                       ASM=not INTERPRETING, STAGES=config["num_stages"], **config,
+                       **overlap(x.device, x.shape[0]), SILU_MUL=silu_mul)
 
 
 def silu_mul_matmul(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor | None:

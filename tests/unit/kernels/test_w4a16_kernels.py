@@ -77,6 +77,7 @@ KERNEL_CONFIGS = {  # each kernel with K split 2 ways, its K blocks inside one g
     "gemv-blocks-span-groups": (1, 128, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=64, BLOCK_K=512, split=2)),
     "gemv-block-in-a-group": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=32, split=2)),
     "gemv-groups-of-64": (1, 64, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, split=2)),
+    "gemv-copied-ahead": (1, 128, dict(kernel="gemv", BLOCK_M=1, BLOCK_N=32, BLOCK_K=128, split=2, num_stages=3)),
     "swap": (5, 128, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
     "swap-one-dot": (5, 128, dict(kernel="swap", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2, one_dot=True)),
     "unpacked": (5, 128, dict(kernel="unpacked", BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, split=2)),
@@ -91,7 +92,7 @@ def test_each_kernel_sums_every_block_of_every_split(name):
     x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(8))
 
     partials = w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, group,
-                                             dict(config, num_warps=4, num_stages=1))
+                                             dict(dict(num_warps=4, num_stages=1), **config))
 
     assert partials.shape == (2, rows, 128)
     assert relative_error(partials.sum(0), x @ dequantize(tensors, 4).T) < 1e-5
@@ -150,14 +151,15 @@ def test_one_row_bf16_path_adds_each_word_in_bf16_and_the_words_in_fp32(block_k)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the bf16x2 assembly runs on a GPU only")
-@pytest.mark.parametrize("block_n", [32, 256])
-def test_one_row_assembly_adds_as_the_bf16_path_says_on_the_gpu(block_n):
+@pytest.mark.parametrize("block_n,stages", [(32, 1), (256, 1), (32, 3)])
+def test_one_row_assembly_adds_as_the_bf16_path_says_on_the_gpu(block_n, stages):
     # The compiled one-row kernel (bf16x2 assembly: codes, zeros and word sums) at the 13B's K and its served
-    # tiles, against the arithmetic written out on the CPU: each column's own zero and scale, no more rounding.
+    # tiles (loaded as each block starts, or copied two blocks ahead), against the arithmetic written out on the CPU:
+    # each column's own zero and scale, no more rounding.
     tensors, layer = quantized_layer(512, 5120, 128, True, False, seed=22, dtype=torch.bfloat16)
     assert (layer.zeros[:, 1:] != layer.zeros[:, :-1]).float().mean() > 0.5  # asymmetric: neighbours' zeros differ
     x = torch.randn(5120, generator=torch.Generator().manual_seed(23)).bfloat16()
-    config = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=block_n, BLOCK_K=256, split=2, num_warps=4, num_stages=1)
+    config = dict(kernel="gemv", BLOCK_M=1, BLOCK_N=block_n, BLOCK_K=256, split=2, num_warps=4, num_stages=stages)
     want = bf16_word_sums_reference(x, layer)
     layer = layer.cuda()
 
