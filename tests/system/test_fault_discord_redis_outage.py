@@ -26,7 +26,10 @@ from worker.queue.reply_index import ReplyIndex
 from worker.serve import WorkerProcess
 
 HEARTBEAT_S = 1.0
-SLACK_S = 0.5  # a heartbeat may come this much late on a busy 2-core machine without the loop being blocked
+# A heartbeat may come this much late on a busy 2-core machine without the loop being blocked (one CI run saw 0.52 s,
+# while the worker decoded on the same cores); a loop blocked by a Redis command would stall for that command's
+# whole outage wait (redis_retry_s, 30 s by default).
+SLACK_S = 1.0
 OUTAGE_S = 40
 
 
