@@ -141,14 +141,18 @@ def overlapping(constexprs: dict) -> bool:
     return constexprs.get("HEADS", 1) == 1
 
 
-# the one-row kernel loading each block as it starts unless an entry says otherwise
-KERNELS = [(kernel, signature, dict(STAGES=1) | constexprs, *launch) if kernel is w4a16._gemv_kernel
-           else (kernel, signature, constexprs, *launch) for kernel, signature, constexprs, *launch in KERNELS]
-KERNELS = [(kernel, dict(signature, PDL="constexpr"), dict(constexprs, PDL=overlapping(constexprs)), *launch)
-           if "PDL" in kernel.arg_names else (kernel, signature, constexprs, *launch)
+def as_served(kernel, signature: dict, constexprs: dict) -> tuple[dict, dict]:
+    """A table entry's signature and constexprs as the worker launches that kernel: the one-row kernel loading each
+    block as it starts unless the entry says otherwise, PDL set where the kernel takes it."""
+    if kernel is w4a16._gemv_kernel:
+        constexprs = dict(STAGES=1) | constexprs
+    if "PDL" in kernel.arg_names:
+        signature, constexprs = dict(signature, PDL="constexpr"), dict(constexprs, PDL=overlapping(constexprs))
+    return signature, constexprs
+
+
+KERNELS = [(kernel, *as_served(kernel, signature, constexprs), *launch)
            for kernel, signature, constexprs, *launch in KERNELS]
-
-
 
 
 def copy_warps_signature(block_n: int) -> dict:
