@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.kernels.tune_in_step import POSITION, WINDOW, step_ms
+from benchmarks.kernels.tune_in_step import POSITION, step_ms
 from benchmarks.synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint
 from worker.inference.llama_runtime import LlamaRuntime
 from worker.model.loader import load_model
@@ -27,7 +27,7 @@ STEPS = 8
 
 def greedy_tokens(runtime: LlamaRuntime, batch: int) -> torch.Tensor:
     """[STEPS, batch]: the captured step (as now captured) replayed from the same first tokens and positions."""
-    graph = runtime.graphs.get(batch, WINDOW)
+    graph = runtime.graphs.get(batch, runtime.window_for(POSITION + 1))
     runtime.step_input[0, :batch] = torch.arange(batch, device=runtime.device) * 7 + 11
     runtime.step_input[1, :batch].fill_(POSITION)
     return torch.stack([graph.replay().clone() for _ in range(STEPS)]).cpu()
