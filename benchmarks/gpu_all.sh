@@ -13,8 +13,6 @@
 #   benchmarks/gpu_all.sh prefill  # ~4 min: the fused int4 kernel at 65-1024 rows against rebuilding W (prefill_gemm)
 #   benchmarks/gpu_all.sh one-dot  # ~8 min: the kernels' GPU tests, then the 32-row step's int4 configs tuned in the
 #                                  # step with and without one dot (NOTES row 67): the step before and after
-#   benchmarks/gpu_all.sh one-row-stages  # ~9 min: the kernels' GPU tests, the one-row step with its K blocks copied
-#                                  # 1-2 blocks ahead (num_stages 2, 3), then its configs tuned in the step with them
 #   benchmarks/gpu_all.sh copy-warps  # ~9 min: the kernels' GPU tests, then the 32- and 16-row steps' int4 configs tuned
 #                                  # in the step against the Gluon copy-warp kernel's (NOTES rows 81, 83), the table in
 #                                  # $OUT/w4a16_configs.json; then the step at 2-32 rows with the table before and after
@@ -128,26 +126,6 @@ elif [ "${1:-}" = "ab" ]; then
     --concurrency "${users[@]}" --no-hf-baseline --no-restart --redis-server "${REDIS_SERVER:-redis-server}")
   step queue_e2e 180 python3 -u -m benchmarks.speed.queue_e2e --concurrency "${users[@]}" --no-hf-baseline \
     --no-restart --redis-server "${REDIS_SERVER:-redis-server}"
-elif [ "${1:-}" = "one-row-stages" ]; then
-  # The one-row kernel's K blocks copied ahead into shared memory (num_stages 2 and 3, NOTES row 99): its GPU tests,
-  # the captured one-row step with every one-row layer at 2, then 3 stages against the shipped table, then the
-  # one-row configs tuned in the step (stages among the candidates) and that table against the one before
-  step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
-  cp worker/kernels/w4a16_configs.json "$OUT/w4a16_configs.before.json"
-  for stages in 2 3; do
-    python3 -c "import json, sys; t = json.load(open(sys.argv[1]))
-for table in t.values():
-    for config in table.values():
-        if config['kernel'] == 'gemv':
-            config['num_stages'] = int(sys.argv[2])
-json.dump(t, open(sys.argv[3], 'w'))" worker/kernels/w4a16_configs.json "$stages" "$OUT/stages_$stages.json"
-    mkdir -p "$OUT/stages_$stages" && OUT="$OUT/stages_$stages" step "step_stages_$stages" 100 python3 -u -m \
-      benchmarks.kernels.tune_in_step --against "$OUT/stages_$stages.json" --batches 1
-  done
-  step tune_in_step_1 300 python3 -u -m benchmarks.kernels.tune_in_step --batches 1 --kernels gemv --seconds 240 --write
-  cp worker/kernels/w4a16_configs.json "$OUT/"
-  mkdir -p "$OUT/against" && OUT="$OUT/against" step step_against_before 100 python3 -u -m \
-    benchmarks.kernels.tune_in_step --against "$OUT/w4a16_configs.before.json" --batches 1
 elif [ "${1:-}" = "one-dot" ]; then
   step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
   step tune_in_step_32 420 python3 -u -m benchmarks.kernels.tune_in_step --batches 32 --kernels swap --seconds 360

@@ -40,7 +40,7 @@ def candidates(rows: int, k: int, n: int, sms: int, first: dict | None = None):
     bucket = w4a16_kernels.rows_bucket(rows)
     kernel = w4a16_kernels.kernel_for(bucket, 128)
     if kernel == "gemv":
-        tiles = itertools.product((32, 64, 128, 256), (512, 256), (2, 4, 8), (1, 2, 3))
+        tiles = itertools.product((32, 64, 128, 256), (512, 256), (2, 4, 8), (1,))  # num_stages: NOTES row 100
         programs_range = (sms, 12 * sms)
     else:
         # 2 warps: Triton builds the W tile in registers for mma.sync instead of wgmma's shared-memory trips
