@@ -13,6 +13,9 @@
 #   benchmarks/gpu_all.sh prefill  # ~4 min: the fused int4 kernel at 65-1024 rows against rebuilding W (prefill_gemm)
 #   benchmarks/gpu_all.sh one-dot  # ~8 min: the kernels' GPU tests, then the 32-row step's int4 configs tuned in the
 #                                  # step with and without one dot (NOTES row 67): the step before and after
+#   benchmarks/gpu_all.sh one-row-positions  # ~9 min: the shipped one-row configs, tuned at 900 tokens in, checked
+#                                  # at 100-1,800 (NOTES row 100): tuned again on the mean step over those lengths,
+#                                  # then that table against the one before at each length
 #   benchmarks/gpu_all.sh copy-warps  # ~9 min: the kernels' GPU tests, then the 32- and 16-row steps' int4 configs tuned
 #                                  # in the step against the Gluon copy-warp kernel's (NOTES rows 81, 83), the table in
 #                                  # $OUT/w4a16_configs.json; then the step at 2-32 rows with the table before and after
@@ -126,6 +129,14 @@ elif [ "${1:-}" = "ab" ]; then
     --concurrency "${users[@]}" --no-hf-baseline --no-restart --redis-server "${REDIS_SERVER:-redis-server}")
   step queue_e2e 180 python3 -u -m benchmarks.speed.queue_e2e --concurrency "${users[@]}" --no-hf-baseline \
     --no-restart --redis-server "${REDIS_SERVER:-redis-server}"
+elif [ "${1:-}" = "one-row-positions" ]; then
+  positions=(100 300 600 1800)
+  cp worker/kernels/w4a16_configs.json "$OUT/w4a16_configs.before.json"
+  step tune_in_step_1 420 python3 -u -m benchmarks.kernels.tune_in_step --batches 1 --kernels gemv --seconds 380 \
+    --positions "${positions[@]}" --write
+  cp worker/kernels/w4a16_configs.json "$OUT/"
+  mkdir -p "$OUT/against" && OUT="$OUT/against" step step_against_before 120 python3 -u -m \
+    benchmarks.kernels.tune_in_step --against "$OUT/w4a16_configs.before.json" --batches 1 --positions "${positions[@]}"
 elif [ "${1:-}" = "one-dot" ]; then
   step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
   step tune_in_step_32 420 python3 -u -m benchmarks.kernels.tune_in_step --batches 32 --kernels swap --seconds 360
