@@ -253,7 +253,9 @@ def _gemv_kernel(
 
     STAGES (the config's ``num_stages``): with 2 or more, each K block's words, zeros, scales and inputs are
     copied into shared memory STAGES - 1 blocks ahead, asynchronously (Triton pipelines a loop's loads that feed no
-    dot only when the loop asks for stages itself); with 1 they are loaded into registers as the block starts.
+    dot only when the loop asks for stages itself); with 1 they are loaded into registers as the block starts. Every
+    shipped config loads as it starts: copied ahead, the step was slower on every layer, and on o faster or slower
+    by conversation length (benchmarks/NOTES.md row 100), which the next experiment there looks into.
 
     SILU_MUL (one split only; W a fused gate/up layer of 2N outputs, gate first): out[0, n] = silu(gate) * up
     for N outputs, a program's tile holding BLOCK_N / 2 gate columns and the same up columns

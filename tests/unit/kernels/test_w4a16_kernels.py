@@ -92,7 +92,7 @@ def test_each_kernel_sums_every_block_of_every_split(name):
     x = torch.randn(rows, 1024, generator=torch.Generator().manual_seed(8))
 
     partials = w4a16_kernels.matmul_partials(x[:, layer.perm], layer.packed, layer.scales, layer.zeros, group,
-                                             dict(dict(num_warps=4, num_stages=1), **config))
+                                             {"num_warps": 4, "num_stages": 1, **config})
 
     assert partials.shape == (2, rows, 128)
     assert relative_error(partials.sum(0), x @ dequantize(tensors, 4).T) < 1e-5
