@@ -1,11 +1,11 @@
 """The captured 13B decode step timed under a few variants of the worker's kernels, alternately in one process,
 with the greedy tokens of every variant compared to the first's (``launch_overlap``, ``small_kernel_blocks``,
-``silu_epilogue``).
+``silu_epilogue``, ``attention_launch_next``).
 
 Each variant is a function that sets the switches it needs; the step is captured again after it (``tune_in_step``'s
-``step_ms``: 40 layers, attention window 1,024, rows 900 tokens in) and timed as the best of two runs of 20
-replays. The tokens: from the same first tokens, 8 steps in a row, every row's token (a kernel that read too
-early, or summed the wrong columns, would change them).
+``step_ms``: 40 layers, rows 900 tokens in, attention window 1,024, or each of ``positions`` in its window) and
+timed as the best of two runs of 20 replays. The tokens: from the same first tokens, 8 steps in a row, every row's
+token (a kernel that read too early, or summed the wrong columns, would change them).
 """
 
 from __future__ import annotations
@@ -33,33 +33,37 @@ def greedy_tokens(runtime: LlamaRuntime, batch: int) -> torch.Tensor:
     return torch.stack([graph.replay().clone() for _ in range(STEPS)]).cpu()
 
 
-def compare(runtime: LlamaRuntime, batch: int, rounds: int, variants: dict[str, Callable[[], None]]) -> dict:
-    """Each variant's step times (``rounds`` each, alternating) and the share of its greedy tokens equal to the
-    first variant's. The caller restores the switches afterwards."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
+def compare(runtime: LlamaRuntime, batch: int, rounds: int, variants: dict[str, Callable[[], None]],
+            positions: tuple[int, ...] = (POSITION,)) -> dict:
+    """Each variant's step times at each position (``rounds`` each, alternating) and the share of its greedy
+    tokens equal to the first variant's. The caller restores the switches afterwards."""
+    times = {position: {name: [] for name in variants} for position in positions}
     tokens = {}
     for _ in range(rounds):
-        for name, apply in variants.items():
-            apply()
-            times[name].append(step_ms(runtime, batch))
-            tokens[name] = greedy_tokens(runtime, batch)
+        for position in positions:
+            for name, apply in variants.items():
+                apply()
+                times[position][name].append(step_ms(runtime, batch, (position,)))
+                tokens[name] = greedy_tokens(runtime, batch)
     first = next(iter(variants))
     same = {name: float((tokens[name] == tokens[first]).float().mean()) for name in variants}
-    best = ", ".join(f"{name} {min(ms):.3f}" for name, ms in times.items())
-    print(f"batch {batch}: step ms (best of {rounds}) {best}; greedy tokens as {first}'s: {same} ({times})",
-          flush=True)
+    for position, by_name in times.items():
+        best = ", ".join(f"{name} {min(ms):.3f}" for name, ms in by_name.items())
+        print(f"batch {batch}, {position} tokens in: step ms (best of {rounds}) {best} ({by_name})", flush=True)
+    print(f"batch {batch}: greedy tokens as {first}'s: {same}", flush=True)
     return dict(times=times, same_tokens=same)
 
 
-def each_batch(batches: list[int], rounds: int, variants: dict[str, Callable[[], None]]) -> dict:
+def each_batch(batches: list[int], rounds: int, variants: dict[str, Callable[[], None]],
+               positions: tuple[int, ...] = (POSITION,)) -> dict:
     """``compare`` on a synthetic 13B checkpoint for each batch, a runtime of its own each, greedy sampling."""
     path = write_synthetic_checkpoint(Path(tempfile.mkdtemp(dir="/dev/shm")) / "ckpt", XWIN_13B)
     loaded = load_model(path, device="cuda")
-    report = {"device": torch.cuda.get_device_name()}
+    report = {"device": torch.cuda.get_device_name(), "positions": positions}
     for batch in batches:
         runtime = LlamaRuntime(loaded.model, 2048, max_batch=batch, cuda_graphs=True)
         runtime.sampling.rows[0].zero_()  # temperature 0: greedy, so the variants' tokens can be compared
-        report[f"batch_{batch}"] = compare(runtime, batch, rounds, variants)
+        report[f"batch_{batch}"] = compare(runtime, batch, rounds, variants, positions)
         del runtime
         gc.collect()  # the runtime's graphs sit in reference cycles
         torch.cuda.empty_cache()

@@ -31,6 +31,9 @@ from worker.kernels.launch import overlap, wait_for_previous_kernel
 CHUNK = 128  # cache entries per program
 CHUNK_WARPS = 4  # warps per chunk program
 INT8_CHUNK_WARPS = 2  # an int8 cache's: 96 against 108 us a 13B layer at 32 rows (benchmarks/NOTES.md row 66)
+# Under overlapping launches, whether each kernel lets the next launch right after its wait (True) or only as its
+# programs finish (benchmarks/kernels/attention_launch_next.py times both, NOTES row 101)
+LAUNCH_NEXT_AFTER_WAIT = {"chunk": True, "combine": True}
 
 # Four int8 codes a time (``pack=4``, $4 their 32-bit word) to exact fp32 without int-to-float instructions
 # (an eighth of an FMA's throughput, and the int8 chunk programs' bound: benchmarks/NOTES.md row 65): XOR 0x80
@@ -55,7 +58,7 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
                   stride_head, stride_pos, scale, sliding_window, kv_heads, scale_stride_kv, scale_stride_slot,
                   scale_stride_head, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, CHUNK: tl.constexpr,
                   SLIDING: tl.constexpr, SCALED: tl.constexpr, TOKEN_SCALED: tl.constexpr, ASM: tl.constexpr,
-                  PDL: tl.constexpr = False):
+                  PDL: tl.constexpr = False, LAUNCH_NEXT: tl.constexpr = True):
     """Program (row, head, chunk): softmax statistics and weighted values of its chunk of the row's entries
     (with SLIDING, only the last ``sliding_window`` of them: a chunk before those gets weight 0). SCALED: keys
     and values are stored divided by kv_scale_ptr[kv head] and kv_scale_ptr[kv_heads + kv head]. TOKEN_SCALED:
@@ -63,7 +66,7 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
     kv head * scale_stride_head + t] with kv 0 (K) and 1 (V), and keys also divided by channel_ptr[kv head *
     HEAD_DIM + d] (q is multiplied by them: the same products). ASM: the entries are int8 codes, made fp32 by
     ``_as_fp32``'s assembly."""
-    wait_for_previous_kernel(PDL)
+    wait_for_previous_kernel(PDL, LAUNCH_NEXT)
     row, head, chunk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     heads = tl.num_programs(1)
     d = tl.arange(0, HEAD_DIM)
@@ -101,9 +104,10 @@ def _chunk_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, kv_scale_
 
 @triton.jit
 def _combine_kernel(m_ptr, l_ptr, acc_ptr, order_ptr, out_ptr, chunks,
-                    HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr, ORDERED: tl.constexpr, PDL: tl.constexpr = False):
+                    HEAD_DIM: tl.constexpr, BLOCK_C: tl.constexpr, ORDERED: tl.constexpr, PDL: tl.constexpr = False,
+                    LAUNCH_NEXT: tl.constexpr = True):
     """Program (row, head): merge the chunks; channel head * HEAD_DIM + d goes to column order_inverse[...]."""
-    wait_for_previous_kernel(PDL)
+    wait_for_previous_kernel(PDL, LAUNCH_NEXT)
     row, head = tl.program_id(0), tl.program_id(1)
     heads = tl.num_programs(1)
     c = tl.arange(0, BLOCK_C)
@@ -159,12 +163,13 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         keys.stride(2), scale, sliding_window or 0, keys.shape[1], *scale_strides, GROUP=heads // keys.shape[1],
         HEAD_DIM=head_dim, CHUNK=chunk, SLIDING=sliding_window is not None and sliding_window < window,
         SCALED=kv_scales is not None, TOKEN_SCALED=token_scales is not None,
-        ASM=keys.dtype == torch.int8 and not INTERPRETING, num_warps=num_warps, **overlap(q.device, batch),
+        ASM=keys.dtype == torch.int8 and not INTERPRETING, num_warps=num_warps,
+        LAUNCH_NEXT=LAUNCH_NEXT_AFTER_WAIT["chunk"], **overlap(q.device, batch),
     )
     out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](
         m, l_sum, acc, order_inverse if order_inverse is not None else out, out, chunks,
         HEAD_DIM=head_dim, BLOCK_C=triton.next_power_of_2(chunks), ORDERED=order_inverse is not None, num_warps=4,
-        **overlap(q.device, batch),
+        LAUNCH_NEXT=LAUNCH_NEXT_AFTER_WAIT["combine"], **overlap(q.device, batch),
     )
     return out

@@ -57,8 +57,11 @@ def overlap(device: torch.device, rows: int) -> dict:
 
 
 @triton.jit
-def wait_for_previous_kernel(PDL: tl.constexpr):
-    """With PDL: wait until the kernel before has completed (its writes visible), then let the next launch."""
+def wait_for_previous_kernel(PDL: tl.constexpr, LAUNCH_NEXT: tl.constexpr = True):
+    """With PDL: wait until the kernel before has completed (its writes visible), then let the next launch.
+    LAUNCH_NEXT False: the next kernel launches only as this one's programs finish (its programs then wait for
+    SMs this kernel no longer needs, not beside this kernel's programs)."""
     if PDL:
         gdc_wait()
-        gdc_launch_dependents()
+        if LAUNCH_NEXT:
+            gdc_launch_dependents()
