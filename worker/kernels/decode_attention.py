@@ -33,7 +33,7 @@ CHUNK_WARPS = 4  # warps per chunk program
 INT8_CHUNK_WARPS = 2  # an int8 cache's: 96 against 108 us a 13B layer at 32 rows (benchmarks/NOTES.md row 66)
 # Under overlapping launches, whether each kernel lets the next launch right after its wait (True) or only as its
 # programs finish (benchmarks/kernels/attention_launch_next.py times both, NOTES row 101)
-LAUNCH_NEXT_AFTER_WAIT = {"chunk": True, "combine": True}
+LAUNCH_NEXT_AFTER_WAIT = {"chunk": False, "combine": True}
 
 # Four int8 codes a time (``pack=4``, $4 their 32-bit word) to exact fp32 without int-to-float instructions
 # (an eighth of an FMA's throughput, and the int8 chunk programs' bound: benchmarks/NOTES.md row 65): XOR 0x80
