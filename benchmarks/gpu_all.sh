@@ -16,8 +16,8 @@
 #   benchmarks/gpu_all.sh one-row-positions  # ~9 min: the shipped one-row configs, tuned at 900 tokens in, checked
 #                                  # at 100-1,800 (NOTES row 100): tuned again on the mean step over those lengths,
 #                                  # then that table against the one before at each length
-#   benchmarks/gpu_all.sh launch-next  # ~7 min: the kernels' GPU tests, then the one-row step with its kernels
-#                                  # letting the next launch at different moments (next_launch.py), 100-1,800 tokens in
+#   benchmarks/gpu_all.sh launch-next  # ~5 min: the kernels' GPU tests, then the one-row step with decode attention's
+#                                  # kernels letting the next launch after their wait or at their end, 100-1,800 tokens in
 #   benchmarks/gpu_all.sh copy-warps  # ~9 min: the kernels' GPU tests, then the 32- and 16-row steps' int4 configs tuned
 #                                  # in the step against the Gluon copy-warp kernel's (NOTES rows 81, 83), the table in
 #                                  # $OUT/w4a16_configs.json; then the step at 2-32 rows with the table before and after
@@ -141,7 +141,7 @@ elif [ "${1:-}" = "one-row-positions" ]; then
     benchmarks.kernels.tune_in_step --against "$OUT/w4a16_configs.before.json" --batches 1 --positions "${positions[@]}"
 elif [ "${1:-}" = "launch-next" ]; then
   step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
-  step next_launch 400 python3 -u -m benchmarks.kernels.next_launch --positions 100 300 600 1800
+  step attention_launch_next 300 python3 -u -m benchmarks.kernels.attention_launch_next --positions 100 300 600 1800
 elif [ "${1:-}" = "one-dot" ]; then
   step kernel_gpu_tests 120 python3 -m pytest -q -p no:cacheprovider tests/unit/kernels -k on_the_gpu
   step tune_in_step_32 420 python3 -u -m benchmarks.kernels.tune_in_step --batches 32 --kernels swap --seconds 360

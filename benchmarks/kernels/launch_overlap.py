@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if not launch.overlap(torch.device("cuda"), 1, 1).get("launch_pdl"):
+    if not launch.overlap(torch.device("cuda"), 1).get("launch_pdl"):
         raise SystemExit("overlapping launches need Hopper or later and a Triton with griddepcontrol")
     report = each_value(launch, "OVERLAP", {"plain": False, "overlapping": True}, args.batches, args.rounds)
     write_result("launch_overlap", report)

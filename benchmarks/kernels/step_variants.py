@@ -1,6 +1,6 @@
 """The captured 13B decode step timed under a few variants of the worker's kernels, alternately in one process,
 with the greedy tokens of every variant compared to the first's (``launch_overlap``, ``small_kernel_blocks``,
-``silu_epilogue``, ``next_launch``).
+``silu_epilogue``, ``attention_launch_next``).
 
 Each variant is a function that sets the switches it needs; the step is captured again after it (``tune_in_step``'s
 ``step_ms``: 40 layers, rows 900 tokens in, attention window 1,024, or each of ``positions`` in its window) and

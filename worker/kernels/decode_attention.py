@@ -31,9 +31,9 @@ from worker.kernels.launch import overlap, wait_for_previous_kernel
 CHUNK = 128  # cache entries per program
 CHUNK_WARPS = 4  # warps per chunk program
 INT8_CHUNK_WARPS = 2  # an int8 cache's: 96 against 108 us a 13B layer at 32 rows (benchmarks/NOTES.md row 66)
-# The chunk kernel lets the next launch only as its programs finish, whatever launch.NEXT_LAUNCH says: the one-row
-# step 2-5% faster at 300-1,800 tokens in (benchmarks/NOTES.md row 101). None: as launch.NEXT_LAUNCH says
-CHUNK_NEXT_LAUNCH = "at end"
+# Under overlapping launches, whether each kernel lets the next launch right after its wait (True) or only as its
+# programs finish (benchmarks/kernels/attention_launch_next.py times both, NOTES row 101)
+LAUNCH_NEXT_AFTER_WAIT = {"chunk": False, "combine": True}
 
 # Four int8 codes a time (``pack=4``, $4 their 32-bit word) to exact fp32 without int-to-float instructions
 # (an eighth of an FMA's throughput, and the int8 chunk programs' bound: benchmarks/NOTES.md row 65): XOR 0x80
@@ -164,12 +164,12 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         HEAD_DIM=head_dim, CHUNK=chunk, SLIDING=sliding_window is not None and sliding_window < window,
         SCALED=kv_scales is not None, TOKEN_SCALED=token_scales is not None,
         ASM=keys.dtype == torch.int8 and not INTERPRETING, num_warps=num_warps,
-        **overlap(q.device, batch, batch * heads * chunks, CHUNK_NEXT_LAUNCH),
+        LAUNCH_NEXT=LAUNCH_NEXT_AFTER_WAIT["chunk"], **overlap(q.device, batch),
     )
     out = torch.empty((batch, heads * head_dim), device=q.device, dtype=q.dtype)
     _combine_kernel[(batch, heads)](
         m, l_sum, acc, order_inverse if order_inverse is not None else out, out, chunks,
         HEAD_DIM=head_dim, BLOCK_C=triton.next_power_of_2(chunks), ORDERED=order_inverse is not None, num_warps=4,
-        **overlap(q.device, batch, batch * heads),
+        LAUNCH_NEXT=LAUNCH_NEXT_AFTER_WAIT["combine"], **overlap(q.device, batch),
     )
     return out

@@ -11,7 +11,7 @@ reads and writes, the launch itself hidden. Each program then lets the next kern
         wait_for_previous_kernel(PDL)   # first: nothing is read or written before the kernel before is done
         ...
 
-    _kernel[grid](..., **overlap(x.device, rows, programs))
+    _kernel[grid](..., **overlap(x.device, rows))
 
 Because every such kernel waits before touching memory, the order holds across any number of them (each waited
 for the one before, which waited for its own). Nothing is issued before the wait: int4 matmuls that first
@@ -38,10 +38,6 @@ except ImportError:
     gdc_launch_dependents = gdc_wait = None
 
 OVERLAP = gdc_wait is not None  # switched off by the benchmark to time the plain launches
-# When a kernel lets the next launch: right after its wait ("after wait"), only as its programs finish ("at end"),
-# or after its wait only while its programs leave SMs free ("while SMs are free"); benchmarks/kernels/next_launch.py
-# times each (NOTES row 101)
-NEXT_LAUNCH = "after wait"
 
 
 @functools.cache
@@ -49,11 +45,7 @@ def _has_grid_dependency_control(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= 9  # griddepcontrol is sm_90's
 
 
-def sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
-def overlap(device: torch.device, rows: int, programs: int, next_launch: str | None = None) -> dict:
+def overlap(device: torch.device, rows: int) -> dict:
     """Launch options for a kernel of ``rows`` rows that starts with ``wait_for_previous_kernel(PDL)``: an
     overlapping launch for one row on Hopper and later, a plain one otherwise. One row only: overlapping made
     the one-row step faster on an H100 and an H200, and steps of 2-32 rows slower (benchmarks/NOTES.md row 85)."""
@@ -61,9 +53,7 @@ def overlap(device: torch.device, rows: int, programs: int, next_launch: str | N
         return {"PDL": False}
     if not _has_grid_dependency_control(device.index if device.index is not None else torch.cuda.current_device()):
         return {"PDL": False}
-    when = next_launch or NEXT_LAUNCH
-    early = when == "after wait" or (when == "while SMs are free" and programs < sm_count(device))
-    return {"PDL": True, "launch_pdl": True, "LAUNCH_NEXT": early}
+    return {"PDL": True, "launch_pdl": True}
 
 
 @triton.jit

@@ -42,10 +42,10 @@ def _summed(part_ptr, offs, mask, part_stride, SPLIT: tl.constexpr):
 
 @triton.jit
 def _add_residual_kernel(h_ptr, part_ptr, h_out_ptr, sumsq_ptr, width, part_stride, SPLIT: tl.constexpr,
-                         BLOCK: tl.constexpr, PDL: tl.constexpr = False, LAUNCH_NEXT: tl.constexpr = True):
+                         BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """Program (row, block): h_out = h + sum of partials (rounded to h's dtype) on BLOCK columns, and their sum
     of squares into sumsq[row, block]. SPLIT == 0: no delta (h_out is h, nothing written)."""
-    wait_for_previous_kernel(PDL, LAUNCH_NEXT)
+    wait_for_previous_kernel(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < width
@@ -59,11 +59,10 @@ def _add_residual_kernel(h_ptr, part_ptr, h_out_ptr, sumsq_ptr, width, part_stri
 
 @triton.jit
 def _rms_scale_kernel(h_ptr, sumsq_ptr, w_ptr, order_ptr, x_out_ptr, width, eps, BLOCKS: tl.constexpr,
-                      BLOCKS_P2: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
-                      LAUNCH_NEXT: tl.constexpr = True):
+                      BLOCKS_P2: tl.constexpr, ORDERED: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """Program (row, block): x_out = RMSNorm(h) * w on BLOCK columns, column j holding column order[j] when
     ORDERED; the row's sum of squares is the sum of sumsq[row, :BLOCKS]."""
-    wait_for_previous_kernel(PDL, LAUNCH_NEXT)
+    wait_for_previous_kernel(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     parts = tl.arange(0, BLOCKS_P2)
     sumsq = tl.sum(tl.load(sumsq_ptr + row * BLOCKS + parts, mask=parts < BLOCKS, other=0.0), axis=0)
@@ -131,13 +130,12 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     sumsq = torch.empty((rows, blocks), device=h.device, dtype=torch.float32)
     _add_residual_kernel[(rows, blocks)](
         h2, delta if delta is not None else h2, h_out, sumsq, width, h2.numel(),
-        SPLIT=0 if delta is None else delta.shape[0], BLOCK=NORM_BLOCK, num_warps=2,
-        **overlap(h.device, rows, rows * blocks),
+        SPLIT=0 if delta is None else delta.shape[0], BLOCK=NORM_BLOCK, num_warps=2, **overlap(h.device, rows),
     )
     _rms_scale_kernel[(rows, blocks)](
         h_out, sumsq, weight, order if order is not None else h2, x_out, width, eps, BLOCKS=blocks,
         BLOCKS_P2=triton.next_power_of_2(blocks), ORDERED=order is not None, BLOCK=NORM_BLOCK, num_warps=2,
-        **overlap(h.device, rows, rows * blocks),
+        **overlap(h.device, rows),
     )
     return h_out.view(h.shape), x_out.view(h.shape)
 
@@ -147,8 +145,8 @@ SILU_BLOCK = 1024  # columns per program of silu(gate) * up; 256 and 512 within 
 
 @triton.jit
 def _silu_mul_kernel(part_ptr, out_ptr, width, part_stride, SPLIT: tl.constexpr, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr = False, LAUNCH_NEXT: tl.constexpr = True):
-    wait_for_previous_kernel(PDL, LAUNCH_NEXT)
+                     PDL: tl.constexpr = False):
+    wait_for_previous_kernel(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     mask = offs < width
@@ -163,9 +161,9 @@ def silu_mul(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """partials [split, rows, 2W] of gate (first W) and up -> silu(gate) * up [rows, W] in ``dtype``."""
     split, rows, both = partials.shape
     out = torch.empty((rows, both // 2), device=partials.device, dtype=dtype)
-    blocks = triton.cdiv(both // 2, SILU_BLOCK)
-    _silu_mul_kernel[(rows, blocks)](partials, out, both // 2, rows * both, SPLIT=split, BLOCK=SILU_BLOCK,
-                                     num_warps=4, **overlap(out.device, rows, rows * blocks))
+    _silu_mul_kernel[(rows, triton.cdiv(both // 2, SILU_BLOCK))](partials, out, both // 2, rows * both, SPLIT=split,
+                                                                BLOCK=SILU_BLOCK, num_warps=4,
+                                                                **overlap(out.device, rows))
     return out
 
 
@@ -190,7 +188,7 @@ def _rotary_into_cache_kernel(
     scale_stride_kv, scale_stride_slot, scale_stride_head,
     Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr,
     HEADS: tl.constexpr, FP8: tl.constexpr, INT8: tl.constexpr, SLOTS: tl.constexpr, ALL_HEADS: tl.constexpr,
-    PDL: tl.constexpr = False, LAUNCH_NEXT: tl.constexpr = True,
+    PDL: tl.constexpr = False,
 ):
     """Program (row, block of HEADS heads) of qkv [rows, (Q_HEADS + 2 KV_HEADS) * HEAD_DIM]: rotary on q and k
     heads (rotate-half convention: each head's two halves), q into q_ptr [rows, Q_HEADS, HEAD_DIM], k and v
@@ -203,7 +201,7 @@ def _rotary_into_cache_kernel(
     slot_ptr[r // length] instead (a captured prefill's input), and a negative one writes nothing (a padding
     sequence). ALL_HEADS: q_ptr is [rows, Q_HEADS + 2 KV_HEADS, HEAD_DIM] and takes every head, k rotated and v
     as computed (before any cache scaling): whole prompts attend to their own keys without reading the cache."""
-    wait_for_previous_kernel(PDL, LAUNCH_NEXT)
+    wait_for_previous_kernel(PDL)
     row, block = tl.program_id(0), tl.program_id(1)
     half: tl.constexpr = HEAD_DIM // 2
     all_heads: tl.constexpr = Q_HEADS + 2 * KV_HEADS
@@ -286,13 +284,12 @@ def rotary_into_cache(partials, cos, sin, positions, keys, values, first_slot: i
         key_channel_scales = torch.ones((kv_heads, head_dim), device=keys.device, dtype=torch.float32)
     scale_arg = scales if fp8 else token_scales if int8 else q
     scale_strides = token_scales.stride()[:3] if int8 else (0, 0, 0)
-    blocks = triton.cdiv(q_heads + 2 * kv_heads, heads)
-    _rotary_into_cache_kernel[(rows, blocks)](
+    _rotary_into_cache_kernel[(rows, triton.cdiv(q_heads + 2 * kv_heads, heads))](
         partials, cos, sin, positions, q, keys, values, scale_arg,
         key_channel_scales.contiguous() if int8 else scale_arg, positions if slots is None else slots,
         partials[0].numel(), length, first_slot, keys.stride(0), keys.stride(1), keys.stride(2), *scale_strides,
         Q_HEADS=q_heads, KV_HEADS=kv_heads, HEAD_DIM=head_dim, SPLIT=split, HEADS=heads,
         FP8=fp8, INT8=int8, SLOTS=slots is not None, ALL_HEADS=all_heads, num_warps=4 if heads > 1 else 1,
-        **overlap(q.device, rows, rows * blocks),
+        **overlap(q.device, rows),
     )
     return q

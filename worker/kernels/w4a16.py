@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from worker.kernels import FP8_MAX, INTERPRETING, MAGIC, bf16_codes
-from worker.kernels.launch import overlap, sm_count, wait_for_previous_kernel
+from worker.kernels.launch import overlap, wait_for_previous_kernel
 
 try:  # Gluon, Triton's tile language with warp specialization, as Triton 3.6 has it: else Triton's kernel serves
     from worker.kernels import w4a16_copy_warps as copy_warps
@@ -241,7 +241,7 @@ def _gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, out_ptr, N, stride_w, stride_s, stride_z, k_blocks, magic,
     GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr, SPREAD: tl.constexpr,
     BF16_WORDS: tl.constexpr = False, ASM: tl.constexpr = True, PDL: tl.constexpr = False,
-    SILU_MUL: tl.constexpr = False, STAGES: tl.constexpr = 1, LAUNCH_NEXT: tl.constexpr = True,
+    SILU_MUL: tl.constexpr = False, STAGES: tl.constexpr = 1,
 ):
     """out[split, 0, n] = sum over this program's K blocks of x[k] * W[n, k], for one row x (group order).
 
@@ -261,7 +261,7 @@ def _gemv_kernel(
     for N outputs, a program's tile holding BLOCK_N / 2 gate columns and the same up columns
     (``_gemv_columns``), so the activation needs no kernel of its own. gate and up are rounded to out's dtype
     first, as ``layer_kernels.silu_mul`` rounds the sums it reads."""
-    wait_for_previous_kernel(PDL, LAUNCH_NEXT)
+    wait_for_previous_kernel(PDL)
     GROUPS: tl.constexpr = BLOCK_K // (8 * ROWS)
     offs_n, mask_n = _gemv_columns(N, BLOCK_N, SILU_MUL)
     g = tl.arange(0, GROUPS)
@@ -378,10 +378,9 @@ def _unpacked_dot_kernel(
 
 
 @triton.jit
-def _sum_splits_kernel(part_ptr, out_ptr, numel, SPLIT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False,
-                       LAUNCH_NEXT: tl.constexpr = True):
+def _sum_splits_kernel(part_ptr, out_ptr, numel, SPLIT: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr = False):
     """out[i] = sum over s of part[s, i], in out's dtype (the split-K partial sums, added in fp32)."""
-    wait_for_previous_kernel(PDL, LAUNCH_NEXT)
+    wait_for_previous_kernel(PDL)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     total = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -479,6 +478,10 @@ def gemv_block_k(in_features: int, group_size: int) -> int:
 
 def layout_fits(in_features: int, group_size: int) -> bool:
     return in_features % group_size == 0 and block_k_for(in_features, group_size) is not None
+
+
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def rows_bucket(rows: int) -> int:
@@ -623,7 +626,7 @@ def _launch_gemv(x, packed, scales, zeros, out, out_features: int, group_size: i
     _gemv_kernel[grid](x, packed, scales, zeros, out, out_features, *strides, MAGIC, GROUP=group_size,
                        ROWS=min(config["BLOCK_K"], tile_inputs) // 8, SPREAD=spread, BF16_WORDS=bf16_words,
                        ASM=not INTERPRETING, STAGES=config["num_stages"], **config,
-                       **overlap(x.device, x.shape[0], grid[0] * grid[1]), SILU_MUL=silu_mul)
+                       **overlap(x.device, x.shape[0]), SILU_MUL=silu_mul)
 
 
 def silu_mul_matmul(x, packed, scales, zeros, group_size: int, config: dict | None = None) -> torch.Tensor | None:
@@ -652,9 +655,8 @@ def sum_splits(partials: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if partials.shape[0] == 1 and partials.dtype == dtype:
         return partials[0]
     out = torch.empty(partials.shape[1:], device=partials.device, dtype=dtype)
-    programs = triton.cdiv(out.numel(), 1024)
-    _sum_splits_kernel[(programs,)](partials, out, out.numel(), SPLIT=partials.shape[0], BLOCK=1024,
-                                    **overlap(out.device, partials.shape[1], programs))
+    _sum_splits_kernel[(triton.cdiv(out.numel(), 1024),)](partials, out, out.numel(), SPLIT=partials.shape[0],
+                                                          BLOCK=1024, **overlap(out.device, partials.shape[1]))
     return out
 
 
