@@ -32,7 +32,8 @@ CHUNK = 128  # cache entries per program
 CHUNK_WARPS = 4  # warps per chunk program
 INT8_CHUNK_WARPS = 2  # an int8 cache's: 96 against 108 us a 13B layer at 32 rows (benchmarks/NOTES.md row 66)
 # Under overlapping launches, whether each kernel lets the next launch right after its wait (True) or only as its
-# programs finish (benchmarks/kernels/attention_launch_next.py times both, NOTES row 101)
+# programs finish: the chunk kernel at its end made the one-row step 2-5% faster at 300-1,800 tokens in, the
+# combine kernel at its end 0.2-0.5% slower (benchmarks/kernels/attention_launch_next.py; benchmarks/NOTES.md row 101)
 LAUNCH_NEXT_AFTER_WAIT = {"chunk": False, "combine": True}
 
 # Four int8 codes a time (``pack=4``, $4 their 32-bit word) to exact fp32 without int-to-float instructions
