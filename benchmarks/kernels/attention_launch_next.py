@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from benchmarks.kernels.step_variants import each_batch
+from benchmarks.kernels.step_variants import each_batch, require_overlapping_launches
 from benchmarks.result_json import write_result
-from worker.kernels import decode_attention, launch
+from worker.kernels import decode_attention
 
 SHIPPED = dict(decode_attention.LAUNCH_NEXT_AFTER_WAIT)
 VARIANTS = {"shipped": SHIPPED, "chunk at its end": {**SHIPPED, "chunk": False},
@@ -35,8 +33,7 @@ def main() -> None:
     parser.add_argument("--positions", type=int, nargs="+", default=[100, 600, 1800])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if not launch.overlap(torch.device("cuda"), 1).get("launch_pdl"):
-        raise SystemExit("overlapping launches need Hopper or later and a Triton with griddepcontrol")
+    require_overlapping_launches()
     try:
         report = each_batch([1], args.rounds, {name: launching(setting) for name, setting in VARIANTS.items()},
                             tuple(args.positions))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from benchmarks.kernels.step_variants import each_value
+from benchmarks.kernels.step_variants import each_value, require_overlapping_launches
 from benchmarks.result_json import write_result
 from worker.kernels import launch
 
@@ -23,8 +21,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if not launch.overlap(torch.device("cuda"), 1).get("launch_pdl"):
-        raise SystemExit("overlapping launches need Hopper or later and a Triton with griddepcontrol")
+    require_overlapping_launches()
     report = each_value(launch, "OVERLAP", {"plain": False, "overlapping": True}, args.batches, args.rounds)
     write_result("launch_overlap", report)
 

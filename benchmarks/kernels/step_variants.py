@@ -20,9 +20,16 @@ import torch
 from benchmarks.kernels.tune_in_step import POSITION, step_ms
 from benchmarks.synthetic_checkpoint import XWIN_13B, write_synthetic_checkpoint
 from worker.inference.llama_runtime import LlamaRuntime
+from worker.kernels import launch
 from worker.model.loader import load_model
 
 STEPS = 8
+
+
+def require_overlapping_launches() -> None:
+    """Exit with the reason where one-row kernels cannot launch overlapping (``worker.kernels.launch``)."""
+    if not launch.overlap(torch.device("cuda"), 1).get("launch_pdl"):
+        raise SystemExit("overlapping launches need Hopper or later and a Triton with griddepcontrol")
 
 
 def greedy_tokens(runtime: LlamaRuntime, batch: int) -> torch.Tensor:
