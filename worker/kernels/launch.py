@@ -4,7 +4,8 @@ A decode step is ~500 small kernels in a row; between two of them the GPU drains
 launching the second, a microsecond or two each that no kernel's speed removes. Launched with ``launch_pdl``, a
 kernel's programs are placed on the SMs while the one before is still finishing, and wait at their first
 instruction (``griddepcontrol.wait``) until it has completed and its writes are visible: the same order of
-reads and writes, the launch itself hidden. Each program then lets the next kernel launch (``launch_dependents``).
+reads and writes, the launch itself hidden. Each program then lets the next kernel launch (``launch_dependents``;
+or at its end: ``LAUNCH_NEXT``).
 
     @triton.jit
     def _kernel(..., PDL: tl.constexpr = False):
@@ -59,8 +60,9 @@ def overlap(device: torch.device, rows: int) -> dict:
 @triton.jit
 def wait_for_previous_kernel(PDL: tl.constexpr, LAUNCH_NEXT: tl.constexpr = True):
     """With PDL: wait until the kernel before has completed (its writes visible), then let the next launch.
-    LAUNCH_NEXT False: the next kernel launches only as this one's programs finish (its programs then wait for
-    SMs this kernel no longer needs, not beside this kernel's programs)."""
+    LAUNCH_NEXT False: the next kernel launches only as this one's programs finish (decode attention's chunk
+    kernel, whose early-placed successors cost the one-row step more than the launch they hid:
+    benchmarks/NOTES.md row 101)."""
     if PDL:
         gdc_wait()
         if LAUNCH_NEXT:
