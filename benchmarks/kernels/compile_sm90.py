@@ -141,13 +141,21 @@ def overlapping(constexprs: dict) -> bool:
     return constexprs.get("HEADS", 1) == 1
 
 
+# decode attention's kernels by the name their next-launch setting has (``LAUNCH_NEXT_AFTER_WAIT``)
+ATTENTION_KERNELS = {attention._chunk_kernel: "chunk", attention._combine_kernel: "combine"}
+
+
 def as_served(kernel, signature: dict, constexprs: dict) -> tuple[dict, dict]:
     """A table entry's signature and constexprs as the worker launches that kernel: the one-row kernel loading each
-    block as it starts unless the entry says otherwise, PDL set where the kernel takes it."""
+    block as it starts unless the entry says otherwise, PDL set where the kernel takes it, and decode attention's
+    kernels letting the next launch when the worker has them do it."""
     if kernel is w4a16._gemv_kernel:
         constexprs = dict(STAGES=1) | constexprs
     if "PDL" in kernel.arg_names:
         signature, constexprs = dict(signature, PDL="constexpr"), dict(constexprs, PDL=overlapping(constexprs))
+    if kernel in ATTENTION_KERNELS:
+        launch_next = attention.LAUNCH_NEXT_AFTER_WAIT[ATTENTION_KERNELS[kernel]]
+        signature, constexprs = dict(signature, LAUNCH_NEXT="constexpr"), dict(constexprs, LAUNCH_NEXT=launch_next)
     return signature, constexprs
 
 
